@@ -1,0 +1,187 @@
+"""Read pretraining checkpoints (Orbax) without Ray: ``ankh.load(run_or_checkpoint_dir)``.
+
+Layout written by ``ankh_platform.checkpoints`` (local path or ``gs://``)::
+
+    <run>/checkpoints/<step>/params/      Orbax pytree: the model parameters (float32)
+    <run>/checkpoints/<step>/opt_state/   Orbax pytree: optimizer state
+    <run>/checkpoints/<step>/meta/        JSON: step, rng, data pipeline position, model config
+    <run>/checkpoints/<step>/ankh_manifest.json   every file's size, written once the save is final
+
+The manifest is how a truncated file, a missing shard or a crash during a save is detected
+(Orbax itself only notices some of these, and then with an opaque tensorstore error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import fsspec
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "ankh_manifest.json"
+CHECKPOINTS = "checkpoints"
+ITEMS = ("params", "opt_state", "meta")
+_STEP = re.compile(r"^\d+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that is missing, incomplete or corrupt (the message says which)."""
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    fs, root = fsspec.core.url_to_fs(str(path))
+    return fs, root.rstrip("/")
+
+
+def _rel_files(fs: Any, root: str) -> dict[str, int]:
+    out = {}
+    for p, info in fs.find(root, detail=True, withdirs=False).items():
+        rel = p[len(root):].lstrip("/") if p.startswith(root) else p.split(root.lstrip("/"), 1)[-1].lstrip("/")
+        if rel != MANIFEST:
+            out[rel] = int(info.get("size") or 0)
+    return out
+
+
+def write_manifest(step_dir: str) -> None:
+    """Record every file of a finished checkpoint with its size (call once the save is final)."""
+    fs, root = _fs(step_dir)
+    files = _rel_files(fs, root)
+    with fs.open(f"{root}/{MANIFEST}", "w") as fh:
+        json.dump({"format": 1, "files": files}, fh)
+
+
+def verify(step_dir: str) -> str | None:
+    """None if the checkpoint looks complete, else the reason it is not (naming the file)."""
+    fs, root = _fs(step_dir)
+    if not fs.exists(root):
+        return f"{step_dir} does not exist"
+    for item in ITEMS:
+        if not fs.exists(f"{root}/{item}"):
+            return f"{step_dir} has no {item}/ (the save did not finish)"
+    if not fs.exists(f"{root}/{MANIFEST}"):
+        return f"{step_dir} has no {MANIFEST} (the save did not finish)"
+    try:
+        with fs.open(f"{root}/{MANIFEST}") as fh:
+            want = json.load(fh)["files"]
+    except (ValueError, KeyError) as e:
+        return f"{step_dir}/{MANIFEST} is unreadable: {e}"
+    have = _rel_files(fs, root)
+    for rel, size in sorted(want.items()):
+        if rel not in have:
+            return f"{step_dir}/{rel} is missing"
+        if have[rel] != size:
+            return f"{step_dir}/{rel} has {have[rel]} bytes, the manifest says {size} (truncated?)"
+    return None
+
+
+def list_steps(ckpt_root: str) -> list[int]:
+    """Step numbers of the (finalized-named) checkpoints under ``ckpt_root``, ascending."""
+    fs, root = _fs(ckpt_root)
+    if not fs.exists(root):
+        return []
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    return sorted(int(n) for n in names if _STEP.match(n))
+
+
+def resolve(path: str) -> tuple[str, list[int]]:
+    """A run dir, its ``checkpoints/`` dir or one ``<step>`` dir -> (checkpoints root, steps)."""
+    fs, root = _fs(path)
+    if not fs.exists(root):
+        raise CheckpointError(f"{path}: no such directory")
+    name = root.rsplit("/", 1)[-1]
+    if _STEP.match(name) and any(fs.exists(f"{root}/{x}") for x in ITEMS + (MANIFEST,)):
+        return _join(path, ".."), [int(name)]
+    for cand in (path, _join(path, CHECKPOINTS)):
+        steps = list_steps(cand)
+        if steps:
+            return cand, steps
+    raise CheckpointError(f"{path}: no checkpoints found (expected <run>/{CHECKPOINTS}/<step>/)")
+
+
+def _join(path: str, rel: str) -> str:
+    path = str(path).rstrip("/")
+    return path.rsplit("/", 1)[0] if rel == ".." else f"{path}/{rel}"
+
+
+def is_checkpoint(path: str) -> bool:
+    try:
+        resolve(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def read_meta(step_dir: str) -> dict:
+    fs, root = _fs(step_dir)
+    try:
+        with fs.open(f"{root}/meta/metadata") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise CheckpointError(f"{step_dir}: no meta/metadata (incomplete checkpoint)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{step_dir}/meta/metadata is not valid JSON: {e}") from None
+
+
+def newest_good(path: str) -> tuple[str, list[str]]:
+    """The newest checkpoint that verifies, and the reasons the newer ones were skipped."""
+    ckpt_root, steps = resolve(path)
+    skipped = []
+    for step in sorted(steps, reverse=True):
+        step_dir = _join(ckpt_root, str(step))
+        why = verify(step_dir)
+        if why is None:
+            return step_dir, skipped
+        skipped.append(why)
+    raise CheckpointError(f"{path}: no usable checkpoint; " + "; ".join(skipped))
+
+
+def load_params(step_dir: str) -> tuple[Any, dict]:
+    """(AnkhConfig, flat {state path: np.ndarray}) from one checkpoint, on this host's CPU."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from ankh.config import AnkhConfig
+    from ankh.model import AnkhModel
+
+    meta = read_meta(step_dir)
+    if "model" not in meta:
+        raise CheckpointError(f"{step_dir}: meta has no model config")
+    cfg = AnkhConfig.from_hf_dict(meta["model"])
+    abstract = nnx.split(nnx.eval_shape(lambda: AnkhModel(cfg, nnx.Rngs(0))))[1].to_pure_dict()
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(_join(step_dir, "params"), target)
+    except Exception as e:  # tensorstore/orbax raise many types; name the checkpoint
+        raise CheckpointError(f"{step_dir}/params could not be restored: {type(e).__name__}: {e}") from None
+    flat = {tuple(k): np.asarray(v) for k, v in _flatten(params)}
+    return cfg, flat
+
+
+def _flatten(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += _flatten(v, prefix + (k,))
+        else:
+            out.append((prefix + (k,), v))
+    return out
+
+
+def load(path: str, dtype: Any = "float32") -> Any:
+    """An ``Ankh`` from a run dir (newest good checkpoint) or one checkpoint step dir."""
+    from ankh.api import Ankh
+
+    step_dir, skipped = newest_good(str(path))
+    for why in skipped:
+        log.warning("skipping bad checkpoint: %s", why)
+    cfg, flat = load_params(step_dir)
+    log.info("loaded %s", step_dir)
+    return Ankh.from_flat(cfg, flat, dtype=dtype)

@@ -1,0 +1,264 @@
+"""``Ankh.generate`` and ``Ankh.variants``: batched, jitted decoding with HF ``generate`` names.
+
+The mixin expects the host (``ankh.api.Ankh``) to provide ``config``, ``tokenizer``,
+``graphdef``, ``params`` and a ``_fns`` dict for compiled functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from functools import partial
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ankh import infill
+from ankh.beam_search import beam_search
+from ankh.decoding import forced_scores, sample_loop
+from ankh.tokenizer import TokenizerError
+
+MAX_BEAMS = 64
+MAX_RETURN = 1024
+
+
+@dataclasses.dataclass
+class Variants:
+    """Accepted variants of one parent, plus what was rejected and why (list-like)."""
+
+    parent: str
+    sequences: list[str]
+    masked_inputs: list[str]
+    rejected: dict[str, int]
+    generated: int
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __iter__(self):
+        return iter(self.sequences)
+
+    def __getitem__(self, i):
+        return self.sequences[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_generate_args(cfg, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams,
+                        num_return_sequences, repetition_penalty, length_penalty) -> None:
+    """Clear errors for parameters HF would reject or silently misuse."""
+    def is_int(x):
+        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+    if not is_int(max_new_tokens) or not 1 <= max_new_tokens <= cfg.max_length + 1:
+        raise ValueError(f"max_new_tokens must be an integer in 1..{cfg.max_length + 1} "
+                         f"(the model's max_length + </s>), got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature <= 0 \
+            or math.isinf(temperature):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not is_int(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
+    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(repetition_penalty, (int, float)) or not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
+    if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    max_beams = min(MAX_BEAMS, cfg.vocab_size // 2)
+    if not is_int(num_beams) or not 1 <= num_beams <= max_beams:
+        raise ValueError(f"num_beams must be an integer in 1..{max_beams}, got {num_beams!r}")
+    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= MAX_RETURN:
+        raise ValueError(f"num_return_sequences must be an integer in 1..{MAX_RETURN}, "
+                         f"got {num_return_sequences!r}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam sampling (do_sample=True with num_beams > 1) is not supported")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) must be <= num_beams "
+                         f"({num_beams})")
+    if num_beams == 1 and not do_sample and num_return_sequences != 1:
+        raise ValueError("greedy decoding returns one sequence: use do_sample=True or num_beams > 1 "
+                         "for num_return_sequences > 1")
+
+
+def _batches(lengths: Sequence[int], batch_size: int):
+    """Length-sorted chunks: (indices, padded length, rows rounded up to a power of two)."""
+    from ankh.api import bucket_length  # late import: ankh.api imports this module
+
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        rows = min(batch_size, 1 << (len(idx) - 1).bit_length())
+        yield idx, bucket_length(int(max(lengths[j] for j in idx))), rows
+
+
+def _run_sample(graphdef, params, ids, mask, keys, gp, *, max_new, sample, num_return):
+    model = nnx.merge(graphdef, params)
+    return sample_loop(model, ids, mask, keys, gp, max_new=max_new, sample=sample,
+                       num_return=num_return)
+
+
+def _run_beam(graphdef, params, ids, mask, gp, *, max_new, num_beams, length_penalty, num_return):
+    model = nnx.merge(graphdef, params)
+    seq, _ = beam_search(model, ids, mask, gp, max_new=max_new, num_beams=num_beams,
+                         length_penalty=length_penalty)
+    return seq[:, :num_return].reshape(-1, seq.shape[-1])
+
+
+def _run_forced(graphdef, params, ids, mask, forced, gp, *, sample):
+    return forced_scores(nnx.merge(graphdef, params), ids, mask, forced, gp, sample=sample)
+
+
+def _row_keys(seed: int, rows: np.ndarray) -> jax.Array:
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, jnp.uint32))
+
+
+class GenerationMixin:
+    """Decoding methods shared by ``ankh.api.Ankh``."""
+
+    def _encode_inputs(self, inputs: Sequence[str]) -> list[np.ndarray]:
+        toks = []
+        for i, s in enumerate(inputs):
+            if not isinstance(s, str):
+                raise TokenizerError(f"input {i}: expected a string, got {type(s).__name__}")
+            try:
+                ids = self.tokenizer.encode(s, allow_sentinels=True)
+            except TokenizerError as e:
+                raise TokenizerError(f"input {i}: {e}") from None
+            if len(ids) <= 1:
+                raise TokenizerError(f"input {i} is empty")
+            if len(ids) - 1 > self.config.max_length:
+                raise TokenizerError(f"input {i} has {len(ids) - 1} tokens, over the model's "
+                                     f"max_length {self.config.max_length}")
+            toks.append(ids)
+        return toks
+
+    def _generate_fn(self, kind: str, **static):
+        key = ("generate", kind, tuple(sorted(static.items())))
+        if key not in self._fns:
+            fn = {"beam": _run_beam, "sample": _run_sample, "forced": _run_forced}[kind]
+            self._fns[key] = jax.jit(partial(fn, self.graphdef, **static))
+        return self._fns[key]
+
+    def generate_ids(self, inputs: Sequence[str] | str, max_new_tokens: int = 64,
+                     do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0, num_beams: int = 1, num_return_sequences: int = 1,
+                     seed: int = 0, repetition_penalty: float = 1.0, length_penalty: float = 1.0,
+                     batch_size: int = 32) -> list[list[np.ndarray]]:
+        """Like ``generate`` but returns the raw ids after the start token, cut after ``</s>``."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        check_generate_args(self.config, max_new_tokens, do_sample, temperature, top_k, top_p,
+                            num_beams, num_return_sequences, repetition_penalty, length_penalty)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        toks = self._encode_inputs(inputs)
+        gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
+              "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
+        nr = num_return_sequences
+        out: list[list[np.ndarray]] = [[] for _ in toks]
+        pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
+        for idx, length, rows in _batches([len(t) for t in toks], batch_size):
+            ids = np.full((rows, length), pad, np.int32)
+            mask = np.zeros((rows, length), np.int32)
+            for r, k in enumerate(idx):
+                ids[r, :len(toks[k])], mask[r, :len(toks[k])] = toks[k], 1
+            if num_beams > 1:
+                fn = self._generate_fn("beam", max_new=max_new_tokens, num_beams=num_beams,
+                                       length_penalty=float(length_penalty), num_return=nr)
+                seqs = fn(self.params, ids, mask, gp)
+            else:
+                gids = np.concatenate([idx, np.arange(len(idx), rows) + len(toks)])
+                keys = _row_keys(seed, (gids[:, None] * nr + np.arange(nr)[None]).reshape(-1))
+                fn = self._generate_fn("sample", max_new=max_new_tokens, sample=bool(do_sample),
+                                       num_return=nr)
+                seqs = fn(self.params, ids, mask, keys, gp)
+            seqs = np.asarray(seqs).reshape(rows, nr, -1)[:, :, 1:]
+            for r, k in enumerate(idx):
+                for row in seqs[r]:
+                    stop = np.flatnonzero(row == eos)
+                    row = row[: stop[0] + 1] if stop.size else row
+                    out[k].append(row[row != pad])
+        return out
+
+    def step_scores(self, inputs: Sequence[str], decoder_ids: np.ndarray, do_sample: bool = True,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                    repetition_penalty: float = 1.0) -> np.ndarray:
+        """The warped next-token scores ``[n, s, vocab]`` that sampling draws from at each step
+        along given decoder ids ``[n, s + 1]`` (start token first) — HF's ``output_scores``."""
+        check_generate_args(self.config, 1, do_sample, temperature, top_k, top_p, 1, 1,
+                            repetition_penalty, 1.0)
+        toks = self._encode_inputs(list(inputs))
+        from ankh.api import bucket_length
+
+        length = bucket_length(max(len(t) for t in toks))
+        ids = np.full((len(toks), length), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros_like(ids)
+        for r, t in enumerate(toks):
+            ids[r, :len(t)], mask[r, :len(t)] = t, 1
+        gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
+              "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
+        fn = self._generate_fn("forced", sample=bool(do_sample))
+        return np.asarray(fn(self.params, ids, mask, np.asarray(decoder_ids, np.int32), gp))
+
+    def generate(self, inputs: Sequence[str] | str, max_new_tokens: int = 64, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 1,
+                 num_return_sequences: int = 1, seed: int = 0, repetition_penalty: float = 1.0,
+                 length_penalty: float = 1.0, batch_size: int = 32) -> list[list[str]]:
+        """Decode each input (sentinels allowed); per input, ``num_return_sequences`` strings.
+
+        Sentinels in the output are kept as ``<extra_id_N>``; pad and ``</s>`` are dropped.
+        Greedy (default), sampling (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
+        ``repetition_penalty``) or beam search (``num_beams``, ``length_penalty``), as HF
+        ``generate``. Sampling is deterministic for a given ``seed`` and independent of batching.
+        """
+        ids = self.generate_ids(inputs, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                num_beams, num_return_sequences, seed, repetition_penalty,
+                                length_penalty, batch_size)
+        return [[self.tokenizer.decode(r) for r in rows] for rows in ids]
+
+    def variants(self, parent: str, mask_fraction: float = 0.4, temperature: float = 1.5,
+                 n: int = 10, seed: int = 0, spans: Sequence[Sequence[int]] | None = None,
+                 top_k: int = 0, top_p: float = 1.0, same_length: bool = True,
+                 max_rounds: int = 3) -> Variants:
+        """``n`` full variants of ``parent`` by sentinel infilling with temperature sampling.
+
+        Without ``spans`` each variant gets its own seeded random mask of ``mask_fraction`` of
+        the residues (one sentinel per residue, as Ankh was trained); with ``spans`` (0-based
+        ``(start, end)``) every variant infills the same spans. Malformed answers are rejected
+        and counted in ``.rejected`` by reason (``infill.REJECT_REASONS``); up to ``max_rounds``
+        rounds are run to reach ``n`` accepted variants.
+        """
+        parent = self.tokenizer.normalize(parent) if isinstance(parent, str) else parent
+        self._encode_inputs([parent])  # validates residues and length
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        max_spans = infill.num_sentinels(self.tokenizer)
+        fixed = infill.check_spans(spans, len(parent), max_spans) if spans is not None else None
+        result = Variants(parent, [], [], {r: 0 for r in infill.REJECT_REASONS}, 0)
+        for rnd in range(max_rounds):
+            need = n - len(result)
+            if need <= 0:
+                break
+            masks = [fixed or infill.random_spans(len(parent), mask_fraction,
+                                                  np.random.default_rng([seed, rnd, j]), max_spans)
+                     for j in range(need)]
+            texts = [infill.masked_input(parent, m) for m in masks]
+            # Room for every sentinel + fill + </s>; a longer answer shows up as "no_eos".
+            masked = max(sum(e - s for s, e in m) for m in masks)
+            budget = 2 * masked + 2 if same_length else 3 * masked + 8
+            outs = self.generate_ids(texts, max_new_tokens=min(budget, self.config.max_length + 1),
+                                     do_sample=True, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, seed=seed * 1000 + rnd)
+            for m, text, (ids,) in zip(masks, texts, outs):
+                result.generated += 1
+                seq, reason = infill.splice(parent, m, ids, self.tokenizer, same_length)
+                if seq is None:
+                    result.rejected[reason] += 1
+                else:
+                    result.sequences.append(seq)
+                    result.masked_inputs.append(text)
+        return result

@@ -1,0 +1,134 @@
+"""T5 building blocks in Flax NNX, named as HF T5 names its parameters.
+
+Logical axis names (``embed heads kv mlp vocab relpos_buckets``) annotate every parameter;
+``ankh/sharding.py`` maps them to mesh axes. Shapes in comments: b=batch, q/k=query/key length,
+h=heads, d=d_kv, e=embed, f=mlp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ankh.config import AnkhConfig
+
+NEG_INF = -1e9  # additive mask; exp() underflows to exactly 0 like HF's finfo.min
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]) -> nnx.Param:
+    """A float32 parameter N(0, std) annotated with logical axes (sharded later, not eagerly)."""
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """T5 layer norm: no mean subtraction, no bias; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("embed",),
+                                eager_sharding=False)
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)  # [b, l, 1]
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        return (self.weight[...] * y).astype(x.dtype)  # [b, l, e]
+
+
+class Attention(nnx.Module):
+    """Multi-head attention without the 1/sqrt(d) scale (T5 folds it into the init)."""
+
+    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+        e, h, d, f = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.initializer_factor
+        self.q = param(rngs, (e, h, d), f * (e * d) ** -0.5, ("embed", "heads", "kv"))
+        self.k = param(rngs, (e, h, d), f * e ** -0.5, ("embed", "heads", "kv"))
+        self.v = param(rngs, (e, h, d), f * e ** -0.5, ("embed", "heads", "kv"))
+        self.o = param(rngs, (h, d, e), f * (h * d) ** -0.5, ("heads", "kv", "embed"))
+        self.dtype = dtype
+
+    def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        k = jnp.einsum("bke,ehd->bkhd", x, self.k[...].astype(self.dtype))  # [b, k, h, d]
+        v = jnp.einsum("bke,ehd->bkhd", x, self.v[...].astype(self.dtype))  # [b, k, h, d]
+        return k, v
+
+    def __call__(self, x: jax.Array, bias: jax.Array, kv_input: jax.Array | None = None,
+                 kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """x [b, q, e]; bias [b|1, h|1, q, k] (position bias + mask); keys from kv_input or kv."""
+        x = x.astype(self.dtype)
+        q = jnp.einsum("bqe,ehd->bqhd", x, self.q[...].astype(self.dtype))  # [b, q, h, d]
+        if kv is None:
+            kv = self.project_kv(x if kv_input is None else kv_input.astype(self.dtype))
+        k, v = kv
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)  # [b, h, q, k]
+        probs = jax.nn.softmax(scores + bias, axis=-1).astype(self.dtype)  # [b, h, q, k]
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)  # [b, q, h, d]
+        return jnp.einsum("bqhd,hde->bqe", ctx, self.o[...].astype(self.dtype))  # [b, q, e]
+
+
+class GatedFFN(nnx.Module):
+    """T5 v1.1 gated feed-forward: wo(act(wi_0 x) * wi_1 x)."""
+
+    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+        e, f_, s = cfg.d_model, cfg.d_ff, cfg.initializer_factor
+        self.wi_0 = param(rngs, (e, f_), s * e ** -0.5, ("embed", "mlp"))
+        self.wi_1 = param(rngs, (e, f_), s * e ** -0.5, ("embed", "mlp")) if cfg.is_gated_act else None
+        self.wo = param(rngs, (f_, e), s * f_ ** -0.5, ("mlp", "embed"))
+        self.act = cfg.activation
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        h = activation(self.act, x @ self.wi_0[...].astype(self.dtype))  # [b, l, f]
+        if self.wi_1 is not None:
+            h = h * (x @ self.wi_1[...].astype(self.dtype))  # [b, l, f]
+        return h @ self.wo[...].astype(self.dtype)  # [b, l, e]
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    if name == "gelu_new":
+        return jax.nn.gelu(x, approximate=True)
+    if name == "silu":
+        return jax.nn.silu(x)
+    return jax.nn.relu(x)
+
+
+def relative_position_bucket(rel: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """HF/T5 bucketing of (key - query) offsets; same float32 op order as HF for parity."""
+    buckets = jnp.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (rel > 0).astype(rel.dtype) * num_buckets
+        rel = jnp.abs(rel)
+    else:
+        rel = -jnp.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    safe = jnp.maximum(rel, 1).astype(jnp.float32)  # log(0) is masked out by is_small anyway
+    large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
+                         * (num_buckets - max_exact)).astype(rel.dtype)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(is_small, rel, large)
+
+
+class RelativeBias(nnx.Module):
+    """Learned per-head bias by relative-position bucket, computed once per stack."""
+
+    def __init__(self, cfg: AnkhConfig, bidirectional: bool, rngs: nnx.Rngs):
+        n, h = cfg.relative_attention_num_buckets, cfg.num_heads
+        self.weight = param(rngs, (n, h), cfg.initializer_factor * cfg.d_model ** -0.5,
+                            ("relpos_buckets", "heads"))
+        self.bidirectional = bidirectional
+        self.max_distance = cfg.relative_attention_max_distance
+
+    def __call__(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+        """q_pos [b|1, q], k_pos [b|1, k] int positions -> bias [b|1, h, q, k] float32."""
+        rel = k_pos[:, None, :] - q_pos[:, :, None]  # [b, q, k]
+        idx = relative_position_bucket(rel, self.bidirectional, self.weight.shape[0],
+                                       self.max_distance)
+        bias = jnp.take(self.weight[...], idx, axis=0)  # [b, q, k, h]
+        return jnp.transpose(bias, (0, 3, 1, 2))  # [b, h, q, k]

@@ -1,0 +1,242 @@
+"""Pure-JAX pretraining math: loss, optimizer, one jitted (sharded, donated) train step, FLOPs.
+
+Batches follow the data contract (``docs/pretraining.md``): ``input_ids segment_ids positions
+decoder_input_ids decoder_segment_ids decoder_positions labels loss_mask`` ([B, L] each).
+Params are a pure dict of float32 arrays (``nnx.State.to_pure_dict()``); compute runs in the
+model's dtype (bfloat16 optional), the loss and the optimizer in float32.
+
+The loss of a step is normalised by the number of target tokens of the *global* batch, so
+k-step gradient accumulation and any data-parallel split give the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from ankh import sharding
+from ankh.config import AnkhConfig
+from ankh.model import AnkhModel
+
+MODEL_KEYS = ("input_ids", "segment_ids", "positions", "decoder_input_ids",
+              "decoder_segment_ids", "decoder_positions", "labels", "loss_mask")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimisation as the Ankh paper: Adafactor, linear warm-up then linear decay, no decay."""
+
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    peak_lr: float = 0.002        # paper: 0.002 (large), 0.004 (base)
+    warmup_steps: int = 10_000    # paper scale; presets shrink it
+    total_steps: int = 100_000    # linear decay reaches end_lr here
+    end_lr: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0        # global-norm clipping; 0 disables
+    b1: float = 0.9               # AdamW
+    b2: float = 0.999
+    eps: float = 1e-8
+    adafactor_decay: float = 0.8
+    adafactor_momentum: float | None = None
+    z_loss: float = 0.0           # coefficient of mean(logsumexp^2); 0 disables
+    accum_steps: int = 1          # micro-batches per optimizer step
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
+        if self.total_steps < 1 or self.warmup_steps < 0:
+            raise ValueError("total_steps must be >= 1 and warmup_steps >= 0")
+
+
+def lr_schedule(oc: OptimConfig) -> optax.Schedule:
+    warm = max(1, min(oc.warmup_steps, oc.total_steps))
+    decay = max(1, oc.total_steps - warm)
+    return optax.join_schedules([optax.linear_schedule(0.0, oc.peak_lr, warm),
+                                 optax.linear_schedule(oc.peak_lr, oc.end_lr, decay)], [warm])
+
+
+def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
+    sched = lr_schedule(oc)
+    if oc.optimizer == "adafactor":
+        # Explicit LR (no relative step / parameter scaling): the paper's peak-LR recipe.
+        opt = optax.adafactor(sched, multiply_by_parameter_scale=False, decay_rate=oc.adafactor_decay,
+                              momentum=oc.adafactor_momentum, weight_decay_rate=oc.weight_decay or None)
+    elif oc.optimizer == "adamw":
+        opt = optax.adamw(sched, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {oc.optimizer!r}; use adafactor or adamw")
+    return optax.chain(optax.clip_by_global_norm(oc.clip_norm), opt) if oc.clip_norm > 0 else opt
+
+
+def build_model(cfg: AnkhConfig, seed: int = 0, compute_dtype: str = "float32") -> AnkhModel:
+    return AnkhModel(cfg, nnx.Rngs(seed), _DTYPES[compute_dtype])
+
+
+def graphdef_of(cfg: AnkhConfig, compute_dtype: str = "float32") -> Any:
+    return nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0, compute_dtype)))[0]
+
+
+def loss_sums(graphdef: Any, params: dict, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
+    """Summed (not averaged) CE [+ z-loss] over target tokens, and metric sums."""
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["input_ids"], batch["segment_ids"], batch["decoder_input_ids"],
+                   batch["decoder_segment_ids"], batch["positions"], batch["decoder_positions"])
+    logits = logits.astype(jnp.float32)  # [b, ld, v]
+    mask = batch["loss_mask"].astype(jnp.float32)  # [b, ld]
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [b, ld]
+    target = jnp.take_along_axis(logits, batch["labels"][..., None], axis=-1)[..., 0]  # [b, ld]
+    ce = jnp.sum((lse - target) * mask)
+    zl = jnp.sum(jnp.square(lse) * mask)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * mask)
+    total = ce + z_loss * zl if z_loss else ce
+    return total, {"ce": ce, "z": zl, "correct": correct, "tokens": jnp.sum(mask)}
+
+
+def _microbatches(batch: dict, k: int) -> dict:
+    # Row r of micro-batch i is global row r*k+i: every micro-batch spans all data shards.
+    return {n: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1) for n, x in batch.items()}
+
+
+def _grads(graphdef: Any, params: dict, batch: dict, oc: OptimConfig) -> tuple[dict, dict]:
+    """Gradient of the token-mean loss of the whole batch (accumulated over micro-batches)."""
+    n_tok = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    vg = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, oc.z_loss), has_aux=True)
+    if oc.accum_steps == 1:
+        (_, sums), g = vg(params, batch)
+    else:
+        def body(carry, mb):
+            (_, s), g = vg(params, mb)
+            return jax.tree.map(jnp.add, carry, (g, s)), None
+        zeros = (jax.tree.map(jnp.zeros_like, params),
+                 {k: jnp.zeros((), jnp.float32) for k in ("ce", "z", "correct", "tokens")})
+        (g, sums), _ = jax.lax.scan(body, zeros, _microbatches(batch, oc.accum_steps))
+    return jax.tree.map(lambda x: x / n_tok, g), sums
+
+
+def _metrics(sums: dict, oc: OptimConfig) -> dict:
+    n = jnp.maximum(sums["tokens"], 1.0)
+    return {"loss": sums["ce"] / n, "z_loss": sums["z"] / n, "accuracy": sums["correct"] / n,
+            "target_tokens": sums["tokens"]}
+
+
+def train_step(graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig,
+               state: dict, batch: dict) -> tuple[dict, dict]:
+    """One optimizer step: state {params, opt_state, step, rng} -> (new state, metrics)."""
+    batch = {k: batch[k] for k in MODEL_KEYS}
+    grads, sums = _grads(graphdef, state["params"], batch, oc)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = _metrics(sums, oc) | {"grad_norm": optax.global_norm(grads),
+                                    "lr": lr_schedule(oc)(state["step"])}
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
+           "rng": jax.random.fold_in(state["rng"], state["step"])}
+    return new, metrics
+
+
+def eval_step(graphdef: Any, params: dict, batch: dict, residues: tuple[int, int] = (3, 27)) -> dict:
+    """Metric sums over a batch (add them up over batches, then divide by ``tokens``).
+
+    ``res_*`` restrict to targets that are residues (ids in ``residues``): the masked amino
+    acids alone, without the sentinels and ``</s>`` that are predictable from position.
+    """
+    lab = batch["labels"]
+    is_res = ((lab >= residues[0]) & (lab <= residues[1])).astype(jnp.float32)
+    both = {k: batch[k] for k in MODEL_KEYS}
+    res = dict(both, loss_mask=both["loss_mask"] * is_res)
+    out = loss_sums(graphdef, params, both)[1]
+    out_res = loss_sums(graphdef, params, res)[1]
+    return out | {"res_ce": out_res["ce"], "res_tokens": out_res["tokens"]}
+
+
+@dataclasses.dataclass
+class Trainer:
+    """The compiled pieces for one (model config, optimizer config, mesh)."""
+
+    cfg: AnkhConfig
+    oc: OptimConfig
+    mesh: Mesh
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype)
+        self.tx = make_optimizer(self.oc)
+        abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.cfg, 0)))[1]
+        self.param_shardings = sharding.param_shardings(abstract, self.mesh)
+        rep = sharding.replicated(self.mesh)
+        self._init = jax.jit(self._init_fn, out_shardings={"params": self.param_shardings,
+                                                           "step": rep, "rng": rep})
+        # Optimizer-state shardings follow the params' (XLA propagates through tx.init).
+        self._opt_init = jax.jit(self.tx.init)
+        self._step: Callable | None = None
+        self._eval = jax.jit(lambda p, b: eval_step(self.graphdef, p, b))
+
+    def _init_fn(self) -> dict:
+        params = nnx.split(build_model(self.cfg, self.seed))[1].to_pure_dict()
+        return {"params": params, "step": jnp.zeros((), jnp.int32),
+                "rng": jax.random.key_data(jax.random.key(self.seed))}
+
+    def init_state(self) -> dict:
+        with jax.set_mesh(self.mesh):
+            st = self._init()
+            st["opt_state"] = self._opt_init(st["params"])
+        return st
+
+    def abstract_state(self) -> Any:
+        """ShapeDtypeStructs with shardings: the restore target for a checkpoint."""
+        with jax.set_mesh(self.mesh):
+            st = jax.eval_shape(self._init)
+            opt_sh = self._opt_init.lower(st["params"]).compile().output_shardings
+            st["opt_state"] = jax.eval_shape(self.tx.init, st["params"])
+            st = {k: v for k, v in st.items()}
+        sh = self.state_shardings(opt_sh)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), st, sh)
+
+    def state_shardings(self, opt_sh: Any) -> dict:
+        rep = sharding.replicated(self.mesh)
+        return {"params": self.param_shardings, "opt_state": opt_sh, "step": rep, "rng": rep}
+
+    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
+        """Jitted, donating the old state (its buffers are reused for the new one)."""
+        if self._step is None:
+            sh = self.state_shardings(jax.tree.map(lambda x: x.sharding, state["opt_state"]))
+            self._step = jax.jit(lambda s, b: train_step(self.graphdef, self.tx, self.oc, s, b),
+                                 donate_argnums=(0,), out_shardings=(sh, sharding.replicated(self.mesh)))
+        with jax.set_mesh(self.mesh):
+            return self._step(state, batch)
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        with jax.set_mesh(self.mesh):
+            return self._eval(params, batch)
+
+
+def flops_per_step(cfg: AnkhConfig, batch: int, enc_len: int, dec_len: int) -> float:
+    """Matmul FLOPs of one training step (forward + backward = 3x forward) on padded shapes."""
+    e, hd, f, v = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size
+    n_ff = 3 if cfg.is_gated_act else 2
+    ffn = 2 * n_ff * e * f  # per token
+    attn_proj = 2 * 4 * e * hd  # q k v o, per token
+    enc = enc_len * cfg.num_layers * (attn_proj + ffn + 4 * enc_len * hd)
+    dec = cfg.num_decoder_layers * (dec_len * (attn_proj + ffn + 4 * dec_len * hd)  # self
+                                    + dec_len * 2 * 2 * e * hd + enc_len * 2 * 2 * e * hd  # cross proj
+                                    + 4 * dec_len * enc_len * hd)  # cross scores + context
+    head = 2 * dec_len * e * v
+    return 3.0 * batch * (enc + dec + head)
+
+
+def unigram_entropy(labels: Any, mask: Any) -> float:
+    """Cross-entropy (nats) of predicting targets by their own frequency: the no-context baseline."""
+    import numpy as np
+
+    lab = np.asarray(labels)[np.asarray(mask) > 0]
+    counts = np.bincount(lab.ravel()).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum()) if len(p) else math.nan

@@ -1,0 +1,32 @@
+"""Benchmarks, one JSON line each: ``python -m jobs.benchmark <what> [options]``.
+
+Each subcommand lives in ``platform/bench_<what>.py`` (``ankh_platform.bench_<what>``) with a
+``main(argv)`` that prints one JSON object; ``--help`` after the subcommand lists its flags.
+"""
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "embed": "encoder throughput vs HF PyTorch T5 on the same weights",
+    "data": "data pipeline tokens/s and padding waste",
+    "train": "train step tokens/s, MFU, data-wait fraction",
+    "generate": "decoded tokens/s vs HF generate",
+    "serve": "requests/s and latency under concurrent load vs offline throughput",
+    "embed-job": "batch-embedding job tokens/s vs raw encoder, padding waste",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        print(__doc__)
+        for name, what in SUBCOMMANDS.items():
+            print(f"  {name:10s} {what}")
+        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+    mod = importlib.import_module(f"ankh_platform.bench_{argv[0].replace('-', '_')}")
+    mod.main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

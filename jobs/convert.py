@@ -1,0 +1,62 @@
+"""Convert between HF Ankh directories and this platform's models.
+
+    python -m jobs.convert export --model RUN_OR_CHECKPOINT_OR_PRESET --output HF_DIR
+        write config.json + model.safetensors + tokenizer.json, loadable by
+        transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)
+    python -m jobs.convert import --hf HF_DIR --output CHECKPOINT_DIR
+        read an HF Ankh directory (model.safetensors; pytorch_model.bin only via torch with
+        weights_only=True) and write it as one of our checkpoints (e.g. to start pretraining)
+    python -m jobs.convert check --hf HF_DIR
+        import, export to a temp dir, re-import: verifies the round trip is bit-exact
+
+Paths may be local or gs://.
+"""
+
+import argparse
+import logging
+import sys
+import tempfile
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m jobs.convert", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="our model -> HF directory")
+    ex.add_argument("--model", required=True, help="preset, HF dir, or our checkpoint/run dir")
+    ex.add_argument("--output", required=True)
+    im = sub.add_parser("import", help="HF directory -> our checkpoint")
+    im.add_argument("--hf", required=True)
+    im.add_argument("--output", required=True)
+    ck = sub.add_parser("check", help="verify an HF directory round-trips bit-exactly")
+    ck.add_argument("--hf", required=True)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    import ankh
+
+    if args.cmd == "export":
+        ankh.load(args.model).save_hf(args.output)
+        print(f"wrote HF directory {args.output}")
+    elif args.cmd == "import":
+        from ankh.checkpoint import save_model
+
+        model = ankh.load(args.hf)
+        save_model(model, args.output)
+        print(f"wrote checkpoint {args.output}")
+    else:
+        model = ankh.load(args.hf)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_hf(tmp)
+            again = ankh.load(tmp).flat_params()
+        bad = [p for p, w in model.flat_params().items() if not np.array_equal(again[p], w)]
+        if bad:
+            print(f"round trip differs in {len(bad)} tensors, e.g. {bad[:3]}", file=sys.stderr)
+            sys.exit(1)
+        print(f"round trip bit-exact: {len(again)} tensors, {model.num_params():,} parameters")
+
+
+if __name__ == "__main__":
+    main()

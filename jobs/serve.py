@@ -1,0 +1,59 @@
+"""Serve a checkpoint over HTTP (and DeploymentHandles): ``python -m jobs.serve --checkpoint PATH``.
+
+Starts Ray Serve locally (or on the cluster in ``RAY_ADDRESS``) with the embedding and
+generation deployments behind a FastAPI ingress, prints the URL and serves until Ctrl-C
+(``--detach``: deploy and exit, leaving it running on the cluster). Binds 127.0.0.1 unless
+``--host`` says otherwise. Every ServeConfig field is settable as ``key.path=value`` or in a
+``--config`` YAML (see ``cluster/serve-*.yaml`` for the same apps as Serve config files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+
+def _flags(ap) -> None:
+    ap.add_argument("--checkpoint", help="preset name, HF directory or our run dir (local or gs://)")
+    ap.add_argument("--host", help="bind address (default 127.0.0.1)")
+    ap.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    ap.add_argument("--detach", action="store_true", help="deploy and exit (cluster use)")
+    ap.add_argument("--num-cpus", type=float, help="CPUs for a local Ray (default: all)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ankh_platform.configlib import parse_cli, to_dict, from_dict
+    from ankh_platform.serve_schema import ServeConfig
+
+    cfg, args = parse_cli(ServeConfig, argv, __doc__, extra=_flags)
+    over = {k: v for k, v in (("checkpoint", args.checkpoint), ("host", args.host),
+                              ("port", args.port)) if v is not None}
+    cfg = from_dict(ServeConfig, {**to_dict(cfg), **over})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from ray import serve
+
+    from ankh_platform.runtime import init_ray
+    from ankh_platform.serve_app import build_app
+
+    init_kw = {"num_cpus": args.num_cpus} if args.num_cpus else {}
+    init_ray(**init_kw)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    print(json.dumps({"url": url, "app": cfg.app_name, "model": cfg.served_name(),
+                      "docs": f"{url}/docs", "health": f"{url}/healthz"}), flush=True)
+    if args.detach:
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,23 @@
+"""Print (as JSON) where ``ankh``, ``ankh_platform`` and ``jobs`` were imported from.
+
+Used to prove that ``ray job submit --working-dir .`` runs the uploaded code, on the driver and
+inside a Ray worker.
+"""
+
+import argparse
+import json
+
+
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)
+    import ray
+
+    from ankh_platform.runtime import init_ray, package_origins
+
+    init_ray()
+    remote = ray.get(ray.remote(num_cpus=0)(package_origins).remote())
+    print(json.dumps({"driver": package_origins(), "worker": remote}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Sharded, asynchronous Orbax checkpoints of a training run, with safe resume and HF export.
+
+Every process writes its own shards (Orbax OCDBT); process 0 writes a size manifest once a save
+is final (``ankh.checkpoint``). On resume, checkpoints are tried newest first: one that fails
+verification or restore is named in a warning, moved aside to ``<run>/corrupt/`` (kept, not
+deleted) and the next older one is used -- a bad checkpoint never poisons a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import fsspec
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from ankh import checkpoint as ackpt
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointStore:
+    """``save`` every ``every`` steps (async), keep the newest ``keep``; ``restore`` with fallback."""
+
+    def __init__(self, directory: str, every: int, keep: int = 3, async_save: bool = True):
+        self.directory = str(directory).rstrip("/")
+        self.every = every
+        opts = ocp.CheckpointManagerOptions(
+            save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
+            create=True, cleanup_tmp_directories=True)
+        self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=ackpt.ITEMS)
+        self._pending: list[int] = []
+
+    # ---- saving ------------------------------------------------------------------------------
+    def should_save(self, step: int, final: bool = False) -> bool:
+        return step > 0 and (final or step % self.every == 0) and step not in self.mgr.all_steps()
+
+    def save(self, step: int, state: dict, meta: dict) -> None:
+        """Start an async save of ``state`` ({params, opt_state, ...}) and the JSON ``meta``."""
+        args = ocp.args.Composite(params=ocp.args.StandardSave(state["params"]),
+                                  opt_state=ocp.args.StandardSave(state["opt_state"]),
+                                  meta=ocp.args.JsonSave(meta))
+        self.mgr.save(step, args=args)
+        self._pending.append(step)
+        self.poll()
+
+    def poll(self) -> None:
+        """Write manifests of saves that have finished (cheap; call every step)."""
+        if not self._pending or self.mgr.is_saving_in_progress():
+            return
+        if jax.process_index() == 0:
+            for step in self._pending:
+                d = f"{self.directory}/{step}"
+                if fsspec.core.url_to_fs(d)[0].exists(fsspec.core.url_to_fs(d)[1]):  # may be GC'd
+                    ackpt.write_manifest(d)
+        self._pending = []
+
+    def wait(self) -> None:
+        self.mgr.wait_until_finished()
+        self.poll()
+
+    def close(self) -> None:
+        self.wait()
+        self.mgr.close()
+
+    # ---- restoring -----------------------------------------------------------------------------
+    def restore(self, abstract_state: dict) -> tuple[dict, dict] | None:
+        """(state, meta) of the newest good checkpoint, or None for a fresh run."""
+        for step in sorted(self.mgr.all_steps(), reverse=True):
+            d = f"{self.directory}/{step}"
+            why = ackpt.verify(d) if jax.process_index() == 0 else None
+            bad = _agree(why is not None)  # every process takes the same branch
+            if not bad:
+                try:
+                    return self._restore_step(step, abstract_state)
+                except Exception as e:  # tensorstore/orbax raise many types
+                    why = f"{d} could not be restored: {type(e).__name__}: {str(e)[:300]}"
+                    bad = True
+            log.warning("checkpoint %s is unusable, falling back to an older one: %s", d, why)
+            self._quarantine(step)
+        return None
+
+    def _restore_step(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
+        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_state["params"]),
+                                  opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+                                  meta=ocp.args.JsonRestore())
+        out = self.mgr.restore(step, args=args)
+        meta = dict(out["meta"])
+        rep = abstract_state["step"].sharding
+        state = {"params": out["params"], "opt_state": out["opt_state"],
+                 "step": jax.device_put(np.int32(meta["step"]), rep),
+                 "rng": jax.device_put(np.asarray(meta["rng"], np.uint32), rep)}
+        log.info("restored checkpoint %s/%d", self.directory, step)
+        return state, meta
+
+    def _quarantine(self, step: int) -> None:
+        """Move a bad step aside (kept for inspection) so the step can be saved again."""
+        multihost_utils.sync_global_devices(f"ankh-quarantine-{step}")
+        if jax.process_index() == 0:
+            fs, root = fsspec.core.url_to_fs(self.directory)
+            root = root.rstrip("/")
+            src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
+            if fs.exists(src):
+                fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+                fs.mv(src, dst, recursive=True)
+                log.warning("moved bad checkpoint %s to %s", src, dst)
+        multihost_utils.sync_global_devices(f"ankh-quarantined-{step}")
+        self.mgr.reload()
+
+
+def _agree(flag: bool) -> bool:
+    """Process 0's decision, broadcast to every process."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def export_hf(run_or_ckpt: str, out_dir: str) -> str:
+    """Newest good checkpoint (or the given step) -> an HF directory that ``ankh.load`` reads."""
+    model = ackpt.load(run_or_ckpt)
+    model.save_hf(out_dir)
+    return out_dir

@@ -1,0 +1,38 @@
+"""Where the platform's code came from, and a local Ray start with safe defaults."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def package_origins() -> dict[str, str]:
+    """Directory each of the project's packages was imported from (used to prove uploads work)."""
+    out = {}
+    for name in ("ankh", "ankh_platform", "jobs"):
+        mod = importlib.import_module(name)
+        paths = list(getattr(mod, "__path__", []))
+        out[name] = os.path.realpath(paths[0]) if paths else os.path.realpath(mod.__file__)
+    import platform as stdlib_platform
+
+    out["platform"] = os.path.realpath(stdlib_platform.__file__)
+    return out
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """Connect to a cluster (``address``/``RAY_ADDRESS``) or start a local one on loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        kwargs.setdefault("include_dashboard", False)
+        ray.init(**kwargs)
+    log.info("ray resources: %s", ray.cluster_resources())

@@ -1,0 +1,252 @@
+"""Serving config (typed dataclasses, ``configlib``) and the HTTP API's pydantic models.
+
+Request models forbid unknown fields, use strict types (a number is not a sequence) and reject
+NaN/inf, so a malformed request is a 422 naming the field. Limits that depend on the served
+model or the deployment config (how many sequences, how long, how many new tokens) are checked
+by :func:`check_limits` and give a 413 naming the limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      model_validator)
+
+# ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentOptions:
+    """Ray Serve options of one deployment (all settable from YAML or ``a.b=value``)."""
+
+    num_replicas: int = 1
+    # Serve autoscaling_config (e.g. {min_replicas: 1, max_replicas: 4,
+    # target_ongoing_requests: 16}); when set it replaces num_replicas.
+    autoscaling: dict | None = None
+    max_ongoing_requests: int = 64  # in flight per replica
+    max_queued_requests: int = 128  # waiting per caller; past this: 503 + Retry-After
+    num_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
+class EmbedOptions(DeploymentOptions):
+    # Padded lengths (tokens incl. </s>) compiled at replica start; () = 64, 96, 128, ... up
+    # to the model's max_length + 1 (steps of 1.5x/2x like the offline ``bucket_length``).
+    length_buckets: tuple[int, ...] = ()
+    batch_tokens: int = 8192  # rows per batch = batch_tokens // bucket length
+    row_growth: int = 2  # compiled batch rows: 1, g, g^2, ... and the full batch
+    max_batch_size: int = 256  # sequences gathered by @serve.batch per step
+    batch_wait_timeout_s: float = 0.005
+    layers: tuple[int, ...] = ()  # earlier encoder layers served too (final always served)
+    per_residue: bool = True  # compile the per-residue variant as well
+
+
+@dataclass(frozen=True)
+class GenerateOptions(DeploymentOptions):
+    enabled: bool = True
+    max_ongoing_requests: int = 8
+    max_queued_requests: int = 32
+
+
+@dataclass(frozen=True)
+class IngressOptions(DeploymentOptions):
+    num_cpus: float = 0.0
+    max_ongoing_requests: int = 256
+    max_queued_requests: int = 512
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sequences: int = 64  # per request
+    max_length: int = 1024  # residues per sequence (also capped by the model and buckets)
+    max_new_tokens: int = 256
+    max_variants: int = 16  # num_return_sequences / variants per request
+    max_beams: int = 8
+    max_score_residues: int = 4096  # per /v1/score request (one masked pass per residue)
+    max_body_bytes: int = 2_000_000
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    enabled: bool = False  # on in the cluster configs
+    token_env: str = "ANKH_SERVE_TOKEN"  # env var (e.g. from a k8s secret) holding the token
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str = "tiny"  # preset name, HF dir or our run dir; local path or gs://
+    model_name: str = ""  # id in /v1/models; "" = last path component of checkpoint
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the model
+    host: str = "127.0.0.1"
+    port: int = 8000
+    app_name: str = "ankh"
+    route_prefix: str = "/"
+    retry_after_s: float = 1.0  # Retry-After on 503s from back-pressure
+    log_json: bool = True  # Serve's structured JSON logs (request ids included)
+    ingress: IngressOptions = field(default_factory=IngressOptions)
+    embed: EmbedOptions = field(default_factory=EmbedOptions)
+    generate: GenerateOptions = field(default_factory=GenerateOptions)
+    limits: Limits = field(default_factory=Limits)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    def served_name(self) -> str:
+        return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclass -> JSON-able dict (tuples as lists), for Serve's config/args."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(x) for x in obj]
+    return obj
+
+
+# ---- HTTP request / response models ---------------------------------------------------------
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+Sequences = list[StrictStr]
+
+
+class EmbedRequest(BaseModel):
+    model_config = _STRICT
+    sequences: Sequences = Field(min_length=1, description="Protein sequences (one letter "
+                                 "codes; case and whitespace are normalised).")
+    pooling: Literal["mean", "none"] = Field("mean", description="mean: one vector per "
+                                             "protein; none: one vector per residue.")
+    layer: StrictInt | None = Field(None, ge=1, description="Encoder layer (1-based); default "
+                                    "the final one. Only layers the deployment serves.")
+    dtype: Literal["float32", "float16"] = Field("float32", description="Precision the "
+                                                 "values are rounded to in the response.")
+    model: StrictStr | None = Field(None, description="Model id from /v1/models (optional).")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    pooling: str
+    embeddings: list[Any] = Field(description="One entry per input sequence, in input order: "
+                                  "[dim] floats (mean) or [length][dim] (none).")
+
+
+Number = StrictFloat | StrictInt
+
+
+class GenerateRequest(BaseModel):
+    """``Ankh.generate``: greedy, sampling or beam search (HF ``generate`` names)."""
+
+    model_config = _STRICT
+    sequences: Sequences = Field(min_length=1, description="Prompts; <extra_id_k> sentinels "
+                                 "mark spans to infill.")
+    max_new_tokens: StrictInt = Field(64, ge=1)
+    do_sample: StrictBool = Field(False, description="false: greedy (or beam search).")
+    temperature: Number = Field(1.0, gt=0)
+    top_k: StrictInt = Field(0, ge=0, description="0 = no top-k filter.")
+    top_p: Number = Field(1.0, gt=0, le=1)
+    num_beams: StrictInt = Field(1, ge=1)
+    num_return_sequences: StrictInt = Field(1, ge=1)
+    repetition_penalty: Number = Field(1.0, gt=0)
+    length_penalty: Number = 1.0
+    seed: StrictInt = Field(0, ge=0, description="Same seed + request -> same output.")
+    model: StrictStr | None = None
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    outputs: list[list[str]] = Field(description="Per input, num_return_sequences strings.")
+
+
+class VariantsRequest(BaseModel):
+    """``Ankh.variants``: full-length variants of a parent by sentinel infilling."""
+
+    model_config = _STRICT
+    parent: StrictStr = Field(min_length=1)
+    n: StrictInt = Field(10, ge=1, description="Variants wanted.")
+    mask_fraction: Number = Field(0.4, gt=0, le=1)
+    temperature: Number = Field(1.5, gt=0)
+    top_k: StrictInt = Field(0, ge=0)
+    top_p: Number = Field(1.0, gt=0, le=1)
+    spans: list[tuple[StrictInt, StrictInt]] | None = Field(
+        None, description="Fixed 0-based [start, end) spans to infill (default: random).")
+    same_length: StrictBool = True
+    seed: StrictInt = Field(0, ge=0)
+    model: StrictStr | None = None
+
+
+class ScoreRequest(BaseModel):
+    """Likelihood scores of sequences and/or mutation scores against a wild type."""
+
+    model_config = _STRICT
+    sequences: Sequences | None = Field(None, min_length=1, description="Sequences to score.")
+    per_residue: StrictBool = Field(False, description="Include per-residue log-probs.")
+    wild_type: StrictStr | None = Field(None, min_length=1)
+    mutants: list[StrictStr] | None = Field(None, min_length=1, description="e.g. 'A12G' "
+                                            "or 'A12G:K40R' (1-based), scored vs wild_type.")
+    model: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> "ScoreRequest":
+        if self.sequences is None and self.wild_type is None:
+            raise ValueError("give 'sequences' and/or 'wild_type' with 'mutants'")
+        if (self.wild_type is None) != (self.mutants is None):
+            raise ValueError("'wild_type' and 'mutants' go together")
+        return self
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    scores: list[dict[str, Any]] | None = None
+    mutation_scores: list[float] | None = None
+
+
+class LimitError(ValueError):
+    """A request over a configured limit (HTTP 413); the message names the limit."""
+
+
+def effective_max_length(limits: Limits, model_max: int, bucket_max: int | None) -> int:
+    caps = [limits.max_length, model_max] + ([bucket_max - 1] if bucket_max else [])
+    return min(caps)
+
+
+def check_sequences(seqs: list[str], limits: Limits, max_length: int) -> None:
+    """Count and raw length limits, before any tokenisation work is done."""
+    if len(seqs) > limits.max_sequences:
+        raise LimitError(f"too many sequences: {len(seqs)} > limits.max_sequences="
+                         f"{limits.max_sequences}")
+    for i, s in enumerate(seqs):
+        if len(s) > max_length:  # whitespace is not a residue: count without it
+            n = len("".join(s.split()))
+            if n > max_length:
+                raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
+
+
+def check_generate(req: GenerateRequest, limits: Limits) -> None:
+    if req.max_new_tokens > limits.max_new_tokens:
+        raise LimitError(f"max_new_tokens {req.max_new_tokens} > limits.max_new_tokens="
+                         f"{limits.max_new_tokens}")
+    if req.num_return_sequences > limits.max_variants:
+        raise LimitError(f"num_return_sequences {req.num_return_sequences} > "
+                         f"limits.max_variants={limits.max_variants}")
+    if req.num_beams > limits.max_beams:
+        raise LimitError(f"num_beams {req.num_beams} > limits.max_beams={limits.max_beams}")
+
+
+def check_variants(req: VariantsRequest, limits: Limits, max_length: int) -> None:
+    check_sequences([req.parent], limits, max_length)
+    if req.n > limits.max_variants:
+        raise LimitError(f"n {req.n} > limits.max_variants={limits.max_variants}")
+
+
+def check_score(req: ScoreRequest, limits: Limits, max_length: int) -> None:
+    seqs = list(req.sequences or []) + ([req.wild_type] if req.wild_type else [])
+    check_sequences(seqs, limits, max_length)
+    if req.mutants and len(req.mutants) > limits.max_sequences:
+        raise LimitError(f"too many mutants: {len(req.mutants)} > limits.max_sequences="
+                         f"{limits.max_sequences}")
+    total = sum(len("".join(s.split())) for s in req.sequences or [])
+    if total > limits.max_score_residues:
+        raise LimitError(f"{total} residues to score > limits.max_score_residues="
+                         f"{limits.max_score_residues}")
