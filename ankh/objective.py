@@ -86,12 +86,19 @@ class Objective:
 
     def apply(self, residues: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``residues`` int32 [n] without ``</s>`` -> (encoder ids [n+1], target ids [2k+1])."""
-        residues = np.asarray(residues, np.int32)
         n = len(residues)
         if n == 0:
             raise ValueError("cannot mask an empty sequence")
-        k = self.cfg.num_masked(n)
-        pos = np.sort(rng.choice(n, size=k, replace=False))  # [k] masked positions, in order
+        pos = np.sort(rng.choice(n, size=self.cfg.num_masked(n), replace=False))  # [k], in order
+        return self.mask_at(residues, pos)
+
+    def mask_at(self, residues: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask the given sorted positions: each becomes its own sentinel, in order."""
+        residues = np.asarray(residues, np.int32)
+        pos = np.asarray(pos, np.int64)
+        n, k = len(residues), len(pos)
+        if k > len(self.sentinels):
+            raise ValueError(f"{k} masked residues but only {len(self.sentinels)} sentinels")
         sent = self.sentinels[:k]
         enc = np.empty(n + 1, np.int32)
         enc[:n] = residues

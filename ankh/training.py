@@ -37,7 +37,7 @@ class OptimConfig:
     optimizer: Literal["adafactor", "adamw"] = "adafactor"
     peak_lr: float = 0.002        # paper: 0.002 (large), 0.004 (base)
     warmup_steps: int = 10_000    # paper scale; presets shrink it
-    total_steps: int = 100_000    # linear decay reaches end_lr here
+    total_steps: int = 100_000    # linear decay reaches end_lr here (0: the run's step count)
     end_lr: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float = 1.0        # global-norm clipping; 0 disables
@@ -53,11 +53,13 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
-        if self.total_steps < 1 or self.warmup_steps < 0:
-            raise ValueError("total_steps must be >= 1 and warmup_steps >= 0")
+        if self.total_steps < 0 or self.warmup_steps < 0:
+            raise ValueError("total_steps and warmup_steps must be >= 0")
 
 
 def lr_schedule(oc: OptimConfig) -> optax.Schedule:
+    if oc.total_steps < 1:
+        raise ValueError("optim.total_steps is 0: set it (or let the training loop set it to its steps)")
     warm = max(1, min(oc.warmup_steps, oc.total_steps))
     decay = max(1, oc.total_steps - warm)
     return optax.join_schedules([optax.linear_schedule(0.0, oc.peak_lr, warm),
@@ -135,7 +137,7 @@ def train_step(graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig,
     grads, sums = _grads(graphdef, state["params"], batch, oc)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = _metrics(sums, oc) | {"grad_norm": optax.global_norm(grads),
+    metrics = _metrics(sums, oc) | {"grad_norm": optax.tree.norm(grads),
                                     "lr": lr_schedule(oc)(state["step"])}
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
            "rng": jax.random.fold_in(state["rng"], state["step"])}

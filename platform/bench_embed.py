@@ -61,7 +61,7 @@ def hf_encoder(model: ankh.Ankh):
     from ankh.convert import flat_to_hf
 
     ref = T5EncoderModel(T5Config(**model.config.to_hf_dict())).eval()
-    sd = {k: torch.from_numpy(v) for k, v in flat_to_hf(model.flat_params(), model.config).items()
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in flat_to_hf(model.flat_params(), model.config).items()
           if k.startswith(("shared", "encoder"))}
     missing, unexpected = ref.load_state_dict(sd, strict=False)
     assert not unexpected and all("embed_tokens" in m for m in missing), (missing, unexpected)

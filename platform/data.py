@@ -229,15 +229,15 @@ class BatchStream:
     def _produce(self, st: PipelineState) -> Iterator[tuple[dict[str, np.ndarray], PipelineState]]:
         epoch, w0, b0 = st.epoch, st.window, st.batch
         while self.cfg.epochs <= 0 or epoch < self.cfg.epochs:
-            for w, rows in self._windows(epoch, w0):
+            for w, rows, last in _lookahead(self._windows(epoch, w0)):
                 batches = self._pack_window(epoch, w, rows)
                 for b in range(b0, len(batches)):
-                    nxt = (epoch, w, b + 1) if b + 1 < len(batches) else (epoch, w + 1, 0)
+                    # Position after this batch; the end of an epoch is the next one's start.
+                    nxt = ((epoch, w, b + 1) if b + 1 < len(batches) else
+                           (epoch + 1, 0, 0) if last else (epoch, w + 1, 0))
                     yield batches[b], dataclasses.replace(st, epoch=nxt[0], window=nxt[1], batch=nxt[2])
                 b0 = 0
-            epoch, w0 = epoch + 1, 0
-            # Normalised end-of-epoch position: the next epoch's start.
-            st = dataclasses.replace(st, epoch=epoch, window=0, batch=0)
+            epoch, w0, b0 = epoch + 1, 0, 0
 
     def _windows(self, epoch: int, first_window: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """``(window index, {"sequence", "example_id"})`` for this rank's range of ``epoch``."""
@@ -252,6 +252,17 @@ class BatchStream:
     def _pack_window(self, epoch: int, w: int, rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         return make_batches(rows["sequence"], rows["example_id"], self.objective, self.spec,
                             self.cfg.seed, epoch, self.tokenizer)
+
+
+def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]:
+    """``(window, rows, is_last)``: knowing the last window lets its state point at the next epoch."""
+    prev = None
+    for item in it:
+        if prev is not None:
+            yield (*prev, False)
+        prev = item
+    if prev is not None:
+        yield (*prev, True)
 
 
 def _read_range(fs, order: list[Shard], pos: int, end: int,

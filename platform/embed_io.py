@@ -136,20 +136,31 @@ def count_all(shards: list[Shard], threads: int = 16) -> dict[str, int]:
         return dict(zip([s.stem for s in shards], ex.map(count_rows, shards)))
 
 
-def read_fasta_batches(batch: dict, chunk: int = 4096) -> Iterator[dict]:
-    """Ray Data UDF: one row per FASTA record of each ``path`` in the batch, in chunks."""
-    for path in batch["path"]:
+def read_batches(batch: dict, chunk: int = 4096) -> Iterator[dict]:
+    """Ray Data UDF: rows ``id, sequence, path`` of each input file in the batch, streamed."""
+    for path, fmt in zip(batch["path"], batch["fmt"]):
+        path = str(path)
+        if fmt == "parquet":
+            fs, p = filesystem(path)
+            with fs.open(p, "rb") as fh:
+                for rb in pq.ParquetFile(fh).iter_batches(chunk, columns=["id", "sequence"]):
+                    yield _rows(rb.column(0).cast(pa.string()).to_pylist(),
+                                rb.column(1).to_pylist(), path)
+            continue
         ids, seqs = [], []
-        for ident, seq in fasta_records(str(path)):
+        for ident, seq in fasta_records(path):
             ids.append(ident)
             seqs.append(seq)
             if len(ids) >= chunk:
-                yield {"id": np.array(ids, object), "sequence": np.array(seqs, object),
-                       "path": np.array([path] * len(ids), object)}
+                yield _rows(ids, seqs, path)
                 ids, seqs = [], []
         if ids:
-            yield {"id": np.array(ids, object), "sequence": np.array(seqs, object),
-                   "path": np.array([path] * len(ids), object)}
+            yield _rows(ids, seqs, path)
+
+
+def _rows(ids: list, seqs: list, path: str) -> dict:
+    return {"id": np.array(ids, object), "sequence": np.array(seqs, object),
+            "path": np.array([path] * len(ids), object)}
 
 
 # ---- parts ---------------------------------------------------------------------------------
@@ -178,7 +189,7 @@ def write_atomic(table: pa.Table, path: str) -> None:
     fs.mv(tmp, p)
 
 
-def write_parts(batch: dict, output: str) -> dict:
+def write_parts(batch: dict, output: str, run_id: str) -> dict:
     """Ray Data UDF: write this batch's rows as one part file per shard; return counters."""
     shard = np.asarray(batch["shard"], object)
     dim = batch["pooled"].shape[1]
@@ -194,7 +205,8 @@ def write_parts(batch: dict, output: str) -> dict:
                 "note": pa.array(batch["note"][idx].tolist(), pa.string())}
         if "residues" in batch:
             cols["residues"] = _residue_lists(batch["residues"][idx], dim)
-        write_atomic(pa.table(cols), join(output, PARTS, s, f"{uuid.uuid4().hex}.parquet"))
+        part = join(output, PARTS, s, run_id, f"{uuid.uuid4().hex}.parquet")
+        write_atomic(pa.table(cols), part)
         first = batch["win_start"][idx] == 0
         ok = batch["error"][idx] == ""
         res["shard"].append(s)
@@ -208,18 +220,28 @@ def write_parts(batch: dict, output: str) -> dict:
 
 
 # ---- merge ---------------------------------------------------------------------------------
-def clear_parts(output: str, stem: str) -> None:
-    fs, p = filesystem(join(output, PARTS, stem))
-    if fs.exists(p):
+def clear_parts(output: str, stem: str | None = None) -> None:
+    """Remove a shard's part files (all runs), or the empty ``_parts`` folder (stem None)."""
+    fs, p = filesystem(join(output, PARTS, stem) if stem else join(output, PARTS))
+    if not fs.exists(p):
+        return
+    if stem:
+        fs.rm(p, recursive=True)
+    elif not fs.find(p):
         fs.rm(p, recursive=True)
 
 
-def merge_shard(output: str, stem: str, source: str, dim: int, width: int, overlap: int,
-                out_dtype: str = "float32", extra_meta: dict | None = None) -> dict:
-    """Parts of one shard -> ``<output>/<stem>.parquet``; windows combined; returns its report."""
+def merge_shard(output: str, stem: str, run_id: str, expected: int, source: str, dim: int,
+                width: int, overlap: int, out_dtype: str = "float32",
+                extra_meta: dict | None = None) -> dict:
+    """This run's parts of one shard -> ``<output>/<stem>.parquet``; windows combined.
+
+    ``expected`` input rows must each end up as one embedding or one invalid entry; rows that
+    repeat an id already kept are reported as invalid (duplicate ids), never dropped silently.
+    """
     from ankh_platform.embed_pack import combine_windows
 
-    fs, pdir = filesystem(join(output, PARTS, stem))
+    fs, pdir = filesystem(join(output, PARTS, stem, run_id))
     files = sorted(fs.glob(f"{pdir}/*.parquet")) if fs.exists(pdir) else []
     tables = []
     for f in files:
@@ -228,14 +250,16 @@ def merge_shard(output: str, stem: str, source: str, dim: int, width: int, overl
     t = pa.concat_tables(tables) if tables else None
     rows = t.to_pydict() if t is not None else {}
     per_res = "residues" in rows
-    invalid, notes, seen = [], [], set()
+    invalid, notes, seen, dups = [], [], set(), []
     keep: dict[str, dict] = {}
     for i, ident in enumerate(rows.get("id", [])):
         if rows["error"][i]:
             invalid.append({"id": ident, "reason": rows["error"][i]})
             continue
         key = (ident, rows["win_start"][i])
-        if key in seen:  # a retried task wrote a piece twice: keep one
+        if key in seen:  # a duplicate id in the input, or a piece written twice by a retried task
+            if rows["win_start"][i] == 0:
+                dups.append(ident)
             continue
         seen.add(key)
         if rows["note"][i]:
@@ -250,6 +274,12 @@ def merge_shard(output: str, stem: str, source: str, dim: int, width: int, overl
     if incomplete:
         raise RuntimeError(f"shard {stem}: windows missing for {incomplete[:5]}")
     ids = sorted(keep)
+    missing = expected - len(ids) - len(invalid)
+    if missing < 0 or missing > len(dups):
+        raise RuntimeError(f"shard {stem}: {expected} input rows but {len(ids)} embedded and "
+                           f"{len(invalid)} invalid")
+    invalid += [{"id": d, "reason": "duplicate id in this shard (one row kept)"}
+                for d in dups[:missing]]
     np_dtype = np.float16 if out_dtype == "float16" else np.float32
     pooled = np.stack([np.sum(keep[i]["pooled"], 0) for i in ids]).astype(np_dtype) if ids \
         else np.zeros((0, dim), np_dtype)
@@ -265,7 +295,7 @@ def merge_shard(output: str, stem: str, source: str, dim: int, width: int, overl
     table = pa.table(cols).replace_schema_metadata(meta)
     write_atomic(table, join(output, f"{stem}.parquet"))
     if fs.exists(pdir):
-        fs.rm(pdir, recursive=True)
+        fs.rm(pdir, recursive=True)  # only this run's parts (a stale run's task cannot hurt ours)
     return {"shard": stem, "sequences": len(ids), "invalid": invalid, "notes": notes,
             "residues": int(sum(keep[i]["length"] for i in ids))}
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from functools import partial
 from typing import Literal
 
@@ -48,16 +49,22 @@ class EmbedJobConfig:
     gpus_per_replica: float = -1  # -1: 1 if the cluster has GPUs, else 0
     cpus_per_replica: float = 1
     write_rows: int = 2048  # rows per part file (at most; per shard)
+    block_bytes: int = 1 << 20  # Ray Data block size target: small, so batches stream one by one
 
 
 def _describe(checkpoint: str):
-    """(config, vocab) without loading weights where possible (preset / HF dir)."""
+    """``(checkpoint to load, config, vocab)`` without loading weights.
+
+    A pretraining run dir is pinned to its newest good step here, once: every replica then
+    loads that same step even if training writes a newer one meanwhile.
+    """
+    from ankh import checkpoint as ckpt
     from ankh.config import PRESETS, AnkhConfig
     from ankh.tokenizer import AnkhTokenizer
 
     if checkpoint in PRESETS:
         cfg = PRESETS[checkpoint]
-        return cfg, AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
+        return checkpoint, cfg, AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
     fs, p = filesystem(checkpoint)
     if fs.exists(f"{p}/config.json"):
         with fs.open(f"{p}/config.json") as fh:
@@ -65,16 +72,17 @@ def _describe(checkpoint: str):
         vocab = AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
         if fs.exists(f"{p}/tokenizer.json") and fs.protocol in ("file", ("file", "local")):
             vocab = AnkhTokenizer.from_file(f"{p}/tokenizer.json").vocab
-        return cfg, vocab
-    import ray  # anything else (our Orbax run dirs): let ankh.load read it, once, off-driver
-
-    def probe(path):
-        import ankh
-
-        m = ankh.load(path)
-        return m.config, m.tokenizer.vocab
-
-    return ray.get(ray.remote(num_cpus=0)(probe).remote(checkpoint))
+        return checkpoint, cfg, vocab
+    if ckpt.is_checkpoint(checkpoint):
+        step_dir, skipped = ckpt.newest_good(checkpoint)
+        for why in skipped:
+            log.warning("skipping bad checkpoint: %s", why)
+        cfg = AnkhConfig.from_hf_dict(ckpt.read_meta(step_dir)["model"])
+        if checkpoint.startswith(("gs://", "gcs://")) and "://" not in step_dir:
+            step_dir = checkpoint.split("://", 1)[0] + "://" + step_dir
+        return step_dir, cfg, AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
+    raise FileNotFoundError(f"{checkpoint}: not a preset, an HF Ankh directory (config.json) "
+                            "or an Ankh checkpoint")
 
 
 def pack_udf(batch: dict, spec: PackSpec, vocab: dict) -> dict:
@@ -212,37 +220,27 @@ def _check_output(cfg: EmbedJobConfig) -> None:
             json.dump(want, fh)
 
 
-def _read(pending: list[embed_io.Shard]):
-    import pyarrow.fs as pafs
+def _read(pending: list[embed_io.Shard], group_rows: int, cpus: float):
+    """One streaming read task per input file (Parquet row batches or FASTA records), in order,
+    so shards finish one after another rather than all at the end."""
     import ray
 
-    parts = []
-    parquet = [s for s in pending if s.fmt == "parquet"]
-    if parquet:
-        fss = {type(filesystem(s.path)[0]).__name__ for s in parquet}
-        if len(fss) > 1:
-            raise ValueError(f"Parquet inputs on several filesystems ({sorted(fss)}): use one")
-        fs = filesystem(parquet[0].path)[0]
-        local = fs.protocol in ("file", ("file", "local"))
-        parts.append(ray.data.read_parquet(
-            [filesystem(s.path)[1] for s in parquet], columns=["id", "sequence"],
-            filesystem=None if local else pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-            include_paths=True, partitioning=None, file_extensions=None))
-    fasta = [s for s in pending if s.fmt == "fasta"]
-    if fasta:
-        items = ray.data.from_items([{"path": s.path} for s in fasta], override_num_blocks=len(fasta))
-        parts.append(items.map_batches(embed_io.read_fasta_batches, batch_size=1))
-    return parts[0] if len(parts) == 1 else parts[0].union(parts[1])
+    items = ray.data.from_items([{"path": s.path, "fmt": s.fmt} for s in pending],
+                                override_num_blocks=len(pending))
+    return items.map_batches(embed_io.read_batches, fn_kwargs={"chunk": group_rows},
+                             batch_size=1, num_cpus=cpus)
 
 
 def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: PackSpec,
-                  vocab: dict, gpus: float):
+                  vocab: dict, gpus: float, run_id: str):
     """read -> pack (tasks) -> embed (actor pool) -> write parts (tasks); rows = part counters."""
     import ray
 
-    ds = _read(pending)
+    # Light tasks (fractional CPUs, so not fused into the replicas: packing never sits on the
+    # accelerator's critical path).
+    ds = _read(pending, cfg.group_rows, 0.5)
     ds = ds.map_batches(pack_udf, fn_kwargs={"spec": spec, "vocab": vocab},
-                        batch_size=cfg.group_rows, batch_format="numpy")
+                        batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5)
     ds = ds.map_batches(
         Embedder, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "spec": spec,
@@ -250,8 +248,8 @@ def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: Pack
                                "compute_dtype": cfg.compute_dtype},
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
         num_gpus=gpus, num_cpus=cfg.cpus_per_replica)
-    return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output},
-                          batch_size=cfg.write_rows, batch_format="numpy")
+    return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id},
+                          batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25)
 
 
 def run(cfg: EmbedJobConfig) -> dict:
@@ -266,7 +264,8 @@ def run(cfg: EmbedJobConfig) -> dict:
     t0 = time.perf_counter()
     shards = embed_io.discover(cfg.input, cfg.input_format)
     init_ray()
-    mcfg, vocab = _describe(cfg.checkpoint)
+    pinned, mcfg, vocab = _describe(cfg.checkpoint)
+    cfg = dataclasses.replace(cfg, checkpoint=pinned)
     if cfg.layer and not 1 <= cfg.layer <= mcfg.num_layers:
         raise ValueError(f"layer must be in 1..{mcfg.num_layers} (0 = final), got {cfg.layer}")
     spec = PackSpec(max_length=cfg.max_length or mcfg.max_length, batch_tokens=cfg.batch_tokens,
@@ -283,9 +282,10 @@ def run(cfg: EmbedJobConfig) -> dict:
     merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard)
     margs = {"dim": mcfg.d_model, "width": spec.max_length, "overlap": spec.window_overlap,
              "out_dtype": cfg.out_dtype, "extra_meta": {"ankh.checkpoint": cfg.checkpoint}}
-    merges = {s.stem: merge.remote(cfg.output, s.stem, s.path, **margs)
+    run_id = uuid.uuid4().hex[:12]  # parts of this run only: a killed run's leftovers never mix in
+    merges = {s.stem: merge.remote(cfg.output, s.stem, run_id, 0, s.path, **margs)
               for s in pending if counts[s.stem] == 0}
-    stats = {"tokens": 0, "slots": 0}
+    stats = {"tokens": 0, "slots": 0, "first_t": None, "first_tokens": 0}
     t1 = time.perf_counter()
     todo = [s for s in pending if counts[s.stem] > 0]
     if todo:
@@ -293,19 +293,32 @@ def run(cfg: EmbedJobConfig) -> dict:
             float(ray.cluster_resources().get("GPU", 0) > 0)
         track = {s.stem: [0, 0, 0] for s in todo}  # first pieces, expected pieces, pieces
         path_of = {s.stem: s.path for s in todo}
-        for b in build_dataset(todo, cfg, spec, vocab, gpus).iter_batches(
+        ctx = ray.data.DataContext.get_current()
+        ctx.target_max_block_size = cfg.block_bytes  # default 128 MiB holds a whole shard back
+        for b in build_dataset(todo, cfg, spec, vocab, gpus, run_id).iter_batches(
                 batch_size=None, batch_format="numpy"):
             for i, stem in enumerate(b["shard"].tolist()):
                 t = track[stem]
-                t[0] += int(b["n_first"][i]); t[1] += int(b["n_expected"][i]); t[2] += int(b["n_pieces"][i])
-                stats["tokens"] += int(b["tokens"][i]); stats["slots"] += int(b["slots"][i])
+                t[0] += int(b["n_first"][i])
+                t[1] += int(b["n_expected"][i])
+                t[2] += int(b["n_pieces"][i])
+                stats["tokens"] += int(b["tokens"][i])
+                stats["slots"] += int(b["slots"][i])
                 if t[0] >= counts[stem] and t[1] == t[2] and stem not in merges:
-                    merges[stem] = merge.remote(cfg.output, stem, path_of[stem], **margs)
-        lost = {s: (track[s][0], counts[s]) for s in track if s not in merges}
+                    merges[stem] = merge.remote(cfg.output, stem, run_id, counts[stem],
+                                                path_of[stem], **margs)
+            if stats["first_t"] is None:  # steady state starts once replicas deliver
+                stats["first_t"], stats["first_tokens"] = time.perf_counter(), stats["tokens"]
+        lost = {s: (counts[s], *track[s]) for s in track if s not in merges}
         if lost:
-            raise RuntimeError(f"shards not complete after the pipeline (rows seen, expected): {lost}")
+            raise RuntimeError("shards not complete after the pipeline (input rows; rows, pieces "
+                               f"expected, pieces seen): {lost}")
     reports = ray.get(list(merges.values()))
-    pipeline_s = time.perf_counter() - t1
+    embed_io.clear_parts(cfg.output)
+    t_end = time.perf_counter()
+    pipeline_s = t_end - t1
+    if stats["first_t"] is not None and t_end > stats["first_t"]:
+        stats["steady"] = (stats["tokens"] - stats["first_tokens"]) / (t_end - stats["first_t"])
     previous = [embed_io.shard_report(cfg.output, s.stem) for s in done]
     summary = _summary(cfg, shards, done, reports, previous, stats, pipeline_s,
                        time.perf_counter() - t0)
@@ -324,6 +337,7 @@ def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) ->
         "sequences_all_shards": seqs + sum(r["sequences"] for r in previous),
         "tokens": stats["tokens"], "pipeline_s": round(pipeline_s, 3), "wall_s": round(wall_s, 3),
         "tokens_per_s": round(stats["tokens"] / pipeline_s, 1) if pipeline_s > 0 else 0.0,
+        "steady_tokens_per_s": round(stats.get("steady", 0.0), 1),
         "padding_waste": round(1 - stats["tokens"] / stats["slots"], 4) if stats["slots"] else 0.0,
         "invalid_count": len(invalid), "invalid": invalid,
         "long_policy": cfg.long_policy, "long_sequences": notes,

@@ -181,25 +181,56 @@ def pack_rows(lengths: list[int], spec: PackSpec) -> list[tuple[int, list[int]]]
 
 
 def pack(prep: Prepared, spec: PackSpec) -> Iterator[dict]:
-    """Model batches of fixed shapes: ``ids [B, L]`` and ``pieces [P, 6]`` (see ``P_*``)."""
-    rows = pack_rows([len(t) for t in prep.tokens], spec)
+    """Model batches of fixed shapes: ``ids [B, L]`` and ``pieces [P, 6]`` (see ``P_*``).
+
+    Rows of a length that do not fill a whole batch move up the ladder, merged into longer rows
+    (segments are independent), so only the top length ever pads a batch with empty rows.
+    """
+    lengths = [len(t) for t in prep.tokens]
+    ladder = spec.row_lengths()
     by_len: dict[int, list[list[int]]] = defaultdict(list)
-    for row_len, members in rows:
+    for row_len, members in pack_rows(lengths, spec):
         by_len[row_len].append(members)
-    for row_len in sorted(by_len):
+    for li, row_len in enumerate(ladder):
+        group = by_len.pop(row_len, [])
         nrows = max(1, spec.batch_tokens // row_len)
-        group = by_len[row_len]
+        full = len(group) - len(group) % nrows
+        if li + 1 < len(ladder) and full < len(group):
+            by_len[ladder[li + 1]].extend(_merge_rows(group[full:], lengths, ladder[li + 1], spec))
+            group = group[:full]
         for b in range(0, len(group), nrows):
-            ids = np.zeros((nrows, row_len), np.int32)  # [B, L]
-            table = []
-            for r, members in enumerate(group[b: b + nrows]):
-                off = 0
-                for seg, p in enumerate(members, start=1):
-                    t = prep.tokens[p]
-                    ids[r, off: off + len(t)] = t
-                    table.append((r, off, len(t), prep.piece_seq[p], prep.piece_win[p], seg))
-                    off += len(t)
-            yield {"ids": ids, "pieces": np.asarray(table, np.int32).reshape(-1, 6)}
+            yield _batch(group[b: b + nrows], nrows, row_len, prep)
+
+
+def _merge_rows(rows: list[list[int]], lengths: list[int], row_len: int,
+                spec: PackSpec) -> list[list[int]]:
+    """First-fit the members of short rows into rows of ``row_len``."""
+    out: list[list[int]] = []
+    used: list[int] = []
+    for members in rows:
+        n = sum(lengths[p] for p in members)
+        for k, m in enumerate(out):
+            if used[k] + n <= row_len and len(m) + len(members) <= spec.max_segments:
+                m.extend(members)
+                used[k] += n
+                break
+        else:
+            out.append(list(members))
+            used.append(n)
+    return out
+
+
+def _batch(rows: list[list[int]], nrows: int, row_len: int, prep: Prepared) -> dict:
+    ids = np.zeros((nrows, row_len), np.int32)  # [B, L]
+    table = []
+    for r, members in enumerate(rows):
+        off = 0
+        for seg, p in enumerate(members, start=1):
+            t = prep.tokens[p]
+            ids[r, off: off + len(t)] = t
+            table.append((r, off, len(t), prep.piece_seq[p], prep.piece_win[p], seg))
+            off += len(t)
+    return {"ids": ids, "pieces": np.asarray(table, np.int32).reshape(-1, 6)}
 
 
 def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: np.ndarray,

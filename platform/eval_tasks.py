@@ -90,13 +90,27 @@ def kmer_codes(seq: str, k: int = 8) -> np.ndarray:
     return np.unique(w @ (21 ** np.arange(k, dtype=np.int64)))
 
 
+def _all_kmers(seqs: list[str], k: int) -> np.ndarray:
+    """k-mer codes of many sequences at once (windows crossing a boundary dropped)."""
+    if not seqs:
+        return np.zeros(0, np.int64)
+    c = _CODE[np.frombuffer("".join(seqs).encode(), np.uint8)]
+    if len(c) < k:
+        return np.zeros(0, np.int64)
+    codes = np.lib.stride_tricks.sliding_window_view(c, k) @ (21 ** np.arange(k, dtype=np.int64))
+    ends = np.cumsum([len(s) for s in seqs])  # exclusive end of each sequence
+    start = np.arange(len(codes))
+    owner_end = ends[np.searchsorted(ends, start, side="right")]
+    return codes[start + k <= owner_end]
+
+
 def near_duplicates(train_seqs: list[str], query_seqs: list[str], k: int = 8,
                     threshold: float = 0.3) -> np.ndarray:
     """Mask of query chains identical to a training chain, or with >= ``threshold`` of their
     k-mers found in training chains (8-mers shared by chance are ~1e-4 here; a chain at ~90%
     identity keeps ~0.9**8 = 43% of its 8-mers, so ~>85% identity is removed)."""
     train_set = set(train_seqs)
-    pool = np.unique(np.concatenate([kmer_codes(s, k) for s in train_seqs] or [np.zeros(0, np.int64)]))
+    pool = np.sort(_all_kmers(train_seqs, k))
     out = np.zeros(len(query_seqs), bool)
     for i, s in enumerate(query_seqs):
         if s in train_set:
@@ -116,6 +130,9 @@ def _take(idx: list[int], keys: list[str], n: int) -> list[int]:
 # ---- PDB tasks ------------------------------------------------------------------------------------
 def ss_labels(dssp8: str, states: int) -> np.ndarray:
     """Per-residue class ids: SS8 in the order HGIEBTSC, SS3 in HEC (H,G,I->H; E,B->E; else C)."""
+    unknown = set(dssp8) - set(SS8)
+    if unknown:
+        raise ValueError(f"unknown DSSP state {sorted(unknown)[0]!r} (expected one of {SS8})")
     if states == 8:
         alphabet, mapped = SS8, dssp8
     elif states == 3:
@@ -143,37 +160,39 @@ def load_pdb_task(name: str, limits: Limits = Limits(), root: Path | None = None
     path = (root or data_dir()) / "pdb_dssp8.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{name}: {path} not found (see data/README.md)")
-    cols = ["id", "sequence", "dssp8"] + (["ca_xyz"] if name == "contacts" else [])
-    t = pq.read_table(path, columns=cols).to_pydict()
-    ids, seqs = t["id"], t["sequence"]
+    table = pq.read_table(path)
+    ids, seqs = table.column("id").to_pylist(), table.column("sequence").to_pylist()
     max_len = limits.contact_max_length if name == "contacts" else limits.max_length
     by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
     for i, cid in enumerate(ids):
         by_split[pdb_split(cid)].append(i)
-    # Dedupe held-out chains against the whole training split, before any slicing.
+    # Held-out chains are checked against the WHOLE training split (not just the slice).
     train_seqs = [seqs[i] for i in by_split["train"]]
-    removed = {}
-    for s in ("valid", "test"):
-        dup = near_duplicates(train_seqs, [seqs[i] for i in by_split[s]])
-        removed[s] = int(dup.sum())
-        by_split[s] = [i for i, d in zip(by_split[s], dup) if not d]
-    splits = {}
+    removed, splits = {}, {}
     for s in SPLITS:
-        keep = [i for i in by_split[s] if 0 < len(seqs[i]) <= max_len]
-        keep = _take(keep, ids, getattr(limits, s))
+        cand = _take([i for i in by_split[s] if 0 < len(seqs[i]) <= max_len], ids, len(ids))
+        keep: list[int] = []
+        removed[s] = 0
+        while cand and len(keep) < getattr(limits, s):  # dedupe in chunks until the slice is full
+            chunk, cand = cand[: 2 * getattr(limits, s)], cand[2 * getattr(limits, s):]
+            if s != "train":
+                dup = near_duplicates(train_seqs, [seqs[i] for i in chunk])
+                removed[s] += int(dup[: max(0, getattr(limits, s) - len(keep))].sum())
+                chunk = [i for i, d in zip(chunk, dup) if not d]
+            keep += chunk[: getattr(limits, s) - len(keep)]
+        rows = table.take(keep).to_pydict()
         if name == "contacts":
-            labels = [np.asarray(t["ca_xyz"][i], np.float32).reshape(-1, 3) for i in keep]
+            labels = [np.asarray(x, np.float32).reshape(-1, 3) for x in rows["ca_xyz"]]
         else:
-            labels = [ss_labels(t["dssp8"][i], 3 if name == "ss3" else 8) for i in keep]
-        splits[s] = Split([ids[i] for i in keep], [seqs[i] for i in keep], labels)
-    for s, sp in splits.items():
-        for cid, seq, lab in zip(sp.ids, sp.seqs, sp.labels):
+            labels = [ss_labels(x, 3 if name == "ss3" else 8) for x in rows["dssp8"]]
+        splits[s] = Split(rows["id"], rows["sequence"], labels)
+        for cid, seq, lab in zip(rows["id"], rows["sequence"], labels):
             if len(lab) != len(seq):
                 raise ValueError(f"{name}: chain {cid} has {len(seq)} residues but {len(lab)} labels")
     classes = [] if name == "contacts" else list(SS3 if name == "ss3" else SS8)
     kind: Kind = "contacts" if name == "contacts" else "residue_class"
     return TaskData(name, kind, classes, splits,
-                    {"source": str(path), "near_duplicates_removed": removed,
+                    {"source": str(path), "near_duplicates_skipped": removed,
                      "split": "by PDB id (sha1 of the 4-char entry id), 80/10/10"})
 
 
@@ -323,7 +342,9 @@ def load_user_task(spec: dict[str, str], limits: Limits = Limits(), seed: int = 
         val = [_hash(f"v{seed}:{s}") % 10 == 0 for s in seqs]
         raw["valid"] = tuple([x for x, v in zip(col, val) if v] for col in raw["train"])  # type: ignore
         raw["train"] = tuple([x for x, v in zip(col, val) if not v] for col in (ids, seqs, labels))  # type: ignore
-    kind = spec.get("kind") or _infer_kind(raw["train"][1], raw["train"][2])
+    files = [spec.get(k) or "" for k in ("file", "train")]
+    fasta = any(f.endswith((".fasta", ".fa", ".fas")) for f in files)  # label lines: per residue
+    kind = spec.get("kind") or ("residue_class" if fasta else _infer_kind(raw["train"][1], raw["train"][2]))
     return _build_user(spec["name"], kind, raw, limits, spec)
 
 

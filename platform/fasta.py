@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Literal
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from ankh.tokenizer import AMINO_ACIDS
-from ankh_platform.storage import filesystem
+from ankh_platform.storage import filesystem, open_sequential
 
 Policy = Literal["skip", "clean", "fail"]
 CATEGORIES = ("no_header", "empty", "invalid_chars", "stop_marks")
@@ -64,7 +64,7 @@ def parse_id(title: str) -> str:
 def open_text(path: str) -> io.TextIOBase:
     """Text stream of a (possibly gzipped) file; gzip is detected by its magic bytes."""
     fs, p = filesystem(path)
-    raw = fs.open(p, "rb")
+    raw = open_sequential(fs, p)
     try:
         magic = raw.read(2)
         raw.seek(0)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ankh_platform.fasta import FastaStats, read_fasta
-from ankh_platform.storage import filesystem, join
+from ankh_platform.storage import filesystem, is_local, join
 
 log = logging.getLogger(__name__)
 SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
@@ -98,7 +98,7 @@ class _SplitWriter:
             tmp = join(self.dir, f"_tmp-{uuid.uuid4().hex}.parquet.tmp")
             with self.fs.open(tmp, "wb") as f:
                 pq.write_table(table, f, compression=self.cfg.compression)
-            self.fs.mv(tmp, path)  # atomic on POSIX; on GCS the object appears whole
+            _commit(self.fs, tmp, path)
             self.written += 1
         self.hist += np.histogram(lengths, bins=HIST_EDGES)[0]
         self.shards.append({"path": path.rsplit("/", 1)[1], "rows": n, "residues": int(lengths.sum())})
@@ -115,6 +115,16 @@ class _SplitWriter:
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "residues": self.residues, "shards": self.shards,
                 "length_histogram": {"edges": HIST_EDGES[:-1] + ["inf"], "counts": self.hist.tolist()}}
+
+
+def _commit(fs, tmp: str, path: str) -> None:
+    """Publish a finished temp file: rename locally; server-side copy + delete on object stores
+    (an object appears whole or not at all; gcsfs' mv would first try an API emulators lack)."""
+    if is_local(fs):
+        fs.mv(tmp, path)
+    else:
+        fs.copy(tmp, path)
+        fs.rm(tmp)
 
 
 def _job_identity(fs, cfg: PrepareConfig) -> dict[str, Any]:

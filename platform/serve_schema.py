@@ -47,6 +47,7 @@ class EmbedOptions(DeploymentOptions):
 @dataclass(frozen=True)
 class GenerateOptions(DeploymentOptions):
     enabled: bool = True
+    warmup: bool = True  # compile greedy decoding at replica start
     max_ongoing_requests: int = 8
     max_queued_requests: int = 32
 
@@ -141,7 +142,8 @@ class GenerateRequest(BaseModel):
     model_config = _STRICT
     sequences: Sequences = Field(min_length=1, description="Prompts; <extra_id_k> sentinels "
                                  "mark spans to infill.")
-    max_new_tokens: StrictInt = Field(64, ge=1)
+    max_new_tokens: StrictInt | None = Field(None, ge=1, description="Default: 64, or "
+                                             "limits.max_new_tokens if lower.")
     do_sample: StrictBool = Field(False, description="false: greedy (or beam search).")
     temperature: Number = Field(1.0, gt=0)
     top_k: StrictInt = Field(0, ge=0, description="0 = no top-k filter.")
@@ -223,7 +225,10 @@ def check_sequences(seqs: list[str], limits: Limits, max_length: int) -> None:
                 raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
 
 
-def check_generate(req: GenerateRequest, limits: Limits) -> None:
+def check_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
+    """Limit checks; returns the request with ``max_new_tokens`` filled in."""
+    if req.max_new_tokens is None:
+        req = req.model_copy(update={"max_new_tokens": min(64, limits.max_new_tokens)})
     if req.max_new_tokens > limits.max_new_tokens:
         raise LimitError(f"max_new_tokens {req.max_new_tokens} > limits.max_new_tokens="
                          f"{limits.max_new_tokens}")
@@ -232,6 +237,7 @@ def check_generate(req: GenerateRequest, limits: Limits) -> None:
                          f"limits.max_variants={limits.max_variants}")
     if req.num_beams > limits.max_beams:
         raise LimitError(f"num_beams {req.num_beams} > limits.max_beams={limits.max_beams}")
+    return req
 
 
 def check_variants(req: VariantsRequest, limits: Limits, max_length: int) -> None:

@@ -41,5 +41,18 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.filesystem("file"), os.path.abspath(path.removeprefix("file://"))
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protos = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protos
+
+
+def open_sequential(fs: fsspec.AbstractFileSystem, path: str, mode: str = "rb"):
+    """Open for one front-to-back pass; remote files get large read-ahead blocks (gcsfs'
+    default cache otherwise re-requests small ranges, which is slow on big files)."""
+    if is_local(fs) or "r" not in mode:
+        return fs.open(path, mode)
+    return fs.open(path, mode, block_size=2 ** 23, cache_type="readahead")
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])

@@ -65,7 +65,7 @@ class PretrainConfig:
     seed: int = 0
     output: str = "outputs/pretrain"    # storage path: local dir or gs://bucket/prefix
     name: str = "ankh-tiny"             # run name; same name + output = resume
-    optim: OptimConfig = OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=300)
+    optim: OptimConfig = OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=0)  # 0 = steps
     data: DataConfig = DataConfig(paths=("data/uniprot_sample/train",), rows=8, enc_len=264,
                                   max_residues=128, max_segments=8, window=512)
     source: SourceConfig = SourceConfig()
@@ -138,12 +138,24 @@ def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
 
 # ---- driver side --------------------------------------------------------------------------------
 def worker_env(cfg: PretrainConfig) -> dict[str, str]:
-    env = {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)} if cfg.compile_cache else {}
+    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env |= {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)} if cfg.compile_cache else {}
     if cfg.scale.use_tpu:
         return env | {"JAX_PLATFORMS": "tpu"}
     if cfg.scale.use_gpu:
         return env | {"JAX_PLATFORMS": "cuda"}
-    return env | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(cfg.scale.devices_per_worker)}
+    return env | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(cfg.scale.devices_per_worker),
+                  "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+def resolved(cfg: PretrainConfig) -> PretrainConfig:
+    """Relative local paths made absolute here, on the driver (workers may run elsewhere)."""
+    from ankh_platform.train_source import resolve_paths
+
+    out = cfg.output if "://" in cfg.output else os.path.abspath(cfg.output)
+    return dataclasses.replace(
+        cfg, output=out, data=dataclasses.replace(cfg.data, paths=resolve_paths(cfg.data.paths)),
+        source=dataclasses.replace(cfg.source, eval_paths=resolve_paths(cfg.source.eval_paths)))
 
 
 def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
@@ -154,6 +166,7 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     from ankh_platform.runtime import init_ray
 
     init_ray(ray_address)
+    cfg = resolved(cfg)
     s = cfg.scale
     if s.use_tpu:
         scaling = ScalingConfig(use_tpu=True, num_workers=s.num_workers, topology=s.topology or None,
@@ -185,5 +198,5 @@ def run_local_process(cfg: PretrainConfig) -> dict[str, Any]:
 
     if cfg.compile_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compile_cache))
-    return Run(cfg, 0, 1, report=None).fit()
+    return Run(resolved(cfg), 0, 1, report=None).fit()
 

@@ -102,6 +102,8 @@ class Run:
 
     def _setup(self) -> None:
         cfg = self.cfg
+        if cfg.optim.total_steps == 0:  # decay over the whole run
+            self.cfg = cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, total_steps=cfg.steps))
         self.model_cfg = get_preset(cfg.model)
         self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
         self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed)

@@ -62,8 +62,15 @@ def ray_local():
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=300_000_000, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+        for attempt in range(3):  # Ray's 30 s raylet start-up wait can lapse on a loaded machine
+            try:
+                ray.init(num_cpus=2, object_store_memory=300_000_000, include_dashboard=False,
+                         log_to_driver=False, configure_logging=False)
+                break
+            except Exception:
+                ray.shutdown()
+                if attempt == 2:
+                    raise
         started = True
     try:
         import ray.data

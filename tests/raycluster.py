@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import random
 import secrets
@@ -41,10 +42,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ALIAS = "127.1"  # == 127.0.0.1, but not rewritten by Ray's address canonicalisation
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-RAY_BIN = str(Path(sys.executable).with_name("ray"))
+RAY_BIN = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name(
+    "ray").exists() else (shutil.which("ray") or "ray")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the test process dies (safety net if ``stop`` never runs)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_ports(n: int) -> list[int]:
@@ -95,6 +105,10 @@ def session_members(sid: int) -> list[int]:
         if stat.rsplit(")", 1)[1].split()[0] != "Z":
             out.append(int(name))
     return out
+
+
+class StartExited(RuntimeError):
+    """A `ray start` process exited before its node came up."""
 
 
 @dataclass
@@ -186,29 +200,49 @@ class LocalRayCluster:
         with open(log, "wb") as fh:
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=self.root,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         self._procs.append(proc)
         self._logs.append(log)
         self.sids.append(proc.pid)  # start_new_session: session id == pid of `ray start`
 
-    def start_head(self, timeout: float = 120) -> LocalRayCluster:
-        self.gcs_port, self.dashboard_port, client_port = free_ports(3)
-        env = self.node_env()
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node IP := loopback (module doc)
-        args = ["--head", f"--port={self.gcs_port}", "--include-dashboard=true",
-                f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={client_port}"]
-        self._launch("head", args, env, self.resources, self.num_cpus)
-        self.wait_for_nodes(1, timeout)
+    def start_head(self, timeout: float = 300) -> LocalRayCluster:
+        def make() -> tuple[list[str], dict[str, str]]:
+            self.gcs_port, self.dashboard_port, client_port = free_ports(3)
+            env = self.node_env()
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node IP := loopback (module doc)
+            return ["--head", f"--port={self.gcs_port}", "--include-dashboard=true",
+                    f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
+                    f"--ray-client-server-port={client_port}"], env
+
+        self._start("head", make, self.resources, self.num_cpus, 1, timeout)
         return self
 
     def add_node(self, resources: Mapping[str, float], num_cpus: int = 1,
-                 timeout: float = 120) -> None:
+                 timeout: float = 300) -> None:
         """Start one more raylet (``ray start --address``) that joins this head."""
         n = len(self._procs)
-        args = [f"--address={LOOPBACK_ALIAS}:{self.gcs_port}"]
-        self._launch(f"node{n}", args, self.node_env(), resources, num_cpus)
-        self.wait_for_nodes(n + 1, timeout)
+        make = lambda: ([f"--address={LOOPBACK_ALIAS}:{self.gcs_port}"], self.node_env())  # noqa: E731
+        self._start(f"node{n}", make, resources, num_cpus, n + 1, timeout)
+
+    def _start(self, name: str, make, resources: Mapping[str, float], num_cpus: int,
+               n_nodes: int, timeout: float, attempts: int = 3) -> None:
+        """Launch and wait for ``n_nodes`` alive. Retried because ``ray start`` gives a raylet a
+        hard-coded 30 s to register, which a heavily loaded machine can exceed."""
+        for attempt in range(1, attempts + 1):
+            args, env = make()
+            self._launch(name if attempt == 1 else f"{name}-try{attempt}", args, env, resources,
+                         num_cpus)
+            try:
+                self.wait_for_nodes(n_nodes, timeout)
+                return
+            except StartExited as e:
+                if attempt == attempts:
+                    raise
+                log.warning("`ray start` for %s exited during startup, retrying: %s", name,
+                            str(e)[-300:])
+                self._kill_sessions([self.sids[-1]])
+                self._procs.pop().poll()
+                self._logs.pop()
 
     # -- queries ---------------------------------------------------------------------------
     def api_get(self, path: str, token: bool | str | None = True) -> tuple[int, str]:
@@ -234,7 +268,7 @@ class LocalRayCluster:
         while time.monotonic() < deadline:
             for proc, log in zip(self._procs, self._logs):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"`ray start` exited ({proc.returncode}):\n{self.log_tail(log)}")
+                    raise StartExited(f"`ray start` exited ({proc.returncode}):\n{self.log_tail(log)}")
             try:
                 alive = [x for x in self.nodes() if x["state"] == "ALIVE"]
                 if len(alive) >= n:
@@ -255,14 +289,15 @@ class LocalRayCluster:
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, working_dir: str | os.PathLike, entrypoint: Sequence[str],
                env: Mapping[str, str] | None = None, token: bool | str | None = True,
-               timeout: float = 600) -> SubmitResult:
-        """``ray job submit --working-dir <dir> -- <entrypoint>``; waits for the job to end."""
+               timeout: float = 600, cwd: str | os.PathLike | None = None) -> SubmitResult:
+        """``ray job submit --working-dir <dir> -- <entrypoint>`` (run in ``cwd``, so ``"."``
+        works); waits for the job to end. ``token`` as in ``client_env``."""
         cmd = [RAY_BIN, "job", "submit", f"--address={self.dashboard_url}",
                f"--working-dir={working_dir}"]
         if env:
             cmd.append(f"--runtime-env-json={json.dumps({'env_vars': dict(env)})}")
         cmd += ["--", *entrypoint]
-        proc = subprocess.run(cmd, env=self.client_env(token), cwd=self.root, timeout=timeout,
+        proc = subprocess.run(cmd, env=self.client_env(token), cwd=cwd or self.root, timeout=timeout,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
         return SubmitResult(proc.returncode, proc.stdout)
@@ -270,7 +305,13 @@ class LocalRayCluster:
     # -- stop ------------------------------------------------------------------------------
     def stop(self, grace: float = 8.0) -> None:
         """SIGTERM then SIGKILL every process in the sessions we created; remove the temp dir."""
-        sids = list(self.sids)
+        self._kill_sessions(list(self.sids), grace)
+        for p in self._procs:
+            p.poll()
+        self._procs.clear()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _kill_sessions(self, sids: list[int], grace: float = 8.0) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for pid in [m for sid in reversed(sids) for m in session_members(sid)]:
                 try:
@@ -282,14 +323,24 @@ class LocalRayCluster:
                 for p in self._procs:
                     p.poll()  # reap our direct children
                 time.sleep(0.2)
-        for p in self._procs:
-            p.poll()
-        self._procs.clear()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def alive_pids(self) -> list[int]:
         """Live processes this cluster started (empty after ``stop``)."""
         return [m for sid in self.sids for m in session_members(sid)]
+
+    def listening(self) -> list[tuple[int, str, int]]:
+        """(pid, ip, port) of every TCP socket our processes listen on."""
+        import psutil
+
+        out = []
+        for pid in self.alive_pids():
+            try:
+                conns = psutil.Process(pid).net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            out += [(pid, c.laddr.ip, c.laddr.port) for c in conns
+                    if c.status == psutil.CONN_LISTEN]
+        return out
 
     def __enter__(self) -> LocalRayCluster:
         return self
