@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "ankh_manifest.json"
 CHECKPOINTS = "checkpoints"
 ITEMS = ("params", "opt_state", "meta")
+MODEL_ITEMS = ("params", "meta")
 _STEP = re.compile(r"^\d+$")
 
 
@@ -33,7 +34,9 @@ class CheckpointError(ValueError):
 
 
 def _fs(path: str) -> tuple[Any, str]:
-    fs, root = fsspec.core.url_to_fs(str(path))
+    # No listing cache on object stores: Orbax (tensorstore) writes behind fsspec's back.
+    kw = {"use_listings_cache": False} if str(path).startswith(("gs://", "gcs://")) else {}
+    fs, root = fsspec.core.url_to_fs(str(path), **kw)
     return fs, root.rstrip("/")
 
 
@@ -54,12 +57,12 @@ def write_manifest(step_dir: str) -> None:
         json.dump({"format": 1, "files": files}, fh)
 
 
-def verify(step_dir: str) -> str | None:
+def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
     """None if the checkpoint looks complete, else the reason it is not (naming the file)."""
     fs, root = _fs(step_dir)
     if not fs.exists(root):
         return f"{step_dir} does not exist"
-    for item in ITEMS:
+    for item in items:
         if not fs.exists(f"{root}/{item}"):
             return f"{step_dir} has no {item}/ (the save did not finish)"
     if not fs.exists(f"{root}/{MANIFEST}"):
@@ -132,7 +135,7 @@ def newest_good(path: str) -> tuple[str, list[str]]:
     skipped = []
     for step in sorted(steps, reverse=True):
         step_dir = _join(ckpt_root, str(step))
-        why = verify(step_dir)
+        why = verify(step_dir, MODEL_ITEMS)  # loading needs no optimizer state
         if why is None:
             return step_dir, skipped
         skipped.append(why)
@@ -173,6 +176,31 @@ def _flatten(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
         else:
             out.append((prefix + (k,), v))
     return out
+
+
+def save_model(model: Any, path: str, step: int = 0) -> str:
+    """Write ``model`` (an ``Ankh``) as ``<path>/checkpoints/<step>`` (params + meta, no optimizer
+    state): the train loop's layout, which ``ankh.load(path)`` reads back bit-exactly."""
+    import orbax.checkpoint as ocp
+
+    step_dir = _join(_join(str(path), CHECKPOINTS), str(step))
+    fs, root = _fs(step_dir)
+    if fs.exists(root):
+        raise CheckpointError(f"{step_dir} already exists; refusing to overwrite it")
+    params = {}
+    for key, arr in model.flat_params().items():
+        node = params
+        for k in key[:-1]:
+            node = node.setdefault(k, {})
+        node[key[-1]] = arr
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(_join(step_dir, "params"), params)
+        ckptr.wait_until_finished()
+    fs.makedirs(f"{root}/meta", exist_ok=True)
+    with fs.open(f"{root}/meta/metadata", "w") as fh:
+        json.dump({"step": step, "model": model.config.to_hf_dict(), "source": "save_model"}, fh)
+    write_manifest(step_dir)
+    return step_dir
 
 
 def load(path: str, dtype: Any = "float32") -> Any:

@@ -21,7 +21,7 @@ BATCH_KEYS = ("input_ids", "segment_ids", "positions", "decoder_input_ids",
 class PackSpec:
     rows: int = 8  # rows per batch (per host)
     enc_len: int = 1040  # encoder tokens per row (2 x 513-token crops fit)
-    dec_len: int = 440  # decoder tokens per row (~0.4 x enc_len + a few </s>)
+    dec_len: int = 424  # decoder tokens per row (~0.4 x enc_len + a few </s>)
     max_segments: int = 32  # sequences per row (fixes the example_ids width)
     pad_id: int = 0
     decoder_start_id: int = 0

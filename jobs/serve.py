@@ -4,7 +4,8 @@ Starts Ray Serve locally (or on the cluster in ``RAY_ADDRESS``) with the embeddi
 generation deployments behind a FastAPI ingress, prints the URL and serves until Ctrl-C
 (``--detach``: deploy and exit, leaving it running on the cluster). Binds 127.0.0.1 unless
 ``--host`` says otherwise. Every ServeConfig field is settable as ``key.path=value`` or in a
-``--config`` YAML (see ``cluster/serve-*.yaml`` for the same apps as Serve config files).
+``--config`` YAML holding a ServeConfig mapping (what ``args:`` holds in ``cluster/serve-*.yaml``,
+the same apps as Serve config files for ``serve run`` / ``serve deploy``).
 """
 
 from __future__ import annotations

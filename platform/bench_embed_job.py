@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = _sequences(args.data, args.sequences)
     cfg = EmbedJobConfig(checkpoint=args.checkpoint, batch_tokens=args.batch_tokens,
-                         max_length=args.max_length, replicas=args.replicas)
+                         max_length=args.max_length, replicas=args.replicas, write_rows=256)
     spec = PackSpec(max_length=args.max_length, batch_tokens=args.batch_tokens,
                     min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
                     window_overlap=cfg.window_overlap)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             pq.write_table(table.slice(k * per, per), f"{tmp}/part-{k:03d}.parquet")
         from ankh_platform.runtime import init_ray
 
-        init_ray(num_cpus=None, include_dashboard=False, log_to_driver=False)
+        init_ray(include_dashboard=False, log_to_driver=False, object_store_memory=500_000_000)
         import dataclasses
 
         summary = run(dataclasses.replace(cfg, input=tmp, output=f"{tmp}/out"))

@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any
 
-import fsspec
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -55,7 +54,8 @@ class CheckpointStore:
         if jax.process_index() == 0:
             for step in self._pending:
                 d = f"{self.directory}/{step}"
-                if fsspec.core.url_to_fs(d)[0].exists(fsspec.core.url_to_fs(d)[1]):  # may be GC'd
+                fs, root = ackpt._fs(d)
+                if fs.exists(root):  # may already be garbage-collected (keep=K)
                     ackpt.write_manifest(d)
         self._pending = []
 
@@ -73,6 +73,10 @@ class CheckpointStore:
         for step in sorted(self.mgr.all_steps(), reverse=True):
             d = f"{self.directory}/{step}"
             why = ackpt.verify(d) if jax.process_index() == 0 else None
+            if why and ackpt.verify(d, ackpt.MODEL_ITEMS) is None:
+                raise ackpt.CheckpointError(
+                    f"{d} holds model weights without optimizer state (ankh.checkpoint.save_model); "
+                    "a training run cannot resume from it -- use another output/name")
             bad = _agree(why is not None)  # every process takes the same branch
             if not bad:
                 try:
@@ -101,8 +105,7 @@ class CheckpointStore:
         """Move a bad step aside (kept for inspection) so the step can be saved again."""
         multihost_utils.sync_global_devices(f"ankh-quarantine-{step}")
         if jax.process_index() == 0:
-            fs, root = fsspec.core.url_to_fs(self.directory)
-            root = root.rstrip("/")
+            fs, root = ackpt._fs(self.directory)
             src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
             if fs.exists(src):
                 fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)

@@ -27,6 +27,7 @@ import logging
 import math
 import queue
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -38,6 +39,7 @@ from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.storage import filesystem
 
 log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,7 @@ class DataConfig:
         dec = self.dec_len
         if dec <= 0:  # ~2p decoder tokens per encoder token, plus one </s> per segment
             ratio = 1.0 if self.full_reconstruction else 2 * self.mask_prob
-            dec = max(self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 24) / 8))
+            dec = max(self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8))
             dec = min(dec, self.enc_len) if self.full_reconstruction else dec
         return PackSpec(rows=self.rows, enc_len=self.enc_len, dec_len=dec,
                         max_segments=self.max_segments)
@@ -101,6 +103,8 @@ def list_shards(paths: Iterable[str]) -> tuple[Any, list[Shard]]:
     fs = None
     files: list[str] = []
     for p in paths:
+        if "://" not in p and not Path(p).exists() and (_REPO / p).exists():
+            p = str(_REPO / p)  # the default bundled sample, from any working directory
         pfs, pp = filesystem(p)
         if fs is not None and type(pfs) is not type(fs):
             raise ValueError("all data paths must be on the same filesystem (all local or all gs://)")
@@ -185,7 +189,9 @@ class BatchStream:
             self._state = st
             yield batch
 
-    def epoch_examples(self, epoch: int) -> int:
+    @property
+    def examples_per_epoch(self) -> int:
+        """Examples this rank sees per epoch (each exactly once)."""
         start, end = rank_range(self.total_rows, self.rank, self.world)
         return end - start
 

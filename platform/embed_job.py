@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 import uuid
 from functools import partial
@@ -220,6 +221,15 @@ def _check_output(cfg: EmbedJobConfig) -> None:
             json.dump(want, fh)
 
 
+_STORAGE_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
+
+
+def _runtime_env() -> dict | None:
+    """The driver's storage endpoint settings follow the job into every worker it starts."""
+    env = {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ}
+    return {"env_vars": env} if env else None
+
+
 def _read(pending: list[embed_io.Shard], group_rows: int, cpus: float):
     """One streaming read task per input file (Parquet row batches or FASTA records), in order,
     so shards finish one after another rather than all at the end."""
@@ -228,7 +238,7 @@ def _read(pending: list[embed_io.Shard], group_rows: int, cpus: float):
     items = ray.data.from_items([{"path": s.path, "fmt": s.fmt} for s in pending],
                                 override_num_blocks=len(pending))
     return items.map_batches(embed_io.read_batches, fn_kwargs={"chunk": group_rows},
-                             batch_size=1, num_cpus=cpus)
+                             batch_size=1, num_cpus=cpus, runtime_env=_runtime_env())
 
 
 def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: PackSpec,
@@ -240,16 +250,18 @@ def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: Pack
     # accelerator's critical path).
     ds = _read(pending, cfg.group_rows, 0.5)
     ds = ds.map_batches(pack_udf, fn_kwargs={"spec": spec, "vocab": vocab},
-                        batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5)
+                        batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5,
+                        runtime_env=_runtime_env())
     ds = ds.map_batches(
         Embedder, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "spec": spec,
                                "per_residue": cfg.per_residue, "layer": cfg.layer,
                                "compute_dtype": cfg.compute_dtype},
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-        num_gpus=gpus, num_cpus=cfg.cpus_per_replica)
+        num_gpus=gpus, num_cpus=cfg.cpus_per_replica, runtime_env=_runtime_env())
     return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id},
-                          batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25)
+                          batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25,
+                          runtime_env=_runtime_env())
 
 
 def run(cfg: EmbedJobConfig) -> dict:
@@ -279,7 +291,8 @@ def run(cfg: EmbedJobConfig) -> dict:
     for s in pending:
         embed_io.clear_parts(cfg.output, s.stem)  # stale parts of a killed run
     counts = embed_io.count_all(pending)
-    merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard)
+    merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard).options(
+        runtime_env=_runtime_env())
     margs = {"dim": mcfg.d_model, "width": spec.max_length, "overlap": spec.window_overlap,
              "out_dtype": cfg.out_dtype, "extra_meta": {"ankh.checkpoint": cfg.checkpoint}}
     run_id = uuid.uuid4().hex[:12]  # parts of this run only: a killed run's leftovers never mix in

@@ -20,7 +20,7 @@ from flax import nnx
 
 from ankh.probes import make_head
 from ankh_platform import metrics as M
-from ankh_platform.eval_tasks import Limits, TaskData
+from ankh_platform.eval_tasks import Limits, TaskData, contact_map
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ def make_batch(task: TaskData, xs: list[np.ndarray], ys: list[Any], rows: np.nda
         if task.kind == "residue_class":
             y[r, :n] = ys[i]
         elif task.kind == "contacts":
-            from ankh_platform.eval_tasks import contact_map
-
             y[r, :n, :n] = contact_map(ys[i])
         elif task.kind == "protein_reg":
             y[r] = (ys[i] - y_stats[0]) / y_stats[1]
@@ -198,8 +196,6 @@ def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]
             if t[:, cols].any():
                 out[f"fmax_{o}"] = M.fmax(s[:, cols], t[:, cols])[0]
         return out
-    from ankh_platform.eval_tasks import contact_map
-
     figs: dict[str, list[float]] = {"p_at_l5_ml": [], "p_at_l2_ml": [], "p_at_l_ml": [], "p_at_l5_long": []}
     for pr, ca in zip(preds, ys):
         L, true = len(ca), contact_map(ca)

@@ -70,14 +70,26 @@ class BucketPlan:
                 return b
         raise LimitError(f"{n_tokens} tokens exceed the largest length bucket {self.max_tokens}")
 
-    def chunks(self, bucket: int, n: int) -> list[tuple[int, int]]:
-        """Split ``n`` sequences of one bucket into ``(count, padded rows)`` batches."""
-        full, out = self.rows[bucket][-1], []
-        while n >= full:
-            out.append((full, full))
-            n -= full
-        if n:
-            out.append((n, next(r for r in self.rows[bucket] if r >= n)))
+    def batches(self, lengths: list[int]) -> list[tuple[list[int], int, int]]:
+        """``(indices, bucket, rows)`` per batch, every shape a compiled one.
+
+        Longest first: a bucket's sequences fill full batches; a partial batch is padded to
+        the next compiled row count and its spare rows take the next (shorter) sequences,
+        which then cost nothing extra.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out, i = [], 0
+        while i < len(order):
+            bucket = self.bucket(lengths[order[i]])
+            full = self.rows[bucket][-1]
+            same = 0
+            while i + same < len(order) and same < full and \
+                    self.bucket(lengths[order[i + same]]) == bucket:
+                same += 1
+            rows = next(r for r in self.rows[bucket] if r >= same)
+            take = order[i:i + rows]
+            out.append((take, bucket, rows))
+            i += len(take)
         return out
 
 
@@ -175,15 +187,14 @@ class Embedder:
     def _run(self, items: list[tuple[np.ndarray, bool, int]]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         results: list[np.ndarray | None] = [None] * len(items)
-        groups: dict[tuple[bool, int, int], list[int]] = {}
-        for i, (t, per_residue, layer) in enumerate(items):
-            groups.setdefault((per_residue, layer, self.plan.bucket(len(t))), []).append(i)
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, (_, per_residue, layer) in enumerate(items):
+            groups.setdefault((per_residue, layer), []).append(i)
         padded = 0
-        for (per_residue, layer, length), idx in groups.items():
-            fn, start = self._fn(per_residue, layer), 0
-            for count, rows in self.plan.chunks(length, len(idx)):
-                part = idx[start:start + count]
-                start += count
+        for (per_residue, layer), idx in groups.items():
+            fn = self._fn(per_residue, layer)
+            for part, length, rows in self.plan.batches([len(items[i][0]) for i in idx]):
+                part = [idx[j] for j in part]
                 ids = np.zeros((rows, length), np.int32)  # [rows, bucket]
                 mask = np.zeros((rows, length), np.int32)
                 for r, i in enumerate(part):

@@ -104,8 +104,8 @@ def _join_jax(scale: ScaleConfig) -> tuple[int, int]:
     addr = broadcast_from_rank_zero(addr)
     import jax
 
-    jax.distributed.initialize(addr, num_processes=world, process_id=rank,
-                               coordinator_bind_address=addr if one_node else None)
+    # Bind the coordinator to the address we advertise (loopback on one node), not 0.0.0.0.
+    jax.distributed.initialize(addr, num_processes=world, process_id=rank, coordinator_bind_address=addr)
     return rank, world
 
 

@@ -69,7 +69,7 @@ def test_jobs_finetune_then_generate(tmp_path):
     (tmp_path / "parent.fasta").write_text(f">parent1 test\n{parent}\n")
     res = generate.main([f"model={summary['model_dir']}", f"parents={tmp_path / 'parent.fasta'}",
                          f"output={tmp_path / 'gen'}", "n=4", "temperatures=[1.0,1.5]",
-                         "mask_fraction=0.1"])
+                         "mask_fraction=0.2"])  # = train.objective.mask_prob
     out = tmp_path / "gen"
     tab = pq.read_table(out / "variants.parquet").to_pylist()
     assert len(tab) == res["variants"]
@@ -79,7 +79,7 @@ def test_jobs_finetune_then_generate(tmp_path):
         assert r["parent_id"] == "parent1" and len(r["sequence"]) == len(parent)
         diff = sum(a != b for a, b in zip(r["sequence"], parent))
         assert abs(r["identity"] - (1 - diff / len(parent))) < 1e-9
-        assert diff <= round(0.1 * len(parent))  # only masked positions can change
+        assert diff <= round(0.2 * len(parent))  # only masked positions can change
         assert np.isfinite(r["score"])
     summ = json.loads((out / "summary.json").read_text())
     assert [s["temperature"] for s in summ] == [1.0, 1.5]

@@ -239,3 +239,24 @@ def test_serve_build_on_the_app(tmp_path):
     assert app["import_path"] == "ankh_platform.serve_app:app"
     names = {d["name"] for d in app["deployments"]}
     assert names == {"AnkhIngress", "Embedder", "Generator"}
+
+
+def test_bucket_plan_uses_only_compiled_shapes_and_covers_every_sequence():
+    from ankh_platform.serve_embed import BucketPlan, default_buckets
+    from ankh_platform.serve_schema import LimitError
+
+    assert default_buckets(1025) == [64, 96, 128, 192, 256, 384, 512, 768, 1025]
+    plan = BucketPlan([32, 64, 128], batch_tokens=512, growth=2)
+    assert plan.rows == {32: [1, 2, 4, 8, 16], 64: [1, 2, 4, 8], 128: [1, 2, 4]}
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.integers(2, 129, size=203)]
+    batches = plan.batches(lengths)
+    assert sorted(i for idx, _, _ in batches for i in idx) == list(range(len(lengths)))
+    for idx, bucket, rows in batches:
+        assert (rows, bucket) in plan.shapes() and len(idx) <= rows
+        assert all(lengths[i] <= bucket for i in idx)
+    # Full batches where a bucket has enough sequences: at most one partial batch per bucket.
+    partial = [b for idx, b, rows in batches if len(idx) < plan.rows[b][-1]]
+    assert len(partial) <= len(plan.buckets)
+    with pytest.raises(LimitError, match="largest length bucket 128"):
+        plan.bucket(129)
