@@ -33,11 +33,19 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete or corrupt (the message says which)."""
 
 
-def _fs(path: str) -> tuple[Any, str]:
+def fs_and_path(path: str) -> tuple[Any, str]:
     # No listing cache on object stores: Orbax (tensorstore) writes behind fsspec's back.
     kw = {"use_listings_cache": False} if str(path).startswith(("gs://", "gcs://")) else {}
     fs, root = fsspec.core.url_to_fs(str(path), **kw)
     return fs, root.rstrip("/")
+
+
+def norm_path(path: str) -> str:
+    """Local paths absolute (Orbax requires it); URLs unchanged."""
+    import os
+
+    path = str(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _rel_files(fs: Any, root: str) -> dict[str, int]:
@@ -51,7 +59,7 @@ def _rel_files(fs: Any, root: str) -> dict[str, int]:
 
 def write_manifest(step_dir: str) -> None:
     """Record every file of a finished checkpoint with its size (call once the save is final)."""
-    fs, root = _fs(step_dir)
+    fs, root = fs_and_path(step_dir)
     files = _rel_files(fs, root)
     with fs.open(f"{root}/{MANIFEST}", "w") as fh:
         json.dump({"format": 1, "files": files}, fh)
@@ -59,7 +67,7 @@ def write_manifest(step_dir: str) -> None:
 
 def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
     """None if the checkpoint looks complete, else the reason it is not (naming the file)."""
-    fs, root = _fs(step_dir)
+    fs, root = fs_and_path(step_dir)
     if not fs.exists(root):
         return f"{step_dir} does not exist"
     for item in items:
@@ -83,7 +91,7 @@ def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
 
 def list_steps(ckpt_root: str) -> list[int]:
     """Step numbers of the (finalized-named) checkpoints under ``ckpt_root``, ascending."""
-    fs, root = _fs(ckpt_root)
+    fs, root = fs_and_path(ckpt_root)
     if not fs.exists(root):
         return []
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
@@ -92,7 +100,8 @@ def list_steps(ckpt_root: str) -> list[int]:
 
 def resolve(path: str) -> tuple[str, list[int]]:
     """A run dir, its ``checkpoints/`` dir or one ``<step>`` dir -> (checkpoints root, steps)."""
-    fs, root = _fs(path)
+    path = norm_path(path)
+    fs, root = fs_and_path(path)
     if not fs.exists(root):
         raise CheckpointError(f"{path}: no such directory")
     name = root.rsplit("/", 1)[-1]
@@ -119,7 +128,7 @@ def is_checkpoint(path: str) -> bool:
 
 
 def read_meta(step_dir: str) -> dict:
-    fs, root = _fs(step_dir)
+    fs, root = fs_and_path(step_dir)
     try:
         with fs.open(f"{root}/meta/metadata") as fh:
             return json.load(fh)
@@ -152,6 +161,7 @@ def load_params(step_dir: str) -> tuple[Any, dict]:
     from ankh.config import AnkhConfig
     from ankh.model import AnkhModel
 
+    step_dir = norm_path(step_dir)
     meta = read_meta(step_dir)
     if "model" not in meta:
         raise CheckpointError(f"{step_dir}: meta has no model config")
@@ -183,8 +193,8 @@ def save_model(model: Any, path: str, step: int = 0) -> str:
     state): the train loop's layout, which ``ankh.load(path)`` reads back bit-exactly."""
     import orbax.checkpoint as ocp
 
-    step_dir = _join(_join(str(path), CHECKPOINTS), str(step))
-    fs, root = _fs(step_dir)
+    step_dir = _join(_join(norm_path(path), CHECKPOINTS), str(step))
+    fs, root = fs_and_path(step_dir)
     if fs.exists(root):
         raise CheckpointError(f"{step_dir} already exists; refusing to overwrite it")
     params = {}

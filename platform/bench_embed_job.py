@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="raw timing: best of N passes")
     ap.add_argument("--replicas", type=int, default=1)
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from ankh_platform.embed_job import EmbedJobConfig, run
     from ankh_platform.embed_pack import PackSpec
@@ -100,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     out = {"benchmark": "embed-job", "checkpoint": args.checkpoint, "sequences": table.num_rows,
            "batch_tokens": args.batch_tokens, "max_length": args.max_length,
            "shapes": spec.shapes()}
+    log = logging.getLogger("bench_embed_job")
+    log.info("raw encoder on the job's packed batches ...")
     out.update(_raw(args.checkpoint, spec, table, args.repeats))
+    log.info("offline API ...")
     out.update(_offline(args.checkpoint, table, args.batch_tokens))
+    log.info("the job ...")
     with tempfile.TemporaryDirectory() as tmp:
         per = -(-table.num_rows // args.shards)
         for k in range(args.shards):

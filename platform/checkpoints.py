@@ -26,7 +26,7 @@ class CheckpointStore:
     """``save`` every ``every`` steps (async), keep the newest ``keep``; ``restore`` with fallback."""
 
     def __init__(self, directory: str, every: int, keep: int = 3, async_save: bool = True):
-        self.directory = str(directory).rstrip("/")
+        self.directory = ackpt.norm_path(str(directory)).rstrip("/")
         self.every = every
         opts = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -54,7 +54,7 @@ class CheckpointStore:
         if jax.process_index() == 0:
             for step in self._pending:
                 d = f"{self.directory}/{step}"
-                fs, root = ackpt._fs(d)
+                fs, root = ackpt.fs_and_path(d)
                 if fs.exists(root):  # may already be garbage-collected (keep=K)
                     ackpt.write_manifest(d)
         self._pending = []
@@ -105,7 +105,7 @@ class CheckpointStore:
         """Move a bad step aside (kept for inspection) so the step can be saved again."""
         multihost_utils.sync_global_devices(f"ankh-quarantine-{step}")
         if jax.process_index() == 0:
-            fs, root = ackpt._fs(self.directory)
+            fs, root = ackpt.fs_and_path(self.directory)
             src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
             if fs.exists(src):
                 fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)

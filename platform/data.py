@@ -284,9 +284,9 @@ def _read_range(fs, order: list[Shard], pos: int, end: int,
     last = int(np.searchsorted(cum, end, side="left"))  # exclusive file index
     files = order[first:last]
     skip = pos - int(cum[first])
-    ds = ray.data.read_parquet([f.path for f in files], columns=["sequence"],
+    ds = ray.data.read_parquet([f.path for f in files],
                                filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                               partitioning=None, file_extensions=None)
+                               partitioning=None, file_extensions=None).select_columns(["sequence"])
     ds.context.execution_options.preserve_order = True  # determinism: rows in file order
     # example_id of every row of these files, in stream order.
     ids = np.concatenate([np.arange(f.offset, f.offset + f.rows, dtype=np.int64) for f in files])
@@ -346,9 +346,9 @@ def train_dataset(cfg: DataConfig, epoch: int = 0):
 
     fs, shards = list_shards(cfg.paths)
     order = epoch_order(shards, cfg.seed, epoch, cfg.shuffle_files)
-    return ray.data.read_parquet([s.path for s in order], columns=["id", "sequence"],
+    return ray.data.read_parquet([s.path for s in order],
                                  filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                                 partitioning=None, file_extensions=None)
+                                 partitioning=None, file_extensions=None).select_columns(["id", "sequence"])
 
 
 def batches_from_rows(it, cfg: DataConfig, epoch: int = 0,

@@ -114,8 +114,8 @@ def write_plots(report: dict[str, Any], items: list[dict[str, Any]], out: Path,
             k = test.ids.index(contact_protein) if contact_protein in test.ids else 0
             true = contact_map(test.labels[k])
             for ax, it in zip(axes[0], its):
-                pred = it["pred"][k]
-                img = np.triu(pred, 1) + np.tril(true.astype(np.float64), -1)
+                pred = np.triu(it["pred"][k], 6)  # only separation >= 6 is predicted
+                img = pred + np.tril(true.astype(np.float64), -1)
                 ax.imshow(img, cmap="Greys", vmin=0, vmax=1)
                 ax.set_title(f"{it['checkpoint']}: {test.ids[k]}\nupper predicted, lower true", fontsize=8)
             name = f"contacts_{task_name}_{head}.png"

@@ -1,10 +1,10 @@
 """Embedding deployment: dynamic batching into a few fixed shapes compiled at replica start.
 
 Every request is split into sequences; ``@serve.batch`` gathers sequences from concurrent
-requests, groups them by (variant, layer, length bucket) and runs batches whose shapes
-``[rows, bucket]`` were all compiled and run once in ``__init__`` -- so no request pays a
-compile. The encoder function is the offline API's (``Ankh._encoder_fn``), so a served
-embedding equals ``Ankh.embed`` up to float32 rounding of the batch shape (~1e-7).
+requests, groups them by (variant, layer), packs them longest-first into batches of shape
+``[rows, bucket]`` (``BucketPlan.batches``) -- all compiled and run once in ``__init__``, so
+no request pays a compile. The encoder function is the offline API's (``Ankh._encoder_fn``),
+so a served embedding equals ``Ankh.embed`` up to float32 rounding of the batch shape (~1e-7).
 """
 
 from __future__ import annotations

@@ -59,6 +59,10 @@ class StreamSource:
     def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int):
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.spec = data.pack_spec()
+        import ray.data
+
+        # Per-window Ray Data progress bars would drown the training log.
+        ray.data.DataContext.get_current().enable_progress_bars = False
         self._open(None)
 
     def _open(self, state: dict | None) -> None:

@@ -127,31 +127,15 @@ def test_export_to_hf_dir_round_trips(tmp_path, trainer):
     np.testing.assert_allclose(a.embed(seqs), b.embed(seqs), atol=1e-6)
 
 
-def test_save_model_round_trips_bit_exactly(tmp_path):
+def test_save_model_round_trips_bit_exactly(tmp_path, monkeypatch):
     model = ankh.Ankh.random(CFG, seed=3)
-    step_dir = ackpt.save_model(model, str(tmp_path / "conv"))
-    assert step_dir.endswith("conv/checkpoints/0") and ackpt.verify(step_dir, ackpt.MODEL_ITEMS) is None
-    back = ankh.load(str(tmp_path / "conv"))
+    monkeypatch.chdir(tmp_path)  # relative paths work too (Orbax itself needs absolute ones)
+    step_dir = ackpt.save_model(model, "conv")
+    assert step_dir == str(tmp_path / "conv" / "checkpoints" / "0")
+    assert ackpt.verify(step_dir, ackpt.MODEL_ITEMS) is None
+    back = ankh.load("conv")
     a, b = model.flat_params(), back.flat_params()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ackpt.CheckpointError, match="already exists"):
         ackpt.save_model(model, str(tmp_path / "conv"))
 
-
-def test_checkpoints_on_gcs_emulator(gcs_bucket, trainer, monkeypatch):
-    """Orbax (tensorstore) + manifests (gcsfs) on gs://, against a real GCS emulator."""
-    import os as _os
-
-    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", _os.environ["STORAGE_EMULATOR_HOST"])
-    root = f"{gcs_bucket}/run/checkpoints"
-    store = CheckpointStore(root, every=1, keep=2)
-    state = _save(store, trainer, [1, 2])
-    store.close()
-    assert ackpt.list_steps(root) == [1, 2] and ackpt.verify(f"{root}/2") is None
-    store = CheckpointStore(root, every=1, keep=2)
-    got, meta = store.restore(trainer.abstract_state())
-    store.close()
-    assert meta["step"] == 2
-    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(got["params"])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert ankh.load(f"{gcs_bucket}/run").config.d_model == CFG.d_model

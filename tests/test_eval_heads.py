@@ -27,6 +27,10 @@ def synthetic(kind: str, seed: int = 0, dim: int = 16):
             ys = [int(rng.integers(0, 2)) for _ in xs]
             for x, y in zip(xs, ys):
                 x[:, 0] += 2.0 if y else -2.0
+        elif kind == "multilabel":  # term j present <=> feature j shifted up
+            ys = [rng.random(4) < 0.4 for _ in xs]
+            for x, y in zip(xs, ys):
+                x[:, :4] += 2.0 * y
         else:  # the target is added to feature 0 of every residue
             ys = [float(rng.normal()) for _ in xs]
             for x, y in zip(xs, ys):
@@ -34,7 +38,8 @@ def synthetic(kind: str, seed: int = 0, dim: int = 16):
         ids = [f"{s}{i}" for i in range(n)]
         data[s] = (xs, ys, ids)
         splits[s] = Split(ids, ["A" * len(x) for x in xs], ys)
-    classes = {"residue_class": ["a", "b", "c"], "protein_class": ["neg", "pos"]}.get(kind, [])
+    classes = {"residue_class": ["a", "b", "c"], "protein_class": ["neg", "pos"],
+               "multilabel": ["t0", "t1", "t2", "t3"]}.get(kind, [])
     return TaskData("toy", kind, classes, splits), data
 
 
@@ -54,6 +59,10 @@ def test_mlp_learns_per_protein_class_and_linear_regression():
     task, data = synthetic("protein_reg", seed=2)
     res, _, _ = train_head(task, "linear", data, TC, seed=0)
     assert res["test"]["spearman"] >= 0.9, res["history"]
+    task, data = synthetic("multilabel", seed=4)
+    tc = TrainConfig(batch_size=2, learning_rate=2e-2, max_epochs=20, patience=20)
+    res, _, _ = train_head(task, "linear", data, tc, seed=0)
+    assert res["test"]["micro_auprc"] >= 0.95 and res["test"]["fmax"] >= 0.9, res["history"]
 
 
 @pytest.mark.timeout(300)

@@ -27,6 +27,7 @@ def family(n: int = 32, length: int = 60, subs: int = 6, seed: int = 0) -> tuple
     return parent, out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_finetune_raises_family_likelihood_encoder_frozen():
     from ankh.api import Ankh
