@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from functools import partial
 from typing import Any, Sequence
 
@@ -57,16 +58,16 @@ def check_generate_args(cfg, max_new_tokens, do_sample, temperature, top_k, top_
     if not is_int(max_new_tokens) or not 1 <= max_new_tokens <= cfg.max_length + 1:
         raise ValueError(f"max_new_tokens must be an integer in 1..{cfg.max_length + 1} "
                          f"(the model's max_length + </s>), got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or math.isnan(temperature) or temperature <= 0 \
+    if not isinstance(temperature, numbers.Real) or math.isnan(temperature) or temperature <= 0 \
             or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not is_int(top_k) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+    if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(repetition_penalty, (int, float)) or not 0 < repetition_penalty < math.inf:
+    if not isinstance(repetition_penalty, numbers.Real) or not 0 < repetition_penalty < math.inf:
         raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
-    if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
+    if not isinstance(length_penalty, numbers.Real) or not math.isfinite(length_penalty):
         raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
     max_beams = min(MAX_BEAMS, cfg.vocab_size // 2)
     if not is_int(num_beams) or not 1 <= num_beams <= max_beams:

@@ -67,8 +67,9 @@ def _raw(checkpoint: str, spec, table, repeats: int) -> dict:
 def _offline(checkpoint: str, table, batch_tokens: int) -> dict:
     import ankh
 
-    seqs = table["sequence"].to_pylist()
     m = ankh.load(checkpoint)
+    # The offline API refuses sequences over max_length (the job windows them): skip those here.
+    seqs = [s for s in table["sequence"].to_pylist() if len(s) <= m.config.max_length]
     m.embed(seqs, batch_tokens=batch_tokens)  # compile every shape first
     t0 = time.perf_counter()
     m.embed(seqs, batch_tokens=batch_tokens)

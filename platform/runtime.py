@@ -33,6 +33,6 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        kwargs.setdefault("include_dashboard", False)
+        kwargs.setdefault("include_dashboard", False)  # no dashboard port for a local run
         ray.init(**kwargs)
     log.info("ray resources: %s", ray.cluster_resources())
