@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = _sequences(args.data, args.sequences)
     cfg = EmbedJobConfig(checkpoint=args.checkpoint, batch_tokens=args.batch_tokens,
-                         max_length=args.max_length, replicas=args.replicas, write_rows=256)
+                         max_length=args.max_length, replicas=args.replicas, write_rows=32)
     spec = PackSpec(max_length=args.max_length, batch_tokens=args.batch_tokens,
                     min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
                     window_overlap=cfg.window_overlap)

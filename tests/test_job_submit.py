@@ -38,6 +38,7 @@ def test_repo_root_imports_stdlib_platform_and_ankh_platform():
     assert got["origins"]["ankh"] == str(REPO / "ankh")
     assert got["origins"]["jobs"] == str(REPO / "jobs")
     assert got["origins"]["platform"] == STDLIB_PLATFORM
+    assert not (REPO / "platform" / "__init__.py").exists()  # would shadow the stdlib
 
 
 def _copy_sources(dest: Path) -> str:
