@@ -34,5 +34,12 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         ray.init(address=address, **kwargs)
     else:
         kwargs.setdefault("include_dashboard", False)  # no dashboard port for a local run
+        # Ray picks the host's routable IP as node IP and binds GCS/raylet/worker gRPC to all
+        # interfaces; with this flag a local instance takes 127.0.0.1 and binds loopback only
+        # (``_node_ip_address`` alone does not change the bind address in Ray 2.60).
+        if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
+            from ray._private import ray_constants  # ray may have read the env at import time
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(**kwargs)
     log.info("ray resources: %s", ray.cluster_resources())
