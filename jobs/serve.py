@@ -5,7 +5,8 @@ generation deployments behind a FastAPI ingress, prints the URL and serves until
 (``--detach``: deploy and exit, leaving it running on the cluster). Binds 127.0.0.1 unless
 ``--host`` says otherwise. Every ServeConfig field is settable as ``key.path=value`` or in a
 ``--config`` YAML holding a ServeConfig mapping (what ``args:`` holds in ``cluster/serve-*.yaml``,
-the same apps as Serve config files for ``serve run`` / ``serve deploy``).
+the same apps as Serve config files for ``serve run`` / ``serve deploy``). ``--model NAME=PATH``
+(repeatable) adds checkpoints that the same replicas serve on request (``"model": NAME``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import threading
 
 
 def _flags(ap) -> None:
-    ap.add_argument("--checkpoint", help="preset name, HF directory or our run dir (local or gs://)")
+    ap.add_argument("--checkpoint", help="the default model: preset name, HF directory or our "
+                    "run dir (local or gs://)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                    help="another checkpoint served by the same replicas, picked per request "
+                    "with \"model\": NAME (repeatable; = models.NAME=PATH)")
     ap.add_argument("--host", help="bind address (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="HTTP port (default 8000)")
     ap.add_argument("--detach", action="store_true", help="deploy and exit (cluster use)")
@@ -32,7 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = parse_cli(ServeConfig, argv, __doc__, extra=_flags)
     over = {k: v for k, v in (("checkpoint", args.checkpoint), ("host", args.host),
                               ("port", args.port)) if v is not None}
-    cfg = from_dict(ServeConfig, {**to_dict(cfg), **over})
+    models = dict(cfg.models)
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--model {item!r}: expected NAME=PATH")
+        models[name.strip()] = path.strip()
+    try:
+        cfg = from_dict(ServeConfig, {**to_dict(cfg), **over, "models": models})
+    except ValueError as e:  # ConfigError (e.g. a bad model name) -> a usage error, not a trace
+        raise SystemExit(f"jobs.serve: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     from ray import serve
@@ -46,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
     print(json.dumps({"url": url, "app": cfg.app_name, "model": cfg.served_name(),
+                      "models": list(cfg.catalog()),
                       "docs": f"{url}/docs", "health": f"{url}/healthz"}), flush=True)
     if args.detach:
         return

@@ -1,8 +1,9 @@
 """HTTP plumbing of the ingress: FastAPI routes, auth/body-size guard, error -> status mapping.
 
-Errors: 401 bad/missing bearer token, 404 unknown model, 413 over a limit (the message names
-it), 422 malformed input (names the field or sequence), 503 + ``Retry-After`` when over
-capacity or a replica is being replaced, 500 only for a bug (logged).
+Errors: 401 bad/missing bearer token, 404 unknown model (the message lists the served ones),
+413 over a limit (the message names it), 422 malformed input (names the field or sequence),
+503 + ``Retry-After`` when over capacity or a replica is being replaced, 500 for a configured
+model that fails to load (named) or a bug (logged).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from fastapi.responses import Response
 from ray import serve
 
 from ankh_platform.serve_schema import (EmbedRequest, EmbedResponse, GenerateRequest,
-                                        GenerateResponse, LimitError, ScoreRequest, ScoreResponse,
-                                        VariantsRequest)
+                                        GenerateResponse, LimitError, ModelLoadError, ScoreRequest,
+                                        ScoreResponse, UnknownModelError, VariantsRequest)
 
 if TYPE_CHECKING:
     from ankh_platform.serve_app import Ingress
@@ -69,6 +70,10 @@ def map_exception(e: BaseException, retry_after_s: float) -> HTTPError:
         return c
     if isinstance(c, LimitError):
         return HTTPError(413, str(c))
+    if isinstance(c, UnknownModelError):
+        return HTTPError(404, str(c))
+    if isinstance(c, ModelLoadError):
+        return HTTPError(500, str(c))
     if isinstance(c, (TokenizerError, ValueError, TypeError)):
         return HTTPError(422, str(c))
     if isinstance(c, BackPressureError):

@@ -9,6 +9,7 @@ by :func:`check_limits` and give a 413 naming the limit.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,6 +17,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Str
                       model_validator)
 
 # ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")  # safe in a header and a log
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,13 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    checkpoint: str = "tiny"  # preset name, HF dir or our run dir; local path or gs://
+    checkpoint: str = "tiny"  # default model: preset name, HF dir or our run dir; local or gs://
     model_name: str = ""  # id in /v1/models; "" = last path component of checkpoint
+    # More checkpoints served by the same replicas, {name: checkpoint}, chosen per request
+    # ("model" field / serve_multiplexed_model_id header); loaded on first use (Serve model
+    # multiplexing), at most max_models_per_replica of them per replica (LRU eviction).
+    models: dict[str, str] = field(default_factory=dict)
+    max_models_per_replica: int = 2  # extra models resident per replica; the default is pinned
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the model
     host: str = "127.0.0.1"
     port: int = 8000
@@ -93,8 +101,26 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
+    def __post_init__(self) -> None:
+        default = self.served_name()
+        for name, ckpt in self.models.items():
+            if not _MODEL_NAME.fullmatch(str(name)):
+                raise ValueError(f"models: name {name!r} must match {_MODEL_NAME.pattern}")
+            if name == default:
+                raise ValueError(f"models: {name!r} is already the default model's name "
+                                 "(set model_name or rename it)")
+            if not isinstance(ckpt, str) or not ckpt:
+                raise ValueError(f"models.{name}: expected a checkpoint path, got {ckpt!r}")
+        if self.max_models_per_replica < 1:
+            raise ValueError("max_models_per_replica must be >= 1, got "
+                             f"{self.max_models_per_replica}")
+
     def served_name(self) -> str:
         return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]
+
+    def catalog(self) -> dict[str, str]:
+        """Every served model, ``{name: checkpoint}``; the default model first."""
+        return {self.served_name(): self.checkpoint, **self.models}
 
 
 def to_plain(obj: Any) -> Any:
@@ -109,6 +135,12 @@ def to_plain(obj: Any) -> Any:
 # ---- HTTP request / response models ---------------------------------------------------------
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _model_field() -> Any:
+    return Field(None, description="Model id from /v1/models; default: the default model (or "
+                 "the serve_multiplexed_model_id header). Unknown ids are a 404.")
+
 Sequences = list[StrictStr]
 
 
@@ -122,7 +154,7 @@ class EmbedRequest(BaseModel):
                                     "the final one. Only layers the deployment serves.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Precision the "
                                                  "values are rounded to in the response.")
-    model: StrictStr | None = Field(None, description="Model id from /v1/models (optional).")
+    model: StrictStr | None = _model_field()
 
 
 class EmbedResponse(BaseModel):
@@ -153,7 +185,7 @@ class GenerateRequest(BaseModel):
     repetition_penalty: Number = Field(1.0, gt=0)
     length_penalty: Number = 1.0
     seed: StrictInt = Field(0, ge=0, description="Same seed + request -> same output.")
-    model: StrictStr | None = None
+    model: StrictStr | None = _model_field()
 
 
 class GenerateResponse(BaseModel):
@@ -175,7 +207,7 @@ class VariantsRequest(BaseModel):
         None, description="Fixed 0-based [start, end) spans to infill (default: random).")
     same_length: StrictBool = True
     seed: StrictInt = Field(0, ge=0)
-    model: StrictStr | None = None
+    model: StrictStr | None = _model_field()
 
 
 class ScoreRequest(BaseModel):
@@ -187,7 +219,7 @@ class ScoreRequest(BaseModel):
     wild_type: StrictStr | None = Field(None, min_length=1)
     mutants: list[StrictStr] | None = Field(None, min_length=1, description="e.g. 'A12G' "
                                             "or 'A12G:K40R' (1-based), scored vs wild_type.")
-    model: StrictStr | None = None
+    model: StrictStr | None = _model_field()
 
     @model_validator(mode="after")
     def _something_to_score(self) -> "ScoreRequest":
@@ -206,6 +238,17 @@ class ScoreResponse(BaseModel):
 
 class LimitError(ValueError):
     """A request over a configured limit (HTTP 413); the message names the limit."""
+
+
+class UnknownModelError(LookupError):
+    """A model name this app does not serve (HTTP 404); the message lists the served ones."""
+
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(f"unknown model {name!r}; served: {known}")
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model that could not be loaded (HTTP 500 naming the model and cause)."""
 
 
 def effective_max_length(limits: Limits, model_max: int, bucket_max: int | None) -> int:

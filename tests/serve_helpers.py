@@ -51,11 +51,14 @@ def proteins(n: int, max_len: int, min_len: int = 8) -> list[str]:
 
 
 def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
-         token: str | None = None, timeout: float = 120) -> tuple[int, dict, Any]:
+         token: str | None = None, timeout: float = 120,
+         headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
     """(status, headers, parsed JSON or text) -- never raises on an HTTP error status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("content-type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
     if token:
         req.add_header("authorization", f"Bearer {token}")
     try:

@@ -3,7 +3,8 @@
 One app for the module (tiny model exported to a real HF directory, bearer auth on):
 embeddings equal the offline API, input normalisation, every kind of bad input -> 4xx naming
 the problem (and the server keeps serving), auth, back-pressure 503 + Retry-After, seeded
-generation, handles, OpenAPI, ``serve build`` and the shipped Serve config files.
+generation, handles, OpenAPI, ``serve build`` and the shipped Serve config files. The same
+replicas also serve two more checkpoints chosen per request (model multiplexing, at the end).
 """
 
 from __future__ import annotations
@@ -33,9 +34,24 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(hf_dir):
+def extra_models(tmp_path_factory):
+    """Two more, different models served by the same replicas (model multiplexing): ``b``
+    written by ``ankh.checkpoint.save_model``, ``c`` the ``tiny`` preset (seed 0); and
+    ``broken``, a checkpoint path that does not exist."""
+    import ankh
+    from ankh.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("mux")
+    save_model(ankh.load("tiny", seed=4), str(path / "b_run"))
+    return {"b": str(path / "b_run"), "c": "tiny", "broken": str(path / "missing")}
+
+
+@pytest.fixture(scope="module")
+def server(hf_dir, extra_models):
+    # One extra model resident per replica: asking for b then c evicts b (LRU).
     cfg = merge(SMALL, {"checkpoint": str(hf_dir), "auth": {"enabled": True},
-                        "embed": {"max_queued_requests": 2}})
+                        "embed": {"max_queued_requests": 2},
+                        "models": extra_models, "max_models_per_replica": 1})
     with serving(cfg, env={"ANKH_SERVE_TOKEN": TOKEN}) as url:
         yield url
 
@@ -146,10 +162,11 @@ def test_bearer_token_required_except_healthz(server):
     assert headers.get("x-request-id")  # Serve's request id, also in the structured logs
 
 
-def test_models_and_openapi(server, offline):
+def test_models_and_openapi(server, offline, hf_dir):
     status, _, body = http("GET", f"{server}/v1/models", token=TOKEN)
     assert status == 200, body
-    (m,) = body["data"]
+    m = body["data"][0]  # the default model first, then the multiplexed ones
+    assert m["id"] == hf_dir.name and m["default"] and m["checkpoint"] == str(hf_dir)
     assert m["d_model"] == offline.config.d_model and m["length_buckets"] == [64, 128]
     assert m["limits"]["max_sequences"] == 16 and m["limits"]["max_length"] == 120
     status, _, schema = http("GET", f"{server}/openapi.json", token=TOKEN)
@@ -260,3 +277,98 @@ def test_bucket_plan_uses_only_compiled_shapes_and_covers_every_sequence():
     assert len(partial) <= len(plan.buckets)
     with pytest.raises(LimitError, match="largest length bucket 128"):
         plan.bucket(129)
+
+
+# ---- model multiplexing: several checkpoints per replica, chosen per request -----------------
+
+MUX_HEADER = "serve_multiplexed_model_id"  # Serve's standard multiplexing header
+
+
+@pytest.fixture(scope="module")
+def offline_mux(offline, hf_dir, extra_models):
+    import ankh
+
+    return {hf_dir.name: offline, **{k: ankh.load(extra_models[k]) for k in ("b", "c")}}
+
+
+def _loaded(deployment: str) -> list[str]:
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name="ankh").loaded_models.remote().result()
+
+
+def test_mux_models_lists_every_model(server, hf_dir):
+    status, _, body = http("GET", f"{server}/v1/models", token=TOKEN)
+    assert status == 200, body
+    assert [m["id"] for m in body["data"]] == [hf_dir.name, "b", "c", "broken"]
+    assert [m["default"] for m in body["data"]] == [True, False, False, False]
+    assert body["data"][2]["checkpoint"] == "tiny" and body["max_models_per_replica"] == 1
+
+
+def test_mux_each_model_answers_with_its_own_embeddings(server, offline_mux, hf_dir):
+    a, seqs = hf_dir.name, proteins(6, 120)
+    for name in ("b", "c", None):  # b, then c evicts b (one extra per replica); None: default
+        body = {"sequences": seqs} | ({"model": name} if name else {})
+        status, _, out = post(server, "/v1/embed", body)
+        assert status == 200 and out["model"] == (name or a), out
+        np.testing.assert_allclose(np.asarray(out["embeddings"], np.float32),
+                                   offline_mux[name or a].embed(seqs), rtol=1e-5, atol=1e-5)
+    assert np.abs(offline_mux["b"].embed(seqs) - offline_mux[a].embed(seqs)).max() > 1e-2
+    assert _loaded("Embedder") == [a, "c"]  # LRU: b went when c came; the default is pinned
+    # Serve's own header picks the model too; per-residue output of an extra model.
+    status, _, out = post(server, "/v1/embed", {"sequences": seqs[:2], "pooling": "none"},
+                          headers={MUX_HEADER: "c"})
+    assert status == 200 and out["model"] == "c", out
+    for got, want in zip(out["embeddings"], offline_mux["c"].embed(seqs[:2], per_residue=True)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-5, atol=1e-5)
+    status, _, body = http("GET", f"{server}/v1/models", token=TOKEN)
+    assert [m["details"] for m in body["data"]] == [True, True, True, False]  # used so far
+
+
+def test_mux_unknown_or_conflicting_model_is_4xx_and_server_keeps_serving(server, hf_dir):
+    known = str([hf_dir.name, "b", "c", "broken"])
+    for path in ("/v1/embed", "/v1/score", "/v1/generate"):
+        status, _, got = post(server, path, {"sequences": ["MKT"], "model": "zz"})
+        assert status == 404, got
+        assert "unknown model 'zz'" in got["detail"] and known in got["detail"], got
+    status, _, got = post(server, "/v1/embed", {"sequences": ["MKT"]}, headers={MUX_HEADER: "zz"})
+    assert status == 404 and "unknown model 'zz'" in got["detail"], got
+    status, _, got = post(server, "/v1/embed", {"sequences": ["MKT"], "model": "b"},
+                          headers={MUX_HEADER: "c"})
+    assert status == 422 and "disagree" in got["detail"], got
+    status, _, got = post(server, "/v1/embed", {"sequences": ["MKTAYIAKQR"]})
+    assert status == 200 and got["model"] == hf_dir.name
+
+
+def test_mux_handles_pick_the_model_with_multiplexed_model_id(server, offline_mux, hf_dir):
+    from ray import serve
+
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "GSHMLEDPVDAFQ"]
+    emb = serve.get_deployment_handle("Embedder", app_name="ankh")
+    for name in ("c", hf_dir.name):  # the default's own name works too
+        got = emb.options(multiplexed_model_id=name).embed.remote(seqs).result()
+        np.testing.assert_allclose(got, offline_mux[name].embed(seqs), rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="unknown model 'zz'"):
+        emb.options(multiplexed_model_id="zz").embed.remote(seqs).result()
+
+
+def test_mux_model_that_fails_to_load_is_a_500_naming_it(server, hf_dir):
+    status, _, got = post(server, "/v1/embed", {"sequences": ["MKT"], "model": "broken"})
+    assert status == 500 and "model 'broken'" in got["detail"], got
+    assert "failed to load" in got["detail"] and "FileNotFoundError" in got["detail"], got
+    status, _, got = post(server, "/v1/embed", {"sequences": ["MKTAYIAKQR"]})
+    assert status == 200 and got["model"] == hf_dir.name  # the others keep serving
+
+
+def test_mux_config_rejects_bad_model_names():
+    from ankh_platform.configlib import ConfigError, from_dict
+    from ankh_platform.serve_schema import ServeConfig
+
+    cfg = from_dict(ServeConfig, {"checkpoint": "/x/base", "models": {"v2": "gs://b/run"}})
+    assert cfg.catalog() == {"base": "/x/base", "v2": "gs://b/run"}
+    for bad, words in (({"models": {"has space": "/p"}}, "must match"),
+                       ({"checkpoint": "/x/base", "models": {"base": "/p"}}, "already the default"),
+                       ({"models": {"v2": ""}}, "expected a checkpoint path"),
+                       ({"max_models_per_replica": 0}, ">= 1")):
+        with pytest.raises(ConfigError, match=words):
+            from_dict(ServeConfig, bad)

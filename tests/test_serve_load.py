@@ -1,5 +1,6 @@
-"""Slow Serve proofs: bounded concurrent load, a replica killed under load, the CLI job, and
-generation/scoring over HTTP equal to the offline API. Real local Serve, real HTTP, loopback.
+"""Slow Serve proofs: bounded concurrent load, a replica killed under load, the CLI job (with a
+second model), and generation/scoring over HTTP equal to the offline API, for the default and a
+multiplexed model. Real local Serve, real HTTP, loopback.
 """
 
 from __future__ import annotations
@@ -31,9 +32,20 @@ def hf_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(hf_dir):
+def b_run(tmp_path_factory):
+    """A second, different model (``save_model`` layout) served on request as ``b``."""
+    import ankh
+    from ankh.checkpoint import save_model
+
+    path = tmp_path_factory.mktemp("mux") / "b_run"
+    save_model(ankh.load("tiny", seed=4), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(hf_dir, b_run):
     # Local defaults (auth off); two embedding replicas so one can be killed under load.
-    cfg = merge(SMALL, {"checkpoint": str(hf_dir),
+    cfg = merge(SMALL, {"checkpoint": str(hf_dir), "models": {"b": str(b_run)},
                         "embed": {"num_replicas": 2, "max_ongoing_requests": 16,
                                   "max_queued_requests": 64, "num_cpus": 0.25},
                         "generate": {"num_cpus": 0.25}})
@@ -139,11 +151,41 @@ def test_generation_and_scores_over_http_equal_offline(server, hf_dir):
     np.testing.assert_allclose(s["log_likelihood"], want["log_likelihood"], rtol=1e-4)
 
 
-def test_jobs_serve_cli_binds_loopback_and_serves(hf_dir):
+def test_multiplexed_generation_and_scores_use_the_requested_model(server, hf_dir, b_run):
+    import ankh
+    from ray import serve
+
+    model = ankh.load(str(b_run))
+    prompts = ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"]
+    kw = dict(do_sample=True, top_k=20, max_new_tokens=12, seed=11)
+    status, _, body = http("POST", f"{server}/v1/generate",
+                           {"sequences": prompts, "model": "b", **kw})
+    assert status == 200 and body["model"] == "b", body
+    assert body["outputs"] == model.generate(prompts, **kw)
+    gen = serve.get_deployment_handle("Generator", app_name="ankh")
+    out = gen.options(multiplexed_model_id="b").generate.remote(prompts, **kw).result()
+    assert out == body["outputs"]
+    wt = "MKTAYIAKQRQISFVKSHFSRQ"
+    status, _, body = http("POST", f"{server}/v1/score",
+                           {"sequences": [wt], "wild_type": wt, "mutants": ["K2R"], "model": "b"})
+    assert status == 200, body
+    np.testing.assert_allclose(body["mutation_scores"], model.mutation_scores(wt, ["K2R"]),
+                               rtol=1e-4, atol=1e-4)
+    (want,) = model.score([wt])
+    np.testing.assert_allclose(body["scores"][0]["log_likelihood"], want["log_likelihood"],
+                               rtol=1e-4)
+    loaded = gen.loaded_models.remote().result()
+    assert loaded == [hf_dir.name, "b"], loaded
+
+
+def test_jobs_serve_cli_binds_loopback_and_serves(hf_dir, b_run):
+    import ankh
+
     port = free_port()
     cmd = [sys.executable, "-m", "jobs.serve", "--checkpoint", str(hf_dir), "--port", str(port),
-           "--num-cpus", "2", "generate.enabled=false", "embed.length_buckets=[64]",
-           "embed.batch_tokens=128", "embed.num_cpus=0.5", "limits.max_length=60"]
+           "--model", f"b={b_run}", "--num-cpus", "2", "generate.enabled=false",
+           "embed.length_buckets=[64]", "embed.batch_tokens=128", "embed.num_cpus=0.5",
+           "limits.max_length=60"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, start_new_session=True)
     try:
@@ -159,6 +201,12 @@ def test_jobs_serve_cli_binds_loopback_and_serves(hf_dir):
         assert status == 200 and len(body["embeddings"][0]) == 64  # no token needed locally
         status, _, body = http("POST", f"{info['url']}/v1/generate", {"sequences": ["MKT"]})
         assert status == 404 and "generate.enabled" in body["detail"]
+        assert info["models"] == [hf_dir.name, "b"]  # --model b=PATH: chosen per request
+        status, _, body = http("POST", f"{info['url']}/v1/embed",
+                               {"sequences": ["MKTAYIAK"], "model": "b"})
+        assert status == 200 and body["model"] == "b", body
+        np.testing.assert_allclose(body["embeddings"], ankh.load(str(b_run)).embed(["MKTAYIAK"]),
+                                   rtol=1e-5, atol=1e-5)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
