@@ -36,8 +36,26 @@ class CheckpointError(ValueError):
 def fs_and_path(path: str) -> tuple[Any, str]:
     # No listing cache on object stores: Orbax (tensorstore) writes behind fsspec's back.
     kw = {"use_listings_cache": False} if str(path).startswith(("gs://", "gcs://")) else {}
+    if kw:
+        gcs_endpoint_for_orbax()
     fs, root = fsspec.core.url_to_fs(str(path), **kw)
     return fs, root.rstrip("/")
+
+
+def gcs_endpoint_for_orbax() -> None:
+    """Send Orbax's GCS I/O (tensorstore) to ``$STORAGE_EMULATOR_HOST`` when that is set.
+
+    gcsfs and the Google client libraries honour ``STORAGE_EMULATOR_HOST``; tensorstore only
+    reads ``TENSORSTORE_GCS_HTTP_URL`` (at each kvstore open), so without this a checkpoint's
+    array data would go to real GCS -- or hang without network -- while its JSON went to the
+    emulator. Unset (production): nothing changes, tensorstore uses storage.googleapis.com.
+    """
+    import os
+
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        os.environ["TENSORSTORE_GCS_HTTP_URL"] = emulator if "://" in emulator else f"http://{emulator}"
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no HNS API there
 
 
 def norm_path(path: str) -> str:
@@ -162,6 +180,7 @@ def load_params(step_dir: str) -> tuple[Any, dict]:
     from ankh.model import AnkhModel
 
     step_dir = norm_path(step_dir)
+    gcs_endpoint_for_orbax()
     meta = read_meta(step_dir)
     if "model" not in meta:
         raise CheckpointError(f"{step_dir}: meta has no model config")
@@ -203,6 +222,7 @@ def save_model(model: Any, path: str, step: int = 0) -> str:
         for k in key[:-1]:
             node = node.setdefault(k, {})
         node[key[-1]] = arr
+    gcs_endpoint_for_orbax()
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(_join(step_dir, "params"), params)
         ckptr.wait_until_finished()

@@ -9,6 +9,7 @@ deleted) and the next older one is used -- a bad checkpoint never poisons a run.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ class CheckpointStore:
 
     def __init__(self, directory: str, every: int, keep: int = 3, async_save: bool = True):
         self.directory = ackpt.norm_path(str(directory)).rstrip("/")
+        ackpt.gcs_endpoint_for_orbax()  # gs:// under an emulator: tensorstore goes there too
         self.every = every
         opts = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -104,14 +106,22 @@ class CheckpointStore:
     def _quarantine(self, step: int) -> None:
         """Move a bad step aside (kept for inspection) so the step can be saved again."""
         multihost_utils.sync_global_devices(f"ankh-quarantine-{step}")
+        local = "://" not in self.directory
         if jax.process_index() == 0:
             fs, root = ackpt.fs_and_path(self.directory)
             src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
             if fs.exists(src):
                 fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
-                fs.mv(src, dst, recursive=True)
+                # Object stores: copy here, delete through Orbax below -- its gcsfs instance caches
+                # listings, and a step removed behind its back still "exists" when saved again.
+                (fs.mv if local else fs.copy)(src, dst, recursive=True)
                 log.warning("moved bad checkpoint %s to %s", src, dst)
         multihost_utils.sync_global_devices(f"ankh-quarantined-{step}")
+        if not local and step in self.mgr.all_steps():
+            try:
+                self.mgr.delete(step)
+            except FileNotFoundError:  # already gone (removed by hand): nothing left to delete
+                pass
         self.mgr.reload()
 
 
@@ -127,3 +137,22 @@ def export_hf(run_or_ckpt: str, out_dir: str) -> str:
     model = ackpt.load(run_or_ckpt)
     model.save_hf(out_dir)
     return out_dir
+
+
+def ray_train_storage(path: str) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``.
+
+    Ray Train opens ``gs://`` with pyarrow, which ignores ``STORAGE_EMULATOR_HOST`` (it would
+    reach for real GCS and hang offline). Under an emulator it gets an explicit pyarrow GCS
+    filesystem pointed there; otherwise (production) ``(path, None)``: pyarrow's own credentials.
+    """
+    from urllib.parse import urlparse
+
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not emulator or not str(path).startswith(("gs://", "gcs://")):
+        return path, None
+    import pyarrow.fs as pafs
+
+    url = urlparse(emulator if "://" in emulator else f"http://{emulator}")
+    fs = pafs.GcsFileSystem(anonymous=True, scheme=url.scheme, endpoint_override=url.netloc)
+    return str(path).split("://", 1)[1], fs

@@ -23,8 +23,12 @@ def package_origins() -> dict[str, str]:
     return out
 
 
-def init_ray(address: str | None = None, **kwargs: Any) -> None:
-    """Connect to a cluster (``address``/``RAY_ADDRESS``) or start a local one on loopback."""
+def init_ray(address: str | None = None, dashboard: bool = False, **kwargs: Any) -> None:
+    """Connect to a cluster (``address``/``RAY_ADDRESS``) or start a local one on loopback.
+
+    ``dashboard`` starts the local dashboard on 127.0.0.1 (Ray Train's metrics and its
+    state-API watchdog need it); a local run without it starts no dashboard port at all.
+    """
     import ray
 
     if ray.is_initialized():
@@ -33,7 +37,9 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        kwargs.setdefault("include_dashboard", False)  # no dashboard port for a local run
+        kwargs.setdefault("include_dashboard", dashboard)
+        if dashboard:
+            kwargs.setdefault("dashboard_host", "127.0.0.1")
         # Ray picks the host's routable IP as node IP and binds GCS/raylet/worker gRPC to all
         # interfaces; with this flag a local instance takes 127.0.0.1 and binds loopback only
         # (``_node_ip_address`` alone does not change the bind address in Ray 2.60).

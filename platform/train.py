@@ -139,6 +139,8 @@ def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
 # ---- driver side --------------------------------------------------------------------------------
 def worker_env(cfg: PretrainConfig) -> dict[str, str]:
     env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    if os.environ.get("STORAGE_EMULATOR_HOST"):  # a GCS emulator (tests, local dev) reaches workers
+        env["STORAGE_EMULATOR_HOST"] = os.environ["STORAGE_EMULATOR_HOST"]
     env |= {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)} if cfg.compile_cache else {}
     if cfg.scale.use_tpu:
         return env | {"JAX_PLATFORMS": "tpu"}
@@ -165,7 +167,7 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
 
     from ankh_platform.runtime import init_ray
 
-    init_ray(ray_address)
+    init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
     cfg = resolved(cfg)
     s = cfg.scale
     if s.use_tpu:
@@ -174,7 +176,10 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     else:
         scaling = ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                 resources_per_worker={"CPU": s.cpus_per_worker})
-    run_config = RunConfig(name=cfg.name, storage_path=cfg.run_dir().rsplit("/", 1)[0],
+    from ankh_platform.checkpoints import ray_train_storage
+
+    storage_path, storage_fs = ray_train_storage(cfg.run_dir().rsplit("/", 1)[0])  # gs:// ok
+    run_config = RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
                            failure_config=FailureConfig(max_failures=cfg.max_failures),
                            worker_runtime_env={"env_vars": worker_env(cfg)})
     trainer = JaxTrainer(train_loop, train_loop_config=to_dict(cfg), scaling_config=scaling,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -101,7 +102,9 @@ def gcs_emulator():
     """URL of a session-wide in-memory GCS emulator on loopback (env set while it runs)."""
     port = free_port()
     proc = subprocess.Popen(
-        ["gcp-storage-emulator", "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "-q"],
+        # tests/gcs_emulator.py = the emulator with GCS object generations fixed (Orbax needs them)
+        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host=127.0.0.1",
+         f"--port={port}", "--in-memory", "-q"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST",)}
