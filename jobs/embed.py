@@ -22,6 +22,8 @@ def _flags(ap) -> None:
     ap.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")
     ap.add_argument("--replicas", type=int, help="model replicas (actor pool size)")
     ap.add_argument("--batch-tokens", type=int, help="token slots per model call")
+    ap.add_argument("--hdf5", help="also write one HDF5 file keyed by id, pooled vectors "
+                    "(bio_embeddings/ProtTrans layout; needs the optional h5py)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg, args = parse_cli(EmbedJobConfig, argv, __doc__, extra=_flags)
     flags = {"checkpoint": args.checkpoint, "input": args.input, "output": args.output,
-             "replicas": args.replicas, "batch_tokens": args.batch_tokens,
+             "replicas": args.replicas, "batch_tokens": args.batch_tokens, "hdf5": args.hdf5,
              "per_residue": True if args.per_residue else None}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     missing = [f"--{k}" for k in ("checkpoint", "input", "output") if not getattr(cfg, k)]

@@ -216,6 +216,11 @@ def write_parts(batch: dict, output: str, run_id: str) -> dict:
         res["tokens"].append(int(batch["tokens"][idx].sum()))
         res["slots"].append(int(batch["slots"][idx].sum()))
         res["residues"].append(int(batch["length"][idx][first & ok].sum()))
+        for k in ("model_s", "init_s", "call_s"):  # where the time went (job summary)
+            res[k].append(float(batch[k][idx].sum()) if k in batch else 0.0)
+        for k in ("ready_at", "done_at"):
+            res[k].append(float(batch[k][idx].max()) if k in batch else 0.0)
+        res["compiled"].append(int(batch["compiled"][idx].max()) if "compiled" in batch else 0)
     return {k: np.asarray(v) for k, v in res.items()}
 
 

@@ -16,13 +16,11 @@ import logging
 import os
 import time
 import uuid
-from functools import partial
 from typing import Literal
 
-import numpy as np
-
-from ankh_platform import embed_io
-from ankh_platform.embed_pack import P_SEQ, PackSpec, layout, pack, prepare
+from ankh_platform import embed_hdf5, embed_io
+from ankh_platform.embed_pack import PackSpec
+from ankh_platform.embed_replica import Embedder, encode_packed, pack_udf  # noqa: F401 (API)
 from ankh_platform.storage import filesystem, join
 
 log = logging.getLogger(__name__)
@@ -49,8 +47,11 @@ class EmbedJobConfig:
     replicas: int = 1  # model replicas (actor pool size)
     gpus_per_replica: float = -1  # -1: 1 if the cluster has GPUs, else 0
     cpus_per_replica: float = 1
+    replica_niceness: int = 0  # CPU priority of the model replicas (Ray's workers default: 15)
     write_rows: int = 2048  # rows per part file (at most; per shard)
     block_bytes: int = 1 << 20  # Ray Data block size target: small, so batches stream one by one
+    hdf5: str = ""  # also write one HDF5 file (local or gs://): dataset <id> = pooled [d_model]
+    hdf5_per_residue: str = ""  # ... and/or one with dataset <id> = [length, d_model]
 
 
 def _describe(checkpoint: str):
@@ -86,119 +87,6 @@ def _describe(checkpoint: str):
                             "or an Ankh checkpoint")
 
 
-def pack_udf(batch: dict, spec: PackSpec, vocab: dict) -> dict:
-    """Ray Data UDF: a group of input rows -> model batches (one row each) of fixed shapes."""
-    from ankh.tokenizer import AnkhTokenizer
-
-    tok = AnkhTokenizer(vocab)
-    shards = [embed_io.shard_stem(p) for p in batch["path"]]
-    prep = prepare(batch["id"].tolist(), batch["sequence"].tolist(), shards, tok, spec)
-    out = {"ids": [], "pieces": [], "meta": []}
-    notes = {(sh, i): why for sh, i, why in prep.notes}
-    seqs = [[k[0], k[1], n, w, notes.get(k, "")]
-            for k, n, w in zip(prep.seq_key, prep.seq_len, prep.seq_nwin)]
-    errors = prep.errors  # ride on the group's first model batch
-    for b in pack(prep, spec):
-        used = sorted(set(b["pieces"][:, P_SEQ].tolist()))
-        remap = {s: i for i, s in enumerate(used)}
-        b["pieces"][:, P_SEQ] = [remap[s] for s in b["pieces"][:, P_SEQ].tolist()]
-        out["ids"].append(b["ids"])
-        out["pieces"].append(b["pieces"])
-        out["meta"].append(json.dumps({"seqs": [seqs[s] for s in used], "errors": errors}))
-        errors = []
-    if errors:  # nothing to embed in this group, but problems to report
-        out["ids"].append(np.zeros((0, 0), np.int32))
-        out["pieces"].append(np.zeros((0, 6), np.int32))
-        out["meta"].append(json.dumps({"seqs": [], "errors": errors}))
-    return {"ids": _objects(out["ids"]), "pieces": _objects(out["pieces"]),
-            "meta": np.asarray(out["meta"], object)}
-
-
-def _objects(arrs: list) -> np.ndarray:
-    out = np.empty(len(arrs), object)
-    out[:] = arrs
-    return out
-
-
-def encode_packed(graphdef, params, ids, seg, pos, wt, *, num_layers, max_segments, per_residue):
-    """Weighted per-segment sums ``[B, S, e]`` (and hidden ``[B, L, e]``) of a packed batch."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    model = nnx.merge(graphdef, params)
-    hidden = model.encode(ids, seg, pos, num_layers=num_layers).astype(jnp.float32)  # [b, l, e]
-    onehot = seg[:, :, None] == jnp.arange(1, max_segments + 1, dtype=seg.dtype)  # [b, l, s]
-    w = onehot.astype(jnp.float32) * wt[:, :, None]  # [b, l, s]
-    pooled = jnp.einsum("bls,ble->bse", w, hidden, precision=jax.lax.Precision.HIGHEST)
-    return (pooled, hidden) if per_residue else (pooled, None)
-
-
-class Embedder:
-    """One model replica (a Ray actor): loads the checkpoint by path, compiles every shape once."""
-
-    def __init__(self, checkpoint: str, spec: PackSpec, per_residue: bool, layer: int,
-                 compute_dtype: str):
-        import jax
-
-        import ankh
-
-        t0 = time.perf_counter()
-        self.model = ankh.load(checkpoint, dtype=compute_dtype)  # from the path: nothing pickled
-        self.spec, self.per_residue = spec, per_residue
-        num_layers = None if layer in (0, self.model.config.num_layers) else layer
-        self.fn = jax.jit(partial(encode_packed, self.model.graphdef, num_layers=num_layers,
-                                  max_segments=spec.max_segments, per_residue=per_residue))
-        for rows, length in spec.shapes():
-            z = np.zeros((rows, length), np.int32)
-            jax.block_until_ready(self.fn(self.model.params, z, z, z, z.astype(np.float32)))
-        log.info("replica ready in %.1fs (shapes %s)", time.perf_counter() - t0, spec.shapes())
-
-    def __call__(self, batch: dict) -> dict:
-        rows = [self._one(batch["ids"][i], batch["pieces"][i], json.loads(batch["meta"][i]))
-                for i in range(len(batch["meta"]))]
-        return {k: np.concatenate([r[k] for r in rows]) if k != "residues" else
-                _objects([x for r in rows for x in r[k]]) for k in rows[0]}
-
-    def _one(self, ids: np.ndarray, pieces: np.ndarray, meta: dict) -> dict:
-        ids, pieces = np.asarray(ids, np.int32), np.asarray(pieces, np.int32).reshape(-1, 6)
-        seqs, d = meta["seqs"], self.model.config.d_model
-        n = len(pieces)
-        out = {"shard": [], "id": [], "length": [], "win_start": [], "n_win": [], "error": [],
-               "note": [], "tokens": [], "slots": []}
-        pooled = np.zeros((n, d), np.float32)
-        residues: list[np.ndarray] = []
-        if n:
-            lens = np.asarray([s[2] for s in seqs])
-            nwin = np.asarray([s[3] for s in seqs])
-            seg, pos, wt = layout(ids, pieces, lens, nwin, self.spec.max_length,
-                                  self.spec.window_overlap)
-            p, h = self.fn(self.model.params, ids, seg, pos, wt)
-            p = np.asarray(p)  # [B, S, e]
-            h = np.asarray(h) if self.per_residue else None  # [B, L, e]
-            for k, (row, start, ntok, s, win, sid) in enumerate(pieces.tolist()):
-                pooled[k] = p[row, sid - 1]
-                shard, ident, length, nw, note = seqs[s]
-                out["shard"].append(shard), out["id"].append(ident), out["length"].append(length)
-                out["win_start"].append(win), out["n_win"].append(nw), out["error"].append("")
-                out["note"].append(note if win == 0 else "")
-                out["tokens"].append(ntok), out["slots"].append(ids.size if k == 0 else 0)
-                if h is not None:
-                    residues.append(h[row, start: start + ntok - 1])
-        for shard, ident, why in meta["errors"]:
-            out["shard"].append(shard), out["id"].append(ident), out["length"].append(0)
-            out["win_start"].append(0), out["n_win"].append(1), out["error"].append(why)
-            out["note"].append(""), out["tokens"].append(0), out["slots"].append(0)
-            residues.append(np.zeros((0, d), np.float32))
-        pooled = np.concatenate([pooled, np.zeros((len(meta["errors"]), d), np.float32)])
-        res = {k: np.asarray(v, object if k in ("shard", "id", "error", "note") else np.int64)
-               for k, v in out.items()}
-        res["pooled"] = pooled
-        if self.per_residue:
-            res["residues"] = residues
-        return res
-
-
 # ---- the job ---------------------------------------------------------------------------------
 _FINGERPRINT = ("checkpoint", "per_residue", "out_dtype", "compute_dtype", "layer", "max_length",
                 "long_policy", "window_overlap", "strip_stop")
@@ -224,9 +112,17 @@ def _check_output(cfg: EmbedJobConfig) -> None:
 _STORAGE_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 
 
-def _runtime_env() -> dict | None:
-    """The driver's storage endpoint settings follow the job into every worker it starts."""
+def _runtime_env(niceness: int | None = None) -> dict | None:
+    """The driver's storage endpoint settings follow the job into every worker it starts.
+
+    ``niceness``: the model replicas' CPU priority. Ray starts every worker process at niceness
+    15 (below the driver and Ray's own daemons); a replica asks for ``replica_niceness``
+    (default 0, normal) through Ray's ``RAY_worker_niceness``, so on shared cores the model
+    wins over the light read/pack/write tasks instead of the other way round.
+    """
     env = {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ}
+    if niceness is not None:
+        env["RAY_worker_niceness"] = str(niceness)
     return {"env_vars": env} if env else None
 
 
@@ -247,7 +143,7 @@ def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: Pack
     import ray
 
     # Light tasks (fractional CPUs, so not fused into the replicas: packing never sits on the
-    # accelerator's critical path).
+    # accelerator's critical path; Ray's default worker priority, below the replicas').
     ds = _read(pending, cfg.group_rows, 0.5)
     ds = ds.map_batches(pack_udf, fn_kwargs={"spec": spec, "vocab": vocab},
                         batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5,
@@ -258,7 +154,8 @@ def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: Pack
                                "per_residue": cfg.per_residue, "layer": cfg.layer,
                                "compute_dtype": cfg.compute_dtype},
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-        num_gpus=gpus, num_cpus=cfg.cpus_per_replica, runtime_env=_runtime_env())
+        num_gpus=gpus, num_cpus=cfg.cpus_per_replica,
+        runtime_env=_runtime_env(cfg.replica_niceness))
     return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id},
                           batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25,
                           runtime_env=_runtime_env())
@@ -273,7 +170,11 @@ def run(cfg: EmbedJobConfig) -> dict:
     for name in ("checkpoint", "input", "output"):
         if not getattr(cfg, name):
             raise ValueError(f"{name} is required")
-    t0 = time.perf_counter()
+    if cfg.hdf5 or cfg.hdf5_per_residue:
+        embed_hdf5.require_h5py()  # fail now, not after the whole database is embedded
+        if cfg.hdf5_per_residue and not cfg.per_residue:
+            raise ValueError("hdf5_per_residue needs per_residue=true")
+    t0, t0_wall = time.perf_counter(), time.time()
     shards = embed_io.discover(cfg.input, cfg.input_format)
     init_ray()
     pinned, mcfg, vocab = _describe(cfg.checkpoint)
@@ -291,15 +192,41 @@ def run(cfg: EmbedJobConfig) -> dict:
     for s in pending:
         embed_io.clear_parts(cfg.output, s.stem)  # stale parts of a killed run
     counts = embed_io.count_all(pending)
-    merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard).options(
-        runtime_env=_runtime_env())
     margs = {"dim": mcfg.d_model, "width": spec.max_length, "overlap": spec.window_overlap,
              "out_dtype": cfg.out_dtype, "extra_meta": {"ankh.checkpoint": cfg.checkpoint}}
+    t1 = time.perf_counter()
+    reports, stats = _embed(pending, counts, cfg, spec, vocab, margs)
+    embed_io.clear_parts(cfg.output)
+    t_end = time.perf_counter()
+    stats["setup_s"] = t1 - t0
+    if stats["ready_at"]:  # steady state: from the first replica ready to the end
+        stats["startup_s"] = min(stats["ready_at"]) - t0_wall
+        stats["steady"] = stats["tokens"] / max(1e-9, t_end - t0 - stats["startup_s"])
+        stats["tail_s"] = t0_wall + (t_end - t0) - stats["done_at"]  # last batch -> summary
+    previous = [embed_io.shard_report(cfg.output, s.stem) for s in done]
+    summary = _summary(cfg, shards, done, reports, previous, stats, t_end - t1,
+                       time.perf_counter() - t0)
+    _write_json(join(cfg.output, "_summary.json"), summary)
+    stems = [s.stem for s in shards]
+    for path, per_res in ((cfg.hdf5, False), (cfg.hdf5_per_residue, True)):
+        if path:  # a post-step over the finished shards: identical on a first run or a resume
+            summary[f"hdf5{'_per_residue' if per_res else ''}_file"] = embed_hdf5.export_hdf5(
+                cfg.output, path, stems, per_residue=per_res)
+    return summary
+
+
+def _embed(pending: list[embed_io.Shard], counts: dict, cfg: EmbedJobConfig, spec: PackSpec,
+           vocab: dict, margs: dict) -> tuple[list[dict], dict]:
+    """Run the pipeline over the pending shards; merge each as soon as it is complete."""
+    import ray
+
+    merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard).options(
+        runtime_env=_runtime_env())
     run_id = uuid.uuid4().hex[:12]  # parts of this run only: a killed run's leftovers never mix in
     merges = {s.stem: merge.remote(cfg.output, s.stem, run_id, 0, s.path, **margs)
               for s in pending if counts[s.stem] == 0}
-    stats = {"tokens": 0, "slots": 0, "first_t": None, "first_tokens": 0}
-    t1 = time.perf_counter()
+    stats = {"tokens": 0, "slots": 0, "model_s": 0.0, "call_s": 0.0, "init_s": [],
+             "ready_at": [], "done_at": 0.0, "compiled": 0}
     todo = [s for s in pending if counts[s.stem] > 0]
     if todo:
         gpus = cfg.gpus_per_replica if cfg.gpus_per_replica >= 0 else \
@@ -315,28 +242,32 @@ def run(cfg: EmbedJobConfig) -> dict:
                 t[0] += int(b["n_first"][i])
                 t[1] += int(b["n_expected"][i])
                 t[2] += int(b["n_pieces"][i])
-                stats["tokens"] += int(b["tokens"][i])
-                stats["slots"] += int(b["slots"][i])
+                _account(stats, b, i)
                 if t[0] >= counts[stem] and t[1] == t[2] and stem not in merges:
                     merges[stem] = merge.remote(cfg.output, stem, run_id, counts[stem],
                                                 path_of[stem], **margs)
-            if stats["first_t"] is None:  # steady state starts once replicas deliver
-                stats["first_t"], stats["first_tokens"] = time.perf_counter(), stats["tokens"]
         lost = {s: (counts[s], *track[s]) for s in track if s not in merges}
         if lost:
             raise RuntimeError("shards not complete after the pipeline (input rows; rows, pieces "
                                f"expected, pieces seen): {lost}")
+    stats["shapes"] = len(spec.shapes())
+    t = time.perf_counter()
     reports = ray.get(list(merges.values()))
-    embed_io.clear_parts(cfg.output)
-    t_end = time.perf_counter()
-    pipeline_s = t_end - t1
-    if stats["first_t"] is not None and t_end > stats["first_t"]:
-        stats["steady"] = (stats["tokens"] - stats["first_tokens"]) / (t_end - stats["first_t"])
-    previous = [embed_io.shard_report(cfg.output, s.stem) for s in done]
-    summary = _summary(cfg, shards, done, reports, previous, stats, pipeline_s,
-                       time.perf_counter() - t0)
-    _write_json(join(cfg.output, "_summary.json"), summary)
-    return summary
+    stats["merge_wait_s"] = time.perf_counter() - t  # merges still running after the last batch
+    return reports, stats
+
+
+def _account(stats: dict, b: dict, i: int) -> None:
+    """Add one counter row of ``write_parts`` to the run's statistics (where the time went)."""
+    for k in ("tokens", "slots"):
+        stats[k] += int(b[k][i])
+    for k in ("model_s", "call_s"):
+        stats[k] += float(b[k][i])
+    stats["done_at"] = max(stats["done_at"], float(b["done_at"][i]))
+    stats["compiled"] = max(stats["compiled"], int(b["compiled"][i]))
+    if b["init_s"][i] > 0:  # a replica's first batch
+        stats["init_s"].append(round(float(b["init_s"][i]), 2))
+        stats["ready_at"].append(float(b["ready_at"][i]))
 
 
 def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) -> dict:
@@ -350,8 +281,20 @@ def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) ->
         "sequences_all_shards": seqs + sum(r["sequences"] for r in previous),
         "tokens": stats["tokens"], "pipeline_s": round(pipeline_s, 3), "wall_s": round(wall_s, 3),
         "tokens_per_s": round(stats["tokens"] / pipeline_s, 1) if pipeline_s > 0 else 0.0,
+        "wall_tokens_per_s": round(stats["tokens"] / wall_s, 1) if wall_s > 0 else 0.0,
         "steady_tokens_per_s": round(stats.get("steady", 0.0), 1),
         "padding_waste": round(1 - stats["tokens"] / stats["slots"], 4) if stats["slots"] else 0.0,
+        # where the time went: driver set-up (list/count shards), until the first embedded batch
+        # was back (replica start: load + compile), time inside the compiled model (all replicas)
+        "timing": {"setup_s": round(stats["setup_s"], 3),
+                   "startup_s": round(stats.get("startup_s", 0.0), 3),
+                   "replica_init_s": stats["init_s"], "model_s": round(stats["model_s"], 3),
+                   "replica_call_s": round(stats["call_s"], 3),
+                   "tail_s": round(stats.get("tail_s", 0.0), 3),
+                   "merge_wait_s": round(stats["merge_wait_s"], 3),
+                   "model_busy": round(stats["model_s"] / (pipeline_s * cfg.replicas), 4)
+                   if pipeline_s > 0 else 0.0,
+                   "shapes": stats["shapes"], "compiled_per_replica": stats["compiled"]},
         "invalid_count": len(invalid), "invalid": invalid,
         "long_policy": cfg.long_policy, "long_sequences": notes,
     }

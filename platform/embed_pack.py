@@ -22,11 +22,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from collections import defaultdict
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from ankh.tokenizer import AnkhTokenizer, TokenizerError
+if TYPE_CHECKING:  # importing ankh pulls in JAX: the merge tasks (combine_windows) need none
+    from ankh.tokenizer import AnkhTokenizer
 
 # Columns of the per-piece table that travels with each model batch.
 P_ROW, P_START, P_NTOK, P_SEQ, P_WIN_START, P_SEG = range(6)
@@ -51,12 +52,18 @@ class PackSpec:
             raise ValueError("max_segments must be >= 1 and min_row_tokens >= 2")
 
     def row_lengths(self) -> list[int]:
-        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens."""
+        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens.
+
+        A rung within 25% of the top is dropped (1024 next to 1088): one shape fewer to compile
+        on every replica, for the same padding (its rows fill the top ones' gaps instead).
+        """
         top = -(-(self.max_length + 1) // 64) * 64
         out, n = [], self.min_row_tokens
         while n < top:
             out.append(n)
             n *= 2
+        if len(out) > 1 and out[-1] * 1.25 > top:
+            out.pop()
         return out + [top]
 
     def shapes(self) -> list[tuple[int, int]]:
@@ -97,6 +104,8 @@ class Prepared:
 
 def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: PackSpec) -> Prepared:
     """Tokenize and check each sequence; bad ones become ``errors`` (never an exception)."""
+    from ankh.tokenizer import TokenizerError
+
     out = Prepared()
     for ident, seq, shard in zip(ids, seqs, shards):
         ident = "" if ident is None else str(ident)

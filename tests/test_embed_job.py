@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ankh_platform import embed_io
-from ankh_platform.embed_job import EmbedJobConfig, Embedder, _check_output, pack_udf
+from ankh_platform.embed_job import EmbedJobConfig, _check_output
+from ankh_platform.embed_replica import Embedder, pack_udf
 from ankh_platform.embed_pack import PackSpec, combine_windows, pack, prepare, windows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,6 +138,42 @@ def test_job_stages_in_process_equal_offline_api(tmp_path, shared_data_dir):
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
     assert _check_against_offline(table, seqs) < 1e-5
     assert not (tmp_path / "_parts" / "shard-a" / "r1").exists()
+    from ankh_platform.embed_hdf5 import export_hdf5
+
+    for per_res in (False, True):  # the HDF5 export holds exactly the Parquet rows
+        h5 = export_hdf5(str(tmp_path), str(tmp_path / f"emb-{per_res}.h5"), ["shard-a"], per_res)
+        _check_hdf5(Path(h5), [table], per_res)
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def _check_hdf5(path: Path, tables: list[pa.Table], per_residue: bool = False) -> None:
+    """One dataset per id (bio_embeddings layout), values equal to the Parquet rows."""
+    import h5py
+
+    rows = {i: (v, n) for t in tables for i, v, n in zip(
+        t["id"].to_pylist(), t["per_residue" if per_residue else "embedding"].to_pylist(),
+        t["length"].to_pylist())}
+    with h5py.File(path, "r") as h5:
+        assert sorted(h5.keys()) == sorted(rows)  # ids here contain no '/'
+        for key, ds in h5.items():
+            want, n = rows[ds.attrs["original_id"]]
+            assert key == ds.attrs["original_id"] and ds.attrs["length"] == n
+            assert ds.shape == ((n, len(want[0])) if per_residue else (len(want),))
+            np.testing.assert_array_equal(ds[()], np.asarray(want, ds.dtype))
+
+
+def test_hdf5_names_and_missing_h5py_error(tmp_path):
+    from ankh_platform.embed_hdf5 import dataset_name
+
+    assert dataset_name("sp|P1/2|X") == "sp|P1_2|X" and dataset_name(".") == "_."
+    code = ("import sys; sys.modules['h5py'] = None\n"  # as if h5py were not installed
+            "from ankh_platform.embed_job import EmbedJobConfig, run\n"
+            f"run(EmbedJobConfig(checkpoint='tiny', input='{tmp_path}', output='{tmp_path}/o',"
+            f" hdf5='{tmp_path}/e.h5'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode != 0 and "pip install h5py" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "o").exists()  # refused before any work
 
 
 def test_output_of_other_settings_is_refused(tmp_path):
@@ -186,10 +223,10 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, shared_d
     from ankh_platform.configlib import load_config
 
     seqs = _write_inputs(tmp_path / "in", shared_data_dir, shards=6, per=24)
-    out = tmp_path / "out"
+    out, h5 = tmp_path / "out", tmp_path / "emb.h5"
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
     log = open(tmp_path / "driver.log", "wb")
-    driver = subprocess.Popen([sys.executable, "-m", "jobs.embed",
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--hdf5", str(h5),
                                *_job_args(str(tmp_path / "in"), str(out))],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -204,13 +241,13 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, shared_d
         log.close()
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     assert 0 < len(done) < 7, f"kill did not land mid-run: {sorted(done)}"
-    assert not (out / "_summary.json").exists()
+    assert not (out / "_summary.json").exists() and not h5.exists()
 
     cfg = load_config(EmbedJobConfig, None, [f"{a}" for a in _job_args("", "")[6:]])
     import dataclasses
 
     summary = run(dataclasses.replace(cfg, checkpoint="tiny", input=str(tmp_path / "in"),
-                                      output=str(out)))
+                                      output=str(out), hdf5=str(h5)))
     assert summary["shards"] == {"total": 7, "written": 7 - len(done), "skipped_done": len(done)}
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet") if p.name in done} == done
     valid = {i: s for i, s in seqs.items() if i not in dict(BAD_FASTA)}
@@ -218,6 +255,8 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, shared_d
     bad = {x["id"]: x["reason"] for x in json.loads((out / "_summary.json").read_text())["invalid"]}
     assert set(bad) == {"BAD1", "BAD2"} and "'J'" in bad["BAD1"]
     assert not (out / "_parts").exists()
+    assert summary["hdf5_file"] == str(h5)  # built from all shards, the resumed ones included
+    _check_hdf5(h5, [pq.read_table(p) for p in out.glob("*.parquet")])
 
 
 @pytest.mark.slow
@@ -236,7 +275,8 @@ def test_job_reads_and_writes_gcs(tmp_path, shared_data_dir, ray_local, gcs_buck
         fs.put(str(p), f"{bucket}/in/{p.name}")
     cfg = load_config(EmbedJobConfig, None, _job_args("", "")[6:] + ["per_residue=true"])
     summary = run(dataclasses.replace(cfg, checkpoint="tiny", input=f"{gcs_bucket}/in",
-                                      output=f"{gcs_bucket}/out"))
+                                      output=f"{gcs_bucket}/out",
+                                      hdf5_per_residue=f"{gcs_bucket}/h5/emb.h5"))
     assert summary["shards"]["written"] == 3 and summary["invalid_count"] == 2
     local = tmp_path / "out"
     local.mkdir()
@@ -246,6 +286,8 @@ def test_job_reads_and_writes_gcs(tmp_path, shared_data_dir, ray_local, gcs_buck
     valid = {i: s for i, s in seqs.items() if i not in dict(BAD_FASTA)}
     _check_output_dir(local, valid)
     assert fs.exists(f"{bucket}/out/_summary.json")
+    fs.get(f"{bucket}/h5/emb.h5", str(tmp_path / "emb.h5"))
+    _check_hdf5(tmp_path / "emb.h5", [pq.read_table(p) for p in local.glob("*.parquet")], True)
 
 
 def test_checkpoint_is_described_without_loading_weights(tmp_path):
