@@ -63,15 +63,23 @@ class Attention(nnx.Module):
                  kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """x [b, q, e]; bias [b|1, h|1, q, k] (position bias + mask); keys from kv_input or kv."""
         x = x.astype(self.dtype)
-        q = self._proj(x, self.q).transpose(0, 2, 1, 3)  # [b, h, q, d]
+        q = self._proj(x, self.q)  # [b, q, h, d]
         if kv is None:
             kv = self.project_kv(x if kv_input is None else kv_input.astype(self.dtype))
-        k, v = kv[0].transpose(0, 2, 3, 1), kv[1].transpose(0, 2, 1, 3)  # [b, h, d, k], [b, h, k, d]
-        scores = (q @ k).astype(jnp.float32) + bias  # [b, h, q, k]
+        k, v = kv  # [b, k, h, d]
+        # Full sequences: batched matmuls in [b, h, ., .] layout (XLA:CPU runs them ~2x faster
+        # than the einsums). One-token decode steps: einsums, so the KV cache is not transposed
+        # (copied) at every step.
+        step = q.shape[1] == 1
+        scores = (jnp.einsum("bqhd,bkhd->bhqk", q, k) if step else
+                  q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1))  # [b, h, q, k]
+        scores = scores.astype(jnp.float32) + bias
         # Softmax normalised after the PV product: the divide touches [q, d], not [q, k].
         m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))  # [b, h, q, 1]
-        w = jnp.exp(scores - m)  # [b, h, q, k]
-        ctx = (w.astype(self.dtype) @ v) / jnp.sum(w, axis=-1, keepdims=True).astype(self.dtype)
+        w = jnp.exp(scores - m).astype(self.dtype)  # [b, h, q, k]
+        ctx = (jnp.einsum("bhqk,bkhd->bhqd", w, v) if step else
+               w @ v.transpose(0, 2, 1, 3))  # [b, h, q, d]
+        ctx = ctx / jnp.sum(w, axis=-1, keepdims=True, dtype=jnp.float32).astype(self.dtype)
         b, h, lq, d = ctx.shape  # [b, h, q, d]
         ctx = ctx.transpose(0, 2, 1, 3).reshape(b * lq, h * d)  # [b*q, h*d]
         out = ctx @ self.o[...].astype(self.dtype).reshape(h * d, -1)  # [b*q, e]
