@@ -1,6 +1,6 @@
 """Read pretraining checkpoints (Orbax) without Ray: ``ankh.load(run_or_checkpoint_dir)``.
 
-Layout written by ``ankh_platform.checkpoints`` (local path or ``gs://``)::
+Layout written by ``ankh_platform.train.checkpoints`` (local path or ``gs://``)::
 
     <run>/checkpoints/<step>/params/      Orbax pytree: the model parameters (float32)
     <run>/checkpoints/<step>/opt_state/   Orbax pytree: optimizer state

@@ -1,6 +1,6 @@
 """Benchmarks, one JSON line each: ``python -m jobs.benchmark <what> [options]``.
 
-Each subcommand lives in ``platform/bench_<what>.py`` (``ankh_platform.bench_<what>``) with a
+Each subcommand lives in ``platform/bench/<what>.py`` (``ankh_platform.bench.<what>``) with a
 ``main(argv)`` that prints one JSON object; ``--help`` after the subcommand lists its flags.
 """
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, what in SUBCOMMANDS.items():
             print(f"  {name:10s} {what}")
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    mod = importlib.import_module(f"ankh_platform.bench_{argv[0].replace('-', '_')}")
+    mod = importlib.import_module(f"ankh_platform.bench.{argv[0].replace('-', '_')}")
     mod.main(argv[1:])
 
 

@@ -27,8 +27,8 @@ def _flags(ap) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.configlib import parse_cli
-    from ankh_platform.embed_job import EmbedJobConfig, run
+    from ankh_platform.core.config import parse_cli
+    from ankh_platform.embed.job import EmbedJobConfig, run
 
     cfg, args = parse_cli(EmbedJobConfig, argv, __doc__, extra=_flags)
     flags = {"checkpoint": args.checkpoint, "input": args.input, "output": args.output,

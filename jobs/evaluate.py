@@ -33,8 +33,8 @@ def _flags(ap) -> None:
 
 
 def parse(argv: list[str] | None = None):
-    from ankh_platform.configlib import parse_cli
-    from ankh_platform.evaluate import EvalConfig
+    from ankh_platform.core.config import parse_cli
+    from ankh_platform.evaluate.heads import EvalConfig
 
     cfg, args = parse_cli(EvalConfig, argv, __doc__, extra=_flags)
     over = {}
@@ -54,8 +54,8 @@ def parse(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from ankh_platform.eval_report import markdown, write_reports
-    from ankh_platform.evaluate import run_evaluation
+    from ankh_platform.evaluate.report import markdown, write_reports
+    from ankh_platform.evaluate.heads import run_evaluation
 
     report = run_evaluation(cfg)
     paths = write_reports(report, cfg.output, plots=cfg.plots, contact_protein=cfg.contact_protein)

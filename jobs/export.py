@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("out", help="output HF directory (local or gs://)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from ankh_platform.checkpoints import export_hf
+    from ankh_platform.train.checkpoints import export_hf
 
     out = export_hf(args.checkpoint, args.out)
     print(out)

@@ -14,8 +14,8 @@ import logging
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.configlib import parse_cli
-    from ankh_platform.finetune_generator import FinetuneJobConfig, run
+    from ankh_platform.core.config import parse_cli
+    from ankh_platform.generate.finetune import FinetuneJobConfig, run
 
     cfg, _ = parse_cli(FinetuneJobConfig, argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

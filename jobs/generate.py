@@ -15,8 +15,8 @@ import logging
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.configlib import parse_cli
-    from ankh_platform.generation_report import GenerateJobConfig, run
+    from ankh_platform.core.config import parse_cli
+    from ankh_platform.generate.variants import GenerateJobConfig, run
 
     cfg, _ = parse_cli(GenerateJobConfig, argv, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,9 +13,9 @@ import json
 import logging
 import sys
 
-from ankh_platform.configlib import parse_cli
-from ankh_platform.fasta import FastaError
-from ankh_platform.prepare import PrepareConfig, prepare
+from ankh_platform.core.config import parse_cli
+from ankh_platform.data.fasta import FastaError
+from ankh_platform.data.prepare import PrepareConfig, prepare
 
 
 def _flags(ap) -> None:

@@ -27,8 +27,8 @@ def _flags(ap) -> None:
 
 
 def parse(argv: list[str] | None = None):
-    from ankh_platform.configlib import parse_cli
-    from ankh_platform.train import PretrainConfig
+    from ankh_platform.core.config import parse_cli
+    from ankh_platform.train.job import PretrainConfig
 
     presets = PRESETS_DIR
     # parse_cli names presets by file stem; accept "--config tiny" for pretrain-tiny.yaml too.
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg, args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from ankh_platform import train
+    from ankh_platform.train import job as train
 
     summary = train.run_local_process(cfg) if args.in_process else train.run(cfg, args.address)
     ckpt = summary["checkpoint_dir"]

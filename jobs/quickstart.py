@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     import ankh
-    from ankh_platform.sample_data import real_sequences
+    from ankh_platform.core.samples import real_sequences
 
     seqs = real_sequences(args.n, 20, 600, seed=0)
     t0 = time.perf_counter()

@@ -31,8 +31,8 @@ def _flags(ap) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ankh_platform.configlib import parse_cli, to_dict, from_dict
-    from ankh_platform.serve_schema import ServeConfig
+    from ankh_platform.core.config import parse_cli, to_dict, from_dict
+    from ankh_platform.serve.schema import ServeConfig
 
     cfg, args = parse_cli(ServeConfig, argv, __doc__, extra=_flags)
     over = {k: v for k, v in (("checkpoint", args.checkpoint), ("host", args.host),
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from ray import serve
 
-    from ankh_platform.runtime import init_ray
-    from ankh_platform.serve_app import build_app
+    from ankh_platform.core.runtime import init_ray
+    from ankh_platform.serve.app import build_app
 
     init_kw = {"num_cpus": args.num_cpus} if args.num_cpus else {}
     init_ray(**init_kw)

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     import ray
 
-    from ankh_platform.runtime import init_ray, package_origins
+    from ankh_platform.core.runtime import init_ray, package_origins
 
     init_ray()
     remote = ray.get(ray.remote(num_cpus=0)(package_origins).remote())

@@ -157,8 +157,8 @@ def load_slices(path: str | Path) -> list[Slice]:
 
 # ---- checking ------------------------------------------------------------------------------
 def load_preset(name: str, overrides: tuple[str, ...] = (), presets_dir: Path = PRESETS_DIR):
-    from ankh_platform.configlib import load_config
-    from ankh_platform.train import PretrainConfig
+    from ankh_platform.core.config import load_config
+    from ankh_platform.train.job import PretrainConfig
 
     path = Path(name)
     if not path.exists():

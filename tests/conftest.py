@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
 # gcsfs reads this at import; the emulator has no hierarchical-namespace API. Set before any
 # test imports gcsfs or starts Ray (Ray workers inherit the environment).
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -129,7 +129,7 @@ def gcs_emulator():
 @pytest.fixture
 def gcs_bucket(gcs_emulator: str) -> str:
     """A fresh, empty bucket in the emulator: ``gs://<name>``."""
-    from ankh_platform.storage import gcs_filesystem
+    from ankh_platform.core.storage import gcs_filesystem
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     gcs_filesystem().mkdir(name)

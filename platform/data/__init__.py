@@ -1,0 +1,1 @@
+"""Data in: FASTA reading, FASTA -> Parquet preparation, and the streaming training pipeline."""

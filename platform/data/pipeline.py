@@ -1,0 +1,362 @@
+"""Streaming training batches from Parquet shards (local or ``gs://``) with Ray Data.
+
+Determinism and resume, by construction:
+
+- an epoch's file order is a permutation seeded by ``(seed, epoch)`` (file-level shuffle);
+- the epoch's rows, in that order, are split into ``world`` contiguous, equal ranges; rank
+  ``r`` streams its range with Ray Data ``read_parquet`` (order preserved);
+- the range is cut into windows of ``window`` examples; a window is cropped/masked (randomness
+  from ``(seed, epoch, example_id)``), packed into fixed-shape rows and its rows shuffled
+  (seeded local shuffle) -- a pure function of the window's examples;
+- the pipeline state is ``(epoch, window, batch)``: a restored stream re-reads from the
+  window's first row (skipping whole files by their row counts) and drops the batches already
+  consumed, so a resumed run neither repeats nor skips an example.
+
+``example_id`` is an example's global index in the sorted file list (file offset + row), the
+same in every epoch and on every worker. Ray Train's ``get_dataset_shard`` route
+(``streaming_split``) is supported by :func:`batches_from_rows`; it balances dynamically, so
+there resume is exact only at epoch boundaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ankh.objective import Objective, ObjectiveConfig
+from ankh.packing import PackSpec, build_batch, pack_rows
+from ankh.tokenizer import AnkhTokenizer
+from ankh_platform.core.storage import filesystem
+
+log = logging.getLogger(__name__)
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    paths: tuple[str, ...] = ("data/uniprot_sample/train",)  # dirs, files or globs; local or gs://
+    seed: int = 0
+    rows: int = 8  # batch rows per worker
+    enc_len: int = 1040  # encoder tokens per row (two 512-residue crops + </s> fit)
+    dec_len: int = 0  # decoder tokens per row; 0 = derived from the objective
+    max_segments: int = 32  # packed sequences per row
+    mask_prob: float = 0.20
+    max_residues: int = 512  # random crop length, reseeded every epoch
+    full_reconstruction: bool = False
+    window: int = 4096  # examples packed and shuffled together
+    shuffle_files: bool = True
+    epochs: int = 0  # 0 = endless (epochs roll over)
+    read_batch_rows: int = 1024  # rows per Ray Data batch
+    prefetch: int = 2  # batches prepared ahead on a background thread (0 = inline)
+
+    def objective(self) -> ObjectiveConfig:
+        return ObjectiveConfig(self.mask_prob, self.max_residues, self.full_reconstruction)
+
+    def pack_spec(self) -> PackSpec:
+        dec = self.dec_len
+        if dec <= 0:  # ~2p decoder tokens per encoder token, plus one </s> per segment
+            ratio = 1.0 if self.full_reconstruction else 2 * self.mask_prob
+            dec = max(self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8))
+            dec = min(dec, self.enc_len) if self.full_reconstruction else dec
+        return PackSpec(rows=self.rows, enc_len=self.enc_len, dec_len=dec,
+                        max_segments=self.max_segments)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineState:
+    """Position after the last consumed batch; JSON-able for checkpoints."""
+
+    epoch: int = 0
+    window: int = 0
+    batch: int = 0  # batches of ``window`` already consumed
+    rank: int = 0
+    world: int = 1
+    fingerprint: str = ""  # files + settings the position refers to
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PipelineState":
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    path: str  # as the filesystem names it
+    rows: int
+    offset: int  # first example_id of this file (sorted order)
+
+
+def list_shards(paths: Iterable[str]) -> tuple[Any, list[Shard]]:
+    """Sorted Parquet files under ``paths`` with row counts (from the Parquet footers)."""
+    fs = None
+    files: list[str] = []
+    for p in paths:
+        if "://" not in p and not Path(p).exists() and (_REPO / p).exists():
+            p = str(_REPO / p)  # the default bundled sample, from any working directory
+        pfs, pp = filesystem(p)
+        if fs is not None and type(pfs) is not type(fs):
+            raise ValueError("all data paths must be on the same filesystem (all local or all gs://)")
+        fs = pfs
+        if any(c in pp for c in "*?["):
+            found = pfs.glob(pp)
+        elif pfs.isdir(pp):
+            found = pfs.find(pp)
+        elif pfs.exists(pp):
+            found = [pp]
+        else:
+            raise FileNotFoundError(f"data path {p} does not exist")
+        files += [f for f in found if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))]
+    files = sorted(set(files))
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {list(paths)}")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rows(f: str) -> int:
+        with fs.open(f, "rb") as fh:
+            return pq.ParquetFile(fh).metadata.num_rows
+
+    with ThreadPoolExecutor(8) as ex:
+        counts = list(ex.map(rows, files))
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+    return fs, [Shard(f, int(n), int(o)) for f, n, o in zip(files, counts, offsets)]
+
+
+def epoch_order(shards: list[Shard], seed: int, epoch: int, shuffle: bool) -> list[Shard]:
+    if not shuffle:
+        return list(shards)
+    perm = np.random.default_rng([seed & 0xFFFFFFFF, epoch, 0x5EED]).permutation(len(shards))
+    return [shards[i] for i in perm]
+
+
+def rank_range(total: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous, balanced slice ``[start, end)`` of an epoch's rows for ``rank``."""
+    return total * rank // world, total * (rank + 1) // world
+
+
+class BatchStream:
+    """Iterator of ``(batch, state_after)`` for one worker; see the module docstring."""
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world: int = 1,
+                 state: PipelineState | dict | None = None,
+                 tokenizer: AnkhTokenizer | None = None) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} not in [0, {world})")
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.tokenizer = tokenizer or AnkhTokenizer()
+        self.objective = Objective(cfg.objective(), self.tokenizer)
+        self.spec = cfg.pack_spec()
+        self.fs, self.shards = list_shards(cfg.paths)
+        self.total_rows = sum(s.rows for s in self.shards)
+        if self.total_rows < world:
+            raise ValueError(f"{self.total_rows} examples cannot feed {world} workers")
+        self.fingerprint = self._fingerprint()
+        if isinstance(state, dict):
+            state = PipelineState.from_dict(state)
+        state = state or PipelineState(rank=rank, world=world, fingerprint=self.fingerprint)
+        if (state.rank, state.world) != (rank, world):
+            raise ValueError(f"state was saved by rank {state.rank}/{state.world}, not {rank}/{world}")
+        if state.fingerprint and state.fingerprint != self.fingerprint:
+            raise ValueError("saved pipeline state refers to other data files or settings; "
+                             "resume with the same paths, seed, window and batch shape")
+        self._state = dataclasses.replace(state, fingerprint=self.fingerprint)
+
+    def _fingerprint(self) -> str:
+        c = self.cfg
+        key = {"files": [(s.path.rsplit("/", 1)[-1], s.rows) for s in self.shards], "seed": c.seed,
+               "window": c.window, "spec": dataclasses.asdict(self.spec), "obj": dataclasses.asdict(c.objective()),
+               "shuffle_files": c.shuffle_files}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---- public API ------------------------------------------------------------------------
+    def state(self) -> PipelineState:
+        """Position after the last batch handed out (save it with the model checkpoint)."""
+        return self._state
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch, st in self._prefetched():
+            self._state = st
+            yield batch
+
+    @property
+    def examples_per_epoch(self) -> int:
+        """Examples this rank sees per epoch (each exactly once)."""
+        start, end = rank_range(self.total_rows, self.rank, self.world)
+        return end - start
+
+    # ---- production ------------------------------------------------------------------------
+    def _prefetched(self) -> Iterator[tuple[dict[str, np.ndarray], PipelineState]]:
+        if self.cfg.prefetch <= 0:
+            yield from self._produce(self._state)
+            return
+        q: queue.Queue = queue.Queue(self.cfg.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def work() -> None:
+            try:
+                for item in self._produce(self._state):
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(done)
+            except BaseException as e:  # re-raised in the consumer
+                q.put(e)
+
+        t = threading.Thread(target=work, daemon=True, name="ankh-batches")
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+    def _produce(self, st: PipelineState) -> Iterator[tuple[dict[str, np.ndarray], PipelineState]]:
+        epoch, w0, b0 = st.epoch, st.window, st.batch
+        while self.cfg.epochs <= 0 or epoch < self.cfg.epochs:
+            for w, rows, last in _lookahead(self._windows(epoch, w0)):
+                batches = self._pack_window(epoch, w, rows)
+                for b in range(b0, len(batches)):
+                    # Position after this batch; the end of an epoch is the next one's start.
+                    nxt = ((epoch, w, b + 1) if b + 1 < len(batches) else
+                           (epoch + 1, 0, 0) if last else (epoch, w + 1, 0))
+                    yield batches[b], dataclasses.replace(st, epoch=nxt[0], window=nxt[1], batch=nxt[2])
+                b0 = 0
+            epoch, w0, b0 = epoch + 1, 0, 0
+
+    def _windows(self, epoch: int, first_window: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(window index, {"sequence", "example_id"})`` for this rank's range of ``epoch``."""
+        order = epoch_order(self.shards, self.cfg.seed, epoch, self.cfg.shuffle_files)
+        start, end = rank_range(self.total_rows, self.rank, self.world)
+        pos = start + first_window * self.cfg.window
+        w = first_window
+        for seqs, ids in _read_range(self.fs, order, pos, end, self.cfg):
+            yield w, {"sequence": seqs, "example_id": ids}
+            w += 1
+
+    def _pack_window(self, epoch: int, w: int, rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return make_batches(rows["sequence"], rows["example_id"], self.objective, self.spec,
+                            self.cfg.seed, epoch, self.tokenizer)
+
+
+def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]:
+    """``(window, rows, is_last)``: knowing the last window lets its state point at the next epoch."""
+    prev = None
+    for item in it:
+        if prev is not None:
+            yield (*prev, False)
+        prev = item
+    if prev is not None:
+        yield (*prev, True)
+
+
+def _read_range(fs, order: list[Shard], pos: int, end: int,
+                cfg: DataConfig) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Windows of rows ``[pos, end)`` of the ordered files, read by Ray Data in order."""
+    if pos >= end:
+        return
+    import pyarrow.fs as pafs
+    import ray.data
+
+    cum = np.concatenate([[0], np.cumsum([s.rows for s in order])])
+    first = int(np.searchsorted(cum, pos, side="right") - 1)
+    last = int(np.searchsorted(cum, end, side="left"))  # exclusive file index
+    files = order[first:last]
+    skip = pos - int(cum[first])
+    ds = ray.data.read_parquet([f.path for f in files],
+                               filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+                               partitioning=None, file_extensions=None).select_columns(["sequence"])
+    ds.context.execution_options.preserve_order = True  # determinism: rows in file order
+    # example_id of every row of these files, in stream order.
+    ids = np.concatenate([np.arange(f.offset, f.offset + f.rows, dtype=np.int64) for f in files])
+    need, cursor = end - pos, 0  # cursor: rows of `files` seen so far
+    buf: list[str] = []
+    buf_start = skip
+    for batch in ds.iter_batches(batch_size=cfg.read_batch_rows, batch_format="numpy", prefetch_batches=2):
+        seqs = batch["sequence"]
+        lo, hi = max(skip - cursor, 0), min(len(seqs), skip + need - cursor)
+        cursor += len(seqs)
+        if hi > lo:
+            buf.extend(seqs[lo:hi].tolist())
+        while len(buf) >= cfg.window:
+            yield buf[:cfg.window], ids[buf_start:buf_start + cfg.window]
+            buf, buf_start = buf[cfg.window:], buf_start + cfg.window
+        if cursor >= skip + need:
+            break
+    if buf:
+        yield buf, ids[buf_start:buf_start + len(buf)]
+    if buf_start + len(buf) != skip + need:
+        raise RuntimeError(f"read {buf_start + len(buf) - skip} rows, expected {need}: "
+                           "files changed while reading?")
+
+
+def make_batches(seqs: list[str], example_ids: np.ndarray, objective: Objective, spec: PackSpec,
+                 seed: int, epoch: int, tokenizer: AnkhTokenizer) -> list[dict[str, np.ndarray]]:
+    """Mask, pack and batch one window of examples (a pure function of its inputs)."""
+    encs, tgts = [], []
+    for s, ex in zip(seqs, example_ids):
+        try:
+            residues = tokenizer.encode(s, add_eos=False, allow_sentinels=False)
+        except ValueError as e:
+            raise ValueError(f"example {int(ex)}: {e}") from None
+        if len(residues) == 0:
+            raise ValueError(f"example {int(ex)}: empty sequence (prepare the data with jobs.prepare)")
+        e, t = objective(residues, seed, epoch, int(ex))
+        encs.append(e)
+        tgts.append(t)
+    rows = pack_rows([len(e) for e in encs], [len(t) for t in tgts], spec)
+    # Seeded local shuffle: rows of a window in a random (but reproducible) order.
+    key = int(example_ids[0]) & 0xFFFFFFFFFFFFFFFF if len(example_ids) else 0
+    perm = np.random.default_rng([seed & 0xFFFFFFFF, epoch, key, 1]).permutation(len(rows))
+    rows = [rows[i] for i in perm]
+    return [build_batch(rows[i:i + spec.rows], encs, tgts, example_ids, spec)
+            for i in range(0, len(rows), spec.rows)]
+
+
+def stable_id(ident: str) -> int:
+    """63-bit id from a string id (for rows that arrive without a position, e.g. streaming_split)."""
+    return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def train_dataset(cfg: DataConfig, epoch: int = 0):
+    """All shards as one Ray Dataset (seeded file order) for Ray Train's ``datasets=``."""
+    import pyarrow.fs as pafs
+    import ray.data
+
+    fs, shards = list_shards(cfg.paths)
+    order = epoch_order(shards, cfg.seed, epoch, cfg.shuffle_files)
+    return ray.data.read_parquet([s.path for s in order],
+                                 filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+                                 partitioning=None, file_extensions=None).select_columns(["id", "sequence"])
+
+
+def batches_from_rows(it, cfg: DataConfig, epoch: int = 0,
+                      tokenizer: AnkhTokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Training batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard`` or one
+    output of ``Dataset.streaming_split``); example ids are hashes of the ``id`` column."""
+    tok = tokenizer or AnkhTokenizer()
+    obj, spec = Objective(cfg.objective(), tok), cfg.pack_spec()
+    for rows in it.iter_batches(batch_size=cfg.window, batch_format="numpy"):
+        ids = np.array([stable_id(str(i)) for i in rows["id"]], np.int64)
+        yield from make_batches(rows["sequence"].tolist(), ids, obj, spec, cfg.seed, epoch, tok)

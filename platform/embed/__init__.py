@@ -1,0 +1,1 @@
+"""Batch embedding of protein databases with Ray Data (``python -m jobs.embed``)."""

@@ -1,0 +1,1 @@
+"""Evaluation: labelled tasks, embedders, probe heads, metrics and reports (``jobs.evaluate``)."""

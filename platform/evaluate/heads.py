@@ -1,0 +1,308 @@
+"""Train probe heads on frozen embeddings and score them: the engine behind ``jobs.evaluate``.
+
+For each task x embedder (checkpoints + baselines) x head: embeddings come from the cache,
+a head from ``ankh.probes`` is trained with AdamW on the train split (seeded shuffling, init and
+dropout), early-stopped on the validation metric, and the best state is scored on test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ankh.probes import make_head
+from ankh_platform.evaluate import metrics as M
+from ankh_platform.evaluate.tasks import Limits, TaskData, contact_map
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16  # sequences per step (per-protein linear/MLP heads: 4x this)
+    contact_batch_size: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    max_epochs: int = 30
+    patience: int = 3  # epochs without a better validation metric before stopping
+    max_steps_per_epoch: int = 0  # 0 = a full pass over train
+    pack_chunk: int = 64  # per-residue linear/MLP: residues per packed row (batch_size rows a step)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    checkpoints: tuple[str, ...] = ("tiny",)
+    tasks: tuple[str, ...] = ("ss3",)
+    heads: tuple[str, ...] = ("linear",)
+    baselines: tuple[str, ...] = ("onehot", "random")  # random = random init of each checkpoint's shape
+    output: str = "outputs/evaluate"
+    cache_dir: str = "outputs/embed_cache"  # "" disables the cache
+    seed: int = 0
+    layer: int | None = None  # encoder layer to probe (1-based); default: the final one
+    embed_batch_tokens: int = 4096
+    go_top_n: int = 20
+    contact_protein: str = ""  # chain id for the contact-map plot (default: first test chain)
+    plots: bool = True
+    limits: Limits = Limits()
+    train: TrainConfig = TrainConfig()
+
+
+# ---- batching ---------------------------------------------------------------------------------------
+def _pool(x: list[np.ndarray]) -> list[np.ndarray]:
+    return [e.mean(axis=0, keepdims=True) for e in x]  # [1, e]: a per-protein "sequence" of 1
+
+
+def _pack(items: list[np.ndarray], chunk: int) -> list[np.ndarray]:
+    """Concatenate per-residue arrays and cut them into ``chunk``-residue pieces."""
+    flat = np.concatenate([np.asarray(i) for i in items])
+    return [flat[i:i + chunk] for i in range(0, len(flat), chunk)]
+
+
+def _unpack(chunks: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
+    flat = np.concatenate(chunks)
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def make_batch(task: TaskData, xs: list[np.ndarray], ys: list[Any], rows: np.ndarray,
+               batch: int, y_stats: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Pad ``rows`` into fixed ``[batch, bucket(L)]`` arrays (few jit shapes); pad rows weigh 0."""
+    dim = xs[rows[0]].shape[1]
+    longest = max(len(xs[i]) for i in rows)
+    length = max(16, 1 << (longest - 1).bit_length()) if longest > 1 else 1  # powers of 2: few jit shapes
+    x = np.zeros((batch, length, dim), np.float32)
+    mask = np.zeros((batch, length), np.float32)
+    row_w = np.zeros((batch,), np.float32)
+    if task.kind == "residue_class":
+        y = np.full((batch, length), -1, np.int32)
+    elif task.kind == "contacts":
+        y = np.zeros((batch, length, length), np.float32)
+    elif task.kind == "multilabel":
+        y = np.zeros((batch, len(task.classes)), np.float32)
+    else:
+        y = np.zeros((batch,), np.float32 if task.kind == "protein_reg" else np.int32)
+    for r, i in enumerate(rows):
+        n = len(xs[i])
+        x[r, :n], mask[r, :n], row_w[r] = xs[i], 1.0, 1.0
+        if task.kind == "residue_class":
+            y[r, :n] = ys[i]
+        elif task.kind == "contacts":
+            y[r, :n, :n] = contact_map(ys[i])
+        elif task.kind == "protein_reg":
+            y[r] = (ys[i] - y_stats[0]) / y_stats[1]
+        else:
+            y[r] = ys[i]
+    return {"x": x, "mask": mask, "y": y, "row_w": row_w}
+
+
+def iter_batches(task: TaskData, xs, ys, batch: int, order: np.ndarray, y_stats) -> Iterator[tuple]:
+    for s in range(0, len(order), batch):
+        rows = order[s:s + batch]
+        yield rows, make_batch(task, xs, ys, rows, batch, y_stats)
+
+
+# ---- loss and steps --------------------------------------------------------------------------------
+def loss_fn(kind: str, out: jax.Array, b: dict[str, jax.Array]) -> jax.Array:
+    if kind == "residue_class":  # out [B, L, C]
+        w = (b["y"] >= 0).astype(jnp.float32)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(b["y"], 0))
+        return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+    if kind == "contacts":  # out [B, L, L]; pairs with separation >= 6 only
+        idx = jnp.arange(out.shape[1])
+        sep = (jnp.abs(idx[:, None] - idx[None, :]) >= 6).astype(jnp.float32)
+        w = b["mask"][:, :, None] * b["mask"][:, None, :] * sep[None]
+        bce = optax.sigmoid_binary_cross_entropy(out, b["y"])
+        return jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0)
+    w = b["row_w"]
+    if kind == "protein_class":
+        per = optax.softmax_cross_entropy_with_integer_labels(out, b["y"])
+    elif kind == "protein_reg":
+        per = jnp.square(out[:, 0] - b["y"])
+    else:  # multilabel
+        per = jnp.mean(optax.sigmoid_binary_cross_entropy(out, b["y"]), axis=-1)
+    return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+@nnx.jit(static_argnums=(0,))
+def train_step(kind: str, model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]) -> jax.Array:
+    def lf(m):
+        return loss_fn(kind, m(b["x"], b["mask"]), b)
+
+    loss, grads = nnx.value_and_grad(lf)(model)
+    opt.update(model, grads)
+    return loss
+
+
+@nnx.jit
+def forward(model: nnx.Module, x: jax.Array, mask: jax.Array) -> jax.Array:
+    return model(x, mask)
+
+
+def predict(task: TaskData, model: nnx.Module, xs, ys, batch: int, y_stats) -> list[np.ndarray]:
+    """Per-example outputs (probabilities / regression values / contact probabilities)."""
+    model.eval()
+    order = np.argsort([len(x) for x in xs], kind="stable")  # similar lengths -> little padding
+    out: list[Any] = [None] * len(xs)
+    for rows, b in iter_batches(task, xs, ys, batch, order, y_stats):
+        o = np.asarray(forward(model, jnp.asarray(b["x"]), jnp.asarray(b["mask"])))
+        for r, i in enumerate(rows):
+            n = len(xs[i])
+            if task.kind == "residue_class":
+                out[i] = jax.nn.softmax(o[r, :n], axis=-1)
+            elif task.kind == "contacts":
+                out[i] = np.asarray(jax.nn.sigmoid(o[r, :n, :n]))
+            elif task.kind == "protein_class":
+                out[i] = np.asarray(jax.nn.softmax(o[r]))
+            elif task.kind == "multilabel":
+                out[i] = np.asarray(jax.nn.sigmoid(o[r]))
+            else:
+                out[i] = float(o[r, 0]) * y_stats[1] + y_stats[0]
+    model.train()
+    return [np.asarray(p) for p in out]
+
+
+# ---- metrics -----------------------------------------------------------------------------------------
+def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]) -> dict[str, Any]:
+    """All figures for one split; ``main`` is the early-stopping / headline metric."""
+    if task.kind == "residue_class":
+        p = np.concatenate([x.argmax(-1) for x in preds])
+        t = np.concatenate([np.asarray(y) for y in ys])
+        name = {"ss3": "q3", "ss8": "q8"}.get(task.name, "accuracy")
+        per_chain = [M.accuracy(x.argmax(-1), np.asarray(y)) for x, y in zip(preds, ys)]
+        return {"main": name, name: M.accuracy(p, t), "per_chain_mean_accuracy": float(np.mean(per_chain)),
+                "residues": int(len(t)), "confusion": M.confusion(p, t, len(task.classes)).tolist()}
+    if task.kind == "protein_class":
+        p, t = np.array([x.argmax() for x in preds]), np.array(ys)
+        return {"main": "accuracy", "accuracy": M.accuracy(p, t),
+                "confusion": M.confusion(p, t, len(task.classes)).tolist()}
+    if task.kind == "protein_reg":
+        p, t = np.array(preds, np.float64), np.array(ys, np.float64)
+        return {"main": "spearman", "spearman": M.spearman(p, t), "pearson": M.pearson(p, t),
+                "mse": float(np.mean((p - t) ** 2))}
+    if task.kind == "multilabel":
+        s, t = np.stack(preds), np.stack(ys)
+        out = {"main": "micro_auprc", "micro_auprc": M.average_precision(s, t) if t.any() else float("nan")}
+        out["fmax"], out["fmax_threshold"] = M.fmax(s, t) if t.any() else (float("nan"), 0.0)
+        onto = np.array(task.info.get("ontology_of_term", []))
+        for o in sorted(set(onto.tolist())):
+            cols = onto == o
+            if t[:, cols].any():
+                out[f"fmax_{o}"] = M.fmax(s[:, cols], t[:, cols])[0]
+        return out
+    figs: dict[str, list[float]] = {"p_at_l5_ml": [], "p_at_l2_ml": [], "p_at_l_ml": [], "p_at_l5_long": []}
+    for pr, ca in zip(preds, ys):
+        L, true = len(ca), contact_map(ca)
+        figs["p_at_l5_ml"].append(M.contact_precision(pr, true, 12, top=L // 5))
+        figs["p_at_l2_ml"].append(M.contact_precision(pr, true, 12, top=L // 2))
+        figs["p_at_l_ml"].append(M.contact_precision(pr, true, 12, top=L))
+        figs["p_at_l5_long"].append(M.contact_precision(pr, true, 24, top=L // 5))
+    return {"main": "p_at_l5_ml", **{k: float(np.nanmean(v)) for k, v in figs.items()}}
+
+
+# ---- training ----------------------------------------------------------------------------------------
+def _n_out(task: TaskData) -> int:
+    return 1 if task.kind in ("protein_reg", "contacts") else len(task.classes)
+
+
+def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc: TrainConfig,
+               seed: int) -> tuple[dict[str, Any], nnx.Module, dict[str, Any]]:
+    """Train one head; returns (result figures, best model, test predictions by split name)."""
+    pooled = task.per_protein and head != "convbert"
+    packed = task.kind == "residue_class" and head != "convbert"
+    xs = {s: (_pool(d[0]) if pooled else d[0]) for s, d in data.items()}
+    ys = {s: d[1] for s, d in data.items()}
+    if packed:  # position-independent heads: pack residues into fixed chunks (one jit shape)
+        for s in xs:
+            xs[s], ys[s] = _pack(xs[s], tc.pack_chunk), _pack(ys[s], tc.pack_chunk)
+    y_stats = (0.0, 1.0)
+    if task.kind == "protein_reg":  # standardise targets with train statistics
+        tr = np.asarray(ys["train"], np.float64)
+        y_stats = (float(tr.mean()), float(tr.std() or 1.0))
+    batch = tc.contact_batch_size if task.kind == "contacts" else tc.batch_size * (4 if pooled else 1)
+    dim = xs["train"][0].shape[1]
+    model = make_head(head, dim, _n_out(task), task.per_protein, nnx.Rngs(params=seed, dropout=seed + 1),
+                      contacts=task.kind == "contacts")
+    opt = nnx.Optimizer(model, optax.adamw(tc.learning_rate, weight_decay=tc.weight_decay), wrt=nnx.Param)
+    rng = np.random.default_rng(seed)
+    best, best_state, best_epoch, history, steps = -np.inf, nnx.clone(model), 0, [], 0
+    t0 = time.perf_counter()
+    for epoch in range(1, tc.max_epochs + 1):
+        order = rng.permutation(len(xs["train"]))
+        if tc.max_steps_per_epoch:
+            order = order[: tc.max_steps_per_epoch * batch]
+        losses = []
+        for _, b in iter_batches(task, xs["train"], ys["train"], batch, order, y_stats):
+            losses.append(float(train_step(task.kind, model, opt, {k: jnp.asarray(v) for k, v in b.items()})))
+            steps += 1
+        val_pred = predict(task, model, xs["valid"], ys["valid"], batch, y_stats)
+        if packed:
+            val_pred = _unpack(val_pred, [len(x) for x in data["valid"][0]])
+        val = score(task, val_pred, data["valid"][1], [])
+        v = val[val["main"]]
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": float(v)})
+        log.info("%s/%s epoch %d loss %.4f valid %s %.4f", task.name, head, epoch, np.mean(losses),
+                 val["main"], v)
+        if v > best:
+            best, best_state, best_epoch = v, nnx.clone(model), epoch
+        elif epoch - best_epoch >= tc.patience:
+            break
+    test_pred = predict(task, best_state, xs["test"], ys["test"], batch, y_stats)
+    if packed:
+        test_pred = _unpack(test_pred, [len(x) for x in data["test"][0]])
+    figures = score(task, test_pred, data["test"][1], [])
+    result = {"valid_" + figures["main"]: float(best), "best_epoch": best_epoch, "epochs": len(history),
+              "steps": steps, "train_seconds": round(time.perf_counter() - t0, 2),
+              "head_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+              "test": figures, "history": history}
+    return result, best_state, {"test": test_pred}
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    """Every task x embedder x head; returns the JSON-able report (and writes it, see eval_report)."""
+    from ankh_platform.evaluate.embedders import EmbeddingCache, make_embedder
+    from ankh_platform.evaluate.tasks import load_task
+
+    cache = EmbeddingCache(cfg.cache_dir or None)
+    specs = list(cfg.checkpoints)
+    if "random" in cfg.baselines:
+        specs += [f"random:{c}" for c in cfg.checkpoints if not c.startswith("random:") and c != "onehot"]
+    if "onehot" in cfg.baselines and "onehot" not in specs:
+        specs.append("onehot")
+    specs = list(dict.fromkeys(specs))
+    tasks = [load_task(t, cfg.limits, cfg.go_top_n, cfg.seed) for t in cfg.tasks]
+    report: dict[str, Any] = {"config": _jsonable(cfg), "tasks": {}, "embedders": {}, "results": []}
+    plots: list[dict[str, Any]] = []
+    for task in tasks:
+        report["tasks"][task.name] = {"kind": task.kind, "classes": task.classes, "info": task.info,
+                                      "sizes": {s: len(sp.ids) for s, sp in task.splits.items()}}
+    for spec in specs:
+        emb = make_embedder(spec, cfg.seed, cfg.layer, cfg.embed_batch_tokens)
+        report["embedders"][spec] = {"key": emb.key, **emb.info}
+        for task in tasks:
+            t0 = time.perf_counter()
+            every = [q for sp in task.splits.values() for q in sp.seqs]
+            vecs = iter(cache.get(emb, every))  # one call: each jit shape compiles once
+            data = {s: ([next(vecs) for _ in sp.seqs], sp.labels, sp.ids) for s, sp in task.splits.items()}
+            embed_s = round(time.perf_counter() - t0, 2)
+            for head in cfg.heads:
+                res, _, preds = train_head(task, head, data, cfg.train, cfg.seed)
+                report["results"].append({"task": task.name, "checkpoint": spec, "head": head,
+                                          "seed": cfg.seed, "embed_seconds": embed_s, **res})
+                plots.append({"task": task, "checkpoint": spec, "head": head,
+                              "pred": preds["test"], "result": res})
+        del emb
+    report["_plots"] = plots
+    return report
+
+
+def _jsonable(obj: Any) -> Any:
+    from ankh_platform.core.config import to_dict
+
+    return to_dict(obj)

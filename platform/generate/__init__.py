@@ -1,0 +1,1 @@
+"""Variant generation and High-N decoder fine-tuning jobs."""

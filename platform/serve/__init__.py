@@ -1,0 +1,1 @@
+"""Ray Serve: HTTP ingress, embedding and generation deployments, schema, multiplexing."""

@@ -1,0 +1,242 @@
+"""The Serve application: HTTP ingress over the embedding and generation deployments.
+
+    serve run ankh_platform.serve.app:build_app checkpoint=/path/to/hf_dir
+    serve deploy cluster/serve-cluster.yaml          # import_path + args, auth on
+    serve build ankh_platform.serve.app:app -o cfg.yaml
+
+Routes (``platform/serve/http.py``): ``POST /v1/embed``, ``/v1/generate``, ``/v1/variants``,
+``/v1/score``, ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from ankh_platform.core.config import from_dict
+from ankh_platform.serve.embed import Embedder
+from ankh_platform.serve.generate import Generator
+from ankh_platform.serve.http import HTTPError, build_api, openapi_schema  # noqa: F401
+from ankh_platform.serve.schema import (EmbedRequest, GenerateRequest, ScoreRequest, ServeConfig,
+                                        UnknownModelError, VariantsRequest, check_generate,
+                                        check_score, check_sequences, check_variants,
+                                        effective_max_length, to_plain)
+
+log = logging.getLogger("ray.serve")
+
+
+class Ingress:
+    """Validates and limits requests, then calls the model deployments through handles."""
+
+    def __init__(self, embedder: DeploymentHandle, generator: DeploymentHandle | None,
+                 config: dict[str, Any]):
+        self.cfg = from_dict(ServeConfig, config)
+        self.limits = self.cfg.limits
+        self.embedder, self.generator = embedder, generator
+        self.name = self.cfg.served_name()  # the default model
+        self.catalog = self.cfg.catalog()  # {name: checkpoint}, the default first
+        self.token = None
+        if self.cfg.auth.enabled:
+            self.token = os.environ.get(self.cfg.auth.token_env, "")
+            if not self.token:
+                raise RuntimeError(f"auth.enabled but ${self.cfg.auth.token_env} is empty: set it "
+                                   "(e.g. from a secret) or disable auth")
+        self._info: dict[str, dict[str, Any]] = {}  # per model, from an embedder replica
+        self._tok: dict[str, Any] = {}  # per model: AnkhTokenizer
+        self._routes: dict[tuple[int, str], DeploymentHandle] = {}
+        self.m_requests = metrics.Counter("ankh_http_requests", description="HTTP requests",
+                                          tag_keys=("route", "status"))
+        self.m_latency = metrics.Histogram(
+            "ankh_http_latency_seconds", description="Ingress latency per route (s)",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+            tag_keys=("route",))
+        self.m_sequences = metrics.Counter("ankh_http_sequences", tag_keys=("route",),
+                                           description="Sequences received per route")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Metrics + one structured log line per request (Serve adds the request id)."""
+        self.m_requests.inc(tags={"route": route, "status": str(status)})
+        self.m_latency.observe(seconds, tags={"route": route})
+        log.info("http", extra={"route": route, "status": status,
+                                "latency_ms": round(seconds * 1e3, 2)})
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def model_id(self, requested: str | None) -> str:
+        """The request's model: JSON ``model``, else the ``serve_multiplexed_model_id`` header,
+        else the default; 404 (listing the served ones) for a name this app does not serve."""
+        header = serve.get_multiplexed_model_id()  # set by Serve's proxy from the HTTP header
+        if requested and header and requested != header:
+            raise HTTPError(422, f"'model' {requested!r} and header serve_multiplexed_model_id "
+                                 f"{header!r} disagree")
+        name = requested or header or self.name
+        if name not in self.catalog:
+            raise UnknownModelError(name, list(self.catalog))
+        return name
+
+    def route(self, handle: DeploymentHandle, name: str) -> DeploymentHandle:
+        """The default model: the plain handle; another: Serve routes by multiplexed model id."""
+        if name == self.name:
+            return handle
+        key = (id(handle), name)
+        if key not in self._routes:
+            self._routes[key] = handle.options(multiplexed_model_id=name)
+        return self._routes[key]
+
+    async def info(self, name: str) -> dict[str, Any]:
+        """Dimensions/buckets of a model (asks an embedder replica, which loads it if needed)."""
+        if name not in self._info:
+            from ankh.tokenizer import AnkhTokenizer
+
+            info = await self.route(self.embedder, name).info.remote()
+            info.pop("id", None)
+            self._tok[name] = AnkhTokenizer(info.pop("vocab"))
+            self._info[name] = info
+        return self._info[name]
+
+    async def checked(self, model: str | None, seqs: list[str]) -> tuple[str, int]:
+        """Model name and count/length limits -> (model name, effective max length)."""
+        name = self.model_id(model)
+        max_len = effective_max_length(self.limits, (await self.info(name))["max_residues"], None)
+        check_sequences(seqs, self.limits, max_len)
+        return name, max_len
+
+    def normalise(self, name: str, seqs: list[str], sentinels: bool = False) -> list[str]:
+        """Upper case, no whitespace, every letter in the alphabet (else 422 naming it)."""
+        from ankh.tokenizer import TokenizerError
+
+        tok, out = self._tok[name], []
+        for i, s in enumerate(seqs):
+            norm = tok.normalize(s)
+            if not norm:
+                raise HTTPError(422, f"sequence {i} is empty")
+            try:
+                tok.encode(norm, allow_sentinels=sentinels)
+            except TokenizerError as e:
+                raise HTTPError(422, f"sequence {i}: {e}") from None
+            out.append(norm)
+        return out
+
+    def gen(self, name: str) -> DeploymentHandle:
+        if self.generator is None:
+            raise HTTPError(404, "generation is not enabled in this deployment (generate.enabled)")
+        return self.route(self.generator, name)
+
+    # ---- operations (one per route) -----------------------------------------------------------
+    async def embed(self, req: EmbedRequest) -> dict[str, Any]:
+        name, _ = await self.checked(req.model, req.sequences)
+        seqs = self.normalise(name, req.sequences)
+        self.m_sequences.inc(len(seqs), tags={"route": "/v1/embed"})
+        out = await self.route(self.embedder, name).embed.remote(seqs, req.pooling, req.layer)
+        dt = np.float16 if req.dtype == "float16" else np.float32
+        embs = (out.astype(dt).tolist() if req.pooling == "mean"
+                else [a.astype(dt).tolist() for a in out])
+        return {"model": name, "dim": self._info[name]["d_model"], "pooling": req.pooling,
+                "embeddings": embs}
+
+    async def generate(self, req: GenerateRequest) -> dict[str, Any]:
+        name, _ = await self.checked(req.model, req.sequences)
+        gen = self.gen(name)
+        kw = check_generate(req, self.limits).model_dump(exclude={"sequences", "model"})
+        self.m_sequences.inc(len(req.sequences), tags={"route": "/v1/generate"})
+        outs = await gen.generate.remote(self.normalise(name, req.sequences, sentinels=True), **kw)
+        return {"model": name, "outputs": outs}
+
+    async def variants(self, req: VariantsRequest) -> dict[str, Any]:
+        name, max_len = await self.checked(req.model, [req.parent])
+        gen = self.gen(name)
+        check_variants(req, self.limits, max_len)
+        kw = req.model_dump(exclude={"parent", "model"})
+        out = await gen.variants.remote(self.normalise(name, [req.parent])[0], **kw)
+        return {"model": name, **out}
+
+    async def score(self, req: ScoreRequest) -> dict[str, Any]:
+        name, max_len = await self.checked(req.model, [])
+        gen = self.gen(name)
+        check_score(req, self.limits, max_len)
+        seqs = self.normalise(name, req.sequences) if req.sequences else None
+        wt = self.normalise(name, [req.wild_type])[0] if req.wild_type else None
+        out = await gen.score.remote(seqs, req.per_residue, wt, req.mutants)
+        return {"model": name, **out}
+
+    async def health(self) -> dict[str, Any]:
+        checks = [self.embedder.health.remote()]
+        if self.generator is not None:
+            checks.append(self.generator.health.remote())
+        try:
+            await asyncio.wait_for(asyncio.gather(*checks), timeout=5)
+        except asyncio.TimeoutError:
+            raise HTTPError(503, "a deployment did not answer the health check in 5 s",
+                            {"Retry-After": "1"}) from None
+        return {"status": "ok", "model": self.name}
+
+    async def models(self) -> dict[str, Any]:
+        """Every served model. Dimensions of a non-default model appear once it has been used
+        (asking for them would load it, evicting another)."""
+        await self.info(self.name)
+        data = []
+        for name, ckpt in self.catalog.items():
+            info = self._info.get(name)
+            entry: dict[str, Any] = {"id": name, "checkpoint": ckpt, "default": name == self.name,
+                                     "generation": self.generator is not None,
+                                     "details": info is not None}
+            limits = to_plain(self.limits)
+            if info is not None:
+                entry |= info
+                limits["max_length"] = effective_max_length(self.limits, info["max_residues"], None)
+            data.append(entry | {"limits": limits})
+        return {"object": "list", "data": data,
+                "max_models_per_replica": self.cfg.max_models_per_replica}
+
+
+def deployment_options(opts, retry_after_s: float) -> dict[str, Any]:
+    """Our DeploymentOptions -> Serve ``.options(...)`` kwargs."""
+    from ray.serve.config import BackpressureConfig
+
+    out: dict[str, Any] = {
+        "max_ongoing_requests": opts.max_ongoing_requests,
+        "max_queued_requests": opts.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=retry_after_s),
+        "ray_actor_options": {"num_cpus": opts.num_cpus},
+    }
+    if opts.autoscaling:
+        out["autoscaling_config"] = dict(opts.autoscaling)
+    else:
+        out["num_replicas"] = opts.num_replicas
+    return out
+
+
+IngressDeployment = serve.deployment(serve.ingress()(Ingress), name="AnkhIngress")
+
+
+def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Application:
+    """Serve application builder: ``args`` is a (partial) :class:`ServeConfig` mapping."""
+    cfg = args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args or {}))
+    log_cfg = {"encoding": "JSON" if cfg.log_json else "TEXT", "log_level": "INFO"}
+    ra = cfg.retry_after_s
+    mux = {"models": dict(cfg.models), "default_name": cfg.served_name(),
+           "max_models": cfg.max_models_per_replica}  # several checkpoints per replica
+    embedder = Embedder.options(**deployment_options(cfg.embed, ra), logging_config=log_cfg).bind(
+        cfg.checkpoint, cfg.dtype, to_plain(cfg.embed), **mux)
+    generator = None
+    if cfg.generate.enabled:
+        generator = Generator.options(**deployment_options(cfg.generate, ra),
+                                      logging_config=log_cfg).bind(cfg.checkpoint, cfg.dtype,
+                                                                    cfg.generate.warmup, **mux)
+    return IngressDeployment.options(**deployment_options(cfg.ingress, ra),
+                                     logging_config=log_cfg).bind(embedder, generator, to_plain(cfg))
+
+
+# For `serve build ankh_platform.serve.app:app`: the checkpoint comes from $ANKH_CHECKPOINT
+# (default: the tiny preset); edit the generated YAML or use build_app with args instead.
+app = build_app({"checkpoint": os.environ.get("ANKH_CHECKPOINT", "tiny")})

@@ -1,0 +1,270 @@
+"""Embedding deployment: dynamic batching into a few fixed shapes compiled at replica start.
+
+Every request is split into sequences; ``@serve.batch`` gathers sequences from concurrent
+requests, groups them by (variant, layer), packs them longest-first into batches of shape
+``[rows, bucket]`` (``BucketPlan.batches``) -- all compiled and run once in ``__init__``, so
+no request pays a compile. The encoder function is the offline API's (``Ankh._encoder_fn``),
+so a served embedding equals ``Ankh.embed`` up to float32 rounding of the batch shape (~1e-7).
+Several checkpoints per replica (``ServeConfig.models``): ``serve_models.ModelSet``; each one
+is warmed up the same way before it serves its first request, reusing the compiled shapes of
+any loaded checkpoint of the same architecture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve import metrics
+
+from ankh_platform.core.config import from_dict
+from ankh_platform.serve.models import ModelSet
+from ankh_platform.serve.schema import EmbedOptions, LimitError
+
+log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
+Item = tuple["EmbedModel", np.ndarray, bool, int]  # (model, token ids, per_residue, layer)
+
+
+def default_buckets(max_tokens: int, minimum: int = 64) -> list[int]:
+    """64, 96, 128, 192, ... (the offline ``bucket_length`` series), the last >= max_tokens."""
+    from ankh.api import bucket_length
+
+    out, n = [], minimum
+    while True:
+        b = bucket_length(n, minimum)
+        out.append(min(b, max_tokens))
+        if b >= max_tokens:
+            if len(out) >= 2 and out[-1] - out[-2] < out[-2] // 8:
+                del out[-2]  # e.g. 1024 next to 1025 (max_length + </s>): keep one
+            return out
+        n = b + 1
+
+
+def row_sizes(full: int, growth: int) -> list[int]:
+    """Compiled batch rows for one bucket: 1, g, g^2, ... below ``full``, then ``full``."""
+    sizes, r = [], 1
+    while r < full:
+        sizes.append(r)
+        r *= max(2, growth)
+    return sizes + [full]
+
+
+class BucketPlan:
+    """Which fixed ``[rows, length]`` shapes exist and how a group of sequences maps onto them."""
+
+    def __init__(self, buckets: list[int], batch_tokens: int, growth: int):
+        if not buckets or any(b < 2 for b in buckets):
+            raise ValueError(f"length_buckets must be lengths >= 2, got {buckets}")
+        self.buckets = sorted(set(buckets))
+        self.rows = {b: row_sizes(max(1, batch_tokens // b), growth) for b in self.buckets}
+
+    @property
+    def max_tokens(self) -> int:
+        return self.buckets[-1]
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(r, b) for b in self.buckets for r in self.rows[b]]
+
+    def bucket(self, n_tokens: int) -> int:
+        for b in self.buckets:
+            if n_tokens <= b:
+                return b
+        raise LimitError(f"{n_tokens} tokens exceed the largest length bucket {self.max_tokens}")
+
+    def batches(self, lengths: list[int]) -> list[tuple[list[int], int, int]]:
+        """``(indices, bucket, rows)`` per batch, every shape a compiled one.
+
+        Longest first: a bucket's sequences fill full batches; a partial batch is padded to
+        the next compiled row count and its spare rows take the next (shorter) sequences,
+        which then cost nothing extra.
+        """
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out, i = [], 0
+        while i < len(order):
+            bucket = self.bucket(lengths[order[i]])
+            full = self.rows[bucket][-1]
+            same = 0
+            while i + same < len(order) and same < full and \
+                    self.bucket(lengths[order[i + same]]) == bucket:
+                same += 1
+            rows = next(r for r in self.rows[bucket] if r >= same)
+            take = order[i:i + rows]
+            out.append((take, bucket, rows))
+            i += len(take)
+        return out
+
+
+_ENCODERS: dict[tuple, Any] = {}  # (graphdef, per_residue, num_layers) -> jitted encoder
+_ENCODERS_LOCK = threading.Lock()
+
+
+def shared_encoder_fn(model: Any, per_residue: bool, num_layers: int | None):
+    """The offline API's jitted encoder (``Ankh._encoder_fn``: same function, same programs,
+    same numbers), shared by every model of one architecture (equal ``graphdef``). The params
+    are an argument, so a second checkpoint of the same shape (a fine-tune, another seed)
+    reuses the compiled buckets instead of compiling them again."""
+    key = (model.graphdef, per_residue, num_layers)
+    with _ENCODERS_LOCK:
+        if key not in _ENCODERS:  # the jitted fn closes over the graphdef only, not the params
+            _ENCODERS[key] = model._encoder_fn(per_residue, num_layers)
+        return _ENCODERS[key]
+
+
+class EmbedModel:
+    """One checkpoint ready to embed: its bucket plan, served layers, every shape compiled."""
+
+    def __init__(self, checkpoint: str, dtype: str, opts: EmbedOptions):
+        import ankh
+
+        t0 = time.perf_counter()
+        self.checkpoint = checkpoint
+        self.model = ankh.load(checkpoint, dtype=dtype)
+        cfg = self.model.config
+        self.plan = BucketPlan(list(opts.length_buckets) or default_buckets(cfg.max_length + 1),
+                               opts.batch_tokens, opts.row_growth)
+        self.max_residues = min(cfg.max_length, self.plan.max_tokens - 1)
+        for layer in opts.layers:
+            if not 1 <= layer <= cfg.num_layers:
+                raise ValueError(f"embed.layers: {layer} is not in 1..{cfg.num_layers}")
+        self.layers = sorted({cfg.num_layers, *opts.layers})
+        self.per_residue = opts.per_residue
+        self.variants = [False, True] if opts.per_residue else [False]
+        self.compiled_shapes = self._warmup()
+        self.startup_s = round(time.perf_counter() - t0, 2)
+
+    def fn(self, per_residue: bool, layer: int):
+        nl = None if layer == self.model.config.num_layers else layer
+        return shared_encoder_fn(self.model, per_residue, nl)
+
+    def _warmup(self) -> int:
+        """Compile and run every shape once, so requests never trigger a compile."""
+        n = 0
+        for per_residue in self.variants:
+            for layer in self.layers:
+                fn = self.fn(per_residue, layer)
+                for rows, length in self.plan.shapes():
+                    ids = np.zeros((rows, length), np.int32)
+                    ids[:, :2] = (3, self.model.tokenizer.eos_id)
+                    mask = (ids != 0).astype(np.int32)
+                    out = fn(self.model.params, ids, mask)
+                    np.asarray(out["pooled"])
+                    n += 1
+        return n
+
+    def info(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {"checkpoint": self.checkpoint, "d_model": cfg.d_model, "num_layers": cfg.num_layers,
+                "max_residues": self.max_residues, "layers": self.layers,
+                "per_residue": self.per_residue, "length_buckets": self.plan.buckets,
+                "num_params": int(self.model.num_params()),
+                "dtype": str(np.dtype(self.model.dtype)),
+                "vocab": self.model.tokenizer.vocab}
+
+    def check(self, sequences: list[str], pooling: str, layer: int | None
+              ) -> tuple[list[np.ndarray], bool, int]:
+        """Tokens, per_residue, layer -- or a ValueError/LimitError naming the problem."""
+        if pooling not in ("mean", "none"):
+            raise ValueError(f"pooling must be 'mean' or 'none', got {pooling!r}")
+        per_residue = pooling == "none"
+        if per_residue and not self.per_residue:
+            raise ValueError("pooling 'none' is not served by this deployment (embed.per_residue)")
+        layer = self.model.config.num_layers if layer is None else layer
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} is not served; served layers: {self.layers}")
+        toks = self.model.tokenize(sequences)  # TokenizerError names the bad sequence/letter
+        for i, t in enumerate(toks):
+            if len(t) - 1 > self.max_residues:
+                raise LimitError(f"sequence {i} has {len(t) - 1} residues > the served maximum "
+                                 f"{self.max_residues}")
+        return toks, per_residue, layer
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+class Embedder:
+    """Handle API: ``await handle.embed.remote(seqs, pooling="mean"|"none", layer=None)``;
+    ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
+
+    def __init__(self, checkpoint: str, dtype: str = "float32", options: dict | None = None,
+                 models: dict[str, str] | None = None, default_name: str = "",
+                 max_models: int = 2):
+        self.opts = from_dict(EmbedOptions, options or {})
+        default = EmbedModel(checkpoint, dtype, self.opts)
+        self.models = ModelSet(default_name or checkpoint, default,
+                               {default_name or checkpoint: checkpoint, **(models or {})},
+                               max_models, lambda name, ckpt: EmbedModel(ckpt, dtype, self.opts))
+        self._embed_seq.set_max_batch_size(self.opts.max_batch_size)
+        self._embed_seq.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
+        self.m_batch = metrics.Histogram(
+            "ankh_embed_batch_sequences", description="Sequences per encoder step",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+        self.m_latency = metrics.Histogram(
+            "ankh_embed_step_seconds", description="Encoder step latency (s)",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+        self.m_tokens = metrics.Counter("ankh_embed_tokens", description="Real tokens embedded")
+        self.m_padded = metrics.Counter("ankh_embed_padded_tokens",
+                                        description="Tokens computed incl. padding")
+        log.info("embedder ready", extra={"checkpoint": checkpoint,
+                                          "compiled_shapes": default.compiled_shapes,
+                                          "startup_s": default.startup_s,
+                                          "models": self.models.names()})
+
+    # ---- handle API ----------------------------------------------------------------------------
+    async def info(self) -> dict[str, Any]:
+        """The request's model (``multiplexed_model_id``; loads it if needed): dims, buckets."""
+        name, m = await self.models.get()
+        return {"id": name, **m.info()}
+
+    def loaded_models(self) -> list[str]:
+        """Models resident in this replica: the default, then extras in load order."""
+        return self.models.resident()
+
+    def health(self) -> bool:
+        return True
+
+    async def embed(self, sequences: list[str], pooling: str = "mean",
+                    layer: int | None = None) -> np.ndarray | list[np.ndarray]:
+        """Mean: float32 ``[n, d_model]``; none: a list of ``[L_i, d_model]`` arrays."""
+        _, model = await self.models.get()
+        toks, per_residue, layer = model.check(sequences, pooling, layer)
+        outs = await asyncio.gather(*[self._embed_seq((model, t, per_residue, layer))
+                                      for t in toks])
+        return list(outs) if per_residue else np.stack(outs)
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
+    async def _embed_seq(self, items: list[Item]) -> list[np.ndarray]:
+        # Compute off the event loop, so requests keep queueing (and batching) meanwhile.
+        return await asyncio.to_thread(self._run, items)
+
+    def _run(self, items: list[Item]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        results: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[tuple[int, bool, int], list[int]] = {}
+        for i, (model, _, per_residue, layer) in enumerate(items):
+            groups.setdefault((id(model), per_residue, layer), []).append(i)
+        padded = 0
+        for (_, per_residue, layer), idx in groups.items():
+            model: EmbedModel = items[idx[0]][0]  # one model per group (Serve splits by id too)
+            fn = model.fn(per_residue, layer)
+            for part, length, rows in model.plan.batches([len(items[i][1]) for i in idx]):
+                part = [idx[j] for j in part]
+                ids = np.zeros((rows, length), np.int32)  # [rows, bucket]
+                mask = np.zeros((rows, length), np.int32)
+                for r, i in enumerate(part):
+                    ids[r, :len(items[i][1])] = items[i][1]
+                    mask[r, :len(items[i][1])] = 1
+                out = fn(model.model.params, ids, mask)
+                key = "hidden" if per_residue else "pooled"
+                arr = np.asarray(out[key])  # [rows, d] or [rows, bucket, d]
+                for r, i in enumerate(part):
+                    results[i] = arr[r, :len(items[i][1]) - 1].copy() if per_residue else arr[r]
+                padded += rows * length
+        self.m_batch.observe(len(items))
+        self.m_latency.observe(time.perf_counter() - t0)
+        self.m_tokens.inc(sum(len(t) for _, t, _, _ in items))
+        self.m_padded.inc(padded)
+        return results  # type: ignore[return-value]

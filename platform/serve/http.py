@@ -1,0 +1,174 @@
+"""HTTP plumbing of the ingress: FastAPI routes, auth/body-size guard, error -> status mapping.
+
+Errors: 401 bad/missing bearer token, 404 unknown model (the message lists the served ones),
+413 over a limit (the message names it), 422 malformed input (names the field or sequence),
+503 + ``Retry-After`` when over capacity or a replica is being replaced, 500 for a configured
+model that fails to load (named) or a bug (logged).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from ray import serve
+
+from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateRequest,
+                                        GenerateResponse, LimitError, ModelLoadError, ScoreRequest,
+                                        ScoreResponse, UnknownModelError, VariantsRequest)
+
+if TYPE_CHECKING:
+    from ankh_platform.serve.app import Ingress
+
+log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
+OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
+ROUTES = {"/v1/embed", "/v1/generate", "/v1/variants", "/v1/score", "/healthz", "/v1/models",
+          "/docs", "/openapi.json"}  # metric tags: a fixed set, never arbitrary paths
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+def request_id() -> str:
+    try:
+        return serve.context._get_serve_request_context().request_id
+    except Exception:  # outside a Serve request (e.g. schema generation)
+        return ""
+
+
+def json_response(payload: dict[str, Any], status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    # json.dumps of plain lists is much faster than FastAPI's jsonable_encoder on big arrays.
+    return Response(json.dumps(payload, allow_nan=False), status, headers,
+                    media_type="application/json")
+
+
+def error_response(e: HTTPError) -> Response:
+    return json_response({"detail": e.detail, "request_id": request_id()}, e.status, e.headers)
+
+
+def map_exception(e: BaseException, retry_after_s: float) -> HTTPError:
+    """Model/Serve errors -> HTTP: bad input 4xx, capacity and replica loss 503 (retryable)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    from ankh.tokenizer import TokenizerError
+
+    c = getattr(e, "cause", None) or e  # the user exception inside a RayTaskError
+    retry = {"Retry-After": str(max(1, int(np.ceil(retry_after_s))))}
+    if isinstance(c, HTTPError):
+        return c
+    if isinstance(c, LimitError):
+        return HTTPError(413, str(c))
+    if isinstance(c, UnknownModelError):
+        return HTTPError(404, str(c))
+    if isinstance(c, ModelLoadError):
+        return HTTPError(500, str(c))
+    if isinstance(c, (TokenizerError, ValueError, TypeError)):
+        return HTTPError(422, str(c))
+    if isinstance(c, BackPressureError):
+        return HTTPError(503, f"over capacity, retry later: {c.message}", retry)
+    if isinstance(c, (DeploymentUnavailableError, RayActorError)):
+        return HTTPError(503, "model replica unavailable (being replaced); retry", retry)
+    log.error("unexpected error", exc_info=c)
+    return HTTPError(500, f"internal error: {type(c).__name__}")
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's errors without the input (it may be NaN -> a 500, or 10k sequences)."""
+    errs = []
+    for e in exc.errors()[:20]:
+        msg = e.get("msg", "")
+        if e.get("type") == "json_invalid":
+            msg = f"body is not valid JSON: {(e.get('ctx') or {}).get('error', msg)}"
+        errs.append({"loc": [str(x) for x in e.get("loc", ())], "msg": msg,
+                     "type": e.get("type", "")})
+    return errs
+
+
+def _guard(svc: Ingress, request: Request) -> None:
+    """Bearer token (constant-time compare) and declared body size, before parsing."""
+    if svc.token and request.url.path not in OPEN_PATHS:
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {svc.token}".encode()):
+            raise HTTPError(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+    size, limit = request.headers.get("content-length"), svc.cfg.limits.max_body_bytes
+    if size and size.isdigit() and int(size) > limit:
+        raise HTTPError(413, f"body of {size} bytes > limits.max_body_bytes={limit}")
+
+
+def build_api(svc: Ingress | None) -> FastAPI:
+    """The FastAPI app; ``svc=None`` only for generating the OpenAPI schema offline."""
+    import ankh
+
+    api = FastAPI(title="Ankh serving API", version=ankh.__version__,
+                  description="Protein embeddings, generation and scoring with Ankh.")
+
+    @api.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return json_response({"detail": _validation_errors(exc), "request_id": request_id()}, 422)
+
+    @api.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        try:
+            _guard(svc, request)
+            response = await call_next(request)
+        except HTTPError as e:
+            response = error_response(e)
+        route = request.url.path if request.url.path in ROUTES else "other"
+        svc.observe(route, response.status_code, time.perf_counter() - t0)
+        return response
+
+    async def run(op: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+        try:
+            return json_response(await op())
+        except Exception as e:  # noqa: BLE001 -- mapped to a status, never a hang or bare 500
+            return error_response(map_exception(e, svc.cfg.retry_after_s))
+
+    @api.post("/v1/embed", response_model=EmbedResponse)
+    async def embed(req: EmbedRequest) -> Response:
+        """One embedding per input sequence, in input order."""
+        return await run(lambda: svc.embed(req))
+
+    @api.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(req: GenerateRequest) -> Response:
+        """``Ankh.generate``: per input, ``num_return_sequences`` decoded strings."""
+        return await run(lambda: svc.generate(req))
+
+    @api.post("/v1/variants")
+    async def variants(req: VariantsRequest) -> Response:
+        """``Ankh.variants``: ``n`` full-length variants of ``parent`` by infilling."""
+        return await run(lambda: svc.variants(req))
+
+    @api.post("/v1/score", response_model=ScoreResponse)
+    async def score(req: ScoreRequest) -> Response:
+        """Log-likelihood / pseudo-log-likelihood per sequence; mutation scores vs wild type."""
+        return await run(lambda: svc.score(req))
+
+    @api.get("/healthz")
+    async def healthz() -> Response:
+        """200 when every deployment answers within 5 s, else 503."""
+        return await run(svc.health)
+
+    @api.get("/v1/models")
+    async def models() -> Response:
+        """The served model(s) and their limits."""
+        return await run(svc.models)
+
+    return api
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The HTTP API's OpenAPI schema, without starting anything."""
+    return build_api(None).openapi()

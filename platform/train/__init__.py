@@ -1,0 +1,1 @@
+"""Distributed pretraining: Ray Train workers running a sharded JAX Ankh, checkpoints."""

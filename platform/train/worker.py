@@ -1,0 +1,207 @@
+"""The body of one pretraining worker (any JAX process count): restore, step, log, checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Callable
+
+import fsspec
+import jax
+import numpy as np
+
+from ankh import sharding
+from ankh.config import get_preset
+from ankh.training import Trainer, flops_per_step
+from ankh_platform.train.checkpoints import CheckpointStore
+from ankh_platform.core.config import to_dict
+from ankh_platform.train.source import make_source
+
+log = logging.getLogger(__name__)
+
+
+def measure_matmul_peak(n: int = 2048, dtype: str = "float32", seconds: float = 1.0) -> float:
+    """FLOP/s of a big square matmul on this process's devices: the machine's practical peak."""
+    import jax.numpy as jnp
+
+    devs = jax.local_devices()
+    mesh = jax.sharding.Mesh(np.array(devs), ("d",))
+    a = jax.device_put(jnp.ones((len(devs), n, n), dtype),
+                       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+    f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x))
+    f(a).block_until_ready()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or reps < 2:
+        f(a).block_until_ready()
+        reps += 1
+    return 2.0 * n ** 3 * len(devs) * reps / (time.perf_counter() - t0)
+
+
+def gather_json(obj: Any, size: int = 4096) -> list[Any]:
+    """Every process's small JSON-able ``obj``, in process order (e.g. data positions)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = json.dumps(obj).encode()
+    if len(raw) > size:
+        raise ValueError(f"state too large to gather ({len(raw)} bytes)")
+    buf = np.zeros(size, np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(buf))  # [processes, size]
+    return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
+
+
+class MetricsWriter:
+    """JSONL (and TensorBoard, when tensorboardX is installed and the run dir is local)."""
+
+    def __init__(self, run_dir: str, enabled: bool):
+        self.enabled = enabled
+        self.path = f"{run_dir}/metrics.jsonl"
+        self.lines: list[str] = []
+        self.tb = None
+        if enabled:
+            fs, root = fsspec.core.url_to_fs(run_dir)
+            fs.makedirs(root, exist_ok=True)
+            self.local = "://" not in run_dir
+            if fs.exists(f"{root}/metrics.jsonl") and not self.local:
+                self.lines = fs.cat(f"{root}/metrics.jsonl").decode().splitlines(keepends=True)
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(f"{run_dir}/tensorboard") if self.local else None
+            except ImportError:
+                self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(record) + "\n"
+        if self.local:
+            with open(self.path, "a") as fh:
+                fh.write(line)
+        else:  # object stores cannot append: rewrite the (small) file
+            self.lines.append(line)
+            with fsspec.open(self.path, "w") as fh:
+                fh.writelines(self.lines)
+        if self.tb is not None and "step" in record:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+
+class Run:
+    def __init__(self, cfg: Any, rank: int, world: int, report: Callable[[dict], None] | None):
+        self.cfg, self.rank, self.world, self.report = cfg, rank, world, report
+        self.run_dir = cfg.run_dir()
+        self.primary = jax.process_index() == 0
+        self.writer = MetricsWriter(self.run_dir, self.primary)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.optim.total_steps == 0:  # decay over the whole run
+            self.cfg = cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, total_steps=cfg.steps))
+        self.model_cfg = get_preset(cfg.model)
+        self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
+        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed)
+        self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count())
+        ck = cfg.checkpoint
+        self.store = CheckpointStore(f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save)
+        spec = self.source.spec
+        self.flops = flops_per_step(self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len)
+        self.peak = measure_matmul_peak(seconds=0.5)
+
+    def _start_state(self) -> tuple[dict, int]:
+        restored = self.store.restore(self.trainer.abstract_state())
+        if restored is None:
+            return self.trainer.init_state(), 0
+        state, meta = restored
+        self.source.restore(meta["data"][jax.process_index()])
+        self.writer.write({"event": "resumed", "step": meta["step"], "data": meta["data"]})
+        log.info("resumed %s at step %d", self.run_dir, meta["step"])
+        return state, int(meta["step"])
+
+    def _meta(self, step: int, state: dict) -> dict:
+        return {"step": step, "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
+                "data": gather_json(self.source.state()), "model": self.model_cfg.to_hf_dict(),
+                "preset": self.cfg.model, "config": to_dict(self.cfg)}
+
+    def evaluate(self, params: dict) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for b in self.eval_batches:
+            out = jax.device_get(self.trainer.evaluate(params, sharding.global_batch(b, self.mesh)))
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        n, nr = max(sums.get("tokens", 0), 1.0), max(sums.get("res_tokens", 0), 1.0)
+        return {"val_loss": sums["ce"] / n, "val_accuracy": sums["correct"] / n,
+                "val_residue_loss": sums["res_ce"] / nr}
+
+    def _log(self, step: int, m: dict, window: dict) -> dict:
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        dt = time.perf_counter() - window["t0"]
+        steps = max(step - window["step0"], 1)
+        rec = {"step": step, **m, "step_time_s": dt / steps,
+               "tokens_per_s": window["tokens"] / dt,
+               "flops_per_s": self.flops * steps / dt,
+               "mfu": self.flops * steps / dt / (self.peak * jax.process_count()),
+               "data_wait_frac": window["wait"] / dt}
+        log.info("step %d loss %.4f acc %.3f lr %.2e gnorm %.3f tok/s %.0f mfu %.3f", step,
+                 rec["loss"], rec["accuracy"], rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["mfu"])
+        window.update(t0=time.perf_counter(), step0=step, tokens=0, wait=0.0)
+        return rec
+
+    def _emit(self, rec: dict) -> None:
+        self.writer.write(rec)
+        if self.report is not None:
+            self.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+
+    def fit(self) -> dict[str, Any]:
+        from ankh_platform.train.job import maybe_inject_fault
+
+        cfg = self.cfg
+        self._setup()
+        state, step = self._start_state()
+        self.eval_batches = self.source.eval_batches()
+        window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
+        rec: dict[str, Any] = {}
+        while step < cfg.steps:
+            maybe_inject_fault(cfg, step, self.rank)
+            t = time.perf_counter()
+            local = self.source.next()
+            batch = sharding.global_batch(local, self.mesh)
+            window["wait"] += time.perf_counter() - t
+            window["tokens"] += int(local["segment_ids"].astype(bool).sum()
+                                    + local["decoder_segment_ids"].astype(bool).sum()) * self.world
+            if cfg.log_example_ids:
+                self._log_examples(step, local)
+            state, m = self.trainer.step(state, batch)
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = self._log(step, m, window)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+                    rec |= self.evaluate(state["params"])
+                self._emit(rec)
+            if self.store.should_save(step, final=step == cfg.steps):
+                self.store.save(step, state, self._meta(step, state))
+            self.store.poll()
+        final = self.evaluate(state["params"]) if self.eval_batches else {}
+        self._emit({"step": step, "event": "final", **final})
+        self.store.close()
+        self.source.close()
+        summary = {"run_dir": self.run_dir, "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}",
+                   "step": step, "last": rec, **final}
+        if self.primary:
+            with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
+                json.dump(summary, fh)
+        return summary
+
+    def _log_examples(self, step: int, local: dict) -> None:
+        ids = local["example_ids"]
+        path = f"{self.run_dir}/examples/rank{jax.process_index()}.jsonl"
+        fs, root = fsspec.core.url_to_fs(path)
+        fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(root, "a") as fh:
+            fh.write(json.dumps({"step": step, "ids": ids[ids >= 0].tolist()}) + "\n")
