@@ -1,8 +1,13 @@
 """Streaming FASTA / FASTA.gz reader (local or ``gs://``) with record validation.
 
-Parsing is Biopython's ``SimpleFastaParser`` over a lazily decompressed text stream, so memory
-stays flat whatever the file size. Every record is checked; problems are counted per category
-(``no_header``, ``empty``, ``invalid_chars``, ``stop_marks``) and handled by a policy:
+Parsing streams a lazily decompressed text stream, so memory stays flat whatever the file size.
+It follows the format as bioinformatics tools read it: ``;`` comment lines and blank lines are
+ignored wherever they appear (Biopython's ``SimpleFastaParser`` glued a comment after a record
+onto its sequence, which then failed validation), whitespace inside sequences is dropped, and
+headers are UTF-8: an undecodable byte is kept losslessly while reading and reported as the
+record's ``bad_header_encoding`` problem (never silently replaced, so ids stay byte-exact).
+Every record is checked; problems are counted per category (``no_header``,
+``bad_header_encoding``, ``empty``, ``invalid_chars``, ``stop_marks``) and handled by a policy:
 
 - ``skip``  drop the record (counted),
 - ``clean`` repair what can be repaired: ``*`` removed, invalid letters -> ``X``; records with
@@ -18,13 +23,11 @@ import io
 import re
 from typing import Iterable, Iterator, Literal
 
-from Bio.SeqIO.FastaIO import SimpleFastaParser
-
 from ankh.tokenizer import AMINO_ACIDS
 from ankh_platform.core.storage import filesystem, open_sequential
 
 Policy = Literal["skip", "clean", "fail"]
-CATEGORIES = ("no_header", "empty", "invalid_chars", "stop_marks")
+CATEGORIES = ("no_header", "bad_header_encoding", "empty", "invalid_chars", "stop_marks")
 _INVALID = re.compile(f"[^{AMINO_ACIDS}*]")
 _MAX_EXAMPLES = 5
 
@@ -72,36 +75,55 @@ def open_text(path: str) -> io.TextIOBase:
         raw.close()
         raise
     stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
-    return io.TextIOWrapper(stream, encoding="ascii", errors="replace", newline=None)
+    # surrogateescape: an undecodable header byte survives as a lone surrogate, which ``check``
+    # reports by record instead of corrupting the id (errors="replace" made ids collide).
+    return io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline=None)
 
 
-def _leading_guard(lines: Iterable[str], stats: FastaStats, policy: Policy, path: str) -> Iterator[str]:
-    """Lines before the first ``>`` are a record without a header: Biopython would skip them."""
-    it = iter(lines)
-    orphan = False
-    for line in it:
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _is_undecodable(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def escape_undecodable(text: str) -> str:
+    """Undecodable header bytes as ``\\xNN`` (lossless: distinct bytes stay distinct ids)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def records(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
+    """``(title, sequence)`` per ``>`` record; ``;`` comments and blank lines skipped anywhere.
+
+    Sequence data before the first header comes out once as ``(None, data)``: a record without
+    a header, reported rather than dropped silently.
+    """
+    title: str | None = None
+    chunks: list[str] = []
+    started = False
+    for line in lines:
+        if not line.strip() or line.startswith(";"):
+            continue
         if line.startswith(">"):
-            yield line
-            break
-        if line.strip() and not line.startswith(";"):
-            orphan = True
-    if orphan:
-        stats.records += 1
-        if policy == "fail":
-            raise FastaError(f"{path}: sequence data before the first '>' header (record without a header)")
-        stats.note("no_header", "line 1")
-        stats.dropped += 1
-    yield from it
+            if started or chunks:
+                yield title, "".join(chunks)
+            title, chunks, started = line[1:].rstrip("\r\n"), [], True
+        else:
+            chunks.append(_WHITESPACE.sub("", line))
+    if started or chunks:
+        yield title, "".join(chunks)
 
 
-def check(title: str, seq: str, stats: FastaStats, policy: Policy,
+def check(title: str | None, seq: str, stats: FastaStats, policy: Policy,
           where: str) -> tuple[str, str] | None:
     """``(id, sequence)`` to keep, or None to drop; counts every problem found."""
     seq = seq.upper()
     problems = []
-    ident = parse_id(title)
+    ident = parse_id(title or "")
     if not ident:
         problems.append("no_header")
+    elif _is_undecodable(title):
+        problems.append("bad_header_encoding")
     if not seq.replace("*", ""):
         problems.append("empty")
     else:
@@ -113,19 +135,20 @@ def check(title: str, seq: str, stats: FastaStats, policy: Policy,
     if not problems:
         stats.kept += 1
         return ident, seq
+    shown = escape_undecodable(ident) if ident else "no id"
     for p in problems:
-        stats.note(p, f"{where} ({ident or 'no id'})")
+        stats.note(p, f"{where} ({shown})")
     if policy == "fail":
         detail = ""
         if "invalid_chars" in problems:
             m = _INVALID.search(seq)
             detail = f": invalid character {m.group(0)!r} at residue {m.start() + 1}"
-        raise FastaError(f"{where} ({ident or 'no id'}): {', '.join(problems)}{detail}")
-    if policy == "clean" and "no_header" not in problems and "empty" not in problems:
+        raise FastaError(f"{where} ({shown}): {', '.join(problems)}{detail}")
+    if policy == "clean" and not {"no_header", "empty"} & set(problems):
         seq = _INVALID.sub("X", seq.replace("*", ""))
         stats.kept += 1
         stats.cleaned += 1
-        return ident, seq
+        return escape_undecodable(ident), seq
     stats.dropped += 1
     return None
 
@@ -137,8 +160,10 @@ def read_fasta(path: str, policy: Policy = "skip",
         raise ValueError(f"policy must be skip, clean or fail, got {policy!r}")
     stats = stats if stats is not None else FastaStats()
     with open_text(path) as fh:
-        for title, seq in SimpleFastaParser(_leading_guard(fh, stats, policy, path)):
+        for title, seq in records(fh):
             stats.records += 1
-            out = check(title, seq, stats, policy, f"{path} record {stats.records}")
+            where = f"{path} record {stats.records}" if title is not None else \
+                f"{path}: sequence data before the first '>' header (record without a header)"
+            out = check(title, seq, stats, policy, where)
             if out is not None:
                 yield out

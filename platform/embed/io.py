@@ -89,32 +89,14 @@ def discover(spec: str, fmt: str = "auto") -> list[Shard]:
 
 # ---- FASTA ---------------------------------------------------------------------------------
 def fasta_records(path: str) -> Iterator[tuple[str, str]]:
-    """``(id, raw sequence)`` per record; data before the first '>' is one record with id ''."""
-    from Bio.SeqIO.FastaIO import SimpleFastaParser
-
-    from ankh_platform.data.fasta import open_text, parse_id
+    """``(id, raw sequence)`` per record, read by ``data.fasta.records`` (comments and blank lines
+    skipped); data before the first '>' is one record with id ''; undecodable header bytes are
+    kept as ``\\xNN`` escapes (lossless, so ids never collide)."""
+    from ankh_platform.data.fasta import escape_undecodable, open_text, parse_id, records
 
     with open_text(path) as fh:
-        orphan: list[str] = []
-        lines = iter(fh)
-        first = None
-        for line in lines:
-            if line.startswith(">"):
-                first = line
-                break
-            if line.strip() and not line.startswith(";"):
-                orphan.append(line.strip())
-        if orphan:
-            yield "", "".join(orphan)
-        if first is None:
-            return
-        for title, seq in SimpleFastaParser(_chain(first, lines)):
-            yield parse_id(title), seq
-
-
-def _chain(first: str, rest) -> Iterator[str]:
-    yield first
-    yield from rest
+        for title, seq in records(fh):
+            yield escape_undecodable(parse_id(title or "")), seq
 
 
 def count_rows(shard: Shard) -> int:

@@ -63,7 +63,8 @@ def test_bad_records_counted_per_category(tmp_path, records):
     kept = list(read_fasta(str(path), "skip", st))
     assert [k for k, _ in kept] == [good[0][0], good[1][0], good[4][0]]
     assert kept[2][1] == good[4][1]
-    assert st.bad == {"no_header": 2, "empty": 1, "invalid_chars": 1, "stop_marks": 1}
+    assert st.bad == {"no_header": 2, "bad_header_encoding": 0, "empty": 1, "invalid_chars": 1,
+                      "stop_marks": 1}
     assert st.records == 8 and st.dropped == 5 and st.kept == 3
     st = FastaStats()
     cleaned = dict(read_fasta(str(path), "clean", st))
@@ -77,7 +78,8 @@ def test_bad_records_counted_per_category(tmp_path, records):
         list(read_fasta(str(path), "fail"))
     path.write_text(text)
     m = prepare(PrepareConfig(input=str(path), output=str(tmp_path / "o")))
-    assert m["bad_records"] == {"no_header": 2, "empty": 1, "invalid_chars": 1, "stop_marks": 1}
+    assert m["bad_records"] == {"no_header": 2, "bad_header_encoding": 0, "empty": 1, "invalid_chars": 1,
+                      "stop_marks": 1}
     assert m["records"]["dropped_bad"] == 5 and m["splits"]["train"]["rows"] == 3
 
 
