@@ -21,6 +21,7 @@ import dataclasses
 import gzip
 import io
 import re
+import zlib
 from typing import Iterable, Iterator, Literal
 
 from ankh.tokenizer import AMINO_ACIDS
@@ -159,11 +160,24 @@ def read_fasta(path: str, policy: Policy = "skip",
     if policy not in ("skip", "clean", "fail"):
         raise ValueError(f"policy must be skip, clean or fail, got {policy!r}")
     stats = stats if stats is not None else FastaStats()
+    for title, seq in read_records(path):
+        stats.records += 1
+        where = f"{path} record {stats.records}" if title is not None else \
+            f"{path}: sequence data before the first '>' header (record without a header)"
+        out = check(title, seq, stats, policy, where)
+        if out is not None:
+            yield out
+
+
+def read_records(path: str) -> Iterator[tuple[str | None, str]]:
+    """``records`` of a FASTA[.gz] file; a truncated or corrupt gzip is a ``FastaError`` naming
+    the file and how many records were read before it (the last one may be cut short)."""
+    n = 0
     with open_text(path) as fh:
-        for title, seq in records(fh):
-            stats.records += 1
-            where = f"{path} record {stats.records}" if title is not None else \
-                f"{path}: sequence data before the first '>' header (record without a header)"
-            out = check(title, seq, stats, policy, where)
-            if out is not None:
-                yield out
+        try:
+            for rec in records(fh):
+                n += 1
+                yield rec
+        except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise FastaError(f"{path}: truncated or corrupt gzip after {n} complete record(s) "
+                             f"({type(e).__name__}: {e}); re-download or re-compress the file") from None

@@ -92,11 +92,10 @@ def fasta_records(path: str) -> Iterator[tuple[str, str]]:
     """``(id, raw sequence)`` per record, read by ``data.fasta.records`` (comments and blank lines
     skipped); data before the first '>' is one record with id ''; undecodable header bytes are
     kept as ``\\xNN`` escapes (lossless, so ids never collide)."""
-    from ankh_platform.data.fasta import escape_undecodable, open_text, parse_id, records
+    from ankh_platform.data.fasta import escape_undecodable, parse_id, read_records
 
-    with open_text(path) as fh:
-        for title, seq in records(fh):
-            yield escape_undecodable(parse_id(title or "")), seq
+    for title, seq in read_records(path):
+        yield escape_undecodable(parse_id(title or "")), seq
 
 
 def count_rows(shard: Shard) -> int:

@@ -64,3 +64,15 @@ def test_undecodable_header_byte_is_reported_never_replaced(tmp_path):
 def test_records_every_record_accounted_for():
     lines = ["MKV\n", ">a\n", "AC\n", ";x\n", ">\n", "GG\n", ">b\n", "\n"]
     assert list(records(lines)) == [(None, "MKV"), ("a", "AC"), ("", "GG"), ("b", "")]
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    full = tmp_path / "f.fasta.gz"
+    with gzip.open(full, "wt") as f:
+        f.write("".join(f">r{i}\n{GOOD[i % 3] * 40}\n" for i in range(400)))
+    cut = tmp_path / "cut.fasta.gz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(FastaError, match=r"cut.fasta.gz: truncated or corrupt gzip after \d+ complete"):
+        list(read_fasta(str(cut)))
+    with pytest.raises(FastaError, match="truncated or corrupt gzip"):
+        list(fasta_records(str(cut)))
