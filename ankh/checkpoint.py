@@ -1,4 +1,7 @@
-"""Read pretraining checkpoints (Orbax) without Ray: ``ankh.load(run_or_checkpoint_dir)``.
+"""Pretraining checkpoints (Orbax) without Ray: find, verify, read config + parameters, save.
+
+This module reads and writes parameters only (flat ``{state path: array}`` dicts and the
+model config); ``ankh.resolve`` picks the step to load and ``ankh.load`` builds the model.
 
 Layout written by ``ankh_platform.train.checkpoints`` (local path or ``gs://``)::
 
@@ -18,7 +21,13 @@ import logging
 import re
 from typing import Any
 
-import fsspec
+import jax
+import numpy as np
+from flax import nnx
+
+from ankh import storage
+from ankh.config import AnkhConfig
+from ankh.model import AnkhModel
 
 log = logging.getLogger(__name__)
 
@@ -33,39 +42,6 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete or corrupt (the message says which)."""
 
 
-def fs_and_path(path: str) -> tuple[Any, str]:
-    # No listing cache on object stores: Orbax (tensorstore) writes behind fsspec's back.
-    kw = {"use_listings_cache": False} if str(path).startswith(("gs://", "gcs://")) else {}
-    if kw:
-        gcs_endpoint_for_orbax()
-    fs, root = fsspec.core.url_to_fs(str(path), **kw)
-    return fs, root.rstrip("/")
-
-
-def gcs_endpoint_for_orbax() -> None:
-    """Send Orbax's GCS I/O (tensorstore) to ``$STORAGE_EMULATOR_HOST`` when that is set.
-
-    gcsfs and the Google client libraries honour ``STORAGE_EMULATOR_HOST``; tensorstore only
-    reads ``TENSORSTORE_GCS_HTTP_URL`` (at each kvstore open), so without this a checkpoint's
-    array data would go to real GCS -- or hang without network -- while its JSON went to the
-    emulator. Unset (production): nothing changes, tensorstore uses storage.googleapis.com.
-    """
-    import os
-
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator:
-        os.environ["TENSORSTORE_GCS_HTTP_URL"] = emulator if "://" in emulator else f"http://{emulator}"
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no HNS API there
-
-
-def norm_path(path: str) -> str:
-    """Local paths absolute (Orbax requires it); URLs unchanged."""
-    import os
-
-    path = str(path)
-    return path if "://" in path else os.path.abspath(path)
-
-
 def _rel_files(fs: Any, root: str) -> dict[str, int]:
     out = {}
     for p, info in fs.find(root, detail=True, withdirs=False).items():
@@ -77,7 +53,7 @@ def _rel_files(fs: Any, root: str) -> dict[str, int]:
 
 def write_manifest(step_dir: str) -> None:
     """Record every file of a finished checkpoint with its size (call once the save is final)."""
-    fs, root = fs_and_path(step_dir)
+    fs, root = storage.filesystem(step_dir)
     files = _rel_files(fs, root)
     with fs.open(f"{root}/{MANIFEST}", "w") as fh:
         json.dump({"format": 1, "files": files}, fh)
@@ -85,7 +61,7 @@ def write_manifest(step_dir: str) -> None:
 
 def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
     """None if the checkpoint looks complete, else the reason it is not (naming the file)."""
-    fs, root = fs_and_path(step_dir)
+    fs, root = storage.filesystem(step_dir)
     if not fs.exists(root):
         return f"{step_dir} does not exist"
     for item in items:
@@ -109,17 +85,17 @@ def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
 
 def list_steps(ckpt_root: str) -> list[int]:
     """Step numbers of the (finalized-named) checkpoints under ``ckpt_root``, ascending."""
-    fs, root = fs_and_path(ckpt_root)
+    fs, root = storage.filesystem(ckpt_root)
     if not fs.exists(root):
         return []
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
     return sorted(int(n) for n in names if _STEP.match(n))
 
 
-def resolve(path: str) -> tuple[str, list[int]]:
+def find_steps(path: str) -> tuple[str, list[int]]:
     """A run dir, its ``checkpoints/`` dir or one ``<step>`` dir -> (checkpoints root, steps)."""
-    path = norm_path(path)
-    fs, root = fs_and_path(path)
+    path = storage.norm_path(path)
+    fs, root = storage.filesystem(path)
     if not fs.exists(root):
         raise CheckpointError(f"{path}: no such directory")
     name = root.rsplit("/", 1)[-1]
@@ -139,14 +115,14 @@ def _join(path: str, rel: str) -> str:
 
 def is_checkpoint(path: str) -> bool:
     try:
-        resolve(path)
+        find_steps(path)
         return True
     except CheckpointError:
         return False
 
 
 def read_meta(step_dir: str) -> dict:
-    fs, root = fs_and_path(step_dir)
+    fs, root = storage.filesystem(step_dir)
     try:
         with fs.open(f"{root}/meta/metadata") as fh:
             return json.load(fh)
@@ -158,7 +134,7 @@ def read_meta(step_dir: str) -> dict:
 
 def newest_good(path: str) -> tuple[str, list[str]]:
     """The newest checkpoint that verifies, and the reasons the newer ones were skipped."""
-    ckpt_root, steps = resolve(path)
+    ckpt_root, steps = find_steps(path)
     skipped = []
     for step in sorted(steps, reverse=True):
         step_dir = _join(ckpt_root, str(step))
@@ -169,22 +145,21 @@ def newest_good(path: str) -> tuple[str, list[str]]:
     raise CheckpointError(f"{path}: no usable checkpoint; " + "; ".join(skipped))
 
 
-def load_params(step_dir: str) -> tuple[Any, dict]:
-    """(AnkhConfig, flat {state path: np.ndarray}) from one checkpoint, on this host's CPU."""
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from ankh.config import AnkhConfig
-    from ankh.model import AnkhModel
-
-    step_dir = norm_path(step_dir)
-    gcs_endpoint_for_orbax()
+def read_config(step_dir: str) -> AnkhConfig:
+    """The model config stored with one checkpoint (no weights read)."""
     meta = read_meta(step_dir)
     if "model" not in meta:
         raise CheckpointError(f"{step_dir}: meta has no model config")
-    cfg = AnkhConfig.from_hf_dict(meta["model"])
+    return AnkhConfig.from_hf_dict(meta["model"])
+
+
+def load_params(step_dir: str) -> tuple[AnkhConfig, dict[tuple, np.ndarray]]:
+    """(AnkhConfig, flat {state path: np.ndarray}) from one checkpoint, on this host's CPU."""
+    import orbax.checkpoint as ocp  # heavy; only loading and saving need it
+
+    step_dir = storage.norm_path(step_dir)
+    storage.apply_emulator_env()  # Orbax's tensorstore follows gs:// to the emulator too
+    cfg = read_config(step_dir)
     abstract = nnx.split(nnx.eval_shape(lambda: AnkhModel(cfg, nnx.Rngs(0))))[1].to_pure_dict()
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
@@ -208,12 +183,13 @@ def _flatten(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
 
 
 def save_model(model: Any, path: str, step: int = 0) -> str:
-    """Write ``model`` (an ``Ankh``) as ``<path>/checkpoints/<step>`` (params + meta, no optimizer
-    state): the train loop's layout, which ``ankh.load(path)`` reads back bit-exactly."""
+    """Write ``model`` (anything with ``config`` and ``flat_params()``, e.g. an ``Ankh``) as
+    ``<path>/checkpoints/<step>`` (params + meta, no optimizer state): the train loop's layout,
+    which ``ankh.load(path)`` reads back bit-exactly."""
     import orbax.checkpoint as ocp
 
-    step_dir = _join(_join(norm_path(path), CHECKPOINTS), str(step))
-    fs, root = fs_and_path(step_dir)
+    step_dir = _join(_join(storage.norm_path(path), CHECKPOINTS), str(step))
+    fs, root = storage.filesystem(step_dir)
     if fs.exists(root):
         raise CheckpointError(f"{step_dir} already exists; refusing to overwrite it")
     params = {}
@@ -222,7 +198,7 @@ def save_model(model: Any, path: str, step: int = 0) -> str:
         for k in key[:-1]:
             node = node.setdefault(k, {})
         node[key[-1]] = arr
-    gcs_endpoint_for_orbax()
+    storage.apply_emulator_env()  # Orbax's tensorstore follows gs:// to the emulator too
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(_join(step_dir, "params"), params)
         ckptr.wait_until_finished()
@@ -232,14 +208,3 @@ def save_model(model: Any, path: str, step: int = 0) -> str:
     write_manifest(step_dir)
     return step_dir
 
-
-def load(path: str, dtype: Any = "float32") -> Any:
-    """An ``Ankh`` from a run dir (newest good checkpoint) or one checkpoint step dir."""
-    from ankh.api import Ankh
-
-    step_dir, skipped = newest_good(str(path))
-    for why in skipped:
-        log.warning("skipping bad checkpoint: %s", why)
-    cfg, flat = load_params(step_dir)
-    log.info("loaded %s", step_dir)
-    return Ankh.from_flat(cfg, flat, dtype=dtype)

@@ -11,11 +11,11 @@ import json
 import logging
 from typing import Callable, Iterator
 
-import fsspec
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from ankh import storage
 from ankh.config import AnkhConfig
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def flat_to_hf(flat: dict[Path_, np.ndarray], cfg: AnkhConfig) -> dict[str, np.n
 
 def read_hf_tensors(path: str) -> dict[str, np.ndarray]:
     """Tensors of an HF directory (local or any fsspec URL such as gs://)."""
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = storage.filesystem(path)
     root = root.rstrip("/")
     st_files = sorted(f for f in fs.ls(root, detail=False) if f.endswith(".safetensors"))
     if st_files:
@@ -117,7 +117,7 @@ def read_hf_tensors(path: str) -> dict[str, np.ndarray]:
 def write_hf_dir(path: str, flat: dict[Path_, np.ndarray], cfg: AnkhConfig,
                  tokenizer_vocab: dict[str, int] | None = None) -> None:
     """Write config.json + model.safetensors (+ tokenizer.json when a vocab is given)."""
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = storage.filesystem(path)
     fs.makedirs(root, exist_ok=True)
     tensors = flat_to_hf(flat, cfg)
     with fs.open(f"{root}/model.safetensors", "wb") as fh:

@@ -73,9 +73,8 @@ class DecoderFinetuner:
     """Holds params/optimizer state; ``step`` trains one batch, ``mean_log_likelihood`` scores."""
 
     def __init__(self, model: Any, cfg: FinetuneConfig, longest: int | None = None) -> None:
-        from ankh.api import Ankh  # late: ankh.api imports the generation mixins
-
-        self.ankh_cls, self.cfg, self.model_cfg = Ankh, cfg, model.config
+        # The result is built by the model's own class (an ``Ankh``): no import of ankh.api.
+        self.ankh_cls, self.cfg, self.model_cfg = type(model), cfg, model.config
         self.tokenizer, self.graphdef, self.dtype = model.tokenizer, model.graphdef, model.dtype
         self._state = model.params
         # A copy: the step donates its inputs and must not free the caller's model.

@@ -1,7 +1,8 @@
 """``Ankh.generate`` and ``Ankh.variants``: batched, jitted decoding with HF ``generate`` names.
 
 The mixin expects the host (``ankh.api.Ankh``) to provide ``config``, ``tokenizer``,
-``graphdef``, ``params`` and a ``_fns`` dict for compiled functions.
+``graphdef``, ``params`` and a ``_fns`` dict for compiled functions. Shapes and batches come
+from ``ankh.batching``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ankh import infill
+from ankh import batching, infill
 from ankh.beam_search import beam_search
 from ankh.decoding import forced_scores, sample_loop
+from ankh.seeds import derive_seed
 from ankh.tokenizer import TokenizerError
 
 MAX_BEAMS = 64
@@ -83,17 +85,6 @@ def check_generate_args(cfg, max_new_tokens, do_sample, temperature, top_k, top_
     if num_beams == 1 and not do_sample and num_return_sequences != 1:
         raise ValueError("greedy decoding returns one sequence: use do_sample=True or num_beams > 1 "
                          "for num_return_sequences > 1")
-
-
-def _batches(lengths: Sequence[int], batch_size: int):
-    """Length-sorted chunks: (indices, padded length, rows rounded up to a power of two)."""
-    from ankh.api import bucket_length  # late import: ankh.api imports this module
-
-    order = np.argsort(lengths, kind="stable")
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        rows = min(batch_size, 1 << (len(idx) - 1).bit_length())
-        yield idx, bucket_length(int(max(lengths[j] for j in idx))), rows
 
 
 def _run_sample(graphdef, params, ids, mask, keys, gp, *, max_new, sample, num_return):
@@ -162,11 +153,9 @@ class GenerationMixin:
         nr = num_return_sequences
         out: list[list[np.ndarray]] = [[] for _ in toks]
         pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
-        for idx, length, rows in _batches([len(t) for t in toks], batch_size):
-            ids = np.full((rows, length), pad, np.int32)
-            mask = np.zeros((rows, length), np.int32)
-            for r, k in enumerate(idx):
-                ids[r, :len(toks[k])], mask[r, :len(toks[k])] = toks[k], 1
+        ladder = batching.sequence_ladder(self.config.max_length)
+        for idx, length, rows in batching.sorted_batches([len(t) for t in toks], batch_size, ladder):
+            ids, mask = batching.pad_rows([toks[k] for k in idx], rows, length, pad)
             if num_beams > 1:
                 fn = self._generate_fn("beam", max_new=max_new_tokens, num_beams=num_beams,
                                        length_penalty=float(length_penalty), num_return=nr)
@@ -193,13 +182,9 @@ class GenerationMixin:
         check_generate_args(self.config, 1, do_sample, temperature, top_k, top_p, 1, 1,
                             repetition_penalty, 1.0)
         toks = self._encode_inputs(list(inputs))
-        from ankh.api import bucket_length
-
-        length = bucket_length(max(len(t) for t in toks))
-        ids = np.full((len(toks), length), self.tokenizer.pad_id, np.int32)
-        mask = np.zeros_like(ids)
-        for r, t in enumerate(toks):
-            ids[r, :len(t)], mask[r, :len(t)] = t, 1
+        length = batching.padded_length(max(len(t) for t in toks),
+                                        batching.sequence_ladder(self.config.max_length))
+        ids, mask = batching.pad_rows(toks, len(toks), length, self.tokenizer.pad_id)
         gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
               "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
         fn = self._generate_fn("forced", sample=bool(do_sample))
@@ -253,7 +238,7 @@ class GenerationMixin:
             budget = 2 * masked + 2 if same_length else 3 * masked + 8
             outs = self.generate_ids(texts, max_new_tokens=min(budget, self.config.max_length + 1),
                                      do_sample=True, temperature=temperature, top_k=top_k,
-                                     top_p=top_p, seed=seed * 1000 + rnd)
+                                     top_p=top_p, seed=derive_seed(seed, "variants-round", rnd))
             for m, text, (ids,) in zip(masks, texts, outs):
                 result.generated += 1
                 seq, reason = infill.splice(parent, m, ids, self.tokenizer, same_length)

@@ -144,7 +144,3 @@ def shift_right(labels: jax.Array, start_id: int = 0, pad_id: int = 0) -> jax.Ar
     """Decoder inputs from targets, as HF T5 does (start token, then labels[:-1])."""
     shifted = jnp.concatenate([jnp.full_like(labels[:, :1], start_id), labels[:, :-1]], axis=1)
     return jnp.where(shifted == -100, pad_id, shifted)
-
-
-def count_params(model: nnx.Module) -> int:
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

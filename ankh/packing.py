@@ -1,9 +1,10 @@
-"""Packing several (encoder input, target) pairs per row, with segment ids and positions.
+"""Pretraining packing: several (encoder input, target) pairs per row, with segment ids and positions.
 
 One fixed shape per run ([rows, enc_len] and [rows, dec_len]) so ``jit`` compiles once. Rows
 are filled by first-fit decreasing under three limits (encoder tokens, decoder tokens,
 segments). Every packed sequence gets its own segment id (1..k) on both sides and positions
 restarting at 0, so the model's attention and relative positions never cross sequences.
+(Encoder-only pieces on a length ladder -- batch embedding -- are ``ankh.batching.ladder_batches``.)
 """
 
 from __future__ import annotations

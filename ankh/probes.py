@@ -134,12 +134,15 @@ class MLPHead(nnx.Module):
         return y[:, 0] if self.per_protein else y
 
 
+CONVBERT_HEADS = 4  # the official head's; its input width must be a multiple of it
+
+
 class ConvBertHead(nnx.Module):
     """The official Ankh downstream head: 1 ConvBERT layer (4 heads, ffn dim/2, kernel 7,
     dropout 0.2), then a linear decoder; per-protein tasks pool after the layer (max default)."""
 
     def __init__(self, d_in: int, n_out: int, per_protein: bool, rngs: nnx.Rngs,
-                 num_heads: int = 4, kernel: int = 7, dropout: float = 0.2,
+                 num_heads: int = CONVBERT_HEADS, kernel: int = 7, dropout: float = 0.2,
                  pooling: Literal["max", "avg"] = "max"):
         self.per_protein = per_protein
         self.pooling = pooling

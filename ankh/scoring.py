@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ankh import batching
 from ankh.model import shift_right
 from ankh.tokenizer import TokenizerError
 
@@ -51,14 +52,6 @@ def _masked_marginal(graphdef, params, ids, mask, pos, sentinel):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def _pad_rows(toks: list[np.ndarray], rows: int, length: int, pad: int):
-    ids = np.full((rows, length), pad, np.int32)
-    mask = np.zeros((rows, length), np.int32)
-    for r, t in enumerate(toks):
-        ids[r, :len(t)], mask[r, :len(t)] = t, 1
-    return ids, mask
-
-
 def parse_mutant(wild_type: str, mutant: str) -> list[tuple[int, str]]:
     """``"A23G"``/``"A23G:K45R"`` (1-based, wild-type letter checked) or a same-length sequence
     -> [(0-based position, new residue)]."""
@@ -81,7 +74,8 @@ def parse_mutant(wild_type: str, mutant: str) -> list[tuple[int, str]]:
 
 
 class ScoringMixin:
-    """Scoring methods shared by ``ankh.api.Ankh`` (needs tokenizer, config, params, _fns)."""
+    """Scoring methods shared by ``ankh.api.Ankh`` (needs tokenizer, config, params, _fns and
+    ``GenerationMixin._encode_inputs``)."""
 
     def _jit(self, name: str, fn, **static):
         key = ("score", name, tuple(sorted(static.items())))
@@ -92,8 +86,6 @@ class ScoringMixin:
     def token_log_probs(self, targets: Sequence[str], inputs: Sequence[str] | None = None,
                         batch_size: int = 32) -> list[np.ndarray]:
         """Per target token (``</s>`` last) log-probabilities, float32 arrays."""
-        from ankh.generate import _batches
-
         targets = list(targets)
         inputs = targets if inputs is None else list(inputs)
         if len(inputs) != len(targets):
@@ -102,10 +94,11 @@ class ScoringMixin:
         fn = self._jit("tf", _tf_log_probs)
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(tgt)
         pad = self.tokenizer.pad_id
-        for idx, length, rows in _batches([max(len(src[i]), len(tgt[i])) for i in range(len(tgt))],
-                                          batch_size):
-            ids, mask = _pad_rows([src[i] for i in idx], rows, length, pad)
-            labels, _ = _pad_rows([tgt[i] for i in idx], rows, length, pad)
+        lengths = [max(len(src[i]), len(tgt[i])) for i in range(len(tgt))]
+        ladder = batching.sequence_ladder(self.config.max_length)
+        for idx, length, rows in batching.sorted_batches(lengths, batch_size, ladder):
+            ids, mask = batching.pad_rows([src[i] for i in idx], rows, length, pad)
+            labels, _ = batching.pad_rows([tgt[i] for i in idx], rows, length, pad)
             lp = np.asarray(fn(self.params, ids, mask, labels))
             for r, i in enumerate(idx):
                 out[i] = lp[r, :len(tgt[i])]
@@ -117,11 +110,10 @@ class ScoringMixin:
         return np.array([t.sum() for t in self.token_log_probs(targets, inputs, batch_size)],
                         np.float64)
 
-    def masked_marginals(self, sequences: Sequence[str], positions: Sequence[Sequence[int]] | None = None,
-                         batch_tokens: int = 16384) -> list[np.ndarray]:
+    def masked_marginals(self, sequences: Sequence[str],
+                         positions: Sequence[Sequence[int]] | None = None,
+                         batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
         """Per sequence ``[len(positions), vocab]`` log-probs with each position masked in turn."""
-        from ankh.api import bucket_length
-
         toks = self.tokenize(list(sequences))  # residues only, no sentinels
         if positions is None:
             positions = [range(len(t) - 1) for t in toks]
@@ -133,29 +125,28 @@ class ScoringMixin:
         vocab = self.config.vocab_size
         res = [np.zeros((len(ps), vocab), np.float32) for ps in positions]
         slot = [k for ps in positions for k in range(len(ps))]
-        by_len: dict[int, list[int]] = {}
-        for j, (s, _) in enumerate(jobs):
-            by_len.setdefault(bucket_length(len(toks[s])), []).append(j)
-        for length, js in sorted(by_len.items()):
-            per = max(1, batch_tokens // length)
-            for c in range(0, len(js), per):
-                chunk = js[c:c + per]
-                rows = min(per, 1 << (len(chunk) - 1).bit_length())
-                ids, mask = _pad_rows([toks[jobs[j][0]] for j in chunk], rows, length,
-                                      self.tokenizer.pad_id)
-                pos = np.zeros(rows, np.int32)
-                pos[:len(chunk)] = [jobs[j][1] for j in chunk]
-                lp = np.asarray(fn(self.params, ids, mask, pos))
-                for r, j in enumerate(chunk):
-                    res[jobs[j][0]][slot[j]] = lp[r]
+        plan = batching.token_budget_batches([len(toks[s]) for s, _ in jobs],
+                                             batching.sequence_ladder(self.config.max_length),
+                                             batch_tokens)
+        for chunk, length, rows in plan:
+            ids, mask = batching.pad_rows([toks[jobs[j][0]] for j in chunk], rows, length,
+                                          self.tokenizer.pad_id)
+            pos = np.zeros(rows, np.int32)
+            pos[:len(chunk)] = [jobs[j][1] for j in chunk]
+            lp = np.asarray(fn(self.params, ids, mask, pos))
+            for r, j in enumerate(chunk):
+                res[jobs[j][0]][slot[j]] = lp[r]
         return res
 
-    def pseudo_log_likelihood(self, sequences: Sequence[str], batch_tokens: int = 16384) -> np.ndarray:
+    def pseudo_log_likelihood(self, sequences: Sequence[str],
+                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> np.ndarray:
         """Sum over residues of log p(x_i | sequence with x_i masked), shape [n]."""
         return np.array([r.sum() for r in self.per_residue_log_probs(sequences, batch_tokens)],
                         np.float64)
 
-    def per_residue_log_probs(self, sequences: Sequence[str], batch_tokens: int = 16384) -> list[np.ndarray]:
+    def per_residue_log_probs(self, sequences: Sequence[str],
+                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS
+                              ) -> list[np.ndarray]:
         """log p(x_i | sequence with x_i masked) per residue, float32 arrays [L]."""
         toks = self.tokenize(list(sequences))
         mm = self.masked_marginals(sequences, batch_tokens=batch_tokens)
@@ -177,7 +168,8 @@ class ScoringMixin:
         return np.array([sum(float(mm[col[p], voc[aa]] - mm[col[p], voc[wt[p]]]) for p, aa in mut)
                          for mut in muts], np.float64)
 
-    def score(self, sequences: Sequence[str], batch_tokens: int = 16384) -> list[dict[str, Any]]:
+    def score(self, sequences: Sequence[str],
+              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> list[dict[str, Any]]:
         """Per sequence: ``log_likelihood`` (teacher-forced reconstruction), ``pseudo_log_likelihood``,
         ``pseudo_perplexity`` and ``per_residue_log_probs`` (masked marginals of the true residues)."""
         seqs = [self.tokenizer.normalize(s) if isinstance(s, str) else s for s in sequences]

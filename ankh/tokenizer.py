@@ -13,7 +13,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ankh.batching import pad_rows
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids PAD_ID, EOS_ID, UNK_ID
 AMINO_ACIDS = "ALGVSREDTIPKFQNYMHWCXBOUZ"  # ids 3..27 in this order
 _SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
 _WS = str.maketrans("", "", " \t\r\n")
@@ -23,12 +26,25 @@ class TokenizerError(ValueError):
     """A sequence the tokenizer cannot encode (the message names the letter and position)."""
 
 
+def base_vocab() -> dict[str, int]:
+    """The official ids below the sentinels: specials, then one id per residue letter."""
+    vocab = dict(zip(SPECIAL_TOKENS, (PAD_ID, EOS_ID, UNK_ID)))
+    vocab.update({aa: len(SPECIAL_TOKENS) + i for i, aa in enumerate(AMINO_ACIDS)})
+    return vocab
+
+
+# Vocabulary facts, derived from the official ids (never restated as numbers elsewhere):
+# residue ids (3..27) -- what a "residue target" is in evaluation metrics and synthetic
+# benchmark data; and the number of ids below the sentinels (28) -- the one-hot width.
+RESIDUE_IDS = range(base_vocab()[AMINO_ACIDS[0]], base_vocab()[AMINO_ACIDS[-1]] + 1)
+NUM_BASE_IDS = len(base_vocab())
+
+
 class AnkhTokenizer:
     def __init__(self, vocab: dict[str, int] | None = None, vocab_size: int = 144,
                  unknown_to_unk: bool = False) -> None:
         if vocab is None:
-            vocab = {"<pad>": PAD_ID, "</s>": EOS_ID, "<unk>": UNK_ID}
-            vocab.update({aa: i + 3 for i, aa in enumerate(AMINO_ACIDS)})
+            vocab = base_vocab()
             n_sentinels = vocab_size - len(vocab)
             vocab.update({f"<extra_id_{k}>": vocab_size - 1 - k for k in range(n_sentinels)})
         self.vocab = dict(vocab)
@@ -51,7 +67,11 @@ class AnkhTokenizer:
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
-        data = json.loads(p.read_text())
+        return cls.from_json(json.loads(p.read_text()), source=str(p), **kw)
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "tokenizer.json", **kw) -> "AnkhTokenizer":
+        """The vocabulary of a parsed HF ``tokenizer.json`` (read from anywhere, e.g. gs://)."""
         model = data.get("model", {})
         raw = model.get("vocab", {})
         vocab: dict[str, int] = {}
@@ -66,7 +86,7 @@ class AnkhTokenizer:
             if piece.startswith("\u2581") and len(piece) == 2 and piece[1] not in vocab:
                 vocab[piece[1]] = i
         if not vocab:
-            raise ValueError(f"{p}: no vocabulary found")
+            raise ValueError(f"{source}: no vocabulary found")
         return cls(vocab, **kw)
 
     def sentinel_id(self, k: int) -> int:
@@ -130,12 +150,7 @@ class AnkhTokenizer:
         length = pad_to if pad_to is not None else longest
         if longest > length:
             raise TokenizerError(f"sequence of {longest} tokens does not fit pad_to={length}")
-        ids = np.full((len(enc), length), self.pad_id, np.int32)
-        mask = np.zeros((len(enc), length), np.int32)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = e
-            mask[i, : len(e)] = 1
-        return ids, mask
+        return pad_rows(enc, len(enc), length, self.pad_id)
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:

@@ -1,4 +1,4 @@
-"""Pure-JAX pretraining math: loss, optimizer, one jitted (sharded, donated) train step, FLOPs.
+"""Pure-JAX pretraining math: loss, optimizer, one jitted (sharded, donated) train step.
 
 Batches follow the data contract (``docs/pretraining.md``): ``input_ids segment_ids positions
 decoder_input_ids decoder_segment_ids decoder_positions labels loss_mask`` ([B, L] each).
@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 from ankh import sharding
 from ankh.config import AnkhConfig
 from ankh.model import AnkhModel
+from ankh.tokenizer import RESIDUE_IDS
 
 MODEL_KEYS = ("input_ids", "segment_ids", "positions", "decoder_input_ids",
               "decoder_segment_ids", "decoder_positions", "labels", "loss_mask")
@@ -144,14 +145,14 @@ def train_step(graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig,
     return new, metrics
 
 
-def eval_step(graphdef: Any, params: dict, batch: dict, residues: tuple[int, int] = (3, 27)) -> dict:
+def eval_step(graphdef: Any, params: dict, batch: dict, residues: range = RESIDUE_IDS) -> dict:
     """Metric sums over a batch (add them up over batches, then divide by ``tokens``).
 
     ``res_*`` restrict to targets that are residues (ids in ``residues``): the masked amino
     acids alone, without the sentinels and ``</s>`` that are predictable from position.
     """
     lab = batch["labels"]
-    is_res = ((lab >= residues[0]) & (lab <= residues[1])).astype(jnp.float32)
+    is_res = ((lab >= residues.start) & (lab < residues.stop)).astype(jnp.float32)
     both = {k: batch[k] for k in MODEL_KEYS}
     res = dict(both, loss_mask=both["loss_mask"] * is_res)
     out = loss_sums(graphdef, params, both)[1]
@@ -218,20 +219,6 @@ class Trainer:
     def evaluate(self, params: dict, batch: dict) -> dict:
         with jax.set_mesh(self.mesh):
             return self._eval(params, batch)
-
-
-def flops_per_step(cfg: AnkhConfig, batch: int, enc_len: int, dec_len: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward = 3x forward) on padded shapes."""
-    e, hd, f, v = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size
-    n_ff = 3 if cfg.is_gated_act else 2
-    ffn = 2 * n_ff * e * f  # per token
-    attn_proj = 2 * 4 * e * hd  # q k v o, per token
-    enc = enc_len * cfg.num_layers * (attn_proj + ffn + 4 * enc_len * hd)
-    dec = cfg.num_decoder_layers * (dec_len * (attn_proj + ffn + 4 * dec_len * hd)  # self
-                                    + dec_len * 2 * 2 * e * hd + enc_len * 2 * 2 * e * hd  # cross proj
-                                    + 4 * dec_len * enc_len * hd)  # cross scores + context
-    head = 2 * dec_len * e * v
-    return 3.0 * batch * (enc + dec + head)
 
 
 def unigram_entropy(labels: Any, mask: Any) -> float:

@@ -7,6 +7,9 @@ Each subcommand lives in ``platform/bench/<what>.py`` (``ankh_platform.bench.<wh
 import importlib
 import sys
 
+from ankh_platform.core.config import ConfigError
+from jobs import _cli
+
 SUBCOMMANDS = {
     "embed": "encoder throughput vs HF PyTorch T5 on the same weights",
     "data": "data pipeline tokens/s and padding waste",
@@ -18,15 +21,19 @@ SUBCOMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Dispatch to a subcommand; its own parser (in ``ankh_platform.bench``) reads the rest."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         for name, what in SUBCOMMANDS.items():
             print(f"  {name:10s} {what}")
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
+        return
+    if not argv or argv[0] not in SUBCOMMANDS:
+        what = f"unknown benchmark {argv[0]!r}" if argv else "which benchmark?"
+        raise ConfigError(f"{what}; one of: {', '.join(SUBCOMMANDS)} (see --help)")
     mod = importlib.import_module(f"ankh_platform.bench.{argv[0].replace('-', '_')}")
     mod.main(argv[1:])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

@@ -9,21 +9,21 @@ For each TPU slice: topology, chips, hosts, the preset it runs and the resolved
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
     from ankh_platform.cluster_check import check_file, shipped_cluster_files
 
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _cli.parser("jobs.check_cluster", __doc__)
     ap.add_argument("files", nargs="*", help="cluster YAML files (default: all shipped ones)")
     ap.add_argument("--preset", help="check this preset (name or YAML path) instead of the one "
                     "each file declares")
     ap.add_argument("--json", action="store_true", help="one JSON line per slice")
-    args = ap.parse_args(argv)
+    args = _cli.parse_args(ap, argv)
     files = args.files or shipped_cluster_files()
     bad = 0
     for path in files:
@@ -45,4 +45,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_cli.run(main))

@@ -12,17 +12,16 @@
 Paths may be local or gs://.
 """
 
-import argparse
-import logging
 import sys
 import tempfile
 
 import numpy as np
 
+from jobs import _cli
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jobs.convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _cli.parser("jobs.convert", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="our model -> HF directory")
     ex.add_argument("--model", required=True, help="preset, HF dir, or our checkpoint/run dir")
@@ -32,8 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     im.add_argument("--output", required=True)
     ck = sub.add_parser("check", help="verify an HF directory round-trips bit-exactly")
     ck.add_argument("--hf", required=True)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _cli.parse_args(ap, argv)
 
     import ankh
 
@@ -54,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         bad = [p for p, w in model.flat_params().items() if not np.array_equal(again[p], w)]
         if bad:
             print(f"round trip differs in {len(bad)} tensors, e.g. {bad[:3]}", file=sys.stderr)
-            sys.exit(1)
+            return 1
         print(f"round trip bit-exact: {len(again)} tensors, {model.num_params():,} parameters")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

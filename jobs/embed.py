@@ -9,36 +9,29 @@ Connects to ``RAY_ADDRESS`` if set, else starts a local Ray on loopback. See doc
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import sys
 
+from jobs import _cli
 
-def _flags(ap) -> None:
-    ap.add_argument("--checkpoint", help="preset name, HF Ankh directory, or our Orbax run dir")
-    ap.add_argument("--input", help="Parquet/FASTA file, directory, glob or comma list (local or gs://)")
-    ap.add_argument("--output", help="output directory (local or gs://)")
-    ap.add_argument("--per-residue", action="store_true", help="also write per-residue embeddings")
-    ap.add_argument("--replicas", type=int, help="model replicas (actor pool size)")
-    ap.add_argument("--batch-tokens", type=int, help="token slots per model call")
-    ap.add_argument("--hdf5", help="also write one HDF5 file keyed by id, pooled vectors "
-                    "(bio_embeddings/ProtTrans layout; needs the optional h5py)")
+FLAGS = {
+    "--checkpoint": _cli.flag("checkpoint", "preset name, HF Ankh directory, or our Orbax run dir",
+                              required=True),
+    "--input": _cli.flag("input", "Parquet/FASTA file, directory, glob or comma list (local or gs://)",
+                         required=True),
+    "--output": _cli.flag("output", "output directory (local or gs://)", required=True),
+    "--per-residue": _cli.flag("per_residue", "also write per-residue embeddings", action="store_true"),
+    "--replicas": _cli.flag("replicas", "model replicas (actor pool size)", type=int),
+    "--batch-tokens": _cli.flag("batch_tokens", "token slots per model call", type=int),
+    "--hdf5": _cli.flag("hdf5", "also write one HDF5 file keyed by id, pooled vectors "
+                        "(bio_embeddings/ProtTrans layout; needs the optional h5py)"),
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.core.config import parse_cli
     from ankh_platform.embed.job import EmbedJobConfig, run
 
-    cfg, args = parse_cli(EmbedJobConfig, argv, __doc__, extra=_flags)
-    flags = {"checkpoint": args.checkpoint, "input": args.input, "output": args.output,
-             "replicas": args.replicas, "batch_tokens": args.batch_tokens, "hdf5": args.hdf5,
-             "per_residue": True if args.per_residue else None}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    missing = [f"--{k}" for k in ("checkpoint", "input", "output") if not getattr(cfg, k)]
-    if missing:
-        sys.exit(f"error: {', '.join(missing)} required (see --help)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg, _ = _cli.parse(EmbedJobConfig, argv, __doc__, "jobs.embed", FLAGS)
     summary = run(cfg)
     brief = {k: v for k, v in summary.items() if k not in ("invalid", "long_sequences")}
     brief["invalid_first"] = summary["invalid"][:20]
@@ -49,4 +42,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

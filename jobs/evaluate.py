@@ -17,46 +17,33 @@ Example: python -m jobs.evaluate --checkpoint outputs/pretrain/run --task ss3 --
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import sys
 
+from jobs import _cli
 
-def _flags(ap) -> None:
-    ap.add_argument("--checkpoint", action="append", default=[],
-                    help="checkpoint dir, HF dir or preset name (repeatable)")
-    ap.add_argument("--task", action="append", default=[], help="task name or spec (repeatable)")
-    ap.add_argument("--head", action="append", default=[], choices=["linear", "mlp", "convbert"],
-                    help="probe head (repeatable; default linear)")
-    ap.add_argument("--output", help="report directory (default outputs/evaluate)")
-    ap.add_argument("--no-baselines", action="store_true", help="skip one-hot and random-init baselines")
+FLAGS = {
+    "--checkpoint": _cli.flag("checkpoints", "checkpoint dir, HF dir or preset name (repeatable)",
+                              action="append"),
+    "--task": _cli.flag("tasks", "task name or spec (repeatable)", action="append"),
+    "--head": _cli.flag("heads", "probe head (repeatable; default linear)", action="append",
+                        choices=["linear", "mlp", "convbert"]),
+    "--output": _cli.flag("output", "report directory (default outputs/evaluate)"),
+    "--no-baselines": _cli.flag("baselines", "skip one-hot and random-init baselines",
+                                action="store_true", value=lambda _: ()),
+}
 
 
 def parse(argv: list[str] | None = None):
-    from ankh_platform.core.config import parse_cli
     from ankh_platform.evaluate.heads import EvalConfig
 
-    cfg, args = parse_cli(EvalConfig, argv, __doc__, extra=_flags)
-    over = {}
-    if args.checkpoint:
-        over["checkpoints"] = tuple(args.checkpoint)
-    if args.task:
-        over["tasks"] = tuple(args.task)
-    if args.head:
-        over["heads"] = tuple(args.head)
-    if args.output:
-        over["output"] = args.output
-    if args.no_baselines:
-        over["baselines"] = ()
-    return dataclasses.replace(cfg, **over)
+    return _cli.parse(EvalConfig, argv, __doc__, "jobs.evaluate", FLAGS)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from ankh_platform.evaluate.report import markdown, write_reports
     from ankh_platform.evaluate.heads import run_evaluation
+    from ankh_platform.evaluate.report import markdown, write_reports
 
+    cfg = parse(argv)
     report = run_evaluation(cfg)
     paths = write_reports(report, cfg.output, plots=cfg.plots, contact_protein=cfg.contact_protein)
     print(markdown(report))
@@ -66,4 +53,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

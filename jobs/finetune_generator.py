@@ -10,23 +10,20 @@ The last stdout line is the tuned model directory. See docs/generation.md.
 from __future__ import annotations
 
 import json
-import logging
+import sys
+
+from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.core.config import parse_cli
     from ankh_platform.generate.finetune import FinetuneJobConfig, run
 
-    cfg, _ = parse_cli(FinetuneJobConfig, argv, __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg, _ = _cli.parse(FinetuneJobConfig, argv, __doc__, "jobs.finetune_generator")
+    summary = run(cfg)
     print(json.dumps(summary))
     print(summary["model_dir"])
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

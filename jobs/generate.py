@@ -11,19 +11,16 @@ amino-acid composition drift). See docs/generation.md.
 from __future__ import annotations
 
 import json
-import logging
+import sys
+
+from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ankh_platform.core.config import parse_cli
     from ankh_platform.generate.variants import GenerateJobConfig, run
 
-    cfg, _ = parse_cli(GenerateJobConfig, argv, __doc__)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(cfg)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    cfg, _ = _cli.parse(GenerateJobConfig, argv, __doc__, "jobs.generate")
+    result = run(cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "summary"}
                      | {"summary": [{k: v for k, v in s.items() if k != "composition_delta"}
                                     for s in result["summary"]]}, indent=1))
@@ -31,4 +28,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

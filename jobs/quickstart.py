@@ -4,19 +4,18 @@
     python -m jobs.quickstart --model path/to/hf_or_checkpoint_dir --n 16
 """
 
-import argparse
-import logging
+import sys
 import time
+
+from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m jobs.quickstart", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _cli.parser("jobs.quickstart", __doc__)
     ap.add_argument("--model", default="tiny", help="preset name, HF Ankh dir or our checkpoint")
     ap.add_argument("--n", type=int, default=8, help="how many bundled sequences to embed")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _cli.parse_args(ap, argv)
 
     import ankh
     from ankh_platform.core.samples import real_sequences
@@ -36,4 +35,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

@@ -12,50 +12,35 @@ the same apps as Serve config files for ``serve run`` / ``serve deploy``). ``--m
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
 
+from jobs import _cli
 
-def _flags(ap) -> None:
-    ap.add_argument("--checkpoint", help="the default model: preset name, HF directory or our "
-                    "run dir (local or gs://)")
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                    help="another checkpoint served by the same replicas, picked per request "
-                    "with \"model\": NAME (repeatable; = models.NAME=PATH)")
-    ap.add_argument("--host", help="bind address (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    ap.add_argument("--detach", action="store_true", help="deploy and exit (cluster use)")
-    ap.add_argument("--num-cpus", type=float, help="CPUs for a local Ray (default: all)")
+FLAGS = {
+    "--checkpoint": _cli.flag("checkpoint", "the default model: preset name, HF directory or our "
+                              "run dir (local or gs://)"),
+    "--model": _cli.flag("models", "another checkpoint served by the same replicas, picked per "
+                         "request with \"model\": NAME (repeatable; = models.NAME=PATH)",
+                         action="append", metavar="NAME=PATH", value=_cli.named_paths),
+    "--host": _cli.flag("host", "bind address (default 127.0.0.1)"),
+    "--port": _cli.flag("port", "HTTP port (default 8000)", type=int),
+    "--detach": _cli.flag(None, "deploy and exit (cluster use)", action="store_true"),
+    "--num-cpus": _cli.flag(None, "CPUs for a local Ray (default: all)", type=float),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ankh_platform.core.config import parse_cli, to_dict, from_dict
     from ankh_platform.serve.schema import ServeConfig
 
-    cfg, args = parse_cli(ServeConfig, argv, __doc__, extra=_flags)
-    over = {k: v for k, v in (("checkpoint", args.checkpoint), ("host", args.host),
-                              ("port", args.port)) if v is not None}
-    models = dict(cfg.models)
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--model {item!r}: expected NAME=PATH")
-        models[name.strip()] = path.strip()
-    try:
-        cfg = from_dict(ServeConfig, {**to_dict(cfg), **over, "models": models})
-    except ValueError as e:  # ConfigError (e.g. a bad model name) -> a usage error, not a trace
-        raise SystemExit(f"jobs.serve: {e}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-
+    cfg, args = _cli.parse(ServeConfig, argv, __doc__, "jobs.serve", FLAGS)
     from ray import serve
 
     from ankh_platform.core.runtime import init_ray
     from ankh_platform.serve.app import build_app
 
-    init_kw = {"num_cpus": args.num_cpus} if args.num_cpus else {}
-    init_ray(**init_kw)
+    init_ray(**({"num_cpus": args.num_cpus} if args.num_cpus else {}))
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
@@ -72,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(_cli.run(main))

@@ -4,12 +4,14 @@ Used to prove that ``ray job submit --working-dir .`` runs the uploaded code, on
 inside a Ray worker.
 """
 
-import argparse
 import json
+import sys
+
+from jobs import _cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(description=__doc__).parse_args(argv)
+    _cli.parse_args(_cli.parser("jobs.whereami", __doc__), argv)
     import ray
 
     from ankh_platform.core.runtime import init_ray, package_origins
@@ -20,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli.run(main))

@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-PRESETS_DIR = REPO / "jobs" / "configs"
-CLUSTER_DIR = REPO / "cluster"
+from ankh_platform.core.config import PRESETS_DIR, ConfigError, find_preset, load_config
+from ankh_platform.core.samples import repo_root
+
+CLUSTER_DIR = repo_root() / "cluster"
 CHIPS_PER_HOST = {"v4": 4}  # TPU generation -> chips per host VM
 CORES_PER_CHIP = {"v4": 2}  # accelerator type "v4-N" counts TensorCores
 PRESET_ANNOTATION = "ankh.dev/pretrain-preset"
@@ -157,16 +158,12 @@ def load_slices(path: str | Path) -> list[Slice]:
 
 # ---- checking ------------------------------------------------------------------------------
 def load_preset(name: str, overrides: tuple[str, ...] = (), presets_dir: Path = PRESETS_DIR):
-    from ankh_platform.core.config import load_config
-    from ankh_platform.train.job import PretrainConfig
+    from ankh_platform.train.config import PretrainConfig
 
-    path = Path(name)
-    if not path.exists():
-        path = presets_dir / f"pretrain-{name}.yaml"
-        if not path.exists():
-            path = presets_dir / f"{name}.yaml"
-    if not path.exists():
-        raise ClusterFileError(f"pretraining preset {name!r} not found in {presets_dir}")
+    try:
+        path = find_preset(name, presets_dir)
+    except ConfigError as e:
+        raise ClusterFileError(f"pretraining preset {name!r} not found: {e}") from None
     return load_config(PretrainConfig, path, list(overrides))
 
 

@@ -1,12 +1,17 @@
 """Shared fixtures: real proteins, a real local Ray, a real GCS emulator on loopback.
 
-- ``shared_data_dir``: ``<repo>/../shared/data`` (CI clones the repo with shared/ beside it),
-  falling back to the bundled sample ``<repo>/data`` when absent (never skips).
-- ``protein_parquet``: a Parquet file/dir with a ``sequence`` column (real UniProt proteins).
-- ``ray_local``: a small local Ray (2 CPUs, 300 MB object store), shut down after the module.
+- ``data_dir``: where real data is, from the one lookup ``ankh_platform.core.samples.data_dir``
+  (``ANKH_DATA_DIR``, else ``<repo>/../shared/data`` -- CI clones the repo with shared/ beside
+  it -- else the bundled sample ``<repo>/data``; never skips). Module-level helpers call the
+  functions of ``ankh_platform.core.samples`` directly.
+- ``protein_parquet``: a Parquet file/dir with ``id`` and ``sequence`` columns (real UniProt
+  proteins): ``samples.protein_parquet()``. ``bundled_fasta``: the bundled sample as FASTA.gz.
+- ``ray_local``: a small local Ray (2 CPUs, 300 MB object store, loopback only, through
+  ``ankh_platform.core.runtime.init_ray``), shut down after the module; the one way tests start
+  an in-process Ray (multi-node tests use ``tests/raycluster.py``'s real ``ray start``).
 - ``gcs_emulator``: ``gcp-storage-emulator`` on a free 127.0.0.1 port for the session, with
-  ``STORAGE_EMULATOR_HOST`` set; yields its URL. ``gcs_bucket`` makes a fresh bucket in it and
-  yields ``gs://<name>``.
+  ``STORAGE_EMULATOR_HOST`` set and applied by ``ankh.storage.apply_emulator_env``; yields its
+  URL. ``gcs_bucket`` makes a fresh bucket in it and yields ``gs://<name>``.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from ankh import storage
+from ankh_platform.core import samples
+
+REPO = samples.repo_root()
 # gcsfs reads this at import; the emulator has no hierarchical-namespace API. Set before any
 # test imports gcsfs or starts Ray (Ray workers inherit the environment).
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault(storage.HNS_VAR, "false")
 
 
 def free_port() -> int:
@@ -39,49 +47,53 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    shared = REPO.parent / "shared" / "data"
-    return shared if (shared / "uniprot_go_sample.parquet").exists() else REPO / "data"
+def data_dir() -> Path:
+    return samples.data_dir()
 
 
 @pytest.fixture(scope="session")
-def protein_parquet(shared_data_dir: Path) -> Path:
-    """Real proteins with a ``sequence`` column: the shared 5,000-row sample or the bundled one."""
-    cand = shared_data_dir / "uniprot_go_sample.parquet"
-    return cand if cand.exists() else REPO / "data" / "uniprot_sample" / "train"
+def protein_parquet() -> Path:
+    """Real proteins (id, sequence): the shared 5,000-row sample or the bundled shards."""
+    return samples.protein_parquet()
 
 
 @pytest.fixture(scope="session")
 def bundled_fasta() -> Path:
-    return REPO / "data" / "uniprot_sample.fasta.gz"
+    return samples.bundled_fasta()
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A small local Ray for this module (reuses one already running, then leaves it be)."""
+def ray_local(request):
+    """A small local Ray for this module, started on loopback by the platform's ``init_ray``
+    (reuses one already running, then leaves it be).
+
+    A test module that needs variables in every Ray worker's environment (Serve replicas read
+    their bearer token from it) sets ``RAY_WORKER_ENV = {...}``: they are set before Ray starts
+    (workers inherit the driver's environment) and restored after it stops.
+    """
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        for attempt in range(3):  # Ray's 30 s raylet start-up wait can lapse on a loaded machine
-            try:
-                ray.init(num_cpus=2, object_store_memory=300_000_000, include_dashboard=False,
-                         log_to_driver=False, configure_logging=False)
-                break
-            except Exception:
-                ray.shutdown()
-                if attempt == 2:
-                    raise
-        started = True
-    try:
-        import ray.data
+    from ankh_platform.core.runtime import init_ray
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
-    except ImportError:
-        pass
-    yield ray
-    if started:
-        ray.shutdown()
+    started = not ray.is_initialized()
+    with pytest.MonkeyPatch.context() as mp:  # restores the environment after the module
+        for k, v in getattr(request.module, "RAY_WORKER_ENV", {}).items():
+            mp.setenv(k, v)
+        # init_ray sets this loopback switch in os.environ; undo it after the module, or the
+        # extra raylets of tests/raycluster.py (which copy os.environ) would refuse to join.
+        loopback = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+        mp.setenv(loopback, os.environ.get(loopback, "0"))
+        if started:
+            init_ray(num_cpus=2, object_store_memory=300_000_000, log_to_driver=False,
+                     configure_logging=False)
+        try:
+            import ray.data
+
+            ray.data.DataContext.get_current().enable_progress_bars = False
+            yield ray
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -107,10 +119,11 @@ def gcs_emulator():
          f"--port={port}", "--in-memory", "-q"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    old = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST",)}
+    old = {k: os.environ.get(k) for k in (storage.EMULATOR_VAR, storage.TENSORSTORE_VAR)}
     try:
         _wait_port(port, proc)
-        os.environ["STORAGE_EMULATOR_HOST"] = url
+        os.environ[storage.EMULATOR_VAR] = url
+        storage.apply_emulator_env()
         yield url
     finally:
         for k, v in old.items():
@@ -129,8 +142,6 @@ def gcs_emulator():
 @pytest.fixture
 def gcs_bucket(gcs_emulator: str) -> str:
     """A fresh, empty bucket in the emulator: ``gs://<name>``."""
-    from ankh_platform.core.storage import gcs_filesystem
-
     name = f"test-{uuid.uuid4().hex[:12]}"
-    gcs_filesystem().mkdir(name)
+    storage.gcs_filesystem().mkdir(name)
     return f"gs://{name}"

@@ -1,7 +1,7 @@
 """``python -m jobs.benchmark data``: pipeline tokens/s and padding waste vs the train step.
 
-Streams real proteins (default: ``<repo>/../shared/data/uniprot_go/part-000.parquet``, else the
-bundled sample) through the full pipeline (Ray Data read -> crop/mask -> pack -> batches) and
+Streams real proteins (default: ``samples.protein_shard()``: ``uniprot_go/part-000.parquet`` of the
+data dir, else the bundled sample) through the full pipeline (Ray Data read -> crop/mask -> pack -> batches) and
 reports throughput and padding waste; then times a jitted forward+backward of the ``base``
 preset on this machine and prints the ratio pipeline tokens/s / train tokens/s (target >= 5).
 Tokens are token slots of the batch (encoder + decoder, padding included) on both sides.
@@ -15,19 +15,13 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ankh.packing import padding_waste
+from ankh.tokenizer import RESIDUE_IDS
+from ankh_platform.core.samples import protein_shard
 from ankh_platform.data.pipeline import BatchStream, DataConfig
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def default_paths() -> list[str]:
-    shared = REPO.parent / "shared" / "data" / "uniprot_go" / "part-000.parquet"
-    return [str(shared)] if shared.exists() else [str(REPO / "data" / "uniprot_sample" / "train")]
 
 
 def bench_pipeline(cfg: DataConfig, max_batches: int) -> dict:
@@ -68,8 +62,9 @@ def bench_train_step(preset: str, rows: int, enc_len: int, dec_len: int, steps: 
     model = AnkhModel(cfg, nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(0)
-    enc = jnp.asarray(rng.integers(3, 28, (rows, enc_len)), jnp.int32)
-    dec = jnp.asarray(rng.integers(3, 144, (rows, dec_len)), jnp.int32)
+    enc = jnp.asarray(rng.integers(RESIDUE_IDS.start, RESIDUE_IDS.stop, (rows, enc_len)), jnp.int32)
+    # targets: residues and sentinels (ids up to the top of the vocabulary)
+    dec = jnp.asarray(rng.integers(RESIDUE_IDS.start, cfg.vocab_size, (rows, dec_len)), jnp.int32)
     ones_e, ones_d = jnp.ones((rows, enc_len), jnp.int32), jnp.ones((rows, dec_len), jnp.int32)
 
     @jax.jit
@@ -114,10 +109,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    ray.init(num_cpus=min(os.cpu_count() or 2, 4), object_store_memory=500_000_000,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from ankh_platform.core.runtime import init_ray
+
+    init_ray(num_cpus=min(os.cpu_count() or 2, 4), object_store_memory=500_000_000,
+             log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = dataclasses.replace(DataConfig(), paths=tuple(args.paths or default_paths()), rows=args.rows,
+    cfg = dataclasses.replace(DataConfig(), paths=tuple(args.paths or [str(protein_shard())]), rows=args.rows,
                               enc_len=args.enc_len, window=args.window, epochs=1)
     try:
         pipe = bench_pipeline(cfg, args.batches)

@@ -1,7 +1,7 @@
 """``python -m jobs.benchmark embed``: our JAX encoder vs HF PyTorch T5 on the same weights.
 
 Prints one JSON line: tokens/s of both (same shapes, same run), their ratio, achieved GFLOP/s
-and the fraction of this machine's measured float32 matmul peak.
+and the fraction of this machine's matmul peak (``ankh.flops``: same run, same dtype).
 """
 
 from __future__ import annotations
@@ -14,19 +14,11 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import ankh
-from ankh.config import AnkhConfig
-
-
-def encoder_flops(cfg: AnkhConfig, batch: int, length: int) -> float:
-    """Forward FLOPs of the encoder (matmuls + attention scores/context)."""
-    per_token = 2 * (4 * cfg.d_model * cfg.inner_dim + (3 if cfg.is_gated_act else 2) * cfg.d_model * cfg.d_ff)
-    attn = 2 * 2 * cfg.num_heads * cfg.d_kv * length  # QK^T and PV per token
-    return float(batch * length * cfg.num_layers * (per_token + attn))
+from ankh.flops import encoder_flops, measure_matmul_peak
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -38,13 +30,6 @@ def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    secs = time_it(lambda: f(a).block_until_ready(), repeats)
-    return 2 * n ** 3 / secs / 1e9
 
 
 def real_batch(model: ankh.Ankh, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ours = time_it(lambda: encode(model.params, ids, mask).block_until_ready(), args.repeats)
     flops = encoder_flops(model.config, args.batch, args.length)
     tokens = args.batch * args.length
-    peak = matmul_peak_gflops()
+    # The encoder runs on one device: the peak of that device, in the model's dtype.
+    peak = measure_matmul_peak(args.dtype, seconds=2.0, devices=jax.devices()[:1]) / 1e9
     result = {
         "benchmark": "embed", "preset": args.checkpoint or args.preset, "dtype": args.dtype,
         "batch": args.batch, "length": args.length, "device": str(jax.devices()[0]),

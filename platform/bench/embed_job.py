@@ -4,7 +4,7 @@ Same model, same machine, same run, real proteins (the first ``--sequences`` of 
 UniProt data), the same checkpoint files (a preset is first saved as an HF directory, so both
 sides load weights from disk as a real run does):
 
-- ``raw``: one replica (``embed_replica.Embedder``: the job's own compiled executables) called
+- ``raw``: one replica (``embed.replica.EmbedReplica``: the job's own compiled executables) called
   back to back, in this process, on the job's own token-budget batches of the same sequences,
   packed with the same settings and already in memory (no Ray, no I/O, no start-up), timed
   before and (``--raw-after 1``, default) after the job; the faster pass is the reference:
@@ -41,16 +41,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[2]
+from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh_platform.core.samples import protein_shard
+
 log = logging.getLogger("bench_embed_job")
 
 
 def _sequences(path: str | None, n: int) -> "pq.Table":
-    cands = [Path(path)] if path else [REPO.parent / "shared" / "data" / "uniprot_go" / "part-000.parquet",
-                                       REPO / "data" / "uniprot_sample" / "train"]
-    src = next((c for c in cands if c.exists()), None)
-    if src is None:
-        raise FileNotFoundError(f"no protein data at {[str(c) for c in cands]}")
+    src = Path(path) if path else protein_shard()
+    if not src.exists():
+        raise FileNotFoundError(f"no protein data at {src}")
     t = pq.read_table(src, columns=["id", "sequence"])
     if t.num_rows < n:
         log.warning("only %d sequences in %s (asked for %d)", t.num_rows, src, n)
@@ -75,11 +75,11 @@ def _batches(spec, table, group_rows: int) -> list[tuple]:
 def _raw(checkpoint: str, spec, table, group_rows: int, repeats: int = 1) -> dict:
     import jax
 
-    from ankh_platform.embed.replica import Embedder
+    from ankh_platform.embed.replica import EmbedReplica
 
     batches = _batches(spec, table, group_rows)
     t0 = time.perf_counter()
-    rep = Embedder(checkpoint, spec, per_residue=False, layer=0, compute_dtype="float32")
+    rep = EmbedReplica(checkpoint, spec, per_residue=False, layer=0, compute_dtype="float32")
     init_s = time.perf_counter() - t0
     batches = [tuple(jax.device_put(x) for x in b) for b in batches]
     slots = sum(b[0].size for b in batches)
@@ -130,7 +130,7 @@ def _job(cfg, table, shards: int, tmp: str) -> dict:
             "job_padding_waste": s["padding_waste"], "job_sequences": s["sequences"]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="jobs.benchmark embed-job", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="small", help="preset or checkpoint (default: small)")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sequences", type=int, default=1000,
                     help="proteins (default 1000, ~0.37M tokens; start-up ~7%% of the job)")
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     ap.add_argument("--max-length", type=int, default=1024, help="residues per call (windows beyond)")
     ap.add_argument("--group-rows", type=int, default=4096, help="sequences packed together")
     ap.add_argument("--raw-after", type=int, default=1, choices=(0, 1),
@@ -146,20 +146,24 @@ def main(argv: list[str] | None = None) -> None:
                          "(load drift on a shared machine then cannot flatter the job)")
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--offline", action="store_true", help="also time ankh.load().embed()")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from ankh.config import PRESETS
     from ankh_platform.embed.job import EmbedJobConfig
-    from ankh_platform.embed.pack import PackSpec
+    from ankh_platform.embed.pack import EmbedPackSpec
 
     table = _sequences(args.data, args.sequences)
     cfg = EmbedJobConfig(checkpoint=args.checkpoint, batch_tokens=args.batch_tokens,
                          max_length=args.max_length, replicas=args.replicas,
                          group_rows=args.group_rows)
-    spec = PackSpec(max_length=args.max_length, batch_tokens=args.batch_tokens,
-                    min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
-                    window_overlap=cfg.window_overlap)
+    spec = EmbedPackSpec(max_length=args.max_length, batch_tokens=args.batch_tokens,
+                         min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
+                         window_overlap=cfg.window_overlap)
     out = {"benchmark": "embed-job", "checkpoint": args.checkpoint, "sequences": table.num_rows,
            "batch_tokens": args.batch_tokens, "max_length": args.max_length,
            "shapes": spec.shapes()}

@@ -20,19 +20,16 @@ import json
 import threading
 import time
 from collections import Counter
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh_platform.core.samples import protein_parquet
 
 
 def _proteins(n: int, max_len: int) -> list[str]:
     import pyarrow.parquet as pq
 
-    shared = REPO.parent / "shared" / "data" / "uniprot_go_sample.parquet"
-    src = shared if shared.exists() else REPO / "data" / "uniprot_sample" / "train"
-    seqs = pq.read_table(src, columns=["sequence"]).column(0).to_pylist()
+    seqs = pq.read_table(protein_parquet(), columns=["sequence"]).column(0).to_pylist()
     return [s for s in seqs if 1 <= len(s) <= max_len][:n]
 
 
@@ -111,7 +108,7 @@ def load(port: int, batches: list[list[str]], clients: int, duration: float) -> 
             "status_counts": {str(k): v for k, v in sorted(Counter(r[0] for r in results).items())}}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m jobs.benchmark serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="small", help="preset, HF dir or run dir")
@@ -122,16 +119,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--duration", type=float, default=90.0,
                     help="seconds of load (several server batch rounds)")
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     ap.add_argument("--row-growth", type=int, default=4, help="compiled batch rows 1, g, g^2..")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
 
     import ray
     from ray import serve
+    from ankh_platform.core.runtime import init_ray
 
     from ankh_platform.serve.app import build_app
-    from ankh_platform.serve.embed import default_buckets
+    from ankh.batching import SERVE_MIN_LENGTH, sequence_ladder
 
     import ankh
 
@@ -144,13 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     batches = [[seqs[j] for j in order[i:i + args.per_request]]
                for i in range(0, len(order) - args.per_request + 1, args.per_request)]
     port = _free_port()
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=300_000_000)
+    init_ray(num_cpus=args.num_cpus, log_to_driver=False, object_store_memory=300_000_000)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = {"checkpoint": args.checkpoint, "dtype": args.dtype, "generate": {"enabled": False},
                "embed": {"batch_tokens": args.batch_tokens, "num_cpus": 1,
-                         "length_buckets": default_buckets(args.max_len + 1),
+                         "length_buckets": sequence_ladder(args.max_len, SERVE_MIN_LENGTH),
                          "row_growth": args.row_growth,
                          "max_ongoing_requests": max(64, 2 * args.clients),
                          "max_batch_size": 512, "per_residue": False},

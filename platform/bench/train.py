@@ -1,8 +1,8 @@
 """Train-step benchmark: ``python -m jobs.benchmark train [--preset small] [--steps 20] ...``.
 
 Prints one JSON line: tokens/s, step time, achieved FLOP/s (analytic matmul FLOPs,
-``ankh.training.flops_per_step``), MFU against this machine's *measured* matmul peak (a big
-``jnp`` matmul timed in the same run, same dtype), and the fraction of wall time the loop spent
+``ankh.flops.train_step_flops``), MFU against this machine's *measured* matmul peak
+(``ankh.flops.measure_matmul_peak`` in the same run, same dtype), and the fraction of wall time the loop spent
 waiting for data. One JAX process, all local devices in a data-parallel mesh (set
 ``JAX_NUM_CPU_DEVICES`` / run on a TPU host for more). See docs/pretraining.md for TPU-v4 figures.
 """
@@ -19,16 +19,11 @@ import numpy as np
 
 from ankh import sharding
 from ankh.config import get_preset
-from ankh.training import OptimConfig, Trainer, flops_per_step
+from ankh.flops import measure_matmul_peak, train_step_flops
+from ankh.training import OptimConfig, Trainer
 
 
-def measure_peak(dtype: str, n: int, seconds: float) -> float:
-    from ankh_platform.train.worker import measure_matmul_peak
-
-    return measure_matmul_peak(n=n, dtype=dtype, seconds=seconds)
-
-
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="jobs.benchmark train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", help="model preset (default small)")
@@ -39,20 +34,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the peak-FLOP/s matmul")
     ap.add_argument("--data", default="", help="Parquet train dir/file (default: bundled sample)")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+
+    from ankh_platform.core.samples import bundled_train
     from ankh_platform.data.pipeline import DataConfig
-    from ankh_platform.train.source import SourceConfig, make_source
+    from ankh_platform.train.config import SourceConfig
+    from ankh_platform.train.source import make_source
 
     cfg = get_preset(args.preset)
-    data = DataConfig(paths=(args.data or "data/uniprot_sample/train",), rows=args.rows,
+    data = DataConfig(paths=(args.data or str(bundled_train()),), rows=args.rows,
                       max_residues=args.max_residues, prefetch=2)
     source = make_source(data, SourceConfig(kind="local"), 0, 1)
     mesh = sharding.make_mesh({"data": -1})
     tr = Trainer(cfg, OptimConfig(optimizer=args.optimizer, total_steps=1000, warmup_steps=10,
                                   compute_dtype=args.dtype), mesh)
     state = tr.init_state()
-    peak0 = measure_peak(args.dtype, args.matmul_n, seconds=2.0)
+    peak0 = measure_matmul_peak(args.dtype, args.matmul_n, seconds=2.0)
     t0 = time.perf_counter()
     for _ in range(2):  # compile + warm up
         state, m = tr.step(state, sharding.global_batch(source.next(), mesh))
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
     source.close()
 
     spec = source.spec
-    flops = flops_per_step(cfg, spec.rows, spec.enc_len, spec.dec_len) * args.steps
+    flops = train_step_flops(cfg, spec.rows, spec.enc_len, spec.dec_len) * args.steps
     # Peak measured before and after the timed steps; the higher one (conservative MFU).
-    peak = max(peak0, measure_peak(args.dtype, args.matmul_n, seconds=2.0))
+    peak = max(peak0, measure_matmul_peak(args.dtype, args.matmul_n, seconds=2.0))
     out = {
         "bench": "train", "preset": args.preset, "dtype": args.dtype, "optimizer": args.optimizer,
         "devices": jax.device_count(), "platform": jax.devices()[0].platform,

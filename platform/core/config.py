@@ -1,6 +1,6 @@
 """Typed, nested, frozen dataclass configs with YAML presets and dotted CLI overrides.
 
-    cfg = parse_cli(PretrainConfig, argv, presets_dir)   # --config base.yaml  a.b=3  c=[1,2]
+    cfg = load_config(PretrainConfig, "base", ["a.b=3", "c=[1,2]"], presets_dir=PRESETS_DIR)
 
 Unknown keys and wrong types fail with the dotted name of the field, so a typo in a 50-field
 config is an error, not a silently ignored setting.
@@ -8,7 +8,6 @@ config is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import types
 import typing
@@ -17,7 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ankh_platform.core.samples import repo_root
+
 T = TypeVar("T")
+PRESETS_DIR = repo_root() / "jobs" / "configs"  # shipped YAML presets (pretrain-tiny, ...)
 
 
 class ConfigError(ValueError):
@@ -94,7 +96,9 @@ def _bad(where: str, what: str, value: Any) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build ``cls`` from a (partial) mapping; missing fields keep their defaults."""
+    """Build ``cls`` from a (partial) mapping; missing fields keep their defaults -- also inside a
+    nested config whose default is not its class's (``data.rows=16`` keeps the other ``data``
+    settings of the parent's default, as ``--help`` lists them)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
@@ -104,7 +108,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{where}{f.name}")
+            value = data[f.name]
+            if isinstance(value, dict) and dataclasses.is_dataclass(f.default):
+                value = _merge(to_dict(f.default), value)
+            kwargs[f.name] = _coerce(hints[f.name], value, f"{where}{f.name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -133,15 +140,48 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def nest(fields: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1, "c": 2}`` -> ``{"a": {"b": 1}, "c": 2}`` (dotted names to a nested mapping)."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        out = _merge(out, value)
+    return out
+
+
+def find_preset(name: str | Path, presets_dir: str | Path | None = None) -> Path:
+    """A YAML config file: ``name`` itself if it exists, else a shipped preset of that name in
+    ``presets_dir`` (``jobs/configs``): ``<name>.yaml`` or ``<kind>-<name>.yaml``, so ``tiny``
+    finds ``pretrain-tiny.yaml``. Raises ConfigError naming the presets there."""
+    path = Path(name)
+    if path.exists():
+        return path
+    d = Path(presets_dir) if presets_dir else PRESETS_DIR
+    cands = [d / f"{name}.yaml", *sorted(d.glob(f"*-{name}.yaml"))]
+    found = [c for c in cands if c.exists()]
+    if len(found) == 1 or (found and found[0] == cands[0]):
+        return found[0]
+    names = ", ".join(sorted(p.stem for p in d.glob("*.yaml")))
+    raise ConfigError(f"config {str(name)!r}: no such file or preset ({names or 'none'})")
+
+
 def load_config(cls: type[T], config_file: str | Path | None = None,
-                overrides: list[str] | None = None) -> T:
+                overrides: list[str] | None = None, fields: dict[str, Any] | None = None,
+                presets_dir: str | Path | None = None) -> T:
+    """``cls`` from a YAML file (or, with ``presets_dir``, a preset name), then ``key.path=value``
+    overrides, then explicit ``fields`` (dotted names: a job's flags) -- later ones win; mappings
+    merge key by key. This is the one path from a command line to a config object."""
     data: dict[str, Any] = {}
     if config_file:
-        text = Path(config_file).read_text()
-        data = yaml.safe_load(text) or {}
+        path = find_preset(config_file, presets_dir) if presets_dir else Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(config_file)!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{config_file}: top level must be a mapping")
-    return from_dict(cls, apply_overrides(data, overrides or []))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, _merge(data, nest(fields or {})))
 
 
 def describe(cls: type, prefix: str = "", default: Any = None) -> list[str]:
@@ -157,31 +197,3 @@ def describe(cls: type, prefix: str = "", default: Any = None) -> list[str]:
             tname = getattr(tp, "__name__", str(tp)).replace("typing.", "")
             lines.append(f"  {prefix}{f.name} ({tname}) = {to_dict(getattr(default, f.name))!r}")
     return lines
-
-
-def parse_cli(cls: type[T], argv: list[str] | None, description: str,
-              presets_dir: str | Path | None = None,
-              extra: typing.Callable[[argparse.ArgumentParser], None] | None = None
-              ) -> tuple[T, argparse.Namespace]:
-    """``prog [--config FILE|PRESET] [flags] key.path=value ...`` -> (config, parsed flags)."""
-    presets = sorted(p.stem for p in Path(presets_dir).glob("*.yaml")) if presets_dir else []
-    epilog = ("overrides (key.path=value):\n" + "\n".join(describe(cls)) +
-              (f"\n\npresets: {', '.join(presets)}" if presets else ""))
-    ap = argparse.ArgumentParser(description=description, epilog=epilog,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML config file, or the name of a shipped preset")
-    if extra:
-        extra(ap)
-    ap.add_argument("overrides", nargs="*", metavar="key.path=value")
-    args = ap.parse_args(argv)
-    cfg_file = args.config
-    if cfg_file and presets_dir and not Path(cfg_file).exists():
-        cand = Path(presets_dir) / f"{cfg_file}.yaml"
-        if not cand.exists():
-            ap.error(f"--config {cfg_file!r}: no such file or preset ({', '.join(presets)})")
-        cfg_file = cand
-    try:
-        return load_config(cls, cfg_file, args.overrides), args
-    except ConfigError as e:
-        ap.error(str(e))
-        raise  # unreachable: ap.error exits

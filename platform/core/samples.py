@@ -1,39 +1,90 @@
-"""Real protein sequences for demos, tests and benchmarks.
+"""Where real protein data is found: the one lookup every demo, benchmark, task and test uses.
 
-Prefers the shared UniProt data next to the checkout (``../shared/data``), else the small
-sample bundled in ``data/`` (see data/README.md for source and licence).
+``data_dir()`` is, in order: ``$ANKH_DATA_DIR``; the project's shared data next to the checkout
+(``<repo>/../shared/data``, when it holds the expected files); else the small sample bundled in
+``<repo>/data`` (see data/README.md for source and licence). Callers that need one particular
+file ask for it (``protein_parquet``, ``protein_shard``) and get the bundled sample when the
+data directory lacks it, so nothing skips for want of the shared copy.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[2]
-VALID = frozenset("ALGVSREDTIPKFQNYMHWCXBOUZ")
+from ankh.tokenizer import AMINO_ACIDS
+
+DATA_ENV = "ANKH_DATA_DIR"
+# Files of the shared data set (see its README); a directory with none of them is not it.
+SHARED_FILES = ("uniprot_go_sample.parquet", "pdb_dssp8.parquet", "uniprot_go")
+VALID = frozenset(AMINO_ACIDS)  # the tokenizer's residue letters
+_REPO = Path(__file__).resolve().parents[2]
 
 
-def shared_data_dir() -> Path | None:
-    d = REPO.parent / "shared" / "data"
-    return d if d.is_dir() else None
+def repo_root() -> Path:
+    """The checkout (or the uploaded working dir of a Ray job): where ``jobs/`` and ``data/`` are."""
+    return _REPO
 
 
-def _sample_files() -> list[Path]:
-    shared = shared_data_dir()
-    if shared and (shared / "uniprot_go_sample.parquet").exists():
-        return [shared / "uniprot_go_sample.parquet"]
-    files = sorted((REPO / "data" / "uniprot_sample").rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError("no real sequences found: neither ../shared/data nor data/uniprot_sample")
-    return files
+def bundled_dir() -> Path:
+    """The sample shipped in the repository: ``<repo>/data``."""
+    return _REPO / "data"
+
+
+def bundled_train() -> Path:
+    """The bundled sample's training shards (Parquet: id, sequence, length, idx)."""
+    return bundled_dir() / "uniprot_sample" / "train"
+
+
+def bundled_validation() -> Path:
+    return bundled_dir() / "uniprot_sample" / "validation"
+
+
+def bundled_fasta() -> Path:
+    """The bundled sample as one FASTA.gz (the input the bundled shards were prepared from)."""
+    return bundled_dir() / "uniprot_sample.fasta.gz"
+
+
+def data_dir() -> Path:
+    """``$ANKH_DATA_DIR``, else ``<repo>/../shared/data`` if it holds the shared files, else the
+    bundled ``<repo>/data``."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    shared = _REPO.parent / "shared" / "data"
+    if any((shared / name).exists() for name in SHARED_FILES):
+        return shared
+    return bundled_dir()
+
+
+def protein_parquet() -> Path:
+    """Real proteins with ``id`` and ``sequence`` columns: the data dir's 5,000-row
+    ``uniprot_go_sample.parquet``, else the bundled training shards (a directory)."""
+    cand = data_dir() / "uniprot_go_sample.parquet"
+    return cand if cand.exists() else bundled_train()
+
+
+def protein_shard() -> Path:
+    """A large real shard for benchmarks: ``uniprot_go/part-000.parquet`` of the data dir, else
+    the bundled training shards."""
+    cand = data_dir() / "uniprot_go" / "part-000.parquet"
+    return cand if cand.exists() else bundled_train()
+
+
+def repo_path(path: str) -> str:
+    """A relative local path as the caller meant it: from the working directory if it exists
+    there, else from the repository (the bundled defaults, from any working directory), else
+    unchanged. URLs and absolute paths are returned as they are."""
+    if "://" in path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    in_repo = _REPO / path
+    return str(in_repo) if in_repo.exists() else path
 
 
 def sample_sequences() -> list[str]:
-    seqs: list[str] = []
-    for f in _sample_files():
-        seqs += pq.read_table(f, columns=["sequence"]).column("sequence").to_pylist()
+    seqs = pq.read_table(protein_parquet(), columns=["sequence"]).column("sequence").to_pylist()
     return [s for s in seqs if set(s) <= VALID]
 
 

@@ -24,8 +24,8 @@ import re
 import zlib
 from typing import Iterable, Iterator, Literal
 
+from ankh.storage import filesystem, open_sequential
 from ankh.tokenizer import AMINO_ACIDS
-from ankh_platform.core.storage import filesystem, open_sequential
 
 Policy = Literal["skip", "clean", "fail"]
 CATEGORIES = ("no_header", "bad_header_encoding", "empty", "invalid_chars", "stop_marks")

@@ -13,9 +13,7 @@ Determinism and resume, by construction:
   consumed, so a resumed run neither repeats nor skips an example.
 
 ``example_id`` is an example's global index in the sorted file list (file offset + row), the
-same in every epoch and on every worker. Ray Train's ``get_dataset_shard`` route
-(``streaming_split``) is supported by :func:`batches_from_rows`; it balances dynamically, so
-there resume is exact only at epoch boundaries.
+same in every epoch and on every worker.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import logging
 import math
 import queue
 import threading
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -35,11 +32,12 @@ import pyarrow.parquet as pq
 
 from ankh.objective import Objective, ObjectiveConfig
 from ankh.packing import PackSpec, build_batch, pack_rows
+from ankh.seeds import derive_seed
+from ankh.storage import filesystem
 from ankh.tokenizer import AnkhTokenizer
-from ankh_platform.core.storage import filesystem
+from ankh_platform.core.samples import repo_path
 
 log = logging.getLogger(__name__)
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,19 +90,18 @@ class PipelineState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Shard:
+class ParquetShard:
     path: str  # as the filesystem names it
     rows: int
     offset: int  # first example_id of this file (sorted order)
 
 
-def list_shards(paths: Iterable[str]) -> tuple[Any, list[Shard]]:
+def list_shards(paths: Iterable[str]) -> tuple[Any, list[ParquetShard]]:
     """Sorted Parquet files under ``paths`` with row counts (from the Parquet footers)."""
     fs = None
     files: list[str] = []
     for p in paths:
-        if "://" not in p and not Path(p).exists() and (_REPO / p).exists():
-            p = str(_REPO / p)  # the default bundled sample, from any working directory
+        p = repo_path(p)  # a relative default (the bundled sample) works from any directory
         pfs, pp = filesystem(p)
         if fs is not None and type(pfs) is not type(fs):
             raise ValueError("all data paths must be on the same filesystem (all local or all gs://)")
@@ -130,13 +127,13 @@ def list_shards(paths: Iterable[str]) -> tuple[Any, list[Shard]]:
     with ThreadPoolExecutor(8) as ex:
         counts = list(ex.map(rows, files))
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
-    return fs, [Shard(f, int(n), int(o)) for f, n, o in zip(files, counts, offsets)]
+    return fs, [ParquetShard(f, int(n), int(o)) for f, n, o in zip(files, counts, offsets)]
 
 
-def epoch_order(shards: list[Shard], seed: int, epoch: int, shuffle: bool) -> list[Shard]:
+def epoch_order(shards: list[ParquetShard], seed: int, epoch: int, shuffle: bool) -> list[ParquetShard]:
     if not shuffle:
         return list(shards)
-    perm = np.random.default_rng([seed & 0xFFFFFFFF, epoch, 0x5EED]).permutation(len(shards))
+    perm = np.random.default_rng(derive_seed(seed, "file-order", epoch)).permutation(len(shards))
     return [shards[i] for i in perm]
 
 
@@ -176,7 +173,8 @@ class BatchStream:
         c = self.cfg
         key = {"files": [(s.path.rsplit("/", 1)[-1], s.rows) for s in self.shards], "seed": c.seed,
                "window": c.window, "spec": dataclasses.asdict(self.spec), "obj": dataclasses.asdict(c.objective()),
-               "shuffle_files": c.shuffle_files}
+               "shuffle_files": c.shuffle_files,
+               "seeding": "ankh.seeds.derive_seed"}  # positions saved under other seeding differ
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- public API ------------------------------------------------------------------------
@@ -188,12 +186,6 @@ class BatchStream:
         for batch, st in self._prefetched():
             self._state = st
             yield batch
-
-    @property
-    def examples_per_epoch(self) -> int:
-        """Examples this rank sees per epoch (each exactly once)."""
-        start, end = rank_range(self.total_rows, self.rank, self.world)
-        return end - start
 
     # ---- production ------------------------------------------------------------------------
     def _prefetched(self) -> Iterator[tuple[dict[str, np.ndarray], PipelineState]]:
@@ -271,7 +263,7 @@ def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]
         yield (*prev, True)
 
 
-def _read_range(fs, order: list[Shard], pos: int, end: int,
+def _read_range(fs, order: list[ParquetShard], pos: int, end: int,
                 cfg: DataConfig) -> Iterator[tuple[list[str], np.ndarray]]:
     """Windows of rows ``[pos, end)`` of the ordered files, read by Ray Data in order."""
     if pos >= end:
@@ -327,36 +319,8 @@ def make_batches(seqs: list[str], example_ids: np.ndarray, objective: Objective,
         tgts.append(t)
     rows = pack_rows([len(e) for e in encs], [len(t) for t in tgts], spec)
     # Seeded local shuffle: rows of a window in a random (but reproducible) order.
-    key = int(example_ids[0]) & 0xFFFFFFFFFFFFFFFF if len(example_ids) else 0
-    perm = np.random.default_rng([seed & 0xFFFFFFFF, epoch, key, 1]).permutation(len(rows))
+    first = int(example_ids[0]) if len(example_ids) else 0  # names the window
+    perm = np.random.default_rng(derive_seed(seed, "window-rows", epoch, first)).permutation(len(rows))
     rows = [rows[i] for i in perm]
     return [build_batch(rows[i:i + spec.rows], encs, tgts, example_ids, spec)
             for i in range(0, len(rows), spec.rows)]
-
-
-def stable_id(ident: str) -> int:
-    """63-bit id from a string id (for rows that arrive without a position, e.g. streaming_split)."""
-    return int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big") >> 1
-
-
-def train_dataset(cfg: DataConfig, epoch: int = 0):
-    """All shards as one Ray Dataset (seeded file order) for Ray Train's ``datasets=``."""
-    import pyarrow.fs as pafs
-    import ray.data
-
-    fs, shards = list_shards(cfg.paths)
-    order = epoch_order(shards, cfg.seed, epoch, cfg.shuffle_files)
-    return ray.data.read_parquet([s.path for s in order],
-                                 filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                                 partitioning=None, file_extensions=None).select_columns(["id", "sequence"])
-
-
-def batches_from_rows(it, cfg: DataConfig, epoch: int = 0,
-                      tokenizer: AnkhTokenizer | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Training batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard`` or one
-    output of ``Dataset.streaming_split``); example ids are hashes of the ``id`` column."""
-    tok = tokenizer or AnkhTokenizer()
-    obj, spec = Objective(cfg.objective(), tok), cfg.pack_spec()
-    for rows in it.iter_batches(batch_size=cfg.window, batch_format="numpy"):
-        ids = np.array([stable_id(str(i)) for i in rows["id"]], np.int64)
-        yield from make_batches(rows["sequence"].tolist(), ids, obj, spec, cfg.seed, epoch, tok)

@@ -7,7 +7,7 @@ Layout of ``output``::
     validation/shard-00000.parquet  only when validation_fraction > 0
     manifest.json                   written last: counts, residues, length histogram, bad records
 
-Each shard is written under a temporary name and renamed when complete, so readers never see a
+Each shard is published whole by ``ankh.storage.atomic_write``, so readers never see a
 half-written shard. Re-running the same job re-reads the input (cheap, streamed) and rewrites
 only shards that are missing, so an interrupted run finishes where it stopped.
 """
@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ankh_platform.data.fasta import FastaStats, read_fasta
-from ankh_platform.core.storage import filesystem, is_local, join
+from ankh.storage import atomic_write, filesystem, join, remove_stale_temps
 
 log = logging.getLogger(__name__)
 SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
@@ -95,10 +94,8 @@ class _SplitWriter:
         else:
             table = pa.table({"id": self.ids, "sequence": self.seqs, "length": lengths,
                               "idx": np.arange(self.rows, self.rows + n, dtype=np.int64)}, schema=SCHEMA)
-            tmp = join(self.dir, f"_tmp-{uuid.uuid4().hex}.parquet.tmp")
-            with self.fs.open(tmp, "wb") as f:
-                pq.write_table(table, f, compression=self.cfg.compression)
-            _commit(self.fs, tmp, path)
+            atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=self.cfg.compression),
+                         fs=self.fs)
             self.written += 1
         self.hist += np.histogram(lengths, bins=HIST_EDGES)[0]
         self.shards.append({"path": path.rsplit("/", 1)[1], "rows": n, "residues": int(lengths.sum())})
@@ -115,16 +112,6 @@ class _SplitWriter:
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "residues": self.residues, "shards": self.shards,
                 "length_histogram": {"edges": HIST_EDGES[:-1] + ["inf"], "counts": self.hist.tolist()}}
-
-
-def _commit(fs, tmp: str, path: str) -> None:
-    """Publish a finished temp file: rename locally; server-side copy + delete on object stores
-    (an object appears whole or not at all; gcsfs' mv would first try an API emulators lack)."""
-    if is_local(fs):
-        fs.mv(tmp, path)
-    else:
-        fs.copy(tmp, path)
-        fs.rm(tmp)
 
 
 def _job_identity(fs, cfg: PrepareConfig) -> dict[str, Any]:
@@ -150,8 +137,8 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
                              f"use an empty output directory")
     else:
         fs.pipe_file(job_path, json.dumps(ident, indent=1).encode())
-    for stale in fs.glob(join(root, "*", "_tmp-*")):  # leftovers of an interrupted run
-        fs.rm(stale)
+    for name in ("train", "validation"):  # temporaries left by an interrupted run
+        remove_stale_temps(join(root, name), fs)
     t0 = time.time()
     stats = FastaStats()
     writers: dict[str, _SplitWriter] = {}

@@ -8,23 +8,21 @@ one dataset per protein at the file's root, holding the pooled vector ``[d_model
 only). ``length`` is stored as an attribute too.
 
 It is a post-step over finished shards, not a sink of the parallel pipeline: the Parquet shards
-stay the resumable source of truth, and the ``.h5`` is rebuilt from them whole (written to a
-temporary name, then renamed), so a killed job never leaves a partial ``.h5`` under the final name
+stay the resumable source of truth, and the ``.h5`` is rebuilt from them whole (published by
+``ankh.storage.atomic_write``), so a killed job never leaves a partial ``.h5`` under the final name
 and a resumed job produces the same file as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-import uuid
+import posixpath
 from typing import Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from ankh_platform.core.storage import filesystem, is_local, join
+from ankh.storage import atomic_write, filesystem, join, norm_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "HDF5 output needs the optional package h5py: pip install h5py"
@@ -95,28 +93,11 @@ def _write(h5py, local_path: str, output: str, stems: list[str], per_residue: bo
 def export_hdf5(output: str, path: str, stems: list[str], per_residue: bool = False) -> str:
     """Write the shards ``<output>/<stem>.parquet`` as one HDF5 file keyed by id; returns ``path``.
 
-    Atomic: built under a temporary name and renamed (local) or uploaded whole (``gs://``).
+    Atomic (``ankh.storage.atomic_write``): built in a local temporary file, then published whole.
     """
     h5py = require_h5py()
-    fs, p = filesystem(path)
-    parent = p.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    local = is_local(fs)
-    if local:
-        for stale in fs.glob(f"{p}.tmp-*"):  # left by a killed export
-            fs.rm(stale)
-        tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-    else:
-        fd, tmp = tempfile.mkstemp(suffix=".h5")
-        os.close(fd)
-    try:
-        n = _write(h5py, tmp, output, stems, per_residue)
-        if local:
-            os.replace(tmp, p)
-        else:
-            fs.put(tmp, p)  # a GCS object appears whole when its upload completes
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    log.info("wrote %s: %d datasets (%s)", path, n, "per residue" if per_residue else "pooled")
+    remove_stale_temps(posixpath.dirname(norm_path(path)))  # left by a killed export
+    counts = []
+    atomic_write(path, lambda tmp: counts.append(_write(h5py, tmp, output, stems, per_residue)))
+    log.info("wrote %s: %d datasets (%s)", path, counts[0], "per residue" if per_residue else "pooled")
     return path

@@ -2,15 +2,14 @@
 
 Exactly-once by construction: model output is written as *part* files under
 ``<output>/_parts/<shard>/``; when every row of an input shard is accounted for, one task
-merges its parts into ``<output>/<shard>.parquet`` (temp file, then rename: the file either
-exists complete or not at all) and deletes the parts. A re-run skips shards whose output exists
+merges its parts into ``<output>/<shard>.parquet`` (``ankh.storage.atomic_write``: the file
+either exists complete or not at all) and deletes the parts. A re-run skips shards whose output exists
 and discards stale parts of the others, so a killed job resumes without duplicates or gaps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ankh_platform.core.storage import filesystem, join
+from ankh.storage import atomic_write, filesystem, join
 
 log = logging.getLogger(__name__)
 FASTA_EXT = (".fasta.gz", ".fa.gz", ".faa.gz", ".fas.gz", ".fasta", ".fa", ".faa", ".fas")
@@ -32,7 +31,7 @@ META_INVALID, META_NOTES = b"ankh.invalid", b"ankh.notes"
 
 
 @dataclasses.dataclass(frozen=True)
-class Shard:
+class InputShard:
     path: str  # as the user named it (local path or gs:// URL)
     stem: str  # output name: <output>/<stem>.parquet
     fmt: str  # parquet | fasta
@@ -57,9 +56,9 @@ def _format_of(path: str, fmt: str) -> str:
     raise ValueError(f"{path}: cannot tell the format from the name (use input_format=parquet|fasta)")
 
 
-def discover(spec: str, fmt: str = "auto") -> list[Shard]:
+def discover(spec: str, fmt: str = "auto") -> list[InputShard]:
     """Shards from a file, a directory (its *.parquet / FASTA files), a glob, or a comma list."""
-    out: list[Shard] = []
+    out: list[InputShard] = []
     for item in [s for s in str(spec).split(",") if s.strip()]:
         item = item.strip()
         fs, p = filesystem(item)
@@ -75,7 +74,7 @@ def discover(spec: str, fmt: str = "auto") -> list[Shard]:
             raise FileNotFoundError(f"input {item!r} does not exist")
         for x in paths:
             full = prefix + x if prefix and not x.startswith(prefix) else x
-            out.append(Shard(full, shard_stem(full), _format_of(full, fmt)))
+            out.append(InputShard(full, shard_stem(full), _format_of(full, fmt)))
     if not out:
         raise FileNotFoundError(f"no Parquet or FASTA files found in {spec!r}")
     seen: dict[str, str] = {}
@@ -98,7 +97,7 @@ def fasta_records(path: str) -> Iterator[tuple[str, str]]:
         yield escape_undecodable(parse_id(title or "")), seq
 
 
-def count_rows(shard: Shard) -> int:
+def count_rows(shard: InputShard) -> int:
     """Input rows of a shard: Parquet footer, or FASTA records (same rules as ``fasta_records``)."""
     fs, p = filesystem(shard.path)
     if shard.fmt == "parquet":
@@ -112,7 +111,7 @@ def count_rows(shard: Shard) -> int:
     return sum(1 for _ in fasta_records(shard.path))
 
 
-def count_all(shards: list[Shard], threads: int = 16) -> dict[str, int]:
+def count_all(shards: list[InputShard], threads: int = 16) -> dict[str, int]:
     with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as ex:
         return dict(zip([s.stem for s in shards], ex.map(count_rows, shards)))
 
@@ -157,17 +156,9 @@ def _residue_lists(arrs, dim: int, dtype=np.float32) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), _vectors(flat))
 
 
-def write_atomic(table: pa.Table, path: str) -> None:
-    """Write to a temporary name, then rename (local: atomic; GCS: the object appears whole)."""
-    fs, p = filesystem(path)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    tmp = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
-    parent = p.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    fs.mv(tmp, p)
+def _write_parquet(table: pa.Table, path: str) -> None:
+    """Publish ``table`` at ``path`` whole or not at all (``ankh.storage.atomic_write``)."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def write_parts(batch: dict, output: str, run_id: str) -> dict:
@@ -187,7 +178,7 @@ def write_parts(batch: dict, output: str, run_id: str) -> dict:
         if "residues" in batch:
             cols["residues"] = _residue_lists(batch["residues"][idx], dim)
         part = join(output, PARTS, s, run_id, f"{uuid.uuid4().hex}.parquet")
-        write_atomic(pa.table(cols), part)
+        _write_parquet(pa.table(cols), part)
         first = batch["win_start"][idx] == 0
         ok = batch["error"][idx] == ""
         res["shard"].append(s)
@@ -279,7 +270,7 @@ def merge_shard(output: str, stem: str, run_id: str, expected: int, source: str,
             b"ankh.source": source.encode()}
     meta.update({k.encode(): str(v).encode() for k, v in (extra_meta or {}).items()})
     table = pa.table(cols).replace_schema_metadata(meta)
-    write_atomic(table, join(output, f"{stem}.parquet"))
+    _write_parquet(table, join(output, f"{stem}.parquet"))
     if fs.exists(pdir):
         fs.rm(pdir, recursive=True)  # only this run's parts (a stale run's task cannot hurt ours)
     return {"shard": stem, "sequences": len(ids), "invalid": invalid, "notes": notes,

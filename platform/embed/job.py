@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import uuid
+from pathlib import Path
 from typing import Literal
 
+from ankh import storage
+from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh.storage import filesystem, join
 from ankh_platform.embed import hdf5 as embed_hdf5
 from ankh_platform.embed import io as embed_io
-from ankh_platform.embed.pack import PackSpec
-from ankh_platform.embed.replica import Embedder, encode_packed, pack_udf  # noqa: F401 (API)
-from ankh_platform.core.storage import filesystem, join
+from ankh_platform.embed.pack import EmbedPackSpec
+from ankh_platform.embed.replica import EmbedReplica, pack_udf
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class EmbedJobConfig:
     out_dtype: Literal["float32", "float16"] = "float32"
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     layer: int = 0  # encoder layer to read (1-based); 0 = final output
-    batch_tokens: int = 8192  # token slots per model call
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128  # shortest row of the doubling ladder
     max_segments: int = 64  # sequences packed in one row at most
     group_rows: int = 4096  # sequences sorted and packed together (bigger: less padding)
@@ -56,36 +58,15 @@ class EmbedJobConfig:
 
 
 def _describe(checkpoint: str):
-    """``(checkpoint to load, config, vocab)`` without loading weights.
+    """``(checkpoint to load, config, vocab)`` without loading weights (``ankh.resolve``).
 
     A pretraining run dir is pinned to its newest good step here, once: every replica then
     loads that same step even if training writes a newer one meanwhile.
     """
-    from ankh import checkpoint as ckpt
-    from ankh.config import PRESETS, AnkhConfig
-    from ankh.tokenizer import AnkhTokenizer
+    from ankh.resolve import resolve  # loads JAX: not at import (``jobs.embed --help``)
 
-    if checkpoint in PRESETS:
-        cfg = PRESETS[checkpoint]
-        return checkpoint, cfg, AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
-    fs, p = filesystem(checkpoint)
-    if fs.exists(f"{p}/config.json"):
-        with fs.open(f"{p}/config.json") as fh:
-            cfg = AnkhConfig.from_hf_dict(json.load(fh))
-        vocab = AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
-        if fs.exists(f"{p}/tokenizer.json") and fs.protocol in ("file", ("file", "local")):
-            vocab = AnkhTokenizer.from_file(f"{p}/tokenizer.json").vocab
-        return checkpoint, cfg, vocab
-    if ckpt.is_checkpoint(checkpoint):
-        step_dir, skipped = ckpt.newest_good(checkpoint)
-        for why in skipped:
-            log.warning("skipping bad checkpoint: %s", why)
-        cfg = AnkhConfig.from_hf_dict(ckpt.read_meta(step_dir)["model"])
-        if checkpoint.startswith(("gs://", "gcs://")) and "://" not in step_dir:
-            step_dir = checkpoint.split("://", 1)[0] + "://" + step_dir
-        return step_dir, cfg, AnkhTokenizer(vocab_size=cfg.vocab_size).vocab
-    raise FileNotFoundError(f"{checkpoint}: not a preset, an HF Ankh directory (config.json) "
-                            "or an Ankh checkpoint")
+    ref = resolve(checkpoint)
+    return ref.location, ref.config, ref.tokenizer.vocab
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -110,9 +91,6 @@ def _check_output(cfg: EmbedJobConfig) -> None:
             json.dump(want, fh)
 
 
-_STORAGE_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
-
-
 def _runtime_env(niceness: int | None = None) -> dict | None:
     """The driver's storage endpoint settings follow the job into every worker it starts.
 
@@ -121,13 +99,13 @@ def _runtime_env(niceness: int | None = None) -> dict | None:
     (default 0, normal) through Ray's ``RAY_worker_niceness``, so on shared cores the model
     wins over the light read/pack/write tasks instead of the other way round.
     """
-    env = {k: os.environ[k] for k in _STORAGE_ENV if k in os.environ}
+    env = storage.storage_env()
     if niceness is not None:
         env["RAY_worker_niceness"] = str(niceness)
     return {"env_vars": env} if env else None
 
 
-def _read(pending: list[embed_io.Shard], group_rows: int, cpus: float):
+def _read(pending: list[embed_io.InputShard], group_rows: int, cpus: float):
     """One streaming read task per input file (Parquet row batches or FASTA records), in order,
     so shards finish one after another rather than all at the end."""
     import ray
@@ -138,7 +116,7 @@ def _read(pending: list[embed_io.Shard], group_rows: int, cpus: float):
                              batch_size=1, num_cpus=cpus, runtime_env=_runtime_env())
 
 
-def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: PackSpec,
+def build_dataset(pending: list[embed_io.InputShard], cfg: EmbedJobConfig, spec: EmbedPackSpec,
                   vocab: dict, gpus: float, run_id: str):
     """read -> pack (tasks) -> embed (actor pool) -> write parts (tasks); rows = part counters."""
     import ray
@@ -150,7 +128,7 @@ def build_dataset(pending: list[embed_io.Shard], cfg: EmbedJobConfig, spec: Pack
                         batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5,
                         runtime_env=_runtime_env())
     ds = ds.map_batches(
-        Embedder, batch_size=1, batch_format="numpy",
+        EmbedReplica, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "spec": spec,
                                "per_residue": cfg.per_residue, "layer": cfg.layer,
                                "compute_dtype": cfg.compute_dtype},
@@ -182,11 +160,12 @@ def run(cfg: EmbedJobConfig) -> dict:
     cfg = dataclasses.replace(cfg, checkpoint=pinned)
     if cfg.layer and not 1 <= cfg.layer <= mcfg.num_layers:
         raise ValueError(f"layer must be in 1..{mcfg.num_layers} (0 = final), got {cfg.layer}")
-    spec = PackSpec(max_length=cfg.max_length or mcfg.max_length, batch_tokens=cfg.batch_tokens,
-                    min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
-                    long_policy=cfg.long_policy, window_overlap=cfg.window_overlap,
-                    strip_stop=cfg.strip_stop)
+    spec = EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
+                         batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
+                         max_segments=cfg.max_segments, long_policy=cfg.long_policy,
+                         window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop)
     _check_output(cfg)
+    storage.remove_stale_temps(cfg.output)  # unfinished merges of a killed run
     ofs, _ = filesystem(cfg.output)
     done = [s for s in shards if ofs.exists(filesystem(join(cfg.output, f"{s.stem}.parquet"))[1])]
     pending = [s for s in shards if s not in done]
@@ -216,7 +195,7 @@ def run(cfg: EmbedJobConfig) -> dict:
     return summary
 
 
-def _embed(pending: list[embed_io.Shard], counts: dict, cfg: EmbedJobConfig, spec: PackSpec,
+def _embed(pending: list[embed_io.InputShard], counts: dict, cfg: EmbedJobConfig, spec: EmbedPackSpec,
            vocab: dict, margs: dict) -> tuple[list[dict], dict]:
     """Run the pipeline over the pending shards; merge each as soon as it is complete."""
     import ray
@@ -302,6 +281,4 @@ def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) ->
 
 
 def _write_json(path: str, obj: dict) -> None:
-    fs, p = filesystem(path)
-    with fs.open(p, "w") as fh:
-        json.dump(obj, fh, indent=1)
+    storage.atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))

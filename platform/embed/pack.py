@@ -1,12 +1,13 @@
-"""Token-budget packing for the batch-embedding job (numpy only; no Ray, no JAX).
+"""The batch-embedding job's pieces and packed batches (numpy only; no Ray, no JAX).
 
 A group of sequences (one Ray Data batch) becomes a few model calls of *fixed* shapes:
 
 - every sequence (or window of a long one) is a *piece* of ``residues + 1`` tokens (``</s>``);
-- rows have one of a few lengths (a doubling ladder, e.g. 128, 256, ..., plus one top row
-  that fits ``max_length + 1``); a row is opened by the longest piece left and its gap is filled
-  with the longest pieces that still fit, each in its own segment (``segment_ids`` 1..k,
-  positions restarting at 0), so padding is a few percent and attention never crosses pieces;
+- rows have one of a few lengths (``EmbedPackSpec.row_lengths``: a doubling
+  ``ankh.batching.length_ladder``, e.g. 128, 256, ..., plus one top row that fits
+  ``max_length + 1``), filled by ``ankh.batching.ladder_batches``: each piece in its own segment
+  (``segment_ids`` 1..k, positions restarting at 0), so padding is a few percent and attention
+  never crosses pieces;
 - rows of one length are stacked ``batch_tokens // length`` at a time, so a replica compiles
   one shape per row length, once.
 
@@ -19,24 +20,24 @@ windowed/truncated id is listed in the job summary.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-from collections import defaultdict
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
-if TYPE_CHECKING:  # importing ankh pulls in JAX: the merge tasks (combine_windows) need none
-    from ankh.tokenizer import AnkhTokenizer
+# numpy-only parts of ankh (no JAX): the merge tasks import this module for combine_windows.
+from ankh.batching import DEFAULT_BATCH_TOKENS, full_rows, ladder_batches, length_ladder
+from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
 # Columns of the per-piece table that travels with each model batch.
-P_ROW, P_START, P_NTOK, P_SEQ, P_WIN_START, P_SEG = range(6)
+PIECE_COLUMNS = ("row", "start", "ntok", "seq", "win_start", "seg")
+P_ROW, P_START, P_NTOK, P_SEQ, P_WIN_START, P_SEG = range(len(PIECE_COLUMNS))
 
 
 @dataclasses.dataclass(frozen=True)
-class PackSpec:
+class EmbedPackSpec:
     max_length: int  # residues per piece (the model's limit)
-    batch_tokens: int = 8192  # token slots per model call
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128
     max_segments: int = 64  # pieces per row (size of the pooling one-hot)
     long_policy: str = "window"  # window | truncate | skip
@@ -52,23 +53,18 @@ class PackSpec:
             raise ValueError("max_segments must be >= 1 and min_row_tokens >= 2")
 
     def row_lengths(self) -> list[int]:
-        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens.
+        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens
+        (rounded up to 64, a friendly size for accelerator tiles), e.g. 128, 256, 512, 1088.
 
-        A rung within 25% of the top is dropped (1024 next to 1088): one shape fewer to compile
-        on every replica, for the same padding (its rows fill the top ones' gaps instead).
+        Doubling, not the offline 1.5x/2x series: packed rows fill their gaps anyway, so half
+        the rungs cost little padding and save compiles on every replica.
         """
-        top = -(-(self.max_length + 1) // 64) * 64
-        out, n = [], self.min_row_tokens
-        while n < top:
-            out.append(n)
-            n *= 2
-        if len(out) > 1 and out[-1] * 1.25 > top:
-            out.pop()
-        return out + [top]
+        return length_ladder(self.max_length + 1, self.min_row_tokens, steps_per_octave=1,
+                             align=64)
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every ``(rows, length)`` a model call can have (what a replica warms up)."""
-        return [(max(1, self.batch_tokens // n), n) for n in self.row_lengths()]
+        return [(full_rows(self.batch_tokens, n), n) for n in self.row_lengths()]
 
 
 def windows(n: int, width: int, overlap: int) -> list[int]:
@@ -102,10 +98,8 @@ class Prepared:
     notes: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # windowed/truncated
 
 
-def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: PackSpec) -> Prepared:
+def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepared:
     """Tokenize and check each sequence; bad ones become ``errors`` (never an exception)."""
-    from ankh.tokenizer import TokenizerError
-
     out = Prepared()
     for ident, seq, shard in zip(ids, seqs, shards):
         ident = "" if ident is None else str(ident)
@@ -149,84 +143,12 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: PackSpec) -> Prepared:
     return out
 
 
-class _Pool:
-    """Pieces left to place, by length: largest remaining, or largest that fits a gap."""
-
-    def __init__(self, lengths: list[int]):
-        self.by_len: dict[int, list[int]] = defaultdict(list)
-        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-            self.by_len[lengths[i]].append(i)
-        for v in self.by_len.values():
-            v.reverse()  # pop() takes the earliest of equal lengths (deterministic)
-        self.keys = sorted(self.by_len)
-
-    def take(self, at_most: int | None = None) -> int | None:
-        k = len(self.keys) if at_most is None else bisect.bisect_right(self.keys, at_most)
-        if k == 0:
-            return None
-        length = self.keys[k - 1]
-        bucket = self.by_len[length]
-        i = bucket.pop()
-        if not bucket:
-            del self.keys[k - 1]
-        return i
-
-
-def pack_rows(lengths: list[int], spec: PackSpec) -> list[tuple[int, list[int]]]:
-    """``[(row_length, [piece index, ...]), ...]``: open with the longest, fill gaps greedily."""
-    ladder = spec.row_lengths()
-    pool, rows = _Pool(lengths), []
-    while (first := pool.take()) is not None:
-        row_len = ladder[bisect.bisect_left(ladder, lengths[first])]
-        members, gap = [first], row_len - lengths[first]
-        while gap > 0 and len(members) < spec.max_segments:
-            nxt = pool.take(gap)
-            if nxt is None:
-                break
-            members.append(nxt)
-            gap -= lengths[nxt]
-        rows.append((row_len, members))
-    return rows
-
-
-def pack(prep: Prepared, spec: PackSpec) -> Iterator[dict]:
-    """Model batches of fixed shapes: ``ids [B, L]`` and ``pieces [P, 6]`` (see ``P_*``).
-
-    Rows of a length that do not fill a whole batch move up the ladder, merged into longer rows
-    (segments are independent), so only the top length ever pads a batch with empty rows.
-    """
+def pack(prep: Prepared, spec: EmbedPackSpec) -> Iterator[dict]:
+    """Model batches of fixed shapes: ``ids [B, L]`` and ``pieces [P, len(PIECE_COLUMNS)]``."""
     lengths = [len(t) for t in prep.tokens]
-    ladder = spec.row_lengths()
-    by_len: dict[int, list[list[int]]] = defaultdict(list)
-    for row_len, members in pack_rows(lengths, spec):
-        by_len[row_len].append(members)
-    for li, row_len in enumerate(ladder):
-        group = by_len.pop(row_len, [])
-        nrows = max(1, spec.batch_tokens // row_len)
-        full = len(group) - len(group) % nrows
-        if li + 1 < len(ladder) and full < len(group):
-            by_len[ladder[li + 1]].extend(_merge_rows(group[full:], lengths, ladder[li + 1], spec))
-            group = group[:full]
-        for b in range(0, len(group), nrows):
-            yield _batch(group[b: b + nrows], nrows, row_len, prep)
-
-
-def _merge_rows(rows: list[list[int]], lengths: list[int], row_len: int,
-                spec: PackSpec) -> list[list[int]]:
-    """First-fit the members of short rows into rows of ``row_len``."""
-    out: list[list[int]] = []
-    used: list[int] = []
-    for members in rows:
-        n = sum(lengths[p] for p in members)
-        for k, m in enumerate(out):
-            if used[k] + n <= row_len and len(m) + len(members) <= spec.max_segments:
-                m.extend(members)
-                used[k] += n
-                break
-        else:
-            out.append(list(members))
-            used.append(n)
-    return out
+    for row_len, nrows, rows in ladder_batches(lengths, spec.row_lengths(), spec.batch_tokens,
+                                               spec.max_segments):
+        yield _batch(rows, nrows, row_len, prep)
 
 
 def _batch(rows: list[list[int]], nrows: int, row_len: int, prep: Prepared) -> dict:
@@ -239,7 +161,7 @@ def _batch(rows: list[list[int]], nrows: int, row_len: int, prep: Prepared) -> d
             ids[r, off: off + len(t)] = t
             table.append((r, off, len(t), prep.piece_seq[p], prep.piece_win[p], seg))
             off += len(t)
-    return {"ids": ids, "pieces": np.asarray(table, np.int32).reshape(-1, 6)}
+    return {"ids": ids, "pieces": np.asarray(table, np.int32).reshape(-1, len(PIECE_COLUMNS))}
 
 
 def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: np.ndarray,

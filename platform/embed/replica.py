@@ -1,9 +1,10 @@
 """The batch-embedding job's workers: the pack UDF (tasks) and the model replica (actors).
 
-``pack_udf`` turns a group of input rows into fixed-shape model batches (``embed_pack``);
-``Embedder`` is one replica: it loads the checkpoint from its path, compiles every batch shape
-ahead of time (no warm-up batches executed), and returns per-piece pooled sums (and per-residue
-states) plus the counters the driver's summary reports (where the time went).
+``pack_udf`` turns a group of input rows into fixed-shape model batches (``embed.pack``);
+``EmbedReplica`` is one replica: it loads the checkpoint from its path, compiles every batch
+shape of the encoder program (``ankh.encoder.encode_pool`` on packed rows) ahead of time (no
+warm-up batches executed), and returns per-piece pooled sums (and per-residue states) plus the
+counters the driver's summary reports (where the time went).
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 
+from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.embed import io as embed_io
-from ankh_platform.embed.pack import P_SEQ, PackSpec, layout, pack, prepare
+from ankh_platform.embed.pack import PIECE_COLUMNS, P_SEQ, EmbedPackSpec, layout, pack, prepare
 
 log = logging.getLogger(__name__)
 
 
-def pack_udf(batch: dict, spec: PackSpec, vocab: dict) -> dict:
+def pack_udf(batch: dict, spec: EmbedPackSpec, vocab: dict) -> dict:
     """Ray Data UDF: a group of input rows -> model batches (one row each) of fixed shapes."""
-    from ankh.tokenizer import AnkhTokenizer
-
     tok = AnkhTokenizer(vocab)
     shards = [embed_io.shard_stem(p) for p in batch["path"]]
     prep = prepare(batch["id"].tolist(), batch["sequence"].tolist(), shards, tok, spec)
@@ -45,7 +44,7 @@ def pack_udf(batch: dict, spec: PackSpec, vocab: dict) -> dict:
         errors = []
     if errors:  # nothing to embed in this group, but problems to report
         out["ids"].append(np.zeros((0, 0), np.int32))
-        out["pieces"].append(np.zeros((0, 6), np.int32))
+        out["pieces"].append(np.zeros((0, len(PIECE_COLUMNS)), np.int32))
         out["meta"].append(json.dumps({"seqs": [], "errors": errors}))
     return {"ids": _objects(out["ids"]), "pieces": _objects(out["pieces"]),
             "meta": np.asarray(out["meta"], object)}
@@ -57,36 +56,22 @@ def _objects(arrs: list) -> np.ndarray:
     return out
 
 
-def encode_packed(graphdef, params, ids, seg, pos, wt, *, num_layers, max_segments, per_residue):
-    """Weighted per-segment sums ``[B, S, e]`` (and hidden ``[B, L, e]``) of a packed batch."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    model = nnx.merge(graphdef, params)
-    hidden = model.encode(ids, seg, pos, num_layers=num_layers).astype(jnp.float32)  # [b, l, e]
-    onehot = seg[:, :, None] == jnp.arange(1, max_segments + 1, dtype=seg.dtype)  # [b, l, s]
-    w = onehot.astype(jnp.float32) * wt[:, :, None]  # [b, l, s]
-    pooled = jnp.einsum("bls,ble->bse", w, hidden, precision=jax.lax.Precision.HIGHEST)
-    return (pooled, hidden) if per_residue else (pooled, None)
-
-
-class Embedder:
+class EmbedReplica:
     """One model replica (a Ray actor): loads the checkpoint by path, compiles every shape once."""
 
-    def __init__(self, checkpoint: str, spec: PackSpec, per_residue: bool, layer: int,
+    def __init__(self, checkpoint: str, spec: EmbedPackSpec, per_residue: bool, layer: int,
                  compute_dtype: str):
         import jax
         import jax.numpy as jnp
 
         import ankh
+        from ankh.encoder import encoder_depth, jit_encoder
 
         t0 = time.perf_counter()
         self.model = ankh.load(checkpoint, dtype=compute_dtype)  # from the path: nothing pickled
         self.spec, self.per_residue = spec, per_residue
-        num_layers = None if layer in (0, self.model.config.num_layers) else layer
-        fn = jax.jit(partial(encode_packed, self.model.graphdef, num_layers=num_layers,
-                             max_segments=spec.max_segments, per_residue=per_residue))
+        fn = jit_encoder(self.model.graphdef, per_residue,
+                         encoder_depth(layer, self.model.config.num_layers), spec.max_segments)
         # Ahead-of-time: compile each fixed shape from its signature alone (no warm-up batch
         # executed), keep the executables; a call of any other shape is an error, never a
         # silent recompilation in the middle of the run. Tracing is Python (one thread); XLA
@@ -108,7 +93,8 @@ class Embedder:
         if exe is None:
             raise ValueError(f"batch shape {tuple(ids.shape)} is none of the compiled shapes "
                              f"{sorted(self.exe)}")
-        return exe(self.model.params, ids, seg, pos, wt)
+        out = exe(self.model.params, ids, seg, pos, wt)
+        return out["pooled"], out.get("hidden")
 
     def compiled(self) -> int:
         """Executables compiled (one per shape, at start-up)."""
@@ -133,7 +119,7 @@ class Embedder:
         return out
 
     def _one(self, ids: np.ndarray, pieces: np.ndarray, meta: dict) -> dict:
-        ids, pieces = np.asarray(ids, np.int32), np.asarray(pieces, np.int32).reshape(-1, 6)
+        ids, pieces = np.asarray(ids, np.int32), np.asarray(pieces, np.int32).reshape(-1, len(PIECE_COLUMNS))
         seqs, d = meta["seqs"], self.model.config.d_model
         n = len(pieces)
         out = {"shard": [], "id": [], "length": [], "win_start": [], "n_win": [], "error": [],

@@ -1,4 +1,7 @@
-"""Embedders for evaluation (a checkpoint, a random-init twin, one-hot) and their Parquet cache.
+"""Feature extractors for evaluation (a checkpoint, a random-init twin, one-hot) and their cache.
+
+Models are named as everywhere else (``ankh.resolve``: preset, HF directory, our checkpoint,
+local or gs://) and embedded by ``Ankh.embed`` (the one encoder program and batching policy).
 
 Cache layout: ``<cache_dir>/<checkpoint key>/part-<hash>.parquet``, one row per distinct
 sequence (``seq_sha1``, ``length``, ``dim``, ``emb`` = raw float32 ``[length, dim]`` bytes).
@@ -17,8 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh.probes import CONVBERT_HEADS
+from ankh.seeds import derive_seed
+from ankh.storage import atomic_write, filesystem
+from ankh.tokenizer import NUM_BASE_IDS, AnkhTokenizer
+
 log = logging.getLogger(__name__)
-ONEHOT_DIM = 28  # token ids 0..27 (pad, </s>, unk, 25 residue letters); divisible by 4 heads
+# One column per token id below the sentinels (pad, </s>, unk, the residue letters), padded up
+# to a multiple of the ConvBERT probe's heads (its input width must divide by them).
+ONEHOT_DIM = -(-NUM_BASE_IDS // CONVBERT_HEADS) * CONVBERT_HEADS
 
 
 def _sha(text: str) -> str:
@@ -26,17 +37,15 @@ def _sha(text: str) -> str:
 
 
 def path_fingerprint(path: str) -> str:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = filesystem(path)
     files = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
     parts = [root] + [f"{p}:{i.get('size')}:{i.get('mtime') or i.get('updated') or ''}"
                       for p, i in sorted(files.items())]
     return _sha("\n".join(parts))[:12]
 
 
-class Embedder:
-    """``embed(seqs) -> list of [L_i, dim] float32`` per-residue embeddings."""
+class FeatureExtractor:
+    """``embed(seqs) -> list of [L_i, dim] float32`` per-residue features."""
 
     name: str
     key: str
@@ -47,10 +56,8 @@ class Embedder:
         raise NotImplementedError
 
 
-class OneHotEmbedder(Embedder):
+class OneHotFeatures(FeatureExtractor):
     def __init__(self) -> None:
-        from ankh.tokenizer import AnkhTokenizer
-
         self.tok = AnkhTokenizer()
         self.name, self.key, self.dim = "onehot", "onehot", ONEHOT_DIM
         self.info = {"kind": "baseline: one-hot residues", "params": 0}
@@ -60,9 +67,9 @@ class OneHotEmbedder(Embedder):
         return [eye[self.tok.encode(s, allow_sentinels=False)[:-1]] for s in seqs]
 
 
-class AnkhEmbedder(Embedder):
+class AnkhFeatures(FeatureExtractor):
     def __init__(self, model: Any, name: str, key: str, kind: str, layer: int | None = None,
-                 batch_tokens: int = 4096) -> None:
+                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
         self.model, self.name, self.key = model, name, key
         self.dim, self.layer, self.batch_tokens = model.config.d_model, layer, batch_tokens
         self.info = {"kind": kind, "params": int(model.num_params()), "d_model": self.dim,
@@ -74,26 +81,28 @@ class AnkhEmbedder(Embedder):
         return self.model.embed(seqs, per_residue=True, batch_tokens=self.batch_tokens, layer=self.layer)
 
 
-def make_embedder(spec: str, seed: int = 0, layer: int | None = None,
-                  batch_tokens: int = 4096) -> Embedder:
-    """``onehot`` | ``random:<preset|checkpoint>`` (same shape, fresh weights) | preset | path."""
+def make_extractor(spec: str, seed: int = 0, layer: int | None = None,
+                   batch_tokens: int = DEFAULT_BATCH_TOKENS) -> FeatureExtractor:
+    """``onehot`` | ``random:<model>`` (same shape, fresh weights) | any model reference."""
     import ankh
-    from ankh.config import PRESETS
+    from ankh.resolve import resolve
 
     if spec == "onehot":
-        return OneHotEmbedder()
+        return OneHotFeatures()
     if spec.startswith("random:"):
-        base = spec.split(":", 1)[1]
-        cfg = PRESETS[base] if base in PRESETS else ankh.load(base).config
-        model = ankh.Ankh.random(cfg, seed=seed + 1)  # seed+1: never the preset's own seed-0 weights
-        key = f"random-{_sha(repr(cfg))[:10]}-seed{seed + 1}"
-        return AnkhEmbedder(model, spec, key, "baseline: random init, same shape", layer, batch_tokens)
-    model = ankh.load(spec)
-    if spec in PRESETS:
+        cfg = resolve(spec.split(":", 1)[1]).config  # the shape only: no weights read
+        init = derive_seed(seed, "random-init")  # never the preset's own seed-0 weights
+        model = ankh.Ankh.random(cfg, seed=init)
+        key = f"random-{_sha(repr(cfg))[:10]}-seed{init}"
+        return AnkhFeatures(model, spec, key, "baseline: random init, same shape", layer,
+                            batch_tokens)
+    ref = resolve(spec)
+    model = ankh.load(ref.location)  # the pinned step of a run: the weights the key describes
+    if ref.kind == "preset":
         key, kind = f"preset-{spec}-seed0", "preset (random init, seed 0)"
     else:
         key, kind = f"{Path(spec.rstrip('/')).name}-{path_fingerprint(spec)}", "checkpoint"
-    return AnkhEmbedder(model, spec, key, kind, layer, batch_tokens)
+    return AnkhFeatures(model, spec, key, kind, layer, batch_tokens)
 
 
 class EmbeddingCache:
@@ -117,7 +126,7 @@ class EmbeddingCache:
                 out[h] = arr.reshape(n, d)
         return out
 
-    def get(self, embedder: Embedder, seqs: list[str]) -> list[np.ndarray]:
+    def get(self, embedder: FeatureExtractor, seqs: list[str]) -> list[np.ndarray]:
         """Per-residue embeddings of ``seqs`` (in order), computing and storing only the misses."""
         hashes = [_sha(s) for s in seqs]
         folder = self.root / embedder.key if self.root else None
@@ -145,6 +154,5 @@ class EmbeddingCache:
             "emb": pa.array([np.ascontiguousarray(e, np.float32).tobytes() for _, e in rows], pa.binary()),
         })
         name = f"part-{_sha(''.join(h for h, _ in rows))[:16]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        tmp.rename(folder / name)  # atomic: a crashed run never leaves a half-written part
+        # atomic: a crashed run never leaves a half-written part
+        atomic_write(str(folder / name), lambda tmp: pq.write_table(table, tmp, compression="zstd"))

@@ -18,9 +18,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ankh.batching import DEFAULT_BATCH_TOKENS, rung
 from ankh.probes import make_head
+from ankh.seeds import derive_seed
 from ankh_platform.evaluate import metrics as M
-from ankh_platform.evaluate.tasks import Limits, TaskData, contact_map
+from ankh_platform.evaluate.tasks import TaskLimits, TaskData, contact_map
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,11 @@ class EvalConfig:
     cache_dir: str = "outputs/embed_cache"  # "" disables the cache
     seed: int = 0
     layer: int | None = None  # encoder layer to probe (1-based); default: the final one
-    embed_batch_tokens: int = 4096
+    embed_batch_tokens: int = DEFAULT_BATCH_TOKENS
     go_top_n: int = 20
     contact_protein: str = ""  # chain id for the contact-map plot (default: first test chain)
     plots: bool = True
-    limits: Limits = Limits()
+    limits: TaskLimits = TaskLimits()
     train: TrainConfig = TrainConfig()
 
 
@@ -76,7 +78,9 @@ def make_batch(task: TaskData, xs: list[np.ndarray], ys: list[Any], rows: np.nda
     """Pad ``rows`` into fixed ``[batch, bucket(L)]`` arrays (few jit shapes); pad rows weigh 0."""
     dim = xs[rows[0]].shape[1]
     longest = max(len(xs[i]) for i in rows)
-    length = max(16, 1 << (longest - 1).bit_length()) if longest > 1 else 1  # powers of 2: few jit shapes
+    # Doubling rungs from 16 (few jit shapes for the head's training step); pooled
+    # per-protein rows are "sequences" of one.
+    length = rung(longest, 16, steps_per_octave=1) if longest > 1 else 1
     x = np.zeros((batch, length, dim), np.float32)
     mask = np.zeros((batch, length), np.float32)
     row_w = np.zeros((batch,), np.float32)
@@ -227,7 +231,7 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
         y_stats = (float(tr.mean()), float(tr.std() or 1.0))
     batch = tc.contact_batch_size if task.kind == "contacts" else tc.batch_size * (4 if pooled else 1)
     dim = xs["train"][0].shape[1]
-    model = make_head(head, dim, _n_out(task), task.per_protein, nnx.Rngs(params=seed, dropout=seed + 1),
+    model = make_head(head, dim, _n_out(task), task.per_protein, nnx.Rngs(params=seed, dropout=derive_seed(seed, "dropout")),
                       contacts=task.kind == "contacts")
     opt = nnx.Optimizer(model, optax.adamw(tc.learning_rate, weight_decay=tc.weight_decay), wrt=nnx.Param)
     rng = np.random.default_rng(seed)
@@ -266,8 +270,8 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Every task x embedder x head; returns the JSON-able report (and writes it, see eval_report)."""
-    from ankh_platform.evaluate.embedders import EmbeddingCache, make_embedder
-    from ankh_platform.evaluate.tasks import load_task
+    from ankh_platform.evaluate.embedders import EmbeddingCache, make_extractor
+    from ankh_platform.evaluate.task_specs import load_task
 
     cache = EmbeddingCache(cfg.cache_dir or None)
     specs = list(cfg.checkpoints)
@@ -283,7 +287,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         report["tasks"][task.name] = {"kind": task.kind, "classes": task.classes, "info": task.info,
                                       "sizes": {s: len(sp.ids) for s, sp in task.splits.items()}}
     for spec in specs:
-        emb = make_embedder(spec, cfg.seed, cfg.layer, cfg.embed_batch_tokens)
+        emb = make_extractor(spec, cfg.seed, cfg.layer, cfg.embed_batch_tokens)
         report["embedders"][spec] = {"key": emb.key, **emb.info}
         for task in tasks:
             t0 = time.perf_counter()

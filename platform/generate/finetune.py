@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from ankh import storage
 from ankh.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
     model = ankh.load(cfg.model)
     tuned, hist = finetune_decoder(model, family, cfg.train)
     out = cfg.output.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(out)
+    fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
-    if fs.protocol in ("file", ("file", "local")):
+    if storage.is_local(fs):
         tuned.save_hf(f"{root}/model")
     else:  # write locally, then upload (save_hf writes a local directory)
         import tempfile

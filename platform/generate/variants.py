@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ankh import infill
+from ankh import infill, storage
+from ankh.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 AA20 = "ACDEFGHIKLMNPQRSTVWY"
@@ -94,7 +95,7 @@ def generate_rows(model, parents: list[tuple[str, str]], cfg: GenerateJobConfig)
     for pi, (pid, parent) in enumerate(parents):
         for t in cfg.temperatures:
             res = model.variants(parent, mask_fraction=cfg.mask_fraction, temperature=t, n=cfg.n,
-                                 seed=cfg.seed + 7919 * pi, top_k=cfg.top_k, top_p=cfg.top_p)
+                                 seed=derive_seed(cfg.seed, "parent", pi), top_k=cfg.top_k, top_p=cfg.top_p)
             stats[t]["generated"] += res.generated
             stats[t]["rejected"].update({k: v for k, v in res.rejected.items() if v})
             scores = _score(model, res.sequences, cfg.score_kind)
@@ -162,7 +163,7 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
 
 def write_outputs(rows: list[dict], summary: list[dict], output: str) -> dict[str, str]:
     out = output.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(out)
+    fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
     paths = {k: f"{out}/{v}" for k, v in {"parquet": "variants.parquet", "fasta": "variants.fasta",
                                            "csv": "summary.csv", "json": "summary.json",

@@ -22,9 +22,9 @@ from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from ankh_platform.core.config import from_dict
-from ankh_platform.serve.embed import Embedder
+from ankh_platform.serve.embed import EmbedDeployment
 from ankh_platform.serve.generate import Generator
-from ankh_platform.serve.http import HTTPError, build_api, openapi_schema  # noqa: F401
+from ankh_platform.serve.http import HTTPError, build_api
 from ankh_platform.serve.schema import (EmbedRequest, GenerateRequest, ScoreRequest, ServeConfig,
                                         UnknownModelError, VariantsRequest, check_generate,
                                         check_score, check_sequences, check_variants,
@@ -34,7 +34,8 @@ log = logging.getLogger("ray.serve")
 
 
 class Ingress:
-    """Validates and limits requests, then calls the model deployments through handles."""
+    """Validates and limits requests, then calls the model deployments through handles
+    (the ``http.Service`` the routes of ``http.build_api`` call)."""
 
     def __init__(self, embedder: DeploymentHandle, generator: DeploymentHandle | None,
                  config: dict[str, Any]):
@@ -226,7 +227,8 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Applica
     ra = cfg.retry_after_s
     mux = {"models": dict(cfg.models), "default_name": cfg.served_name(),
            "max_models": cfg.max_models_per_replica}  # several checkpoints per replica
-    embedder = Embedder.options(**deployment_options(cfg.embed, ra), logging_config=log_cfg).bind(
+    embedder = EmbedDeployment.options(**deployment_options(cfg.embed, ra),
+                                       logging_config=log_cfg).bind(
         cfg.checkpoint, cfg.dtype, to_plain(cfg.embed), **mux)
     generator = None
     if cfg.generate.enabled:

@@ -2,12 +2,12 @@
 
 Every request is split into sequences; ``@serve.batch`` gathers sequences from concurrent
 requests, groups them by (variant, layer), packs them longest-first into batches of shape
-``[rows, bucket]`` (``BucketPlan.batches``) -- all compiled and run once in ``__init__``, so
-no request pays a compile. The encoder function is the offline API's (``Ankh._encoder_fn``),
-so a served embedding equals ``Ankh.embed`` up to float32 rounding of the batch shape (~1e-7).
-Several checkpoints per replica (``ServeConfig.models``): ``serve_models.ModelSet``; each one
-is warmed up the same way before it serves its first request, reusing the compiled shapes of
-any loaded checkpoint of the same architecture.
+``[rows, length]`` (``ankh.batching.BatchPlan``, the offline API's policy) -- all compiled and
+run once in ``__init__``, so no request pays a compile. The encoder program is the offline
+API's (``ankh.encoder.encode_pool``), so a served embedding equals ``Ankh.embed`` up to float32
+rounding of the batch shape (~1e-7). Several checkpoints per replica (``ServeConfig.models``):
+``serve.models.ModelSet``; each one is warmed up the same way before it serves its first
+request, reusing the compiled shapes of any loaded checkpoint of the same architecture.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 from ray import serve
 from ray.serve import metrics
 
+from ankh.batching import SERVE_MIN_LENGTH, BatchPlan, pad_rows, sequence_ladder
+from ankh.encoder import encoder_depth, jit_encoder
 from ankh_platform.core.config import from_dict
 from ankh_platform.serve.models import ModelSet
 from ankh_platform.serve.schema import EmbedOptions, LimitError
@@ -30,88 +32,19 @@ log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request
 Item = tuple["EmbedModel", np.ndarray, bool, int]  # (model, token ids, per_residue, layer)
 
 
-def default_buckets(max_tokens: int, minimum: int = 64) -> list[int]:
-    """64, 96, 128, 192, ... (the offline ``bucket_length`` series), the last >= max_tokens."""
-    from ankh.api import bucket_length
-
-    out, n = [], minimum
-    while True:
-        b = bucket_length(n, minimum)
-        out.append(min(b, max_tokens))
-        if b >= max_tokens:
-            if len(out) >= 2 and out[-1] - out[-2] < out[-2] // 8:
-                del out[-2]  # e.g. 1024 next to 1025 (max_length + </s>): keep one
-            return out
-        n = b + 1
-
-
-def row_sizes(full: int, growth: int) -> list[int]:
-    """Compiled batch rows for one bucket: 1, g, g^2, ... below ``full``, then ``full``."""
-    sizes, r = [], 1
-    while r < full:
-        sizes.append(r)
-        r *= max(2, growth)
-    return sizes + [full]
-
-
-class BucketPlan:
-    """Which fixed ``[rows, length]`` shapes exist and how a group of sequences maps onto them."""
-
-    def __init__(self, buckets: list[int], batch_tokens: int, growth: int):
-        if not buckets or any(b < 2 for b in buckets):
-            raise ValueError(f"length_buckets must be lengths >= 2, got {buckets}")
-        self.buckets = sorted(set(buckets))
-        self.rows = {b: row_sizes(max(1, batch_tokens // b), growth) for b in self.buckets}
-
-    @property
-    def max_tokens(self) -> int:
-        return self.buckets[-1]
-
-    def shapes(self) -> list[tuple[int, int]]:
-        return [(r, b) for b in self.buckets for r in self.rows[b]]
-
-    def bucket(self, n_tokens: int) -> int:
-        for b in self.buckets:
-            if n_tokens <= b:
-                return b
-        raise LimitError(f"{n_tokens} tokens exceed the largest length bucket {self.max_tokens}")
-
-    def batches(self, lengths: list[int]) -> list[tuple[list[int], int, int]]:
-        """``(indices, bucket, rows)`` per batch, every shape a compiled one.
-
-        Longest first: a bucket's sequences fill full batches; a partial batch is padded to
-        the next compiled row count and its spare rows take the next (shorter) sequences,
-        which then cost nothing extra.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        out, i = [], 0
-        while i < len(order):
-            bucket = self.bucket(lengths[order[i]])
-            full = self.rows[bucket][-1]
-            same = 0
-            while i + same < len(order) and same < full and \
-                    self.bucket(lengths[order[i + same]]) == bucket:
-                same += 1
-            rows = next(r for r in self.rows[bucket] if r >= same)
-            take = order[i:i + rows]
-            out.append((take, bucket, rows))
-            i += len(take)
-        return out
-
-
 _ENCODERS: dict[tuple, Any] = {}  # (graphdef, per_residue, num_layers) -> jitted encoder
 _ENCODERS_LOCK = threading.Lock()
 
 
 def shared_encoder_fn(model: Any, per_residue: bool, num_layers: int | None):
-    """The offline API's jitted encoder (``Ankh._encoder_fn``: same function, same programs,
-    same numbers), shared by every model of one architecture (equal ``graphdef``). The params
-    are an argument, so a second checkpoint of the same shape (a fine-tune, another seed)
-    reuses the compiled buckets instead of compiling them again."""
+    """The offline API's encoder program (``ankh.encoder``: same function, same numbers),
+    jitted once per architecture (equal ``graphdef``). The params are an argument, so a second
+    checkpoint of the same shape (a fine-tune, another seed) reuses the compiled shapes instead
+    of compiling them again."""
     key = (model.graphdef, per_residue, num_layers)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:  # the jitted fn closes over the graphdef only, not the params
-            _ENCODERS[key] = model._encoder_fn(per_residue, num_layers)
+            _ENCODERS[key] = jit_encoder(model.graphdef, per_residue, num_layers)
         return _ENCODERS[key]
 
 
@@ -125,8 +58,8 @@ class EmbedModel:
         self.checkpoint = checkpoint
         self.model = ankh.load(checkpoint, dtype=dtype)
         cfg = self.model.config
-        self.plan = BucketPlan(list(opts.length_buckets) or default_buckets(cfg.max_length + 1),
-                               opts.batch_tokens, opts.row_growth)
+        ladder = list(opts.length_buckets) or sequence_ladder(cfg.max_length, SERVE_MIN_LENGTH)
+        self.plan = BatchPlan(ladder, opts.batch_tokens, opts.row_growth)
         self.max_residues = min(cfg.max_length, self.plan.max_tokens - 1)
         for layer in opts.layers:
             if not 1 <= layer <= cfg.num_layers:
@@ -138,19 +71,18 @@ class EmbedModel:
         self.startup_s = round(time.perf_counter() - t0, 2)
 
     def fn(self, per_residue: bool, layer: int):
-        nl = None if layer == self.model.config.num_layers else layer
+        nl = encoder_depth(layer, self.model.config.num_layers)
         return shared_encoder_fn(self.model, per_residue, nl)
 
     def _warmup(self) -> int:
         """Compile and run every shape once, so requests never trigger a compile."""
         n = 0
+        one = self.model.tokenize(["M"])[0]  # one residue + </s> in every row
         for per_residue in self.variants:
             for layer in self.layers:
                 fn = self.fn(per_residue, layer)
                 for rows, length in self.plan.shapes():
-                    ids = np.zeros((rows, length), np.int32)
-                    ids[:, :2] = (3, self.model.tokenizer.eos_id)
-                    mask = (ids != 0).astype(np.int32)
+                    ids, mask = pad_rows([one] * rows, rows, length, self.model.tokenizer.pad_id)
                     out = fn(self.model.params, ids, mask)
                     np.asarray(out["pooled"])
                     n += 1
@@ -160,7 +92,7 @@ class EmbedModel:
         cfg = self.model.config
         return {"checkpoint": self.checkpoint, "d_model": cfg.d_model, "num_layers": cfg.num_layers,
                 "max_residues": self.max_residues, "layers": self.layers,
-                "per_residue": self.per_residue, "length_buckets": self.plan.buckets,
+                "per_residue": self.per_residue, "length_buckets": self.plan.ladder,
                 "num_params": int(self.model.num_params()),
                 "dtype": str(np.dtype(self.model.dtype)),
                 "vocab": self.model.tokenizer.vocab}
@@ -184,8 +116,9 @@ class EmbedModel:
         return toks, per_residue, layer
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-class Embedder:
+# Deployed under the name "Embedder": the handle name clients use (docs/serving.md).
+@serve.deployment(name="Embedder", ray_actor_options={"num_cpus": 1})
+class EmbedDeployment:
     """Handle API: ``await handle.embed.remote(seqs, pooling="mean"|"none", layer=None)``;
     ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
 
@@ -252,11 +185,8 @@ class Embedder:
             fn = model.fn(per_residue, layer)
             for part, length, rows in model.plan.batches([len(items[i][1]) for i in idx]):
                 part = [idx[j] for j in part]
-                ids = np.zeros((rows, length), np.int32)  # [rows, bucket]
-                mask = np.zeros((rows, length), np.int32)
-                for r, i in enumerate(part):
-                    ids[r, :len(items[i][1])] = items[i][1]
-                    mask[r, :len(items[i][1])] = 1
+                ids, mask = pad_rows([items[i][1] for i in part], rows, length,
+                                     model.model.tokenizer.pad_id)  # [rows, length]
                 out = fn(model.model.params, ids, mask)
                 key = "hidden" if per_residue else "pooled"
                 arr = np.asarray(out[key])  # [rows, d] or [rows, bucket, d]

@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -22,15 +22,29 @@ from ray import serve
 
 from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateRequest,
                                         GenerateResponse, LimitError, ModelLoadError, ScoreRequest,
-                                        ScoreResponse, UnknownModelError, VariantsRequest)
-
-if TYPE_CHECKING:
-    from ankh_platform.serve.app import Ingress
+                                        ScoreResponse, ServeConfig, UnknownModelError,
+                                        VariantsRequest)
 
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
 OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
 ROUTES = {"/v1/embed", "/v1/generate", "/v1/variants", "/v1/score", "/healthz", "/v1/models",
           "/docs", "/openapi.json"}  # metric tags: a fixed set, never arbitrary paths
+
+
+class Service(Protocol):
+    """What the routes need from the ingress (``app.Ingress``): auth, limits and metrics, and
+    one coroutine per route. The app depends on this module, never the other way round."""
+
+    token: str | None
+    cfg: ServeConfig
+
+    def observe(self, route: str, status: int, seconds: float) -> None: ...
+    async def embed(self, req: EmbedRequest) -> dict[str, Any]: ...
+    async def generate(self, req: GenerateRequest) -> dict[str, Any]: ...
+    async def variants(self, req: VariantsRequest) -> dict[str, Any]: ...
+    async def score(self, req: ScoreRequest) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
+    async def models(self) -> dict[str, Any]: ...
 
 
 class HTTPError(Exception):
@@ -96,7 +110,7 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errs
 
 
-def _guard(svc: Ingress, request: Request) -> None:
+def _guard(svc: Service, request: Request) -> None:
     """Bearer token (constant-time compare) and declared body size, before parsing."""
     if svc.token and request.url.path not in OPEN_PATHS:
         got = request.headers.get("authorization", "")
@@ -107,7 +121,7 @@ def _guard(svc: Ingress, request: Request) -> None:
         raise HTTPError(413, f"body of {size} bytes > limits.max_body_bytes={limit}")
 
 
-def build_api(svc: Ingress | None) -> FastAPI:
+def build_api(svc: Service | None) -> FastAPI:
     """The FastAPI app; ``svc=None`` only for generating the OpenAPI schema offline."""
     import ankh
 

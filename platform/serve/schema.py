@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
                       model_validator)
 
+from ankh.batching import DEFAULT_BATCH_TOKENS
+
 # ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")  # safe in a header and a log
@@ -37,9 +39,9 @@ class DeploymentOptions:
 @dataclass(frozen=True)
 class EmbedOptions(DeploymentOptions):
     # Padded lengths (tokens incl. </s>) compiled at replica start; () = 64, 96, 128, ... up
-    # to the model's max_length + 1 (steps of 1.5x/2x like the offline ``bucket_length``).
+    # to the model's max_length + 1 (``ankh.batching.sequence_ladder`` from SERVE_MIN_LENGTH).
     length_buckets: tuple[int, ...] = ()
-    batch_tokens: int = 8192  # rows per batch = batch_tokens // bucket length
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # rows per batch = batch_tokens // bucket length
     row_growth: int = 2  # compiled batch rows: 1, g, g^2, ... and the full batch
     max_batch_size: int = 256  # sequences gathered by @serve.batch per step
     batch_wait_timeout_s: float = 0.005
@@ -63,7 +65,7 @@ class IngressOptions(DeploymentOptions):
 
 
 @dataclass(frozen=True)
-class Limits:
+class RequestLimits:
     max_sequences: int = 64  # per request
     max_length: int = 1024  # residues per sequence (also capped by the model and buckets)
     max_new_tokens: int = 256
@@ -98,7 +100,7 @@ class ServeConfig:
     ingress: IngressOptions = field(default_factory=IngressOptions)
     embed: EmbedOptions = field(default_factory=EmbedOptions)
     generate: GenerateOptions = field(default_factory=GenerateOptions)
-    limits: Limits = field(default_factory=Limits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     auth: AuthConfig = field(default_factory=AuthConfig)
 
     def __post_init__(self) -> None:
@@ -251,12 +253,12 @@ class ModelLoadError(RuntimeError):
     """A configured model that could not be loaded (HTTP 500 naming the model and cause)."""
 
 
-def effective_max_length(limits: Limits, model_max: int, bucket_max: int | None) -> int:
+def effective_max_length(limits: RequestLimits, model_max: int, bucket_max: int | None) -> int:
     caps = [limits.max_length, model_max] + ([bucket_max - 1] if bucket_max else [])
     return min(caps)
 
 
-def check_sequences(seqs: list[str], limits: Limits, max_length: int) -> None:
+def check_sequences(seqs: list[str], limits: RequestLimits, max_length: int) -> None:
     """Count and raw length limits, before any tokenisation work is done."""
     if len(seqs) > limits.max_sequences:
         raise LimitError(f"too many sequences: {len(seqs)} > limits.max_sequences="
@@ -268,7 +270,7 @@ def check_sequences(seqs: list[str], limits: Limits, max_length: int) -> None:
                 raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
 
 
-def check_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
+def check_generate(req: GenerateRequest, limits: RequestLimits) -> GenerateRequest:
     """Limit checks; returns the request with ``max_new_tokens`` filled in."""
     if req.max_new_tokens is None:
         req = req.model_copy(update={"max_new_tokens": min(64, limits.max_new_tokens)})
@@ -283,13 +285,13 @@ def check_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
     return req
 
 
-def check_variants(req: VariantsRequest, limits: Limits, max_length: int) -> None:
+def check_variants(req: VariantsRequest, limits: RequestLimits, max_length: int) -> None:
     check_sequences([req.parent], limits, max_length)
     if req.n > limits.max_variants:
         raise LimitError(f"n {req.n} > limits.max_variants={limits.max_variants}")
 
 
-def check_score(req: ScoreRequest, limits: Limits, max_length: int) -> None:
+def check_score(req: ScoreRequest, limits: RequestLimits, max_length: int) -> None:
     seqs = list(req.sequences or []) + ([req.wild_type] if req.wild_type else [])
     check_sequences(seqs, limits, max_length)
     if req.mutants and len(req.mutants) > limits.max_sequences:

@@ -1,4 +1,4 @@
-"""Sharded, asynchronous Orbax checkpoints of a training run, with safe resume and HF export.
+"""Sharded, asynchronous Orbax checkpoints of a training run, with safe resume.
 
 Every process writes its own shards (Orbax OCDBT); process 0 writes a size manifest once a save
 is final (``ankh.checkpoint``). On resume, checkpoints are tried newest first: one that fails
@@ -9,9 +9,7 @@ deleted) and the next older one is used -- a bad checkpoint never poisons a run.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -19,6 +17,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from ankh import checkpoint as ackpt
+from ankh import storage
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,8 @@ class CheckpointStore:
     """``save`` every ``every`` steps (async), keep the newest ``keep``; ``restore`` with fallback."""
 
     def __init__(self, directory: str, every: int, keep: int = 3, async_save: bool = True):
-        self.directory = ackpt.norm_path(str(directory)).rstrip("/")
-        ackpt.gcs_endpoint_for_orbax()  # gs:// under an emulator: tensorstore goes there too
+        self.directory = storage.norm_path(str(directory)).rstrip("/")
+        storage.apply_emulator_env()  # gs:// under an emulator: tensorstore goes there too
         self.every = every
         opts = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
@@ -56,7 +55,7 @@ class CheckpointStore:
         if jax.process_index() == 0:
             for step in self._pending:
                 d = f"{self.directory}/{step}"
-                fs, root = ackpt.fs_and_path(d)
+                fs, root = storage.filesystem(d)
                 if fs.exists(root):  # may already be garbage-collected (keep=K)
                     ackpt.write_manifest(d)
         self._pending = []
@@ -106,9 +105,9 @@ class CheckpointStore:
     def _quarantine(self, step: int) -> None:
         """Move a bad step aside (kept for inspection) so the step can be saved again."""
         multihost_utils.sync_global_devices(f"ankh-quarantine-{step}")
-        local = "://" not in self.directory
+        fs, root = storage.filesystem(self.directory)
+        local = storage.is_local(fs)
         if jax.process_index() == 0:
-            fs, root = ackpt.fs_and_path(self.directory)
             src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
             if fs.exists(src):
                 fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
@@ -130,29 +129,3 @@ def _agree(flag: bool) -> bool:
     if jax.process_count() == 1:
         return flag
     return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-def export_hf(run_or_ckpt: str, out_dir: str) -> str:
-    """Newest good checkpoint (or the given step) -> an HF directory that ``ankh.load`` reads."""
-    model = ackpt.load(run_or_ckpt)
-    model.save_hf(out_dir)
-    return out_dir
-
-
-def ray_train_storage(path: str) -> tuple[str, Any]:
-    """``(storage_path, storage_filesystem)`` for Ray Train's ``RunConfig``.
-
-    Ray Train opens ``gs://`` with pyarrow, which ignores ``STORAGE_EMULATOR_HOST`` (it would
-    reach for real GCS and hang offline). Under an emulator it gets an explicit pyarrow GCS
-    filesystem pointed there; otherwise (production) ``(path, None)``: pyarrow's own credentials.
-    """
-    from urllib.parse import urlparse
-
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if not emulator or not str(path).startswith(("gs://", "gcs://")):
-        return path, None
-    import pyarrow.fs as pafs
-
-    url = urlparse(emulator if "://" in emulator else f"http://{emulator}")
-    fs = pafs.GcsFileSystem(anonymous=True, scheme=url.scheme, endpoint_override=url.netloc)
-    return str(path).split("://", 1)[1], fs

@@ -6,9 +6,11 @@ Two sources behind one small interface (``next() state() restore() eval_batches(
   reads this rank's range of the Parquet shards, examples are masked, packed and shuffled per
   window; each rank has its own position, all of them are saved with the checkpoint.
 - ``local``: every host reads the (small) Parquet files itself; global batch ``k`` is a pure
-  function of ``(seed, k)`` (a seeded permutation per epoch, one sequence per row) and host
-  ``r`` takes rows ``[r*b, (r+1)*b)`` of it. Any number of hosts sees the *same* global batch,
-  which is what the data-parallel == single-process proof needs. No Ray required.
+  function of ``(seed, k)`` (a seeded permutation per epoch, one sequence per row of
+  ``max_residues + 1`` tokens) and host ``r`` takes rows ``[r*b, (r+1)*b)`` of it. Any number of
+  hosts sees the *same* global batch, which is what the data-parallel == single-process proof
+  needs. No Ray required. Nothing is packed, so the stream's packing settings do not apply
+  (``PretrainConfig`` refuses them: ``config.STREAM_ONLY``).
 
 ``example_ids`` hold global example indices (sorted-file order, as the data pipeline numbers
 them), so exactly-once consumption can be checked from the batches.
@@ -19,38 +21,19 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import logging
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from ankh.objective import Objective
 from ankh.packing import PackSpec, build_batch, empty_batch
+from ankh.seeds import derive_seed
 from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.data.pipeline import BatchStream, DataConfig, list_shards
+from ankh_platform.train.config import SourceConfig
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceConfig:
-    kind: Literal["stream", "local"] = "stream"
-    eval_paths: tuple[str, ...] = ("data/uniprot_sample/validation",)
-    eval_batches: int = 4   # held-out batches per host for the validation loss (fixed set)
-
-
-def resolve_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
-    """Relative local paths -> absolute (cwd first, then the repo), so Ray workers find them."""
-    out = []
-    for p in paths:
-        if "://" in p or Path(p).is_absolute():
-            out.append(p)
-            continue
-        cands = [Path.cwd() / p, REPO / p]
-        out.append(str(next((c for c in cands if c.exists()), cands[0]).resolve()))
-    return tuple(out)
 
 
 class StreamSource:
@@ -121,7 +104,8 @@ class LocalSource:
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.data.seed, epoch, 7]).permutation(len(self.train))}
+            rng = np.random.default_rng(derive_seed(self.data.seed, "local-order", epoch))
+            self._perms = {epoch: rng.permutation(len(self.train))}
         return self._perms[epoch]
 
     def _build(self, residues: list[np.ndarray], ids: list[int], epochs: list[int]) -> dict[str, np.ndarray]:
@@ -176,6 +160,5 @@ class LocalSource:
 
 
 def make_source(data: DataConfig, src: SourceConfig, rank: int, world: int) -> StreamSource | LocalSource:
-    data = dataclasses.replace(data, paths=resolve_paths(data.paths))
-    src = dataclasses.replace(src, eval_paths=resolve_paths(src.eval_paths))
+    """This rank's source; paths are used as given (``config.resolve_paths`` made them absolute)."""
     return (StreamSource if src.kind == "stream" else LocalSource)(data, src, rank, world)

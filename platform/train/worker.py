@@ -1,10 +1,20 @@
-"""The body of one pretraining worker (any JAX process count): restore, step, log, checkpoint."""
+"""Distributed pretraining, the worker side: the body of one JAX process (any process count).
+
+``train_loop`` is the Ray Train worker entry point: join the JAX distributed runtime (on TPU/GPU
+Ray Train does it; on CPU the loop does, with the coordinator address broadcast from rank 0),
+then ``Run.fit``: build the ``data x fsdp x tensor`` mesh, restore the newest good checkpoint
+(or initialise), then step: host batch -> global array -> jitted step. Metrics go to
+``ray.train.report`` and ``<run>/metrics.jsonl`` (+ TensorBoard when available).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import os
+import signal
+import socket
 import time
 from typing import Any, Callable
 
@@ -12,31 +22,63 @@ import fsspec
 import jax
 import numpy as np
 
-from ankh import sharding
+from ankh import sharding, storage
 from ankh.config import get_preset
-from ankh.training import Trainer, flops_per_step
+from ankh.flops import measure_matmul_peak, train_step_flops
+from ankh.training import Trainer
+from ankh_platform.core.config import from_dict, to_dict
+from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.core.config import to_dict
+from ankh_platform.train.config import PretrainConfig, ScaleConfig
 from ankh_platform.train.source import make_source
 
 log = logging.getLogger(__name__)
 
 
-def measure_matmul_peak(n: int = 2048, dtype: str = "float32", seconds: float = 1.0) -> float:
-    """FLOP/s of a big square matmul on this process's devices: the machine's practical peak."""
-    import jax.numpy as jnp
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point (``config`` is ``to_dict`` of the driver's resolved config)."""
+    import ray.train
 
-    devs = jax.local_devices()
-    mesh = jax.sharding.Mesh(np.array(devs), ("d",))
-    a = jax.device_put(jnp.ones((len(devs), n, n), dtype),
-                       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
-    f = jax.jit(lambda x: jnp.einsum("bij,bjk->bik", x, x))
-    f(a).block_until_ready()
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or reps < 2:
-        f(a).block_until_ready()
-        reps += 1
-    return 2.0 * n ** 3 * len(devs) * reps / (time.perf_counter() - t0)
+    cfg = from_dict(PretrainConfig, config)
+    configure_logging()
+    rank, world = _join_jax(cfg.scale)
+    Run(cfg, rank, world, report=lambda m: ray.train.report(m)).fit()
+
+
+def _join_jax(scale: ScaleConfig) -> tuple[int, int]:
+    """Start this worker's JAX runtime; returns (process index, process count)."""
+    import ray.train
+    from ray.train.collective import broadcast_from_rank_zero
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if scale.use_tpu or scale.use_gpu or world == 1:
+        return rank, world  # TPU/GPU: Ray Train's JaxConfig backend already initialised JAX
+    one_node = ctx.get_local_world_size() == world
+    host = "127.0.0.1" if one_node else ray.util.get_node_ip_address()
+    addr = None
+    if rank == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            addr = f"{host}:{s.getsockname()[1]}"
+    addr = broadcast_from_rank_zero(addr)
+    # Bind the coordinator to the address we advertise (loopback on one node), not 0.0.0.0.
+    jax.distributed.initialize(addr, num_processes=world, process_id=rank, coordinator_bind_address=addr)
+    return rank, world
+
+
+def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
+    """SIGKILL this worker once per run when ``cfg.fault`` says so (tests of fault tolerance)."""
+    if step != cfg.fault.kill_at_step or rank != cfg.fault.rank:
+        return
+    marker = f"{cfg.run_dir()}/fault-injected-{step}"
+    fs, path = storage.filesystem(marker)
+    if fs.exists(path):
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.touch(path)
+    log.warning("fault injection: SIGKILL to worker rank %d (pid %d) at step %d", rank, os.getpid(), step)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def gather_json(obj: Any, size: int = 4096) -> list[Any]:
@@ -63,9 +105,9 @@ class MetricsWriter:
         self.lines: list[str] = []
         self.tb = None
         if enabled:
-            fs, root = fsspec.core.url_to_fs(run_dir)
+            fs, root = storage.filesystem(run_dir)
             fs.makedirs(root, exist_ok=True)
-            self.local = "://" not in run_dir
+            self.local = storage.is_local(fs)
             if fs.exists(f"{root}/metrics.jsonl") and not self.local:
                 self.lines = fs.cat(f"{root}/metrics.jsonl").decode().splitlines(keepends=True)
             try:
@@ -94,7 +136,8 @@ class MetricsWriter:
 
 
 class Run:
-    def __init__(self, cfg: Any, rank: int, world: int, report: Callable[[dict], None] | None):
+    def __init__(self, cfg: PretrainConfig, rank: int, world: int,
+                 report: Callable[[dict], None] | None):
         self.cfg, self.rank, self.world, self.report = cfg, rank, world, report
         self.run_dir = cfg.run_dir()
         self.primary = jax.process_index() == 0
@@ -111,8 +154,8 @@ class Run:
         ck = cfg.checkpoint
         self.store = CheckpointStore(f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save)
         spec = self.source.spec
-        self.flops = flops_per_step(self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len)
-        self.peak = measure_matmul_peak(seconds=0.5)
+        self.flops = train_step_flops(self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len)
+        self.peak = measure_matmul_peak(cfg.optim.compute_dtype, seconds=0.5)
 
     def _start_state(self) -> tuple[dict, int]:
         restored = self.store.restore(self.trainer.abstract_state())
@@ -159,8 +202,6 @@ class Run:
             self.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
 
     def fit(self) -> dict[str, Any]:
-        from ankh_platform.train.job import maybe_inject_fault
-
         cfg = self.cfg
         self._setup()
         state, step = self._start_state()
@@ -201,7 +242,7 @@ class Run:
     def _log_examples(self, step: int, local: dict) -> None:
         ids = local["example_ids"]
         path = f"{self.run_dir}/examples/rank{jax.process_index()}.jsonl"
-        fs, root = fsspec.core.url_to_fs(path)
+        fs, root = storage.filesystem(path)
         fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(root, "a") as fh:
             fh.write(json.dumps({"step": step, "ids": ids[ids >= 0].tolist()}) + "\n")

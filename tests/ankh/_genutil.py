@@ -7,19 +7,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[2]
-_CANDIDATES = [REPO.parent / "shared" / "data" / "uniprot_go_sample.parquet",
-               *sorted((REPO / "data").glob("*.parquet"))]
+from ankh_platform.core.samples import protein_parquet
 
 
 def real_sequences(n: int, max_len: int = 48, start: int = 0) -> list[str]:
     """``n`` real UniProt proteins (standard residues only), cropped to ``max_len``, varied lengths."""
-    for path in _CANDIDATES:
-        if path.exists():
-            seqs = pq.read_table(path, columns=["sequence"]).column(0).to_pylist()
-            break
-    else:
-        raise FileNotFoundError(f"no real protein data at any of {_CANDIDATES}")
+    seqs = pq.read_table(protein_parquet(), columns=["sequence"]).column(0).to_pylist()
     std = [s for s in seqs[start:] if set(s) <= set("ACDEFGHIKLMNPQRSTVWY")]
     # Vary the lengths so batches really pad: crop the i-th to max_len - 5 * (i % 4).
     return [s[: max_len - 5 * (i % 4)] for i, s in enumerate(std[:n])]

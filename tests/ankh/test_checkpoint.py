@@ -15,7 +15,7 @@ from ankh import checkpoint as ackpt
 from ankh import sharding
 from ankh.config import PRESETS
 from ankh.training import OptimConfig, Trainer
-from ankh_platform.train.checkpoints import CheckpointStore, export_hf
+from ankh_platform.train.checkpoints import CheckpointStore
 
 CFG = PRESETS["tiny"].replace(num_layers=1, num_decoder_layers=1)
 
@@ -113,14 +113,15 @@ def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="not an HF directory"):
         ankh.load(str(tmp_path / "empty"))
     with pytest.raises(ackpt.CheckpointError, match="no checkpoints found"):
-        ackpt.load(str(tmp_path / "empty"))
+        ackpt.newest_good(str(tmp_path / "empty"))
 
 
 def test_export_to_hf_dir_round_trips(tmp_path, trainer):
     store = CheckpointStore(str(tmp_path / "run" / "checkpoints"), every=1, keep=1)
     _save(store, trainer, [5])
     store.close()
-    out = export_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+    out = str(tmp_path / "hf")
+    ankh.load(str(tmp_path / "run")).save_hf(out)  # the newest good step, as jobs.convert exports
     a, b = ankh.load(str(tmp_path / "run")), ankh.load(out)
     assert (Path(out) / "config.json").exists() and (Path(out) / "model.safetensors").exists()
     seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MSEQ"]

@@ -1,13 +1,13 @@
 """Config presets, tokenizer and the embedding API (no torch needed)."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 import ankh
-from ankh.api import bucket_length, token_budget_batches
 from ankh.config import PRESETS, AnkhConfig
-from ankh.model import AnkhModel, count_params
+from ankh.model import AnkhModel
 from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
 
@@ -15,12 +15,12 @@ from ankh.tokenizer import AnkhTokenizer, TokenizerError
                                            ("ankh2-large", 1_878_705_152)])
 def test_published_parameter_counts(name, expected):
     model = nnx.eval_shape(lambda: AnkhModel(PRESETS[name], nnx.Rngs(0)))
-    assert count_params(model) == expected
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected
 
 
 def test_base_embedding_plus_encoder_count():
     model = nnx.eval_shape(lambda: AnkhModel(PRESETS["base"], nnx.Rngs(0)))
-    enc = sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model.encoder, nnx.Param)))
+    enc = sum(x.size for x in jax.tree.leaves(nnx.state(model.encoder, nnx.Param)))
     assert enc + model.shared.size == 453_170_688
 
 
@@ -52,6 +52,26 @@ def test_tokenizer_ids_and_normalisation():
     ids, mask = tok.batch_encode(["MK", "MKTA"])
     assert ids.tolist() == [[19, 14, 1, 0, 0], [19, 14, 11, 3, 1]]
     assert mask.sum(1).tolist() == [3, 5]
+
+
+def test_vocabulary_facts_come_from_the_tokenizer():
+    import inspect
+
+    from ankh.probes import CONVBERT_HEADS
+    from ankh.tokenizer import AMINO_ACIDS, NUM_BASE_IDS, RESIDUE_IDS
+    from ankh.training import eval_step
+    from ankh_platform.core.samples import VALID
+    from ankh_platform.evaluate.embedders import ONEHOT_DIM
+
+    tok = AnkhTokenizer()
+    assert [tok.vocab[a] for a in AMINO_ACIDS] == list(RESIDUE_IDS) == list(range(3, 28))
+    n_sentinels = tok.vocab_size - NUM_BASE_IDS
+    assert NUM_BASE_IDS == 28 == min(tok.sentinel_id(k) for k in range(n_sentinels))
+    assert inspect.signature(eval_step).parameters["residues"].default is RESIDUE_IDS
+    assert ONEHOT_DIM % CONVBERT_HEADS == 0 and NUM_BASE_IDS <= ONEHOT_DIM < NUM_BASE_IDS + 4
+    assert VALID == set(AMINO_ACIDS)
+    assert AnkhTokenizer.from_json({"model": {"vocab": {"<pad>": 0, "A": 1}}}).vocab == \
+        {"<pad>": 0, "A": 1}
 
 
 def test_tokenizer_json_roundtrip(tmp_path):
@@ -87,6 +107,38 @@ def test_padding_never_changes_a_result(tiny):
         np.testing.assert_allclose(per_res[i].mean(0), batch[i], atol=1e-5, rtol=0)
 
 
+def test_one_encoder_program_padded_and_packed_rows_agree(tiny):
+    """``ankh.encoder.encode_pool`` on packed rows (the batch job's) equals ``Ankh.embed``."""
+    from ankh.encoder import encoder_depth, jit_encoder
+    from tests.ankh.hf_reference import real_sequences
+
+    seqs = real_sequences(3, 10, 60, seed=2)
+    toks = tiny.tokenize(seqs)
+    width = sum(len(t) for t in toks) + 5  # three segments, then padding
+    ids, seg, pos = (np.zeros((1, width), np.int32) for _ in range(3))
+    wt = np.zeros((1, width), np.float32)
+    off = 0
+    for s, t in enumerate(toks):
+        n = len(t)
+        ids[0, off:off + n], seg[0, off:off + n], pos[0, off:off + n] = t, s + 1, np.arange(n)
+        wt[0, off:off + n - 1] = 1.0 / (n - 1)  # residues only: </s> weighs 0
+        off += n
+    out = jit_encoder(tiny.graphdef, per_residue=True, max_segments=4)(tiny.params, ids, seg,
+                                                                        pos, wt)
+    np.testing.assert_allclose(np.asarray(out["pooled"][0, :3]), tiny.embed(seqs), atol=1e-5,
+                               rtol=0)
+    assert not np.asarray(out["pooled"][0, 3]).any()  # an unused segment
+    off = 0
+    for t, ref in zip(toks, tiny.embed(seqs, per_residue=True)):
+        got = np.asarray(out["hidden"][0, off:off + len(t) - 1])
+        np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+        off += len(t)
+    assert encoder_depth(None, 4) is None and encoder_depth(0, 4) is None
+    assert encoder_depth(4, 4) is None and encoder_depth(2, 4) == 2
+    with pytest.raises(ValueError, match="layer must be in 1..4"):
+        encoder_depth(5, 4)
+
+
 def test_embed_bad_input_errors(tiny):
     with pytest.raises(TokenizerError, match="sequence 1 is empty"):
         tiny.embed(["MKT", ""])
@@ -104,21 +156,6 @@ def test_layer_choice_changes_output(tiny):
     final = tiny.embed(["MKTAYIAKQR"])
     first = tiny.embed(["MKTAYIAKQR"], layer=1)
     assert first.shape == final.shape and not np.allclose(first, final)
-
-
-def test_token_budget_batches_cover_everything_once():
-    rng = np.random.default_rng(0)
-    toks = [np.ones(n, np.int32) for n in rng.integers(2, 700, 300)]
-    seen, shapes = [], set()
-    for idx, ids, mask in token_budget_batches(toks, 4096):
-        shapes.add(ids.shape)
-        assert ids.shape[0] * ids.shape[1] <= max(4096, ids.shape[1])
-        for r, i in enumerate(idx):
-            assert mask[r].sum() == len(toks[i])
-        seen += list(idx)
-    assert sorted(seen) == list(range(len(toks)))
-    assert len(shapes) <= 20
-    assert bucket_length(17) == 24 and bucket_length(16) == 16 and bucket_length(700) == 768
 
 
 def test_load_errors(tmp_path):

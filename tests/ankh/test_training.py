@@ -1,4 +1,4 @@
-"""The pretraining math (ankh.training): loss, masking, accumulation, schedule, bf16, FLOPs."""
+"""The pretraining math (ankh.training): loss, masking, accumulation, schedule, bf16."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flax import nnx
 
 from ankh import sharding
 from ankh.config import PRESETS
-from ankh.training import (OptimConfig, Trainer, build_model, flops_per_step, graphdef_of, loss_sums,
+from ankh.training import (OptimConfig, Trainer, build_model, graphdef_of, loss_sums,
                            lr_schedule, unigram_entropy)
 from tests.train.helpers import real_batch
 
@@ -97,18 +97,6 @@ def test_accumulation_equals_one_big_batch_and_loss_falls(batch):
         s1, m = one.step(s1, b)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.1, losses
-
-
-def test_flops_estimate_counts_matmuls():
-    # Independent count for a 1-layer encoder/decoder: params x tokens x 6 + attention.
-    cfg = PRESETS["tiny"].replace(num_layers=1, num_decoder_layers=1)
-    b, le, ld = 2, 10, 6
-    e, hd, f, v = cfg.d_model, cfg.inner_dim, cfg.d_ff, cfg.vocab_size
-    enc_w = 4 * e * hd + 3 * e * f
-    dec_w = 8 * e * hd + 3 * e * f
-    fwd = 2 * b * (le * enc_w + ld * dec_w + ld * e * v - ld * 2 * e * hd + le * 2 * e * hd)
-    fwd += 2 * b * 2 * hd * (le * le + ld * ld + ld * le)
-    assert flops_per_step(cfg, b, le, ld) == pytest.approx(3 * fwd)
 
 
 def test_unigram_entropy():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,8 +11,7 @@ import pytest
 from ankh.objective import Objective
 from ankh.packing import unpack
 from ankh.tokenizer import AnkhTokenizer
-from ankh_platform.data.pipeline import (BatchStream, DataConfig, PipelineState, batches_from_rows,
-                                list_shards, stable_id, train_dataset)
+from ankh_platform.data.pipeline import BatchStream, DataConfig, PipelineState, list_shards
 
 TOK = AnkhTokenizer()
 # Small windows and rows so one epoch of the bundled sample spans several windows and batches.
@@ -97,7 +95,7 @@ def test_state_must_match_run(sample_dir):
 def test_gcs_prepare_and_stream_same_as_local(ray_local, gcs_bucket, two_workers, bundled_fasta):
     """FASTA on gs:// -> jobs.prepare -> shards on gs:// -> Ray Data batches == local batches."""
     from ankh_platform.data.prepare import PrepareConfig, prepare
-    from ankh_platform.core.storage import filesystem
+    from ankh.storage import filesystem
 
     fs, bucket = filesystem(gcs_bucket)
     fs.put(str(bundled_fasta), f"{bucket}/raw/uniprot_sample.fasta.gz")
@@ -112,34 +110,6 @@ def test_gcs_prepare_and_stream_same_as_local(ray_local, gcs_bucket, two_workers
     for (a, _), (b, _) in zip(runs[0], remote):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_streaming_split_for_ray_train(ray_local, sample_dir, sequences):
-    """The get_dataset_shard route: streaming_split(2, equal=True), as Ray Train splits, feeds two
-    consumers equal row counts; no example twice, at most world-1 rows dropped to equalise."""
-    cfg = dataclasses.replace(CFG, paths=(sample_dir,))
-    ds = train_dataset(cfg)
-    its = ds.streaming_split(2, equal=True)
-    got: list[list[int]] = [[], []]
-
-    def consume(i):
-        for b in batches_from_rows(its[i], cfg):
-            got[i].extend(int(x) for x in b["example_ids"][b["example_ids"] >= 0])
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    _, shards = list_shards([sample_dir])
-    ids = sum((pq.read_table(s.path, columns=["id"])["id"].to_pylist() for s in shards), [])
-    everything = {stable_id(i) for i in ids}
-    both = got[0] + got[1]
-    assert len(set(both)) == len(both) and set(both) <= everything
-    assert len(everything) - len(both) <= 1
-    assert abs(len(got[0]) - len(got[1])) == 0
 
 
 def test_epochs_reshuffle_files_and_remask(sample_dir):

@@ -8,6 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from ankh import storage
 import ankh_platform.data.prepare as prep
 from ankh_platform.data.fasta import FastaError, FastaStats, parse_id, read_fasta
 from ankh_platform.data.prepare import PrepareConfig, prepare, split_of
@@ -92,25 +93,26 @@ def test_headers():
 
 def test_interrupted_run_resumes_atomically(tmp_path, bundled_fasta, monkeypatch):
     cfg = PrepareConfig(input=str(bundled_fasta), output=str(tmp_path / "o"), rows_per_shard=700)
-    real_commit, calls = prep._commit, []
+    real_write, calls = prep.atomic_write, []
 
-    def crash_on_third(fs, tmp, path):
+    def killed_on_third(path, write, fs=None):
         calls.append(path)
-        if len(calls) == 3:
+        if len(calls) == 3:  # as SIGKILL mid-write: the temporary exists, the shard does not
+            write(storage.temp_path(path))
             raise KeyboardInterrupt("simulated crash while writing shard 3")
-        real_commit(fs, tmp, path)
+        return real_write(path, write, fs=fs)
 
-    monkeypatch.setattr(prep, "_commit", crash_on_third)
+    monkeypatch.setattr(prep, "atomic_write", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg)
     out = tmp_path / "o" / "train"
     assert sorted(f.name for f in out.glob("shard-*")) == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert len(list(out.glob("_tmp-*"))) == 1  # the half-done shard has a name readers ignore
+    assert len(list(out.glob(".*.tmp-*"))) == 1  # the half-done shard has a name readers ignore
     assert not (tmp_path / "o" / "manifest.json").exists()
-    monkeypatch.setattr(prep, "_commit", real_commit)
+    monkeypatch.setattr(prep, "atomic_write", real_write)
     m = prepare(cfg)
     assert (m["shards_reused"], m["shards_written"]) == (2, 3)
-    assert not list(out.glob("_tmp-*"))
+    assert not list(out.glob(".*.tmp-*"))
     ref = prepare(PrepareConfig(input=str(bundled_fasta), output=str(tmp_path / "ref"), rows_per_shard=700))
     assert _rows(tmp_path / "o") == _rows(tmp_path / "ref")
     assert m["splits"] == ref["splits"]
@@ -131,6 +133,7 @@ def test_split_and_length_filter(tmp_path, bundled_fasta, records):
 
 
 def test_cli_gzip_and_plain_agree(tmp_path, bundled_fasta, capsys):
+    from jobs._cli import run
     from jobs.prepare import main
 
     plain = tmp_path / "x.fasta"
@@ -141,7 +144,10 @@ def test_cli_gzip_and_plain_agree(tmp_path, bundled_fasta, capsys):
     assert summary["splits"]["train"]["shards"] == 3
     assert main(["--input", str(bundled_fasta), "--output", str(tmp_path / "b"), "rows_per_shard=1000"]) == 0
     assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
-    assert main(["--input", str(tmp_path / "missing.fa"), "--output", str(tmp_path / "c")]) == 1
+    capsys.readouterr()
+    assert run(main, ["--input", str(tmp_path / "missing.fa"), "--output", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err  # a user error: one line, no traceback
+    assert err.startswith("error: ") and "missing.fa" in err and "Traceback" not in err
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0

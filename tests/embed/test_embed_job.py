@@ -23,19 +23,16 @@ import pytest
 
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _check_output
-from ankh_platform.embed.replica import Embedder, pack_udf
-from ankh_platform.embed.pack import PackSpec, combine_windows, pack, prepare, windows
+from ankh_platform.embed.replica import EmbedReplica, pack_udf
+from ankh_platform.embed.pack import EmbedPackSpec, combine_windows, pack, prepare, windows
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH, OVERLAP = 256, 32  # a small max_length so some real proteins need windows
 BAD_FASTA = [("BAD1", "MKTJJQ"), ("BAD2", "")]  # J is not an amino-acid letter; empty record
 
 
-def _real(shared_data_dir: Path, start: int, n: int) -> dict:
-    path = shared_data_dir / "uniprot_go_sample.parquet"
-    if not path.exists():
-        path = REPO / "data" / "uniprot_sample" / "train"
-    t = pq.read_table(path, columns=["id", "sequence"])
+def _real(protein_parquet: Path, start: int, n: int) -> dict:
+    t = pq.read_table(protein_parquet, columns=["id", "sequence"])
     return t.slice(start, n).to_pydict()
 
 
@@ -76,11 +73,11 @@ def _check_against_offline(table: pa.Table, seqs: dict[str, str]) -> float:
 
 
 # ---- fast: no Ray -------------------------------------------------------------------------------
-def test_packing_real_proteins_fixed_shapes_little_padding(shared_data_dir):
+def test_packing_real_proteins_fixed_shapes_little_padding(protein_parquet):
     from ankh.tokenizer import AnkhTokenizer
 
-    t = _real(shared_data_dir, 0, 4096)
-    spec = PackSpec(max_length=1024, batch_tokens=8192)
+    t = _real(protein_parquet, 0, 4096)
+    spec = EmbedPackSpec(max_length=1024, batch_tokens=8192)
     prep = prepare(t["id"], t["sequence"], ["s"] * 4096, AnkhTokenizer(), spec)
     seen, slots, real = [], 0, 0
     for b in pack(prep, spec):
@@ -99,7 +96,7 @@ def test_packing_real_proteins_fixed_shapes_little_padding(shared_data_dir):
 def test_invalid_and_long_sequences_are_reported_not_dropped():
     from ankh.tokenizer import AnkhTokenizer
 
-    spec = PackSpec(max_length=50, window_overlap=10, long_policy="skip")
+    spec = EmbedPackSpec(max_length=50, window_overlap=10, long_policy="skip")
     ids = ["ok", "bad", "empty", "none", "", "long", "stop"]
     seqs = ["MKV", "MK1V", "", None, "MKV", "M" * 60, "MKV*"]
     prep = prepare(ids, seqs, ["s"] * 7, AnkhTokenizer(), spec)
@@ -108,24 +105,25 @@ def test_invalid_and_long_sequences_are_reported_not_dropped():
     assert "'1' at position 3" in errs["bad"] and "empty" in errs["empty"]
     assert "null" in errs["none"] and "missing id" in errs[""] and "max_length 50" in errs["long"]
     trunc = prepare(["long"], ["M" * 60], ["s"], AnkhTokenizer(),
-                    PackSpec(max_length=50, window_overlap=10, long_policy="truncate"))
+                    EmbedPackSpec(max_length=50, window_overlap=10, long_policy="truncate"))
     assert trunc.seq_len == [50] and "truncated 60 -> 50" in trunc.notes[0][2]
-    win = prepare(["long"], ["M" * 60], ["s"], AnkhTokenizer(), PackSpec(max_length=50, window_overlap=10))
+    win = prepare(["long"], ["M" * 60], ["s"], AnkhTokenizer(),
+                  EmbedPackSpec(max_length=50, window_overlap=10))
     assert win.seq_nwin == [2] and win.piece_win == [0, 10] and "2 windows" in win.notes[0][2]
 
 
-def test_job_stages_in_process_equal_offline_api(tmp_path, shared_data_dir):
+def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet):
     """pack -> replica -> part files -> merge, on real proteins: equals embedding each alone."""
-    t = _real(shared_data_dir, 0, 48)
+    t = _real(protein_parquet, 0, 48)
     seqs = dict(zip(t["id"], t["sequence"]))
     assert sum(len(s) > WIDTH for s in seqs.values()) >= 3  # windows are exercised
     ids = t["id"] + [i for i, _ in BAD_FASTA]
     batch = {"id": np.array(ids, object),
              "sequence": np.array(t["sequence"] + [s for _, s in BAD_FASTA], object),
              "path": np.array(["/in/shard-a.parquet"] * len(ids), object)}
-    spec = PackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP)
+    spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP)
     packed = pack_udf(batch, spec, _offline().tokenizer.vocab)
-    out = Embedder("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
+    out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     n = len(out["id"])
     counts = [embed_io.write_parts({k: v[i: i + 40] for k, v in out.items()}, str(tmp_path), "r1")
               for i in range(0, n, 40)]
@@ -189,9 +187,9 @@ def test_cli_help():
 
 
 # ---- slow: the whole Ray Data job -----------------------------------------------------------------
-def _write_inputs(root: Path, shared_data_dir: Path, shards: int, per: int) -> dict[str, str]:
+def _write_inputs(root: Path, protein_parquet: Path, shards: int, per: int) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
-    t = _real(shared_data_dir, 100, shards * per + 12)
+    t = _real(protein_parquet, 100, shards * per + 12)
     for k in range(shards):
         part = {c: v[k * per: (k + 1) * per] for c, v in t.items()}
         pq.write_table(pa.table(part), root / f"part-{k:03d}.parquet")
@@ -218,11 +216,11 @@ def _check_output_dir(out: Path, seqs: dict[str, str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, shared_data_dir, ray_local):
+def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_parquet, ray_local):
     from ankh_platform.embed.job import run
     from ankh_platform.core.config import load_config
 
-    seqs = _write_inputs(tmp_path / "in", shared_data_dir, shards=6, per=24)
+    seqs = _write_inputs(tmp_path / "in", protein_parquet, shards=6, per=24)
     out, h5 = tmp_path / "out", tmp_path / "emb.h5"
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
     log = open(tmp_path / "driver.log", "wb")
@@ -261,14 +259,14 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, shared_d
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_job_reads_and_writes_gcs(tmp_path, shared_data_dir, ray_local, gcs_bucket):
+def test_job_reads_and_writes_gcs(tmp_path, protein_parquet, ray_local, gcs_bucket):
     import dataclasses
 
     from ankh_platform.core.config import load_config
     from ankh_platform.embed.job import run
-    from ankh_platform.core.storage import gcs_filesystem
+    from ankh.storage import gcs_filesystem
 
-    seqs = _write_inputs(tmp_path / "in", shared_data_dir, shards=2, per=16)
+    seqs = _write_inputs(tmp_path / "in", protein_parquet, shards=2, per=16)
     fs = gcs_filesystem()
     bucket = gcs_bucket.removeprefix("gs://")
     for p in (tmp_path / "in").iterdir():
@@ -296,5 +294,5 @@ def test_checkpoint_is_described_without_loading_weights(tmp_path):
     _offline().save_hf(tmp_path / "hf")
     path, cfg, vocab = _describe(str(tmp_path / "hf"))
     assert path == str(tmp_path / "hf") and cfg == _offline().config and vocab["A"] == 3
-    with pytest.raises(FileNotFoundError, match="not a preset"):
+    with pytest.raises(ValueError, match="not an HF directory"):  # ankh.resolve's error
         _describe(str(tmp_path))

@@ -1,26 +1,25 @@
 """Evaluation tasks on small slices of the real data: labels aligned, splits disjoint, files parsed."""
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from ankh_platform.evaluate import task_specs as ts
 from ankh_platform.evaluate import tasks as et
 
-LIMITS = et.Limits(train=30, valid=8, test=12, max_length=400, contact_max_length=200)
+LIMITS = et.TaskLimits(train=30, valid=8, test=12, max_length=400, contact_max_length=200)
 
 
 @pytest.fixture(scope="module")
-def pdb_rows():
-    path = et.data_dir() / "pdb_dssp8.parquet"
+def pdb_rows(data_dir):
+    path = data_dir / "pdb_dssp8.parquet"
     t = pq.read_table(path, columns=["id", "sequence", "dssp8", "ca_xyz"]).to_pydict()
     return {cid: (s, d, c) for cid, s, d, c in zip(t["id"], t["sequence"], t["dssp8"], t["ca_xyz"])}
 
 
 @pytest.fixture(scope="module")
 def ss3():
-    return et.load_task("ss3", LIMITS)
+    return ts.load_task("ss3", LIMITS)
 
 
 def test_ss_mapping_by_hand():
@@ -70,7 +69,7 @@ def test_near_duplicates_flags_close_copies_only(pdb_rows):
 
 @pytest.mark.timeout(300)
 def test_contacts_task_labels(pdb_rows):
-    task = et.load_task("contacts", LIMITS)
+    task = ts.load_task("contacts", LIMITS)
     assert task.kind == "contacts"
     for sp in task.splits.values():
         for cid, seq, ca in zip(sp.ids, sp.seqs, sp.labels):
@@ -80,12 +79,10 @@ def test_contacts_task_labels(pdb_rows):
     assert cm.any() and np.array_equal(cm, cm.T) and not np.diag(cm).any()
 
 
-def test_go_task_multilabel(tmp_path):
-    sample = et.data_dir() / "uniprot_go_sample.parquet"
-    if not sample.exists():  # the bundled fallback has no GO labels: use the shared copy's path
-        sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "uniprot_go_sample.parquet"
+def test_go_task_multilabel(tmp_path, data_dir):
+    sample = data_dir / "uniprot_go_sample.parquet"  # GO labels: the shared data (or ANKH_DATA_DIR)
     (tmp_path / "uniprot_go_sample.parquet").symlink_to(sample)
-    task = et.load_go_task(et.Limits(train=300, valid=40, test=40), top_n=5, root=tmp_path)
+    task = et.load_go_task(et.TaskLimits(train=300, valid=40, test=40), top_n=5, root=tmp_path)
     assert task.kind == "multilabel" and len(task.classes) == 15
     assert task.info["ontology_of_term"] == ["mf"] * 5 + ["bp"] * 5 + ["cc"] * 5
     raw = {r["id"]: r for r in pq.read_table(sample).to_pylist()}
@@ -101,13 +98,13 @@ def test_user_csv_and_fasta_tasks(tmp_path, pdb_rows):
     lines = ["id,sequence,score,split"] + [
         f"{cid},{s},{len(s) / 10:.1f},{('train', 'valid', 'test')[i % 3]}" for i, (cid, (s, _, _)) in enumerate(items)]
     csv.write_text("\n".join(lines) + "\n")
-    task = et.load_task(f"name=stab,kind=protein_reg,label=score,file={csv}", LIMITS)
+    task = ts.load_task(f"name=stab,kind=protein_reg,label=score,file={csv}", LIMITS)
     assert task.kind == "protein_reg" and len(task.splits["test"].ids) == 12
     assert task.splits["train"].labels[0] == pytest.approx(len(task.splits["train"].seqs[0]) / 10)
     fasta = tmp_path / "ss.fasta"
     fasta.write_text("".join(f">{cid} split={('train', 'valid', 'test')[i % 3]}\n{s}\n{d}\n"
                              for i, (cid, (s, d, _)) in enumerate(items)))
-    task = et.load_task(str(fasta), LIMITS)
+    task = ts.load_task(str(fasta), LIMITS)
     assert task.kind == "residue_class" and task.classes == sorted(set("".join(d for _, (_, d, _) in items)))
     sp = task.splits["test"]
     for cid, seq, lab in zip(sp.ids, sp.seqs, sp.labels):
@@ -115,8 +112,8 @@ def test_user_csv_and_fasta_tasks(tmp_path, pdb_rows):
     bad = tmp_path / "bad.fasta"
     bad.write_text(">a split=train\nACDEF\nHHH\n>b split=test\nACD\nHHH\n")
     with pytest.raises(ValueError, match="a has 5 residues but 3 labels"):
-        et.load_task(str(bad), LIMITS)
+        ts.load_task(str(bad), LIMITS)
     with pytest.raises(ValueError, match="no column 'fitness'"):
-        et.load_task(f"name=x,label=fitness,file={csv}", LIMITS)
+        ts.load_task(f"name=x,label=fitness,file={csv}", LIMITS)
     with pytest.raises(ValueError, match="bad item"):
-        et.parse_task_spec("name=x,colour=red,file=a.csv")
+        ts.parse_task_spec("name=x,colour=red,file=a.csv")

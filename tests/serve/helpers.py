@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 import urllib.error
@@ -43,9 +42,9 @@ def proteins(n: int, max_len: int, min_len: int = 8) -> list[str]:
     """Real UniProt sequences (shared data, else the bundled sample), varied lengths."""
     import pyarrow.parquet as pq
 
-    shared = REPO.parent / "shared" / "data" / "uniprot_go_sample.parquet"
-    src = shared if shared.exists() else REPO / "data" / "uniprot_sample" / "train"
-    seqs = pq.read_table(src, columns=["sequence"]).column(0).to_pylist()
+    from ankh_platform.core.samples import protein_parquet
+
+    seqs = pq.read_table(protein_parquet(), columns=["sequence"]).column(0).to_pylist()
     out = [s for s in seqs if min_len <= len(s) <= max_len and set(s) <= set("ACDEFGHIKLMNPQRSTVWY")]
     return out[:n]
 
@@ -73,39 +72,25 @@ def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
 
 
 @contextlib.contextmanager
-def serving(cfg: dict, env: dict[str, str] | None = None):
-    """Start Ray (2 CPUs) + Serve on a free loopback port with ``build_app(cfg)``; yield the URL."""
+def serving(cfg: dict):
+    """Serve ``build_app(cfg)`` on a free loopback port of the running Ray; yield the URL.
+
+    Ray itself comes from the ``ray_local`` fixture (a module that needs variables in the
+    replicas' environment sets ``RAY_WORKER_ENV``); Serve is shut down on exit.
+    """
     import ray
     from ray import serve
 
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # Ray workers inherit the driver's environment
-    port = free_port()
-    for attempt in range(2):  # Ray's fixed 30 s raylet-start wait can miss on a loaded machine
-        try:
-            ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt:
-                raise
-    try:
-        from ankh_platform.serve.app import build_app
+    from ankh_platform.serve.app import build_app
 
+    assert ray.is_initialized(), "serving() needs the ray_local fixture"
+    port = free_port()
+    try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(cfg), name="ankh", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        serve.shutdown()
 
 
 def wait_healthy(url: str, token: str | None = None, timeout: float = 300) -> None:

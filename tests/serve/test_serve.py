@@ -22,6 +22,7 @@ from tests.serve.helpers import REPO, SMALL, http, merge, proteins, serving
 
 pytestmark = pytest.mark.timeout(900)
 TOKEN = secrets.token_urlsafe(16)
+RAY_WORKER_ENV = {"ANKH_SERVE_TOKEN": TOKEN}  # ray_local puts it in every replica's environment
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,12 @@ def extra_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(hf_dir, extra_models):
+def server(ray_local, hf_dir, extra_models):
     # One extra model resident per replica: asking for b then c evicts b (LRU).
     cfg = merge(SMALL, {"checkpoint": str(hf_dir), "auth": {"enabled": True},
                         "embed": {"max_queued_requests": 2},
                         "models": extra_models, "max_models_per_replica": 1})
-    with serving(cfg, env={"ANKH_SERVE_TOKEN": TOKEN}) as url:
+    with serving(cfg) as url:
         yield url
 
 
@@ -259,11 +260,10 @@ def test_serve_build_on_the_app(tmp_path):
 
 
 def test_bucket_plan_uses_only_compiled_shapes_and_covers_every_sequence():
-    from ankh_platform.serve.embed import BucketPlan, default_buckets
-    from ankh_platform.serve.schema import LimitError
+    from ankh.batching import SERVE_MIN_LENGTH, BatchPlan, sequence_ladder
 
-    assert default_buckets(1025) == [64, 96, 128, 192, 256, 384, 512, 768, 1025]
-    plan = BucketPlan([32, 64, 128], batch_tokens=512, growth=2)
+    assert sequence_ladder(1024, SERVE_MIN_LENGTH) == [64, 96, 128, 192, 256, 384, 512, 768, 1025]
+    plan = BatchPlan([32, 64, 128], batch_tokens=512, growth=2)
     assert plan.rows == {32: [1, 2, 4, 8, 16], 64: [1, 2, 4, 8], 128: [1, 2, 4]}
     rng = np.random.default_rng(0)
     lengths = [int(x) for x in rng.integers(2, 129, size=203)]
@@ -274,9 +274,9 @@ def test_bucket_plan_uses_only_compiled_shapes_and_covers_every_sequence():
         assert all(lengths[i] <= bucket for i in idx)
     # Full batches where a bucket has enough sequences: at most one partial batch per bucket.
     partial = [b for idx, b, rows in batches if len(idx) < plan.rows[b][-1]]
-    assert len(partial) <= len(plan.buckets)
-    with pytest.raises(LimitError, match="largest length bucket 128"):
-        plan.bucket(129)
+    assert len(partial) <= len(plan.ladder)
+    with pytest.raises(ValueError, match="largest padded length 128"):
+        plan.length(129)
 
 
 # ---- model multiplexing: several checkpoints per replica, chosen per request -----------------

@@ -43,7 +43,7 @@ def b_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(hf_dir, b_run):
+def server(ray_local, hf_dir, b_run):
     # Local defaults (auth off); two embedding replicas so one can be killed under load.
     cfg = merge(SMALL, {"checkpoint": str(hf_dir), "models": {"b": str(b_run)},
                         "embed": {"num_replicas": 2, "max_ongoing_requests": 16,

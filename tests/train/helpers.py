@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from ankh_platform.core import samples
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN = str(REPO / "data" / "uniprot_sample" / "train")
-VALID = str(REPO / "data" / "uniprot_sample" / "validation")
+TRAIN = str(samples.bundled_train())
+VALID = str(samples.bundled_validation())
 
 
 def local_source(rows: int = 4, max_residues: int = 32, rank: int = 0, world: int = 1, seed: int = 0,
                  eval_batches: int = 2):
     from ankh_platform.data.pipeline import DataConfig
-    from ankh_platform.train.source import SourceConfig, make_source
+    from ankh_platform.train.config import SourceConfig
+    from ankh_platform.train.source import make_source
 
     data = DataConfig(paths=(TRAIN,), rows=rows, max_residues=max_residues, seed=seed, prefetch=0)
     return make_source(data, SourceConfig(kind="local", eval_paths=(VALID,), eval_batches=eval_batches), rank, world)
@@ -25,10 +25,11 @@ def real_batch(rows: int = 4, max_residues: int = 32, k: int = 0) -> dict:
 
 def pretrain_config(tmp, name: str, *overrides: str):
     from ankh_platform.core.config import load_config
-    from ankh_platform.train.job import PretrainConfig
+    from ankh_platform.train.config import PretrainConfig
 
     base = [f"output={tmp}", f"name={name}", f"data.paths=[{TRAIN}]", f"source.eval_paths=[{VALID}]",
-            "data.rows=4", "data.enc_len=136", "data.max_residues=64", "data.window=256",
-            "log_every=1", "eval_every=0", "source.eval_batches=2", "optim.warmup_steps=2",
-            "optim.peak_lr=0.004"]
+            "data.rows=4", "data.max_residues=64", "log_every=1", "eval_every=0",
+            "source.eval_batches=2", "optim.warmup_steps=2", "optim.peak_lr=0.004"]
+    if "source.kind=local" not in overrides:  # the stream packs: short rows, small windows
+        base += ["data.enc_len=136", "data.window=256"]
     return load_config(PretrainConfig, None, base + list(overrides))

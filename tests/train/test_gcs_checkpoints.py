@@ -30,7 +30,7 @@ CFG = PRESETS["tiny"].replace(num_layers=1, num_decoder_layers=1)
 @pytest.fixture
 def gcs(gcs_bucket):
     """(gcsfs filesystem, bucket URL) on the emulator."""
-    from ankh_platform.core.storage import gcs_filesystem
+    from ankh.storage import gcs_filesystem
 
     return gcs_filesystem(), gcs_bucket
 

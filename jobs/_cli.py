@@ -1,0 +1,148 @@
+"""What every ``python -m jobs.<name>`` shares: its parser, its logging, its error policy.
+
+- **Parser.** A job with a config dataclass lists its flags in one table, ``{"--flag": flag(...)}``,
+  each naming the config field it sets (dotted, e.g. ``"limits.train"``) or none (a flag of the
+  job itself). ``parse`` builds ``prog [--config FILE] [flags] [key.path=value ...]`` from it,
+  with every config field described in ``--help``, and hands file, overrides and flags to
+  ``ankh_platform.core.config.load_config`` -- the one path from argv to a config. Flags win
+  over ``key.path=value`` overrides, which win over the file.
+- **Logging.** One format (``ankh_platform.core.runtime.configure_logging``); ``-v/--verbose``
+  shows debug messages (and tracebacks of user errors), ``-q/--quiet`` only warnings.
+- **Errors.** ``run(main)`` is every job's ``__main__``: expected user errors (``ValueError`` and
+  its kin -- ConfigError, TokenizerError, FastaError, CheckpointError -- and FileNotFoundError),
+  bad flags included, print ``error: <message>`` on stderr and exit 2, without a traceback; any
+  other exception is a bug and keeps its traceback. A ``main`` that returns an int sets the exit
+  status (``check_cluster``: 1 when a file disagrees). ``main(argv)`` itself raises, so tests
+  and other Python callers see the exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from ankh_platform.core.config import ConfigError, describe, load_config
+from ankh_platform.core.runtime import configure_logging
+
+T = TypeVar("T")
+USER_ERRORS = (ValueError, FileNotFoundError)
+_SHOW_TRACEBACKS = False  # set by -v
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A flag: its argparse options and the config field it sets (``field=None``: the job's own)."""
+
+    field: str | None
+    options: dict[str, Any]
+    value: Callable[[Any], Any] | None = None  # argparse value -> config value
+    required: bool = False  # the config field must end up non-empty (from this flag or an override)
+
+
+def flag(field: str | None, help: str, *, value: Callable[[Any], Any] | None = None,
+         required: bool = False, **options: Any) -> Flag:
+    """``flag("output", "report directory", type=str)``; ``options`` go to ``add_argument``."""
+    return Flag(field, {"help": help, **options}, value, required)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors follow the one error policy
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def parser(prog: str, doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """A job's argument parser (``prog``: ``jobs.<name>``) with ``-v/--verbose`` and ``-q/--quiet``."""
+    ap = _Parser(prog=f"python -m {prog}", description=doc, epilog=epilog,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_verbosity(ap)
+    return ap
+
+
+def add_verbosity(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks of errors")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    global _SHOW_TRACEBACKS
+    _SHOW_TRACEBACKS = bool(getattr(args, "verbose", False))
+    level = logging.DEBUG if _SHOW_TRACEBACKS else logging.WARNING if getattr(args, "quiet", False) \
+        else logging.INFO
+    configure_logging(level)
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None,
+               intermixed: bool = False) -> argparse.Namespace:
+    """Parse, then set up logging from ``-v``/``-q``."""
+    args = ap.parse_intermixed_args(argv) if intermixed else ap.parse_args(argv)
+    setup_logging(args)
+    return args
+
+
+def parse(cls: type[T], argv: list[str] | None, doc: str | None, prog: str,
+          flags: dict[str, Flag] | None = None, presets_dir: str | Path | None = None
+          ) -> tuple[T, argparse.Namespace]:
+    """``prog [--config FILE|PRESET] [flags] key.path=value ...`` -> (config, parsed flags)."""
+    flags = flags or {}
+    presets = sorted(p.stem for p in Path(presets_dir).glob("*.yaml")) if presets_dir else []
+    epilog = ("overrides (key.path=value):\n" + "\n".join(describe(cls)) +
+              (f"\n\npresets: {', '.join(presets)}" if presets else ""))
+    ap = parser(prog, doc, epilog)
+    ap.add_argument("--config", help="YAML config file" +
+                    (", or the name of a shipped preset" if presets_dir else ""))
+    for name, f in flags.items():
+        extra = {"default": argparse.SUPPRESS} if f.field else {}  # absent = not given
+        ap.add_argument(name, **f.options, **extra)
+    ap.add_argument("overrides", nargs="*", metavar="key.path=value")
+    args = parse_args(ap, argv, intermixed=True)  # overrides may come before and after flags
+    fields = {}
+    for name, f in flags.items():
+        dest = f.options.get("dest") or name.lstrip("-").replace("-", "_")
+        if f.field and hasattr(args, dest):
+            raw = getattr(args, dest)
+            try:
+                fields[f.field] = f.value(raw) if f.value else raw
+            except ConfigError as e:
+                ap.error(f"{name} {e}")
+    try:
+        cfg = load_config(cls, args.config, args.overrides, fields, presets_dir)
+    except ConfigError as e:
+        ap.error(str(e))
+    missing = [n for n, f in flags.items() if f.required and not _get(cfg, f.field)]
+    if missing:
+        ap.error(f"{', '.join(missing)} required")
+    return cfg, args
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def named_paths(items: list[str]) -> dict[str, str]:
+    """``["a=PATH", ...]`` (repeatable ``--model NAME=PATH``) -> ``{"a": "PATH", ...}``."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"{item!r}: expected NAME=PATH")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
+    """Call ``main(argv)`` under the error policy; returns the exit status."""
+    try:
+        out = main(sys.argv[1:] if argv is None else list(argv))
+    except USER_ERRORS as e:
+        if _SHOW_TRACEBACKS:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return out if isinstance(out, int) and not isinstance(out, bool) else 0

@@ -1,0 +1,116 @@
+"""The pretraining run's configuration, and the one place its relative paths become absolute.
+
+``python -m jobs.pretrain`` parses argv into a :class:`PretrainConfig` once (YAML presets in
+``jobs/configs/`` + dotted overrides, ``ankh_platform.core.config``); the driver calls
+:func:`resolve_paths` once; workers receive that config (as the JSON-able dict Ray Train shows
+in its dashboard, rebuilt by one ``from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ankh import storage
+from ankh.training import OptimConfig
+from ankh_platform.core.config import ConfigError
+from ankh_platform.core.samples import repo_path
+from ankh_platform.data.pipeline import DataConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1     # -1 = all remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig:
+    num_workers: int = 1          # Ray Train workers = JAX processes (TPU: one per host)
+    cpus_per_worker: float = 1.0
+    devices_per_worker: int = 1   # CPU only: simulated JAX devices per process
+    use_tpu: bool = False
+    use_gpu: bool = False
+    topology: str = ""            # TPU, e.g. "2x2x2" for a v4-16
+    accelerator_type: str = "TPU-V4"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultConfig:
+    """Fault injection for tests: SIGKILL worker ``rank`` at ``kill_at_step`` once per run."""
+    kill_at_step: int = -1
+    rank: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """Where a worker's batches come from (``ankh_platform.train.source``)."""
+    kind: Literal["stream", "local"] = "stream"
+    eval_paths: tuple[str, ...] = ("data/uniprot_sample/validation",)
+    eval_batches: int = 4   # held-out batches per host for the validation loss (fixed set)
+
+
+DEFAULT_DATA = DataConfig(paths=("data/uniprot_sample/train",), rows=8, enc_len=264,
+                          max_residues=128, max_segments=8, window=512)
+# The stream's packing settings. The local source has no packing: one sequence per row, padded
+# to data.max_residues + 1 tokens, and a global shuffle per epoch -- so a value other than the
+# default would silently do nothing there, and is refused instead.
+STREAM_ONLY = ("enc_len", "dec_len", "max_segments", "window")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    model: str = "tiny"                 # an ankh.config preset
+    steps: int = 300
+    seed: int = 0
+    output: str = "outputs/pretrain"    # storage path: local dir or gs://bucket/prefix
+    name: str = "ankh-tiny"             # run name; same name + output = resume
+    optim: OptimConfig = OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=0)  # 0 = steps
+    data: DataConfig = DEFAULT_DATA
+    source: SourceConfig = SourceConfig()
+    mesh: MeshConfig = MeshConfig()
+    scale: ScaleConfig = ScaleConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log_every: int = 10
+    eval_every: int = 100               # 0 = only at the end
+    max_failures: int = 3
+    log_example_ids: bool = False       # <run>/examples/rank<r>.jsonl (exactly-once checks)
+    fault: FaultConfig = FaultConfig()
+    compile_cache: str = "~/.cache/ankh/jax"  # persistent XLA cache ("" = off): fast restarts
+
+    def __post_init__(self) -> None:
+        if self.source.kind != "local":
+            return
+        for name in STREAM_ONLY:
+            value, default = getattr(self.data, name), getattr(DEFAULT_DATA, name)
+            if value != default:
+                raise ConfigError(
+                    f"data.{name}={value} does nothing with source.kind=local (one sequence per "
+                    f"row of data.max_residues + 1 tokens, no packing windows): leave it at "
+                    f"{default} or use source.kind=stream")
+
+    def run_dir(self) -> str:
+        """``<output>/<name>`` (absolute once :func:`resolve_paths` has run)."""
+        return storage.join(self.output, self.name)
+
+
+def _absolute(path: str) -> str:
+    """A path as every worker can open it: URLs as given, local paths absolute (a relative one
+    from the working directory, else from the repository: the bundled sample)."""
+    return storage.norm_path(repo_path(path))
+
+
+def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
+    """Every local path of ``cfg`` made absolute, on the driver: workers may run elsewhere."""
+    return dataclasses.replace(
+        cfg, output=storage.norm_path(cfg.output),
+        data=dataclasses.replace(cfg.data, paths=tuple(map(_absolute, cfg.data.paths))),
+        source=dataclasses.replace(cfg.source, eval_paths=tuple(map(_absolute, cfg.source.eval_paths))))
