@@ -16,7 +16,7 @@ from ankh.config import AnkhConfig
 from ankh.encoder import encoder_depth, jit_encoder
 from ankh.generate import GenerationMixin
 from ankh.model import AnkhModel
-from ankh.resolve import resolve
+from ankh.resolve import resolve, tokenizer_for
 from ankh.scoring import ScoringMixin
 from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
@@ -37,7 +37,8 @@ class Ankh(GenerationMixin, ScoringMixin):
 
     def __init__(self, config: AnkhConfig, model: AnkhModel, tokenizer: AnkhTokenizer | None = None):
         self.config = config
-        self.tokenizer = tokenizer or AnkhTokenizer(vocab_size=config.vocab_size)
+        self.tokenizer = tokenizer or tokenizer_for(config)
+        self.revision: str | None = None  # the hub commit ``load`` resolved, if any
         self.graphdef, self.params = nnx.split(model)
         self.dtype = model.dtype
         self._fns: dict[Any, Any] = {}
@@ -77,20 +78,34 @@ class Ankh(GenerationMixin, ScoringMixin):
         convert.write_hf_dir(str(path), self.flat_params(), self.config, self.tokenizer.vocab)
 
     # ---- embedding -------------------------------------------------------------------------------
+    def task_prefix(self, task: str = "[NLU]") -> str | None:
+        """The task token this model puts first for ``task`` (``[NLU]``: embedding and scoring;
+        ``[S2S]``: generation), or None for a model trained without them (ankh, ankh2)."""
+        return task if self.config.task_prefixes else None
+
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the residues in ``tokenize``'s ids (1 with ``[NLU]``, else 0)."""
+        return int(self.config.task_prefixes)
+
     def tokenize(self, sequences: Iterable[str]) -> list[np.ndarray]:
-        """Encode (``</s>`` appended), with errors that name the offending sequence."""
-        out = []
+        """Encode (``[NLU]`` first if the model uses task prefixes, ``</s>`` appended), with
+        errors that name the offending sequence."""
+        out, prefix = [], self.task_prefix("[NLU]")
         for i, s in enumerate(sequences):
             if not isinstance(s, str):
                 raise TokenizerError(f"sequence {i}: expected a string, got {type(s).__name__}")
             try:
-                ids = self.tokenizer.encode(s, allow_sentinels=False)
+                ids = self.tokenizer.encode(s, allow_sentinels=False, prefix=prefix)
             except TokenizerError as e:
                 raise TokenizerError(f"sequence {i}: {e}") from None
-            if len(ids) <= 1:
+            if prefix is not None and ids[0] != self.tokenizer.task_id(prefix):
+                raise TokenizerError(f"sequence {i}: starts with another task token than {prefix}")
+            n = len(ids) - 1 - self.num_prefix
+            if n <= 0:
                 raise TokenizerError(f"sequence {i} is empty")
-            if len(ids) - 1 > self.config.max_length:
-                raise TokenizerError(f"sequence {i} has {len(ids) - 1} residues, over the model's "
+            if n > self.config.max_length:
+                raise TokenizerError(f"sequence {i} has {n} residues, over the model's "
                                      f"max_length {self.config.max_length}")
             out.append(ids)
         return out
@@ -98,7 +113,8 @@ class Ankh(GenerationMixin, ScoringMixin):
     def _encoder_fn(self, per_residue: bool, num_layers: int | None):
         key = ("enc", per_residue, num_layers)
         if key not in self._fns:
-            self._fns[key] = jit_encoder(self.graphdef, per_residue, num_layers)
+            self._fns[key] = jit_encoder(self.graphdef, per_residue, num_layers,
+                                         skip_first=self.num_prefix)
         return self._fns[key]
 
     def embed(self, sequences: Iterable[str], per_residue: bool = False,
@@ -106,8 +122,9 @@ class Ankh(GenerationMixin, ScoringMixin):
               layer: int | None = None) -> np.ndarray | list[np.ndarray]:
         """Mean-pooled ``[n, d_model]`` float32, or per-residue ``[L_i, d_model]`` arrays.
 
-        ``</s>`` is dropped (as the official ``ankh`` extract does); padding never changes a
-        result. ``layer`` picks an earlier encoder layer's output (1-based; default: final).
+        ``</s>`` is dropped (as the official ``ankh`` extract does), and so is ankh3's ``[NLU]``
+        (the model sees it; rows align with residues); padding never changes a result.
+        ``layer`` picks an earlier encoder layer's output (1-based; default: final).
         """
         toks = self.tokenize(sequences)
         if layer is not None and not 1 <= layer <= self.config.num_layers:
@@ -125,14 +142,19 @@ class Ankh(GenerationMixin, ScoringMixin):
             if per_residue:
                 hidden = np.asarray(out["hidden"][:len(idx)])
                 for row, i in enumerate(idx):
-                    residues[i] = hidden[row, : len(toks[i]) - 1]
+                    residues[i] = hidden[row, self.num_prefix: len(toks[i]) - 1]
         return residues if per_residue else pooled  # type: ignore[return-value]
 
 
-def load(name_or_path: str | Path, dtype: Any = "float32", seed: int = 0) -> Ankh:
-    """A preset name (fresh random weights), an HF Ankh directory, or one of our checkpoints."""
-    ref = resolve(str(name_or_path))
+def load(name_or_path: str | Path, dtype: Any = "float32", seed: int = 0,
+         revision: str | None = None) -> Ankh:
+    """A preset name (fresh random weights), an HF Ankh directory, one of our checkpoints, or a
+    Hugging Face hub id such as ``"ElnaggarLab/ankh-base"`` (``revision``: branch, tag or
+    commit; ``"id@revision"`` works too). ``.revision`` is then the commit loaded."""
+    ref = resolve(str(name_or_path), revision=revision)
     flat = ref.load_params()
     if flat is None:  # a preset: initialised from the seed
         return Ankh.random(ref.config, seed=seed, dtype=dtype)
-    return Ankh.from_flat(ref.config, flat, dtype=dtype, tokenizer=ref.tokenizer)
+    model = Ankh.from_flat(ref.config, flat, dtype=dtype, tokenizer=ref.tokenizer)
+    model.revision = ref.revision
+    return model

@@ -8,17 +8,20 @@ Layout written by ``ankh_platform.train.checkpoints`` (local path or ``gs://``):
     <run>/checkpoints/<step>/params/      Orbax pytree: the model parameters (float32)
     <run>/checkpoints/<step>/opt_state/   Orbax pytree: optimizer state
     <run>/checkpoints/<step>/meta/        JSON: step, rng, data pipeline position, model config
-    <run>/checkpoints/<step>/ankh_manifest.json   every file's size, written once the save is final
+    <run>/checkpoints/<step>/ankh_manifest.json   every file's size and CRC32C, written once the save is final
 
-The manifest is how a truncated file, a missing shard or a crash during a save is detected
-(Orbax itself only notices some of these, and then with an opaque tensorstore error).
+The manifest is how a truncated file, a missing shard, a crash during a save or a flipped bit
+(bit rot, a file changed after the save) is detected: Orbax itself notices only some of these,
+and then with an opaque tensorstore error -- or, for a flipped bit in a weight, not at all.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
+import time
 from typing import Any
 
 import jax
@@ -42,25 +45,48 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete or corrupt (the message says which)."""
 
 
-def _rel_files(fs: Any, root: str) -> dict[str, int]:
+def _listing(fs: Any, root: str) -> dict[str, dict]:
+    """{path relative to ``root``: fsspec info} of every file but the manifest (one listing)."""
     out = {}
     for p, info in fs.find(root, detail=True, withdirs=False).items():
         rel = p[len(root):].lstrip("/") if p.startswith(root) else p.split(root.lstrip("/"), 1)[-1].lstrip("/")
         if rel != MANIFEST:
-            out[rel] = int(info.get("size") or 0)
+            out[rel] = info
     return out
 
 
+def _crc32c(fs: Any, path: str, info: dict, chunk: int = 8 << 20) -> str:
+    """CRC32C of one file as 8 hex digits: the object store's own when its listing ``info``
+    carries one (GCS does, so nothing is downloaded), else streamed in ``chunk``-sized reads
+    (hardware CRC32C)."""
+    import google_crc32c  # gcsfs's dependency; the C (SSE4.2/ARMv8) implementation
+
+    stored = info.get("crc32c") if not storage.is_local(fs) else None
+    if stored:  # GCS: base64 of the 4 big-endian bytes
+        return base64.b64decode(stored).hex()
+    crc = google_crc32c.Checksum()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            crc.update(block)
+    return crc.hexdigest().decode()
+
+
 def write_manifest(step_dir: str) -> None:
-    """Record every file of a finished checkpoint with its size (call once the save is final)."""
+    """Record every file of a finished checkpoint with its size and CRC32C (call once the save
+    is final)."""
     fs, root = storage.filesystem(step_dir)
-    files = _rel_files(fs, root)
+    listing = _listing(fs, root)
+    files = {rel: int(info.get("size") or 0) for rel, info in sorted(listing.items())}
+    crcs = {rel: _crc32c(fs, f"{root}/{rel}", info) for rel, info in sorted(listing.items())}
     with fs.open(f"{root}/{MANIFEST}", "w") as fh:
-        json.dump({"format": 1, "files": files}, fh)
+        json.dump({"format": 2, "files": files, "crc32c": crcs}, fh)
 
 
-def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
-    """None if the checkpoint looks complete, else the reason it is not (naming the file)."""
+def verify(step_dir: str, items: tuple[str, ...] = ITEMS, checksums: bool = True) -> str | None:
+    """None if the checkpoint is complete and intact, else the reason it is not (naming the
+    file). Sizes are checked for every file; with ``checksums``, the CRC32C of every file a
+    load of ``items`` reads (a model load skips ``opt_state/``). Format-1 manifests (sizes only)
+    are checked for sizes."""
     fs, root = storage.filesystem(step_dir)
     if not fs.exists(root):
         return f"{step_dir} does not exist"
@@ -71,15 +97,33 @@ def verify(step_dir: str, items: tuple[str, ...] = ITEMS) -> str | None:
         return f"{step_dir} has no {MANIFEST} (the save did not finish)"
     try:
         with fs.open(f"{root}/{MANIFEST}") as fh:
-            want = json.load(fh)["files"]
-    except (ValueError, KeyError) as e:
+            manifest = json.load(fh)
+        want, crcs = manifest["files"], manifest.get("crc32c", {})
+    except (ValueError, KeyError, TypeError) as e:
         return f"{step_dir}/{MANIFEST} is unreadable: {e}"
-    have = _rel_files(fs, root)
+    have = _listing(fs, root)
     for rel, size in sorted(want.items()):
         if rel not in have:
             return f"{step_dir}/{rel} is missing"
-        if have[rel] != size:
-            return f"{step_dir}/{rel} has {have[rel]} bytes, the manifest says {size} (truncated?)"
+        if int(have[rel].get("size") or 0) != size:
+            return (f"{step_dir}/{rel} has {have[rel].get('size')} bytes, the manifest says {size} "
+                    "(truncated?)")
+    return _check_crcs(step_dir, fs, root, crcs, have, items) if checksums else None
+
+
+def _check_crcs(step_dir: str, fs: Any, root: str, crcs: dict[str, str], have: dict[str, dict],
+                items: tuple[str, ...]) -> str | None:
+    skip = tuple(f"{i}/" for i in ITEMS if i not in items)
+    t0, nbytes = time.perf_counter(), 0
+    for rel, want in sorted(crcs.items()):
+        if rel.startswith(skip) or rel not in have:  # (a missing file was reported above)
+            continue
+        got = _crc32c(fs, f"{root}/{rel}", have[rel])
+        if got != want:
+            return (f"{step_dir}/{rel} fails its checksum (CRC32C {got}, the manifest says {want}): "
+                    "the file changed after the save (bit rot or a partial overwrite)")
+        nbytes += int(have[rel].get("size") or 0)
+    log.debug("checksummed %s: %d bytes in %.2f s", step_dir, nbytes, time.perf_counter() - t0)
     return None
 
 

@@ -1,7 +1,9 @@
 """Model configuration: the Ankh architecture as a frozen dataclass, with published presets.
 
 Parameter counts of the presets are checked exactly in tests (they pin the architecture):
-base 736,453,632; large 1,878,705,152.
+base 736,453,632; large 1,878,705,152 (the ankh2-* the same); ankh3-large 1,879,049,216;
+ankh3-xl 5,730,907,136 (see its preset for which of its shapes are published).
+``HUB_IDS`` maps each preset of a released model to its Hugging Face hub id.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class AnkhConfig:
     dropout_rate: float = 0.0
     initializer_factor: float = 1.0
     max_length: int = 4096  # longest sequence (residues) accepted by the high-level API
+    # ankh3 was trained with a task token first: "[NLU]" (embedding, scoring) or "[S2S]"
+    # (sequence completion); the API adds it (and strips it from outputs) when this is set.
+    task_prefixes: bool = False
 
     def __post_init__(self) -> None:
         if self.dense_act_fn not in _ACTS:
@@ -87,6 +92,7 @@ class AnkhConfig:
             "is_encoder_decoder": True,
             "use_cache": True,
             "ankh_max_length": self.max_length,
+            "ankh_task_prefixes": self.task_prefixes,
         }
 
     @classmethod
@@ -114,6 +120,9 @@ class AnkhConfig:
             dropout_rate=d.get("dropout_rate", 0.0),
             initializer_factor=d.get("initializer_factor", 1.0),
             max_length=d.get("ankh_max_length", 4096),
+            # Absent from the hub's own config.json: ``ankh.resolve`` then switches it on when
+            # the tokenizer carries the [NLU]/[S2S] tokens (as ankh3's does).
+            task_prefixes=bool(d.get("ankh_task_prefixes", False)),
         )
 
     @classmethod
@@ -131,17 +140,40 @@ class AnkhConfig:
 
 
 _LARGE = dict(d_model=1536, d_ff=3840, d_kv=64, num_heads=16)
+# ankh2-large and its extended trainings ext1/ext2: ankh-large's shape with SiLU (published
+# config.json of ankh2-large; ext1's as mirrored by Synthyra/ANKH2_large; ext2's model card:
+# "based on ANKH-Large ... activation changed to silu").
+_ANKH2 = dict(**_LARGE, dense_act_fn="silu")
+_ANKH3 = dict(dense_act_fn="silu", vocab_size=256, task_prefixes=True)
 
 PRESETS: dict[str, AnkhConfig] = {
     "base": AnkhConfig(),
     "large": AnkhConfig(**_LARGE),
-    "ankh2-large": AnkhConfig(**_LARGE, dense_act_fn="silu"),
-    "ankh3-large": AnkhConfig(**_LARGE, dense_act_fn="silu", vocab_size=256),
+    "ankh2-large": AnkhConfig(**_ANKH2),
+    "ankh2-ext1": AnkhConfig(**_ANKH2),
+    "ankh2-ext2": AnkhConfig(**_ANKH2),
+    # Encoder as published (Synthyra/ANKH3_large config.json: 48 x 1536, d_ff 3840, 256 ids);
+    # the decoder depth (24, as ankh-large) is not in a published source we could read.
+    "ankh3-large": AnkhConfig(**_LARGE, **_ANKH3),
+    # Published (Synthyra's FastANKH card): 48 encoder layers, d_model 2560, 32 heads, SiLU,
+    # 3.49B encoder parameters. NOT confirmed from a published config: d_kv 64 (every other
+    # Ankh), d_ff 6720 (what makes the encoder 3.49B with those), 24 decoder layers. Loading
+    # the hub's config.json ("ElnaggarLab/ankh3-xl") always uses the real shapes.
+    "ankh3-xl": AnkhConfig(d_model=2560, d_ff=6720, d_kv=64, num_heads=32, **_ANKH3),
     # Small shapes for tests, the embedded default and CPU experiments.
     "tiny": AnkhConfig(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2,
                        num_decoder_layers=2, relative_attention_num_buckets=32, max_length=1024),
     "small": AnkhConfig(d_model=256, d_ff=640, d_kv=32, num_heads=8, num_layers=6,
                         num_decoder_layers=3, max_length=1024),
+}
+
+
+# The released models by the names people use (Hugging Face hub ids; ``ankh.load`` takes both).
+HUB_IDS: dict[str, str] = {
+    "base": "ElnaggarLab/ankh-base", "large": "ElnaggarLab/ankh-large",
+    "ankh2-large": "ElnaggarLab/ankh2-large", "ankh2-ext1": "ElnaggarLab/ankh2-ext1",
+    "ankh2-ext2": "ElnaggarLab/ankh2-ext2", "ankh3-large": "ElnaggarLab/ankh3-large",
+    "ankh3-xl": "ElnaggarLab/ankh3-xl",
 }
 
 

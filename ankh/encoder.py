@@ -29,7 +29,7 @@ def encoder_depth(layer: int | None, num_layers: int) -> int | None:
 def encode_pool(graphdef: Any, params: Any, ids: jax.Array, segment_ids: jax.Array,
                 positions: jax.Array | None = None, weights: jax.Array | None = None, *,
                 num_layers: int | None = None, per_residue: bool = False,
-                max_segments: int = 0) -> dict[str, jax.Array]:
+                max_segments: int = 0, skip_first: int = 0) -> dict[str, jax.Array]:
     """Embeddings of a padded or packed batch ``ids [b, l]``.
 
     Padded rows (one sequence a row; ``segment_ids`` is the attention mask, ``weights`` None):
@@ -38,13 +38,15 @@ def encode_pool(graphdef: Any, params: Any, ids: jax.Array, segment_ids: jax.Arr
     ``positions`` restarting per segment, ``weights [b, l]`` per token, 0 for ``</s>`` and
     padding): ``pooled [b, max_segments, e]`` holds each segment's weighted sum (windows of a
     long sequence add up to its mean). ``hidden [b, l, e]`` (float32) too if ``per_residue``.
+    ``skip_first`` (padded rows): leading tokens left out of the mean -- ankh3's task token.
     """
     model = nnx.merge(graphdef, params)
     hidden = model.encode(ids, segment_ids, positions, num_layers=num_layers).astype(jnp.float32)
     if weights is None:
         n = jnp.sum(segment_ids, axis=1, keepdims=True) - 1  # [b, 1] residues: </s> is the last
-        res_mask = (jnp.arange(ids.shape[1])[None, :] < n).astype(jnp.float32)  # [b, l]
-        pooled = jnp.einsum("ble,bl->be", hidden, res_mask) / jnp.maximum(n, 1)  # [b, e]
+        pos = jnp.arange(ids.shape[1])[None, :]
+        res_mask = ((pos < n) & (pos >= skip_first)).astype(jnp.float32)  # [b, l]
+        pooled = jnp.einsum("ble,bl->be", hidden, res_mask) / jnp.maximum(n - skip_first, 1)
     else:
         onehot = segment_ids[:, :, None] == jnp.arange(1, max_segments + 1,
                                                        dtype=segment_ids.dtype)  # [b, l, s]
@@ -55,8 +57,8 @@ def encode_pool(graphdef: Any, params: Any, ids: jax.Array, segment_ids: jax.Arr
 
 
 def jit_encoder(graphdef: Any, per_residue: bool = False, num_layers: int | None = None,
-                max_segments: int = 0):
+                max_segments: int = 0, skip_first: int = 0):
     """``encode_pool`` jitted for one architecture; params are an argument, so every
     checkpoint of that architecture shares the compiled shapes."""
     return jax.jit(partial(encode_pool, graphdef, per_residue=per_residue, num_layers=num_layers,
-                           max_segments=max_segments))
+                           max_segments=max_segments, skip_first=skip_first))

@@ -126,7 +126,8 @@ class DecoderFinetuner:
 def finetune_decoder(model: Any, sequences: Sequence[str], cfg: FinetuneConfig = FinetuneConfig(),
                      callback=None) -> tuple[Any, dict[str, Any]]:
     """Fine-tune ``model``'s decoder on ``sequences``; returns (new Ankh, history dict)."""
-    toks = [t[:-1] for t in model.tokenize(list(sequences))]  # residues, no </s>
+    lead = model.num_prefix  # ankh3's [NLU] is not a residue to learn
+    toks = [t[lead:-1] for t in model.tokenize(list(sequences))]  # residues, no </s>
     if len(toks) < 2:
         raise ValueError("need at least 2 family sequences")
     rng = np.random.default_rng(cfg.seed)
@@ -147,6 +148,6 @@ def finetune_decoder(model: Any, sequences: Sequence[str], cfg: FinetuneConfig =
             hist["eval"].append((step + 1, ft.mean_log_likelihood(held)))
             log.info("step %d loss %.4f held-out mean log-lik %.4f", step + 1,
                      hist["train_loss"][-1], hist["eval"][-1][1])
-            if callback:
-                callback(step + 1, hist)
+        if callback:  # after every step (a progress bar); hist["eval"] grows at eval steps
+            callback(step + 1, hist)
     return ft.to_ankh(), hist

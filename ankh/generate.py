@@ -112,19 +112,21 @@ def _row_keys(seed: int, rows: np.ndarray) -> jax.Array:
 class GenerationMixin:
     """Decoding methods shared by ``ankh.api.Ankh``."""
 
-    def _encode_inputs(self, inputs: Sequence[str]) -> list[np.ndarray]:
+    def _encode_inputs(self, inputs: Sequence[str], prefix: str | None = None) -> list[np.ndarray]:
+        """Ids per input; ``prefix`` (ankh3's ``[NLU]``/``[S2S]``) first, not counted in length."""
         toks = []
         for i, s in enumerate(inputs):
             if not isinstance(s, str):
                 raise TokenizerError(f"input {i}: expected a string, got {type(s).__name__}")
             try:
-                ids = self.tokenizer.encode(s, allow_sentinels=True)
+                ids = self.tokenizer.encode(s, allow_sentinels=True, prefix=prefix)
             except TokenizerError as e:
                 raise TokenizerError(f"input {i}: {e}") from None
-            if len(ids) <= 1:
+            n = len(ids) - 1 - int(int(ids[0]) in self.tokenizer.task_ids.values())
+            if n <= 0:
                 raise TokenizerError(f"input {i} is empty")
-            if len(ids) - 1 > self.config.max_length:
-                raise TokenizerError(f"input {i} has {len(ids) - 1} tokens, over the model's "
+            if n > self.config.max_length:
+                raise TokenizerError(f"input {i} has {n} tokens, over the model's "
                                      f"max_length {self.config.max_length}")
             toks.append(ids)
         return toks
@@ -147,12 +149,13 @@ class GenerationMixin:
                             num_beams, num_return_sequences, repetition_penalty, length_penalty)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        toks = self._encode_inputs(inputs)
+        toks = self._encode_inputs(inputs, prefix=self.task_prefix("[S2S]"))
         gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
               "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
         nr = num_return_sequences
         out: list[list[np.ndarray]] = [[] for _ in toks]
         pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
+        drop = np.array([pad, *self.tokenizer.task_ids.values()], np.int32)
         ladder = batching.sequence_ladder(self.config.max_length)
         for idx, length, rows in batching.sorted_batches([len(t) for t in toks], batch_size, ladder):
             ids, mask = batching.pad_rows([toks[k] for k in idx], rows, length, pad)
@@ -171,7 +174,7 @@ class GenerationMixin:
                 for row in seqs[r]:
                     stop = np.flatnonzero(row == eos)
                     row = row[: stop[0] + 1] if stop.size else row
-                    out[k].append(row[row != pad])
+                    out[k].append(row[~np.isin(row, drop)])  # pad and task tokens out
         return out
 
     def step_scores(self, inputs: Sequence[str], decoder_ids: np.ndarray, do_sample: bool = True,
@@ -181,7 +184,7 @@ class GenerationMixin:
         along given decoder ids ``[n, s + 1]`` (start token first) — HF's ``output_scores``."""
         check_generate_args(self.config, 1, do_sample, temperature, top_k, top_p, 1, 1,
                             repetition_penalty, 1.0)
-        toks = self._encode_inputs(list(inputs))
+        toks = self._encode_inputs(list(inputs), prefix=self.task_prefix("[S2S]"))
         length = batching.padded_length(max(len(t) for t in toks),
                                         batching.sequence_ladder(self.config.max_length))
         ids, mask = batching.pad_rows(toks, len(toks), length, self.tokenizer.pad_id)
@@ -196,7 +199,8 @@ class GenerationMixin:
                  length_penalty: float = 1.0, batch_size: int = 32) -> list[list[str]]:
         """Decode each input (sentinels allowed); per input, ``num_return_sequences`` strings.
 
-        Sentinels in the output are kept as ``<extra_id_N>``; pad and ``</s>`` are dropped.
+        Sentinels in the output are kept as ``<extra_id_N>``; pad, ``</s>`` and task tokens are
+        dropped. A model with task prefixes (ankh3) reads ``[S2S]`` + input.
         Greedy (default), sampling (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
         ``repetition_penalty``) or beam search (``num_beams``, ``length_penalty``), as HF
         ``generate``. Sampling is deterministic for a given ``seed`` and independent of batching.

@@ -11,6 +11,11 @@ Definitions (natural log throughout):
   All (sequence, position) rows go through the model in fixed-shape batches.
 - ``pseudo_log_likelihood`` = sum_i log p(x_i | seq with i masked) (per-residue terms in
   ``score``); ``pseudo_perplexity`` = exp(-PLL / L).
+- ``pseudo_likelihood``: what the official ``ankh`` package's ``likelihood.py`` reports,
+  exp(mean_i log p'(x_i | seq with i masked)) where p' leaves out every ``<...>``/``[...]``
+  token (renormalised over the rest), ``[NLU]`` first for ankh3.
+- Models with task prefixes (ankh3) see ``[NLU]`` before the residues when scored; positions
+  and per-residue outputs still count residues only.
 - ``mutation_scores(wt, mutants)`` = sum over mutated positions i of
   log p(mut_i | wt masked at i) - log p(wt_i | wt masked at i) (the masked-marginal score).
 """
@@ -52,6 +57,13 @@ def _masked_marginal(graphdef, params, ids, mask, pos, sentinel):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(x))) [n, 1], float64 so the renormalisation adds no error."""
+    x = x.astype(np.float64)
+    top = x.max(axis=1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=1, keepdims=True))
+
+
 def parse_mutant(wild_type: str, mutant: str) -> list[tuple[int, str]]:
     """``"A23G"``/``"A23G:K45R"`` (1-based, wild-type letter checked) or a same-length sequence
     -> [(0-based position, new residue)]."""
@@ -90,7 +102,9 @@ class ScoringMixin:
         inputs = targets if inputs is None else list(inputs)
         if len(inputs) != len(targets):
             raise ValueError(f"{len(inputs)} inputs for {len(targets)} targets")
-        src, tgt = self._encode_inputs(inputs), self._encode_inputs(targets)
+        # ankh3: the encoder reads "[NLU]" + input; the decoder's targets stay residues.
+        src = self._encode_inputs(inputs, prefix=self.task_prefix("[NLU]"))
+        tgt = self._encode_inputs(targets)
         fn = self._jit("tf", _tf_log_probs)
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(tgt)
         pad = self.tokenizer.pad_id
@@ -115,12 +129,14 @@ class ScoringMixin:
                          batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
         """Per sequence ``[len(positions), vocab]`` log-probs with each position masked in turn."""
         toks = self.tokenize(list(sequences))  # residues only, no sentinels
+        lead = self.num_prefix  # ankh3's [NLU]: residue p is token p + lead
         if positions is None:
-            positions = [range(len(t) - 1) for t in toks]
+            positions = [range(len(t) - 1 - lead) for t in toks]
         jobs = [(s, int(p)) for s, ps in enumerate(positions) for p in ps]
         for s, p in jobs:
-            if not 0 <= p < len(toks[s]) - 1:
-                raise ValueError(f"sequence {s}: position {p} outside 0..{len(toks[s]) - 2}")
+            if not 0 <= p < len(toks[s]) - 1 - lead:
+                raise ValueError(f"sequence {s}: position {p} outside "
+                                 f"0..{len(toks[s]) - 2 - lead}")
         fn = self._jit("mm", _masked_marginal, sentinel=self.tokenizer.sentinel_id(0))
         vocab = self.config.vocab_size
         res = [np.zeros((len(ps), vocab), np.float32) for ps in positions]
@@ -132,7 +148,7 @@ class ScoringMixin:
             ids, mask = batching.pad_rows([toks[jobs[j][0]] for j in chunk], rows, length,
                                           self.tokenizer.pad_id)
             pos = np.zeros(rows, np.int32)
-            pos[:len(chunk)] = [jobs[j][1] for j in chunk]
+            pos[:len(chunk)] = [jobs[j][1] + lead for j in chunk]
             lp = np.asarray(fn(self.params, ids, mask, pos))
             for r, j in enumerate(chunk):
                 res[jobs[j][0]][slot[j]] = lp[r]
@@ -145,12 +161,27 @@ class ScoringMixin:
                         np.float64)
 
     def per_residue_log_probs(self, sequences: Sequence[str],
-                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS
-                              ) -> list[np.ndarray]:
-        """log p(x_i | sequence with x_i masked) per residue, float32 arrays [L]."""
+                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
+                              residues_only: bool = False) -> list[np.ndarray]:
+        """log p(x_i | sequence with x_i masked) per residue, float32 arrays [L].
+
+        ``residues_only``: renormalised without the ``<...>``/``[...]`` tokens, as the official
+        ``ankh`` likelihood computes it (``pseudo_likelihood``); float64 arrays then."""
         toks = self.tokenize(list(sequences))
         mm = self.masked_marginals(sequences, batch_tokens=batch_tokens)
-        return [m[np.arange(len(t) - 1), t[:-1]] for m, t in zip(mm, toks)]
+        if residues_only:
+            keep = np.ones(self.config.vocab_size, bool)
+            keep[[i for i in self.tokenizer.special_ids() if i < len(keep)]] = False
+            mm = [m - _logsumexp(m[:, keep]) for m in mm]
+        lead = self.num_prefix
+        return [m[np.arange(len(t) - 1 - lead), t[lead:-1]] for m, t in zip(mm, toks)]
+
+    def pseudo_likelihood(self, sequences: Sequence[str],
+                          batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> np.ndarray:
+        """The official ``ankh`` package's pseudo-likelihood, shape [n]: exp of the mean over
+        residues of log p(x_i | x_i masked) among non-special tokens (in (0, 1])."""
+        per = self.per_residue_log_probs(sequences, batch_tokens, residues_only=True)
+        return np.array([np.exp(np.mean(p, dtype=np.float64)) for p in per], np.float64)
 
     def mutation_scores(self, wild_type: str, mutants: Sequence[str]) -> np.ndarray:
         """Masked-marginal log-ratio (mutant vs wild type, summed over mutated positions), [n]."""

@@ -1,7 +1,8 @@
 """Ankh's character-level tokenizer with the official ids.
 
 pad 0, ``</s>`` 1, ``<unk>`` 2, amino acids 3..27, sentinels ``<extra_id_0>`` = vocab-1 counting
-down. One token per residue, ``</s>`` appended, no BOS.
+down. One token per residue, ``</s>`` appended, no BOS. ankh3 adds two task tokens, ``[NLU]``
+and ``[S2S]``, put first (``encode(..., prefix=...)`` or written at the start of the text).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ankh.batching import pad_rows
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids PAD_ID, EOS_ID, UNK_ID
 AMINO_ACIDS = "ALGVSREDTIPKFQNYMHWCXBOUZ"  # ids 3..27 in this order
+TASK_TOKENS = ("[NLU]", "[S2S]")  # ankh3: understanding (embed, score) / sequence-to-sequence
 _SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+_TASK_RE = re.compile(r"^\[(NLU|S2S)\]")
 _WS = str.maketrans("", "", " \t\r\n")
 
 
@@ -42,9 +45,11 @@ NUM_BASE_IDS = len(base_vocab())
 
 class AnkhTokenizer:
     def __init__(self, vocab: dict[str, int] | None = None, vocab_size: int = 144,
-                 unknown_to_unk: bool = False) -> None:
+                 unknown_to_unk: bool = False, task_tokens: bool = False) -> None:
         if vocab is None:
             vocab = base_vocab()
+            if task_tokens:  # our ids for them (a real ankh3 brings its own tokenizer.json)
+                vocab.update({t: len(vocab) + k for k, t in enumerate(TASK_TOKENS)})
             n_sentinels = vocab_size - len(vocab)
             vocab.update({f"<extra_id_{k}>": vocab_size - 1 - k for k in range(n_sentinels)})
         self.vocab = dict(vocab)
@@ -59,6 +64,7 @@ class AnkhTokenizer:
             if len(tok) == 1 and ord(tok) < 256:
                 self._char[ord(tok)] = i
         self.residue_letters = "".join(t for t in self.vocab if len(t) == 1 and t.isalpha())
+        self.task_ids = {t: self.vocab[t] for t in TASK_TOKENS if t in self.vocab}
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
@@ -95,15 +101,36 @@ class AnkhTokenizer:
             raise TokenizerError(f"sentinel {tok} is not in the vocabulary")
         return self.vocab[tok]
 
+    def task_id(self, token: str) -> int:
+        """Id of a task token (``[NLU]``/``[S2S]``); a clear error if the vocabulary lacks it."""
+        if token not in self.task_ids:
+            raise TokenizerError(f"task token {token!r} is not in the vocabulary "
+                                 f"(has: {sorted(self.task_ids) or 'none'})")
+        return self.task_ids[token]
+
+    def special_ids(self) -> list[int]:
+        """Ids of every token that is not a residue: ``<...>`` and ``[...]`` (as the official
+        ``ankh`` likelihood leaves them out of a residue's distribution)."""
+        return sorted({i for t, i in self.vocab.items() if t.startswith(("<", "["))})
+
     # ---- encoding ----------------------------------------------------------------------------
     def normalize(self, seq: str) -> str:
         return seq.translate(_WS).upper() if "<" not in seq else _norm_keep_sentinels(seq)
 
-    def encode(self, seq: str, add_eos: bool = True, allow_sentinels: bool = True) -> np.ndarray:
-        """Ids of one sequence (``</s>`` appended). Sentinels like ``<extra_id_0>`` are allowed."""
+    def encode(self, seq: str, add_eos: bool = True, allow_sentinels: bool = True,
+               prefix: str | None = None) -> np.ndarray:
+        """Ids of one sequence (``</s>`` appended). Sentinels like ``<extra_id_0>`` are allowed.
+
+        ``prefix`` (``"[NLU]"``/``"[S2S]"``) is put first, unless the text starts with a task
+        token itself (then that one is used, never both).
+        """
         if not isinstance(seq, str):
             raise TokenizerError(f"expected a string, got {type(seq).__name__}")
         s = self.normalize(seq)
+        lead = _TASK_RE.match(s)
+        if lead:
+            prefix, s = lead.group(0), s[lead.end():]
+        head = [self.task_id(prefix)] if prefix is not None else []
         if "<" in s:
             if not allow_sentinels:
                 raise TokenizerError("sentinel tokens are not allowed here")
@@ -112,7 +139,7 @@ class AnkhTokenizer:
             ids = self._encode_plain(s, 0)
         if add_eos:
             ids = np.append(ids, np.int32(self.eos_id))
-        return ids.astype(np.int32)
+        return np.concatenate([np.asarray(head, np.int32), ids]).astype(np.int32)
 
     def _encode_plain(self, s: str, offset: int) -> np.ndarray:
         try:
@@ -154,11 +181,12 @@ class AnkhTokenizer:
 
     # ---- decoding ----------------------------------------------------------------------------
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
-        """Ids to text; pad and ``</s>`` dropped, sentinels kept as ``<extra_id_N>``."""
+        """Ids to text; pad, ``</s>`` and task tokens dropped, sentinels kept as ``<extra_id_N>``."""
         out = []
+        skip = {self.pad_id, self.eos_id, *self.task_ids.values()}
         for i in ids:
             i = int(i)
-            if skip_special and i in (self.pad_id, self.eos_id):
+            if skip_special and i in skip:
                 continue
             out.append(self.inv.get(i, "<unk>"))
         return "".join(out)

@@ -7,7 +7,8 @@
   ``ankh_platform.core.config.load_config`` -- the one path from argv to a config. Flags win
   over ``key.path=value`` overrides, which win over the file.
 - **Logging.** One format (``ankh_platform.core.runtime.configure_logging``); ``-v/--verbose``
-  shows debug messages (and tracebacks of user errors), ``-q/--quiet`` only warnings.
+  shows debug messages, framework internals (and tracebacks of user errors), ``-q/--quiet``
+  only warnings: no progress bars or status lines (``ankh_platform.core.progress``).
 - **Errors.** ``run(main)`` is every job's ``__main__``: expected user errors (``ValueError`` and
   its kin -- ConfigError, TokenizerError, FastaError, CheckpointError -- and FileNotFoundError),
   bad flags included, print ``error: <message>`` on stderr and exit 2, without a traceback; any
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ankh_platform.core.config import ConfigError, describe, load_config
+from ankh_platform.core import progress
 from ankh_platform.core.runtime import configure_logging
 
 T = TypeVar("T")
@@ -64,8 +66,11 @@ def parser(prog: str, doc: str | None, epilog: str | None = None) -> argparse.Ar
 
 def add_verbosity(ap: argparse.ArgumentParser) -> None:
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks of errors")
-    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, framework internals (Ray, Orbax) on the console; "
+                   "tracebacks of errors")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="warnings and errors only: no progress bars or status lines")
 
 
 def setup_logging(args: argparse.Namespace) -> None:
@@ -74,6 +79,7 @@ def setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if _SHOW_TRACEBACKS else logging.WARNING if getattr(args, "quiet", False) \
         else logging.INFO
     configure_logging(level)
+    progress.set_quiet(getattr(args, "quiet", False))  # -q: no progress bars or status lines
 
 
 def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None,

@@ -24,10 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = _cli.parser("jobs.convert", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="our model -> HF directory")
-    ex.add_argument("--model", required=True, help="preset, HF dir, or our checkpoint/run dir")
+    ex.add_argument("--model", required=True, help="preset, HF dir, our checkpoint/run dir, or hub id "
+                    "(ElnaggarLab/ankh-base[@revision])")
     ex.add_argument("--output", required=True)
     im = sub.add_parser("import", help="HF directory -> our checkpoint")
-    im.add_argument("--hf", required=True)
+    im.add_argument("--hf", required=True, help="HF directory or hub id (org/name[@revision])")
     im.add_argument("--output", required=True)
     ck = sub.add_parser("check", help="verify an HF directory round-trips bit-exactly")
     ck.add_argument("--hf", required=True)

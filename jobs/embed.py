@@ -15,7 +15,8 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoint", "preset name, HF Ankh directory, or our Orbax run dir",
+    "--checkpoint": _cli.flag("checkpoint", "preset name, HF Ankh directory, our Orbax run dir, or hub id "
+                              "(ElnaggarLab/ankh-base[@revision])",
                               required=True),
     "--input": _cli.flag("input", "Parquet/FASTA file, directory, glob or comma list (local or gs://)",
                          required=True),

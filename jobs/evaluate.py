@@ -22,7 +22,8 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoints", "checkpoint dir, HF dir or preset name (repeatable)",
+    "--checkpoint": _cli.flag("checkpoints", "checkpoint dir, HF dir, preset name or hub id "
+                              "(org/name[@revision]; repeatable)",
                               action="append"),
     "--task": _cli.flag("tasks", "task name or spec (repeatable)", action="append"),
     "--head": _cli.flag("heads", "probe head (repeatable; default linear)", action="append",

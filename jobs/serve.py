@@ -19,8 +19,8 @@ import threading
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoint", "the default model: preset name, HF directory or our "
-                              "run dir (local or gs://)"),
+    "--checkpoint": _cli.flag("checkpoint", "the default model: preset name, HF directory, our "
+                              "run dir (local or gs://) or hub id (org/name[@revision])"),
     "--model": _cli.flag("models", "another checkpoint served by the same replicas, picked per "
                          "request with \"model\": NAME (repeatable; = models.NAME=PATH)",
                          action="append", metavar="NAME=PATH", value=_cli.named_paths),

@@ -7,7 +7,9 @@ onto its sequence, which then failed validation), whitespace inside sequences is
 headers are UTF-8: an undecodable byte is kept losslessly while reading and reported as the
 record's ``bad_header_encoding`` problem (never silently replaced, so ids stay byte-exact).
 Every record is checked; problems are counted per category (``no_header``,
-``bad_header_encoding``, ``empty``, ``invalid_chars``, ``stop_marks``) and handled by a policy:
+``bad_header_encoding``, ``empty``, ``invalid_chars``, ``stop_marks``: a record may have several)
+and every record has exactly one outcome: kept, or dropped with one reason, its first problem
+(header before sequence; ``dropped_by_reason``), so ``records == kept + sum(dropped_by_reason)``. Policies:
 
 - ``skip``  drop the record (counted),
 - ``clean`` repair what can be repaired: ``*`` removed, invalid letters -> ``X``; records with
@@ -43,7 +45,11 @@ class FastaStats:
     kept: int = 0  # records yielded
     cleaned: int = 0  # yielded after repair (policy clean)
     dropped: int = 0  # bad records not yielded
+    # problems per category (a record with two problems counts in both) ...
     bad: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+    # ... and dropped records by their one primary reason (the first problem ``check`` finds)
+    dropped_by_reason: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # a few per category
 
     def note(self, category: str, where: str) -> None:
@@ -151,6 +157,7 @@ def check(title: str | None, seq: str, stats: FastaStats, policy: Policy,
         stats.cleaned += 1
         return escape_undecodable(ident), seq
     stats.dropped += 1
+    stats.dropped_by_reason[problems[0]] += 1  # one record, one outcome
     return None
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ankh_platform.data.fasta import FastaStats, read_fasta
+from ankh_platform.core import progress
+from ankh_platform.data.fasta import FastaError, FastaStats, read_fasta
 from ankh.storage import atomic_write, filesystem, join, remove_stale_temps
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,33 @@ def _job_identity(fs, cfg: PrepareConfig) -> dict[str, Any]:
     return {"input": cfg.input, "input_size": info.get("size"), **keep}
 
 
+def _split_records(cfg: PrepareConfig, fs, root: str, stats: FastaStats,
+                   writers: dict[str, _SplitWriter], filtered: dict[str, int]) -> None:
+    """Every record read: written to its split, filtered (counted) or dropped (in ``stats``)."""
+    try:
+        for rid, seq in progress.track(read_fasta(cfg.input, cfg.policy, stats), "prepare",
+                                       unit="records"):
+            if len(seq) < cfg.min_length:
+                filtered["too_short"] += 1
+                continue
+            if cfg.max_length and len(seq) > cfg.max_length:
+                filtered["too_long"] += 1
+                continue
+            name = split_of(rid, cfg.validation_fraction)
+            if name not in writers:
+                writers[name] = _SplitWriter(fs, root, name, cfg)
+            writers[name].add(rid, seq)
+    except FastaError as e:
+        # A truncated gzip (or a bad record under policy=fail) stops the job before the manifest:
+        # shards already closed stay published, but without manifest.json the output is not a
+        # finished dataset. The accounting of what was read goes with the error.
+        done = sum(w.rows for w in writers.values())
+        raise FastaError(f"{e}; stopped after {stats.records} record(s): {stats.kept} kept "
+                         f"({done} in finished shards), {stats.dropped} dropped "
+                         f"{stats.dropped_by_reason}, filtered {filtered}; no manifest.json "
+                         "written") from None
+
+
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Run the job; returns the manifest (also written to ``output/manifest.json``)."""
     if not cfg.input or not cfg.output:
@@ -143,24 +171,19 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     stats = FastaStats()
     writers: dict[str, _SplitWriter] = {}
     filtered = {"too_short": 0, "too_long": 0}
-    for rid, seq in read_fasta(cfg.input, cfg.policy, stats):
-        if len(seq) < cfg.min_length:
-            filtered["too_short"] += 1
-            continue
-        if cfg.max_length and len(seq) > cfg.max_length:
-            filtered["too_long"] += 1
-            continue
-        name = split_of(rid, cfg.validation_fraction)
-        if name not in writers:
-            writers[name] = _SplitWriter(fs, root, name, cfg)
-        writers[name].add(rid, seq)
+    _split_records(cfg, fs, root, stats, writers, filtered)
     for w in writers.values():
         w.flush()
     manifest = {
         "source": cfg.input, "format": "ankh-parquet-shards/1", "created_unix": int(time.time()),
         "config": dataclasses.asdict(cfg),
+        # one outcome per record read: read == written + dropped_bad + filtered_* (kept ==
+        # written + filtered_*); dropped_bad == sum(dropped_by_reason); bad_records counts
+        # problems (a record with two problems counts in two categories)
         "records": {"read": stats.records, "kept": stats.kept, "cleaned": stats.cleaned,
+                    "written": sum(w.rows for w in writers.values()),
                     "dropped_bad": stats.dropped, **{f"filtered_{k}": v for k, v in filtered.items()}},
+        "dropped_by_reason": stats.dropped_by_reason,
         "bad_records": stats.bad, "bad_examples": stats.examples,
         "splits": {name: w.summary() for name, w in sorted(writers.items())},
         "shards_written": sum(w.written for w in writers.values()),

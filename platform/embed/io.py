@@ -1,14 +1,19 @@
 """Inputs and outputs of the batch-embedding job: shards, FASTA rows, part files, merge.
 
 Exactly-once by construction: model output is written as *part* files under
-``<output>/_parts/<shard>/``; when every row of an input shard is accounted for, one task
-merges its parts into ``<output>/<shard>.parquet`` (``ankh.storage.atomic_write``: the file
-either exists complete or not at all) and deletes the parts. A re-run skips shards whose output exists
-and discards stale parts of the others, so a killed job resumes without duplicates or gaps.
+``<output>/_parts/<shard>/`` (each published whole by ``ankh.storage.atomic_write``); every
+part row carries its input row number (``row``: the record's position in the input file, so
+deterministic from the input, not from a run), and the file name shows the range
+(``rows-<first>-<last>-<uid>.parquet``). When every row of an input shard is accounted for, one
+task merges its parts into ``<output>/<shard>.parquet`` -- after checking that the parts cover
+each input row exactly once -- and deletes the parts. A re-run skips shards whose output exists
+and, within the others, the rows finished parts already hold (``done_rows``), so a killed job
+redoes at most the batches that were in flight, without duplicates or gaps.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
@@ -16,7 +21,7 @@ import os
 import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +32,7 @@ from ankh.storage import atomic_write, filesystem, join
 log = logging.getLogger(__name__)
 FASTA_EXT = (".fasta.gz", ".fa.gz", ".faa.gz", ".fas.gz", ".fasta", ".fa", ".faa", ".fas")
 PARTS = "_parts"
+INPUT_FACTS = "_input.json"  # beside a shard's parts: the input they were made from
 META_INVALID, META_NOTES = b"ankh.invalid", b"ankh.notes"
 
 
@@ -116,31 +122,77 @@ def count_all(shards: list[InputShard], threads: int = 16) -> dict[str, int]:
         return dict(zip([s.stem for s in shards], ex.map(count_rows, shards)))
 
 
+def _input_chunks(path: str, fmt: str, chunk: int) -> Iterator[tuple[int, list, list]]:
+    """``(first row, ids, sequences)`` of one input file in order (row = position in the file)."""
+    if fmt == "parquet":
+        fs, p = filesystem(path)
+        row = 0
+        with fs.open(p, "rb") as fh:
+            for rb in pq.ParquetFile(fh).iter_batches(chunk, columns=["id", "sequence"]):
+                yield row, rb.column(0).cast(pa.string()).to_pylist(), rb.column(1).to_pylist()
+                row += rb.num_rows
+        return
+    # gzip cannot seek: resuming "from row k" re-parses the file from its start (cheap next
+    # to embedding; docs/batch-embedding.md has the measurement)
+    row, ids, seqs = 0, [], []
+    for ident, seq in fasta_records(path):
+        ids.append(ident)
+        seqs.append(seq)
+        if len(ids) >= chunk:
+            yield row, ids, seqs
+            row, ids, seqs = row + len(ids), [], []
+    if ids:
+        yield row, ids, seqs
+
+
 def read_batches(batch: dict, chunk: int = 4096) -> Iterator[dict]:
-    """Ray Data UDF: rows ``id, sequence, path`` of each input file in the batch, streamed."""
-    for path, fmt in zip(batch["path"], batch["fmt"]):
-        path = str(path)
-        if fmt == "parquet":
-            fs, p = filesystem(path)
-            with fs.open(p, "rb") as fh:
-                for rb in pq.ParquetFile(fh).iter_batches(chunk, columns=["id", "sequence"]):
-                    yield _rows(rb.column(0).cast(pa.string()).to_pylist(),
-                                rb.column(1).to_pylist(), path)
-            continue
-        ids, seqs = [], []
-        for ident, seq in fasta_records(path):
-            ids.append(ident)
-            seqs.append(seq)
-            if len(ids) >= chunk:
-                yield _rows(ids, seqs, path)
-                ids, seqs = [], []
-        if ids:
-            yield _rows(ids, seqs, path)
+    """Ray Data UDF: rows ``id, sequence, path, row`` of each input file in the batch, streamed;
+    rows in the file's ``skip`` ranges (JSON ``[[start, end), ...]``, done by a killed run)
+    left out."""
+    skips = batch["skip"] if "skip" in batch else [""] * len(batch["path"])
+    for path, fmt, skip in zip(batch["path"], batch["fmt"], skips):
+        path, ranges = str(path), json.loads(str(skip) or "[]")
+        done = _in_ranges(ranges)
+        for first, ids, seqs in _input_chunks(path, str(fmt), chunk):
+            rows = np.arange(first, first + len(ids), dtype=np.int64)
+            if ranges:
+                keep = [k for k, r in enumerate(rows.tolist()) if not done(r)]
+                if not keep:
+                    continue
+                rows, ids, seqs = rows[keep], [ids[k] for k in keep], [seqs[k] for k in keep]
+            yield {"id": np.array(ids, object), "sequence": np.array(seqs, object), "row": rows,
+                   "path": np.array([path] * len(ids), object)}
 
 
-def _rows(ids: list, seqs: list, path: str) -> dict:
-    return {"id": np.array(ids, object), "sequence": np.array(seqs, object),
-            "path": np.array([path] * len(ids), object)}
+def _in_ranges(ranges: list) -> Callable[[int], bool]:
+    starts = [a for a, _ in ranges]
+
+    def inside(row: int) -> bool:
+        i = bisect.bisect_right(starts, row) - 1
+        return i >= 0 and row < ranges[i][1]
+    return inside
+
+
+def to_ranges(rows) -> list[list[int]]:
+    """Sorted row numbers -> ``[[start, end), ...]`` (compact: a killed run leaves few gaps)."""
+    out: list[list[int]] = []
+    for r in sorted(rows):
+        if out and out[-1][1] == r:
+            out[-1][1] = r + 1
+        else:
+            out.append([r, r + 1])
+    return out
+
+
+def row_key(stem: str, row: int) -> str:
+    """The key a record travels under through pack and replica: its shard and input row
+    (a stem is a file name, so it holds no ``/``)."""
+    return f"{stem}/{int(row)}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    stem, row = str(key).rsplit("/", 1)
+    return stem, int(row)
 
 
 # ---- parts ---------------------------------------------------------------------------------
@@ -161,14 +213,21 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
-def write_parts(batch: dict, output: str, run_id: str) -> dict:
-    """Ray Data UDF: write this batch's rows as one part file per shard; return counters."""
-    shard = np.asarray(batch["shard"], object)
+def write_parts(batch: dict, output: str) -> dict:
+    """Ray Data UDF: write this batch's rows as one part file per shard; return counters.
+
+    ``batch["shard"]`` holds ``row_key``s; a part keeps each piece's input row, and its name
+    the row range, so a re-run can tell which rows are done whatever run wrote them.
+    """
+    keys = [split_key(k) for k in batch["shard"].tolist()]
+    shard = np.asarray([k[0] for k in keys], object)
+    rows = np.asarray([k[1] for k in keys], np.int64)
     dim = batch["pooled"].shape[1]
     res: dict[str, list] = defaultdict(list)
     for s in sorted(set(shard.tolist())):
         idx = np.flatnonzero(shard == s)
-        cols = {"id": pa.array(batch["id"][idx].tolist(), pa.string()),
+        cols = {"row": pa.array(rows[idx], pa.int64()),
+                "id": pa.array(batch["id"][idx].tolist(), pa.string()),
                 "length": pa.array(batch["length"][idx], pa.int32()),
                 "win_start": pa.array(batch["win_start"][idx], pa.int32()),
                 "n_win": pa.array(batch["n_win"][idx], pa.int32()),
@@ -177,7 +236,8 @@ def write_parts(batch: dict, output: str, run_id: str) -> dict:
                 "note": pa.array(batch["note"][idx].tolist(), pa.string())}
         if "residues" in batch:
             cols["residues"] = _residue_lists(batch["residues"][idx], dim)
-        part = join(output, PARTS, s, run_id, f"{uuid.uuid4().hex}.parquet")
+        lo, hi = int(rows[idx].min()), int(rows[idx].max())
+        part = join(output, PARTS, s, f"rows-{lo:010d}-{hi:010d}-{uuid.uuid4().hex[:12]}.parquet")
         _write_parquet(pa.table(cols), part)
         first = batch["win_start"][idx] == 0
         ok = batch["error"][idx] == ""
@@ -198,7 +258,7 @@ def write_parts(batch: dict, output: str, run_id: str) -> dict:
 
 # ---- merge ---------------------------------------------------------------------------------
 def clear_parts(output: str, stem: str | None = None) -> None:
-    """Remove a shard's part files (all runs), or the empty ``_parts`` folder (stem None)."""
+    """Remove a shard's part files, or the empty ``_parts`` folder (stem None)."""
     fs, p = filesystem(join(output, PARTS, stem) if stem else join(output, PARTS))
     if not fs.exists(p):
         return
@@ -208,55 +268,88 @@ def clear_parts(output: str, stem: str | None = None) -> None:
         fs.rm(p, recursive=True)
 
 
-def merge_shard(output: str, stem: str, run_id: str, expected: int, source: str, dim: int,
-                width: int, overlap: int, out_dtype: str = "float32",
-                extra_meta: dict | None = None) -> dict:
-    """This run's parts of one shard -> ``<output>/<stem>.parquet``; windows combined.
-
-    ``expected`` input rows must each end up as one embedding or one invalid entry; rows that
-    repeat an id already kept are reported as invalid (duplicate ids), never dropped silently.
-    """
-    from ankh_platform.embed.pack import combine_windows
-
-    fs, pdir = filesystem(join(output, PARTS, stem, run_id))
-    files = sorted(fs.glob(f"{pdir}/*.parquet")) if fs.exists(pdir) else []
+def _read_parts(output: str, stem: str, columns: list[str] | None = None) -> dict:
+    """Every finished part of a shard (whatever run wrote it) as one column dict."""
+    fs, pdir = filesystem(join(output, PARTS, stem))
+    files = sorted(fs.glob(f"{pdir}/*.parquet")) if fs.exists(pdir) else []  # not .tmp- files
     tables = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            tables.append(pq.read_table(fh))
-    t = pa.concat_tables(tables) if tables else None
-    rows = t.to_pydict() if t is not None else {}
+            tables.append(pq.read_table(fh, columns=columns))
+    return pa.concat_tables(tables).to_pydict() if tables else {}
+
+
+def _by_row(rows: dict) -> dict[int, dict]:
+    """Input row -> its id, error, window count and pieces ``{win_start: index}``; a piece
+    written twice (a retried task, or a batch redone after a kill) counts once."""
+    out: dict[int, dict] = {}
+    for i, r in enumerate(rows.get("row", [])):
+        e = out.setdefault(r, {"id": rows["id"][i], "error": rows["error"][i],
+                               "n_win": rows["n_win"][i], "win": {}})
+        e["win"].setdefault(rows["win_start"][i], i)
+    return out
+
+
+def _complete(e: dict) -> bool:
+    return bool(e["error"]) or len(e["win"]) == e["n_win"]
+
+
+def done_rows(output: str, stem: str) -> list[int]:
+    """Input rows whose outcome (all windows, or the error) finished parts already hold."""
+    rows = _read_parts(output, stem, ["row", "id", "win_start", "n_win", "error"])
+    return sorted(r for r, e in _by_row(rows).items() if _complete(e))
+
+
+def resume_rows(output: str, shard: InputShard, rows: int) -> list[int]:
+    """Rows of ``shard`` done by an earlier run; parts made from another input are discarded."""
+    fs, p = filesystem(join(output, PARTS, shard.stem, INPUT_FACTS))
+    sfs, sp = filesystem(shard.path)
+    facts = {"source": shard.path, "size": sfs.info(sp).get("size"), "rows": rows}
+    if fs.exists(p) and json.loads(fs.cat_file(p)) == facts:
+        return done_rows(output, shard.stem)
+    clear_parts(output, shard.stem)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(p, json.dumps(facts).encode())
+    return []
+
+
+def merge_shard(output: str, stem: str, expected: int, source: str, dim: int,
+                width: int, overlap: int, out_dtype: str = "float32",
+                extra_meta: dict | None = None) -> dict:
+    """The parts of one shard -> ``<output>/<stem>.parquet``; windows combined.
+
+    The parts must cover input rows ``0..expected-1`` exactly once (each one embedding or one
+    invalid entry), else nothing is written; a row repeating an id of an earlier row is
+    reported as invalid (duplicate id, naming the row kept), never merged silently.
+    """
+    from ankh_platform.embed.pack import combine_windows
+
+    rows = _read_parts(output, stem)
+    by_row = _by_row(rows)
+    done = {r for r, e in by_row.items() if _complete(e)}
+    if done != set(range(expected)):
+        missing, extra = sorted(set(range(expected)) - done), sorted(done - set(range(expected)))
+        raise RuntimeError(f"shard {stem}: parts do not cover input rows 0..{expected - 1} "
+                           f"exactly once: {len(missing)} missing {missing[:5]}, "
+                           f"{len(extra)} unexpected {extra[:5]}")
     per_res = "residues" in rows
-    invalid, notes, seen, dups = [], [], set(), []
-    keep: dict[str, dict] = {}
-    for i, ident in enumerate(rows.get("id", [])):
-        if rows["error"][i]:
-            invalid.append({"id": ident, "reason": rows["error"][i]})
+    invalid, notes, keep, first = [], [], {}, {}
+    for r in sorted(by_row):
+        e, ident = by_row[r], by_row[r]["id"]
+        if e["error"] or ident in first:
+            why = e["error"] or f"duplicate id in this shard (row {first[ident]} kept)"
+            invalid.append({"id": ident, "row": r, "reason": why})
             continue
-        key = (ident, rows["win_start"][i])
-        if key in seen:  # a duplicate id in the input, or a piece written twice by a retried task
-            if rows["win_start"][i] == 0:
-                dups.append(ident)
-            continue
-        seen.add(key)
-        if rows["note"][i]:
-            notes.append({"id": ident, "note": rows["note"][i]})
-        k = keep.setdefault(ident, {"length": rows["length"][i], "n_win": rows["n_win"][i],
-                                    "pooled": [], "starts": [], "res": []})
-        k["pooled"].append(np.asarray(rows["pooled"][i], np.float64))
-        k["starts"].append(rows["win_start"][i])
-        if per_res:
-            k["res"].append(np.asarray(rows["residues"][i], np.float32))
-    incomplete = [i for i, k in keep.items() if len(k["starts"]) != k["n_win"]]
-    if incomplete:
-        raise RuntimeError(f"shard {stem}: windows missing for {incomplete[:5]}")
+        first[ident] = r
+        starts = sorted(e["win"])
+        idx = [e["win"][w] for w in starts]
+        if rows["note"][idx[0]]:
+            notes.append({"id": ident, "note": rows["note"][idx[0]]})
+        keep[ident] = {"length": rows["length"][idx[0]], "n_win": e["n_win"], "starts": starts,
+                       "pooled": [np.asarray(rows["pooled"][i], np.float64) for i in idx],
+                       "res": [np.asarray(rows["residues"][i], np.float32) for i in idx]
+                       if per_res else []}
     ids = sorted(keep)
-    missing = expected - len(ids) - len(invalid)
-    if missing < 0 or missing > len(dups):
-        raise RuntimeError(f"shard {stem}: {expected} input rows but {len(ids)} embedded and "
-                           f"{len(invalid)} invalid")
-    invalid += [{"id": d, "reason": "duplicate id in this shard (one row kept)"}
-                for d in dups[:missing]]
     np_dtype = np.float16 if out_dtype == "float16" else np.float32
     pooled = np.stack([np.sum(keep[i]["pooled"], 0) for i in ids]).astype(np_dtype) if ids \
         else np.zeros((0, dim), np_dtype)
@@ -271,8 +364,7 @@ def merge_shard(output: str, stem: str, run_id: str, expected: int, source: str,
     meta.update({k.encode(): str(v).encode() for k, v in (extra_meta or {}).items()})
     table = pa.table(cols).replace_schema_metadata(meta)
     _write_parquet(table, join(output, f"{stem}.parquet"))
-    if fs.exists(pdir):
-        fs.rm(pdir, recursive=True)  # only this run's parts (a stale run's task cannot hurt ours)
+    clear_parts(output, stem)
     return {"shard": stem, "sequences": len(ids), "invalid": invalid, "notes": notes,
             "residues": int(sum(keep[i]["length"] for i in ids))}
 

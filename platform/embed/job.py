@@ -14,13 +14,13 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Literal
 
 from ankh import storage
 from ankh.batching import DEFAULT_BATCH_TOKENS
 from ankh.storage import filesystem, join
+from ankh_platform.core import progress, runtime
 from ankh_platform.embed import hdf5 as embed_hdf5
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.pack import EmbedPackSpec
@@ -66,7 +66,9 @@ def _describe(checkpoint: str):
     from ankh.resolve import resolve  # loads JAX: not at import (``jobs.embed --help``)
 
     ref = resolve(checkpoint)
-    return ref.location, ref.config, ref.tokenizer.vocab
+    # A hub id is pinned to its commit ("org/name@<hash>"): replicas load that revision, and
+    # the shards' metadata and _summary.json record it.
+    return ref.pinned, ref.config, ref.tokenizer.vocab
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -105,25 +107,27 @@ def _runtime_env(niceness: int | None = None) -> dict | None:
     return {"env_vars": env} if env else None
 
 
-def _read(pending: list[embed_io.InputShard], group_rows: int, cpus: float):
+def _read(pending: list[embed_io.InputShard], group_rows: int, cpus: float, skip: dict):
     """One streaming read task per input file (Parquet row batches or FASTA records), in order,
-    so shards finish one after another rather than all at the end."""
+    so shards finish one after another rather than all at the end; ``skip``: stem -> row
+    ranges finished parts of a killed run already hold."""
     import ray
 
-    items = ray.data.from_items([{"path": s.path, "fmt": s.fmt} for s in pending],
+    items = ray.data.from_items([{"path": s.path, "fmt": s.fmt,
+                                  "skip": json.dumps(skip.get(s.stem, []))} for s in pending],
                                 override_num_blocks=len(pending))
     return items.map_batches(embed_io.read_batches, fn_kwargs={"chunk": group_rows},
                              batch_size=1, num_cpus=cpus, runtime_env=_runtime_env())
 
 
 def build_dataset(pending: list[embed_io.InputShard], cfg: EmbedJobConfig, spec: EmbedPackSpec,
-                  vocab: dict, gpus: float, run_id: str):
+                  vocab: dict, gpus: float, skip: dict | None = None):
     """read -> pack (tasks) -> embed (actor pool) -> write parts (tasks); rows = part counters."""
     import ray
 
     # Light tasks (fractional CPUs, so not fused into the replicas: packing never sits on the
     # accelerator's critical path; Ray's default worker priority, below the replicas').
-    ds = _read(pending, cfg.group_rows, 0.5)
+    ds = _read(pending, cfg.group_rows, 0.5, skip or {})
     ds = ds.map_batches(pack_udf, fn_kwargs={"spec": spec, "vocab": vocab},
                         batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5,
                         runtime_env=_runtime_env())
@@ -135,7 +139,7 @@ def build_dataset(pending: list[embed_io.InputShard], cfg: EmbedJobConfig, spec:
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
         num_gpus=gpus, num_cpus=cfg.cpus_per_replica,
         runtime_env=_runtime_env(cfg.replica_niceness))
-    return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output, "run_id": run_id},
+    return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output},
                           batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25,
                           runtime_env=_runtime_env())
 
@@ -157,6 +161,9 @@ def run(cfg: EmbedJobConfig) -> dict:
     shards = embed_io.discover(cfg.input, cfg.input_format)
     init_ray()
     pinned, mcfg, vocab = _describe(cfg.checkpoint)
+    if mcfg.task_prefixes:  # refuse rather than embed ankh3 without the [NLU] it was trained on
+        raise ValueError(f"{cfg.checkpoint}: a model with task prefixes (ankh3) is not supported "
+                         "by the batch-embedding job yet; use ankh.load(...).embed or Serve")
     cfg = dataclasses.replace(cfg, checkpoint=pinned)
     if cfg.layer and not 1 <= cfg.layer <= mcfg.num_layers:
         raise ValueError(f"layer must be in 1..{mcfg.num_layers} (0 = final), got {cfg.layer}")
@@ -169,13 +176,13 @@ def run(cfg: EmbedJobConfig) -> dict:
     ofs, _ = filesystem(cfg.output)
     done = [s for s in shards if ofs.exists(filesystem(join(cfg.output, f"{s.stem}.parquet"))[1])]
     pending = [s for s in shards if s not in done]
-    for s in pending:
-        embed_io.clear_parts(cfg.output, s.stem)  # stale parts of a killed run
     counts = embed_io.count_all(pending)
+    # rows finished parts of a killed run hold: kept, only the rest is embedded again
+    resumed = {s.stem: embed_io.resume_rows(cfg.output, s, counts[s.stem]) for s in pending}
     margs = {"dim": mcfg.d_model, "width": spec.max_length, "overlap": spec.window_overlap,
              "out_dtype": cfg.out_dtype, "extra_meta": {"ankh.checkpoint": cfg.checkpoint}}
     t1 = time.perf_counter()
-    reports, stats = _embed(pending, counts, cfg, spec, vocab, margs)
+    reports, stats = _embed(pending, counts, resumed, cfg, spec, vocab, margs)
     embed_io.clear_parts(cfg.output)
     t_end = time.perf_counter()
     stats["setup_s"] = t1 - t0
@@ -195,19 +202,20 @@ def run(cfg: EmbedJobConfig) -> dict:
     return summary
 
 
-def _embed(pending: list[embed_io.InputShard], counts: dict, cfg: EmbedJobConfig, spec: EmbedPackSpec,
-           vocab: dict, margs: dict) -> tuple[list[dict], dict]:
-    """Run the pipeline over the pending shards; merge each as soon as it is complete."""
+def _embed(pending: list[embed_io.InputShard], counts: dict, resumed: dict, cfg: EmbedJobConfig,
+           spec: EmbedPackSpec, vocab: dict, margs: dict) -> tuple[list[dict], dict]:
+    """Run the pipeline over the rows not done yet; merge each shard as soon as it is complete."""
     import ray
 
     merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard).options(
         runtime_env=_runtime_env())
-    run_id = uuid.uuid4().hex[:12]  # parts of this run only: a killed run's leftovers never mix in
-    merges = {s.stem: merge.remote(cfg.output, s.stem, run_id, 0, s.path, **margs)
-              for s in pending if counts[s.stem] == 0}
+    left = {s.stem: counts[s.stem] - len(resumed[s.stem]) for s in pending}
+    merges = {s.stem: merge.remote(cfg.output, s.stem, counts[s.stem], s.path, **margs)
+              for s in pending if left[s.stem] == 0}
     stats = {"tokens": 0, "slots": 0, "model_s": 0.0, "call_s": 0.0, "init_s": [],
-             "ready_at": [], "done_at": 0.0, "compiled": 0}
-    todo = [s for s in pending if counts[s.stem] > 0]
+             "ready_at": [], "done_at": 0.0, "compiled": 0,
+             "rows_resumed": sum(len(r) for r in resumed.values()), "rows_this_run": 0}
+    todo = [s for s in pending if left[s.stem] > 0]
     if todo:
         gpus = cfg.gpus_per_replica if cfg.gpus_per_replica >= 0 else \
             float(ray.cluster_resources().get("GPU", 0) > 0)
@@ -215,7 +223,12 @@ def _embed(pending: list[embed_io.InputShard], counts: dict, cfg: EmbedJobConfig
         path_of = {s.stem: s.path for s in todo}
         ctx = ray.data.DataContext.get_current()
         ctx.target_max_block_size = cfg.block_bytes  # default 128 MiB holds a whole shard back
-        for b in build_dataset(todo, cfg, spec, vocab, gpus, run_id).iter_batches(
+        # One bar of rows embedded out of all pending (rate, ETA) instead of Ray Data's
+        # per-operator bars, which -v brings back.
+        ctx.enable_progress_bars = runtime.verbose()
+        bar = progress.Progress("embed", total=sum(left[s.stem] for s in todo), unit="rows")
+        skip = {s.stem: embed_io.to_ranges(resumed[s.stem]) for s in todo}
+        for b in build_dataset(todo, cfg, spec, vocab, gpus, skip).iter_batches(
                 batch_size=None, batch_format="numpy"):
             for i, stem in enumerate(b["shard"].tolist()):
                 t = track[stem]
@@ -223,12 +236,15 @@ def _embed(pending: list[embed_io.InputShard], counts: dict, cfg: EmbedJobConfig
                 t[1] += int(b["n_expected"][i])
                 t[2] += int(b["n_pieces"][i])
                 _account(stats, b, i)
-                if t[0] >= counts[stem] and t[1] == t[2] and stem not in merges:
-                    merges[stem] = merge.remote(cfg.output, stem, run_id, counts[stem],
-                                                path_of[stem], **margs)
-        lost = {s: (counts[s], *track[s]) for s in track if s not in merges}
+                if t[0] >= left[stem] and t[1] == t[2] and stem not in merges:
+                    merges[stem] = merge.remote(cfg.output, stem, counts[stem], path_of[stem],
+                                                **margs)
+            bar.update(int(b["n_first"].sum()))
+        bar.close()
+        stats["rows_this_run"] = sum(t[0] for t in track.values())
+        lost = {s: (left[s], *track[s]) for s in track if s not in merges}
         if lost:
-            raise RuntimeError("shards not complete after the pipeline (input rows; rows, pieces "
+            raise RuntimeError("shards not complete after the pipeline (rows left; rows, pieces "
                                f"expected, pieces seen): {lost}")
     stats["shapes"] = len(spec.shapes())
     t = time.perf_counter()
@@ -259,6 +275,8 @@ def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) ->
         "shards": {"total": len(shards), "written": len(reports), "skipped_done": len(done)},
         "sequences": seqs, "residues": sum(r["residues"] for r in reports),
         "sequences_all_shards": seqs + sum(r["sequences"] for r in previous),
+        # input rows whose outcome this run computed, and rows a killed run's parts held
+        "rows_this_run": stats["rows_this_run"], "rows_resumed": stats["rows_resumed"],
         "tokens": stats["tokens"], "pipeline_s": round(pipeline_s, 3), "wall_s": round(wall_s, 3),
         "tokens_per_s": round(stats["tokens"] / pipeline_s, 1) if pipeline_s > 0 else 0.0,
         "wall_tokens_per_s": round(stats["tokens"] / wall_s, 1) if wall_s > 0 else 0.0,

@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 def pack_udf(batch: dict, spec: EmbedPackSpec, vocab: dict) -> dict:
     """Ray Data UDF: a group of input rows -> model batches (one row each) of fixed shapes."""
     tok = AnkhTokenizer(vocab)
-    shards = [embed_io.shard_stem(p) for p in batch["path"]]
+    # each record travels under its shard and input row (``embed_io.row_key``): parts record
+    # which input rows they hold, so a re-run after a kill redoes only the rest
+    shards = [embed_io.row_key(embed_io.shard_stem(p), r)
+              for p, r in zip(batch["path"], batch["row"])]
     prep = prepare(batch["id"].tolist(), batch["sequence"].tolist(), shards, tok, spec)
     out = {"ids": [], "pieces": [], "meta": []}
     notes = {(sh, i): why for sh, i, why in prep.notes}

@@ -21,6 +21,7 @@ from flax import nnx
 from ankh.batching import DEFAULT_BATCH_TOKENS, rung
 from ankh.probes import make_head
 from ankh.seeds import derive_seed
+from ankh_platform.core import progress
 from ankh_platform.evaluate import metrics as M
 from ankh_platform.evaluate.tasks import TaskLimits, TaskData, contact_map
 
@@ -286,6 +287,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     for task in tasks:
         report["tasks"][task.name] = {"kind": task.kind, "classes": task.classes, "info": task.info,
                                       "sizes": {s: len(sp.ids) for s, sp in task.splits.items()}}
+    bar = progress.Progress("evaluate", total=len(specs) * len(tasks) * len(cfg.heads), unit="probes")
     for spec in specs:
         emb = make_extractor(spec, cfg.seed, cfg.layer, cfg.embed_batch_tokens)
         report["embedders"][spec] = {"key": emb.key, **emb.info}
@@ -301,7 +303,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
                                           "seed": cfg.seed, "embed_seconds": embed_s, **res})
                 plots.append({"task": task, "checkpoint": spec, "head": head,
                               "pred": preds["test"], "result": res})
+                bar.update()
         del emb
+    bar.close()
     report["_plots"] = plots
     return report
 

@@ -17,6 +17,7 @@ import fsspec
 
 from ankh import storage
 from ankh.finetune import FinetuneConfig
+from ankh_platform.core import progress
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
     family = [s.strip().upper() for _, s in read_sequences(cfg.data, cfg.max_sequences)]
     log.info("family: %d sequences from %s", len(family), cfg.data)
     model = ankh.load(cfg.model)
-    tuned, hist = finetune_decoder(model, family, cfg.train)
+    with progress.Progress("finetune", total=cfg.train.steps, unit="steps") as bar:
+        tuned, hist = finetune_decoder(model, family, cfg.train, callback=lambda *_: bar.update())
     out = cfg.output.rstrip("/")
     fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ankh import infill, storage
 from ankh.seeds import derive_seed
+from ankh_platform.core import progress
 
 log = logging.getLogger(__name__)
 AA20 = "ACDEFGHIKLMNPQRSTVWY"
@@ -92,7 +93,7 @@ def _score(model, seqs: list[str], kind: str) -> list[float]:
 def generate_rows(model, parents: list[tuple[str, str]], cfg: GenerateJobConfig):
     rows, stats = [], {t: {"generated": 0, "rejected": Counter()} for t in cfg.temperatures}
     parent_scores = dict(zip([p for p, _ in parents], _score(model, [s for _, s in parents], cfg.score_kind)))
-    for pi, (pid, parent) in enumerate(parents):
+    for pi, (pid, parent) in enumerate(progress.track(parents, "generate", unit="parents")):
         for t in cfg.temperatures:
             res = model.variants(parent, mask_fraction=cfg.mask_fraction, temperature=t, n=cfg.n,
                                  seed=derive_seed(cfg.seed, "parent", pi), top_k=cfg.top_k, top_p=cfg.top_p)

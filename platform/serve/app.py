@@ -5,7 +5,9 @@
     serve build ankh_platform.serve.app:app -o cfg.yaml
 
 Routes (``platform/serve/http.py``): ``POST /v1/embed``, ``/v1/generate``, ``/v1/variants``,
-``/v1/score``, ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``.
+``/v1/score``, ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``; OpenAI-compatible
+``POST /v1/embeddings`` (``openai_api.py``); TEI-compatible ``POST /embed``, ``/embed_all``,
+``/``, ``GET /info`` (``tei_api.py``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import Response
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from ankh_platform.core.config import from_dict
 from ankh_platform.serve.embed import EmbedDeployment
+from ankh_platform.serve.formats import LENGTHS_HEADER, NPY, b64_array, npy_body
 from ankh_platform.serve.generate import Generator
 from ankh_platform.serve.http import HTTPError, build_api
 from ankh_platform.serve.schema import (EmbedRequest, GenerateRequest, ScoreRequest, ServeConfig,
@@ -45,6 +50,7 @@ class Ingress:
         self.name = self.cfg.served_name()  # the default model
         self.catalog = self.cfg.catalog()  # {name: checkpoint}, the default first
         self.token = None
+        self.created = int(time.time())  # /v1/models "created" (OpenAI's Model object)
         if self.cfg.auth.enabled:
             self.token = os.environ.get(self.cfg.auth.token_env, "")
             if not self.token:
@@ -134,16 +140,43 @@ class Ingress:
         return self.route(self.generator, name)
 
     # ---- operations (one per route) -----------------------------------------------------------
-    async def embed(self, req: EmbedRequest) -> dict[str, Any]:
-        name, _ = await self.checked(req.model, req.sequences)
-        seqs = self.normalise(name, req.sequences)
-        self.m_sequences.inc(len(seqs), tags={"route": "/v1/embed"})
-        out = await self.route(self.embedder, name).embed.remote(seqs, req.pooling, req.layer)
-        dt = np.float16 if req.dtype == "float16" else np.float32
-        embs = (out.astype(dt).tolist() if req.pooling == "mean"
-                else [a.astype(dt).tolist() for a in out])
+    async def embed_arrays(self, model: str | None, sequences: list[str], pooling: str = "mean",
+                           layer: int | None = None, truncate: str | None = None,
+                           route: str = "/v1/embed") -> tuple[str, list[str], Any]:
+        """The embedding operation of every embedding route (ours, OpenAI's, TEI's): model,
+        limits, normalisation -> (model name, normalised sequences, the embedder's arrays).
+        ``truncate`` "left"/"right" cuts over-long sequences to the limit (TEI) instead of 413."""
+        if truncate:
+            name, max_len = await self.checked(model, [])
+            cut = [("".join(s.split())) for s in sequences]
+            sequences = [s[-max_len:] if truncate == "left" else s[:max_len] for s in cut]
+        name, _ = await self.checked(model, sequences)
+        seqs = self.normalise(name, sequences)
+        self.m_sequences.inc(len(seqs), tags={"route": route})
+        out = await self.route(self.embedder, name).embed.remote(seqs, pooling, layer)
+        return name, seqs, out
+
+    async def embed(self, req: EmbedRequest, npy: bool = False) -> dict[str, Any] | Response:
+        name, _, out = await self.embed_arrays(req.model, req.sequences, req.pooling, req.layer)
+        if npy:  # Accept: application/x-npy
+            body, lengths = npy_body(out, req.dtype)
+            return Response(body, media_type=NPY, headers={
+                LENGTHS_HEADER: ",".join(map(str, lengths)), "X-Model": name})
+        if req.encoding_format == "base64":
+            embs: list[Any] = [b64_array(a, req.dtype) for a in out]
+        else:
+            dt = np.float16 if req.dtype == "float16" else np.float32
+            embs = (out.astype(dt).tolist() if req.pooling == "mean"
+                    else [a.astype(dt).tolist() for a in out])
         return {"model": name, "dim": self._info[name]["d_model"], "pooling": req.pooling,
-                "embeddings": embs}
+                "encoding_format": req.encoding_format, "embeddings": embs}
+
+    async def describe(self, model: str | None) -> dict[str, Any]:
+        """One served model's facts (dims, buckets, effective max length) for /info-like routes."""
+        name = self.model_id(model)
+        info = await self.info(name)
+        return {"id": name, **info,
+                "max_length": effective_max_length(self.limits, info["max_residues"], None)}
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         name, _ = await self.checked(req.model, req.sequences)
@@ -188,7 +221,9 @@ class Ingress:
         data = []
         for name, ckpt in self.catalog.items():
             info = self._info.get(name)
-            entry: dict[str, Any] = {"id": name, "checkpoint": ckpt, "default": name == self.name,
+            entry: dict[str, Any] = {"id": name, "object": "model", "created": self.created,
+                                     "owned_by": "ankh", "checkpoint": ckpt,
+                                     "default": name == self.name,
                                      "generation": self.generator is not None,
                                      "details": info is not None}
             limits = to_plain(self.limits)

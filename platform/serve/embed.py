@@ -41,10 +41,12 @@ def shared_encoder_fn(model: Any, per_residue: bool, num_layers: int | None):
     jitted once per architecture (equal ``graphdef``). The params are an argument, so a second
     checkpoint of the same shape (a fine-tune, another seed) reuses the compiled shapes instead
     of compiling them again."""
-    key = (model.graphdef, per_residue, num_layers)
+    key = (model.graphdef, per_residue, num_layers, model.num_prefix)
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:  # the jitted fn closes over the graphdef only, not the params
-            _ENCODERS[key] = jit_encoder(model.graphdef, per_residue, num_layers)
+            # ankh3's leading [NLU] (``Ankh.tokenize`` adds it) stays out of the mean.
+            _ENCODERS[key] = jit_encoder(model.graphdef, per_residue, num_layers,
+                                         skip_first=model.num_prefix)
         return _ENCODERS[key]
 
 
@@ -60,7 +62,7 @@ class EmbedModel:
         cfg = self.model.config
         ladder = list(opts.length_buckets) or sequence_ladder(cfg.max_length, SERVE_MIN_LENGTH)
         self.plan = BatchPlan(ladder, opts.batch_tokens, opts.row_growth)
-        self.max_residues = min(cfg.max_length, self.plan.max_tokens - 1)
+        self.max_residues = min(cfg.max_length, self.plan.max_tokens - 1 - self.model.num_prefix)
         for layer in opts.layers:
             if not 1 <= layer <= cfg.num_layers:
                 raise ValueError(f"embed.layers: {layer} is not in 1..{cfg.num_layers}")
@@ -110,8 +112,9 @@ class EmbedModel:
             raise ValueError(f"layer {layer} is not served; served layers: {self.layers}")
         toks = self.model.tokenize(sequences)  # TokenizerError names the bad sequence/letter
         for i, t in enumerate(toks):
-            if len(t) - 1 > self.max_residues:
-                raise LimitError(f"sequence {i} has {len(t) - 1} residues > the served maximum "
+            n = len(t) - 1 - self.model.num_prefix  # residues: no </s>, no [NLU]
+            if n > self.max_residues:
+                raise LimitError(f"sequence {i} has {n} residues > the served maximum "
                                  f"{self.max_residues}")
         return toks, per_residue, layer
 
@@ -191,7 +194,9 @@ class EmbedDeployment:
                 key = "hidden" if per_residue else "pooled"
                 arr = np.asarray(out[key])  # [rows, d] or [rows, bucket, d]
                 for r, i in enumerate(part):
-                    results[i] = arr[r, :len(items[i][1]) - 1].copy() if per_residue else arr[r]
+                    lead = model.model.num_prefix  # rows align with residues (ankh3: no [NLU])
+                    results[i] = (arr[r, lead:len(items[i][1]) - 1].copy() if per_residue
+                                  else arr[r])
                 padded += rows * length
         self.m_batch.observe(len(items))
         self.m_latency.observe(time.perf_counter() - t0)

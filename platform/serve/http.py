@@ -3,7 +3,9 @@
 Errors: 401 bad/missing bearer token, 404 unknown model (the message lists the served ones),
 413 over a limit (the message names it), 422 malformed input (names the field or sequence),
 503 + ``Retry-After`` when over capacity or a replica is being replaced, 500 for a configured
-model that fails to load (named) or a bug (logged).
+model that fails to load (named) or a bug (logged). The OpenAI- and TEI-compatible routes
+(``openai_api.py``, ``tei_api.py``) go through the same guard, validation and mapping; each
+only restyles the error body (and TEI turns "over capacity" into its 429).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from ray import serve
 
+from ankh_platform.serve import openai_api, tei_api
+from ankh_platform.serve.formats import NPY
 from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateRequest,
                                         GenerateResponse, LimitError, ModelLoadError, ScoreRequest,
                                         ScoreResponse, ServeConfig, UnknownModelError,
@@ -28,7 +32,8 @@ from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateReq
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
 OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
 ROUTES = {"/v1/embed", "/v1/generate", "/v1/variants", "/v1/score", "/healthz", "/v1/models",
-          "/docs", "/openapi.json"}  # metric tags: a fixed set, never arbitrary paths
+          "/docs", "/openapi.json"}  # metric tags: a fixed set (+ the compatible APIs' paths)
+EXTENSIONS = (openai_api, tei_api)  # each: register(api, svc, run) -> {path: error style}
 
 
 class Service(Protocol):
@@ -39,7 +44,11 @@ class Service(Protocol):
     cfg: ServeConfig
 
     def observe(self, route: str, status: int, seconds: float) -> None: ...
-    async def embed(self, req: EmbedRequest) -> dict[str, Any]: ...
+    async def embed(self, req: EmbedRequest, npy: bool = False) -> dict[str, Any] | Response: ...
+    async def embed_arrays(self, model: str | None, sequences: list[str], pooling: str = "mean",
+                           layer: int | None = None, truncate: str | None = None,
+                           route: str = "/v1/embed") -> tuple[str, list[str], Any]: ...
+    async def describe(self, model: str | None) -> dict[str, Any]: ...
     async def generate(self, req: GenerateRequest) -> dict[str, Any]: ...
     async def variants(self, req: VariantsRequest) -> dict[str, Any]: ...
     async def score(self, req: ScoreRequest) -> dict[str, Any]: ...
@@ -48,9 +57,15 @@ class Service(Protocol):
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+    """``kind`` "overloaded" marks back-pressure (TEI answers it with 429, we with 503)."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None,
+                 kind: str = ""):
         super().__init__(detail)
-        self.status, self.detail, self.headers = status, detail, headers
+        self.status, self.detail, self.headers, self.kind = status, detail, headers, kind
+
+
+ErrorStyle = Callable[[HTTPError, str], tuple[int, dict[str, Any]]]  # (error, request id)
 
 
 def request_id() -> str:
@@ -91,7 +106,7 @@ def map_exception(e: BaseException, retry_after_s: float) -> HTTPError:
     if isinstance(c, (TokenizerError, ValueError, TypeError)):
         return HTTPError(422, str(c))
     if isinstance(c, BackPressureError):
-        return HTTPError(503, f"over capacity, retry later: {c.message}", retry)
+        return HTTPError(503, f"over capacity, retry later: {c.message}", retry, "overloaded")
     if isinstance(c, (DeploymentUnavailableError, RayActorError)):
         return HTTPError(503, "model replica unavailable (being replaced); retry", retry)
     log.error("unexpected error", exc_info=c)
@@ -128,9 +143,17 @@ def build_api(svc: Service | None) -> FastAPI:
     api = FastAPI(title="Ankh serving API", version=ankh.__version__,
                   description="Protein embeddings, generation and scoring with Ankh.")
 
+    styles: dict[str, ErrorStyle] = {}  # path -> error body of a compatible API
+
+    def failure(e: HTTPError, path: str) -> Response:
+        if path not in styles:
+            return error_response(e)
+        status, body = styles[path](e, request_id())
+        return json_response(body, status, e.headers)
+
     @api.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
-        return json_response({"detail": _validation_errors(exc), "request_id": request_id()}, 422)
+        return failure(HTTPError(422, _validation_errors(exc)), request.url.path)
 
     @api.middleware("http")
     async def guard(request: Request, call_next):
@@ -139,21 +162,36 @@ def build_api(svc: Service | None) -> FastAPI:
             _guard(svc, request)
             response = await call_next(request)
         except HTTPError as e:
-            response = error_response(e)
-        route = request.url.path if request.url.path in ROUTES else "other"
+            response = failure(e, request.url.path)
+        path = request.url.path
+        route = path if path in ROUTES or path in styles else "other"
         svc.observe(route, response.status_code, time.perf_counter() - t0)
         return response
 
-    async def run(op: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+    async def run(op: Callable[[], Awaitable[dict[str, Any] | Response]],
+                  path: str = "") -> Response:
         try:
-            return json_response(await op())
+            out = await op()
+            return out if isinstance(out, Response) else json_response(out)
         except Exception as e:  # noqa: BLE001 -- mapped to a status, never a hang or bare 500
-            return error_response(map_exception(e, svc.cfg.retry_after_s))
+            return failure(map_exception(e, svc.cfg.retry_after_s), path)
 
-    @api.post("/v1/embed", response_model=EmbedResponse)
-    async def embed(req: EmbedRequest) -> Response:
+    _routes(api, svc, run)
+    for ext in EXTENSIONS:
+        styles.update(ext.register(api, svc, run))
+    return api
+
+
+def _routes(api: FastAPI, svc: Service, run: Callable[..., Awaitable[Response]]) -> None:
+    """Our own routes (``/v1/...``, ``/healthz``)."""
+
+    @api.post("/v1/embed", response_model=EmbedResponse,
+              responses={200: {"content": {NPY: {}}, "description": "JSON, or with `Accept: "
+                               "application/x-npy` one .npy array [rows, dim]"}})
+    async def embed(req: EmbedRequest, request: Request) -> Response:
         """One embedding per input sequence, in input order."""
-        return await run(lambda: svc.embed(req))
+        npy = NPY in request.headers.get("accept", "")
+        return await run(lambda: svc.embed(req, npy))
 
     @api.post("/v1/generate", response_model=GenerateResponse)
     async def generate(req: GenerateRequest) -> Response:
@@ -179,8 +217,6 @@ def build_api(svc: Service | None) -> FastAPI:
     async def models() -> Response:
         """The served model(s) and their limits."""
         return await run(svc.models)
-
-    return api
 
 
 def openapi_schema() -> dict[str, Any]:

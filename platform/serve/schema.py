@@ -137,6 +137,7 @@ def to_plain(obj: Any) -> Any:
 # ---- HTTP request / response models ---------------------------------------------------------
 
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+STRICT = _STRICT  # also the OpenAI/TEI-compatible request models' (openai_api.py, tei_api.py)
 
 
 def _model_field() -> Any:
@@ -156,6 +157,10 @@ class EmbedRequest(BaseModel):
                                     "the final one. Only layers the deployment serves.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Precision the "
                                                  "values are rounded to in the response.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: JSON numbers; base64: each embedding a base64 string of "
+        "little-endian `dtype` values ([dim] or [length*dim], row-major). A raw .npy body: "
+        "send `Accept: application/x-npy` (header X-Embedding-Lengths: rows per input).")
     model: StrictStr | None = _model_field()
 
 
@@ -163,8 +168,10 @@ class EmbedResponse(BaseModel):
     model: str
     dim: int
     pooling: str
+    encoding_format: str = "float"
     embeddings: list[Any] = Field(description="One entry per input sequence, in input order: "
-                                  "[dim] floats (mean) or [length][dim] (none).")
+                                  "[dim] floats (mean) or [length][dim] (none); a base64 "
+                                  "string each with encoding_format=base64.")
 
 
 Number = StrictFloat | StrictInt

@@ -1,14 +1,16 @@
 """Sharded, asynchronous Orbax checkpoints of a training run, with safe resume.
 
-Every process writes its own shards (Orbax OCDBT); process 0 writes a size manifest once a save
-is final (``ankh.checkpoint``). On resume, checkpoints are tried newest first: one that fails
-verification or restore is named in a warning, moved aside to ``<run>/corrupt/`` (kept, not
-deleted) and the next older one is used -- a bad checkpoint never poisons a run.
+Every process writes its own shards (Orbax OCDBT); process 0 writes a manifest (sizes and
+CRC32Cs) once a save is final (``ankh.checkpoint``). On resume, checkpoints are tried newest
+first: one that fails verification or restore is named in a warning, moved aside to
+``<run>/corrupt/`` (kept, not deleted) and the next older one is used -- a bad checkpoint never
+poisons a run.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import jax
@@ -63,6 +65,24 @@ class CheckpointStore:
     def wait(self) -> None:
         self.mgr.wait_until_finished()
         self.poll()
+
+    def save_now(self, step: int, state: dict, meta: dict, timeout_s: float) -> bool:
+        """Save ``step`` (unless it is already saved or saving) and wait for it, manifest
+        included, for at most ``timeout_s``; True if it is final. On a preemption notice."""
+        t0 = time.perf_counter()
+        if step not in self.mgr.all_steps():
+            self.save(step, state, meta)
+        done = threading.Thread(target=self.mgr.wait_until_finished, daemon=True)
+        done.start()
+        done.join(max(timeout_s - (time.perf_counter() - t0), 0.0))
+        if done.is_alive():
+            log.error("checkpoint %s/%d not final after %.1f s (preempt_timeout_s): stopping without "
+                      "it; a resume uses the previous good step", self.directory, step, timeout_s)
+            return False
+        self.poll()
+        log.warning("preemption checkpoint %s/%d written in %.2f s", self.directory, step,
+                    time.perf_counter() - t0)
+        return True
 
     def close(self) -> None:
         self.wait()

@@ -41,13 +41,18 @@ class CheckpointConfig:
     every: int = 100
     keep: int = 3
     async_save: bool = True
+    # On SIGTERM (a TPU maintenance / preemption notice) the loop saves at the current step and
+    # stops; the save may take this long before the worker gives up on it (GCE gives >= 30 s).
+    preempt_timeout_s: float = 25.0
 
 
 @dataclasses.dataclass(frozen=True)
 class FaultConfig:
-    """Fault injection for tests: SIGKILL worker ``rank`` at ``kill_at_step`` once per run."""
+    """Fault injection for tests: ``signal`` to worker ``rank`` at ``kill_at_step``, once per run
+    (SIGKILL: a crash; SIGTERM: a preemption notice)."""
     kill_at_step: int = -1
     rank: int = 0
+    signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,13 +13,15 @@ import os
 from typing import Any
 
 from ankh import storage
+from ankh_platform.core import progress
 from ankh_platform.core.config import to_dict
 from ankh_platform.train.config import PretrainConfig, resolve_paths
 from ankh_platform.train.worker import Run, train_loop
 
 
 def worker_env(cfg: PretrainConfig) -> dict[str, str]:
-    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"} | storage.storage_env()  # e.g. a GCS emulator
+    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", progress.WORKER_CONSOLE_ENV: "1"} \
+        | storage.storage_env()  # e.g. a GCS emulator
     env |= {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)} if cfg.compile_cache else {}
     if cfg.scale.use_tpu:
         return env | {"JAX_PLATFORMS": "tpu"}
@@ -29,15 +31,25 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
                   "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
 
 
+def job_log_path(cfg: PretrainConfig) -> str:
+    """``<run>/logs/job.log`` (driver + every Ray worker line); a local copy for a gs:// run."""
+    fs, _ = storage.filesystem(cfg.output)
+    if storage.is_local(fs):
+        return os.path.join(cfg.run_dir(), "logs", "job.log")
+    return os.path.join("outputs", "logs", cfg.name, "job.log")  # object stores cannot append
+
+
 def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     """Train (or resume) ``cfg.name`` under ``cfg.output``; returns the final metrics and paths."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.jax import JaxTrainer
 
-    from ankh_platform.core.runtime import init_ray
+    from ankh_platform.core.runtime import init_ray, log_to_file, worker_output_to
 
-    init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
     cfg = resolve_paths(cfg)
+    log_path = log_to_file(job_log_path(cfg))  # before Ray starts: its start-up lines go there
+    progress.console(f"run {cfg.name}: {cfg.steps} steps; framework logs: {log_path} (-v shows them)")
+    init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
     s = cfg.scale
     if s.use_tpu:
         scaling = ScalingConfig(use_tpu=True, num_workers=s.num_workers, topology=s.topology or None,
@@ -52,7 +64,8 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     # Ray Train takes the worker's config as a dict (its dashboard shows it): the JSON form.
     trainer = JaxTrainer(train_loop, train_loop_config=to_dict(cfg), scaling_config=scaling,
                          run_config=run_config)
-    result = trainer.fit()
+    with worker_output_to(log_path):
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training run {cfg.name} failed: {result.error}") from result.error
     summary_path = f"{cfg.run_dir()}/summary.json"

@@ -26,8 +26,10 @@ from ankh import sharding, storage
 from ankh.config import get_preset
 from ankh.flops import measure_matmul_peak, train_step_flops
 from ankh.training import Trainer
+from ankh_platform.core import progress
 from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
+from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
 from ankh_platform.train.config import PretrainConfig, ScaleConfig
 from ankh_platform.train.source import make_source
@@ -68,7 +70,7 @@ def _join_jax(scale: ScaleConfig) -> tuple[int, int]:
 
 
 def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
-    """SIGKILL this worker once per run when ``cfg.fault`` says so (tests of fault tolerance)."""
+    """Signal this worker once per run when ``cfg.fault`` says so (tests of fault tolerance)."""
     if step != cfg.fault.kill_at_step or rank != cfg.fault.rank:
         return
     marker = f"{cfg.run_dir()}/fault-injected-{step}"
@@ -77,8 +79,9 @@ def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.touch(path)
-    log.warning("fault injection: SIGKILL to worker rank %d (pid %d) at step %d", rank, os.getpid(), step)
-    os.kill(os.getpid(), signal.SIGKILL)
+    log.warning("fault injection: %s to worker rank %d (pid %d) at step %d", cfg.fault.signal, rank,
+                os.getpid(), step)
+    os.kill(os.getpid(), getattr(signal, cfg.fault.signal))
 
 
 def gather_json(obj: Any, size: int = 4096) -> list[Any]:
@@ -94,6 +97,22 @@ def gather_json(obj: Any, size: int = 4096) -> list[Any]:
     buf[:len(raw)] = np.frombuffer(raw, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf))  # [processes, size]
     return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
+
+
+def console_lines(rec: dict[str, Any], total: int) -> list[str]:
+    """The people-facing lines of one metrics record (the run log has the full record):
+    ``step 120/300 | loss 2.810 | acc 0.140 | 1,930 tok/s | ETA 1m12s``, then eval results."""
+    out = []
+    step = rec.get("step", 0)
+    if "loss" in rec:
+        eta = rec["step_time_s"] * max(total - step, 0)
+        out.append(f"step {step}/{total} | loss {rec['loss']:.3f} | acc {rec['accuracy']:.3f} | "
+                   f"{rec['tokens_per_s']:,.0f} tok/s | ETA {progress.format_duration(eta)}")
+    if "val_loss" in rec:
+        kind = "final" if rec.get("event") == "final" else "eval"
+        out.append(f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
+                   f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}")
+    return out
 
 
 class MetricsWriter:
@@ -198,10 +217,21 @@ class Run:
 
     def _emit(self, rec: dict) -> None:
         self.writer.write(rec)
+        if self.primary:
+            for line in console_lines(rec, self.cfg.steps):
+                progress.console(line)
         if self.report is not None:
             self.report({k: v for k, v in rec.items() if isinstance(v, (int, float))})
 
     def fit(self) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (resuming if the run has checkpoints). On SIGTERM: checkpoint
+        at the current step within ``checkpoint.preempt_timeout_s`` and stop -- under Ray Train
+        by raising ``preemption.Preempted`` (``FailureConfig`` restarts the workers, which resume from
+        that step), in-process by returning a summary with ``preempted: True``."""
+        with preemption.sigterm_notice():
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._setup()
         state, step = self._start_state()
@@ -227,7 +257,11 @@ class Run:
                 self._emit(rec)
             if self.store.should_save(step, final=step == cfg.steps):
                 self.store.save(step, state, self._meta(step, state))
+                if self.primary:
+                    progress.console(f"checkpoint step {step} -> {self.run_dir}/checkpoints/{step}")
             self.store.poll()
+            if preemption.requested() and step < cfg.steps:
+                return self._stop_preempted(step, state)
         final = self.evaluate(state["params"]) if self.eval_batches else {}
         self._emit({"step": step, "event": "final", **final})
         self.store.close()
@@ -237,6 +271,29 @@ class Run:
         if self.primary:
             with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
                 json.dump(summary, fh)
+        return summary
+
+    def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ok = self.store.save_now(step, state, self._meta(step, state), self.cfg.checkpoint.preempt_timeout_s)
+        secs = time.perf_counter() - t0
+        self._emit({"step": step, "event": "preempted", "checkpoint_saved": ok, "checkpoint_s": secs})
+        if self.primary:
+            progress.console(f"SIGTERM: stopped at step {step}; checkpoint "
+                             f"{'written' if ok else 'NOT written'} in {secs:.1f} s; "
+                             "the same command resumes the run")
+        if ok:  # else a save is still running: closing would wait for it past the deadline
+            self.store.close()
+        self.source.close()
+        summary = {"run_dir": self.run_dir, "step": step, "preempted": True,
+                   "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None}
+        if self.primary:
+            with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
+                json.dump(summary, fh)
+        if self.report is not None:  # Ray Train: a failed attempt, restarted per FailureConfig
+            raise preemption.Preempted(
+                f"SIGTERM at step {step}: checkpoint {'written' if ok else 'NOT written'} in "
+                f"{secs:.1f} s; the run resumes from the newest good checkpoint")
         return summary
 
     def _log_examples(self, step: int, local: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -90,6 +91,55 @@ def test_truncated_newest_checkpoint_is_reported_and_skipped(tmp_path, trainer, 
     assert ackpt.list_steps(str(root)) == [1]
     assert [p.name.split("-")[0] for p in (tmp_path / "run" / "corrupt").iterdir()] == ["2"]
     store.close()
+
+
+def _flip_a_byte(step_dir: Path) -> Path:
+    """Flip one bit in the middle of the largest array file (same size: only a checksum sees it)."""
+    victim = max((p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    victim.write_bytes(bytes(data))
+    return victim
+
+
+def test_flipped_byte_is_named_and_resume_falls_back(tmp_path, trainer, caplog):
+    root = tmp_path / "run" / "checkpoints"
+    store = CheckpointStore(str(root), every=1, keep=3)
+    state = _save(store, trainer, [1, 2])
+    store.close()
+    manifest = json.loads((root / "2" / ackpt.MANIFEST).read_text())
+    assert manifest["crc32c"].keys() == manifest["files"].keys()  # every file has a checksum
+    victim = _flip_a_byte(root / "2")
+    why = ackpt.verify(str(root / "2"))
+    assert why is not None and victim.name in why and "checksum" in why
+    assert ackpt.verify(str(root / "2"), checksums=False) is None  # the sizes alone cannot tell
+    with pytest.raises(ackpt.CheckpointError, match=f"{victim.name}.*checksum"):
+        ankh.load(str(root / "2"))
+    with caplog.at_level(logging.WARNING):
+        model = ankh.load(str(tmp_path / "run"))  # the newest good step: 1
+    assert any("checksum" in r.message and victim.name in r.message for r in caplog.records)
+    want = {k: np.asarray(v) for k, v in ackpt._flatten(jax.device_get(state["params"]))}
+    got = model.flat_params()
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in got)
+    # Resume: names the file, moves step 2 aside, restores step 1.
+    caplog.clear()
+    store = CheckpointStore(str(root), every=1, keep=3)
+    with caplog.at_level(logging.WARNING):
+        _, meta = store.restore(trainer.abstract_state())
+    assert meta["step"] == 1
+    assert any(victim.name in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    assert ackpt.list_steps(str(root)) == [1]
+    assert [p.name.split("-")[0] for p in (tmp_path / "run" / "corrupt").iterdir()] == ["2"]
+    store.close()
+
+
+def test_size_only_manifest_still_loads(tmp_path):
+    """Checkpoints written before checksums (manifest format 1: sizes only) still verify."""
+    step_dir = Path(ackpt.save_model(ankh.Ankh.random(CFG, seed=1), str(tmp_path / "old")))
+    manifest = json.loads((step_dir / ackpt.MANIFEST).read_text())
+    (step_dir / ackpt.MANIFEST).write_text(json.dumps({"format": 1, "files": manifest["files"]}))
+    _flip_a_byte(step_dir)
+    assert ackpt.verify(str(step_dir), ackpt.MODEL_ITEMS) is None  # nothing to compare with
 
 
 def test_missing_shard_and_unfinished_save_are_detected(tmp_path, trainer):

@@ -120,22 +120,23 @@ def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet):
     ids = t["id"] + [i for i, _ in BAD_FASTA]
     batch = {"id": np.array(ids, object),
              "sequence": np.array(t["sequence"] + [s for _, s in BAD_FASTA], object),
-             "path": np.array(["/in/shard-a.parquet"] * len(ids), object)}
+             "path": np.array(["/in/shard-a.parquet"] * len(ids), object),
+             "row": np.arange(len(ids))}
     spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP)
     packed = pack_udf(batch, spec, _offline().tokenizer.vocab)
     out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     n = len(out["id"])
-    counts = [embed_io.write_parts({k: v[i: i + 40] for k, v in out.items()}, str(tmp_path), "r1")
+    counts = [embed_io.write_parts({k: v[i: i + 40] for k, v in out.items()}, str(tmp_path))
               for i in range(0, n, 40)]
     assert sum(int(c["n_first"].sum()) for c in counts) == len(ids)
-    report = embed_io.merge_shard(str(tmp_path), "shard-a", "r1", len(ids), "src", 64, WIDTH,
+    report = embed_io.merge_shard(str(tmp_path), "shard-a", len(ids), "src", 64, WIDTH,
                                   OVERLAP)
     table = pq.read_table(tmp_path / "shard-a.parquet")
     assert sorted(table["id"].to_pylist()) == sorted(t["id"])  # one row per valid id
     assert {x["id"] for x in report["invalid"]} == {"BAD1", "BAD2"}
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 64)
     assert _check_against_offline(table, seqs) < 1e-5
-    assert not (tmp_path / "_parts" / "shard-a" / "r1").exists()
+    assert not (tmp_path / "_parts" / "shard-a").exists()
     from ankh_platform.embed.hdf5 import export_hdf5
 
     for per_res in (False, True):  # the HDF5 export holds exactly the Parquet rows

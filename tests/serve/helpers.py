@@ -103,3 +103,12 @@ def wait_healthy(url: str, token: str | None = None, timeout: float = 300) -> No
             pass
         time.sleep(1)
     raise TimeoutError(f"{url} not healthy in {timeout}s")
+
+
+def tiny_hf_dir(tmp_path_factory, name: str, seed: int) -> Path:
+    """A random ``tiny`` Ankh saved as an HF directory: the checkpoint a Serve test serves."""
+    import ankh
+
+    path = tmp_path_factory.mktemp(name)
+    ankh.load("tiny", seed=seed).save_hf(path)
+    return path

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.serve.helpers import REPO, SMALL, http, merge, proteins, serving
+from tests.serve.helpers import REPO, SMALL, http, merge, proteins, serving, tiny_hf_dir
 
 pytestmark = pytest.mark.timeout(900)
 TOKEN = secrets.token_urlsafe(16)
@@ -27,11 +27,7 @@ RAY_WORKER_ENV = {"ANKH_SERVE_TOKEN": TOKEN}  # ray_local puts it in every repli
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    import ankh
-
-    path = tmp_path_factory.mktemp("tiny_hf")
-    ankh.load("tiny", seed=3).save_hf(path)
-    return path
+    return tiny_hf_dir(tmp_path_factory, "tiny_hf", seed=3)
 
 
 @pytest.fixture(scope="module")

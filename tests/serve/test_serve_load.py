@@ -17,18 +17,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.serve.helpers import REPO, SMALL, free_port, http, merge, proteins, serving, wait_healthy
+from tests.serve.helpers import REPO, SMALL, free_port, http, merge, proteins, serving, wait_healthy, tiny_hf_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    import ankh
-
-    path = tmp_path_factory.mktemp("tiny_hf")
-    ankh.load("tiny", seed=5).save_hf(path)
-    return path
+    return tiny_hf_dir(tmp_path_factory, "tiny_hf", seed=5)
 
 
 @pytest.fixture(scope="module")

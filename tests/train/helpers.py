@@ -23,13 +23,18 @@ def real_batch(rows: int = 4, max_residues: int = 32, k: int = 0) -> dict:
     return local_source(rows, max_residues).batch_at(k)
 
 
-def pretrain_config(tmp, name: str, *overrides: str):
-    from ankh_platform.core.config import load_config
-    from ankh_platform.train.config import PretrainConfig
-
+def pretrain_args(tmp, name: str, *overrides: str) -> list[str]:
+    """The dotted overrides of a small test run (as ``jobs.pretrain`` takes them on its argv)."""
     base = [f"output={tmp}", f"name={name}", f"data.paths=[{TRAIN}]", f"source.eval_paths=[{VALID}]",
             "data.rows=4", "data.max_residues=64", "log_every=1", "eval_every=0",
             "source.eval_batches=2", "optim.warmup_steps=2", "optim.peak_lr=0.004"]
     if "source.kind=local" not in overrides:  # the stream packs: short rows, small windows
         base += ["data.enc_len=136", "data.window=256"]
-    return load_config(PretrainConfig, None, base + list(overrides))
+    return base + list(overrides)
+
+
+def pretrain_config(tmp, name: str, *overrides: str):
+    from ankh_platform.core.config import load_config
+    from ankh_platform.train.config import PretrainConfig
+
+    return load_config(PretrainConfig, None, pretrain_args(tmp, name, *overrides))

@@ -111,6 +111,36 @@ def test_store_on_gcs_round_trip_and_bad_steps_fall_back(gcs, caplog):
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
+@pytest.mark.timeout(300)
+def test_flipped_byte_on_gcs_is_named_and_skipped(gcs, caplog):
+    """A gs:// object rewritten with one bit flipped (same size) fails its CRC32C: named by
+    ``verify`` and ``ankh.load``, and ``ankh.load(run)`` uses the step before."""
+    from ankh_platform.train.checkpoints import CheckpointStore
+
+    fs, bucket = gcs
+    run, root = f"{bucket}/run", f"{bucket}/run/checkpoints"
+    trainer = Trainer(CFG, OptimConfig(total_steps=10), sharding.make_mesh({"data": -1}))
+    state = trainer.init_state()
+    store = CheckpointStore(root, every=1, keep=3)
+    for step in (1, 2):
+        store.save(step, state, _meta(step, state))
+    store.close()
+    victim = _biggest(fs, f"{root[5:]}/2/params")
+    data = bytearray(fs.cat(victim))
+    data[len(data) // 2] ^= 0x10
+    fs.pipe(victim, bytes(data))
+    name = victim.rsplit("/", 1)[-1]
+    why = ackpt.verify(f"{root}/2")
+    assert why is not None and name in why and "checksum" in why
+    with pytest.raises(ackpt.CheckpointError, match=f"{name}.*checksum"):
+        ankh.load(f"{root}/2")
+    with caplog.at_level(logging.WARNING):
+        model = ankh.load(run)
+    assert any(name in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    want = dict(_flat(jax.tree.map(np.asarray, state["params"])))
+    assert all(np.array_equal(v, want[k]) for k, v in model.flat_params().items())
+
+
 def _flat(tree: dict, prefix: tuple = ()) -> list:
     out = []
     for k, v in tree.items():

@@ -64,8 +64,10 @@ def reference(tmp_path_factory):
 def test_two_workers_data_parallel_equal_one_process(tmp_path, reference, ray_local):
     from ankh_platform.train.job import run
 
+    # Stops at step 4 of the reference's 8-step schedule: the same LR at every step (with the
+    # run-length default, total_steps=0, a 4-step run would decay twice as fast).
     cfg = pretrain_config(tmp_path, "dp", "source.kind=local", "steps=4", "checkpoint.every=4",
-                          "scale.num_workers=2", "data.rows=2")
+                          "scale.num_workers=2", "data.rows=2", "optim.total_steps=8")
     summary = run(cfg)
     assert summary["step"] == 4
     _assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/4")
@@ -128,7 +130,7 @@ def test_ray_job_submit_trains_and_loss_falls(tmp_path):
                                     "steps=40", "log_every=5", "eval_every=0", "source.eval_batches=1",
                                     "checkpoint.every=20"], timeout=840)
     assert res.succeeded, res.output[-4000:]
-    losses = [float(x) for x in re.findall(r"step \d+ loss ([0-9.]+)", res.output)]
+    losses = [float(x) for x in re.findall(r"step \d+/40 \| loss ([0-9.]+)", res.output)]
     assert len(losses) >= 4 and losses[-1] < losses[0] - 0.5, losses
     # The job's last line names the checkpoint (ray job submit adds its own status lines after).
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", res.output)  # Ray's progress-bar cursor moves

@@ -1,0 +1,129 @@
+"""SIGTERM (a TPU maintenance / preemption notice) mid-run: a checkpoint at the current step, a
+clean stop, and a resume that ends with the params of a run that never stopped.
+
+The end-to-end cases are slow: each trains the tiny model (real JAX, real Orbax; the Ray case
+real Ray Train workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ankh
+from ankh import checkpoint as ackpt
+from tests.train.helpers import pretrain_args, pretrain_config
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 40
+LOCAL = ("source.kind=local", f"steps={STEPS}", "checkpoint.every=100")  # no periodic save
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_params(a: str, b: str, atol: float = 0.0) -> None:
+    pa, pb = ankh.load(a).flat_params(), ankh.load(b).flat_params()
+    assert pa.keys() == pb.keys()
+    worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
+    assert worst <= atol, f"max |diff| {worst} between {a} and {b}"
+
+
+def _pretrain(tmp: Path, *overrides: str) -> subprocess.Popen:
+    """``python -m jobs.pretrain --in-process`` (its own process, so it can be signalled)."""
+    argv = [sys.executable, "-m", "jobs.pretrain", "--in-process", *pretrain_args(tmp, "pre", *overrides)]
+    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= step
+                                    for l in metrics.read_text().splitlines() if l.strip()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_sigterm_notice_sets_the_flag_and_restores_the_handler():
+    from ankh_platform.train import preemption
+
+    before = signal.getsignal(signal.SIGTERM)
+    for _ in range(2):  # a second run in the same process starts with the flag cleared
+        with preemption.sigterm_notice():
+            assert not preemption.requested()
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal: the process must survive it
+            deadline = time.monotonic() + 5
+            while not preemption.requested() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert preemption.requested()
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_checkpoints_current_step_and_resume_equals_straight_run(tmp_path):
+    from ankh_platform.train.job import run_local_process
+
+    straight = run_local_process(pretrain_config(tmp_path, "straight", *LOCAL))
+    assert straight["step"] == STEPS
+
+    proc = _pretrain(tmp_path, *LOCAL)
+    run_dir = tmp_path / "pre"
+    _wait_for_step(proc, run_dir / "metrics.jsonl", 3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]  # a clean stop, not a crash
+    stops = [e for e in _events(run_dir) if e.get("event") == "preempted"]
+    assert len(stops) == 1 and stops[0]["checkpoint_saved"] is True, stops
+    at = stops[0]["step"]
+    assert 3 <= at < STEPS
+    last_trained = max(e["step"] for e in _events(run_dir) if "loss" in e)
+    assert at == last_trained  # the step it was at, not an older periodic one
+    assert ackpt.list_steps(str(run_dir / "checkpoints")) == [at]
+    assert ackpt.verify(str(run_dir / "checkpoints" / str(at))) is None
+    assert "preemption checkpoint" in out and f"/checkpoints/{at} written in" in out
+    assert json.loads((run_dir / "summary.json").read_text())["preempted"] is True
+
+    # The same command again: resumes at that step and ends where the straight run ended.
+    proc = _pretrain(tmp_path, *LOCAL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    assert [e["step"] for e in _events(run_dir) if e.get("event") == "resumed"] == [at]
+    assert out.strip().splitlines()[-1] == f"{run_dir}/checkpoints/{STEPS}"
+    _assert_same_params(str(run_dir / "checkpoints" / str(STEPS)), straight["checkpoint_dir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_a_ray_train_worker_saves_and_run_recovers(tmp_path, ray_local):
+    """Two Ray Train workers; rank 1 gets SIGTERM: both stop at one step, save it, the worker
+    group restarts (FailureConfig) and the run ends with the params of a one-process run."""
+    from ankh_platform.train.job import run, run_local_process
+
+    steps = ("source.kind=local", "steps=12", "checkpoint.every=100")
+    reference = run_local_process(pretrain_config(tmp_path, "ref", *steps))
+    summary = run(pretrain_config(tmp_path, "ray", *steps, "scale.num_workers=2", "data.rows=2",
+                                  "fault.kill_at_step=4", "fault.rank=1", "fault.signal=SIGTERM",
+                                  "max_failures=1"))
+    run_dir = Path(summary["run_dir"])
+    assert (run_dir / "fault-injected-4").exists()
+    stops = [e for e in _events(run_dir) if e.get("event") == "preempted"]
+    assert len(stops) == 1 and stops[0]["checkpoint_saved"] is True, stops
+    at = stops[0]["step"]
+    assert 4 < at < 12  # after the signalled step (the handler runs on the actor's main thread)
+    assert [e["step"] for e in _events(run_dir) if e.get("event") == "resumed"] == [at]
+    assert summary["step"] == 12 and not summary.get("preempted")
+    _assert_same_params(summary["checkpoint_dir"], reference["checkpoint_dir"], atol=2e-5)
