@@ -3,9 +3,9 @@
 As the Ankh paper's High-N generation: the family is trained with the pretraining objective
 (1-gram partial de-masking, ``ankh.objective``) and the pretraining loss/optimizer
 (``ankh.training.loss_sums`` / ``make_optimizer``); only ``decoder.*`` and ``lm_head`` change
-(``optax.multi_transform`` zeroes the encoder's and the shared embedding's updates, which the
-encoder reads). Single-process and jitted; the result is an ``Ankh`` (save it with
-``save_hf``).
+(``ankh.training.with_frozen``, the mechanism ``jobs.pretrain train.freeze=[encoder]`` uses:
+the encoder's and the shared embedding's updates are zero; the encoder reads that embedding).
+Single-process and jitted; the result is an ``Ankh`` (save it with ``save_hf``).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import optax
 from flax import nnx
 
 from ankh.objective import Objective, ObjectiveConfig
-from ankh.training import MODEL_KEYS, OptimConfig, loss_sums, make_optimizer
+from ankh.training import MODEL_KEYS, OptimConfig, freeze_labels, loss_sums, make_optimizer, with_frozen
 
 log = logging.getLogger(__name__)
-TRAINABLE = ("decoder", "lm_head")
+FROZEN = ("encoder",)  # ankh.training.FREEZE_GROUPS: the encoder and the shared embedding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,7 @@ class FinetuneConfig:
 
 def labels_of(params: dict) -> dict:
     """'train' for decoder/lm_head leaves, 'freeze' for the encoder and the shared embedding."""
-    return {k: jax.tree.map(lambda _: "train" if k in TRAINABLE else "freeze", v)
-            for k, v in params.items()}
+    return freeze_labels(params, FROZEN)
 
 
 def make_batch(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: int, enc_len: int,
@@ -80,8 +79,7 @@ class DecoderFinetuner:
         # A copy: the step donates its inputs and must not free the caller's model.
         self.params = jax.tree.map(jnp.copy, nnx.to_pure_dict(model.params))
         oc = cfg.optim if cfg.optim.total_steps else dataclasses.replace(cfg.optim, total_steps=cfg.steps)
-        self.tx = optax.multi_transform({"train": make_optimizer(oc), "freeze": optax.set_to_zero()},
-                                        labels_of(self.params))
+        self.tx = with_frozen(make_optimizer(oc), FROZEN)
         self.opt_state = self.tx.init(self.params)
         self.objective = Objective(cfg.objective, self.tokenizer)
         # Shapes fit the family (sequences are cropped to max_residues by the objective).

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -36,7 +37,9 @@ class OptimConfig:
     """Optimisation as the Ankh paper: Adafactor, linear warm-up then linear decay, no decay."""
 
     optimizer: Literal["adafactor", "adamw"] = "adafactor"
-    peak_lr: float = 0.002        # paper: 0.002 (large), 0.004 (base)
+    # paper: 0.002 (large), 0.004 (base). None = "not chosen": a caller with a policy (the
+    # pretraining run: fresh vs continued weights) fills it in before building the optimizer.
+    peak_lr: float | None = 0.002
     warmup_steps: int = 10_000    # paper scale; presets shrink it
     total_steps: int = 100_000    # linear decay reaches end_lr here (0: the run's step count)
     end_lr: float = 0.0
@@ -59,6 +62,8 @@ class OptimConfig:
 
 
 def lr_schedule(oc: OptimConfig) -> optax.Schedule:
+    if oc.peak_lr is None:
+        raise ValueError("optim.peak_lr is unset: set it (or let the training loop choose its default)")
     if oc.total_steps < 1:
         raise ValueError("optim.total_steps is 0: set it (or let the training loop set it to its steps)")
     warm = max(1, min(oc.warmup_steps, oc.total_steps))
@@ -78,6 +83,40 @@ def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
     else:
         raise ValueError(f"unknown optimizer {oc.optimizer!r}; use adafactor or adamw")
     return optax.chain(optax.clip_by_global_norm(oc.clip_norm), opt) if oc.clip_norm > 0 else opt
+
+
+# Parts of the network that can be frozen (``freeze=``), by top-level parameter name. "encoder"
+# includes the shared embedding: the encoder reads it, so training it would change the
+# encoder's output -- the High-N fine-tune's choice (``ankh.finetune``).
+FREEZE_GROUPS = {"encoder": ("shared", "encoder"), "decoder": ("decoder", "lm_head"),
+                 "embeddings": ("shared",)}
+
+
+def check_freeze(freeze: Sequence[str]) -> None:
+    """ValueError naming the valid groups for an unknown name, or when nothing would train."""
+    bad = [g for g in freeze if g not in FREEZE_GROUPS]
+    if bad:
+        raise ValueError(f"unknown freeze group(s) {', '.join(map(repr, bad))}; valid: "
+                         f"{', '.join(FREEZE_GROUPS)}")
+    if {"encoder", "decoder"} <= set(freeze):
+        raise ValueError(f"freeze={list(freeze)} freezes every parameter: nothing would train")
+
+
+def freeze_labels(params: dict, freeze: Sequence[str]) -> dict:
+    """'freeze' for every leaf under a frozen group's top-level keys, else 'train'."""
+    frozen = {k for g in freeze for k in FREEZE_GROUPS[g]}
+    return {k: jax.tree.map(lambda _, f=k in frozen: "freeze" if f else "train", v)
+            for k, v in params.items()}
+
+
+def with_frozen(tx: optax.GradientTransformation, freeze: Sequence[str]) -> optax.GradientTransformation:
+    """``tx`` on the trainable parameters; frozen ones get zero updates (so stay bit-identical)
+    and no optimizer state."""
+    if not freeze:
+        return tx
+    check_freeze(freeze)
+    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
+                                 lambda params: freeze_labels(params, freeze))
 
 
 def build_model(cfg: AnkhConfig, seed: int = 0, compute_dtype: str = "float32") -> AnkhModel:
@@ -168,10 +207,11 @@ class Trainer:
     oc: OptimConfig
     mesh: Mesh
     seed: int = 0
+    freeze: tuple[str, ...] = ()  # FREEZE_GROUPS names: zero updates, no optimizer state
 
     def __post_init__(self) -> None:
         self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype)
-        self.tx = make_optimizer(self.oc)
+        self.tx = with_frozen(make_optimizer(self.oc), self.freeze)
         abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.cfg, 0)))[1]
         self.param_shardings = sharding.param_shardings(abstract, self.mesh)
         rep = sharding.replicated(self.mesh)
@@ -187,11 +227,30 @@ class Trainer:
         return {"params": params, "step": jnp.zeros((), jnp.int32),
                 "rng": jax.random.key_data(jax.random.key(self.seed))}
 
-    def init_state(self) -> dict:
+    def init_state(self, flat: dict[tuple, Any] | None = None) -> dict:
+        """Step 0: params from the seed, or ``flat`` ({state path: array}, e.g.
+        ``Resolved.load_params()``: continued pretraining) placed on the mesh; fresh optimizer
+        state either way."""
         with jax.set_mesh(self.mesh):
             st = self._init()
+            if flat is not None:
+                st["params"] = self._place(flat, st["params"])
             st["opt_state"] = self._opt_init(st["params"])
         return st
+
+    def _place(self, flat: dict[tuple, Any], like: dict) -> dict:
+        paths = [_key(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+        if set(paths) != set(flat):
+            extra, missing = sorted(set(flat) - set(paths), key=str), sorted(set(paths) - set(flat), key=str)
+            raise ValueError(f"weights do not match the model: unexpected {extra[:3]}, missing {missing[:3]}")
+
+        def put(path, ref):
+            w = np.asarray(flat[_key(path)], np.float32)
+            if w.shape != ref.shape:
+                raise ValueError(f"weight {path} has shape {w.shape}, the model expects {ref.shape}")
+            # Each process supplies the slices its devices hold: works for any process count.
+            return jax.make_array_from_callback(w.shape, ref.sharding, lambda idx: w[idx])
+        return jax.tree_util.tree_map_with_path(put, like)
 
     def abstract_state(self) -> Any:
         """ShapeDtypeStructs with shardings: the restore target for a checkpoint."""
@@ -221,10 +280,13 @@ class Trainer:
             return self._eval(params, batch)
 
 
+def _key(path: tuple) -> tuple:
+    """A pytree key path as a flat-params key (``('encoder', 'block', 0, ...)``)."""
+    return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+
+
 def unigram_entropy(labels: Any, mask: Any) -> float:
     """Cross-entropy (nats) of predicting targets by their own frequency: the no-context baseline."""
-    import numpy as np
-
     lab = np.asarray(labels)[np.asarray(mask) > 0]
     counts = np.bincount(lab.ravel()).astype(np.float64)
     p = counts[counts > 0] / counts.sum()

@@ -3,11 +3,15 @@
     python -m jobs.convert export --model RUN_OR_CHECKPOINT_OR_PRESET --output HF_DIR
         write config.json + model.safetensors + tokenizer.json, loadable by
         transformers.T5ForConditionalGeneration.from_pretrained(HF_DIR)
-    python -m jobs.convert import --hf HF_DIR --output CHECKPOINT_DIR
-        read an HF Ankh directory (model.safetensors; pytorch_model.bin only via torch with
-        weights_only=True) and write it as one of our checkpoints (e.g. to start pretraining)
-    python -m jobs.convert check --hf HF_DIR
-        import, export to a temp dir, re-import: verifies the round trip is bit-exact
+    python -m jobs.convert import --hf HF_DIR_OR_HUB_ID --output OUT
+        read an HF Ankh directory or hub id (model.safetensors; pytorch_model.bin only via torch
+        with weights_only=True) and write its weights as one of our checkpoints, OUT/checkpoints/0
+        (ankh.load(OUT) and jobs.serve/embed --checkpoint OUT read it). The checkpoint keeps the
+        config, not tokenizer.json: a model with its own vocabulary (ankh3) keeps it only as an
+        HF directory. Pretraining does not need this step: jobs.pretrain model=HF_DIR continues
+        from an HF directory directly, with its tokenizer.
+    python -m jobs.convert check --hf HF_DIR_OR_HUB_ID
+        load, export to a temp dir, load that again: verifies the HF round trip is bit-exact
 
 Paths may be local or gs://.
 """
@@ -36,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ankh
 
+    if args.cmd in ("import", "check"):
+        from ankh.resolve import resolve
+
+        if resolve(args.hf).kind != "hf":  # a preset would "import" random weights
+            raise ValueError(f"--hf {args.hf}: not an HF Ankh directory or hub id (a preset has no weights)")
     if args.cmd == "export":
         ankh.load(args.model).save_hf(args.output)
         print(f"wrote HF directory {args.output}")

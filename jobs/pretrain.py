@@ -4,6 +4,10 @@ With no arguments: a local Ray instance, the ``tiny`` model, the bundled real sa
 ``data/``, a few minutes on 2 CPU cores; the checkpoint lands under ``outputs/pretrain/``
 (``--output DIR`` overrides). Re-running with the same ``name`` and output resumes the run.
 On a cluster: ``ray job submit --working-dir . -- python -m jobs.pretrain --config base ...``.
+Continued pretraining / domain adaptation: ``model=`` an HF Ankh directory, one of our runs or
+checkpoints, a ``gs://`` path or a hub id (``ElnaggarLab/ankh-base``) trains that network from its
+weights (its tokenizer, fresh optimizer, step 0; peak LR 1e-4 unless ``optim.peak_lr`` is set);
+``train.freeze=[encoder]`` adapts only the decoder.
 The last line printed is the checkpoint directory (``ankh.load(that_dir)`` loads it).
 """
 

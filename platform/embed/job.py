@@ -71,6 +71,16 @@ def _describe(checkpoint: str):
     return ref.pinned, ref.config, ref.tokenizer.vocab
 
 
+def pack_spec(cfg: "EmbedJobConfig", mcfg) -> EmbedPackSpec:
+    """How the job cuts and packs pieces for the model ``mcfg`` (an ``AnkhConfig``)."""
+    return EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
+                         batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
+                         max_segments=cfg.max_segments, long_policy=cfg.long_policy,
+                         window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop,
+                         # ankh3 reads [NLU] first (as ``Ankh.task_prefix``; replicas check it)
+                         prefix="[NLU]" if mcfg.task_prefixes else None)
+
+
 # ---- the job ---------------------------------------------------------------------------------
 _FINGERPRINT = ("checkpoint", "per_residue", "out_dtype", "compute_dtype", "layer", "max_length",
                 "long_policy", "window_overlap", "strip_stop")
@@ -161,16 +171,10 @@ def run(cfg: EmbedJobConfig) -> dict:
     shards = embed_io.discover(cfg.input, cfg.input_format)
     init_ray()
     pinned, mcfg, vocab = _describe(cfg.checkpoint)
-    if mcfg.task_prefixes:  # refuse rather than embed ankh3 without the [NLU] it was trained on
-        raise ValueError(f"{cfg.checkpoint}: a model with task prefixes (ankh3) is not supported "
-                         "by the batch-embedding job yet; use ankh.load(...).embed or Serve")
     cfg = dataclasses.replace(cfg, checkpoint=pinned)
     if cfg.layer and not 1 <= cfg.layer <= mcfg.num_layers:
         raise ValueError(f"layer must be in 1..{mcfg.num_layers} (0 = final), got {cfg.layer}")
-    spec = EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
-                         batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
-                         max_segments=cfg.max_segments, long_policy=cfg.long_policy,
-                         window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop)
+    spec = pack_spec(cfg, mcfg)
     _check_output(cfg)
     storage.remove_stale_temps(cfg.output)  # unfinished merges of a killed run
     ofs, _ = filesystem(cfg.output)

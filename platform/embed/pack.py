@@ -2,10 +2,13 @@
 
 A group of sequences (one Ray Data batch) becomes a few model calls of *fixed* shapes:
 
-- every sequence (or window of a long one) is a *piece* of ``residues + 1`` tokens (``</s>``);
+- every sequence (or window of a long one) is a *piece* of ``residues + 1`` tokens (``</s>``),
+  plus the task token first for a model with task prefixes (ankh3's ``[NLU]``, ``prefix``):
+  every window gets it, the pooled mean and the per-residue rows leave it out;
 - rows have one of a few lengths (``EmbedPackSpec.row_lengths``: a doubling
   ``ankh.batching.length_ladder``, e.g. 128, 256, ..., plus one top row that fits
-  ``max_length + 1``), filled by ``ankh.batching.ladder_batches``: each piece in its own segment
+  ``max_length + 1``, + the prefix), filled by ``ankh.batching.ladder_batches``: each piece
+  in its own segment
   (``segment_ids`` 1..k, positions restarting at 0), so padding is a few percent and attention
   never crosses pieces;
 - rows of one length are stacked ``batch_tokens // length`` at a time, so a replica compiles
@@ -43,6 +46,9 @@ class EmbedPackSpec:
     long_policy: str = "window"  # window | truncate | skip
     window_overlap: int = 128
     strip_stop: bool = True  # drop one trailing '*' (translation stop), as FASTA tools emit
+    # Task token put first in every piece: ``Ankh.task_prefix("[NLU]")`` of the model (ankh3),
+    # None for models without task prefixes. The replica checks it against its loaded model.
+    prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.long_policy not in ("window", "truncate", "skip"):
@@ -52,15 +58,21 @@ class EmbedPackSpec:
         if self.max_segments < 1 or self.min_row_tokens < 2:
             raise ValueError("max_segments must be >= 1 and min_row_tokens >= 2")
 
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the residues of each piece (1 with ``[NLU]``, else 0)."""
+        return int(self.prefix is not None)
+
     def row_lengths(self) -> list[int]:
-        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens
-        (rounded up to 64, a friendly size for accelerator tiles), e.g. 128, 256, 512, 1088.
+        """Doubling ladder from ``min_row_tokens``; the top row fits ``max_length + 1`` tokens,
+        plus the task token if any (rounded up to 64, a friendly size for accelerator tiles),
+        e.g. 128, 256, 512, 1088.
 
         Doubling, not the offline 1.5x/2x series: packed rows fill their gaps anyway, so half
         the rungs cost little padding and save compiles on every replica.
         """
-        return length_ladder(self.max_length + 1, self.min_row_tokens, steps_per_octave=1,
-                             align=64)
+        return length_ladder(self.max_length + 1 + self.num_prefix, self.min_row_tokens,
+                             steps_per_octave=1, align=64)
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every ``(rows, length)`` a model call can have (what a replica warms up)."""
@@ -88,7 +100,7 @@ def coverage(n: int, width: int, overlap: int) -> np.ndarray:
 class Prepared:
     """Validated pieces of one group, plus the per-sequence facts and the problems found."""
 
-    tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per piece, with </s>
+    tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per piece: [NLU]?, </s>
     piece_seq: list[int] = dataclasses.field(default_factory=list)
     piece_win: list[int] = dataclasses.field(default_factory=list)  # first residue of the piece
     seq_key: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (shard, id)
@@ -112,11 +124,15 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepa
         if spec.strip_stop and seq.endswith("*"):
             seq = seq[:-1]
         try:
-            ids_ = tok.encode(seq, allow_sentinels=False)
+            ids_ = tok.encode(seq, allow_sentinels=False, prefix=spec.prefix)
+            if spec.prefix is not None and ids_[0] != tok.task_id(spec.prefix):
+                raise TokenizerError(f"starts with another task token than {spec.prefix}")
         except TokenizerError as e:
             out.errors.append((shard, ident, str(e)))
             continue
-        n = len(ids_) - 1
+        lead = spec.num_prefix
+        head, body, eos = ids_[:lead], ids_[lead:-1], ids_[-1:]  # [NLU]?, residues, </s>
+        n = len(body)
         if n == 0:
             out.errors.append((shard, ident, "empty sequence"))
             continue
@@ -127,14 +143,13 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepa
                 continue
             if spec.long_policy == "truncate":
                 out.notes.append((shard, ident, f"truncated {n} -> {w} residues"))
-                ids_, n = np.append(ids_[:w], ids_[-1]), w
+                body, n = body[:w], w
         s = len(out.seq_key)
         starts = windows(n, w, spec.window_overlap)
         if len(starts) > 1:
             out.notes.append((shard, ident, f"{n} residues: {len(starts)} windows of {w}"))
         for st in starts:
-            piece = ids_[:-1][st: st + w]
-            out.tokens.append(np.append(piece, ids_[-1]).astype(np.int32))
+            out.tokens.append(np.concatenate([head, body[st: st + w], eos]).astype(np.int32))
             out.piece_seq.append(s)
             out.piece_win.append(st)
         out.seq_key.append((shard, ident))
@@ -165,11 +180,12 @@ def _batch(rows: list[list[int]], nrows: int, row_len: int, prep: Prepared) -> d
 
 
 def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: np.ndarray,
-           width: int, overlap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           width: int, overlap: int, lead: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``segment_ids``, ``positions`` and pooling ``weights`` ``[B, L]`` of a packed batch.
 
     A residue's weight is ``1 / (coverage * residues)`` so the per-piece weighted sums of all a
-    sequence's windows add up to its pooled embedding; ``</s>`` and padding weigh 0.
+    sequence's windows add up to its pooled embedding; ``</s>``, padding and the ``lead`` task
+    token(s) at the start of each piece weigh 0.
     """
     seg = np.zeros(ids.shape, np.int32)
     pos = np.zeros(ids.shape, np.int32)
@@ -177,12 +193,11 @@ def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: n
     for row, start, ntok, s, win, sid in pieces.tolist():
         seg[row, start: start + ntok] = sid
         pos[row, start: start + ntok] = np.arange(ntok)
-        n = int(seq_len[s])
+        n, r0, r1 = int(seq_len[s]), start + lead, start + ntok - 1  # residues: [r0, r1)
         if seq_nwin[s] == 1:
-            wt[row, start: start + ntok - 1] = 1.0 / n
+            wt[row, r0: r1] = 1.0 / n
         else:
-            cov = coverage(n, width, overlap)[win: win + ntok - 1]
-            wt[row, start: start + ntok - 1] = 1.0 / (cov * n)
+            wt[row, r0: r1] = 1.0 / (coverage(n, width, overlap)[win: win + r1 - r0] * n)
     return seg, pos, wt
 
 

@@ -72,6 +72,9 @@ class EmbedReplica:
 
         t0 = time.perf_counter()
         self.model = ankh.load(checkpoint, dtype=compute_dtype)  # from the path: nothing pickled
+        if spec.prefix != self.model.task_prefix("[NLU]"):  # pieces were packed for another model
+            raise ValueError(f"{checkpoint}: packed with task prefix {spec.prefix!r}, the model "
+                             f"reads {self.model.task_prefix('[NLU]')!r}")
         self.spec, self.per_residue = spec, per_residue
         fn = jit_encoder(self.model.graphdef, per_residue,
                          encoder_depth(layer, self.model.config.num_layers), spec.max_segments)
@@ -132,8 +135,9 @@ class EmbedReplica:
         if n:
             lens = np.asarray([s[2] for s in seqs])
             nwin = np.asarray([s[3] for s in seqs])
+            lead = self.spec.num_prefix  # ankh3's [NLU]: seen by the model, not a residue
             seg, pos, wt = layout(ids, pieces, lens, nwin, self.spec.max_length,
-                                  self.spec.window_overlap)
+                                  self.spec.window_overlap, lead)
             t0 = time.perf_counter()
             p, h = self.encode(ids, seg, pos, wt)
             p = np.asarray(p)  # [B, S, e]
@@ -148,7 +152,7 @@ class EmbedReplica:
                 out["tokens"].append(ntok), out["slots"].append(ids.size if k == 0 else 0)
                 out["model_s"].append(model_s if k == 0 else 0.0)
                 if h is not None:
-                    residues.append(h[row, start: start + ntok - 1])
+                    residues.append(h[row, start + lead: start + ntok - 1])
         for shard, ident, why in meta["errors"]:
             out["shard"].append(shard), out["id"].append(ident), out["length"].append(0)
             out["win_start"].append(0), out["n_win"].append(1), out["error"].append(why)

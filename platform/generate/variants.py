@@ -8,7 +8,9 @@ directory (local or gs://):
   default), parent_score
 - ``variants.fasta``: ``>parent_id|t=1.5|v=3 identity=0.62 score=-2.91``
 - ``summary.csv`` / ``summary.json``: per temperature accepted/rejected (by reason), unique
-  fraction, identity mean/std, amino-acid composition drift (total variation vs the parents)
+  fraction, identity mean/std, amino-acid composition drift (total variation vs the parents);
+  ``summary.json`` and the Parquet metadata also name the model: the reference as given, the
+  pinned one that was loaded (a hub id at its commit, a run dir's step) and the hub revision
 - ``summary.png``: identity histogram per temperature, uniqueness, composition drift per residue
 """
 
@@ -162,7 +164,11 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: list[dict], summary: list[dict], output: str) -> dict[str, str]:
+def write_outputs(rows: list[dict], summary: list[dict], output: str,
+                  provenance: dict[str, str | None] | None = None) -> dict[str, str]:
+    """Every output file; ``provenance`` (``model``, ``model_pinned``, ``model_revision``) goes
+    into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata."""
+    provenance = provenance or {}
     out = output.rstrip("/")
     fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
@@ -174,6 +180,8 @@ def write_outputs(rows: list[dict], summary: list[dict], output: str) -> dict[st
     table = pa.table({c: [r[c] for r in rows] for c in cols}) if rows else pa.table(
         {c: pa.array([], pa.string() if c in ("parent_id", "sequence", "masked_input") else pa.float64())
          for c in cols})
+    table = table.replace_schema_metadata(
+        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None})
     with fsspec.open(paths["parquet"], "wb") as fh:
         pq.write_table(table, fh)
     with fsspec.open(paths["fasta"], "w") as fh:
@@ -188,13 +196,14 @@ def write_outputs(rows: list[dict], summary: list[dict], output: str) -> dict[st
             fh.write(",".join(f"{s[k]:.6g}" if isinstance(s[k], float) else
                               ("" if s[k] is None else str(s[k])) for k in flat) + "\n")
     with fsspec.open(paths["json"], "w") as fh:
-        json.dump(summary, fh, indent=1)
+        json.dump({**provenance, "per_temperature": summary}, fh, indent=1)
     plot(rows, summary, paths["png"])
     return paths
 
 
 def run(cfg: GenerateJobConfig) -> dict[str, Any]:
     import ankh
+    from ankh.resolve import resolve
 
     if bool(cfg.parents) == bool(cfg.sequence):
         raise ValueError("give exactly one of parents=PATH or sequence=RESIDUES")
@@ -202,8 +211,13 @@ def run(cfg: GenerateJobConfig) -> dict[str, Any]:
         raise ValueError("output=DIR is required")
     parents = read_sequences(cfg.parents, cfg.max_parents) if cfg.parents else [("parent", cfg.sequence)]
     parents = [(pid, s.strip().upper()) for pid, s in parents]
-    model = ankh.load(cfg.model)
+    # Pin once (a hub id to its commit, a run dir to its newest good step), load exactly that,
+    # and record both so a run can be reproduced with the same weights.
+    ref = resolve(cfg.model)
+    model = ankh.load(ref.pinned)
+    provenance = {"model": cfg.model, "model_pinned": ref.pinned, "model_revision": ref.revision}
     rows, stats = generate_rows(model, parents, cfg)
     summary = summarize(rows, stats, parents)
-    paths = write_outputs(rows, summary, cfg.output)
-    return {"parents": len(parents), "variants": len(rows), "outputs": paths, "summary": summary}
+    paths = write_outputs(rows, summary, cfg.output, provenance)
+    return {"parents": len(parents), "variants": len(rows), "outputs": paths, "summary": summary,
+            **provenance}

@@ -9,10 +9,12 @@ in its dashboard, rebuilt by one ``from_dict``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Literal
 
 from ankh import storage
-from ankh.training import OptimConfig
+from ankh.config import PRESETS
+from ankh.training import OptimConfig, check_freeze
 from ankh_platform.core.config import ConfigError
 from ankh_platform.core.samples import repo_path
 from ankh_platform.data.pipeline import DataConfig
@@ -63,6 +65,29 @@ class SourceConfig:
     eval_batches: int = 4   # held-out batches per host for the validation loss (fixed set)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Which parts of the network train (``ankh.training.FREEZE_GROUPS``): e.g.
+    ``train.freeze=[encoder]`` adapts only the decoder, as the High-N generation fine-tune."""
+    freeze: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            check_freeze(self.freeze)
+        except ValueError as e:
+            raise ConfigError(f"freeze: {e}") from None
+
+
+# optim.peak_lr when the run does not set it. Fresh weights: the tiny preset's tuned peak.
+# Weights to continue from (model= an HF dir, a run, gs://, a hub id): with Adafactor unscaled
+# (multiply_by_parameter_scale=False) every step moves each weight by about the LR whatever its
+# gradient's size, so at 0.004 the moves add up to the weights' own size (mean |w| 0.03-0.1 in
+# the tiny shape's init) within tens of steps and overwrite what the source knows; 1e-4 is 40x
+# gentler: it keeps the source (tests/train/test_continue.py) yet adapts over thousands of steps.
+FRESH_PEAK_LR = 0.004
+CONTINUED_PEAK_LR = 1e-4
+
+
 DEFAULT_DATA = DataConfig(paths=("data/uniprot_sample/train",), rows=8, enc_len=264,
                           max_residues=128, max_segments=8, window=512)
 # The stream's packing settings. The local source has no packing: one sequence per row, padded
@@ -73,12 +98,16 @@ STREAM_ONLY = ("enc_len", "dec_len", "max_segments", "window")
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    model: str = "tiny"                 # an ankh.config preset
+    # A preset (fresh weights) or weights to continue from: an HF Ankh directory, one of our
+    # runs/checkpoints, local or gs://, or a hub id (ankh.resolve). Same config and tokenizer.
+    model: str = "tiny"
     steps: int = 300
     seed: int = 0
     output: str = "outputs/pretrain"    # storage path: local dir or gs://bucket/prefix
     name: str = "ankh-tiny"             # run name; same name + output = resume
-    optim: OptimConfig = OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=0)  # 0 = steps
+    # peak_lr None: FRESH_PEAK_LR or CONTINUED_PEAK_LR (effective_optim); total_steps 0 = steps
+    optim: OptimConfig = OptimConfig(peak_lr=None, warmup_steps=30, total_steps=0)
+    train: TrainConfig = TrainConfig()
     data: DataConfig = DEFAULT_DATA
     source: SourceConfig = SourceConfig()
     mesh: MeshConfig = MeshConfig()
@@ -107,6 +136,25 @@ class PretrainConfig:
         return storage.join(self.output, self.name)
 
 
+def effective_optim(cfg: PretrainConfig, from_weights: bool) -> OptimConfig:
+    """The run's optimizer settings: an unset ``peak_lr`` by where the weights come from, and
+    ``total_steps`` 0 as the run's ``steps`` (decay over the whole run). The one place."""
+    oc = cfg.optim
+    if oc.peak_lr is None:
+        oc = dataclasses.replace(oc, peak_lr=CONTINUED_PEAK_LR if from_weights else FRESH_PEAK_LR)
+    if oc.total_steps == 0:
+        oc = dataclasses.replace(oc, total_steps=cfg.steps)
+    return oc
+
+
+def _model_ref(ref: str) -> str:
+    """A local model path made absolute (workers may start elsewhere); presets, hub ids and
+    URLs as given."""
+    if ref in PRESETS or "://" in ref or not os.path.exists(ref):
+        return ref
+    return storage.norm_path(ref)
+
+
 def _absolute(path: str) -> str:
     """A path as every worker can open it: URLs as given, local paths absolute (a relative one
     from the working directory, else from the repository: the bundled sample)."""
@@ -116,6 +164,6 @@ def _absolute(path: str) -> str:
 def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Every local path of ``cfg`` made absolute, on the driver: workers may run elsewhere."""
     return dataclasses.replace(
-        cfg, output=storage.norm_path(cfg.output),
+        cfg, output=storage.norm_path(cfg.output), model=_model_ref(cfg.model),
         data=dataclasses.replace(cfg.data, paths=tuple(map(_absolute, cfg.data.paths))),
         source=dataclasses.replace(cfg.source, eval_paths=tuple(map(_absolute, cfg.source.eval_paths))))

@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 class StreamSource:
     """This rank's ``BatchStream`` (Ray Data), restartable from a saved position."""
 
-    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int):
+    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int,
+                 tokenizer: AnkhTokenizer | None = None):
         self.data, self.src, self.rank, self.world = data, src, rank, world
+        self.tok = tokenizer
         self.spec = data.pack_spec()
         import ray.data
 
@@ -49,7 +51,7 @@ class StreamSource:
         self._open(None)
 
     def _open(self, state: dict | None) -> None:
-        self.stream = BatchStream(self.data, self.rank, self.world, state=state)
+        self.stream = BatchStream(self.data, self.rank, self.world, state=state, tokenizer=self.tok)
         self._it = iter(self.stream)
 
     def next(self) -> dict[str, np.ndarray]:
@@ -66,7 +68,7 @@ class StreamSource:
         """The first ``eval_batches`` batches of this rank's validation range (padded if short)."""
         cfg = dataclasses.replace(self.data, paths=self.src.eval_paths, epochs=1, prefetch=0)
         out = []
-        for b in BatchStream(cfg, self.rank, self.world):
+        for b in BatchStream(cfg, self.rank, self.world, tokenizer=self.tok):
             out.append(b)
             if len(out) == self.src.eval_batches:
                 break
@@ -80,10 +82,11 @@ class StreamSource:
 class LocalSource:
     """Global-order batches from small Parquet data read on every host (one sequence per row)."""
 
-    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int):
+    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int,
+                 tokenizer: AnkhTokenizer | None = None):
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.rows = data.rows
-        self.tok = AnkhTokenizer()
+        self.tok = tokenizer or AnkhTokenizer()
         self.objective = Objective(data.objective(), self.tok)
         oc = self.objective.cfg
         self.spec = PackSpec(rows=self.rows, enc_len=oc.max_encoder_tokens(),
@@ -159,6 +162,8 @@ class LocalSource:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make_source(data: DataConfig, src: SourceConfig, rank: int, world: int) -> StreamSource | LocalSource:
-    """This rank's source; paths are used as given (``config.resolve_paths`` made them absolute)."""
-    return (StreamSource if src.kind == "stream" else LocalSource)(data, src, rank, world)
+def make_source(data: DataConfig, src: SourceConfig, rank: int, world: int,
+                tokenizer: AnkhTokenizer | None = None) -> StreamSource | LocalSource:
+    """This rank's source; paths are used as given (``config.resolve_paths`` made them absolute).
+    ``tokenizer``: the trained model's (sentinel ids follow its vocabulary; default Ankh's)."""
+    return (StreamSource if src.kind == "stream" else LocalSource)(data, src, rank, world, tokenizer)

@@ -23,15 +23,15 @@ import jax
 import numpy as np
 
 from ankh import sharding, storage
-from ankh.config import get_preset
 from ankh.flops import measure_matmul_peak, train_step_flops
+from ankh.resolve import Resolved, resolve
 from ankh.training import Trainer
 from ankh_platform.core import progress
 from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.train.config import PretrainConfig, ScaleConfig
+from ankh_platform.train.config import PretrainConfig, ScaleConfig, effective_optim
 from ankh_platform.train.source import make_source
 
 log = logging.getLogger(__name__)
@@ -163,13 +163,17 @@ class Run:
         self.writer = MetricsWriter(self.run_dir, self.primary)
 
     def _setup(self) -> None:
-        cfg = self.cfg
-        if cfg.optim.total_steps == 0:  # decay over the whole run
-            self.cfg = cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, total_steps=cfg.steps))
-        self.model_cfg = get_preset(cfg.model)
+        # The network to train: a preset's config, or the config, tokenizer (and, at step 0,
+        # the weights) of whatever ``model`` names. A resume re-reads config and tokenizer from
+        # it but its weights from the run's own checkpoint (``_start_state``).
+        self.origin: Resolved = resolve(self.cfg.model)
+        self.model_cfg = self.origin.config
+        self.cfg = cfg = dataclasses.replace(
+            self.cfg, optim=effective_optim(self.cfg, from_weights=self.origin.kind != "preset"))
         self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
-        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed)
-        self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count())
+        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed, freeze=cfg.train.freeze)
+        self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count(),
+                                  self.origin.tokenizer)
         ck = cfg.checkpoint
         self.store = CheckpointStore(f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save)
         spec = self.source.spec
@@ -179,7 +183,11 @@ class Run:
     def _start_state(self) -> tuple[dict, int]:
         restored = self.store.restore(self.trainer.abstract_state())
         if restored is None:
-            return self.trainer.init_state(), 0
+            flat = self.origin.load_params()  # None for a preset: initialised from the seed
+            if flat is not None:
+                log.info("step 0 from the weights of %s (%s %s, peak lr %g)", self.cfg.model,
+                         self.origin.kind, self.origin.pinned, self.cfg.optim.peak_lr)
+            return self.trainer.init_state(flat), 0
         state, meta = restored
         self.source.restore(meta["data"][jax.process_index()])
         self.writer.write({"event": "resumed", "step": meta["step"], "data": meta["data"]})
@@ -189,7 +197,13 @@ class Run:
     def _meta(self, step: int, state: dict) -> dict:
         return {"step": step, "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
                 "data": gather_json(self.source.state()), "model": self.model_cfg.to_hf_dict(),
-                "preset": self.cfg.model, "config": to_dict(self.cfg)}
+                "source": self.source_record(), "config": to_dict(self.cfg)}
+
+    def source_record(self) -> dict[str, Any]:
+        """Where the run's step-0 weights came from (reproducibility): kind (preset / hf /
+        checkpoint), the pinned location, and a hub model's commit."""
+        o = self.origin
+        return {"ref": o.ref, "kind": o.kind, "location": o.location, "revision": o.revision}
 
     def evaluate(self, params: dict) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -232,8 +246,8 @@ class Run:
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
-        cfg = self.cfg
         self._setup()
+        cfg = self.cfg  # with its effective optimizer settings
         state, step = self._start_state()
         self.eval_batches = self.source.eval_batches()
         window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
@@ -267,7 +281,8 @@ class Run:
         self.store.close()
         self.source.close()
         summary = {"run_dir": self.run_dir, "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}",
-                   "step": step, "last": rec, **final}
+                   "step": step, "source": self.source_record(), "peak_lr": cfg.optim.peak_lr,
+                   "last": rec, **final}
         if self.primary:
             with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
                 json.dump(summary, fh)

@@ -158,3 +158,17 @@ def test_exit_status_from_main():
     assert _cli.run(lambda argv: 1, []) == 1
     assert _cli.run(lambda argv: {"summary": 1}, []) == 0
     assert _cli.run(lambda argv: None, []) == 0
+
+
+def test_float_overrides_in_exponent_notation():
+    # YAML 1.1 reads "1e-3" (no dot) as a string; a float field must still take it.
+    from ankh_platform.core.config import load_config
+
+    @dataclasses.dataclass(frozen=True)
+    class Lr:
+        lr: float = 0.1
+
+    assert load_config(Lr, None, ["lr=1e-3"]).lr == 0.001
+    assert load_config(Lr, None, ["lr=2.5E+2"]).lr == 250.0
+    with pytest.raises(ConfigError, match="lr: expected a number, got 'fast'"):
+        load_config(Lr, None, ["lr=fast"])

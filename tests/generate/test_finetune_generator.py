@@ -83,6 +83,8 @@ def test_jobs_finetune_then_generate(tmp_path):
         assert diff <= round(0.2 * len(parent))  # only masked positions can change
         assert np.isfinite(r["score"])
     summ = json.loads((out / "summary.json").read_text())
+    assert summ["model"] == summary["model_dir"] and summ["model_pinned"]  # what was loaded
+    summ = summ["per_temperature"]
     assert [s["temperature"] for s in summ] == [1.0, 1.5]
     for s in summ:
         assert s["generated"] == s["accepted"] + s["rejected"]
