@@ -59,6 +59,7 @@ class Ingress:
         self._info: dict[str, dict[str, Any]] = {}  # per model, from an embedder replica
         self._tok: dict[str, Any] = {}  # per model: AnkhTokenizer
         self._routes: dict[tuple[int, str], DeploymentHandle] = {}
+        self.facts: dict[str, Any] | None = None  # the default model's, for /openapi.json
         self.m_requests = metrics.Counter("ankh_http_requests", description="HTTP requests",
                                           tag_keys=("route", "status"))
         self.m_latency = metrics.Histogram(
@@ -127,6 +128,10 @@ class Ingress:
             norm = tok.normalize(s)
             if not norm:
                 raise HTTPError(422, f"sequence {i} is empty")
+            if not s.isascii():  # else upper() turns e.g. 'ß' into 'SS', two residues
+                p, c = next((p, c) for p, c in enumerate(s) if not c.isascii())
+                raise HTTPError(422, f"sequence {i}: character {c!r} at position {p} is not "
+                                     "in the alphabet")
             try:
                 tok.encode(norm, allow_sentinels=sentinels)
             except TokenizerError as e:
@@ -177,6 +182,16 @@ class Ingress:
         info = await self.info(name)
         return {"id": name, **info,
                 "max_length": effective_max_length(self.limits, info["max_residues"], None)}
+
+    async def schema_facts(self) -> dict[str, Any]:
+        """What the OpenAPI schema states about the default model (``openapi.constrain``)."""
+        if self.facts is None:
+            d = await self.describe(None)
+            tok = self._tok[self.name]
+            self.facts = {k: d[k] for k in ("max_length", "layers", "per_residue", "d_model")}
+            self.facts |= {"letters": tok.residue_letters,
+                           "sentinels": sum(t.startswith("<extra_id_") for t in tok.vocab)}
+        return self.facts
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         name, _ = await self.checked(req.model, req.sequences)

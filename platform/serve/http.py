@@ -20,13 +20,15 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from ankh_platform.serve import openai_api, tei_api
 from ankh_platform.serve.formats import NPY
+from ankh_platform.serve.openapi import constrain
 from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateRequest,
-                                        GenerateResponse, LimitError, ModelLoadError, ScoreRequest,
-                                        ScoreResponse, ServeConfig, UnknownModelError,
+                                        GenerateResponse, LimitError, ModelLoadError, RequestLimits,
+                                        ScoreRequest, ScoreResponse, ServeConfig, UnknownModelError,
                                         VariantsRequest)
 
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
@@ -54,6 +56,7 @@ class Service(Protocol):
     async def score(self, req: ScoreRequest) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
     async def models(self) -> dict[str, Any]: ...
+    async def schema_facts(self) -> dict[str, Any]: ...
 
 
 class HTTPError(Exception):
@@ -136,6 +139,15 @@ def _guard(svc: Service, request: Request) -> None:
         raise HTTPError(413, f"body of {size} bytes > limits.max_body_bytes={limit}")
 
 
+async def _schema_facts(svc: Service) -> None:
+    """The default model's facts for the schema; without them (a replica being replaced)
+    the schema states the config's limits only."""
+    try:
+        await svc.schema_facts()
+    except Exception as e:  # noqa: BLE001 -- the schema is still served, less specific
+        log.warning("OpenAPI schema without model facts: %s", e)
+
+
 def build_api(svc: Service | None) -> FastAPI:
     """The FastAPI app; ``svc=None`` only for generating the OpenAPI schema offline."""
     import ankh
@@ -155,11 +167,22 @@ def build_api(svc: Service | None) -> FastAPI:
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         return failure(HTTPError(422, _validation_errors(exc)), request.url.path)
 
+    @api.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot decode (not UTF-8) with a bare 400 "error parsing
+        # the body": a 422 naming the cause, like any other unreadable JSON.
+        status, detail = exc.status_code, exc.detail
+        if status == 400 and exc.__cause__ is not None:
+            status, detail = 422, f"body is not valid JSON: {exc.__cause__}"
+        return failure(HTTPError(status, detail, getattr(exc, "headers", None)), request.url.path)
+
     @api.middleware("http")
     async def guard(request: Request, call_next):
         t0 = time.perf_counter()
         try:
             _guard(svc, request)
+            if request.url.path == "/openapi.json":
+                await _schema_facts(svc)
             response = await call_next(request)
         except HTTPError as e:
             response = failure(e, request.url.path)
@@ -179,6 +202,15 @@ def build_api(svc: Service | None) -> FastAPI:
     _routes(api, svc, run)
     for ext in EXTENSIONS:
         styles.update(ext.register(api, svc, run))
+    base = api.openapi
+
+    def served_schema() -> dict[str, Any]:  # the running config's limits (openapi.constrain)
+        if svc is None:
+            return constrain(base(), RequestLimits())
+        return constrain(base(), svc.cfg.limits, getattr(svc, "facts", None),
+                         list(svc.cfg.catalog()))
+
+    api.openapi = served_schema  # type: ignore[method-assign]
     return api
 
 

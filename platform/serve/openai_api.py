@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictStr
 
 from ankh_platform.serve.formats import b64_array, check_dimensions, detail_text
-from ankh_platform.serve.schema import STRICT
+from ankh_platform.serve.schema import STRICT, Int
 
 PATH = "/v1/embeddings"
 _TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
@@ -34,7 +34,7 @@ class EmbeddingsRequest(BaseModel):
                                     "default model. Unknown ids are a 404.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: little-endian float32 (the openai SDK's default).")
-    dimensions: StrictInt | None = Field(None, ge=1, description="Only the model's own width "
+    dimensions: Int | None = Field(None, ge=1, description="Only the model's own width "
                                          "is accepted (Ankh embeddings are not truncatable).")
     user: StrictStr | None = Field(None, description="Accepted and ignored.")
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool,
+                      StrictFloat, StrictStr, model_validator)
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
 
 # ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
 
+_SENTINEL = re.compile(r"<extra_id_\d+>")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")  # safe in a header and a log
 
 
@@ -140,6 +141,15 @@ _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 STRICT = _STRICT  # also the OpenAI/TEI-compatible request models' (openai_api.py, tei_api.py)
 
 
+def _integral(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# JSON Schema's "integer" includes 2.0 (and JavaScript clients cannot tell 2.0 from 2): an
+# integral float is that integer; 2.5, "2" and true are still refused.
+Int = Annotated[int, BeforeValidator(_integral), Strict()]
+
+
 def _model_field() -> Any:
     return Field(None, description="Model id from /v1/models; default: the default model (or "
                  "the serve_multiplexed_model_id header). Unknown ids are a 404.")
@@ -153,7 +163,7 @@ class EmbedRequest(BaseModel):
                                  "codes; case and whitespace are normalised).")
     pooling: Literal["mean", "none"] = Field("mean", description="mean: one vector per "
                                              "protein; none: one vector per residue.")
-    layer: StrictInt | None = Field(None, ge=1, description="Encoder layer (1-based); default "
+    layer: Int | None = Field(None, ge=1, description="Encoder layer (1-based); default "
                                     "the final one. Only layers the deployment serves.")
     dtype: Literal["float32", "float16"] = Field("float32", description="Precision the "
                                                  "values are rounded to in the response.")
@@ -174,7 +184,15 @@ class EmbedResponse(BaseModel):
                                   "string each with encoding_format=base64.")
 
 
-Number = StrictFloat | StrictInt
+Number = StrictFloat | Int
+LENGTH_PENALTY = 32.0  # |length_penalty|: 2049.0 ** 32 is finite; ** 100 overflows a float
+# temperature / repetition_penalty divide float32 logits: 1e308 overflows float32 (a 500) and
+# 1e-300 rounds to 0 (a division by zero); past these bounds sampling changes no further.
+SCALE_MIN, SCALE_MAX = 1e-6, 1e6
+# Integers that reach int32 arrays (top_k, spans) or a PRNG key (seed): bounded, else a huge
+# one was an OverflowError (a 500).
+INT32_MAX, SEED_MAX = 2**31 - 1, 2**32 - 1
+Offset = Annotated[Int, Field(ge=0, le=INT32_MAX)]
 
 
 class GenerateRequest(BaseModel):
@@ -183,17 +201,19 @@ class GenerateRequest(BaseModel):
     model_config = _STRICT
     sequences: Sequences = Field(min_length=1, description="Prompts; <extra_id_k> sentinels "
                                  "mark spans to infill.")
-    max_new_tokens: StrictInt | None = Field(None, ge=1, description="Default: 64, or "
+    max_new_tokens: Int | None = Field(None, ge=1, description="Default: 64, or "
                                              "limits.max_new_tokens if lower.")
     do_sample: StrictBool = Field(False, description="false: greedy (or beam search).")
-    temperature: Number = Field(1.0, gt=0)
-    top_k: StrictInt = Field(0, ge=0, description="0 = no top-k filter.")
+    temperature: Number = Field(1.0, ge=SCALE_MIN, le=SCALE_MAX)
+    top_k: Int = Field(0, ge=0, le=INT32_MAX, description="0 = no top-k filter.")
     top_p: Number = Field(1.0, gt=0, le=1)
-    num_beams: StrictInt = Field(1, ge=1)
-    num_return_sequences: StrictInt = Field(1, ge=1)
-    repetition_penalty: Number = Field(1.0, gt=0)
-    length_penalty: Number = 1.0
-    seed: StrictInt = Field(0, ge=0, description="Same seed + request -> same output.")
+    num_beams: Int = Field(1, ge=1)
+    num_return_sequences: Int = Field(1, ge=1)
+    repetition_penalty: Number = Field(1.0, ge=SCALE_MIN, le=SCALE_MAX)
+    # Beam scores divide by length ** length_penalty (a Python float): bounded so that it
+    # cannot overflow (an OverflowError, found by tests/serve/test_fuzz.py).
+    length_penalty: Number = Field(1.0, ge=-LENGTH_PENALTY, le=LENGTH_PENALTY)
+    seed: Int = Field(0, ge=0, le=SEED_MAX, description="Same seed + request -> same output.")
     model: StrictStr | None = _model_field()
 
 
@@ -207,15 +227,15 @@ class VariantsRequest(BaseModel):
 
     model_config = _STRICT
     parent: StrictStr = Field(min_length=1)
-    n: StrictInt = Field(10, ge=1, description="Variants wanted.")
+    n: Int = Field(10, ge=1, description="Variants wanted.")
     mask_fraction: Number = Field(0.4, gt=0, le=1)
-    temperature: Number = Field(1.5, gt=0)
-    top_k: StrictInt = Field(0, ge=0)
+    temperature: Number = Field(1.5, ge=SCALE_MIN, le=SCALE_MAX)
+    top_k: Int = Field(0, ge=0, le=INT32_MAX)
     top_p: Number = Field(1.0, gt=0, le=1)
-    spans: list[tuple[StrictInt, StrictInt]] | None = Field(
+    spans: list[tuple[Offset, Offset]] | None = Field(
         None, description="Fixed 0-based [start, end) spans to infill (default: random).")
     same_length: StrictBool = True
-    seed: StrictInt = Field(0, ge=0)
+    seed: Int = Field(0, ge=0, le=SEED_MAX)
     model: StrictStr | None = _model_field()
 
 
@@ -271,8 +291,8 @@ def check_sequences(seqs: list[str], limits: RequestLimits, max_length: int) -> 
         raise LimitError(f"too many sequences: {len(seqs)} > limits.max_sequences="
                          f"{limits.max_sequences}")
     for i, s in enumerate(seqs):
-        if len(s) > max_length:  # whitespace is not a residue: count without it
-            n = len("".join(s.split()))
+        if len(s) > max_length:  # whitespace is not a residue; a sentinel is one token
+            n = len(_SENTINEL.sub("X", "".join(s.split())))
             if n > max_length:
                 raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
 

@@ -18,10 +18,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from ankh_platform.serve.formats import check_dimensions, detail_text, l2_normalize
-from ankh_platform.serve.schema import STRICT
+from ankh_platform.serve.schema import STRICT, Int
 
 PATHS = ("/embed", "/embed_all", "/", "/info")
 _ERROR_TYPES = {400: "empty", 401: "unauthorized", 413: "validation", 422: "validation",
@@ -41,7 +41,7 @@ class TEIEmbedAllRequest(BaseModel):
 
 class TEIEmbedRequest(TEIEmbedAllRequest):
     normalize: StrictBool = Field(True, description="Unit-length vectors (TEI's default).")
-    dimensions: StrictInt | None = Field(None, ge=1, description="Only the model's width.")
+    dimensions: Int | None = Field(None, ge=1, description="Only the model's width.")
 
 
 async def embed(svc: Any, req: TEIEmbedAllRequest, per_residue: bool, route: str) -> list:
