@@ -10,7 +10,6 @@ waiting for data. One JAX process, all local devices in a data-parallel mesh (se
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 

@@ -156,8 +156,6 @@ def build_dataset(pending: list[embed_io.InputShard], cfg: EmbedJobConfig, spec:
 
 def run(cfg: EmbedJobConfig) -> dict:
     """Embed every pending shard; returns (and writes) the summary."""
-    import ray
-
     from ankh_platform.core.runtime import init_ray
 
     for name in ("checkpoint", "input", "output"):

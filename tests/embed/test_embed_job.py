@@ -24,7 +24,8 @@ import pytest
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _check_output
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
-from ankh_platform.embed.pack import EmbedPackSpec, combine_windows, pack, prepare, windows
+from ankh_platform.embed.pack import EmbedPackSpec, pack, prepare
+from tests.embed.helpers import offline_reference
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH, OVERLAP = 256, 32  # a small max_length so some real proteins need windows
@@ -49,14 +50,7 @@ def _offline():
 
 def _reference(seq: str, width: int = WIDTH) -> tuple[np.ndarray, np.ndarray]:
     """Pooled and per-residue embedding of one sequence alone through ``ankh.load().embed``."""
-    m = _offline()
-    n = len(seq)
-    if n <= width:
-        return m.embed([seq])[0], m.embed([seq], per_residue=True)[0]
-    starts = windows(n, width, OVERLAP)
-    hidden = [m.embed([seq[s: s + width]], per_residue=True)[0] for s in starts]
-    per_res = combine_windows(n, width, OVERLAP, starts, hidden)
-    return per_res.mean(0), per_res
+    return offline_reference(_offline(), seq, width, OVERLAP)
 
 
 def _check_against_offline(table: pa.Table, seqs: dict[str, str]) -> float:

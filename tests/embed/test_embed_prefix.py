@@ -15,7 +15,8 @@ import pytest
 import ankh
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _describe, pack_spec
-from ankh_platform.embed.pack import EmbedPackSpec, combine_windows, windows
+from ankh_platform.embed.pack import EmbedPackSpec
+from tests.embed.helpers import offline_reference
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
 
 pytest.importorskip("tokenizers")
@@ -35,13 +36,7 @@ def ankh3_dir(tmp_path_factory):
 
 def _reference(m, seq: str) -> tuple[np.ndarray, np.ndarray]:
     """Pooled and per-residue embedding of one sequence alone (windows: each alone, merged)."""
-    n = len(seq)
-    if n <= WIDTH:
-        return m.embed([seq])[0], m.embed([seq], per_residue=True)[0]
-    starts = windows(n, WIDTH, OVERLAP)
-    hidden = [m.embed([seq[s: s + WIDTH]], per_residue=True)[0] for s in starts]
-    per_res = combine_windows(n, WIDTH, OVERLAP, starts, hidden)
-    return per_res.mean(0), per_res
+    return offline_reference(m, seq, WIDTH, OVERLAP)
 
 
 def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet):
