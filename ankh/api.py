@@ -79,9 +79,8 @@ class Ankh(GenerationMixin, ScoringMixin):
 
     # ---- embedding -------------------------------------------------------------------------------
     def task_prefix(self, task: str = "[NLU]") -> str | None:
-        """The task token this model puts first for ``task`` (``[NLU]``: embedding and scoring;
-        ``[S2S]``: generation), or None for a model trained without them (ankh, ankh2)."""
-        return task if self.config.task_prefixes else None
+        """The task token this model puts first for ``task`` (``AnkhConfig.task_prefix``)."""
+        return self.config.task_prefix(task)
 
     @property
     def num_prefix(self) -> int:

@@ -60,6 +60,11 @@ class AnkhConfig:
     def activation(self) -> str:
         return _ACTS[self.dense_act_fn]
 
+    def task_prefix(self, task: str = "[NLU]") -> str | None:
+        """The task token put first for ``task`` (``[NLU]``: embedding and scoring; ``[S2S]``:
+        generation), or None for a model trained without them (ankh, ankh2)."""
+        return task if self.task_prefixes else None
+
     def replace(self, **kw: Any) -> "AnkhConfig":
         return dataclasses.replace(self, **kw)
 

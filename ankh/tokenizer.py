@@ -20,7 +20,7 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids PAD_ID, EOS_ID, UNK_ID
 AMINO_ACIDS = "ALGVSREDTIPKFQNYMHWCXBOUZ"  # ids 3..27 in this order
 TASK_TOKENS = ("[NLU]", "[S2S]")  # ankh3: understanding (embed, score) / sequence-to-sequence
-_SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")
+SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")  # the sentinel spelling (also counted by Serve's limits)
 _TASK_RE = re.compile(r"^\[(NLU|S2S)\]")
 _WS = str.maketrans("", "", " \t\r\n")
 
@@ -161,7 +161,7 @@ class AnkhTokenizer:
 
     def _encode_with_sentinels(self, s: str) -> np.ndarray:
         parts, pos, last = [], 0, 0
-        for m in _SENTINEL_RE.finditer(s):
+        for m in SENTINEL_RE.finditer(s):
             parts.append(self._encode_plain(s[last:m.start()], pos))
             pos += m.start() - last
             parts.append(np.array([self.sentinel_id(int(m.group(1)))], np.int32))
@@ -195,7 +195,7 @@ class AnkhTokenizer:
 def _norm_keep_sentinels(seq: str) -> str:
     s = seq.translate(_WS)
     pieces, last = [], 0
-    for m in _SENTINEL_RE.finditer(s):
+    for m in SENTINEL_RE.finditer(s):
         pieces.append(s[last:m.start()].upper())
         pieces.append(m.group(0))
         last = m.end()

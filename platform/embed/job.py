@@ -77,8 +77,7 @@ def pack_spec(cfg: "EmbedJobConfig", mcfg) -> EmbedPackSpec:
                          batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
                          max_segments=cfg.max_segments, long_policy=cfg.long_policy,
                          window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop,
-                         # ankh3 reads [NLU] first (as ``Ankh.task_prefix``; replicas check it)
-                         prefix="[NLU]" if mcfg.task_prefixes else None)
+                         prefix=mcfg.task_prefix("[NLU]"))  # ankh3: [NLU] first
 
 
 # ---- the job ---------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Str
                       StrictFloat, StrictStr, model_validator)
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh.tokenizer import SENTINEL_RE
 
 # ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
 
-_SENTINEL = re.compile(r"<extra_id_\d+>")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")  # safe in a header and a log
 
 
@@ -292,7 +292,7 @@ def check_sequences(seqs: list[str], limits: RequestLimits, max_length: int) -> 
                          f"{limits.max_sequences}")
     for i, s in enumerate(seqs):
         if len(s) > max_length:  # whitespace is not a residue; a sentinel is one token
-            n = len(_SENTINEL.sub("X", "".join(s.split())))
+            n = len(SENTINEL_RE.sub("X", "".join(s.split())))
             if n > max_length:
                 raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
 
