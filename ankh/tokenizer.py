@@ -108,6 +108,18 @@ class AnkhTokenizer:
                                  f"(has: {sorted(self.task_ids) or 'none'})")
         return self.task_ids[token]
 
+    def residue_table(self, size: int | None = None) -> np.ndarray:
+        """``[size]`` bool, True at the id of every residue letter of this vocabulary (default
+        size: ``vocab_size``; a model may have more ids than its tokenizer). What a "residue
+        target" is for evaluation: ankh's ids 3..27, but wherever an HF tokenizer.json puts them."""
+        size = self.vocab_size if size is None else size
+        ids = [self.vocab[c] for c in self.residue_letters]
+        if any(i >= size for i in ids):
+            raise ValueError(f"residue ids up to {max(ids)} do not fit a table of {size} ids")
+        table = np.zeros(size, bool)
+        table[ids] = True
+        return table
+
     def special_ids(self) -> list[int]:
         """Ids of every token that is not a residue: ``<...>`` and ``[...]`` (as the official
         ``ankh`` likelihood leaves them out of a residue's distribution)."""

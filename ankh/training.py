@@ -50,6 +50,9 @@ class OptimConfig:
     eps: float = 1e-8
     adafactor_decay: float = 0.8
     adafactor_momentum: float | None = None
+    # Adafactor's relative step: each update is scaled by the parameter's RMS (T5/T5X default).
+    # Off = the paper's explicit peak LR moves every weight by ~lr whatever its scale.
+    adafactor_param_scale: bool = False
     z_loss: float = 0.0           # coefficient of mean(logsumexp^2); 0 disables
     accum_steps: int = 1          # micro-batches per optimizer step
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -75,9 +78,10 @@ def lr_schedule(oc: OptimConfig) -> optax.Schedule:
 def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
     sched = lr_schedule(oc)
     if oc.optimizer == "adafactor":
-        # Explicit LR (no relative step / parameter scaling): the paper's peak-LR recipe.
-        opt = optax.adafactor(sched, multiply_by_parameter_scale=False, decay_rate=oc.adafactor_decay,
-                              momentum=oc.adafactor_momentum, weight_decay_rate=oc.weight_decay or None)
+        # Default: explicit LR (no relative step / parameter scaling), the paper's peak-LR recipe.
+        opt = optax.adafactor(sched, multiply_by_parameter_scale=oc.adafactor_param_scale,
+                              decay_rate=oc.adafactor_decay, momentum=oc.adafactor_momentum,
+                              weight_decay_rate=oc.weight_decay or None)
     elif oc.optimizer == "adamw":
         opt = optax.adamw(sched, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay)
     else:
@@ -184,14 +188,19 @@ def train_step(graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig,
     return new, metrics
 
 
-def eval_step(graphdef: Any, params: dict, batch: dict, residues: range = RESIDUE_IDS) -> dict:
+def eval_step(graphdef: Any, params: dict, batch: dict, residues: Any = RESIDUE_IDS) -> dict:
     """Metric sums over a batch (add them up over batches, then divide by ``tokens``).
 
-    ``res_*`` restrict to targets that are residues (ids in ``residues``): the masked amino
-    acids alone, without the sentinels and ``</s>`` that are predictable from position.
+    ``res_*`` restrict to targets that are residues: the masked amino acids alone, without the
+    sentinels and ``</s>`` that are predictable from position. ``residues`` is the run
+    tokenizer's ``residue_table()`` (bool ``[vocab]``: another vocabulary, e.g. an ankh3
+    tokenizer.json, puts its residues elsewhere) or, for the default Ankh ids, the id range.
     """
     lab = batch["labels"]
-    is_res = ((lab >= residues.start) & (lab < residues.stop)).astype(jnp.float32)
+    if isinstance(residues, range):
+        is_res = ((lab >= residues.start) & (lab < residues.stop)).astype(jnp.float32)
+    else:
+        is_res = jnp.asarray(residues, bool)[lab].astype(jnp.float32)
     both = {k: batch[k] for k in MODEL_KEYS}
     res = dict(both, loss_mask=both["loss_mask"] * is_res)
     out = loss_sums(graphdef, params, both)[1]
@@ -208,6 +217,7 @@ class Trainer:
     mesh: Mesh
     seed: int = 0
     freeze: tuple[str, ...] = ()  # FREEZE_GROUPS names: zero updates, no optimizer state
+    residues: Any = RESIDUE_IDS   # eval_step's residue targets: the tokenizer's residue_table()
 
     def __post_init__(self) -> None:
         self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype)
@@ -220,7 +230,7 @@ class Trainer:
         # Optimizer-state shardings follow the params' (XLA propagates through tx.init).
         self._opt_init = jax.jit(self.tx.init)
         self._step: Callable | None = None
-        self._eval = jax.jit(lambda p, b: eval_step(self.graphdef, p, b))
+        self._eval = jax.jit(lambda p, b: eval_step(self.graphdef, p, b, self.residues))
 
     def _init_fn(self) -> dict:
         params = nnx.split(build_model(self.cfg, self.seed))[1].to_pure_dict()
@@ -288,6 +298,11 @@ def _key(path: tuple) -> tuple:
 def unigram_entropy(labels: Any, mask: Any) -> float:
     """Cross-entropy (nats) of predicting targets by their own frequency: the no-context baseline."""
     lab = np.asarray(labels)[np.asarray(mask) > 0]
-    counts = np.bincount(lab.ravel()).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
+    return counts_entropy(np.bincount(lab.ravel()))
+
+
+def counts_entropy(counts: Any) -> float:
+    """Entropy (nats) of the distribution of id ``counts`` (summed over hosts, say); nan if empty."""
+    counts = np.asarray(counts, np.float64)
+    p = counts[counts > 0] / counts.sum() if counts.sum() > 0 else counts[:0]
     return float(-(p * np.log(p)).sum()) if len(p) else math.nan

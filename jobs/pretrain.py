@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse(argv)
     summary = train.run_local_process(cfg) if args.in_process else train.run(cfg, args.address)
     ckpt = summary["checkpoint_dir"]
-    print(json.dumps({k: summary.get(k) for k in ("step", "val_loss", "val_residue_loss", "run_dir")}))
+    extra = [k for k in ("unigram_entropy", "ss3_q3", "ss3_q3_onehot", "ss3_q3_random_init") if k in summary]
+    print(json.dumps({k: summary.get(k) for k in ("step", "val_loss", "val_residue_loss", *extra, "run_dir")}))
+    if summary.get("curves"):
+        print(f"curves: {summary['curves']}")
     print(f"embed:  python -c \"import ankh; print(ankh.load('{ckpt}').embed(['MKTAYIAKQR']).shape)\"")
     print(f"serve:  python -m jobs.serve --checkpoint {ckpt}")
     print(f"export: python -m jobs.convert export --model {ckpt} --output OUT_HF_DIR")

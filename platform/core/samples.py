@@ -9,6 +9,7 @@ data directory lacks it, so nothing skips for want of the shared copy.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ankh.tokenizer import AMINO_ACIDS
+
+log = logging.getLogger(__name__)
 
 DATA_ENV = "ANKH_DATA_DIR"
 # Files of the shared data set (see its README); a directory with none of them is not it.
@@ -73,6 +76,12 @@ def protein_shard() -> Path:
     return cand if cand.exists() else bundled_train()
 
 
+def pdb_dir() -> Path:
+    """A directory with ``pdb_dssp8.parquet`` (PDB chains + DSSP): the data dir's 21k chains,
+    else the bundled ``data/pdb_sample`` (the in-training SS3 probe's fixed slice only)."""
+    return data_dir() if (data_dir() / "pdb_dssp8.parquet").exists() else bundled_dir() / "pdb_sample"
+
+
 def repo_path(path: str) -> str:
     """A relative local path as the caller meant it: from the working directory if it exists
     there, else from the repository (the bundled defaults, from any working directory), else
@@ -81,6 +90,24 @@ def repo_path(path: str) -> str:
         return path
     in_repo = _REPO / path
     return str(in_repo) if in_repo.exists() else path
+
+
+SHARED_PREFIX = "shared:"
+
+
+def shared_path(path: str, fallback: Path) -> str:
+    """``shared:REL`` (a file, directory or glob under the data directory) as a real path, or
+    ``fallback`` (a bundled sample) when the data directory has nothing there: configs such as
+    ``pretrain-learn-cpu.yaml`` use the real shards when present and still run anywhere. Any
+    other path is returned unchanged."""
+    if not path.startswith(SHARED_PREFIX):
+        return path
+    rel = path[len(SHARED_PREFIX):].lstrip("/")
+    root = data_dir()
+    if any(root.glob(rel)) if any(c in rel for c in "*?[") else (root / rel).exists():
+        return str(root / rel)
+    log.warning("%s: not in the data directory %s; using the bundled sample %s", path, root, fallback)
+    return str(fallback)
 
 
 def sample_sequences() -> list[str]:

@@ -176,7 +176,7 @@ def load_pdb_task(name: str, limits: TaskLimits = TaskLimits(), root: Path | Non
                 removed[s] += int(dup[: max(0, getattr(limits, s) - len(keep))].sum())
                 chunk = [i for i, d in zip(chunk, dup) if not d]
             keep += chunk[: getattr(limits, s) - len(keep)]
-        rows = table.take(keep).to_pydict()
+        rows = table.take(np.asarray(keep, np.int64)).to_pydict()  # typed: an empty slice too
         if name == "contacts":
             labels = [np.asarray(x, np.float32).reshape(-1, 3) for x in rows["ca_xyz"]]
         else:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Literal
 
 from ankh import storage
-from ankh.config import PRESETS
+from ankh.config import PRESETS, AnkhConfig
 from ankh.training import OptimConfig, check_freeze
 from ankh_platform.core.config import ConfigError
-from ankh_platform.core.samples import repo_path
+from ankh_platform.core.samples import bundled_train, bundled_validation, repo_path, shared_path
 from ankh_platform.data.pipeline import DataConfig
 
 
@@ -66,6 +67,26 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What every evaluation (each ``eval_every`` steps and the end) measures besides the
+    held-out loss: an SS3 linear probe on frozen per-residue features (``train/probe.py``)."""
+    probe: bool = True
+    probe_train_chains: int = 250   # PDB chains, split by PDB entry (evaluate.tasks.pdb_split)
+    probe_test_chains: int = 150
+    probe_max_residues: int = 127   # chains cropped: 127 + </s> = 128 tokens, one ladder rung
+    probe_steps: int = 100          # L-BFGS iterations of the logistic regression (fixed)
+    probe_l2: float = 1e-3          # on standardised features
+    baselines: bool = True          # one-hot and random-init (seed + 1) Q3, once per run
+    curves: bool = True             # <run>/curves.png at the end
+
+    def __post_init__(self) -> None:
+        if self.probe and min(self.probe_train_chains, self.probe_test_chains, self.probe_max_residues,
+                              self.probe_steps) < 1:
+            raise ConfigError("eval.probe_train_chains, probe_test_chains, probe_max_residues and "
+                              "probe_steps must be >= 1 (or eval.probe=false)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Which parts of the network train (``ankh.training.FREEZE_GROUPS``): e.g.
     ``train.freeze=[encoder]`` adapts only the decoder, as the High-N generation fine-tune."""
@@ -101,6 +122,9 @@ class PretrainConfig:
     # A preset (fresh weights) or weights to continue from: an HF Ankh directory, one of our
     # runs/checkpoints, local or gs://, or a hub id (ankh.resolve). Same config and tokenizer.
     model: str = "tiny"
+    # A preset's shape changed field by field (AnkhConfig fields, e.g. {num_layers: 3, d_ff: 152}):
+    # the ablation sweep's architecture trials (jobs.ablate). Presets only: weights fix their shape.
+    model_overrides: dict = dataclasses.field(default_factory=dict)
     steps: int = 300
     seed: int = 0
     output: str = "outputs/pretrain"    # storage path: local dir or gs://bucket/prefix
@@ -115,12 +139,15 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     log_every: int = 10
     eval_every: int = 100               # 0 = only at the end
+    eval: EvalConfig = EvalConfig()     # the SS3 probe, baselines, curves.png
     max_failures: int = 3
     log_example_ids: bool = False       # <run>/examples/rank<r>.jsonl (exactly-once checks)
     fault: FaultConfig = FaultConfig()
     compile_cache: str = "~/.cache/ankh/jax"  # persistent XLA cache ("" = off): fast restarts
 
     def __post_init__(self) -> None:
+        if self.model_overrides:
+            model_shape(self)  # a ConfigError now, not in a worker
         if self.source.kind != "local":
             return
         for name in STREAM_ONLY:
@@ -134,6 +161,24 @@ class PretrainConfig:
     def run_dir(self) -> str:
         """``<output>/<name>`` (absolute once :func:`resolve_paths` has run)."""
         return storage.join(self.output, self.name)
+
+
+def model_shape(cfg: PretrainConfig, config: AnkhConfig | None = None) -> AnkhConfig:
+    """The network ``cfg`` trains: ``config`` (what ``cfg.model`` resolved to; default: the
+    preset) with ``cfg.model_overrides`` applied. The one place they are applied."""
+    if not cfg.model_overrides:
+        return config if config is not None else PRESETS[cfg.model]
+    if cfg.model not in PRESETS:
+        raise ConfigError(f"model_overrides need a preset model (one of {', '.join(PRESETS)}); "
+                          f"model={cfg.model!r} names weights, whose shape is fixed")
+    fields = {f.name for f in dataclasses.fields(AnkhConfig)}
+    unknown = sorted(set(cfg.model_overrides) - fields)
+    if unknown:
+        raise ConfigError(f"model_overrides: unknown AnkhConfig field(s) {unknown}")
+    try:
+        return dataclasses.replace(config or PRESETS[cfg.model], **cfg.model_overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model_overrides: {e}") from None
 
 
 def effective_optim(cfg: PretrainConfig, from_weights: bool) -> OptimConfig:
@@ -155,15 +200,16 @@ def _model_ref(ref: str) -> str:
     return storage.norm_path(ref)
 
 
-def _absolute(path: str) -> str:
+def _absolute(path: str, fallback: Path) -> str:
     """A path as every worker can open it: URLs as given, local paths absolute (a relative one
-    from the working directory, else from the repository: the bundled sample)."""
-    return storage.norm_path(repo_path(path))
+    from the working directory, else from the repository: the bundled sample); ``shared:REL``
+    from the data directory, else ``fallback`` (``samples.shared_path``)."""
+    return storage.norm_path(repo_path(shared_path(path, fallback)))
 
 
 def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Every local path of ``cfg`` made absolute, on the driver: workers may run elsewhere."""
     return dataclasses.replace(
         cfg, output=storage.norm_path(cfg.output), model=_model_ref(cfg.model),
-        data=dataclasses.replace(cfg.data, paths=tuple(map(_absolute, cfg.data.paths))),
-        source=dataclasses.replace(cfg.source, eval_paths=tuple(map(_absolute, cfg.source.eval_paths))))
+        data=dataclasses.replace(cfg.data, paths=tuple(_absolute(p, bundled_train()) for p in cfg.data.paths)),
+        source=dataclasses.replace(cfg.source, eval_paths=tuple(_absolute(p, bundled_validation()) for p in cfg.source.eval_paths)))

@@ -31,7 +31,9 @@ from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.train.config import PretrainConfig, ScaleConfig, effective_optim
+from ankh_platform.train.config import PretrainConfig, ScaleConfig, effective_optim, model_shape
+from ankh_platform.train.curves import plot, read_metrics
+from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.source import make_source
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,16 @@ def console_lines(rec: dict[str, Any], total: int) -> list[str]:
                    f"{rec['tokens_per_s']:,.0f} tok/s | ETA {progress.format_duration(eta)}")
     if "val_loss" in rec:
         kind = "final" if rec.get("event") == "final" else "eval"
+        unigram = f" (unigram {rec['unigram_entropy']:.3f})" if "unigram_entropy" in rec else ""
+        q3 = f" | ss3_q3 {rec['ss3_q3']:.3f}" if "ss3_q3" in rec else ""
         out.append(f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
-                   f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}")
+                   f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}"
+                   f"{unigram}{q3}")
+    if rec.get("event") == "reference":
+        parts = [f"{name} {rec[k]:.3f}" for k, name in (
+            ("unigram_entropy", "unigram entropy (held-out residues)"),
+            ("ss3_q3_onehot", "SS3 Q3 one-hot"), ("ss3_q3_random_init", "random init")) if k in rec]
+        out.append("reference | " + " | ".join(parts))
     return out
 
 
@@ -167,11 +177,15 @@ class Run:
         # the weights) of whatever ``model`` names. A resume re-reads config and tokenizer from
         # it but its weights from the run's own checkpoint (``_start_state``).
         self.origin: Resolved = resolve(self.cfg.model)
-        self.model_cfg = self.origin.config
+        self.model_cfg = model_shape(self.cfg, self.origin.config)  # + model_overrides (presets)
         self.cfg = cfg = dataclasses.replace(
             self.cfg, optim=effective_optim(self.cfg, from_weights=self.origin.kind != "preset"))
         self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
-        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed, freeze=cfg.train.freeze)
+        # Residue targets as the run's tokenizer spells them (ankh3's ids differ from ankh's).
+        self.residues = self.origin.tokenizer.residue_table(self.model_cfg.vocab_size)
+        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed, freeze=cfg.train.freeze,
+                               residues=self.residues)
+        self.probe = RunProbe(cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary)
         self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count(),
                                   self.origin.tokenizer)
         ck = cfg.checkpoint
@@ -213,7 +227,25 @@ class Run:
                 sums[k] = sums.get(k, 0.0) + float(v)
         n, nr = max(sums.get("tokens", 0), 1.0), max(sums.get("res_tokens", 0), 1.0)
         return {"val_loss": sums["ce"] / n, "val_accuracy": sums["correct"] / n,
-                "val_residue_loss": sums["res_ce"] / nr}
+                "val_residue_loss": sums["res_ce"] / nr, **self.reference_line(),
+                **self.probe(params)}
+
+    def reference_line(self) -> dict[str, float]:
+        """The unigram entropy beside every held-out residue loss (once known)."""
+        u = self.reference.get("unigram_entropy")
+        return {} if u is None else {"unigram_entropy": u}
+
+    def _references(self, step: int) -> None:
+        """Once per run attempt: the held-out residues' unigram entropy (every process) and the
+        probe's baselines (process 0), as a metrics record and one console line."""
+        self.reference = {"unigram_entropy": residue_unigram(self.eval_batches, self.residues)} \
+            if self.eval_batches else {}
+        self.reference |= self.probe.baselines()
+        if self.primary and self.reference:
+            rec = {"step": step, "event": "reference", **self.reference}
+            self.writer.write(rec)
+            for line in console_lines(rec, self.cfg.steps):
+                progress.console(line)
 
     def _log(self, step: int, m: dict, window: dict) -> dict:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -250,6 +282,7 @@ class Run:
         cfg = self.cfg  # with its effective optimizer settings
         state, step = self._start_state()
         self.eval_batches = self.source.eval_batches()
+        self._references(step)
         window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
         rec: dict[str, Any] = {}
         while step < cfg.steps:
@@ -282,11 +315,22 @@ class Run:
         self.source.close()
         summary = {"run_dir": self.run_dir, "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}",
                    "step": step, "source": self.source_record(), "peak_lr": cfg.optim.peak_lr,
-                   "last": rec, **final}
+                   "last": rec, **self.reference, **final}
+        if self.primary and cfg.eval.curves and self.writer.enabled:
+            summary["curves"] = self._curves()
         if self.primary:
             with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
                 json.dump(summary, fh)
         return summary
+
+    def _curves(self) -> str | None:
+        """``<run>/curves.png`` from the run's metrics file; a plotting failure only warns."""
+        path = f"{self.run_dir}/curves.png"
+        try:
+            return plot(read_metrics(self.run_dir), path, title=self.cfg.name)
+        except Exception as e:  # noqa: BLE001 -- the run's result must not depend on a figure
+            log.warning("could not write %s: %s", path, e)
+            return None
 
     def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -15,6 +15,8 @@ from jobs import _cli
 REPO = samples.repo_root()
 # Each job and the flags README.md / docs/*.md document for it (its --help must keep them all).
 JOBS = {
+    "ablate": ["--config", "--output", "--name", "--max-concurrent-trials", "--address", "ablate-smoke",
+               "budget.steps"],
     "benchmark": ["embed", "data", "train", "generate", "serve", "embed-job"],
     "check_cluster": ["--preset", "--json"],
     "convert": ["export", "import", "check"],

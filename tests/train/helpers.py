@@ -27,7 +27,8 @@ def pretrain_args(tmp, name: str, *overrides: str) -> list[str]:
     """The dotted overrides of a small test run (as ``jobs.pretrain`` takes them on its argv)."""
     base = [f"output={tmp}", f"name={name}", f"data.paths=[{TRAIN}]", f"source.eval_paths=[{VALID}]",
             "data.rows=4", "data.max_residues=64", "log_every=1", "eval_every=0",
-            "source.eval_batches=2", "optim.warmup_steps=2", "optim.peak_lr=0.004"]
+            "source.eval_batches=2", "optim.warmup_steps=2", "optim.peak_lr=0.004",
+            "eval.probe=false"]  # the SS3 probe's seconds: only where tested (test_eval_in_training.py)
     if "source.kind=local" not in overrides:  # the stream packs: short rows, small windows
         base += ["data.enc_len=136", "data.window=256"]
     return base + list(overrides)

@@ -1,0 +1,105 @@
+"""The learning-curve PNG of a run, drawn from its ``metrics.jsonl``.
+
+Three panels against the step: training loss; held-out residue loss with the unigram-entropy
+line (below it = the model predicts masked residues from context, not just their frequency);
+SS3 Q3 of the linear probe with the one-hot and random-init baselines. The run writes
+``<run>/curves.png`` at its end; redraw any run (also one still going, or a gs:// one) with::
+
+    python -m ankh_platform.train.curves RUN_DIR [--output PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+from typing import Any
+
+import fsspec
+
+log = logging.getLogger(__name__)
+REFERENCE_KEYS = ("unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init")
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """The records of ``<run_dir>/metrics.jsonl`` (local or any fsspec URL)."""
+    with fsspec.open(f"{run_dir}/metrics.jsonl", "r") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key``; a resumed run's repeated steps keep the last value."""
+    by_step = {r["step"]: float(r[key]) for r in records if key in r and "step" in r
+               and r.get("event") != "reference"}
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def references(records: list[dict]) -> dict[str, float]:
+    """The newest value of each reference number (unigram entropy, baseline Q3s)."""
+    out: dict[str, float] = {}
+    for r in records:
+        out.update({k: float(r[k]) for k in REFERENCE_KEYS if r.get(k) is not None})
+    return out
+
+
+def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
+    """Write the three-panel PNG of ``records`` to ``path`` (local or fsspec URL); returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    ref = references(records)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
+    ax.plot(*_series(records, "loss"), label="train loss")
+    ax.set(title="training loss (masked tokens)", xlabel="step", ylabel="nats / token")
+    ax = axes[1]
+    ax.plot(*_series(records, "val_residue_loss"), "o-", label="val residue loss")
+    if "unigram_entropy" in ref:
+        ax.axhline(ref["unigram_entropy"], color="gray", ls="--",
+                   label=f"unigram entropy {ref['unigram_entropy']:.3f}")
+    ax.set(title="held-out masked residues", xlabel="step", ylabel="nats / residue")
+    ax = axes[2]
+    ax.plot(*_series(records, "ss3_q3"), "o-", label="pretrained (linear probe)")
+    for key, name, colour in (("ss3_q3_onehot", "one-hot", "gray"),
+                              ("ss3_q3_random_init", "random init", "tab:red")):
+        if key in ref:
+            ax.axhline(ref[key], color=colour, ls="--", label=f"{name} {ref[key]:.3f}")
+    ax.set(title="SS3 Q3, held-out PDB entries", xlabel="step", ylabel="Q3")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    with fsspec.open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser("python -m ankh_platform.train.curves", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run directory (<output>/<name>) with metrics.jsonl")
+    p.add_argument("--output", help="PNG to write (default: <run_dir>/curves.png)")
+    args = p.parse_args(argv)
+    run_dir = args.run_dir.rstrip("/")
+    try:
+        records = read_metrics(run_dir)
+    except FileNotFoundError:
+        print(f"error: no metrics.jsonl in {run_dir}", file=sys.stderr)
+        return 2
+    print(plot(records, args.output or f"{run_dir}/curves.png", title=run_dir.rsplit("/", 1)[-1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The in-training representation probe: SS3 Q3 of a linear classifier on frozen features.
+
+A fixed small slice of PDB/DSSP chains (``evaluate.tasks.load_pdb_task``: split by PDB entry,
+SS3 = H,G,I->H; E,B->E; rest->C, held-out chains near-identical to a training chain dropped),
+cropped to ``max_residues``; per-residue features of the encoder (``Ankh.embed``: the one encoder
+program and batching policy); a multinomial logistic regression on standardised features, fit
+full-batch with a fixed number of L-BFGS iterations from zero weights (deterministic); Q3 =
+accuracy over every held-out residue. A few seconds at the ``tiny``/``small`` shapes on 2 cores.
+
+``SS3Probe`` scores any feature function, the one-hot baseline and a random-init model;
+``RunProbe`` is what the training loop calls (rank 0 probes, every process stays in lockstep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ankh.api import Ankh
+from ankh.config import AnkhConfig
+from ankh.model import AnkhModel
+from ankh.tokenizer import AnkhTokenizer
+from ankh.training import counts_entropy
+from ankh_platform.core.samples import pdb_dir
+from ankh_platform.evaluate.embedders import OneHotFeatures
+from ankh_platform.evaluate.tasks import SS3, TaskLimits, load_pdb_task
+
+log = logging.getLogger(__name__)
+Embed = Callable[[list[str]], list[np.ndarray]]  # sequences -> per-residue [L_i, d] features
+
+
+@dataclasses.dataclass(frozen=True)
+class Chains:
+    """The probe's fixed data: sequences and SS3 class ids (0 H, 1 E, 2 C) per chain."""
+    train_seqs: list[str]
+    train_labels: list[np.ndarray]
+    test_seqs: list[str]
+    test_labels: list[np.ndarray]
+    source: str
+
+
+def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> Chains:
+    """The first ``train``/``test`` chains of the SS3 task's fixed hash order (by PDB entry),
+    each cropped to its first ``max_residues`` residues."""
+    task = load_pdb_task("ss3", TaskLimits(train=train, valid=0, test=test), root=root or pdb_dir())
+    tr, te = task.splits["train"], task.splits["test"]
+    if not tr.ids or not te.ids:
+        raise ValueError(f"SS3 probe: no {'train' if not tr.ids else 'test'} chains in "
+                         f"{task.info['source']}")
+    crop = lambda xs: [x[:max_residues] for x in xs]  # noqa: E731
+    return Chains(crop(tr.seqs), crop(tr.labels), crop(te.seqs), crop(te.labels), task.info["source"])
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "classes"))
+def _fit_predict(x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps: int,
+                 classes: int) -> jax.Array:
+    """Softmax regression: mean CE + l2/2 |W|^2, ``steps`` L-BFGS iterations from zeros;
+    returns the test predictions."""
+    params = {"w": jnp.zeros((x.shape[1], classes), jnp.float32), "b": jnp.zeros((classes,), jnp.float32)}
+
+    def loss(p):
+        logits = x @ p["w"] + p["b"]
+        ce = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+        return ce + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
+
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def body(_, carry):
+        p, state = carry
+        value, grad = value_and_grad(p, state=state)
+        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
+        return optax.apply_updates(p, updates), state
+
+    params, _ = jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
+    return jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
+
+
+def linear_q3(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
+              test_y: list[np.ndarray], steps: int = 100, l2: float = 1e-3) -> float:
+    """Q3 of a logistic regression fit on per-residue features (lists of ``[L_i, d]``)."""
+    x, xt = np.concatenate(train_x).astype(np.float32), np.concatenate(test_x).astype(np.float32)
+    y, yt = np.concatenate(train_y).astype(np.int32), np.concatenate(test_y).astype(np.int32)
+    if len(x) != len(y) or len(xt) != len(yt):
+        raise ValueError(f"features for {len(x)}/{len(xt)} residues, labels for {len(y)}/{len(yt)}")
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-6, std, 1.0)  # constant columns (one-hot's unused ids) stay 0
+    pred = _fit_predict((x - mean) / std, y, (xt - mean) / std, l2, steps, len(SS3))
+    return float(np.mean(np.asarray(pred) == yt))
+
+
+class SS3Probe:
+    """``SS3Probe.load(...)`` once, then ``q3(embed)`` for any feature function."""
+
+    def __init__(self, chains: Chains, steps: int = 100, l2: float = 1e-3):
+        self.chains, self.steps, self.l2 = chains, steps, l2
+
+    @classmethod
+    def load(cls, train_chains: int = 250, test_chains: int = 150, max_residues: int = 127,
+             steps: int = 100, l2: float = 1e-3, root: Any = None) -> "SS3Probe":
+        return cls(load_chains(train_chains, test_chains, max_residues, root), steps, l2)
+
+    def q3(self, embed: Embed) -> float:
+        c = self.chains
+        return linear_q3(embed(c.train_seqs), c.train_labels, embed(c.test_seqs), c.test_labels,
+                         self.steps, self.l2)
+
+    def q3_model(self, model: Ankh) -> float:
+        return self.q3(lambda seqs: model.embed(seqs, per_residue=True))
+
+    def q3_onehot(self) -> float:
+        """The no-context baseline: one-hot residues (``evaluate.embedders.OneHotFeatures``)."""
+        return self.q3(OneHotFeatures().embed)
+
+    def q3_random_init(self, config: AnkhConfig, tokenizer: AnkhTokenizer | None = None,
+                       seed: int = 1) -> float:
+        """A model of the same shape with fresh weights from ``seed``."""
+        return self.q3_model(Ankh(config, AnkhModel(config, nnx.Rngs(seed)), tokenizer))
+
+
+def host_params(params: dict) -> dict:
+    """The full params as NumPy on this host. With several processes a collective: every
+    process must call it (sharded params are gathered from all of them)."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+
+
+def residue_unigram(batches: list[dict[str, np.ndarray]], table: np.ndarray) -> float:
+    """Unigram entropy (nats) of the held-out residue targets (``table``: the tokenizer's
+    ``residue_table``), over every process's eval batches: the loss of a model that knows
+    residue frequencies only. With several processes a collective: every process calls it."""
+    counts = np.zeros(len(table), np.int64)
+    for b in batches:
+        lab = np.asarray(b["labels"])
+        keep = (np.asarray(b["loss_mask"]) > 0) & table[lab]
+        counts += np.bincount(lab[keep], minlength=len(table))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(0)
+    return counts_entropy(counts)
+
+
+class RunProbe:
+    """The training loop's probe. Only process 0 loads data and fits; the others only take
+    part in ``host_params``'s gather, then go on to their next step (whose collectives wait
+    for process 0), so every process stays in lockstep."""
+
+    def __init__(self, ec: Any, config: AnkhConfig, tokenizer: AnkhTokenizer, seed: int,
+                 primary: bool):
+        self.ec, self.config, self.tokenizer, self.seed = ec, config, tokenizer, seed
+        self.enabled, self.primary = bool(ec.probe), primary
+        self.probe: SS3Probe | None = None
+        self.model: Ankh | None = None  # one Ankh holder: its compiled encoder serves every call
+        if self.enabled and primary:
+            self.probe = SS3Probe.load(ec.probe_train_chains, ec.probe_test_chains,
+                                       ec.probe_max_residues, ec.probe_steps, ec.probe_l2)
+            n = len(self.probe.chains.train_seqs), len(self.probe.chains.test_seqs)
+            log.info("SS3 probe: %d train / %d test chains from %s", *n, self.probe.chains.source)
+
+    def _holder(self) -> Ankh:
+        if self.model is None:  # random init from seed + 1: the baseline, and the params' shape
+            self.model = Ankh(self.config, AnkhModel(self.config, nnx.Rngs(self.seed + 1)), self.tokenizer)
+        return self.model
+
+    def baselines(self) -> dict[str, float]:
+        """``ss3_q3_onehot`` and ``ss3_q3_random_init`` (process 0; {} elsewhere or when off)."""
+        if self.probe is None or not self.ec.baselines:
+            return {}
+        out = {"ss3_q3_onehot": self.probe.q3_onehot()}
+        if self.model is None:  # before any params are swapped in: still the random init
+            out["ss3_q3_random_init"] = self.probe.q3_model(self._holder())
+        return out
+
+    def __call__(self, params: dict) -> dict[str, float]:
+        """``{"ss3_q3": ...}`` of ``params`` on process 0; every process must call it."""
+        if not self.enabled:
+            return {}
+        host = host_params(params)
+        if self.probe is None:
+            return {}
+        model = self._holder()
+        nnx.replace_by_pure_dict(model.params, host)
+        return {"ss3_q3": self.probe.q3_model(model)}
