@@ -10,6 +10,14 @@ sentinel followed by the residue it hid, then ``</s>``::
 With ``full_reconstruction`` the encoder input is the same but the target is the whole
 original sequence + ``</s>`` (the "full de-masking" ablation of the Ankh paper).
 
+With ``mean_span > 1`` (T5's span corruption, another arm of the paper's masking ablation) the
+same number of residues is masked in contiguous runs of mean length ``mean_span``; each run
+becomes one sentinel in the encoder input, and the target lists each sentinel followed by the
+residues it hid::
+
+    residues  A B C D E F G          input   A <x0> E F <x1> </s>
+    masked      ^ ^ ^       ^        target  <x0> B C D <x1> G </s>
+
 Randomness is a pure function of ``(seed, epoch, example_id)``: the same example gets the same
 crop and mask wherever and whenever it is processed (any worker, after any resume), and a
 different crop and mask in the next epoch.
@@ -29,10 +37,13 @@ class ObjectiveConfig:
     mask_prob: float = 0.20  # fraction of residues replaced by sentinels (rounded per sequence)
     max_residues: int = 512  # longer sequences are randomly cropped (crop seeded per epoch)
     full_reconstruction: bool = False  # target = whole sequence instead of the masked residues
+    mean_span: float = 1.0   # 1 = Ankh's 1-gram masking; > 1 = spans of this mean length (T5)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
+        if self.mean_span < 1.0:
+            raise ValueError(f"mean_span must be >= 1 (1 = 1-gram masking), got {self.mean_span}")
         if self.max_residues < 1:
             raise ValueError(f"max_residues must be >= 1, got {self.max_residues}")
 
@@ -43,10 +54,20 @@ class ObjectiveConfig:
     def max_encoder_tokens(self) -> int:
         return self.max_residues + 1  # + </s>
 
+    def num_spans(self, n: int) -> int:
+        """Masked runs in a sequence of ``n`` residues: one per masked residue for 1-gram
+        masking; else ``k / mean_span`` rounded, at least one, and no more than the unmasked
+        residues can separate."""
+        k = self.num_masked(n)
+        if self.mean_span <= 1.0 or k == 0:
+            return k
+        return max(1, min(int(round(k / self.mean_span)), n - k + 1))
+
     def max_decoder_tokens(self) -> int:
         if self.full_reconstruction:
             return self.max_residues + 1
-        return 2 * self.num_masked(self.max_residues) + 1
+        # k residues + one sentinel per run + </s> (both counts grow with the length)
+        return self.num_masked(self.max_residues) + self.num_spans(self.max_residues) + 1
 
 
 def example_rng(seed: int, epoch: int, example_id: int) -> np.random.Generator:
@@ -70,11 +91,12 @@ class Objective:
                 raise ValueError(f"sentinel <extra_id_{n}> is not {first - n}: vocab not Ankh-like")
             n += 1
         self.sentinels = first - np.arange(n, dtype=np.int32)  # [n_sentinels]
-        need = cfg.num_masked(cfg.max_residues)
+        self._sentinel_set = set(self.sentinels.tolist())
+        need = cfg.num_spans(cfg.max_residues)
         if need > n:
             raise ValueError(
-                f"mask_prob={cfg.mask_prob} x max_residues={cfg.max_residues} masks {need} residues "
-                f"but the vocabulary has only {n} sentinels; lower one of them")
+                f"mask_prob={cfg.mask_prob} x max_residues={cfg.max_residues} needs {need} sentinels "
+                f"but the vocabulary has only {n}; lower one of them (or raise mean_span)")
 
     def crop(self, residues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random window of ``max_residues`` (the whole sequence if it is shorter)."""
@@ -89,8 +111,28 @@ class Objective:
         n = len(residues)
         if n == 0:
             raise ValueError("cannot mask an empty sequence")
+        if self.cfg.mean_span > 1.0:
+            return self.mask_spans(residues, random_spans(n, self.cfg.num_masked(n),
+                                                          self.cfg.num_spans(n), rng))
         pos = np.sort(rng.choice(n, size=self.cfg.num_masked(n), replace=False))  # [k], in order
         return self.mask_at(residues, pos)
+
+    def mask_spans(self, residues: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask the given sorted, disjoint, non-adjacent runs (``spans`` int [s, 2]: start,
+        length): each run becomes one sentinel, in order."""
+        residues = np.asarray(residues, np.int32)
+        if len(spans) > len(self.sentinels):
+            raise ValueError(f"{len(spans)} masked runs but only {len(self.sentinels)} sentinels")
+        enc, tgt, prev = [], [], 0
+        for j, (start, length) in enumerate(spans):
+            enc += [residues[prev:start], self.sentinels[j:j + 1]]
+            tgt += [self.sentinels[j:j + 1], residues[start:start + length]]
+            prev = start + length
+        eos = np.array([self.eos_id], np.int32)
+        enc_ids = np.concatenate(enc + [residues[prev:], eos]).astype(np.int32)
+        if self.cfg.full_reconstruction:
+            return enc_ids, np.append(residues, np.int32(self.eos_id))
+        return enc_ids, np.concatenate(tgt + [eos]).astype(np.int32)
 
     def mask_at(self, residues: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mask the given sorted positions: each becomes its own sentinel, in order."""
@@ -121,13 +163,33 @@ class Objective:
 
     def reconstruct(self, enc: np.ndarray, tgt: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`apply` (for tests/debugging): the residues that were masked in."""
-        enc = np.asarray(enc)[:-1].copy()  # drop </s>
+        enc = np.asarray(enc)[:-1]  # drop </s>
         if self.cfg.full_reconstruction:
             return np.asarray(tgt)[:-1]
-        tgt = np.asarray(tgt)[:-1]
-        for s, r in zip(tgt[0::2], tgt[1::2]):
-            hit = np.flatnonzero(enc == s)
-            if hit.size != 1:
-                raise ValueError(f"sentinel {s} appears {hit.size} times in the encoder input")
-            enc[hit[0]] = r
-        return enc
+        hidden: dict[int, list[int]] = {}  # sentinel -> the residues it stands for
+        for t in np.asarray(tgt)[:-1].tolist():
+            if t in self._sentinel_set:
+                hidden[t] = []
+                last = t
+            else:
+                hidden[last].append(t)
+        out = []
+        for t in enc.tolist():
+            out += hidden.pop(t) if t in self._sentinel_set else [t]
+        if hidden:
+            raise ValueError(f"sentinels {sorted(hidden)} of the target are not in the encoder input")
+        return np.asarray(out, np.int32)
+
+
+def random_spans(n: int, k: int, s: int, rng: np.random.Generator) -> np.ndarray:
+    """``s`` runs covering ``k`` of ``n`` positions, int [s, 2] (start, length), sorted, with at
+    least one unmasked residue between runs: the masked count is cut into ``s`` positive parts,
+    the unmasked one into ``s + 1`` gaps (inner gaps >= 1), both uniformly at random."""
+    if not 1 <= s <= k <= n or n - k < s - 1:
+        raise ValueError(f"cannot place {s} runs of {k} masked residues in {n}")
+    lengths = np.diff(np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), s - 1, replace=False)), [k]]))
+    free = n - k - (s - 1)  # unmasked residues beyond the one each inner gap needs
+    cuts = np.sort(rng.integers(0, free + 1, s))  # s cuts of `free` into s + 1 gaps (>= 0)
+    gaps = np.diff(np.concatenate([[0], cuts, [free]])) + np.r_[0, np.ones(s - 1, int), 0]
+    starts = np.cumsum(gaps[:-1]) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.stack([starts, lengths], axis=1).astype(np.int64)

@@ -51,6 +51,7 @@ class DataConfig:
     mask_prob: float = 0.20
     max_residues: int = 512  # random crop length, reseeded every epoch
     full_reconstruction: bool = False
+    mean_span: float = 1.0  # 1 = Ankh's 1-gram masking; > 1 = T5 span corruption (ObjectiveConfig)
     window: int = 4096  # examples packed and shuffled together
     shuffle_files: bool = True
     epochs: int = 0  # 0 = endless (epochs roll over)
@@ -58,12 +59,16 @@ class DataConfig:
     prefetch: int = 2  # batches prepared ahead on a background thread (0 = inline)
 
     def objective(self) -> ObjectiveConfig:
-        return ObjectiveConfig(self.mask_prob, self.max_residues, self.full_reconstruction)
+        return ObjectiveConfig(self.mask_prob, self.max_residues, self.full_reconstruction,
+                               self.mean_span)
 
     def pack_spec(self) -> PackSpec:
         dec = self.dec_len
-        if dec <= 0:  # ~2p decoder tokens per encoder token, plus one </s> per segment
-            ratio = 1.0 if self.full_reconstruction else 2 * self.mask_prob
+        if dec <= 0:  # decoder tokens per encoder token, plus one </s> per segment: per residue
+            # the decoder gets p (1 + 1/m) (masked + a sentinel per run), the encoder
+            # 1 - p + p/m (unmasked + a sentinel per run); 1-gram (m = 1): 2p
+            p, m = self.mask_prob, self.mean_span
+            ratio = 1.0 if self.full_reconstruction else p * (1 + 1 / m) / (1 - p + p / m)
             dec = max(self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8))
             dec = min(dec, self.enc_len) if self.full_reconstruction else dec
         return PackSpec(rows=self.rows, enc_len=self.enc_len, dec_len=dec,

@@ -81,3 +81,47 @@ def test_bad_settings_are_named():
         ObjectiveConfig(mask_prob=0.0)
     with pytest.raises(ValueError, match="empty"):
         Objective().apply(np.zeros(0, np.int32), np.random.default_rng(0))
+
+
+def test_span_example_exactly():
+    obj = Objective(ObjectiveConfig(mean_span=3.0))
+    enc, tgt = obj.mask_spans(TOK.encode("ABCDEFG", add_eos=False), np.array([[1, 3], [6, 1]]))
+    assert TOK.decode(enc) == "A<extra_id_0>EF<extra_id_1>"
+    assert tgt.tolist() == [143, *TOK.encode("BCD", add_eos=False).tolist(), 142, TOK.vocab["G"], 1]
+    assert TOK.decode(obj.reconstruct(enc, tgt)) == "ABCDEFG"
+
+
+@pytest.mark.parametrize("mean_span", [2.0, 3.0, 8.0])
+def test_span_masking_on_real_sequences(real_residues, mean_span):
+    cfg = ObjectiveConfig(mask_prob=0.2, max_residues=512, mean_span=mean_span)
+    obj = Objective(cfg)
+    masked = total = runs = 0
+    for i, res in enumerate(real_residues[:300]):
+        enc, tgt = obj(res, seed=3, epoch=0, example_id=i)
+        n = min(len(res), 512)
+        k, s = cfg.num_masked(n), cfg.num_spans(n)
+        sentinels = enc[enc >= 28]
+        assert sentinels.tolist() == list(range(143, 143 - s, -1))  # one per run, in order
+        assert len(enc) == n - k + s + 1 and len(tgt) == k + s + 1 <= cfg.max_decoder_tokens()
+        assert tgt[-1] == TOK.eos_id and enc[-1] == TOK.eos_id
+        rec = TOK.decode(obj.reconstruct(enc, tgt))
+        assert rec == TOK.decode(res) if len(res) <= 512 else rec in TOK.decode(res)
+        assert not np.any((enc[:-2] >= 28) & (enc[1:-1] >= 28))  # runs never touch
+        masked, total, runs = masked + k, total + n, runs + s
+    assert abs(masked / total - 0.20) < 0.005
+    assert abs(masked / runs - mean_span) < 0.1 * mean_span, masked / runs  # the mean run length
+
+
+def test_span_edge_cases():
+    from ankh.objective import random_spans
+
+    rng = np.random.default_rng(0)
+    for n, k, s in [(1, 1, 1), (5, 5, 1), (5, 3, 2), (9, 5, 5), (40, 8, 3)]:
+        spans = random_spans(n, k, s, rng)
+        assert spans[:, 1].sum() == k and len(spans) == s and (spans[:, 1] >= 1).all()
+        ends = spans[:, 0] + spans[:, 1]
+        assert spans[0, 0] >= 0 and ends[-1] <= n and (spans[1:, 0] > ends[:-1]).all()
+    with pytest.raises(ValueError, match="runs"):
+        random_spans(5, 4, 3, rng)  # 3 runs of 4 masked need 2 separators: only 1 unmasked
+    with pytest.raises(ValueError, match="mean_span"):
+        ObjectiveConfig(mean_span=0.5)
