@@ -32,6 +32,15 @@ from ankh_platform.train.config import PretrainConfig, model_shape
 log = logging.getLogger(__name__)
 STARTS = "ablate-starts.jsonl"  # one line per time a trial's run was started (resume checks)
 _printed: set[str] = set()      # trial ids whose line this process printed
+_bar: progress.Progress | None = None  # the sweep's trials: a bar on a TTY, else periodic lines
+
+
+def _trial_done(line: str, tid: str) -> None:
+    """A finished trial's console line, counted once on the sweep's progress bar."""
+    progress.console(line)
+    if tid not in _printed and _bar is not None:
+        _bar.update()
+    _printed.add(tid)
 
 
 def sweep_dir(spec: AblateConfig) -> str:
@@ -85,8 +94,7 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         t = trial.config["trial"]
-        progress.console(trial_line(t, trial.last_result or {}, self.metrics))
-        _printed.add(t["id"])
+        _trial_done(trial_line(t, trial.last_result or {}, self.metrics), t["id"])
 
 
 def trial_line(t: dict[str, Any], metrics: dict[str, Any], names: tuple[str, ...], note: str = "") -> str:
@@ -146,8 +154,7 @@ def run_group(spec: AblateConfig, k: int, trials: list[Trial], out: str) -> list
         raise RuntimeError(f"group {k}: no result for trials {missing} in {path}")
     for t in trials:  # finished in an earlier invocation: no live line was printed
         if t.id not in _printed:
-            progress.console(trial_line(_payload(t, spec), got[t.id], spec.metrics, " (earlier run)"))
-            _printed.add(t.id)
+            _trial_done(trial_line(_payload(t, spec), got[t.id], spec.metrics, " (earlier run)"), t.id)
     return [got[t.id] for t in trials]
 
 
@@ -192,6 +199,17 @@ def run_sweep(spec: AblateConfig, address: str | None = None) -> str:
     out = sweep_dir(spec)
     runs = spec.runs or os.path.join(out, "runs")
     _start_ray(spec, out, address)
+    global _bar
+    _bar = progress.Progress(f"sweep {spec.name}", total=sum(len(g.values) for g in spec.groups),
+                             unit="trials", interval=0.0)
+    try:
+        return _run_groups(spec, out, runs)
+    finally:
+        _bar.close()
+        _bar = None
+
+
+def _run_groups(spec: AblateConfig, out: str, runs: str) -> str:
     carried: dict[str, Any] = {}
     done: list[dict[str, Any]] = []
     known: dict[str, tuple[str, dict[str, float]]] = {}  # run_key -> (trial id, metrics)
@@ -201,8 +219,8 @@ def run_sweep(spec: AblateConfig, address: str | None = None) -> str:
         same = {t.id: known[run_key(t)] for t in trials if run_key(t) in known}
         for t in trials:
             if t.id in same:
-                progress.console(trial_line(_payload(t, spec), same[t.id][1], spec.metrics,
-                                            f" (= {same[t.id][0]}, not re-run)"))
+                _trial_done(trial_line(_payload(t, spec), same[t.id][1], spec.metrics,
+                                       f" (= {same[t.id][0]}, not re-run)"), t.id)
         fresh = [t for t in trials if t.id not in same]
         got = dict(zip([t.id for t in fresh], run_group(spec, k, fresh, out) if fresh else []))
         metrics = [got[t.id] if t.id in got else same[t.id][1] for t in trials]

@@ -96,7 +96,9 @@ class Progress:
         rate = self.n / elapsed
         parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") +
                  f" {self.unit}" + (f" ({100 * self.n / self.total:.0f}%)" if self.total else ""),
-                 f"{rate:,.1f} {self.unit}/s"]
+                 # slow work (trials of a sweep): time per item reads better than 0.0/s
+                 f"{rate:,.1f} {self.unit}/s" if rate >= 1 or not self.n
+                 else f"{format_duration(1 / rate)}/{self.unit.rstrip('s')}"]
         if self.total and rate > 0:
             parts.append(f"ETA {format_duration((self.total - self.n) / rate)}")
         print(" | ".join(parts), file=self.stream, flush=True)
