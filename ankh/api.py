@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from ankh import batching, convert
+from ankh.accelerator import compute_dtype
 from ankh.config import AnkhConfig
 from ankh.encoder import encoder_depth, jit_encoder
 from ankh.generate import GenerationMixin
@@ -21,15 +22,6 @@ from ankh.scoring import ScoringMixin
 from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
 log = logging.getLogger(__name__)
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _as_dtype(dtype: Any) -> Any:
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}")
-        return _DTYPES[dtype]
-    return dtype
 
 
 class Ankh(GenerationMixin, ScoringMixin):
@@ -45,14 +37,14 @@ class Ankh(GenerationMixin, ScoringMixin):
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def random(cls, config: AnkhConfig, seed: int = 0, dtype: Any = "float32") -> "Ankh":
-        return cls(config, AnkhModel(config, nnx.Rngs(seed), _as_dtype(dtype)))
+    def random(cls, config: AnkhConfig, seed: int = 0, dtype: Any = "auto") -> "Ankh":
+        return cls(config, AnkhModel(config, nnx.Rngs(seed), compute_dtype(dtype)))
 
     @classmethod
-    def from_flat(cls, config: AnkhConfig, flat: dict[tuple, np.ndarray], dtype: Any = "float32",
+    def from_flat(cls, config: AnkhConfig, flat: dict[tuple, np.ndarray], dtype: Any = "auto",
                   tokenizer: AnkhTokenizer | None = None) -> "Ankh":
         """Build from a flat {state path: array} dict, checking every name and shape."""
-        abstract = nnx.eval_shape(lambda: AnkhModel(config, nnx.Rngs(0), _as_dtype(dtype)))
+        abstract = nnx.eval_shape(lambda: AnkhModel(config, nnx.Rngs(0), compute_dtype(dtype)))
         graphdef, state = nnx.split(abstract)
         expected = dict(nnx.to_flat_state(state))
         if set(expected) != set(flat):
@@ -145,11 +137,13 @@ class Ankh(GenerationMixin, ScoringMixin):
         return residues if per_residue else pooled  # type: ignore[return-value]
 
 
-def load(name_or_path: str | Path, dtype: Any = "float32", seed: int = 0,
+def load(name_or_path: str | Path, dtype: Any = "auto", seed: int = 0,
          revision: str | None = None) -> Ankh:
     """A preset name (fresh random weights), an HF Ankh directory, one of our checkpoints, or a
     Hugging Face hub id such as ``"ElnaggarLab/ankh-base"`` (``revision``: branch, tag or
-    commit; ``"id@revision"`` works too). ``.revision`` is then the commit loaded."""
+    commit; ``"id@revision"`` works too). ``.revision`` is then the commit loaded.
+    ``dtype``: the compute dtype; ``"auto"`` is bfloat16 on GPU/TPU, float32 on CPU
+    (``ankh.accelerator``)."""
     ref = resolve(str(name_or_path), revision=revision)
     flat = ref.load_params()
     if flat is None:  # a preset: initialised from the seed

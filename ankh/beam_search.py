@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ankh.decoding import decode_step, expand_rows, init_cache, presence, reorder_cache, warp
+from ankh.decoding import presence, warp
+from ankh.kv_cache import decode_step, init_cache, reorder_beams
 from ankh.model import AnkhModel
 
 BIG_NEG = -1.0e9  # HF's sentinel score for "not selectable"
@@ -24,21 +25,21 @@ def _gather(x: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx, axis=1)
 
 
-def _step_scores(model, state, params, nb):
+def _step_scores(model, state, params, nb, eos):
     """Accumulated log-probs of every continuation [b, n*v] and the advanced cache."""
     cur, run_seq, run_scores = state["cur"], state["run_seq"], state["run_scores"]
     b = run_seq.shape[0]
     flat = run_seq.reshape(b * nb, -1)  # [b*n, t]
     logits, cache = decode_step(model, flat[:, cur - 1], cur - 1, state["cache"])
     logp = jax.nn.log_softmax(logits, axis=-1)  # HF processes log-probs in beam search
-    logp = warp(logp, presence(flat, cur - 1, logp.shape[-1]), params, sample=False)
+    logp = warp(logp, presence(flat, cur - 1, logp.shape[-1]), params, False, cur - 1, eos)
     acc = logp.reshape(b, nb, -1) + run_scores[:, :, None]  # [b, n, v]
     return acc.reshape(b, -1), cache
 
 
 def _advance(state, acc, cache, nb, max_len, eos, denom):
     cur = state["cur"]
-    b, vocab = acc.shape[0], acc.shape[1] // nb
+    vocab = acc.shape[1] // nb
     top_lp, top_idx = jax.lax.top_k(acc, 2 * nb)  # [b, 2n]
     src = top_idx // vocab  # beam each candidate extends
     tok = (top_idx % vocab).astype(jnp.int32)
@@ -50,8 +51,7 @@ def _advance(state, acc, cache, nb, max_len, eos, denom):
     run_lp = top_lp + hits.astype(jnp.float32) * BIG_NEG
     nxt = jax.lax.top_k(run_lp, nb)[1]  # [b, n]
     run_seq, run_scores = _gather(cand, nxt), _gather(run_lp, nxt)
-    rows = (jnp.arange(b)[:, None] * nb + _gather(src, nxt)).reshape(-1)
-    cache = reorder_cache(cache, rows)
+    cache = reorder_beams(cache, _gather(src, nxt))  # [b, n]: the beam each continues
 
     # Finished ones (only among the first n candidates) compete for the n finished slots.
     did = hits & (jnp.arange(2 * nb) < nb)[None, :]
@@ -79,9 +79,10 @@ def beam_search(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array,
     """Returns (ids [b, n, max_new+1] best first, start token first; scores [b, n])."""
     cfg = model.config
     nb, max_len = num_beams, max_new + 1
-    enc = expand_rows(model.encode(enc_ids, enc_mask), nb)  # [b*n, k, e]
     b = enc_ids.shape[0]
-    cache = init_cache(model, enc, expand_rows(enc_mask, nb), max_len)
+    # One encoder pass and one cross K/V per input, shared by its n beams.
+    cache = init_cache(model, model.encode(enc_ids, enc_mask), enc_mask, max_len, group=nb,
+                       beams=True)
     # HF fills unused slots with eos (pad 0 is falsy there); decoding strips both anyway.
     seq = jnp.full((b, nb, max_len), cfg.eos_token_id, jnp.int32)
     seq = seq.at[:, :, 0].set(cfg.decoder_start_token_id)
@@ -101,7 +102,7 @@ def beam_search(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array,
                         jnp.float32)
 
     def body(s):
-        acc, cache = _step_scores(model, s, params, nb)
+        acc, cache = _step_scores(model, s, params, nb, cfg.eos_token_id)
         return _advance(s, acc, cache, nb, max_len, cfg.eos_token_id, denom)
 
     out = jax.lax.while_loop(cond, body, state)

@@ -1,80 +1,24 @@
-"""Incremental decoding for AnkhModel: KV cache, logits warping, sampling and beam-search loops.
+"""Incremental decoding for AnkhModel: logits warping and the greedy/sampling loop.
 
-Everything here is pure and jittable. The decoder self-attention keys/values live in a fixed
-``[batch, max_len, heads, d_kv]`` buffer per layer that one step writes at position ``t``;
-cross-attention keys/values are projected once from the encoder output. Loops are
-``jax.lax.while_loop`` over a fixed-shape step and stop early when every row has emitted
-``</s>`` (or, for beam search, when HF's stopping heuristic says no beam can improve).
+Everything here is pure and jittable. The one-token step and its KV cache are in
+``ankh.kv_cache`` (a preallocated buffer per layer written in place; cross-attention keys and
+values projected once per call and shared by the rows that decode the same input). The whole
+loop is one ``jax.lax.while_loop`` inside the caller's jit -- no host round trip per step -- and
+stops early when every row has emitted ``</s>`` (beam search: ``ankh.beam_search``).
 
 Warping follows HF ``generate`` exactly (same order and the same tie/threshold rules):
-repetition penalty -> temperature -> top-k -> top-p. Shapes: b=batch rows, n=beams,
-t=max decoded length (start token included), v=vocab, k=encoder length.
+repetition penalty -> min_new_tokens (``</s>`` barred) -> temperature -> top-k -> top-p.
+Shapes: b=batch rows, n=rows per input, t=max decoded length (start token included), v=vocab,
+k=encoder length.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
-from ankh.layers import NEG_INF
-from ankh.model import AnkhModel, attention_bias
-
-Cache = dict[str, Any]
-
-
-# ---- KV cache ------------------------------------------------------------------------------------
-def init_cache(model: AnkhModel, enc: jax.Array, enc_mask: jax.Array, max_len: int) -> Cache:
-    """Empty self-attention buffers plus cross-attention K/V of ``enc`` [b, k, e]."""
-    b = enc.shape[0]
-    cfg = model.config
-    shape = (b, max_len, cfg.num_heads, cfg.d_kv)
-    cross = [blk.EncDecAttention.project_kv(enc.astype(model.dtype)) for blk in model.decoder.block]
-    return {
-        "k": [jnp.zeros(shape, model.dtype) for _ in cross],  # [b, t, h, d] per layer
-        "v": [jnp.zeros(shape, model.dtype) for _ in cross],
-        "ck": [k for k, _ in cross],  # [b, k, h, d] per layer
-        "cv": [v for _, v in cross],
-        # Decoder queries attend every real encoder token (segment 1 vs mask 1).
-        "cross_bias": attention_bias(jnp.ones_like(enc_mask[:, :1]), enc_mask),  # [b, 1, 1, k]
-    }
-
-
-def decode_step(model: AnkhModel, tokens: jax.Array, t: jax.Array, cache: Cache
-                ) -> tuple[jax.Array, Cache]:
-    """Feed one token per row at position ``t``; returns logits [b, v] float32 and the cache."""
-    dec = model.decoder
-    max_len = cache["k"][0].shape[1]
-    x = model.embed_tokens(tokens[:, None])  # [b, 1, e]
-    k_pos = jnp.arange(max_len, dtype=jnp.int32)[None]  # [1, t]
-    q_pos = jnp.reshape(t, (1, 1)).astype(jnp.int32)  # [1, 1]
-    self_bias = dec.relative_attention_bias(q_pos, k_pos)  # [1, h, 1, t]
-    self_bias = self_bias + jnp.where(k_pos <= t, 0.0, NEG_INF)[:, None, None, :]
-    new_k, new_v = [], []
-    for i, blk in enumerate(dec.block):
-        h = blk.self_attn_norm(x)
-        k1, v1 = blk.SelfAttention.project_kv(h.astype(model.dtype))  # [b, 1, h, d]
-        k = jax.lax.dynamic_update_slice_in_dim(cache["k"][i], k1, t, axis=1)  # [b, t, h, d]
-        v = jax.lax.dynamic_update_slice_in_dim(cache["v"][i], v1, t, axis=1)
-        x = x + blk.SelfAttention(h, self_bias, kv=(k, v))
-        x = x + blk.EncDecAttention(blk.cross_attn_norm(x), cache["cross_bias"],
-                                    kv=(cache["ck"][i], cache["cv"][i]))
-        x = x + blk.DenseReluDense(blk.ffn_norm(x))  # [b, 1, e]
-        new_k.append(k)
-        new_v.append(v)
-    logits = model.logits(dec.final_layer_norm(x))[:, 0]  # [b, v]
-    return logits, {**cache, "k": new_k, "v": new_v}
-
-
-def reorder_cache(cache: Cache, rows: jax.Array) -> Cache:
-    """Gather the self-attention buffers of ``rows`` (beam search reorders beams every step)."""
-    return {**cache, "k": [k[rows] for k in cache["k"]], "v": [v[rows] for v in cache["v"]]}
-
-
-def expand_rows(x: jax.Array, n: int) -> jax.Array:
-    """Repeat each row n times, consecutively (HF's ``expand_inputs_for_generation``)."""
-    return jnp.repeat(x, n, axis=0) if n > 1 else x
+from ankh.kv_cache import decode_step, init_cache
+from ankh.model import AnkhModel
 
 
 # ---- warping (HF LogitsProcessor semantics) -------------------------------------------------------
@@ -109,9 +53,19 @@ def top_p_filter(scores: jax.Array, top_p: jax.Array) -> jax.Array:
     return jnp.where((top_p < 1.0) & remove, -jnp.inf, scores)
 
 
-def warp(scores: jax.Array, seen: jax.Array, p: dict[str, jax.Array], sample: bool) -> jax.Array:
-    """HF order: repetition penalty (always), then temperature/top-k/top-p (sampling only)."""
+def bar_eos(scores: jax.Array, generated: jax.Array, min_new: jax.Array, eos: int) -> jax.Array:
+    """HF ``MinNewTokensLengthLogitsProcessor``: ``</s>`` is -inf while fewer than ``min_new``
+    tokens have been generated (``generated``: tokens before the one being chosen)."""
+    barred = (generated < min_new) & (jnp.arange(scores.shape[-1]) == eos)
+    return jnp.where(barred, -jnp.inf, scores)
+
+
+def warp(scores: jax.Array, seen: jax.Array, p: dict[str, jax.Array], sample: bool,
+         generated: jax.Array, eos: int) -> jax.Array:
+    """HF order: repetition penalty and min_new_tokens (always), then temperature/top-k/top-p
+    (sampling only). ``p["min_new_tokens"]`` 0 (the default) bars nothing."""
     scores = repetition_penalty(scores, seen, p["repetition_penalty"])
+    scores = bar_eos(scores, generated, p["min_new_tokens"], eos)
     if not sample:
         return scores
     scores = scores / p["temperature"]
@@ -128,10 +82,9 @@ def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_k
     sample does not depend on which other rows share its batch.
     """
     cfg = model.config
-    enc = model.encode(enc_ids, enc_mask)  # [b, k, e]
-    enc, mask = expand_rows(enc, num_return), expand_rows(enc_mask, num_return)
-    b, t_len = enc.shape[0], max_new + 1
-    cache = init_cache(model, enc, mask, t_len)
+    enc = model.encode(enc_ids, enc_mask)  # [g, k, e]: once per input, not per returned row
+    b, t_len = enc.shape[0] * num_return, max_new + 1
+    cache = init_cache(model, enc, enc_mask, t_len, group=num_return)
     tokens = jnp.full((b, t_len), cfg.pad_token_id, jnp.int32).at[:, 0].set(cfg.decoder_start_token_id)
 
     def cond(state):
@@ -141,14 +94,15 @@ def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_k
     def body(state):
         t, tokens, cache, done = state
         logits, cache = decode_step(model, tokens[:, t], t, cache)
-        scores = warp(logits, presence(tokens, t, logits.shape[-1]), params, sample)
+        scores = warp(logits, presence(tokens, t, logits.shape[-1]), params, sample, t,
+                      cfg.eos_token_id)
         if sample:
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
             nxt = jax.vmap(jax.random.categorical)(keys, scores)
         else:
             nxt = jnp.argmax(scores, axis=-1)
         nxt = jnp.where(done, cfg.pad_token_id, nxt).astype(jnp.int32)
-        tokens = tokens.at[:, t + 1].set(nxt)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], t + 1, axis=1)
         return t + 1, tokens, cache, done | (nxt == cfg.eos_token_id)
 
     state = (jnp.int32(0), tokens, cache, jnp.zeros((b,), bool))
@@ -168,7 +122,8 @@ def forced_scores(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, for
 
     def body(cache, t):
         logits, cache = decode_step(model, forced[:, t], t, cache)
-        return cache, warp(logits, presence(forced, t, logits.shape[-1]), params, sample)
+        return cache, warp(logits, presence(forced, t, logits.shape[-1]), params, sample, t,
+                           model.config.eos_token_id)
 
     _, scores = jax.lax.scan(body, cache, jnp.arange(steps))  # [s, b, v]
     return jnp.transpose(scores, (1, 0, 2))

@@ -52,7 +52,8 @@ class Variants:
 
 
 def check_generate_args(cfg, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams,
-                        num_return_sequences, repetition_penalty, length_penalty) -> None:
+                        num_return_sequences, repetition_penalty, length_penalty,
+                        min_new_tokens=0) -> None:
     """Clear errors for parameters HF would reject or silently misuse."""
     def is_int(x):
         return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -60,6 +61,9 @@ def check_generate_args(cfg, max_new_tokens, do_sample, temperature, top_k, top_
     if not is_int(max_new_tokens) or not 1 <= max_new_tokens <= cfg.max_length + 1:
         raise ValueError(f"max_new_tokens must be an integer in 1..{cfg.max_length + 1} "
                          f"(the model's max_length + </s>), got {max_new_tokens!r}")
+    if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be an integer in 0..max_new_tokens "
+                         f"({max_new_tokens}), got {min_new_tokens!r}")
     if not isinstance(temperature, numbers.Real) or math.isnan(temperature) or temperature <= 0 \
             or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -104,6 +108,14 @@ def _run_forced(graphdef, params, ids, mask, forced, gp, *, sample):
     return forced_scores(nnx.merge(graphdef, params), ids, mask, forced, gp, sample=sample)
 
 
+def _warp_params(temperature, top_k, top_p, repetition_penalty, min_new_tokens=0
+                 ) -> dict[str, jax.Array]:
+    """Traced (not static) settings: changing them does not recompile."""
+    return {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
+            "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty),
+            "min_new_tokens": jnp.int32(min_new_tokens)}
+
+
 def _row_keys(seed: int, rows: np.ndarray) -> jax.Array:
     base = jax.random.PRNGKey(seed)
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, jnp.uint32))
@@ -138,44 +150,65 @@ class GenerationMixin:
             self._fns[key] = jax.jit(partial(fn, self.graphdef, **static))
         return self._fns[key]
 
-    def generate_ids(self, inputs: Sequence[str] | str, max_new_tokens: int = 64,
-                     do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-                     top_p: float = 1.0, num_beams: int = 1, num_return_sequences: int = 1,
-                     seed: int = 0, repetition_penalty: float = 1.0, length_penalty: float = 1.0,
-                     batch_size: int = 32) -> list[list[np.ndarray]]:
-        """Like ``generate`` but returns the raw ids after the start token, cut after ``</s>``."""
+    def _decode_calls(self, inputs: Sequence[str] | str, max_new_tokens: int, do_sample: bool,
+                      temperature: float, top_k: int, top_p: float, num_beams: int,
+                      num_return_sequences: int, seed: int, repetition_penalty: float,
+                      length_penalty: float, batch_size: int, min_new_tokens: int):
+        """Validate, then per batch: (input indices, rows, the jitted program, its arguments).
+        One call of the program decodes the whole batch (the step loop runs inside it)."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         check_generate_args(self.config, max_new_tokens, do_sample, temperature, top_k, top_p,
-                            num_beams, num_return_sequences, repetition_penalty, length_penalty)
+                            num_beams, num_return_sequences, repetition_penalty, length_penalty,
+                            min_new_tokens)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         toks = self._encode_inputs(inputs, prefix=self.task_prefix("[S2S]"))
-        gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
-              "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
+        gp = _warp_params(temperature, top_k, top_p, repetition_penalty, min_new_tokens)
         nr = num_return_sequences
-        out: list[list[np.ndarray]] = [[] for _ in toks]
-        pad, eos = self.tokenizer.pad_id, self.tokenizer.eos_id
-        drop = np.array([pad, *self.tokenizer.task_ids.values()], np.int32)
         ladder = batching.sequence_ladder(self.config.max_length)
         for idx, length, rows in batching.sorted_batches([len(t) for t in toks], batch_size, ladder):
-            ids, mask = batching.pad_rows([toks[k] for k in idx], rows, length, pad)
+            ids, mask = batching.pad_rows([toks[k] for k in idx], rows, length, self.tokenizer.pad_id)
             if num_beams > 1:
                 fn = self._generate_fn("beam", max_new=max_new_tokens, num_beams=num_beams,
                                        length_penalty=float(length_penalty), num_return=nr)
-                seqs = fn(self.params, ids, mask, gp)
+                yield idx, rows, fn, (self.params, ids, mask, gp)
             else:
                 gids = np.concatenate([idx, np.arange(len(idx), rows) + len(toks)])
                 keys = _row_keys(seed, (gids[:, None] * nr + np.arange(nr)[None]).reshape(-1))
                 fn = self._generate_fn("sample", max_new=max_new_tokens, sample=bool(do_sample),
                                        num_return=nr)
-                seqs = fn(self.params, ids, mask, keys, gp)
-            seqs = np.asarray(seqs).reshape(rows, nr, -1)[:, :, 1:]
+                yield idx, rows, fn, (self.params, ids, mask, keys, gp)
+
+    def generate_ids(self, inputs: Sequence[str] | str, max_new_tokens: int = 64,
+                     do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0, num_beams: int = 1, num_return_sequences: int = 1,
+                     seed: int = 0, repetition_penalty: float = 1.0, length_penalty: float = 1.0,
+                     batch_size: int = 32, min_new_tokens: int = 0) -> list[list[np.ndarray]]:
+        """Like ``generate`` but returns the raw ids after the start token, cut after ``</s>``."""
+        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        out: list[list[np.ndarray]] = [[] for _ in inputs]
+        eos, nr = self.tokenizer.eos_id, num_return_sequences
+        drop = np.array([self.tokenizer.pad_id, *self.tokenizer.task_ids.values()], np.int32)
+        for idx, rows, fn, args in self._decode_calls(
+                inputs, max_new_tokens, do_sample, temperature, top_k, top_p, num_beams, nr, seed,
+                repetition_penalty, length_penalty, batch_size, min_new_tokens):
+            seqs = np.asarray(fn(*args)).reshape(rows, nr, -1)[:, :, 1:]
             for r, k in enumerate(idx):
                 for row in seqs[r]:
                     stop = np.flatnonzero(row == eos)
                     row = row[: stop[0] + 1] if stop.size else row
                     out[k].append(row[~np.isin(row, drop)])  # pad and task tokens out
         return out
+
+    def decoding_hlo(self, inputs: Sequence[str] | str, max_new_tokens: int = 64,
+                     do_sample: bool = False, num_beams: int = 1, num_return_sequences: int = 1,
+                     batch_size: int = 32, min_new_tokens: int = 0) -> str:
+        """The optimised HLO text of the program ``generate_ids`` runs for the first batch of
+        ``inputs`` (profiling: what one decode step executes, whether caches are copied)."""
+        _, _, fn, args = next(self._decode_calls(
+            inputs, max_new_tokens, do_sample, 1.0, 0, 1.0, num_beams, num_return_sequences, 0,
+            1.0, 1.0, batch_size, min_new_tokens))
+        return fn.lower(*args).compile().as_text()
 
     def step_scores(self, inputs: Sequence[str], decoder_ids: np.ndarray, do_sample: bool = True,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -188,26 +221,27 @@ class GenerationMixin:
         length = batching.padded_length(max(len(t) for t in toks),
                                         batching.sequence_ladder(self.config.max_length))
         ids, mask = batching.pad_rows(toks, len(toks), length, self.tokenizer.pad_id)
-        gp = {"temperature": jnp.float32(temperature), "top_k": jnp.int32(top_k),
-              "top_p": jnp.float32(top_p), "repetition_penalty": jnp.float32(repetition_penalty)}
+        gp = _warp_params(temperature, top_k, top_p, repetition_penalty)
         fn = self._generate_fn("forced", sample=bool(do_sample))
         return np.asarray(fn(self.params, ids, mask, np.asarray(decoder_ids, np.int32), gp))
 
     def generate(self, inputs: Sequence[str] | str, max_new_tokens: int = 64, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, num_beams: int = 1,
                  num_return_sequences: int = 1, seed: int = 0, repetition_penalty: float = 1.0,
-                 length_penalty: float = 1.0, batch_size: int = 32) -> list[list[str]]:
+                 length_penalty: float = 1.0, batch_size: int = 32,
+                 min_new_tokens: int = 0) -> list[list[str]]:
         """Decode each input (sentinels allowed); per input, ``num_return_sequences`` strings.
 
         Sentinels in the output are kept as ``<extra_id_N>``; pad, ``</s>`` and task tokens are
         dropped. A model with task prefixes (ankh3) reads ``[S2S]`` + input.
         Greedy (default), sampling (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
         ``repetition_penalty``) or beam search (``num_beams``, ``length_penalty``), as HF
-        ``generate``. Sampling is deterministic for a given ``seed`` and independent of batching.
+        ``generate``; ``min_new_tokens`` bars ``</s>`` before that many tokens (HF's name).
+        Sampling is deterministic for a given ``seed`` and independent of batching.
         """
         ids = self.generate_ids(inputs, max_new_tokens, do_sample, temperature, top_k, top_p,
                                 num_beams, num_return_sequences, seed, repetition_penalty,
-                                length_penalty, batch_size)
+                                length_penalty, batch_size, min_new_tokens)
         return [[self.tokenizer.decode(r) for r in rows] for rows in ids]
 
     def variants(self, parent: str, mask_fraction: float = 0.4, temperature: float = 1.5,

@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ankh.attention import NEG_INF, TokenBias, attend  # noqa: F401  (NEG_INF: decoding's masks)
 from ankh.config import AnkhConfig
-
-NEG_INF = -1e9  # additive mask; exp() underflows to exactly 0 like HF's finfo.min
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -59,30 +58,18 @@ class Attention(nnx.Module):
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self._proj(x, self.k), self._proj(x, self.v)  # [b, k, h, d] each
 
-    def __call__(self, x: jax.Array, bias: jax.Array, kv_input: jax.Array | None = None,
+    def __call__(self, x: jax.Array, bias: TokenBias | jax.Array,
+                 kv_input: jax.Array | None = None,
                  kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
-        """x [b, q, e]; bias [b|1, h|1, q, k] (position bias + mask); keys from kv_input or kv."""
+        """x [b, q, e]; ``bias`` a ``TokenBias`` (whole sequences; ``ankh.attention.prepare``) or
+        a dense additive array [b|1, h|1, q, k] (decode steps); keys from kv_input or kv."""
         x = x.astype(self.dtype)
         q = self._proj(x, self.q)  # [b, q, h, d]
         if kv is None:
             kv = self.project_kv(x if kv_input is None else kv_input.astype(self.dtype))
-        k, v = kv  # [b, k, h, d]
-        # Full sequences: batched matmuls in [b, h, ., .] layout (XLA:CPU runs them ~2x faster
-        # than the einsums). One-token decode steps: einsums, so the KV cache is not transposed
-        # (copied) at every step.
-        step = q.shape[1] == 1
-        scores = (jnp.einsum("bqhd,bkhd->bhqk", q, k) if step else
-                  q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1))  # [b, h, q, k]
-        scores = scores.astype(jnp.float32) + bias
-        # Softmax normalised after the PV product: the divide touches [q, d], not [q, k].
-        m = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))  # [b, h, q, 1]
-        w = jnp.exp(scores - m).astype(self.dtype)  # [b, h, q, k]
-        ctx = (jnp.einsum("bhqk,bkhd->bhqd", w, v) if step else
-               w @ v.transpose(0, 2, 1, 3))  # [b, h, q, d]
-        ctx = ctx / jnp.sum(w, axis=-1, keepdims=True, dtype=jnp.float32).astype(self.dtype)
-        b, h, lq, d = ctx.shape  # [b, h, q, d]
-        ctx = ctx.transpose(0, 2, 1, 3).reshape(b * lq, h * d)  # [b*q, h*d]
-        out = ctx @ self.o[...].astype(self.dtype).reshape(h * d, -1)  # [b*q, e]
+        ctx = attend(q, *kv, bias)  # [b, q, h, d]
+        b, lq, h, d = ctx.shape
+        out = ctx.reshape(b * lq, h * d) @ self.o[...].astype(self.dtype).reshape(h * d, -1)
         return out.reshape(b, lq, -1)  # [b, q, e]
 
 
@@ -142,8 +129,26 @@ class RelativeBias(nnx.Module):
         self.bidirectional = bidirectional
         self.max_distance = cfg.relative_attention_max_distance
 
+    def reach(self) -> int:
+        """Offsets beyond +-reach get the bucket of +-reach: T5's buckets saturate at
+        ``max_distance``, so a table over [-reach, reach] is exact for any length."""
+        r = self.max_distance + 1
+        with jax.ensure_compile_time_eval():  # static facts of the config, not traced
+            far = relative_position_bucket(jnp.array([-r, r, -64 * r, 64 * r]), self.bidirectional,
+                                           self.weight.shape[0], self.max_distance)
+            saturated = bool(far[0] == far[2]) and bool(far[1] == far[3])
+        return r if saturated else 1 << 15  # an odd config (max_distance < exact range)
+
+    def table(self) -> jax.Array:
+        """Bias by offset ``k_pos - q_pos`` in [-reach, reach]: [h, 2 * reach + 1] float32."""
+        r = self.reach()
+        idx = relative_position_bucket(jnp.arange(-r, r + 1, dtype=jnp.int32), self.bidirectional,
+                                       self.weight.shape[0], self.max_distance)
+        return jnp.take(self.weight[...], idx, axis=0).T  # [h, 2r+1]
+
     def __call__(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
-        """q_pos [b|1, q], k_pos [b|1, k] int positions -> bias [b|1, h, q, k] float32."""
+        """q_pos [b|1, q], k_pos [b|1, k] int positions -> bias [b|1, h, q, k] float32
+        (decode steps; whole sequences use ``table`` per tile)."""
         rel = k_pos[:, None, :] - q_pos[:, :, None]  # [b, q, k]
         idx = relative_position_bucket(rel, self.bidirectional, self.weight.shape[0],
                                        self.max_distance)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ankh.attention import TokenBias, prepare
 from ankh.config import AnkhConfig
 from ankh.layers import NEG_INF, Attention, GatedFFN, RelativeBias, RMSNorm, param
 
@@ -21,7 +22,8 @@ def default_positions(segment_ids: jax.Array) -> jax.Array:
 
 
 def attention_bias(q_seg: jax.Array, k_seg: jax.Array, causal: bool = False) -> jax.Array:
-    """Additive mask [b, 1, q, k]: 0 where a query may attend a key, NEG_INF elsewhere."""
+    """Additive mask [b, 1, q, k]: 0 where a query may attend a key, NEG_INF elsewhere
+    (decode steps; whole sequences describe it per token, ``ankh.attention.TokenBias``)."""
     ok = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] > 0)  # [b, q, k]
     if causal:
         q_idx = jnp.arange(q_seg.shape[1])[:, None]
@@ -36,7 +38,7 @@ class EncoderBlock(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
         self.DenseReluDense = GatedFFN(cfg, rngs, dtype)
 
-    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, bias: TokenBias | jax.Array) -> jax.Array:
         x = x + self.SelfAttention(self.self_attn_norm(x), bias)  # [b, l, e]
         return x + self.DenseReluDense(self.ffn_norm(x))  # [b, l, e]
 
@@ -50,8 +52,8 @@ class DecoderBlock(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
         self.DenseReluDense = GatedFFN(cfg, rngs, dtype)
 
-    def __call__(self, x: jax.Array, self_bias: jax.Array, enc: jax.Array,
-                 cross_bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, self_bias: TokenBias | jax.Array, enc: jax.Array,
+                 cross_bias: TokenBias | jax.Array) -> jax.Array:
         x = x + self.SelfAttention(self.self_attn_norm(x), self_bias)  # [b, q, e]
         x = x + self.EncDecAttention(self.cross_attn_norm(x), cross_bias, kv_input=enc)  # [b, q, e]
         return x + self.DenseReluDense(self.ffn_norm(x))  # [b, q, e]
@@ -59,14 +61,18 @@ class DecoderBlock(nnx.Module):
 
 class Encoder(nnx.Module):
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype):
+        self.config, self.dtype = cfg, dtype
         self.relative_attention_bias = RelativeBias(cfg, bidirectional=True, rngs=rngs)
         self.block = nnx.List([EncoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_layers)])
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                  num_layers: int | None = None) -> jax.Array:
-        bias = self.relative_attention_bias(positions, positions)  # [b|1, h, l, l]
-        bias = bias + attention_bias(segment_ids, segment_ids)  # [b, h, l, l]
+        # Per token; ``prepare`` builds the dense [b, h, l, l] bias only where that is the
+        # faster path (short rows), once for all layers.
+        spec = TokenBias(segment_ids, segment_ids, positions, positions,
+                         self.relative_attention_bias.table())
+        bias = prepare(spec, self.config.num_heads, self.config.d_kv, self.dtype)
         blocks = self.block if num_layers is None else list(self.block)[:num_layers]
         for blk in blocks:
             x = blk(x, bias)  # [b, l, e]
@@ -76,15 +82,18 @@ class Encoder(nnx.Module):
 
 class Decoder(nnx.Module):
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype):
+        self.config, self.dtype = cfg, dtype
         self.relative_attention_bias = RelativeBias(cfg, bidirectional=False, rngs=rngs)
         self.block = nnx.List([DecoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_decoder_layers)])
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def __call__(self, y: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                  enc: jax.Array, enc_segment_ids: jax.Array) -> jax.Array:
-        self_bias = self.relative_attention_bias(positions, positions)  # [b|1, h, q, q]
-        self_bias = self_bias + attention_bias(segment_ids, segment_ids, causal=True)
-        cross_bias = attention_bias(segment_ids, enc_segment_ids)  # [b, 1, q, k]
+        h, d = self.config.num_heads, self.config.d_kv
+        self_bias = prepare(TokenBias(segment_ids, segment_ids, positions, positions,
+                                      self.relative_attention_bias.table(), causal=True),
+                            h, d, self.dtype)
+        cross_bias = prepare(TokenBias(segment_ids, enc_segment_ids), h, d, self.dtype)
         for blk in self.block:
             y = blk(y, self_bias, enc, cross_bias)  # [b, q, e]
         return self.final_layer_norm(y)

@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "generate": "decoded tokens/s vs HF generate",
     "serve": "requests/s and latency under concurrent load vs offline throughput",
     "embed-job": "batch-embedding job tokens/s vs raw encoder, padding waste",
+    "context": "how much of a residue its neighbours predict (count models): the local-context floor",
+    "device": "the accelerator suite (embed, train MFU, generate, embed-job) in <= 8 min",
 }
 
 

@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser("jobs.quickstart", __doc__)
     ap.add_argument("--model", default="tiny", help="preset name, HF Ankh dir or our checkpoint")
     ap.add_argument("--n", type=int, default=8, help="how many bundled sequences to embed")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = _cli.parse_args(ap, argv)
 
     import ankh

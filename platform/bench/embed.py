@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 import ankh
+from ankh.accelerator import dtype_name
 from ankh.flops import encoder_flops, measure_matmul_peak
 
 
@@ -59,10 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", help="HF dir or checkpoint instead of a preset")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256, help="tokens per sequence (incl. </s>)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reference", default="hf", choices=["hf", "none"])
     args = ap.parse_args(argv)
+    args.dtype = dtype_name(args.dtype)
 
     model = ankh.load(args.checkpoint or args.preset, dtype=args.dtype)
     ids, mask = real_batch(model, args.batch, args.length)
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "embed", "preset": args.checkpoint or args.preset, "dtype": args.dtype,
         "batch": args.batch, "length": args.length, "device": str(jax.devices()[0]),
+        "device_kind": jax.devices()[0].device_kind,
         "cpu": stdlib_platform.processor() or stdlib_platform.machine(), "cores": os.cpu_count(),
         "ours_tokens_per_s": tokens / ours, "ours_gflops": flops / ours / 1e9,
         "matmul_peak_gflops": peak, "ours_fraction_of_peak": flops / ours / 1e9 / peak,

@@ -79,7 +79,7 @@ def _raw(checkpoint: str, spec, table, group_rows: int, repeats: int = 1) -> dic
 
     batches = _batches(spec, table, group_rows)
     t0 = time.perf_counter()
-    rep = EmbedReplica(checkpoint, spec, per_residue=False, layer=0, compute_dtype="float32")
+    rep = EmbedReplica(checkpoint, spec, per_residue=False, layer=0, compute_dtype="auto")
     init_s = time.perf_counter() - t0
     batches = [tuple(jax.device_put(x) for x in b) for b in batches]
     slots = sum(b[0].size for b in batches)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from ankh import sharding
+from ankh.accelerator import dtype_name
 from ankh.config import get_preset
 from ankh.flops import measure_matmul_peak, train_step_flops
 from ankh.training import OptimConfig, Trainer
@@ -29,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--rows", type=int, default=8, help="rows per step")
     ap.add_argument("--max-residues", type=int, default=256, help="crop length (enc_len = this + 1)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     ap.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the peak-FLOP/s matmul")
     ap.add_argument("--data", default="", help="Parquet train dir/file (default: bundled sample)")
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
+    args.dtype = dtype_name(args.dtype)
 
     from ankh_platform.core.samples import bundled_train
     from ankh_platform.data.pipeline import DataConfig
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "bench": "train", "preset": args.preset, "dtype": args.dtype, "optimizer": args.optimizer,
         "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+        "device_kind": jax.devices()[0].device_kind,
         "batch_shape": {"rows": spec.rows, "enc_len": spec.enc_len, "dec_len": spec.dec_len},
         "steps": args.steps, "compile_s": round(compile_s, 2),
         "step_time_s": wall / args.steps,

@@ -37,7 +37,7 @@ class EmbedJobConfig:
     input_format: Literal["auto", "parquet", "fasta"] = "auto"
     per_residue: bool = False  # also write per-residue embeddings [length, d_model]
     out_dtype: Literal["float32", "float16"] = "float32"
-    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on GPU/TPU
     layer: int = 0  # encoder layer to read (1-based); 0 = final output
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128  # shortest row of the doubling ladder

@@ -125,7 +125,7 @@ class EmbedDeployment:
     """Handle API: ``await handle.embed.remote(seqs, pooling="mean"|"none", layer=None)``;
     ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
 
-    def __init__(self, checkpoint: str, dtype: str = "float32", options: dict | None = None,
+    def __init__(self, checkpoint: str, dtype: str = "auto", options: dict | None = None,
                  models: dict[str, str] | None = None, default_name: str = "",
                  max_models: int = 2):
         self.opts = from_dict(EmbedOptions, options or {})

@@ -42,7 +42,7 @@ class Generator:
     """Handle API: ``generate(sequences, **kw)``, ``variants(parent, **kw)``, ``score(...)``;
     ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
 
-    def __init__(self, checkpoint: str, dtype: str = "float32", warmup: bool = True,
+    def __init__(self, checkpoint: str, dtype: str = "auto", warmup: bool = True,
                  models: dict[str, str] | None = None, default_name: str = "",
                  max_models: int = 2):
         t0 = time.perf_counter()

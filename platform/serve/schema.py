@@ -91,7 +91,7 @@ class ServeConfig:
     # multiplexing), at most max_models_per_replica of them per replica (LRU eviction).
     models: dict[str, str] = field(default_factory=dict)
     max_models_per_replica: int = 2  # extra models resident per replica; the default is pinned
-    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the model
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # compute dtype; auto: bf16 on GPU/TPU
     host: str = "127.0.0.1"
     port: int = 8000
     app_name: str = "ankh"

@@ -62,6 +62,23 @@ def test_beam_search_matches_hf(pair, seqs):
 
 
 @pytest.mark.timeout(300)
+def test_min_new_tokens_matches_hf(pair, seqs):
+    """``</s>`` barred until min_new_tokens (HF's processor, after the repetition penalty):
+    greedy and beam decode exactly that many tokens, token for token as HF."""
+    model, hf = pair
+    free = model.generate_ids(seqs, max_new_tokens=MAX_NEW)
+    assert any(len(o[0]) < MAX_NEW for o in free)  # unconstrained, some row stops early
+    for kw in (dict(num_beams=1, repetition_penalty=1.2), dict(num_beams=2, num_return_sequences=2)):
+        ours = model.generate_ids(seqs, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, **kw)
+        ref = hf_rows(_hf_generate(hf, model, seqs, do_sample=False, min_new_tokens=MAX_NEW,
+                                   **kw).numpy())
+        rows = [r for o in ours for r in o]
+        assert not any(model.tokenizer.eos_id in r for r in rows)  # barred for all MAX_NEW steps
+        for o, r in zip(rows, ref):
+            np.testing.assert_array_equal(o, r)
+
+
+@pytest.mark.timeout(300)
 def test_sampling_warped_scores_match_hf(pair, seqs):
     """Per step, the distribution we sample from equals HF's processed scores (1e-5)."""
     model, hf = pair
@@ -123,6 +140,8 @@ def test_early_stop_on_eos(pair, seqs):
     (dict(num_return_sequences=2), "greedy"),
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_new_tokens=10**6), "max_new_tokens"),
+    (dict(max_new_tokens=4, min_new_tokens=5), "min_new_tokens"),
+    (dict(min_new_tokens=-1), "min_new_tokens"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(num_beams=2, do_sample=True), "beam sampling"),
 ])

@@ -1,0 +1,196 @@
+"""Attention over whole sequences, and the one place that picks how it is computed.
+
+A stack describes what each query may see per *token* (``TokenBias``: segment ids, positions,
+the relative-position bias per clipped offset), never per pair; ``prepare`` then picks the way
+(``attention_impl``, by length, dtype and backend):
+
+- ``dense``: the bias ``[b, h, q, k]`` built once per stack and the scores held whole -- what
+  is fastest on CPU while a row of scores is short (measured: up to ~384 keys).
+- ``blocked``: query tiles under ``lax.map``; each tile builds its own relative bias (a gather
+  from the ``[h, 2R+1]`` per-offset table) and its own segment mask, so the live scores are one
+  tile (a few MiB on CPU, cache-sized) and no ``[h, L, L]`` array exists. The tile body is
+  rematerialised in the backward pass, so training memory is O(tile) too.
+- a fused kernel: ``jax.nn.dot_product_attention`` (cuDNN on GPU for bfloat16) with the bias
+  built once per stack in the compute dtype.
+
+Packed rows never attend across segments (the mask is part of every tile). Shapes: b=batch,
+q/k=query/key length, h=heads, d=d_kv, t=query tile, P=1 or b (positions shared or per row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ankh import accelerator
+
+NEG_INF = -1e9  # additive mask; exp() underflows to exactly 0 like HF's finfo.min
+
+DENSE_MAX_KEYS_CPU = 384  # above this many keys the blocked path is faster on CPU
+TILE_BYTES_CPU = 4 << 20  # float32 scores of one query tile on CPU (~L2/L3-sized)
+DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
+TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenBias:
+    """The additive attention bias, described per token.
+
+    ``q_seg [b, q]``, ``k_seg [b, k]``: segment ids (0 = padding); a query attends keys of its
+    own segment only. ``q_pos [P, q]``, ``k_pos [P, k]`` and ``table [h, 2R+1]`` (the learned
+    bias of offsets ``k_pos - q_pos`` clipped to ``[-R, R]``): the relative-position bias, or
+    ``table=None`` for none (cross attention). ``causal``: keys after the query are hidden.
+    ``full``: the bias materialised for a fused kernel (set by ``prepare``).
+    """
+
+    q_seg: jax.Array
+    k_seg: jax.Array
+    q_pos: jax.Array | None = None
+    k_pos: jax.Array | None = None
+    table: jax.Array | None = None
+    full: jax.Array | None = None
+    causal: bool = dataclasses.field(default=False, metadata={"static": True})
+    impl: str = dataclasses.field(default="blocked", metadata={"static": True})
+
+    @property
+    def reach(self) -> int:
+        return (self.table.shape[1] - 1) // 2
+
+    def mask(self, q_seg: jax.Array, q_idx: jax.Array) -> jax.Array:
+        """Additive mask [b, 1, t, k] of the queries ``q_seg [b, t]`` at indices ``q_idx [t]``."""
+        ok = (q_seg[:, :, None] == self.k_seg[:, None, :]) & (self.k_seg[:, None, :] > 0)
+        if self.causal:
+            k_idx = jnp.arange(self.k_seg.shape[1])
+            ok = ok & (k_idx[None, None, :] <= q_idx[None, :, None])
+        return jnp.where(ok, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+    def relative(self, q_pos: jax.Array) -> jax.Array:
+        """Relative-position bias [P, h, t, k] of the queries at positions ``q_pos [P, t]``."""
+        r = self.reach
+        off = jnp.clip(self.k_pos[:, None, :] - q_pos[:, :, None], -r, r) + r  # [P, t, k]
+        return jnp.take(self.table, off, axis=1).transpose(1, 0, 2, 3)  # [P, h, t, k]
+
+    def tile(self, q_seg: jax.Array, q_pos: jax.Array | None, q_idx: jax.Array) -> jax.Array:
+        """Bias [b|P, h|1, t, k] float32 of one query tile (or of all queries)."""
+        bias = self.mask(q_seg, q_idx)
+        return bias if self.table is None else self.relative(q_pos) + bias
+
+    def dense(self) -> jax.Array:
+        """The whole bias [b, h|1, q, k] float32."""
+        return self.tile(self.q_seg, self.q_pos, jnp.arange(self.q_seg.shape[1]))
+
+
+def attention_impl(batch: int, heads: int, head_dim: int, q_len: int, k_len: int,
+                   dtype: Any) -> str:
+    """How attention over these shapes runs: ``dense``, ``blocked`` or a fused kernel's name."""
+    fused = accelerator.fused_attention_kernel(dtype, head_dim, q_len, k_len)
+    if fused is not None:
+        return fused
+    if accelerator.backend() == "cpu":
+        return "dense" if k_len <= DENSE_MAX_KEYS_CPU else "blocked"
+    return "dense" if batch * heads * q_len * k_len * 4 <= DENSE_MAX_BYTES else "blocked"
+
+
+def query_tile(batch: int, heads: int, q_len: int, k_len: int) -> int:
+    """Queries per tile: the largest power of two (16..256, at most the padded query length)
+    whose float32 scores ``[b, h, t, k]`` fit the backend's tile budget."""
+    budget = TILE_BYTES_CPU if accelerator.backend() == "cpu" else TILE_BYTES
+    t = 256
+    while t > 16 and batch * heads * t * k_len * 4 > budget:
+        t //= 2
+    while t > 16 and t // 2 >= q_len:
+        t //= 2
+    return t
+
+
+def prepare(spec: TokenBias, heads: int, head_dim: int, dtype: Any) -> TokenBias | jax.Array:
+    """What a stack hands its layers: the dense bias array, or ``spec`` set up for its path."""
+    b, q = spec.q_seg.shape
+    impl = attention_impl(b, heads, head_dim, q, spec.k_seg.shape[1], dtype)
+    if impl == "dense":
+        return spec.dense()
+    return with_impl(spec, impl, dtype)
+
+
+def with_impl(spec: TokenBias, impl: str, dtype: Any) -> TokenBias:
+    """``spec`` to run as ``impl`` (``blocked``, or ``cudnn``/``xla`` through
+    ``jax.nn.dot_product_attention`` with the bias built once here, in ``dtype``)."""
+    full = None if impl == "blocked" else spec.dense().astype(dtype)
+    return dataclasses.replace(spec, impl=impl, full=full)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: TokenBias | jax.Array) -> jax.Array:
+    """Softmax attention without the 1/sqrt(d) scale (T5 folds it into the init).
+
+    q [b, q, h, d], k/v [b, k, h, d]; ``bias`` a ``TokenBias`` or a dense additive array
+    ``[b|1, h|1, q, k]`` (one-token decode steps). Returns the context [b, q, h, d].
+    """
+    if not isinstance(bias, TokenBias):
+        return dense_attention(q, k, v, bias)
+    if bias.impl == "blocked":
+        return blocked_attention(q, k, v, bias)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias.full, scale=1.0,
+                                        implementation=bias.impl)
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Scores held whole; ``bias [b|1, h|1, q, k]`` float32. Returns [b, q, h, d]."""
+    # Full sequences: batched matmuls in [b, h, ., .] layout (XLA:CPU runs them ~2x faster
+    # than the einsums). One-token decode steps: einsums, so the KV cache is not transposed
+    # (copied) at every step.
+    if q.shape[1] == 1:
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k)  # [b, h, 1, k]
+        w, denom = _softmax_parts(scores, bias, q.dtype)
+        return (jnp.einsum("bhqk,bkhd->bhqd", w, v) / denom).transpose(0, 2, 1, 3)
+    scores = q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1)  # [b, h, q, k]
+    w, denom = _softmax_parts(scores, bias, q.dtype)
+    return ((w @ v.transpose(0, 2, 1, 3)) / denom).transpose(0, 2, 1, 3)  # [b, q, h, d]
+
+
+def _softmax_parts(scores: jax.Array, bias: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """Unnormalised weights and their row sums: the softmax is normalised after the PV product,
+    so the divide touches [q, d], not [q, k]."""
+    s = scores.astype(jnp.float32) + bias
+    m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))  # [b, h, q, 1]
+    w = jnp.exp(s - m).astype(dtype)  # [b, h, q, k]
+    return w, jnp.sum(w, axis=-1, keepdims=True, dtype=jnp.float32).astype(dtype)
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: TokenBias,
+                      tile: int | None = None) -> jax.Array:
+    """Attention one query tile at a time (``lax.map``), each tile with its own bias.
+
+    Every key is in every tile (no online softmax): on CPU a tile of full score rows is
+    already cache-sized, and one pass over the keys keeps the matmuls large.
+    """
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    t = tile or query_tile(b, h, lq, lk)
+    n = -(-lq // t)
+    pad = n * t - lq  # padded queries get segment 0: their rows are computed, then dropped
+
+    def tiles(x: jax.Array, axis: int) -> jax.Array:  # split the query axis: [n, ..., t, ...]
+        x = jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])
+        x = x.reshape(*x.shape[:axis], n, t, *x.shape[axis + 1:])
+        return jnp.moveaxis(x, axis, 0)
+
+    qt = tiles(q.transpose(0, 2, 1, 3), 2)  # [n, b, h, t, d]
+    seg = tiles(spec.q_seg, 1)  # [n, b, t]
+    pos = tiles(spec.q_pos, 1) if spec.table is not None else jnp.zeros((n, 1, t), jnp.int32)
+    idx = jnp.arange(n * t).reshape(n, t)  # [n, t] query indices (the causal mask)
+    kt, vt = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # [b, h, d, k], [b, h, k, d]
+
+    @jax.checkpoint
+    def one(x: tuple[jax.Array, ...]) -> jax.Array:
+        qi, si, pi, ii = x
+        bias = spec.tile(si, pi if spec.table is not None else None, ii)  # [b|P, h|1, t, k]
+        w, denom = _softmax_parts(qi @ kt, bias, q.dtype)  # [b, h, t, k]
+        return (w @ vt) / denom  # [b, h, t, d]
+
+    out = jax.lax.map(one, (qt, seg, pos, idx))  # [n, b, h, t, d]
+    out = out.transpose(1, 0, 3, 2, 4).reshape(b, n * t, h, d)
+    return out[:, :lq]

@@ -1,0 +1,189 @@
+"""Blocked attention (long rows) equals HF T5 and the dense path; the fused-kernel route too.
+
+Rows over ``DENSE_MAX_KEYS_CPU`` keys take the blocked path on CPU, so the model-level tests
+here run it for real: lengths that are not a multiple of the tile, padding, packed segments,
+the causal decoder and cross attention, up to 4,096 tokens (small width: seconds).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # test extra; .ci/run installs it
+from flax import nnx  # noqa: E402
+
+import ankh  # noqa: E402
+from ankh import accelerator, attention  # noqa: E402
+from ankh.layers import RelativeBias, relative_position_bucket  # noqa: E402
+from tests.ankh.hf_reference import hf_model, parity_config, real_sequences  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    cfg = parity_config("gelu_new")
+    ref = hf_model(cfg, seed=2)
+    path = tmp_path_factory.mktemp("hf-long")
+    ref.save_pretrained(path)
+    return ref, ankh.load(str(path))
+
+
+def _close(ours, theirs, where=None):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    if where is not None:
+        ours, theirs = ours[where], theirs[where]
+    assert np.abs(ours - theirs).max() < TOL * max(1.0, np.abs(theirs).max())
+
+
+def _encode(model, ids, seg, positions=None):
+    fn = jax.jit(lambda p, i, s, pos: nnx.merge(model.graphdef, p).encode(i, s, pos))
+    return np.asarray(fn(model.params, ids, seg, positions))
+
+
+def _hf_encode(ref, ids, mask):
+    with torch.no_grad():
+        return ref.encoder(input_ids=torch.tensor(ids).long(),
+                           attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
+
+
+def test_choice_by_length_on_cpu():
+    assert accelerator.backend() == "cpu"
+    cut = attention.DENSE_MAX_KEYS_CPU
+    assert attention.attention_impl(4, 8, 64, cut, cut, jnp.float32) == "dense"
+    assert attention.attention_impl(4, 8, 64, cut + 1, cut + 1, jnp.bfloat16) == "blocked"
+    assert attention.query_tile(4, 8, 1000, 1000) * 4 * 8 * 1000 * 4 <= attention.TILE_BYTES_CPU
+
+
+def test_padded_batch_across_tiles_matches_hf(pair):
+    ref, ours = pair
+    seqs = real_sequences(3, 400, 1300, seed=5)  # one row's padding spans whole tiles
+    ids, mask = ours.tokenizer.batch_encode(seqs)
+    assert ids.shape[1] > attention.DENSE_MAX_KEYS_CPU and ids.shape[1] % 16
+    _close(_encode(ours, ids, mask), _hf_encode(ref, ids, mask), mask.astype(bool))
+
+
+def test_4096_tokens_match_hf(pair):
+    ref, ours = pair
+    seq = real_sequences(1, 4095, seed=1)[0][:4095]
+    ids, mask = ours.tokenizer.batch_encode([seq])
+    assert ids.shape == (1, 4096)
+    _close(_encode(ours, ids, mask), _hf_encode(ref, ids, mask))
+
+
+def test_packed_segments_never_mix(pair):
+    """Three sequences packed in one 1,100-token row (positions restarting, padded tail) give
+    each sequence's own HF encoding: no attention or relative position crosses segments."""
+    ref, ours = pair
+    seqs = real_sequences(3, 200, 420, seed=7)
+    toks = [ours.tokenizer.encode(s) for s in seqs]
+    width = 1100
+    ids, seg, pos = (np.zeros((1, width), np.int32) for _ in range(3))
+    at = 0
+    for k, t in enumerate(toks, 1):
+        span = slice(at, at + len(t))
+        ids[0, span], seg[0, span], pos[0, span] = t, k, np.arange(len(t))
+        at += len(t)
+    out = _encode(ours, ids, seg, pos)[0]
+    at = 0
+    for t in toks:
+        _close(out[at:at + len(t)], _hf_encode(ref, t[None], np.ones((1, len(t))))[0])
+        at += len(t)
+
+
+def test_long_decoder_self_and_cross_attention_match_hf(pair):
+    ref, ours = pair
+    seqs = real_sequences(2, 450, 700, seed=9)
+    ids, mask = ours.tokenizer.batch_encode(seqs)
+    dec_in = np.random.default_rng(0).integers(3, 28, size=(2, 509)).astype(np.int32)
+    dec_in[:, 0] = 0
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
+                     decoder_input_ids=torch.tensor(dec_in).long()).logits.numpy()
+
+    @jax.jit
+    def run(p):
+        m = nnx.merge(ours.graphdef, p)
+        return m.decode(dec_in, m.encode(ids, mask), mask)
+
+    _close(run(ours.params), theirs)
+
+
+# ---- function level: blocked == dense == dot_product_attention --------------------------------
+def _spec(b, lq, lk, h, causal=False, packed=False, seed=0):
+    rng = np.random.default_rng(seed)
+    k_seg = np.ones((b, lk), np.int32)
+    k_seg[-1, lk - 29:] = 0  # a padded row
+    if packed:  # two segments, positions restarting at the boundary
+        k_seg[0, lk // 3:] = 2
+    q_seg = k_seg if lq == lk else np.ones((b, lq), np.int32)
+    pos = np.broadcast_to(np.arange(lq), (b, lq)).copy()
+    if packed:
+        pos[0, lq // 3:] -= lq // 3
+    rb = RelativeBias(parity_config("silu").replace(num_heads=h), not causal, nnx.Rngs(seed))
+    table = rb.table() if lq == lk else None
+    p = jnp.asarray(pos) if table is not None else None
+    spec = attention.TokenBias(jnp.asarray(q_seg), jnp.asarray(k_seg), p, p, table, causal=causal)
+    q, k, v = (jnp.asarray(rng.normal(0, 0.5, (b, n, h, 16)), jnp.float32) for n in (lq, lk, lk))
+    return spec, q, k, v, (q_seg > 0)[:, :, None, None]
+
+
+@pytest.mark.parametrize("lq,lk,causal,packed", [(203, 203, False, True), (203, 203, True, False),
+                                                  (77, 203, False, False)])
+def test_blocked_equals_dense(lq, lk, causal, packed):
+    spec, q, k, v, valid = _spec(2, lq, lk, 4, causal, packed)
+    dense = attention.dense_attention(q, k, v, spec.dense())
+    for tile in (16, 64):  # many tiles, the last one partial
+        out = attention.blocked_attention(q, k, v, spec, tile=tile)
+        np.testing.assert_allclose(np.where(valid, out, 0), np.where(valid, dense, 0), atol=2e-6)
+
+
+def test_blocked_gradients_equal_dense():
+    spec, q, k, v, valid = _spec(2, 150, 150, 4, causal=True, packed=True)
+    w = jnp.asarray(valid, jnp.float32)
+
+    def loss(fn, q, table):
+        return jnp.sum(fn(q, dataclasses.replace(spec, table=table)) ** 2 * w)
+
+    dense = jax.grad(lambda q, t: loss(lambda q, s: attention.dense_attention(q, k, v, s.dense()),
+                                       q, t), (0, 1))(q, spec.table)
+    blocked = jax.grad(lambda q, t: loss(lambda q, s: attention.blocked_attention(q, k, v, s, 32),
+                                         q, t), (0, 1))(q, spec.table)
+    for a, b in zip(dense, blocked):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,atol", [(jnp.float32, 2e-6), (jnp.bfloat16, 3e-2)])
+def test_dot_product_attention_route_equals_blocked(dtype, atol):
+    """The fused-kernel route (``jax.nn.dot_product_attention``; 'xla' here, 'cudnn' on GPU)
+    with the T5 bias gives the blocked path's numbers, in float32 and bfloat16."""
+    spec, q, k, v, valid = _spec(2, 203, 203, 4, causal=False, packed=True)
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    fused = attention.attend(q, k, v, attention.with_impl(spec, "xla", dtype))
+    blocked = attention.attend(q, k, v, attention.with_impl(spec, "blocked", dtype))
+    assert fused.dtype == blocked.dtype == dtype
+    np.testing.assert_allclose(np.where(valid, fused.astype(jnp.float32), 0),
+                               np.where(valid, blocked.astype(jnp.float32), 0), atol=atol)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_offset_table_is_exact_far_beyond_its_reach(bidirectional):
+    rb = RelativeBias(parity_config("silu"), bidirectional, nnx.Rngs(0))
+    r = rb.reach()
+    assert r == rb.max_distance + 1
+    rel = jnp.asarray([-10**6, -5000, -r - 1, -r, -3, 0, 5, r, r + 1, 5000, 10**6])
+    direct = relative_position_bucket(rel, bidirectional, rb.weight.shape[0], rb.max_distance)
+    clipped = relative_position_bucket(jnp.clip(rel, -r, r), bidirectional, rb.weight.shape[0],
+                                       rb.max_distance)
+    np.testing.assert_array_equal(direct, clipped)
+
+
+def test_compute_dtype_default_follows_backend():
+    assert accelerator.default_compute_dtype() == "float32"  # CPU
+    assert accelerator.compute_dtype("auto") == accelerator.compute_dtype(None) == jnp.float32
+    assert accelerator.compute_dtype("bfloat16") == jnp.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        accelerator.compute_dtype("float16")
