@@ -25,7 +25,7 @@ from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _check_output
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
 from ankh_platform.embed.pack import EmbedPackSpec, pack, prepare
-from tests.embed.helpers import offline_reference
+from tests.embed.helpers import offline_reference, reader_batch
 
 REPO = Path(__file__).resolve().parents[2]
 WIDTH, OVERLAP = 256, 32  # a small max_length so some real proteins need windows
@@ -112,10 +112,7 @@ def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet):
     seqs = dict(zip(t["id"], t["sequence"]))
     assert sum(len(s) > WIDTH for s in seqs.values()) >= 3  # windows are exercised
     ids = t["id"] + [i for i, _ in BAD_FASTA]
-    batch = {"id": np.array(ids, object),
-             "sequence": np.array(t["sequence"] + [s for _, s in BAD_FASTA], object),
-             "path": np.array(["/in/shard-a.parquet"] * len(ids), object),
-             "row": np.arange(len(ids))}
+    batch = reader_batch(ids, t["sequence"] + [s for _, s in BAD_FASTA])
     spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP)
     packed = pack_udf(batch, spec, _offline().tokenizer.vocab)
     out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)

@@ -16,7 +16,7 @@ import ankh
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _describe, pack_spec
 from ankh_platform.embed.pack import EmbedPackSpec
-from tests.embed.helpers import offline_reference
+from tests.embed.helpers import offline_reference, reader_batch
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
 
 pytest.importorskip("tokenizers")
@@ -48,10 +48,7 @@ def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet
     seqs = dict(zip(t["id"], t["sequence"]))
     assert sum(len(s) > WIDTH for s in seqs.values()) >= 3  # windows are exercised
     ids = t["id"] + [i for i, _ in BAD]
-    batch = {"id": np.array(ids, object),
-             "sequence": np.array(t["sequence"] + [s for _, s in BAD], object),
-             "path": np.array(["/in/shard-a.parquet"] * len(ids), object),
-             "row": np.arange(len(ids))}
+    batch = reader_batch(ids, t["sequence"] + [s for _, s in BAD])
     packed = pack_udf(batch, spec, vocab)
     nlu = vocab["[NLU]"]
     for row_ids, pieces in zip(packed["ids"], packed["pieces"]):
