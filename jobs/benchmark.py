@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "generate": "decoded tokens/s vs HF generate",
     "serve": "requests/s and latency under concurrent load vs offline throughput",
     "embed-job": "batch-embedding job tokens/s vs raw encoder, padding waste",
+    "fasta": "a real FASTA through jobs.embed (command line, Ray start included) vs HF T5EncoderModel",
     "context": "how much of a residue its neighbours predict (count models): the local-context floor",
     "device": "the accelerator suite (embed, train MFU, generate, embed-job) in <= 8 min",
 }

@@ -64,6 +64,15 @@ class SourceConfig:
     kind: Literal["stream", "local"] = "stream"
     eval_paths: tuple[str, ...] = ("data/uniprot_sample/validation",)
     eval_batches: int = 4   # held-out batches per host for the validation loss (fixed set)
+    # Held-out batches masked at this probability instead of data.mask_prob (0 = the run's own):
+    # one fixed held-out objective, so runs trained with different masking (an ablation's
+    # mask-prob group) are scored on the same targets with the same context.
+    eval_mask_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_mask_prob < 1.0:
+            raise ConfigError(f"source.eval_mask_prob={self.eval_mask_prob}: must be in [0, 1) "
+                              "(0 = the run's data.mask_prob)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,14 +66,15 @@ class StreamSource:
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """The first ``eval_batches`` batches of this rank's validation range (padded if short)."""
-        cfg = dataclasses.replace(self.data, paths=self.src.eval_paths, epochs=1, prefetch=0)
+        cfg = dataclasses.replace(eval_data(self.data, self.src), paths=self.src.eval_paths,
+                                  epochs=1, prefetch=0)
         out = []
         for b in BatchStream(cfg, self.rank, self.world, tokenizer=self.tok):
             out.append(b)
             if len(out) == self.src.eval_batches:
                 break
         # Every process must run the same number of eval steps: pad with all-padding batches.
-        return out + [empty_batch(self.spec)] * (self.src.eval_batches - len(out))
+        return out + [empty_batch(cfg.pack_spec())] * (self.src.eval_batches - len(out))
 
     def close(self) -> None:
         self._it.close()
@@ -111,10 +112,12 @@ class LocalSource:
             self._perms = {epoch: rng.permutation(len(self.train))}
         return self._perms[epoch]
 
-    def _build(self, residues: list[np.ndarray], ids: list[int], epochs: list[int]) -> dict[str, np.ndarray]:
-        pairs = [self.objective(r, self.data.seed, e, i) for r, i, e in zip(residues, ids, epochs)]
+    def _build(self, residues: list[np.ndarray], ids: list[int], epochs: list[int],
+               objective: Objective | None = None, spec: PackSpec | None = None) -> dict[str, np.ndarray]:
+        objective = objective or self.objective
+        pairs = [objective(r, self.data.seed, e, i) for r, i, e in zip(residues, ids, epochs)]
         return build_batch([[i] for i in range(len(pairs))], [p[0] for p in pairs],
-                           [p[1] for p in pairs], ids, self.spec)
+                           [p[1] for p in pairs], ids, spec or self.spec)
 
     def batch_at(self, k: int) -> dict[str, np.ndarray]:
         """This host's rows of global batch ``k``."""
@@ -148,18 +151,29 @@ class LocalSource:
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         ev = self._read(self.src.eval_paths)
+        objective = Objective(eval_data(self.data, self.src).objective(), self.tok)
+        oc = objective.cfg
+        spec = PackSpec(rows=self.rows, enc_len=oc.max_encoder_tokens(),
+                        dec_len=oc.max_decoder_tokens(), max_segments=1)
         out = []
         for b in range(self.src.eval_batches):
             ids = [(b * self.rows * self.world + self.rank * self.rows + r) for r in range(self.rows)]
             if ids[0] >= len(ev):
-                out.append(empty_batch(self.spec))
+                out.append(empty_batch(spec))
                 continue
             ids = [i % len(ev) for i in ids]
-            out.append(self._build([ev[i] for i in ids], ids, [0] * len(ids)))
+            out.append(self._build([ev[i] for i in ids], ids, [0] * len(ids), objective, spec))
         return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def eval_data(data: DataConfig, src: SourceConfig) -> DataConfig:
+    """The data settings the held-out batches are built with: the run's, masked at
+    ``source.eval_mask_prob`` when set (a fixed held-out objective across runs)."""
+    p = src.eval_mask_prob
+    return dataclasses.replace(data, mask_prob=p) if p > 0 else data
 
 
 def make_source(data: DataConfig, src: SourceConfig, rank: int, world: int,

@@ -182,3 +182,44 @@ def test_two_workers_with_sharded_params_probe_on_process_zero(tmp_path, ray_loc
     assert summary["step"] == 4 and 0.3 < summary["ss3_q3"] < 0.7
     assert summary["unigram_entropy"] == pytest.approx(reference["unigram_entropy"], abs=1e-6)
     assert summary["ss3_q3"] == pytest.approx(reference["ss3_q3"], abs=0.01)
+
+
+def _masked_fraction(batches: list[dict]) -> float:
+    """Masked residues (residue labels) per residue token seen by the encoder or decoder."""
+    lab = np.concatenate([b["labels"][b["loss_mask"] > 0] for b in batches])
+    masked = int(((lab >= 3) & (lab < 28)).sum())
+    enc = np.concatenate([b["input_ids"].ravel() for b in batches])
+    unmasked = int(((enc >= 3) & (enc < 28)).sum())
+    return masked / (masked + unmasked)
+
+
+@pytest.mark.parametrize("kind", ["local", "stream"])
+def test_eval_mask_prob_fixes_the_held_out_objective(kind, ray_local):
+    """source.eval_mask_prob: runs trained at different masking rates are scored on the same
+    held-out targets (byte-identical batches); 0 keeps the run's own rate."""
+    from ankh_platform.core.config import ConfigError
+    from ankh_platform.data.pipeline import DataConfig
+    from ankh_platform.train.config import SourceConfig
+    from ankh_platform.train.source import make_source
+    from tests.train.helpers import TRAIN, VALID
+
+    def held_out(train_p: float, eval_p: float) -> list[dict]:
+        data = DataConfig(paths=(TRAIN,), rows=4, enc_len=264, max_residues=128, mask_prob=train_p,
+                          prefetch=0)
+        src = make_source(data, SourceConfig(kind=kind, eval_paths=(VALID,), eval_batches=3,
+                                             eval_mask_prob=eval_p), 0, 1)
+        try:
+            return src.eval_batches()
+        finally:
+            src.close()
+
+    a, b = held_out(0.10, 0.30), held_out(0.30, 0.30)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    own = held_out(0.10, 0.0)
+    assert abs(_masked_fraction(own) - 0.10) < 0.04
+    assert abs(_masked_fraction(a) - 0.30) < 0.05
+    with pytest.raises(ConfigError, match="eval_mask_prob"):
+        SourceConfig(eval_mask_prob=1.0)
