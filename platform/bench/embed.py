@@ -54,9 +54,19 @@ def hf_encoder(model: ankh.Ankh):
     return ref
 
 
+def _model(name: str, dtype: str) -> ankh.Ankh:
+    """A preset, checkpoint or HF dir (``ankh.load``), or a benchmark shape (``d512x8``: the
+    issue's CPU comparison shape, random weights from seed 0)."""
+    from ankh_platform.bench.generate import SHAPES, _config
+
+    if name in SHAPES:
+        return ankh.Ankh.random(_config(name), seed=0, dtype=dtype)
+    return ankh.load(name, dtype=dtype)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m jobs.benchmark embed", description=__doc__)
-    ap.add_argument("--preset", default="base", help="model preset (random weights)")
+    ap.add_argument("--preset", default="base", help="model preset or d512x8 (random weights)")
     ap.add_argument("--checkpoint", help="HF dir or checkpoint instead of a preset")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256, help="tokens per sequence (incl. </s>)")
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.dtype = dtype_name(args.dtype)
 
-    model = ankh.load(args.checkpoint or args.preset, dtype=args.dtype)
+    model = _model(args.checkpoint or args.preset, args.dtype)
     ids, mask = real_batch(model, args.batch, args.length)
     encode = jax.jit(lambda p, i, m: nnx.merge(model.graphdef, p).encode(i, m))
     ours = time_it(lambda: encode(model.params, ids, mask).block_until_ready(), args.repeats)
