@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse(argv)
     summary = train.run_local_process(cfg) if args.in_process else train.run(cfg, args.address)
     ckpt = summary["checkpoint_dir"]
-    extra = [k for k in ("unigram_entropy", "ss3_q3", "ss3_q3_onehot", "ss3_q3_random_init") if k in summary]
+    extra = [k for k in ("unigram_entropy", "ss3_q3", "ss3_q3_onehot", "ss3_q3_random_init",
+                         "ss8_q8", "ss8_q8_onehot", "ss8_q8_random_init") if k in summary]
     print(json.dumps({k: summary.get(k) for k in ("step", "val_loss", "val_residue_loss", *extra, "run_dir")}))
     if summary.get("curves"):
         print(f"curves: {summary['curves']}")

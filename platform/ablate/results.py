@@ -20,6 +20,14 @@ from ankh_platform.core.config import to_dict
 
 COLUMNS = ("trial", "group", "group_name", "variable", "value", "params", "eval_loss",
            "val_loss", "ss3_q3", "steps", "selected", "same_run_as")
+# metrics the fixed columns already show (val_residue_loss as eval_loss)
+SHOWN = {"val_residue_loss", "val_loss", "ss3_q3"}
+
+
+def extra_metrics(spec: Any) -> list[str]:
+    """The spec's metrics beyond the fixed columns (e.g. ``ss8_q8``), in the spec's order:
+    columns after the fixed ones, so readers of the fixed layout are unaffected."""
+    return [m for m in spec.metrics if m not in SHOWN and m not in COLUMNS]
 
 
 def write_json(path: str, obj: Any) -> str:
@@ -55,7 +63,8 @@ def rows(spec: Any, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "eval_loss": m.get("val_residue_loss", m.get("val_loss")),
                         "val_loss": m.get("val_loss"), "ss3_q3": m.get("ss3_q3"),
                         "steps": t.config.steps, "selected": i == g["winner"],
-                        "same_run_as": g.get("run_of", {}).get(t.id, "")})
+                        "same_run_as": g.get("run_of", {}).get(t.id, "")}
+                       | {x: m.get(x) for x in extra_metrics(spec)})
     return out
 
 
@@ -65,6 +74,7 @@ def _fmt(v: Any) -> str:
 
 def markdown(spec: Any, done: list[dict[str, Any]], table: list[dict[str, Any]]) -> str:
     sel = spec.select_by
+    extra = extra_metrics(spec)
     lines = [f"# Ablation sweep `{spec.name}`", "",
              f"Every trial: {done[0]['trials'][0].config.steps} steps, seed "
              f"{done[0]['trials'][0].config.seed}, within {spec.param_tolerance:.0%} of the base's "
@@ -74,13 +84,15 @@ def markdown(spec: Any, done: list[dict[str, Any]], table: list[dict[str, Any]])
     for k, g in enumerate(spec.groups):
         solve = f", `{g.solve}` solved for equal parameters" if g.solve else ""
         lines += [f"## {k}. {g.name}: `{g.variable}`{solve}", "",
-                  "| trial | value | params | eval_loss | val_loss | ss3_q3 | |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+                  "| trial | value | params | eval_loss | val_loss | ss3_q3 | "
+                  + "".join(f"{x} | " for x in extra) + "|",
+                  "|---|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---|"]
         for r in (r for r in table if r["group"] == k):
             mark = ("**winner**" if r["selected"] else "") + \
                 (f" (run of {r['same_run_as']})" if r["same_run_as"] else "")
             lines.append(f"| {r['trial']} | `{r['value']}` | {r['params']:,} | {_fmt(r['eval_loss'])} "
-                         f"| {_fmt(r['val_loss'])} | {_fmt(r['ss3_q3'])} | {mark} |")
+                         f"| {_fmt(r['val_loss'])} | {_fmt(r['ss3_q3'])} | "
+                         + "".join(f"{_fmt(r[x])} | " for x in extra) + f"{mark} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -146,7 +158,7 @@ def write_all(out: str, spec: Any, done: list[dict[str, Any]]) -> dict[str, str]
         run_dir |= {tid: run_dir[ref] for tid, ref in g.get("run_of", {}).items()}
     curves = {tid: read_curve(d) for tid, d in run_dir.items()}
     with open(os.path.join(out, "results.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w = csv.DictWriter(fh, fieldnames=[*COLUMNS, *extra_metrics(spec)])
         w.writeheader()
         w.writerows(table)
     Path(out, "results.md").write_text(markdown(spec, done, table))

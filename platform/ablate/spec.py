@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from typing import Any, Literal
@@ -25,7 +26,9 @@ from typing import Any, Literal
 from ankh.config import PRESETS, AnkhConfig
 from ankh_platform.ablate.params import SOLVABLE, SolveError, param_count, solve, within
 from ankh_platform.core.config import ConfigError, from_dict, nest, to_dict
-from ankh_platform.train.config import PretrainConfig, model_shape
+from ankh_platform.train.config import PROBE_METRICS, PretrainConfig, eval_masking_note, model_shape
+
+log = logging.getLogger(__name__)
 
 # Keys a group may not vary: they are the equal budget, seed and data order of every trial, or
 # the sweep's own bookkeeping.
@@ -204,12 +207,34 @@ def validate(spec: AblateConfig) -> list[list[Trial]]:
         _check_group(spec, k, g)
     base = pretrain_config(spec, {}, "base", "runs")
     model_config(base)  # the base itself is valid
-    if "ss3_q3" in spec.metrics and not base.eval.probe:
-        raise ConfigError("metrics lists ss3_q3 but base.eval.probe is false: the runs would "
-                          "not measure it")
+    _check_probe_metrics(spec, base)
     first: list[list[Trial]] = []
     _walk(spec, 0, {}, first, [0])
+    for t in (t for group in first for t in group):
+        if note := eval_masking_note(t.config.data, t.config.source):
+            log.warning("trial %s (%s): %s", t.id, t.label, note)
     return first
+
+
+def _check_probe_metrics(spec: AblateConfig, base: PretrainConfig) -> None:
+    """Refuse a probe metric (``ss3_q3``, ``ss8_q8``, or a baseline of one) that the base's
+    in-training evaluation would not produce: a trial would otherwise train to the end and only
+    then fail for want of it."""
+    names = [spec.select_by.metric, *spec.metrics]
+    for task, metric in PROBE_METRICS.items():
+        asked = next((m for m in names if m == metric or m.startswith(metric + "_")), None)
+        if asked is None:
+            continue
+        if not base.eval.probe:
+            raise ConfigError(f"metrics lists {asked} but base.eval.probe is false: the runs would "
+                              "not measure it")
+        if task not in base.eval.probe_tasks:
+            tasks = sorted(set(base.eval.probe_tasks) | {task}, key=list(PROBE_METRICS).index)
+            raise ConfigError(f"metrics lists {asked} but base.eval.probe_tasks is "
+                              f"[{', '.join(base.eval.probe_tasks)}]: the runs would not measure "
+                              f"it; set base.eval.probe_tasks: [{', '.join(tasks)}]")
+        if asked != metric and not base.eval.baselines:
+            raise ConfigError(f"metrics lists {asked} but base.eval.baselines is false")
 
 
 def _walk(spec: AblateConfig, k: int, carried: dict[str, Any], first: list[list[Trial]] | None,

@@ -66,8 +66,9 @@ def train_trial(config: dict[str, Any]) -> None:
     if missing:
         raise RuntimeError(
             f"trial {trial['id']}: the pretraining run's final summary has no {missing} "
-            f"(it has {sorted(summary)}); ss3_q3 comes from the run's in-training SS3 probe, "
-            "which the spec's base must switch on -- or drop the metric from `metrics`")
+            f"(it has {sorted(summary)}); ss3_q3 / ss8_q8 come from the run's in-training "
+            "linear probes, which the spec's base must switch on (base.eval.probe, "
+            "base.eval.probe_tasks) -- or drop the metric from `metrics`")
     tune.report({m: float(summary[m]) for m in trial["metrics"]}
                 | {"params": trial["params"], "step": int(summary["step"])})
 

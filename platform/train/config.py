@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ankh import storage
 from ankh.config import PRESETS, AnkhConfig
@@ -75,20 +75,49 @@ class SourceConfig:
                               "(0 = the run's data.mask_prob)")
 
 
+def eval_masking_note(data: Any, src: SourceConfig) -> str | None:
+    """Why a run's held-out loss at ``source.eval_mask_prob`` may not mean what it seems: a model
+    trained at a lower masking rate has never seen the higher sentinel ids (``<extra_id_k>``,
+    one per masked residue) the held-out batches use. Measured (docs/ablation.md, the masking
+    study): a model trained at 10 % scores 2.87 nats at its own rate and 5.3 at 15 %."""
+    if src.eval_mask_prob > data.mask_prob:
+        return (f"held-out batches masked at {src.eval_mask_prob:g}, training at {data.mask_prob:g}: "
+                "they use sentinel ids this model never sees in training, so its held-out loss "
+                "measures that too (docs/ablation.md, the masking study)")
+    return None
+
+
+# Linear-probe tasks (``eval.probe_tasks``) -> the metric each reports (its baselines add
+# ``_onehot`` and ``_random_init``). Here, not in train/probe.py, so that specs (ablate.spec) can
+# check metric names without importing JAX.
+PROBE_METRICS = {"ss3": "ss3_q3", "ss8": "ss8_q8"}
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """What every evaluation (each ``eval_every`` steps and the end) measures besides the
-    held-out loss: an SS3 linear probe on frozen per-residue features (``train/probe.py``)."""
+    held-out loss: linear probes on frozen per-residue features (``train/probe.py``), one per
+    task in ``probe_tasks`` (SS3 Q3, SS8 Q8) on the same fixed PDB chains."""
     probe: bool = True
+    probe_tasks: tuple[str, ...] = ("ss3",)  # any of PROBE_METRICS' keys
     probe_train_chains: int = 250   # PDB chains, split by PDB entry (evaluate.tasks.pdb_split)
     probe_test_chains: int = 150
     probe_max_residues: int = 127   # chains cropped: 127 + </s> = 128 tokens, one ladder rung
     probe_steps: int = 100          # L-BFGS iterations of the logistic regression (fixed)
     probe_l2: float = 1e-3          # on standardised features
-    baselines: bool = True          # one-hot and random-init (seed + 1) Q3, once per run
+    baselines: bool = True          # one-hot and random-init (seed + 1) scores, once per run
     curves: bool = True             # <run>/curves.png at the end
 
     def __post_init__(self) -> None:
+        allowed = ", ".join(PROBE_METRICS)
+        for t in self.probe_tasks:
+            if t not in PROBE_METRICS:
+                raise ConfigError(f"eval.probe_tasks: unknown task {t!r} (allowed: {allowed})")
+        if len(set(self.probe_tasks)) < len(self.probe_tasks):
+            raise ConfigError(f"eval.probe_tasks: repeated task in {list(self.probe_tasks)}")
+        if self.probe and not self.probe_tasks:
+            raise ConfigError(f"eval.probe_tasks is empty but eval.probe is true: name one or more "
+                              f"of {allowed} (or set eval.probe=false)")
         if self.probe and min(self.probe_train_chains, self.probe_test_chains, self.probe_max_residues,
                               self.probe_steps) < 1:
             raise ConfigError("eval.probe_train_chains, probe_test_chains, probe_max_residues and "
@@ -148,7 +177,7 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     log_every: int = 10
     eval_every: int = 100               # 0 = only at the end
-    eval: EvalConfig = EvalConfig()     # the SS3 probe, baselines, curves.png
+    eval: EvalConfig = EvalConfig()     # the linear probes, baselines, curves.png
     max_failures: int = 3
     log_example_ids: bool = False       # <run>/examples/rank<r>.jsonl (exactly-once checks)
     fault: FaultConfig = FaultConfig()

@@ -1,8 +1,9 @@
 """The learning-curve PNG of a run, drawn from its ``metrics.jsonl``.
 
-Three panels against the step: training loss; held-out residue loss with the unigram-entropy
-line (below it = the model predicts masked residues from context, not just their frequency);
-SS3 Q3 of the linear probe with the one-hot and random-init baselines. The run writes
+Panels against the step: training loss; held-out residue loss with the unigram-entropy line
+(below it = the model predicts masked residues from context, not just their frequency); SS3 Q3
+of the linear probe with the one-hot and random-init baselines; and, when the run probes SS8
+(``eval.probe_tasks``), SS8 Q8 with its baselines. The run writes
 ``<run>/curves.png`` at its end; redraw any run (also one still going, or a gs:// one) with::
 
     python -m ankh_platform.train.curves RUN_DIR [--output PNG]
@@ -20,7 +21,11 @@ from typing import Any
 import fsspec
 
 log = logging.getLogger(__name__)
-REFERENCE_KEYS = ("unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init")
+REFERENCE_KEYS = ("unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init", "ss8_q8_onehot",
+                  "ss8_q8_random_init")
+# probe panels: (metric, title, y label); SS3's is always drawn, the others when measured
+PROBE_PANELS = (("ss3_q3", "SS3 Q3, held-out PDB entries", "Q3"),
+                ("ss8_q8", "SS8 Q8, held-out PDB entries", "Q8"))
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
@@ -46,14 +51,15 @@ def references(records: list[dict]) -> dict[str, float]:
 
 
 def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
-    """Write the three-panel PNG of ``records`` to ``path`` (local or fsspec URL); returns it."""
+    """Write the PNG of ``records`` to ``path`` (local or fsspec URL); returns it."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
 
     ref = references(records)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    probes = [p for p in PROBE_PANELS if p[0] == "ss3_q3" or _series(records, p[0])[0]]
+    fig, axes = plt.subplots(1, 2 + len(probes), figsize=(5 * (2 + len(probes)), 4))
     ax = axes[0]
     ax.plot(*_series(records, "loss"), label="train loss")
     ax.set(title="training loss (masked tokens)", xlabel="step", ylabel="nats / token")
@@ -63,13 +69,14 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
         ax.axhline(ref["unigram_entropy"], color="gray", ls="--",
                    label=f"unigram entropy {ref['unigram_entropy']:.3f}")
     ax.set(title="held-out masked residues", xlabel="step", ylabel="nats / residue")
-    ax = axes[2]
-    ax.plot(*_series(records, "ss3_q3"), "o-", label="pretrained (linear probe)")
-    for key, name, colour in (("ss3_q3_onehot", "one-hot", "gray"),
-                              ("ss3_q3_random_init", "random init", "tab:red")):
-        if key in ref:
-            ax.axhline(ref[key], color=colour, ls="--", label=f"{name} {ref[key]:.3f}")
-    ax.set(title="SS3 Q3, held-out PDB entries", xlabel="step", ylabel="Q3")
+    for ax, (metric, panel, ylabel) in zip(axes[2:], probes):
+        ax.plot(*_series(records, metric), "o-", label="pretrained (linear probe)")
+        for suffix, name, colour in (("_onehot", "one-hot", "gray"),
+                                     ("_random_init", "random init", "tab:red")):
+            if metric + suffix in ref:
+                v = ref[metric + suffix]
+                ax.axhline(v, color=colour, ls="--", label=f"{name} {v:.3f}")
+        ax.set(title=panel, xlabel="step", ylabel=ylabel)
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

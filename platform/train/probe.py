@@ -1,11 +1,15 @@
-"""The in-training representation probe: SS3 Q3 of a linear classifier on frozen features.
+"""The in-training representation probes: secondary-structure accuracy of linear classifiers
+on frozen features -- SS3 Q3 (``ss3_q3``) and, when ``eval.probe_tasks`` names it, SS8 Q8
+(``ss8_q8``).
 
 A fixed small slice of PDB/DSSP chains (``evaluate.tasks.load_pdb_task``: split by PDB entry,
-SS3 = H,G,I->H; E,B->E; rest->C, held-out chains near-identical to a training chain dropped),
-cropped to ``max_residues``; per-residue features of the encoder (``Ankh.embed``: the one encoder
-program and batching policy); a multinomial logistic regression on standardised features, fit
-full-batch with a fixed number of L-BFGS iterations from zero weights (deterministic); Q3 =
-accuracy over every held-out residue. A few seconds at the ``tiny``/``small`` shapes on 2 cores.
+held-out chains near-identical to a training chain dropped), cropped to ``max_residues``; its
+DSSP labels in both alphabets (SS8 HGIEBTSC; SS3 = H,G,I->H; E,B->E; rest->C, derived from the
+SS8 ids, so every task scores the same residues); per-residue features of the encoder
+(``Ankh.embed``: the one encoder program and batching policy), computed once per evaluation and
+shared by every task; per task a multinomial logistic regression on standardised features, fit
+full-batch with a fixed number of L-BFGS iterations from zero weights (deterministic); accuracy
+over every held-out residue. A few seconds at the ``tiny``/``small`` shapes on 2 cores.
 
 ``SS3Probe`` scores any feature function, the one-hot baseline and a random-init model;
 ``RunProbe`` is what the training loop calls (rank 0 probes, every process stays in lockstep).
@@ -31,32 +35,46 @@ from ankh.tokenizer import AnkhTokenizer
 from ankh.training import counts_entropy
 from ankh_platform.core.samples import pdb_dir
 from ankh_platform.evaluate.embedders import OneHotFeatures
-from ankh_platform.evaluate.tasks import SS3, TaskLimits, load_pdb_task
+from ankh_platform.evaluate.tasks import SS3, SS8, SS8_TO_SS3, TaskLimits, load_pdb_task
+from ankh_platform.train.config import PROBE_METRICS
 
 log = logging.getLogger(__name__)
 Embed = Callable[[list[str]], list[np.ndarray]]  # sequences -> per-residue [L_i, d] features
+CLASSES = {"ss3": len(SS3), "ss8": len(SS8)}  # a probe task's class count
+# SS8 id -> SS3 id, the mapping ``evaluate.tasks.ss_labels`` applies to DSSP letters
+_SS8_TO_SS3_IDS = np.array([SS3.index(SS8_TO_SS3.get(c, "C")) for c in SS8], np.int8)
 
 
 @dataclasses.dataclass(frozen=True)
 class Chains:
-    """The probe's fixed data: sequences and SS3 class ids (0 H, 1 E, 2 C) per chain."""
+    """The probes' fixed data: sequences and, per task, class ids per chain (``train_labels`` /
+    ``test_labels``: SS3, 0 H, 1 E, 2 C; ``labels["ss8"]``: SS8 in HGIEBTSC order)."""
     train_seqs: list[str]
     train_labels: list[np.ndarray]
     test_seqs: list[str]
     test_labels: list[np.ndarray]
     source: str
+    labels: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=dict)
+
+    def task(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """(train, test) class ids of probe task ``name``."""
+        return (self.train_labels, self.test_labels) if name == "ss3" else self.labels[name]
 
 
 def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> Chains:
-    """The first ``train``/``test`` chains of the SS3 task's fixed hash order (by PDB entry),
-    each cropped to its first ``max_residues`` residues."""
-    task = load_pdb_task("ss3", TaskLimits(train=train, valid=0, test=test), root=root or pdb_dir())
+    """The first ``train``/``test`` chains of the PDB tasks' fixed hash order (by PDB entry),
+    each cropped to its first ``max_residues`` residues, with SS3 and SS8 labels. The chains'
+    selection does not depend on the label alphabet, so one SS8 load serves both tasks."""
+    task = load_pdb_task("ss8", TaskLimits(train=train, valid=0, test=test), root=root or pdb_dir())
     tr, te = task.splits["train"], task.splits["test"]
     if not tr.ids or not te.ids:
-        raise ValueError(f"SS3 probe: no {'train' if not tr.ids else 'test'} chains in "
+        raise ValueError(f"probe: no {'train' if not tr.ids else 'test'} chains in "
                          f"{task.info['source']}")
     crop = lambda xs: [x[:max_residues] for x in xs]  # noqa: E731
-    return Chains(crop(tr.seqs), crop(tr.labels), crop(te.seqs), crop(te.labels), task.info["source"])
+    ss3 = lambda xs: [_SS8_TO_SS3_IDS[x] for x in xs]  # noqa: E731  int8, as ss_labels(.., 3)
+    tr8, te8 = crop(tr.labels), crop(te.labels)
+    return Chains(crop(tr.seqs), ss3(tr8), crop(te.seqs), ss3(te8), task.info["source"],
+                  {"ss8": (tr8, te8)})
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "classes"))
@@ -84,29 +102,70 @@ def _fit_predict(x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps
     return jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
 
 
-def linear_q3(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
-              test_y: list[np.ndarray], steps: int = 100, l2: float = 1e-3) -> float:
-    """Q3 of a logistic regression fit on per-residue features (lists of ``[L_i, d]``)."""
+def standardise(train_x: list[np.ndarray], test_x: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-residue features (lists of ``[L_i, d]``) as two standardised float32 matrices, by
+    the training residues' mean and std: done once per feature set, then fit per task."""
     x, xt = np.concatenate(train_x).astype(np.float32), np.concatenate(test_x).astype(np.float32)
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-6, std, 1.0)  # constant columns (one-hot's unused ids) stay 0
+    return (x - mean) / std, (xt - mean) / std
+
+
+def fit_accuracy(x: np.ndarray, train_y: list[np.ndarray], xt: np.ndarray, test_y: list[np.ndarray],
+                 classes: int, steps: int = 100, l2: float = 1e-3) -> float:
+    """Accuracy over held-out residues of a logistic regression over ``classes`` classes, fit
+    on standardised features (``standardise``)."""
     y, yt = np.concatenate(train_y).astype(np.int32), np.concatenate(test_y).astype(np.int32)
     if len(x) != len(y) or len(xt) != len(yt):
         raise ValueError(f"features for {len(x)}/{len(xt)} residues, labels for {len(y)}/{len(yt)}")
-    mean, std = x.mean(0), x.std(0)
-    std = np.where(std > 1e-6, std, 1.0)  # constant columns (one-hot's unused ids) stay 0
-    pred = _fit_predict((x - mean) / std, y, (xt - mean) / std, l2, steps, len(SS3))
+    pred = _fit_predict(x, y, xt, l2, steps, classes)
     return float(np.mean(np.asarray(pred) == yt))
 
 
-class SS3Probe:
-    """``SS3Probe.load(...)`` once, then ``q3(embed)`` for any feature function."""
+def linear_accuracy(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
+                    test_y: list[np.ndarray], classes: int, steps: int = 100, l2: float = 1e-3) -> float:
+    """Accuracy of a logistic regression fit on per-residue features (lists of ``[L_i, d]``)."""
+    x, xt = standardise(train_x, test_x)
+    return fit_accuracy(x, train_y, xt, test_y, classes, steps, l2)
 
-    def __init__(self, chains: Chains, steps: int = 100, l2: float = 1e-3):
-        self.chains, self.steps, self.l2 = chains, steps, l2
+
+def linear_q3(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
+              test_y: list[np.ndarray], steps: int = 100, l2: float = 1e-3) -> float:
+    """Q3 of a logistic regression fit on per-residue features (SS3 labels, 3 classes)."""
+    return linear_accuracy(train_x, train_y, test_x, test_y, len(SS3), steps, l2)
+
+
+class SS3Probe:
+    """``SS3Probe.load(...)`` once, then ``q3(embed)`` or, for every task in ``tasks``,
+    ``scores(embed)`` (``{"ss3_q3": .., "ss8_q8": ..}``) for any feature function."""
+
+    def __init__(self, chains: Chains, steps: int = 100, l2: float = 1e-3,
+                 tasks: tuple[str, ...] = ("ss3",)):
+        unknown = [t for t in tasks if t not in CLASSES]
+        if unknown or not tasks:
+            raise ValueError(f"probe tasks {list(tasks)}: give one or more of {list(CLASSES)}")
+        self.chains, self.steps, self.l2, self.tasks = chains, steps, l2, tuple(tasks)
 
     @classmethod
     def load(cls, train_chains: int = 250, test_chains: int = 150, max_residues: int = 127,
-             steps: int = 100, l2: float = 1e-3, root: Any = None) -> "SS3Probe":
-        return cls(load_chains(train_chains, test_chains, max_residues, root), steps, l2)
+             steps: int = 100, l2: float = 1e-3, root: Any = None,
+             tasks: tuple[str, ...] = ("ss3",)) -> "SS3Probe":
+        return cls(load_chains(train_chains, test_chains, max_residues, root), steps, l2, tasks)
+
+    def scores(self, embed: Embed, suffix: str = "") -> dict[str, float]:
+        """Each task's accuracy, keyed by its metric name + ``suffix``: the chains are embedded
+        once (the expensive part) and one regression is fit per task on those features."""
+        c = self.chains
+        x, xt = standardise(embed(c.train_seqs), embed(c.test_seqs))
+        out = {}
+        for t in self.tasks:
+            train_y, test_y = c.task(t)
+            out[PROBE_METRICS[t] + suffix] = fit_accuracy(x, train_y, xt, test_y, CLASSES[t],
+                                                          self.steps, self.l2)
+        return out
+
+    def scores_model(self, model: Ankh, suffix: str = "") -> dict[str, float]:
+        return self.scores(lambda seqs: model.embed(seqs, per_residue=True), suffix)
 
     def q3(self, embed: Embed) -> float:
         c = self.chains
@@ -165,9 +224,11 @@ class RunProbe:
         self.model: Ankh | None = None  # one Ankh holder: its compiled encoder serves every call
         if self.enabled and primary:
             self.probe = SS3Probe.load(ec.probe_train_chains, ec.probe_test_chains,
-                                       ec.probe_max_residues, ec.probe_steps, ec.probe_l2)
-            n = len(self.probe.chains.train_seqs), len(self.probe.chains.test_seqs)
-            log.info("SS3 probe: %d train / %d test chains from %s", *n, self.probe.chains.source)
+                                       ec.probe_max_residues, ec.probe_steps, ec.probe_l2,
+                                       tasks=tuple(ec.probe_tasks))
+            c = self.probe.chains
+            log.info("linear probes %s: %d train / %d test chains from %s",
+                     "+".join(self.probe.tasks), len(c.train_seqs), len(c.test_seqs), c.source)
 
     def _holder(self) -> Ankh:
         if self.model is None:  # random init from seed + 1: the baseline, and the params' shape
@@ -175,16 +236,18 @@ class RunProbe:
         return self.model
 
     def baselines(self) -> dict[str, float]:
-        """``ss3_q3_onehot`` and ``ss3_q3_random_init`` (process 0; {} elsewhere or when off)."""
+        """Each task's ``<metric>_onehot`` and ``<metric>_random_init`` (e.g. ``ss3_q3_onehot``;
+        process 0; {} elsewhere or when off)."""
         if self.probe is None or not self.ec.baselines:
             return {}
-        out = {"ss3_q3_onehot": self.probe.q3_onehot()}
+        out = self.probe.scores(OneHotFeatures().embed, "_onehot")
         if self.model is None:  # before any params are swapped in: still the random init
-            out["ss3_q3_random_init"] = self.probe.q3_model(self._holder())
+            out |= self.probe.scores_model(self._holder(), "_random_init")
         return out
 
     def __call__(self, params: dict) -> dict[str, float]:
-        """``{"ss3_q3": ...}`` of ``params`` on process 0; every process must call it."""
+        """``{"ss3_q3": ..., "ss8_q8": ...}`` (the configured tasks) of ``params`` on process 0;
+        every process must call it."""
         if not self.enabled:
             return {}
         host = host_params(params)
@@ -192,4 +255,4 @@ class RunProbe:
             return {}
         model = self._holder()
         nnx.replace_by_pure_dict(model.params, host)
-        return {"ss3_q3": self.probe.q3_model(model)}
+        return self.probe.scores_model(model)

@@ -31,7 +31,8 @@ from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.train.config import PretrainConfig, ScaleConfig, effective_optim, model_shape
+from ankh_platform.train.config import (PROBE_METRICS, PretrainConfig, ScaleConfig, effective_optim,
+                                        eval_masking_note, model_shape)
 from ankh_platform.train.curves import plot, read_metrics
 from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.source import make_source
@@ -113,14 +114,16 @@ def console_lines(rec: dict[str, Any], total: int) -> list[str]:
     if "val_loss" in rec:
         kind = "final" if rec.get("event") == "final" else "eval"
         unigram = f" (unigram {rec['unigram_entropy']:.3f})" if "unigram_entropy" in rec else ""
-        q3 = f" | ss3_q3 {rec['ss3_q3']:.3f}" if "ss3_q3" in rec else ""
+        probes = "".join(f" | {m} {rec[m]:.3f}" for m in PROBE_METRICS.values() if m in rec)
         out.append(f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
                    f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}"
-                   f"{unigram}{q3}")
+                   f"{unigram}{probes}")
     if rec.get("event") == "reference":
         parts = [f"{name} {rec[k]:.3f}" for k, name in (
             ("unigram_entropy", "unigram entropy (held-out residues)"),
-            ("ss3_q3_onehot", "SS3 Q3 one-hot"), ("ss3_q3_random_init", "random init")) if k in rec]
+            ("ss3_q3_onehot", "SS3 Q3 one-hot"), ("ss3_q3_random_init", "random init"),
+            ("ss8_q8_onehot", "SS8 Q8 one-hot"), ("ss8_q8_random_init", "SS8 random init"))
+            if k in rec]
         out.append("reference | " + " | ".join(parts))
     return out
 
@@ -188,6 +191,8 @@ class Run:
         self.probe = RunProbe(cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary)
         self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count(),
                                   self.origin.tokenizer)
+        if (note := eval_masking_note(cfg.data, cfg.source)) and self.primary:
+            log.warning("%s", note)
         ck = cfg.checkpoint
         self.store = CheckpointStore(f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save)
         spec = self.source.spec

@@ -85,6 +85,12 @@ def test_later_groups_carry_the_winner_and_add_to_its_model_changes():
     (["groups=[{name: a, variable: model_overrides.d_fff, values: [64, 96]}]"], "unknown AnkhConfig field"),
     (["base.model=/some/checkpoint", "groups=" + SPLIT], "needs a preset"),
     (["base.eval.probe=false"], "ss3_q3 but base.eval.probe is false"),
+    (["metrics=[val_residue_loss, ss3_q3, ss8_q8]"],
+     r"ss8_q8 but base.eval.probe_tasks is \[ss3\].*set base.eval.probe_tasks: \[ss3, ss8\]"),
+    (["metrics=[val_residue_loss, ss8_q8]", "select_by.metric=ss8_q8", "base.eval.probe_tasks=[ss3]"],
+     r"ss8_q8 but base.eval.probe_tasks is \[ss3\]"),
+    (["metrics=[val_residue_loss, ss8_q8_onehot]", "select_by.metric=val_residue_loss",
+      "base.eval.probe_tasks=[ss3, ss8]"], "ss8_q8_onehot but base.eval.baselines is false"),
 ])
 def test_bad_specs_are_refused_naming_the_problem(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,6 +125,26 @@ def test_results_files_from_a_plan(tmp_path):
     assert all((tmp_path / p).stat().st_size > 1000 for p in ("group-0.png", "group-1.png", "curves.png"))
 
 
+def test_results_carry_an_extra_probe_metric(tmp_path):
+    """A spec that lists ss8_q8 (its base probing ss8) validates, selects by it, and every
+    results file carries it after the fixed columns."""
+    s = spec("metrics=[val_residue_loss, val_loss, ss3_q3, ss8_q8]", "select_by.metric=ss8_q8",
+             "base.eval.probe_tasks=[ss3, ss8]")
+    groups = validate(s)
+    assert groups[0][0].config.eval.probe_tasks == ("ss3", "ss8") and s.select_by.best() == "max"
+    trials = plan_group(s, 0, {}, str(tmp_path / "runs"))
+    metrics = [{"val_residue_loss": 3.0, "val_loss": 2.5, "ss3_q3": 0.5, "ss8_q8": 0.31 + 0.1 * i}
+               for i in range(len(trials))]
+    paths = results.write_all(str(tmp_path), s, [{"trials": trials, "metrics": metrics, "winner": 1}])
+    reader = csv.DictReader(open(paths["csv"]))
+    assert reader.fieldnames == [*results.COLUMNS, "ss8_q8"]
+    assert [float(r["ss8_q8"]) for r in reader] == pytest.approx([0.31, 0.41])
+    md = open(paths["markdown"]).read()
+    assert "| ss3_q3 | ss8_q8 | |" in md and "| 0.5000 | 0.4100 | **winner** |" in md
+    data = json.load(open(paths["json"]))
+    assert data["groups"][0]["trials"][1]["metrics"]["ss8_q8"] == pytest.approx(0.41)
+
+
 def test_winner_selection_and_repeated_runs():
     from ankh_platform.ablate.sweep import run_key, select
 
@@ -132,3 +158,22 @@ def test_winner_selection_and_repeated_runs():
     # the split group's first value is the winner so far (d_ff spelled out): one run, not two
     assert run_key(second[0]) == run_key(first[1]) != run_key(second[1])
     assert run_key(first[0]) != run_key(first[1])
+
+
+def test_mask_cpu_study_plans_learn_cpu_trials_and_warns_about_unseen_sentinels(caplog):
+    """The real small study's spec (docs/ablation.md): the learn-cpu shape, one trial per masking
+    probability, every trial scored at the same held-out rate -- and the trial trained below
+    that rate is named at planning time, since its model never sees the sentinel ids used."""
+    import logging
+
+    from ankh_platform.train.config import PretrainConfig, model_shape
+
+    learn = load_config(PretrainConfig, "learn-cpu", [], presets_dir=PRESETS_DIR)
+    with caplog.at_level(logging.WARNING, logger="ankh_platform.ablate.spec"):
+        (group,) = validate(spec(config="mask-cpu"))
+    assert [t.config.data.mask_prob for t in group] == [0.10, 0.15, 0.20, 0.30]
+    for t in group:
+        assert model_shape(t.config) == model_shape(learn) and t.config.steps == 2000
+        assert t.config.source.eval_mask_prob == 0.15 and t.config.data.paths == learn.data.paths
+    warned = [r.getMessage() for r in caplog.records if "sentinel" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("trial g0-mask-prob-0")

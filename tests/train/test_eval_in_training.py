@@ -1,4 +1,5 @@
-"""Evaluation during pretraining: the SS3 linear probe, the unigram line, curves.png, TensorBoard.
+"""Evaluation during pretraining: the SS3 (and SS8) linear probes, the unigram line, curves.png,
+TensorBoard.
 
 Real data throughout: PDB/DSSP chains (the shared ``pdb_dssp8.parquet`` when present, else the
 bundled ``data/pdb_sample``, which holds the same probe slice) and the bundled UniProt sample.
@@ -57,6 +58,60 @@ def test_probe_separates_an_informative_feature_from_noise(probe):
     assert abs(q_noise - majority) < 0.04 and q_noise < 0.45, (q_noise, majority)
 
 
+def test_ss8_probe_separates_an_informative_feature_from_noise(probe):
+    """SS8 over the same chains: one-hot of the true SS8 label beside noise -> near-perfect Q8
+    (and Q3, its coarsening); noise alone -> the majority SS8 class."""
+    from ankh_platform.train.probe import SS3Probe
+
+    both = SS3Probe(probe.chains, tasks=("ss3", "ss8"))
+    train8, test8 = probe.chains.task("ss8")
+    assert max(np.concatenate(test8)) > 2  # real 8-state ids, not the SS3 ones
+    rng = np.random.default_rng(0)
+
+    def noise(seqs):
+        return [rng.standard_normal((len(s), 16)).astype(np.float32) for s in seqs]
+
+    labels = {id(s): y for s, y in zip(probe.chains.train_seqs + probe.chains.test_seqs, train8 + test8)}
+
+    def informative(seqs):
+        return [np.concatenate([x, np.eye(8, dtype=np.float32)[labels[id(s)]]], 1)
+                for s, x in zip(seqs, noise(seqs))]
+
+    good = both.scores(informative)
+    assert good["ss8_q8"] > 0.95 and good["ss3_q3"] > 0.95, good
+    y = np.concatenate(test8)
+    majority = np.bincount(y).max() / len(y)
+    bad = both.scores(noise)["ss8_q8"]
+    assert abs(bad - majority) < 0.04 and bad < good["ss8_q8"] - 0.5, (bad, majority)
+
+
+def test_adding_ss8_leaves_ss3_unchanged(probe):
+    """SS3 labels derived from the SS8 ones are the SS3 task's own labels, byte for byte, and
+    SS3 Q3 is the same number whether or not SS8 is probed beside it."""
+    from ankh_platform.core.samples import pdb_dir
+    from ankh_platform.evaluate.embedders import OneHotFeatures
+    from ankh_platform.evaluate.tasks import TaskLimits, load_pdb_task
+    from ankh_platform.train.probe import SS3Probe
+
+    ss3 = load_pdb_task("ss3", TaskLimits(train=250, valid=0, test=150), root=pdb_dir())
+    for mine, theirs in ((probe.chains.train_labels, ss3.splits["train"].labels),
+                         (probe.chains.test_labels, ss3.splits["test"].labels)):
+        assert len(mine) == len(theirs)
+        assert all(a.dtype == b.dtype and a.tobytes() == b[:127].tobytes() for a, b in zip(mine, theirs))
+    calls = []
+
+    def onehot(seqs):  # counts embedding calls: one per split, however many tasks
+        calls.append(len(seqs))
+        return OneHotFeatures().embed(seqs)
+
+    alone = SS3Probe(probe.chains, tasks=("ss3",)).scores(onehot)
+    both = SS3Probe(probe.chains, tasks=("ss3", "ss8")).scores(onehot)
+    assert calls == [250, 150] * 2  # the features are computed once per scoring, not per task
+    assert list(alone) == ["ss3_q3"] and list(both) == ["ss3_q3", "ss8_q8"]
+    assert alone["ss3_q3"] == both["ss3_q3"] == probe.q3_onehot()
+    assert 0.25 < both["ss8_q8"] < both["ss3_q3"], both  # 8 states: harder than 3
+
+
 def test_bundled_sample_holds_the_same_probe_slice(probe):
     from ankh_platform.train.probe import load_chains
 
@@ -109,6 +164,9 @@ def test_console_eval_line_shows_unigram_and_q3():
     ref = {"step": 0, "event": "reference", "unigram_entropy": 2.888, "ss3_q3_onehot": 0.48}
     assert console_lines(ref, 300) == ["reference | unigram entropy (held-out residues) 2.888 | "
                                        "SS3 Q3 one-hot 0.480"]
+    assert console_lines(rec | {"ss8_q8": 0.301}, 300)[0].endswith("| ss3_q3 0.512 | ss8_q8 0.301")
+    assert console_lines(ref | {"ss8_q8_onehot": 0.35}, 300)[0].endswith(
+        "SS3 Q3 one-hot 0.480 | SS8 Q8 one-hot 0.350")
 
 
 def test_bad_probe_settings_are_config_errors():
@@ -117,6 +175,21 @@ def test_bad_probe_settings_are_config_errors():
     with pytest.raises(ConfigError, match="probe_test_chains"):
         pretrain_config("/tmp/x", "bad", "eval.probe=true", "eval.probe_test_chains=0")
     pretrain_config("/tmp/x", "ok", "eval.probe=false", "eval.probe_test_chains=0")
+
+
+def test_probe_tasks_are_checked():
+    from ankh_platform.core.config import ConfigError
+
+    assert pretrain_config("/tmp/x", "d", "eval.probe=true").eval.probe_tasks == ("ss3",)
+    cfg = pretrain_config("/tmp/x", "both", "eval.probe=true", "eval.probe_tasks=[ss3,ss8]")
+    assert cfg.eval.probe_tasks == ("ss3", "ss8")
+    with pytest.raises(ConfigError, match=r"unknown task 'dssp' \(allowed: ss3, ss8\)"):
+        pretrain_config("/tmp/x", "bad", "eval.probe_tasks=[ss3,dssp]")
+    with pytest.raises(ConfigError, match="probe_tasks is empty but eval.probe is true"):
+        pretrain_config("/tmp/x", "bad", "eval.probe=true", "eval.probe_tasks=[]")
+    with pytest.raises(ConfigError, match="repeated"):
+        pretrain_config("/tmp/x", "bad", "eval.probe_tasks=[ss8,ss8]")
+    pretrain_config("/tmp/x", "off", "eval.probe=false", "eval.probe_tasks=[]")
 
 
 def tensorboard_tags(folder: Path) -> set[str]:
@@ -142,7 +215,7 @@ def test_short_run_reports_probe_unigram_curves_and_tensorboard(tmp_path, monkey
     monkeypatch.setattr(probe, "pdb_dir", lambda: BUNDLED_PDB)  # the bundled slice: no shared data needed
     cfg = pretrain_config(tmp_path, "evalrun", "eval.probe=true", "source.kind=local", "steps=4", "log_every=2",
                           "eval_every=2", "checkpoint.every=4", "eval.probe_train_chains=40",
-                          "eval.probe_test_chains=20")
+                          "eval.probe_test_chains=20", "eval.probe_tasks=[ss3,ss8]")
     summary = run_local_process(cfg)
     run = tmp_path / "evalrun"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -150,16 +223,20 @@ def test_short_run_reports_probe_unigram_curves_and_tensorboard(tmp_path, monkey
     assert [r["step"] for r in evals] == [2, 4]
     for r in evals:
         assert 0.0 <= r["ss3_q3"] <= 1.0 and 2.0 < r["unigram_entropy"] < 3.2, r
+        assert 0.0 <= r["ss8_q8"] <= 1.0, r  # eval.probe_tasks=[ss3,ss8]: both, every eval
     on_disk = json.loads((run / "summary.json").read_text())
     for s in (summary, on_disk):
-        for key in ("ss3_q3", "unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init"):
+        for key in ("ss3_q3", "unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init",
+                    "ss8_q8", "ss8_q8_onehot", "ss8_q8_random_init"):
             assert 0.0 < s[key] < 3.2, (key, s)
-    assert summary["ss3_q3"] == evals[-1]["ss3_q3"]
+    assert summary["ss3_q3"] == evals[-1]["ss3_q3"] and summary["ss8_q8"] == evals[-1]["ss8_q8"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and summary["curves"] == f"{run}/curves.png"
-    assert {"ss3_q3", "val_residue_loss", "unigram_entropy", "ss3_q3_onehot"} <= tensorboard_tags(run / "tensorboard")
+    assert {"ss3_q3", "val_residue_loss", "unigram_entropy", "ss3_q3_onehot", "ss8_q8",
+            "ss8_q8_onehot"} <= tensorboard_tags(run / "tensorboard")
     err = capsys.readouterr().err
     assert "reference | unigram entropy (held-out residues) " in err and "SS3 Q3 one-hot" in err
-    assert "(unigram " in err and "| ss3_q3 0." in err
+    assert "SS8 Q8 one-hot" in err
+    assert "(unigram " in err and "| ss3_q3 0." in err and "| ss8_q8 0." in err
 
     # The redraw helper: the same figure from metrics.jsonl alone.
     assert curves.main([str(run), "--output", str(tmp_path / "again.png")]) == 0
