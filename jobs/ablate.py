@@ -4,7 +4,8 @@ One variable at a time, every trial at the base's parameter count (architecture 
 free dimension) and trained for the same budget with the same seed and data order; the winner
 of each group by ``select_by`` is carried into every later group. Trials are Ray Tune trials
 (each a pretraining run); re-running the same command restores the sweep and does not re-run
-finished trials. Specs: ``--config smoke`` (a few minutes here), ``--config paper`` (the
+finished trials. Specs: ``--config smoke`` (a few minutes here), ``--config mask-cpu`` (the
+masking-probability group at the learn-cpu scale, about an hour here), ``--config paper`` (the
 paper's groups at base scale, TPU v4), or a YAML file (docs/ablation.md).
 On a cluster: ``ray job submit --working-dir . -- python -m jobs.ablate --config paper ...``.
 The last line printed is the sweep directory (results.csv, results.md, results.json, PNGs).

@@ -41,6 +41,10 @@ class EmbedJobConfig:
     layer: int = 0  # encoder layer to read (1-based); 0 = final output
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128  # shortest row of the doubling ladder
+    # Row lengths per doubling: 1 (128, 256, 512, ...: least padding) or 2 (128, 192, 256, 384,
+    # ...: proteins share shorter rows, so less attention across proteins; measured on 600 real
+    # proteins, d512x8, 2 CPU cores: model time -9 %, padding 3.8 -> 7.7 %, 7 compiles not 4)
+    row_steps_per_octave: int = 1
     max_segments: int = 64  # sequences packed in one row at most
     group_rows: int = 4096  # sequences sorted and packed together (bigger: less padding)
     max_length: int = 0  # residues per model call; 0 = the checkpoint's max_length
@@ -75,6 +79,7 @@ def pack_spec(cfg: "EmbedJobConfig", mcfg) -> EmbedPackSpec:
     """How the job cuts and packs pieces for the model ``mcfg`` (an ``AnkhConfig``)."""
     return EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
                          batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
+                         steps_per_octave=cfg.row_steps_per_octave,
                          max_segments=cfg.max_segments, long_policy=cfg.long_policy,
                          window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop,
                          prefix=mcfg.task_prefix("[NLU]"))  # ankh3: [NLU] first

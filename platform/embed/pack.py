@@ -42,6 +42,7 @@ class EmbedPackSpec:
     max_length: int  # residues per piece (the model's limit)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128
+    steps_per_octave: int = 1  # row lengths per doubling of the ladder (1 or 2)
     max_segments: int = 64  # pieces per row (size of the pooling one-hot)
     long_policy: str = "window"  # window | truncate | skip
     window_overlap: int = 128
@@ -55,6 +56,8 @@ class EmbedPackSpec:
             raise ValueError(f"long_policy must be window, truncate or skip, got {self.long_policy!r}")
         if not 0 <= self.window_overlap < self.max_length // 2 + 1:
             raise ValueError(f"window_overlap must be in [0, max_length/2], got {self.window_overlap}")
+        if self.steps_per_octave not in (1, 2):
+            raise ValueError(f"row_steps_per_octave must be 1 or 2, got {self.steps_per_octave}")
         if self.max_segments < 1 or self.min_row_tokens < 2:
             raise ValueError("max_segments must be >= 1 and min_row_tokens >= 2")
 
@@ -68,11 +71,13 @@ class EmbedPackSpec:
         plus the task token if any (rounded up to 64, a friendly size for accelerator tiles),
         e.g. 128, 256, 512, 1088.
 
-        Doubling, not the offline 1.5x/2x series: packed rows fill their gaps anyway, so half
-        the rungs cost little padding and save compiles on every replica.
+        Doubling by default, not the offline 1.5x/2x series: packed rows fill their gaps
+        anyway, so half the rungs cost little padding and save compiles on every replica.
+        ``steps_per_octave=2`` takes the 1.5x/2x series (128, 192, 256, 384, ...): fewer
+        proteins share a row, so less attention is spent across proteins, for more padding.
         """
         return length_ladder(self.max_length + 1 + self.num_prefix, self.min_row_tokens,
-                             steps_per_octave=1, align=64)
+                             steps_per_octave=self.steps_per_octave, align=64)
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every ``(rows, length)`` a model call can have (what a replica warms up)."""

@@ -106,14 +106,18 @@ def test_invalid_and_long_sequences_are_reported_not_dropped():
     assert win.seq_nwin == [2] and win.piece_win == [0, 10] and "2 windows" in win.notes[0][2]
 
 
-def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet):
-    """pack -> replica -> part files -> merge, on real proteins: equals embedding each alone."""
+@pytest.mark.parametrize("steps_per_octave", [1, 2])
+def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet, steps_per_octave):
+    """pack -> replica -> part files -> merge, on real proteins: equals embedding each alone,
+    with the doubling row ladder and with the finer one (row_steps_per_octave=2)."""
     t = _real(protein_parquet, 0, 48)
     seqs = dict(zip(t["id"], t["sequence"]))
     assert sum(len(s) > WIDTH for s in seqs.values()) >= 3  # windows are exercised
     ids = t["id"] + [i for i, _ in BAD_FASTA]
     batch = reader_batch(ids, t["sequence"] + [s for _, s in BAD_FASTA])
-    spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP)
+    spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP,
+                         steps_per_octave=steps_per_octave)
+    assert spec.row_lengths() == ([128, 256, 320] if steps_per_octave == 1 else [128, 192, 256, 320])
     packed = pack_udf(batch, spec, _offline().tokenizer.vocab)
     out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     n = len(out["id"])
@@ -164,6 +168,13 @@ def test_hdf5_names_and_missing_h5py_error(tmp_path):
                        timeout=120)
     assert r.returncode != 0 and "pip install h5py" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_row_ladder_setting_is_checked():
+    with pytest.raises(ValueError, match="row_steps_per_octave must be 1 or 2"):
+        EmbedPackSpec(max_length=1024, steps_per_octave=3)
+    assert EmbedPackSpec(max_length=1024, steps_per_octave=2).row_lengths() == \
+        [128, 192, 256, 384, 512, 768, 1088]
 
 
 def test_output_of_other_settings_is_refused(tmp_path):
