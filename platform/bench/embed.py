@@ -57,10 +57,10 @@ def hf_encoder(model: ankh.Ankh):
 def _model(name: str, dtype: str) -> ankh.Ankh:
     """A preset, checkpoint or HF dir (``ankh.load``), or a benchmark shape (``d512x8``: the
     issue's CPU comparison shape, random weights from seed 0)."""
-    from ankh_platform.bench.generate import SHAPES, _config
+    from ankh_platform.bench.generate import SHAPES, bench_config
 
     if name in SHAPES:
-        return ankh.Ankh.random(_config(name), seed=0, dtype=dtype)
+        return ankh.Ankh.random(bench_config(name), seed=0, dtype=dtype)
     return ankh.load(name, dtype=dtype)
 
 

@@ -51,7 +51,9 @@ def _strategy(name: str) -> dict[str, Any]:
     raise SystemExit(f"unknown strategy {name!r}: greedy, sample or beamN")
 
 
-def _config(name: str):
+def bench_config(name: str):
+    """A benchmark model shape: one of ``SHAPES`` or a preset (every CPU comparison with HF
+    names its model this way: ``generate``, ``embed``, ``fasta``)."""
     from ankh.config import AnkhConfig, get_preset
 
     return AnkhConfig(**SHAPES[name]) if name in SHAPES else get_preset(name)
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ankh.api import Ankh
     from ankh_platform.core.samples import long_sequences
 
-    model = Ankh.random(_config(args.preset), seed=0)
+    model = Ankh.random(bench_config(args.preset), seed=0)
     tail = "".join(model.tokenizer.decode([model.tokenizer.sentinel_id(k)])
                    for k in range(args.sentinels))
     seqs = [s[: args.input_len] + tail for s in long_sequences(args.batch, args.input_len, seed=0)]

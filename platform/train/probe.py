@@ -47,18 +47,20 @@ _SS8_TO_SS3_IDS = np.array([SS3.index(SS8_TO_SS3.get(c, "C")) for c in SS8], np.
 
 @dataclasses.dataclass(frozen=True)
 class Chains:
-    """The probes' fixed data: sequences and, per task, class ids per chain (``train_labels`` /
-    ``test_labels``: SS3, 0 H, 1 E, 2 C; ``labels["ss8"]``: SS8 in HGIEBTSC order)."""
+    """The probes' fixed data: sequences and, per task, (train, test) class ids per chain
+    (``labels["ss3"]``: 0 H, 1 E, 2 C; ``labels["ss8"]``: HGIEBTSC order)."""
     train_seqs: list[str]
-    train_labels: list[np.ndarray]
     test_seqs: list[str]
-    test_labels: list[np.ndarray]
     source: str
-    labels: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = dataclasses.field(default_factory=dict)
+    labels: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]
 
-    def task(self, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """(train, test) class ids of probe task ``name``."""
-        return (self.train_labels, self.test_labels) if name == "ss3" else self.labels[name]
+    @property
+    def train_labels(self) -> list[np.ndarray]:  # SS3
+        return self.labels["ss3"][0]
+
+    @property
+    def test_labels(self) -> list[np.ndarray]:  # SS3
+        return self.labels["ss3"][1]
 
 
 def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> Chains:
@@ -73,8 +75,8 @@ def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> C
     crop = lambda xs: [x[:max_residues] for x in xs]  # noqa: E731
     ss3 = lambda xs: [_SS8_TO_SS3_IDS[x] for x in xs]  # noqa: E731  int8, as ss_labels(.., 3)
     tr8, te8 = crop(tr.labels), crop(te.labels)
-    return Chains(crop(tr.seqs), ss3(tr8), crop(te.seqs), ss3(te8), task.info["source"],
-                  {"ss8": (tr8, te8)})
+    return Chains(crop(tr.seqs), crop(te.seqs), task.info["source"],
+                  {"ss3": (ss3(tr8), ss3(te8)), "ss8": (tr8, te8)})
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "classes"))
@@ -129,12 +131,6 @@ def linear_accuracy(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x
     return fit_accuracy(x, train_y, xt, test_y, classes, steps, l2)
 
 
-def linear_q3(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
-              test_y: list[np.ndarray], steps: int = 100, l2: float = 1e-3) -> float:
-    """Q3 of a logistic regression fit on per-residue features (SS3 labels, 3 classes)."""
-    return linear_accuracy(train_x, train_y, test_x, test_y, len(SS3), steps, l2)
-
-
 class SS3Probe:
     """``SS3Probe.load(...)`` once, then ``q3(embed)`` or, for every task in ``tasks``,
     ``scores(embed)`` (``{"ss3_q3": .., "ss8_q8": ..}``) for any feature function."""
@@ -159,7 +155,7 @@ class SS3Probe:
         x, xt = standardise(embed(c.train_seqs), embed(c.test_seqs))
         out = {}
         for t in self.tasks:
-            train_y, test_y = c.task(t)
+            train_y, test_y = c.labels[t]
             out[PROBE_METRICS[t] + suffix] = fit_accuracy(x, train_y, xt, test_y, CLASSES[t],
                                                           self.steps, self.l2)
         return out
@@ -169,8 +165,8 @@ class SS3Probe:
 
     def q3(self, embed: Embed) -> float:
         c = self.chains
-        return linear_q3(embed(c.train_seqs), c.train_labels, embed(c.test_seqs), c.test_labels,
-                         self.steps, self.l2)
+        return linear_accuracy(embed(c.train_seqs), c.train_labels, embed(c.test_seqs),
+                               c.test_labels, len(SS3), self.steps, self.l2)
 
     def q3_model(self, model: Ankh) -> float:
         return self.q3(lambda seqs: model.embed(seqs, per_residue=True))

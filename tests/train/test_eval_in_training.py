@@ -64,7 +64,7 @@ def test_ss8_probe_separates_an_informative_feature_from_noise(probe):
     from ankh_platform.train.probe import SS3Probe
 
     both = SS3Probe(probe.chains, tasks=("ss3", "ss8"))
-    train8, test8 = probe.chains.task("ss8")
+    train8, test8 = probe.chains.labels["ss8"]
     assert max(np.concatenate(test8)) > 2  # real 8-state ids, not the SS3 ones
     rng = np.random.default_rng(0)
 
