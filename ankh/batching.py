@@ -3,8 +3,8 @@
 A leaf module (numpy and the standard library only), shared by the offline API
 (``Ankh.embed``, generation, scoring), Ray Serve, the batch-embedding job and evaluation:
 
-- the length ladder (``length_ladder``, ``sequence_ladder``, ``rung``): the few padded
-  lengths that get compiled;
+- the length ladder (``length_ladder``, ``sequence_ladder``, ``decode_ladder``, ``rung``): the
+  few padded lengths that get compiled;
 - rows per shape (``full_rows``, ``row_sizes``, ``batch_rows``): a token budget per call, and
   geometric row counts for partly filled batches;
 - ``pad_rows``: token lists -> ``ids`` + ``mask`` (the one padding loop);
@@ -32,13 +32,17 @@ DEFAULT_BATCH_TOKENS = 8192
 SERVE_MIN_LENGTH = 64
 
 
+_OCTAVE = {1: (4,), 2: (4, 6), 4: (4, 5, 6, 7)}  # rungs per doubling, in quarters of its start
+
+
 def _series(minimum: int, steps_per_octave: int) -> Iterator[int]:
-    """``minimum`` x (1, 1.5, 2, 3, 4, 6, ...) -- or x (1, 2, 4, ...) -- ascending, unbounded."""
-    if minimum < 1 or steps_per_octave not in (1, 2):
+    """``minimum`` x (1, 1.5, 2, 3, 4, 6, ...) -- or x (1, 2, 4, ...), or x (1, 1.25, 1.5, 1.75,
+    2, ...) -- ascending, unbounded."""
+    if minimum < 1 or steps_per_octave not in _OCTAVE:
         raise ValueError(f"bad ladder: minimum={minimum} steps_per_octave={steps_per_octave}")
     size, last = minimum, 0
     while True:
-        for r in ((size,) if steps_per_octave == 1 else (size, size * 3 // 2)):
+        for r in (size * q // 4 for q in _OCTAVE[steps_per_octave]):
             if r > last:
                 yield r
                 last = r
@@ -78,6 +82,15 @@ def sequence_ladder(max_length: int, minimum: int = 16) -> list[int]:
     """The ladder for sequences of up to ``max_length`` residues plus ``</s>``: the offline
     API's calls (from 16) and Serve's compiled lengths (from ``SERVE_MIN_LENGTH``)."""
     return length_ladder(max_length + 1, minimum)
+
+
+def decode_ladder(max_length: int, minimum: int = 16) -> list[int]:
+    """The ladder for generation's inputs: four rungs per octave (under 25 % padding, 16, 20,
+    24, 28, 32, 40, ...). A decoding call runs the encoder on the padded input and reads its
+    cross keys/values at every step, so padding costs it more than an embedding call, and a
+    new shape compiles in seconds beside a loop of steps (``jobs.benchmark generate``: 202
+    tokens pad to 224, not 256)."""
+    return length_ladder(max_length + 1, minimum, steps_per_octave=4)
 
 
 def padded_length(n: int, ladder: Sequence[int]) -> int:

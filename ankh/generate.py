@@ -165,7 +165,7 @@ class GenerationMixin:
         toks = self._encode_inputs(inputs, prefix=self.task_prefix("[S2S]"))
         gp = _warp_params(temperature, top_k, top_p, repetition_penalty, min_new_tokens)
         nr = num_return_sequences
-        ladder = batching.sequence_ladder(self.config.max_length)
+        ladder = batching.decode_ladder(self.config.max_length)
         for idx, length, rows in batching.sorted_batches([len(t) for t in toks], batch_size, ladder):
             ids, mask = batching.pad_rows([toks[k] for k in idx], rows, length, self.tokenizer.pad_id)
             if num_beams > 1:
@@ -219,7 +219,7 @@ class GenerationMixin:
                             repetition_penalty, 1.0)
         toks = self._encode_inputs(list(inputs), prefix=self.task_prefix("[S2S]"))
         length = batching.padded_length(max(len(t) for t in toks),
-                                        batching.sequence_ladder(self.config.max_length))
+                                        batching.decode_ladder(self.config.max_length))
         ids, mask = batching.pad_rows(toks, len(toks), length, self.tokenizer.pad_id)
         gp = _warp_params(temperature, top_k, top_p, repetition_penalty)
         fn = self._generate_fn("forced", sample=bool(do_sample))

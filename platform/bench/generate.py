@@ -18,7 +18,11 @@ HF runs with the fastest of the ``--torch-threads`` settings (``auto``: 1 and al
 short probe call: PyTorch's multi-threaded small matmuls can be ten times slower than one
 thread on a busy host, and the ratio should not profit from that. ``profile``: what one of our decode steps
 executes (from the compiled program: ops, dots, copies of KV-cache-sized buffers, host round
-trips) and where the greedy time goes (encoder + setup vs per step). Prints one JSON line.
+trips) and where the greedy time goes (encoder + setup vs per step). ``floor`` (float32): the
+least time any implementation could take here -- the encoder at the matmul peak and each step
+at the slower of its FLOPs at that peak and its bytes (every decoder weight, the caches) at the
+memory read bandwidth, both measured in the same run -- and, per mode, ``ceiling_ratio``: HF's
+time over that floor, the most a ratio could be on this machine. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -213,6 +217,44 @@ def _step_split(model, hf, hf_in, seqs, args, greedy: dict[str, Any]) -> dict[st
     return out
 
 
+# ---- the float32 floor --------------------------------------------------------------------------------
+def floor_seconds(cfg, batch: int, enc_len: int, max_new: int, num_beams: int, peak: float,
+                  bandwidth: float, itemsize: int = 4) -> float:
+    """The least time any implementation could decode in on this machine: the encoder and the
+    cross keys/values at the matmul ``peak`` (FLOP/s), then each step at the slower of its FLOPs
+    at the peak and its bytes (``ankh.flops.decode_step_bytes``) at the read ``bandwidth``
+    (bytes/s); no fixed cost. ``enc_len``: the unpadded longest input, as HF runs it."""
+    from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops,
+                            encoder_flops)
+
+    rows = batch * num_beams
+    setup = (encoder_flops(cfg, batch, enc_len) + cross_kv_flops(cfg, batch, enc_len)) / peak
+    steps = sum(max(decode_step_flops(cfg, rows, enc_len, t) / peak,
+                    decode_step_bytes(cfg, rows, batch, enc_len, t, itemsize) / bandwidth)
+                for t in range(1, max_new + 1))
+    return setup + steps
+
+
+def _ceilings(cfg, results: dict[str, Any], args, enc_len: int, seconds: float) -> dict[str, Any]:
+    """Per mode: the floor, ours as a fraction of it and (with HF) the ratio at the floor."""
+    import jax
+
+    from ankh.flops import measure_matmul_peak, measure_read_bandwidth
+
+    peak = measure_matmul_peak("float32", seconds=seconds, devices=jax.devices()[:1])
+    bw = measure_read_bandwidth(seconds=seconds)
+    out = {"matmul_peak_gflops": round(peak / 1e9, 1), "read_bandwidth_gb_s": round(bw / 1e9, 1),
+           "enc_len": enc_len}
+    for name, res in results.items():
+        floor = floor_seconds(cfg, args.batch, enc_len, args.max_new_tokens,
+                              _strategy(name)["num_beams"], peak, bw)
+        res["floor_seconds"] = round(floor, 6)
+        res["ours_fraction_of_floor"] = round(floor / res["ours_seconds"], 3)
+        if "hf_seconds" in res:  # the most any float32 implementation could reach against HF
+            res["ceiling_ratio"] = round(res["hf_seconds"] / floor, 2)
+    return out
+
+
 # ---- the run ----------------------------------------------------------------------------------------
 def _mode(model, hf, seqs, hf_in, args, name: str) -> dict[str, Any]:
     kw = _strategy(name)
@@ -254,6 +296,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "dtype": str(np.dtype(model.dtype)), "cpu_count": os.cpu_count(), "results": results}
     if hf is not None:
         out.update({"torch_threads": threads, "torch_threads_probe_s": probe})
+    if args.peak_seconds > 0 and out["dtype"] == "float32":
+        out["floor"] = _ceilings(model.config, results, args, hf_in[0].shape[1], args.peak_seconds)
     if args.profile:
         out["profile"] = {name: _profile(model, seqs, args, name) for name in results}
         if "greedy" in results:
@@ -279,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="HF thread counts to try, fastest counts ('auto': 1 and all cores)")
     ap.add_argument("--reference", default="hf", choices=["hf", "none"],
                     help="none: ours only (an accelerator run; HF would run on the CPU)")
+    ap.add_argument("--peak-seconds", type=float, default=2.0,
+                    help="time spent measuring the float32 matmul peak and the memory read "
+                         "bandwidth for the floor (0: skip)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="skip the decode-step profile (one more compile per strategy)")
     out = run(ap.parse_args(argv))

@@ -14,9 +14,9 @@ import pytest
 
 from ankh import batching
 from ankh.batching import (DEFAULT_BATCH_TOKENS, SERVE_MIN_LENGTH, BatchPlan, batch_rows,
-                           fill_rows, full_rows, ladder_batches, length_ladder, pad_rows,
-                           padded_length, row_sizes, rung, sequence_ladder, sorted_batches,
-                           token_budget_batches)
+                           decode_ladder, fill_rows, full_rows, ladder_batches, length_ladder,
+                           pad_rows, padded_length, row_sizes, rung, sequence_ladder,
+                           sorted_batches, token_budget_batches)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,6 +36,16 @@ def test_length_ladder_values():
     assert length_ladder(129, 128, steps_per_octave=1, align=64) == [128, 192]
     with pytest.raises(ValueError, match="bad ladder"):
         length_ladder(100, 16, steps_per_octave=3)
+
+
+def test_decode_ladder_pads_under_a_quarter():
+    # generation's inputs: four rungs per octave, the top fits max_length + </s>
+    assert decode_ladder(1024) == [16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
+                                   224, 256, 320, 384, 448, 512, 640, 768, 896, 1025]
+    assert decode_ladder(200)[-3:] == [160, 192, 201]
+    ladder = decode_ladder(1024)
+    assert all(padded_length(n, ladder) < 1.25 * n for n in range(17, 1026))
+    assert set(sequence_ladder(1024)) <= set(ladder)  # no rung of the offline ladder is lost
 
 
 def test_rung_is_the_unbounded_series():

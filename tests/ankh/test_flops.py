@@ -17,7 +17,9 @@ import pytest
 from flax import nnx
 
 from ankh.config import PRESETS, get_preset
-from ankh.flops import (decoder_flops, encoder_flops, measure_matmul_peak, train_step_flops)
+from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops, decoder_flops,
+                        encoder_flops, measure_matmul_peak, measure_read_bandwidth,
+                        train_step_flops)
 from ankh.model import AnkhModel
 
 TINY = PRESETS["tiny"].replace(num_layers=2, num_decoder_layers=1)  # fast to trace
@@ -104,3 +106,46 @@ def test_base_encoder_per_token_from_its_weights():
 def test_matmul_peak_is_a_rate():
     peak = measure_matmul_peak("float32", n=64, seconds=0.0)
     assert np.isfinite(peak) and peak > 0
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_decode_step_flops_equal_the_traced_matmuls(group):
+    # The cached step attends every slot of its buffer: dec_len = the buffer's length.
+    from ankh.kv_cache import decode_step, init_cache
+
+    graphdef, params = _model(TINY)
+    g, le, t_len = 2, 12, 9
+    ids, mask = _tokens(g, le)
+
+    def step(p):
+        model = nnx.merge(graphdef, p)
+        cache = init_cache(model, model.encode(ids, mask), mask, t_len, group=group)
+        return decode_step(model, jnp.zeros((g * group,), jnp.int32), jnp.int32(3), cache)
+
+    full = _dot_flops(jax.make_jaxpr(step)(params).jaxpr)
+    setup = encoder_flops(TINY, g, le) + cross_kv_flops(TINY, g, le)
+    assert full - setup == decode_step_flops(TINY, g * group, le, t_len)
+
+
+def test_decode_step_bytes_from_parameter_shapes():
+    # Every decoder matrix but the cross keys/values (projected once per call), and the LM head.
+    cfg = get_preset("base")
+    shapes = jax.eval_shape(lambda: nnx.state(AnkhModel(cfg, nnx.Rngs(0)), nnx.Param))
+    read = 0
+    for path, x in jax.tree_util.tree_leaves_with_path(shapes):
+        key = jax.tree_util.keystr(path)
+        if len(x.shape) < 2 or "relative_attention_bias" in key:
+            continue
+        if "decoder" in key and not ("EncDecAttention" in key and key.split("'")[-2] in ("k", "v")):
+            read += math.prod(x.shape)
+        elif "lm_head" in key or (cfg.tie_word_embeddings and "shared" in key):
+            read += math.prod(x.shape)
+    rows, inputs, le, t = 8, 4, 100, 30
+    caches = cfg.num_decoder_layers * 2 * cfg.inner_dim * (inputs * le + rows * t)
+    assert decode_step_bytes(cfg, rows, inputs, le, t) == 4 * (read + caches)
+    assert decode_step_bytes(cfg, rows, inputs, le, t, itemsize=2) == 2 * (read + caches)
+
+
+def test_read_bandwidth_is_a_rate():
+    bw = measure_read_bandwidth(nbytes=1 << 20, seconds=0.0)
+    assert np.isfinite(bw) and bw > 0

@@ -3,13 +3,15 @@ outputs compared with HF token for token, and the decode-step profile of the com
 
 import json
 
+import pytest
+
 from ankh_platform.bench import generate
 
 
 def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
     out = generate.main(["--preset", "tiny", "--batch", "2", "--input-len", "24",
                          "--max-new-tokens", "24", "--strategies", "greedy,beam2",
-                         "--torch-threads", "1"])
+                         "--torch-threads", "1", "--peak-seconds", "0.1"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert out["min_new_tokens"] == out["max_new_tokens"] == 24
     for name in ("greedy", "beam2"):
@@ -17,6 +19,13 @@ def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
         assert res["identical_to_hf"] is True, name
         assert res["tokens_ours"] == res["tokens_hf"] > 0
         assert res["ratio"] > 0 and res["ours_ms_per_step"] > 0 and res["hf_steps_per_s"] > 0
+        # The floor is computed for HF's unpadded inputs (24 residues + sentinel + </s>).
+        assert res["ceiling_ratio"] == pytest.approx(res["hf_seconds"] / res["floor_seconds"],
+                                                     rel=0.01)
+    assert out["floor"]["enc_len"] == 26
+    assert out["floor"]["matmul_peak_gflops"] > 0 and out["floor"]["read_bandwidth_gb_s"] > 0
+    # A beam's extra rows cost FLOPs and cache bytes, never a second read of the weights.
+    assert 0 < out["results"]["greedy"]["floor_seconds"] < out["results"]["beam2"]["floor_seconds"]
     greedy = out["profile"]["greedy"]
     # The whole loop runs inside the one compiled program, and a step never copies its KV
     # cache or the cross-attention keys/values (they are stored in the layout the dots read).
@@ -26,6 +35,23 @@ def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
     assert greedy["ours_one_token_call_s"] > 0 and greedy["hf_one_token_call_s"] > 0
     # Beam search reorders beams by their slot table, never by moving a cache.
     assert out["profile"]["beam2"]["cache_sized_copies_per_step"] == 0
+
+
+def test_floor_is_setup_at_peak_plus_each_step_at_its_bound():
+    from ankh.config import get_preset
+    from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops,
+                            encoder_flops)
+
+    cfg = get_preset("tiny")
+    peak, bw = 1e11, 2e10
+    setup = (encoder_flops(cfg, 4, 50) + cross_kv_flops(cfg, 4, 50)) / peak
+    for beams in (1, 4):
+        steps = [max(decode_step_flops(cfg, 4 * beams, 50, t) / peak,
+                     decode_step_bytes(cfg, 4 * beams, 4, 50, t) / bw) for t in range(1, 11)]
+        assert generate.floor_seconds(cfg, 4, 50, 10, beams, peak, bw) == setup + sum(steps)
+    # Few rows: every step is bound by its bytes; doubling the bandwidth halves the steps' part.
+    fast = generate.floor_seconds(cfg, 4, 50, 10, 1, peak, 2 * bw)
+    assert fast - setup == (generate.floor_seconds(cfg, 4, 50, 10, 1, peak, bw) - setup) / 2
 
 
 def test_step_profile_counts_cache_copies():
