@@ -4,8 +4,9 @@ memory read bandwidth.
 Every efficiency figure the project reports divides a count from here by a rate probed here:
 MFU of the train worker and of ``jobs.benchmark train``, the encoder's fraction of peak in
 ``jobs.benchmark embed``, the generation floor of ``jobs.benchmark generate`` (a decode step of
-a few rows is bound by the bytes it must read, not by its FLOPs). Counts are matmul FLOPs (2 per multiply-add) on padded shapes, as MFU
-is conventionally defined; norms, softmax and activations are left out (a few % of the total).
+a few rows is bound by the bytes it must read, not by its FLOPs). Counts are matmul FLOPs (2 per
+multiply-add) on padded shapes, as MFU is conventionally defined; norms, softmax and activations
+are left out (a few % of the total).
 
 The per-layer terms are written once and every count is a sum of them, so the encoder-only
 count is exactly the encoder part of the train-step count.

@@ -8,7 +8,11 @@ that holds the device alone) with a share of ``--budget-s`` (default 480 s: the 
 device, then one per part with the device added; a part over its time prints its error instead.
 Compute dtype: ``auto`` (bfloat16 on GPU/TPU, float32 on CPU; ``ankh.accelerator``).
 
-``--quick`` shrinks every shape to a smoke test (for CPU tests, with ``--preset tiny``).
+``--parts learn`` (opt-in, not in the default list) runs ``jobs.benchmark learn --config
+learn-gpu`` for the part's share of the budget: what pretraining reaches on this device in that
+time (held-out loss vs unigram, SS3 probe vs baselines; the shared UniProt data must be
+reachable, e.g. ``ANKH_DATA_DIR``). ``--quick`` shrinks every shape to a smoke test (for CPU
+tests, with ``--preset tiny``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
                         "--raw-after", "0"],
                   ["--checkpoint", "{p}", "--sequences", "16", "--shards", "1",
                    "--raw-after", "0", "--max-length", "256", "--batch-tokens", "1024"]),
+    # Opt-in (``--parts learn``): what pretraining reaches in the part's time (issue 14).
+    "learn": (1.0, ["--config", "learn-gpu", "--budget-s", "{s}"],
+              ["--config", "tiny", "--budget-s", "{s}", "--calibrate-steps", "4",
+               "source.kind=local", "data.max_residues=64", "eval.probe_train_chains=40",
+               "eval.probe_test_chains=20", "eval.probe_steps=20", "eval.curves=false"]),
 }
+DEFAULT_PARTS = ["embed", "train", "generate", "embed-job"]
 
 _PROBE = ("import jax, json; d = jax.devices()[0]; print(json.dumps({'platform': d.platform, "
           "'device_kind': d.device_kind, 'device_count': jax.device_count(), "
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="base", help="model preset (random weights)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="whole suite, seconds")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                    help=f"comma list of {', '.join(PARTS)} (default: all but learn)")
     ap.add_argument("--quick", action="store_true", help="smoke-test shapes (tests, CPU)")
     args = ap.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -102,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         left = args.budget_s - (time.perf_counter() - start)
         # this part's share of what is left (unused time of earlier parts carries over)
         share = left * PARTS[name][0] / sum(PARTS[p][0] for p in parts[i:]) if total else left
-        argv_part = [a.format(p=args.preset) for a in PARTS[name][2 if args.quick else 1]]
+        # {s}: the seconds a part may plan for itself (its share less the child's own start)
+        argv_part = [a.format(p=args.preset, s=max(int(share * 0.85) - 10, 1))
+                     for a in PARTS[name][2 if args.quick else 1]]
         t0 = time.perf_counter()
         out, err = _run([name, *argv_part], share)
         line = {**(out or {"error": err}), "benchmark": name, "device_kind": dev["device_kind"],

@@ -41,3 +41,12 @@ def test_whole_suite_at_tiny_shapes():
     lines = _suite("--budget-s", "400")
     assert [x["benchmark"] for x in lines] == ["device", "embed", "train", "generate", "embed-job"]
     assert all("error" not in x for x in lines), lines
+
+
+@pytest.mark.slow
+def test_learn_part_is_opt_in_and_reports_where_the_run_ended():
+    head, part = _suite("--parts", "learn", "--budget-s", "90")
+    assert head["parts"] == ["learn"] and "learn" not in device.DEFAULT_PARTS
+    assert "error" not in part, part
+    assert part["benchmark"] == "learn" and part["steps"] >= 1
+    assert "below_unigram_nats" in part and "ss3_q3_vs_best_baseline" in part
