@@ -59,3 +59,13 @@ def test_learn_benchmark_runs_a_budgeted_pretraining(tmp_path, capsys):
 def test_bad_budget_is_refused():
     with pytest.raises(SystemExit):
         learn.main(["--budget-s", "0"])
+
+
+@pytest.mark.parametrize("preset", ["learn-cpu", "learn-gpu"])
+def test_learn_presets_load_with_their_shapes(preset):
+    from ankh_platform.train.config import model_shape
+
+    cfg = load_config(PretrainConfig, preset, [], presets_dir=PRESETS_DIR)
+    shape = model_shape(cfg)
+    assert shape.d_model == cfg.model_overrides["d_model"] and cfg.eval.probe
+    assert cfg.source.eval_paths and cfg.data.paths != cfg.source.eval_paths  # held out
