@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Any
 
+from ankh_platform.core.config import ConfigError
+
 PROBES = ("ss3_q3", "ss8_q8")
 
 
@@ -101,8 +103,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from ankh_platform.train.job import run_local_process
 
+    from ankh import storage
+
     cfg = _config(args)
     out_dir = args.output or tempfile.mkdtemp(prefix="ankh-learn-")
+    for name in (cfg.name, f"{cfg.name}-calibrate"):  # same name + output would resume a run
+        fs, path = storage.filesystem(storage.join(out_dir, name))
+        if fs.exists(path):
+            raise ConfigError(f"{storage.join(out_dir, name)} already holds a run: a benchmark "
+                              f"starts fresh; pass another --output or remove it")
     start = time.perf_counter()
     step_s, calib_s = calibrate(cfg, args.calibrate_steps, out_dir)
     steps = plan_steps(args.budget_s, calib_s, args.calibrate_steps, step_s, args.eval_reserve)

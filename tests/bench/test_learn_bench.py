@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ankh_platform.bench import learn
-from ankh_platform.core.config import PRESETS_DIR, load_config
+from ankh_platform.core.config import PRESETS_DIR, ConfigError, load_config
 from ankh_platform.train.config import PretrainConfig
 
 
@@ -59,6 +59,13 @@ def test_learn_benchmark_runs_a_budgeted_pretraining(tmp_path, capsys):
 def test_bad_budget_is_refused():
     with pytest.raises(SystemExit):
         learn.main(["--budget-s", "0"])
+
+
+def test_an_output_holding_the_run_is_refused(tmp_path):
+    # Same name + output resumes a pretraining run: a benchmark must not silently do that.
+    (tmp_path / "ankh-tiny").mkdir()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        learn.main(["--config", "tiny", "--output", str(tmp_path)])
 
 
 @pytest.mark.parametrize("preset", ["learn-cpu", "learn-gpu"])
