@@ -106,8 +106,10 @@ def _spans(prop: dict[str, Any]) -> None:
             bound["minimum"] = 0
 
 
-def _generate_rules(max_beams: int) -> list[dict[str, Any]]:
-    """``check_generate_args``' cross-field rules as JSON Schema (absent = the default)."""
+def _generate_rules(max_beams: int, max_new: int) -> list[dict[str, Any]]:
+    """``check_generate_args``' cross-field rules as JSON Schema (absent = the default);
+    ``max_new``: limits.max_new_tokens (``min_new_tokens`` <= ``max_new_tokens``, whose default
+    is min(64, max_new))."""
     rules: list[dict[str, Any]] = [
         {"not": {"properties": {"do_sample": {"const": True}, "num_beams": {"minimum": 2}},
                  "required": ["do_sample", "num_beams"]}},  # no beam sampling
@@ -117,6 +119,14 @@ def _generate_rules(max_beams: int) -> list[dict[str, Any]]:
     for k in range(2, max_beams + 1):  # beam search: at most num_beams returned
         rules.append({"if": {"properties": {"num_beams": {"const": k}}, "required": ["num_beams"]},
                       "then": {"properties": {"num_return_sequences": {"maximum": k}}}})
+    unset = {"anyOf": [{"not": {"required": ["max_new_tokens"]}},
+                       {"properties": {"max_new_tokens": {"type": "null"}}}]}
+    default = {"properties": {"min_new_tokens": {"maximum": min(64, max_new)}}}
+    rules.append({"if": unset, "then": default})
+    for k in range(1, max_new + 1):  # JSON Schema cannot compare two fields: one rule per value
+        rules.append({"if": {"properties": {"max_new_tokens": {"const": k}},
+                             "required": ["max_new_tokens"]},
+                      "then": {"properties": {"min_new_tokens": {"maximum": k}}}})
     return rules
 
 
@@ -140,6 +150,7 @@ def constrain(schema: dict[str, Any], limits: RequestLimits, facts: dict[str, An
         "GenerateRequest": {
             "sequences": _strings(residue_pattern(letters, n, sentinels), limits.max_sequences),
             "max_new_tokens": _maximum(limits.max_new_tokens),
+            "min_new_tokens": _maximum(limits.max_new_tokens),
             "num_beams": _maximum(limits.max_beams),
             "num_return_sequences": _maximum(limits.max_variants)},
         "VariantsRequest": {"parent": one, "n": _maximum(limits.max_variants), "spans": _spans},
@@ -177,7 +188,8 @@ def _object_rules(comps: dict[str, Any], limits: RequestLimits, facts: dict[str,
                   seqs: Patch) -> None:
     """Rules between fields: generate's, score's "what to score", TEI's truncate."""
     if "GenerateRequest" in comps:
-        comps["GenerateRequest"]["allOf"] = _generate_rules(limits.max_beams)
+        comps["GenerateRequest"]["allOf"] = _generate_rules(limits.max_beams,
+                                                            limits.max_new_tokens)
     if facts.get("per_residue") is False:
         comps["EmbedRequest"]["properties"]["pooling"]["enum"] = ["mean"]
     if "ScoreRequest" in comps:

@@ -203,6 +203,8 @@ class GenerateRequest(BaseModel):
                                  "mark spans to infill.")
     max_new_tokens: Int | None = Field(None, ge=1, description="Default: 64, or "
                                              "limits.max_new_tokens if lower.")
+    min_new_tokens: Int = Field(0, ge=0, description="</s> is barred until this many tokens "
+                                "are generated (HF's name); at most max_new_tokens.")
     do_sample: StrictBool = Field(False, description="false: greedy (or beam search).")
     temperature: Number = Field(1.0, ge=SCALE_MIN, le=SCALE_MAX)
     top_k: Int = Field(0, ge=0, le=INT32_MAX, description="0 = no top-k filter.")

@@ -125,6 +125,9 @@ BAD_GEN = [
     ({"sequences": ["MKT"], "num_beams": 3, "do_sample": True}, 422, ["beam sampling"]),
     ({"sequences": ["MK<extra_id_0>T"], "seed": -1}, 422, ["seed"]),
     ({"sequences": ["MKT"], "top_p": 0}, 422, ["top_p"]),
+    ({"sequences": ["MKT"], "max_new_tokens": 8, "min_new_tokens": 9}, 422,
+     ["min_new_tokens", "0..max_new_tokens (8)"]),
+    ({"sequences": ["MKT"], "min_new_tokens": -1}, 422, ["min_new_tokens"]),
 ]
 
 
@@ -199,6 +202,19 @@ def test_handles_give_the_same_operations(server):
     out = gen.generate.remote(["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"], **kw).result()
     _, _, body = post(server, "/v1/generate", {"sequences": ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"], **kw})
     assert out == body["outputs"]
+
+
+def test_min_new_tokens_as_offline(server, offline):
+    # Near-uniform sampling: without min_new_tokens one of these rows ends early (</s> drawn at
+    # its 22nd token); with it barred until 24, no row can. Served = offline, and it mattered.
+    seqs = ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ", "GSHM<extra_id_0>LEDPVDAFQ"]
+    kw = dict(max_new_tokens=24, do_sample=True, temperature=50.0, num_return_sequences=8, seed=1)
+    status, _, body = post(server, "/v1/generate", {"sequences": seqs, "min_new_tokens": 24, **kw})
+    assert status == 200, body
+    assert body["outputs"] == offline.generate(seqs, min_new_tokens=24, **kw)
+    assert body["outputs"] != offline.generate(seqs, **kw)
+    lengths = [len(r) for rows in offline.generate_ids(seqs, min_new_tokens=24, **kw) for r in rows]
+    assert lengths == [24] * 16
 
 
 def test_over_capacity_is_503_with_retry_after_never_a_hang(server):
