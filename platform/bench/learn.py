@@ -101,9 +101,8 @@ def report(summary: dict[str, Any], steps: int) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
-    from ankh_platform.train.job import run_local_process
-
     from ankh import storage
+    from ankh_platform.train.job import run_local_process
 
     cfg = _config(args)
     out_dir = args.output or tempfile.mkdtemp(prefix="ankh-learn-")
