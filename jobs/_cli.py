@@ -96,7 +96,8 @@ def parse(cls: type[T], argv: list[str] | None, doc: str | None, prog: str,
     """``prog [--config FILE|PRESET] [flags] key.path=value ...`` -> (config, parsed flags)."""
     flags = flags or {}
     presets = sorted(p.stem for p in Path(presets_dir).glob("*.yaml")) if presets_dir else []
-    epilog = ("overrides (key.path=value):\n" + "\n".join(describe(cls)) +
+    epilog = ("overrides (key.path=value; values are YAML; a mapping merges into the current "
+              "one key by key, {} clears it):\n" + "\n".join(describe(cls)) +
               (f"\n\npresets: {', '.join(presets)}" if presets else ""))
     ap = parser(prog, doc, epilog)
     ap.add_argument("--config", help="YAML config file" +

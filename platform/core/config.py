@@ -131,17 +131,34 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML: 3, 1e-3, true, [1,2], null)."""
+    """Apply ``a.b.c=value`` strings (values parsed as YAML: 3, 1e-3, true, [1,2], null).
+
+    A mapping value merges key by key into what is there (``data={rows: 16}`` keeps the other
+    ``data`` keys), except an empty one: ``key={}`` clears that mapping -- the only way to drop,
+    e.g., a preset file's ``model_overrides`` from the command line.
+    """
     out = dict(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.path=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
+        parts = key.strip().split(".")
+        if value == {}:
+            out = _clear(out, parts)
+            continue
         nested: Any = value
-        for part in reversed(key.strip().split(".")):
+        for part in reversed(parts):
             nested = {part: nested}
         out = _merge(out, nested)
+    return out
+
+
+def _clear(data: dict[str, Any], parts: list[str]) -> dict[str, Any]:
+    """``data`` with the mapping at ``parts`` replaced by ``{}`` (parents copied, not mutated)."""
+    out = dict(data)
+    head = out.get(parts[0])
+    out[parts[0]] = _clear(head if isinstance(head, dict) else {}, parts[1:]) if parts[1:] else {}
     return out
 
 

@@ -208,7 +208,8 @@ def model_shape(cfg: PretrainConfig, config: AnkhConfig | None = None) -> AnkhCo
         return config if config is not None else PRESETS[cfg.model]
     if cfg.model not in PRESETS:
         raise ConfigError(f"model_overrides need a preset model (one of {', '.join(PRESETS)}); "
-                          f"model={cfg.model!r} names weights, whose shape is fixed")
+                          f"model={cfg.model!r} names weights, whose shape is fixed (a preset file's "
+                          f"model_overrides are dropped with model_overrides={{}})")
     fields = {f.name for f in dataclasses.fields(AnkhConfig)}
     unknown = sorted(set(cfg.model_overrides) - fields)
     if unknown:

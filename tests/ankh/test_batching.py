@@ -188,7 +188,7 @@ def test_every_entry_defaults_to_one_batch_token_budget():
     def default(fn, name):
         return inspect.signature(fn).parameters[name].default
 
-    assert DEFAULT_BATCH_TOKENS == batching.DEFAULT_BATCH_TOKENS == 8192
+    assert DEFAULT_BATCH_TOKENS == batching.DEFAULT_BATCH_TOKENS == 4096
     for fn in (Ankh.embed, Ankh.masked_marginals, Ankh.score, Ankh.pseudo_log_likelihood,
                Ankh.per_residue_log_probs, make_extractor, token_budget_batches):
         assert default(fn, "batch_tokens") == DEFAULT_BATCH_TOKENS, fn

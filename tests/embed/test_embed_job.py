@@ -71,7 +71,7 @@ def test_packing_real_proteins_fixed_shapes_little_padding(protein_parquet):
     from ankh.tokenizer import AnkhTokenizer
 
     t = _real(protein_parquet, 0, 4096)
-    spec = EmbedPackSpec(max_length=1024, batch_tokens=8192)
+    spec = EmbedPackSpec(max_length=1024)  # the default token budget
     prep = prepare(t["id"], t["sequence"], ["s"] * 4096, AnkhTokenizer(), spec)
     seen, slots, real = [], 0, 0
     for b in pack(prep, spec):

@@ -51,3 +51,21 @@ def test_a_nested_override_keeps_the_runs_other_defaults():
     cfg = load_config(PretrainConfig, None, ["data.rows=16", "optim.peak_lr=0.003"])
     assert cfg.data == dataclasses.replace(PretrainConfig().data, rows=16)
     assert cfg.optim == dataclasses.replace(PretrainConfig().optim, peak_lr=0.003)
+
+
+def test_an_empty_mapping_override_clears_a_presets_model_overrides(repo_root):
+    from ankh_platform.train.config import model_shape
+
+    preset = repo_root / "jobs/configs/pretrain-learn-cpu.yaml"
+    shaped = load_config(PretrainConfig, preset, [])
+    assert shaped.model_overrides["d_model"] == 128
+    # Merging: a non-empty mapping keeps the preset's other keys.
+    assert load_config(PretrainConfig, preset, ["model_overrides={d_ff: 512}"]).model_overrides == \
+        {**shaped.model_overrides, "d_ff": 512}
+    # Continuing from weights: the shape comes from them, so the preset's overrides must go.
+    with pytest.raises(ConfigError, match=r"model_overrides=\{\}"):
+        model_shape(load_config(PretrainConfig, preset, ["model=/some/checkpoint"]))
+    cleared = load_config(PretrainConfig, preset, ["model=/some/checkpoint", "model_overrides={}"])
+    assert cleared.model_overrides == {} and cleared.data == shaped.data  # nothing else dropped
+    # A cleared nested group is its defaults again (a dataclass group never loses fields).
+    assert load_config(PretrainConfig, preset, ["data={}"]).data == PretrainConfig().data
