@@ -5,7 +5,8 @@ the relative-position bias per clipped offset), never per pair; ``prepare`` then
 (``attention_impl``, by length, dtype and backend):
 
 - ``dense``: the bias ``[b, h, q, k]`` built once per stack and the scores held whole -- what
-  is fastest on CPU while a row of scores is short (measured: up to ~384 keys).
+  is fastest on CPU while a row of scores is short (up to 384 keys) and all of them stay near
+  cache size (36 MiB; see ``DENSE_MAX_BYTES_CPU``).
 - ``blocked``: query tiles under ``lax.map``; each tile builds its own relative bias (a gather
   from the ``[h, 2R+1]`` per-offset table) and its own segment mask, so the live scores are one
   tile (a few MiB on CPU, cache-sized) and no ``[h, L, L]`` array exists. The tile body is
@@ -30,6 +31,11 @@ from ankh import accelerator
 NEG_INF = -1e9  # additive mask; exp() underflows to exactly 0 like HF's finfo.min
 
 DENSE_MAX_KEYS_CPU = 384  # above this many keys the blocked path is faster on CPU
+# ... and above this many bytes of float32 scores [b, h, q, k]. Measured on a 2-core Zen 4
+# (32 MiB L3; d512x8 encoder, tokens/s dense vs blocked): 16 x 256 (33.5 MB) 2,561 vs 2,490 and
+# 21 x 192 (24.8 MB) 2,736 vs 2,603, but 12 x 320 (39.3 MB) 2,100 vs 2,453 and 10 x 384 (47 MB)
+# 1,937-2,117 vs 2,452-2,474: the 4,096-token batches of the 320 and 384 rungs go blocked.
+DENSE_MAX_BYTES_CPU = 36 << 20
 TILE_BYTES_CPU = 16 << 20  # float32 scores of one query tile on CPU (L3-sized; measured best of 2-32 MiB)
 DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
 TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
@@ -91,7 +97,8 @@ def attention_impl(batch: int, heads: int, head_dim: int, q_len: int, k_len: int
     if fused is not None:
         return fused
     if accelerator.backend() == "cpu":
-        return "dense" if k_len <= DENSE_MAX_KEYS_CPU else "blocked"
+        small = k_len <= DENSE_MAX_KEYS_CPU and batch * heads * q_len * k_len * 4 <= DENSE_MAX_BYTES_CPU
+        return "dense" if small else "blocked"
     return "dense" if batch * heads * q_len * k_len * 4 <= DENSE_MAX_BYTES else "blocked"
 
 

@@ -56,6 +56,11 @@ def test_choice_by_length_on_cpu():
     assert attention.attention_impl(4, 8, 64, cut, cut, jnp.float32) == "dense"
     assert attention.attention_impl(4, 8, 64, cut + 1, cut + 1, jnp.bfloat16) == "blocked"
     assert attention.query_tile(4, 8, 1000, 1000) * 4 * 8 * 1000 * 4 <= attention.TILE_BYTES_CPU
+    # Short rows whose whole scores outgrow the cache: the 4,096-token batch of the 384 rung.
+    rows = 4096 // cut
+    assert rows * 8 * cut * cut * 4 > attention.DENSE_MAX_BYTES_CPU
+    assert attention.attention_impl(rows, 8, 64, cut, cut, jnp.float32) == "blocked"
+    assert attention.attention_impl(16, 8, 64, 256, 256, jnp.float32) == "dense"
 
 
 def test_padded_batch_across_tiles_matches_hf(pair):
