@@ -96,10 +96,11 @@ def attention_impl(batch: int, heads: int, head_dim: int, q_len: int, k_len: int
     fused = accelerator.fused_attention_kernel(dtype, head_dim, q_len, k_len)
     if fused is not None:
         return fused
+    scores = batch * heads * q_len * k_len * 4  # bytes of the whole float32 scores
     if accelerator.backend() == "cpu":
-        small = k_len <= DENSE_MAX_KEYS_CPU and batch * heads * q_len * k_len * 4 <= DENSE_MAX_BYTES_CPU
+        small = k_len <= DENSE_MAX_KEYS_CPU and scores <= DENSE_MAX_BYTES_CPU
         return "dense" if small else "blocked"
-    return "dense" if batch * heads * q_len * k_len * 4 <= DENSE_MAX_BYTES else "blocked"
+    return "dense" if scores <= DENSE_MAX_BYTES else "blocked"
 
 
 def query_tile(batch: int, heads: int, q_len: int, k_len: int) -> int:
