@@ -17,8 +17,16 @@ if TYPE_CHECKING:
 
 _JAX_NAMES = {"Ankh": "ankh.api", "load": "ankh.api", "AnkhModel": "ankh.model"}
 
-__all__ = ["Ankh", "AnkhConfig", "AnkhModel", "AnkhTokenizer", "PRESETS", "TokenizerError",
-           "get_preset", "load"]
+__all__ = [
+    "PRESETS",
+    "Ankh",
+    "AnkhConfig",
+    "AnkhModel",
+    "AnkhTokenizer",
+    "TokenizerError",
+    "get_preset",
+    "load",
+]
 __version__ = "0.1.0"
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +38,12 @@ class Ankh(GenerationMixin, ScoringMixin):
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def random(cls, config: AnkhConfig, seed: int = 0, dtype: Any = "auto") -> "Ankh":
+    def random(cls, config: AnkhConfig, seed: int = 0, dtype: Any = "auto") -> Ankh:
         return cls(config, AnkhModel(config, nnx.Rngs(seed), compute_dtype(dtype)))
 
     @classmethod
     def from_flat(cls, config: AnkhConfig, flat: dict[tuple, np.ndarray], dtype: Any = "auto",
-                  tokenizer: AnkhTokenizer | None = None) -> "Ankh":
+                  tokenizer: AnkhTokenizer | None = None) -> Ankh:
         """Build from a flat {state path: array} dict, checking every name and shape."""
         abstract = nnx.eval_shape(lambda: AnkhModel(config, nnx.Rngs(0), compute_dtype(dtype)))
         graphdef, state = nnx.split(abstract)

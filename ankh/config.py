@@ -65,7 +65,7 @@ class AnkhConfig:
         generation), or None for a model trained without them (ankh, ankh2)."""
         return task if self.task_prefixes else None
 
-    def replace(self, **kw: Any) -> "AnkhConfig":
+    def replace(self, **kw: Any) -> AnkhConfig:
         return dataclasses.replace(self, **kw)
 
     # ---- HF interop -------------------------------------------------------------------------
@@ -101,7 +101,7 @@ class AnkhConfig:
         }
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]) -> "AnkhConfig":
+    def from_hf_dict(cls, d: dict[str, Any]) -> AnkhConfig:
         if d.get("model_type", "t5") not in ("t5", "ankh", "mt5"):
             raise ValueError(f"not a T5-family config: model_type={d.get('model_type')!r}")
         proj = d.get("feed_forward_proj", "relu")
@@ -131,7 +131,7 @@ class AnkhConfig:
         )
 
     @classmethod
-    def from_hf_config(cls, path: str | Path) -> "AnkhConfig":
+    def from_hf_config(cls, path: str | Path) -> AnkhConfig:
         """Read an HF ``config.json`` (a file, or a directory holding one)."""
         p = Path(path)
         if p.is_dir():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from safetensors.numpy import load as st_load

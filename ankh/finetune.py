@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,14 @@ import optax
 from flax import nnx
 
 from ankh.objective import Objective, ObjectiveConfig
-from ankh.training import MODEL_KEYS, OptimConfig, freeze_labels, loss_sums, make_optimizer, with_frozen
+from ankh.training import (
+    MODEL_KEYS,
+    OptimConfig,
+    freeze_labels,
+    loss_sums,
+    make_optimizer,
+    with_frozen,
+)
 
 log = logging.getLogger(__name__)
 FROZEN = ("encoder",)  # ankh.training.FREEZE_GROUPS: the encoder and the shared embedding

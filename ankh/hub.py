@@ -41,9 +41,14 @@ def parse(ref: str, revision: str | None = None) -> tuple[str, str | None] | Non
 def snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
     """Download (or find in the cache, offline) the Ankh files of one hub revision."""
     from huggingface_hub import errors, snapshot_download  # only when a hub id is used
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     # Newer clients tell a partly cached snapshot apart (a LocalEntryNotFoundError subclass).
     incomplete = getattr(errors, "IncompleteSnapshotError", ())

@@ -9,7 +9,7 @@ A malformed answer is rejected with one reason from ``REJECT_REASONS``; nothing 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

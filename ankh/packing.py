@@ -10,7 +10,7 @@ restarting at 0, so the model's attention and relative positions never cross seq
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

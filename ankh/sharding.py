@@ -9,7 +9,8 @@ instead (e.g. 4 heads on an 8-way tensor axis), so any mesh shape works for any 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import fsspec

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ class AnkhTokenizer:
 
     # ---- construction ------------------------------------------------------------------------
     @classmethod
-    def from_file(cls, path: str | Path, **kw) -> "AnkhTokenizer":
+    def from_file(cls, path: str | Path, **kw) -> AnkhTokenizer:
         """Load the vocabulary from an HF ``tokenizer.json`` (file or directory)."""
         p = Path(path)
         if p.is_dir():
@@ -76,7 +76,7 @@ class AnkhTokenizer:
         return cls.from_json(json.loads(p.read_text()), source=str(p), **kw)
 
     @classmethod
-    def from_json(cls, data: dict, source: str = "tokenizer.json", **kw) -> "AnkhTokenizer":
+    def from_json(cls, data: dict, source: str = "tokenizer.json", **kw) -> AnkhTokenizer:
         """The vocabulary of a parsed HF ``tokenizer.json`` (read from anywhere, e.g. gs://)."""
         model = data.get("model", {})
         raw = model.get("vocab", {})

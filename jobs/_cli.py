@@ -23,11 +23,12 @@ import argparse
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from ankh_platform.core.config import ConfigError, describe, load_config
 from ankh_platform.core import progress
+from ankh_platform.core.config import ConfigError, describe, load_config
 from ankh_platform.core.runtime import configure_logging
 
 T = TypeVar("T")

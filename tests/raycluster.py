@@ -24,6 +24,7 @@ never ``ray stop`` (which kills every Ray process on the machine).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -314,10 +315,8 @@ class LocalRayCluster:
     def _kill_sessions(self, sids: list[int], grace: float = 8.0) -> None:
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             for pid in [m for sid in reversed(sids) for m in session_members(sid)]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and any(session_members(s) for s in sids):
                 for p in self._procs:

@@ -11,7 +11,7 @@ import json
 import os
 import platform as stdlib_platform
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

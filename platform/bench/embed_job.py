@@ -47,7 +47,7 @@ from ankh_platform.core.samples import protein_shard
 log = logging.getLogger("bench_embed_job")
 
 
-def _sequences(path: str | None, n: int) -> "pq.Table":
+def _sequences(path: str | None, n: int) -> pq.Table:
     src = Path(path) if path else protein_shard()
     if not src.exists():
         raise FileNotFoundError(f"no protein data at {src}")
@@ -110,8 +110,8 @@ def _offline(checkpoint: str, table, batch_tokens: int) -> dict:
 
 def _job(cfg, table, shards: int, tmp: str) -> dict:
     """The job on ``shards`` Parquet files of the same sequences under ``tmp/in``."""
-    from ankh_platform.embed.job import run
     from ankh_platform.core.runtime import init_ray
+    from ankh_platform.embed.job import run
 
     per = -(-table.num_rows // shards)
     Path(tmp, "in").mkdir()

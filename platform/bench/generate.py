@@ -224,8 +224,7 @@ def floor_seconds(cfg, batch: int, enc_len: int, max_new: int, num_beams: int, p
     cross keys/values at the matmul ``peak`` (FLOP/s), then each step at the slower of its FLOPs
     at the peak and its bytes (``ankh.flops.decode_step_bytes``) at the read ``bandwidth``
     (bytes/s); no fixed cost. ``enc_len``: the unpadded longest input, as HF runs it."""
-    from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops,
-                            encoder_flops)
+    from ankh.flops import cross_kv_flops, decode_step_bytes, decode_step_flops, encoder_flops
 
     rows = batch * num_beams
     setup = (encoder_flops(cfg, batch, enc_len) + cross_kv_flops(cfg, batch, enc_len)) / peak

@@ -20,6 +20,7 @@ import json
 import threading
 import time
 from collections import Counter
+
 import numpy as np
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
@@ -130,12 +131,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
     from ray import serve
-    from ankh_platform.core.runtime import init_ray
-
-    from ankh_platform.serve.app import build_app
-    from ankh.batching import SERVE_MIN_LENGTH, sequence_ladder
 
     import ankh
+    from ankh.batching import SERVE_MIN_LENGTH, sequence_ladder
+    from ankh_platform.core.runtime import init_ray
+    from ankh_platform.serve.app import build_app
 
     seqs = _proteins(args.sequences, args.max_len)
     model = ankh.load(args.checkpoint, dtype=args.dtype)

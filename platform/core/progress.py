@@ -14,7 +14,8 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
 _QUIET = False
@@ -115,7 +116,7 @@ class Progress:
         print(f"{self.desc}: {'stopped' if stopped else 'done'}, {self.n:,} {self.unit} in "
               f"{format_duration(elapsed)}", file=self.stream, flush=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:

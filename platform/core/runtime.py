@@ -8,7 +8,8 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ankh_platform.core import progress
 
@@ -135,7 +136,7 @@ def _start_local(kwargs: dict[str, Any], attempts: int) -> None:
         try:
             ray.init(**kwargs)
             return
-        except Exception as err:  # noqa: BLE001 -- Ray raises a bare Exception on this timeout
+        except Exception as err:
             ray.shutdown()  # ends the half-started local processes before the next try
             if attempt == attempts or not _is_start_timeout(err):
                 raise

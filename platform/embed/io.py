@@ -20,8 +20,8 @@ import logging
 import os
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -262,9 +262,7 @@ def clear_parts(output: str, stem: str | None = None) -> None:
     fs, p = filesystem(join(output, PARTS, stem) if stem else join(output, PARTS))
     if not fs.exists(p):
         return
-    if stem:
-        fs.rm(p, recursive=True)
-    elif not fs.find(p):
+    if stem or not fs.find(p):
         fs.rm(p, recursive=True)
 
 

@@ -76,7 +76,7 @@ def _describe(checkpoint: str):
     return ref.pinned, ref.config, ref.tokenizer.vocab
 
 
-def pack_spec(cfg: "EmbedJobConfig", mcfg) -> EmbedPackSpec:
+def pack_spec(cfg: EmbedJobConfig, mcfg) -> EmbedPackSpec:
     """How the job cuts and packs pieces for the model ``mcfg`` (an ``AnkhConfig``)."""
     return EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
                          batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,

@@ -24,7 +24,7 @@ windowed/truncated id is listed in the job summary.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

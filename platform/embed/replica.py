@@ -19,7 +19,7 @@ import numpy as np
 
 from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.embed import io as embed_io
-from ankh_platform.embed.pack import PIECE_COLUMNS, P_SEQ, EmbedPackSpec, layout, pack, prepare
+from ankh_platform.embed.pack import P_SEQ, PIECE_COLUMNS, EmbedPackSpec, layout, pack, prepare
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from ankh.probes import make_head
 from ankh.seeds import derive_seed
 from ankh_platform.core import progress
 from ankh_platform.evaluate import metrics as M
-from ankh_platform.evaluate.tasks import TaskLimits, TaskData, contact_map
+from ankh_platform.evaluate.tasks import TaskData, TaskLimits, contact_map
 
 log = logging.getLogger(__name__)
 

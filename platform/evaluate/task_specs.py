@@ -10,8 +10,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ankh_platform.evaluate.tasks import (SPLITS, Split, TaskData, TaskLimits, load_go_task,
-                                          load_pdb_task, stable_hash, take_in_hash_order)
+from ankh_platform.evaluate.tasks import (
+    SPLITS,
+    Split,
+    TaskData,
+    TaskLimits,
+    load_go_task,
+    load_pdb_task,
+    stable_hash,
+    take_in_hash_order,
+)
 
 # ---- user tasks ------------------------------------------------------------------------------------
 BUILTIN = ("ss3", "ss8", "contacts", "go")

@@ -30,10 +30,20 @@ from ankh_platform.serve.embed import EmbedDeployment
 from ankh_platform.serve.formats import LENGTHS_HEADER, NPY, b64_array, npy_body
 from ankh_platform.serve.generate import Generator
 from ankh_platform.serve.http import HTTPError, build_api
-from ankh_platform.serve.schema import (EmbedRequest, GenerateRequest, ScoreRequest, ServeConfig,
-                                        UnknownModelError, VariantsRequest, check_generate,
-                                        check_score, check_sequences, check_variants,
-                                        effective_max_length, to_plain)
+from ankh_platform.serve.schema import (
+    EmbedRequest,
+    GenerateRequest,
+    ScoreRequest,
+    ServeConfig,
+    UnknownModelError,
+    VariantsRequest,
+    check_generate,
+    check_score,
+    check_sequences,
+    check_variants,
+    effective_max_length,
+    to_plain,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -224,7 +234,7 @@ class Ingress:
             checks.append(self.generator.health.remote())
         try:
             await asyncio.wait_for(asyncio.gather(*checks), timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HTTPError(503, "a deployment did not answer the health check in 5 s",
                             {"Retry-After": "1"}) from None
         return {"status": "ok", "model": self.name}

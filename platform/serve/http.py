@@ -14,22 +14,33 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ankh_platform.serve import openai_api, tei_api
 from ankh_platform.serve.formats import NPY
 from ankh_platform.serve.openapi import constrain
-from ankh_platform.serve.schema import (EmbedRequest, EmbedResponse, GenerateRequest,
-                                        GenerateResponse, LimitError, ModelLoadError, RequestLimits,
-                                        ScoreRequest, ScoreResponse, ServeConfig, UnknownModelError,
-                                        VariantsRequest)
+from ankh_platform.serve.schema import (
+    EmbedRequest,
+    EmbedResponse,
+    GenerateRequest,
+    GenerateResponse,
+    LimitError,
+    ModelLoadError,
+    RequestLimits,
+    ScoreRequest,
+    ScoreResponse,
+    ServeConfig,
+    UnknownModelError,
+    VariantsRequest,
+)
 
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
 OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
@@ -144,7 +155,7 @@ async def _schema_facts(svc: Service) -> None:
     the schema states the config's limits only."""
     try:
         await svc.schema_facts()
-    except Exception as e:  # noqa: BLE001 -- the schema is still served, less specific
+    except Exception as e:
         log.warning("OpenAPI schema without model facts: %s", e)
 
 
@@ -196,7 +207,7 @@ def build_api(svc: Service | None) -> FastAPI:
         try:
             out = await op()
             return out if isinstance(out, Response) else json_response(out)
-        except Exception as e:  # noqa: BLE001 -- mapped to a status, never a hang or bare 500
+        except Exception as e:
             return failure(map_exception(e, svc.cfg.retry_after_s), path)
 
     _routes(api, svc, run)

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from ray import serve
 
@@ -81,7 +82,7 @@ class ModelSet(Generic[M]):
         ckpt, t0 = self.catalog[name], time.perf_counter()
         try:
             model = await asyncio.to_thread(self._load, name, ckpt)
-        except Exception as e:  # noqa: BLE001 -- reported to the caller with the model named
+        except Exception as e:
             log.error("model load failed", extra={"model": name, "checkpoint": ckpt}, exc_info=e)
             raise ModelLoadError(f"model {name!r} ({ckpt}) failed to load: "
                                  f"{type(e).__name__}: {e}") from None

@@ -15,10 +15,10 @@ Not expressible in JSON Schema, so stated in the descriptions only: the total re
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ankh.tokenizer import AnkhTokenizer
-
 from ankh_platform.serve.schema import RequestLimits
 
 WS = "[ \\t\\r\\n]*"  # the whitespace the tokenizer strips (ankh.tokenizer._WS)

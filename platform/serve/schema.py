@@ -13,8 +13,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool,
-                      StrictFloat, StrictStr, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    StrictStr,
+    model_validator,
+)
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
 from ankh.tokenizer import SENTINEL_RE
@@ -253,7 +262,7 @@ class ScoreRequest(BaseModel):
     model: StrictStr | None = _model_field()
 
     @model_validator(mode="after")
-    def _something_to_score(self) -> "ScoreRequest":
+    def _something_to_score(self) -> ScoreRequest:
         if self.sequences is None and self.wild_type is None:
             raise ValueError("give 'sequences' and/or 'wild_type' with 'mutants'")
         if (self.wild_type is None) != (self.mutants is None):

@@ -9,6 +9,7 @@ poisons a run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -137,10 +138,9 @@ class CheckpointStore:
                 log.warning("moved bad checkpoint %s to %s", src, dst)
         multihost_utils.sync_global_devices(f"ankh-quarantined-{step}")
         if not local and step in self.mgr.all_steps():
-            try:
+            # already gone (removed by hand): nothing left to delete
+            with contextlib.suppress(FileNotFoundError):
                 self.mgr.delete(step)
-            except FileNotFoundError:  # already gone (removed by hand): nothing left to delete
-                pass
         self.mgr.reload()
 
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +146,7 @@ class SS3Probe:
     @classmethod
     def load(cls, train_chains: int = 250, test_chains: int = 150, max_residues: int = 127,
              steps: int = 100, l2: float = 1e-3, root: Any = None,
-             tasks: tuple[str, ...] = ("ss3",)) -> "SS3Probe":
+             tasks: tuple[str, ...] = ("ss3",)) -> SS3Probe:
         return cls(load_chains(train_chains, test_chains, max_residues, root), steps, l2, tasks)
 
     def scores(self, embed: Embed, suffix: str = "") -> dict[str, float]:

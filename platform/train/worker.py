@@ -16,7 +16,8 @@ import os
 import signal
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import fsspec
 import jax
@@ -31,8 +32,14 @@ from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.train.config import (PROBE_METRICS, PretrainConfig, ScaleConfig, effective_optim,
-                                        eval_masking_note, model_shape)
+from ankh_platform.train.config import (
+    PROBE_METRICS,
+    PretrainConfig,
+    ScaleConfig,
+    effective_optim,
+    eval_masking_note,
+    model_shape,
+)
 from ankh_platform.train.curves import plot, read_metrics
 from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.source import make_source
@@ -333,7 +340,7 @@ class Run:
         path = f"{self.run_dir}/curves.png"
         try:
             return plot(read_metrics(self.run_dir), path, title=self.cfg.name)
-        except Exception as e:  # noqa: BLE001 -- the run's result must not depend on a figure
+        except Exception as e:
             log.warning("could not write %s: %s", path, e)
             return None
 

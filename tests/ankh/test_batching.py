@@ -13,10 +13,24 @@ import numpy as np
 import pytest
 
 from ankh import batching
-from ankh.batching import (DEFAULT_BATCH_TOKENS, SERVE_MIN_LENGTH, BatchPlan, batch_rows,
-                           decode_ladder, fill_rows, full_rows, ladder_batches, length_ladder,
-                           pad_rows, padded_length, row_sizes, rung, sequence_ladder,
-                           sorted_batches, token_budget_batches)
+from ankh.batching import (
+    DEFAULT_BATCH_TOKENS,
+    SERVE_MIN_LENGTH,
+    BatchPlan,
+    batch_rows,
+    decode_ladder,
+    fill_rows,
+    full_rows,
+    ladder_batches,
+    length_ladder,
+    pad_rows,
+    padded_length,
+    row_sizes,
+    rung,
+    sequence_ladder,
+    sorted_batches,
+    token_budget_batches,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

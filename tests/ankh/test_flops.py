@@ -17,9 +17,16 @@ import pytest
 from flax import nnx
 
 from ankh.config import PRESETS, get_preset
-from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops, decoder_flops,
-                        encoder_flops, measure_matmul_peak, measure_read_bandwidth,
-                        train_step_flops)
+from ankh.flops import (
+    cross_kv_flops,
+    decode_step_bytes,
+    decode_step_flops,
+    decoder_flops,
+    encoder_flops,
+    measure_matmul_peak,
+    measure_read_bandwidth,
+    train_step_flops,
+)
 from ankh.model import AnkhModel
 
 TINY = PRESETS["tiny"].replace(num_layers=2, num_decoder_layers=1)  # fast to trace
@@ -136,9 +143,7 @@ def test_decode_step_bytes_from_parameter_shapes():
         key = jax.tree_util.keystr(path)
         if len(x.shape) < 2 or "relative_attention_bias" in key:
             continue
-        if "decoder" in key and not ("EncDecAttention" in key and key.split("'")[-2] in ("k", "v")):
-            read += math.prod(x.shape)
-        elif "lm_head" in key or (cfg.tie_word_embeddings and "shared" in key):
+        if ("decoder" in key and not ("EncDecAttention" in key and key.split("'")[-2] in ("k", "v"))) or "lm_head" in key or (cfg.tie_word_embeddings and "shared" in key):
             read += math.prod(x.shape)
     rows, inputs, le, t = 8, 4, 100, 30
     caches = cfg.num_decoder_layers * 2 * cfg.inner_dim * (inputs * le + rows * t)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.ankh._genutil import hf_rows, real_sequences, tiny_pair
 from ankh import infill
+from tests.ankh._genutil import hf_rows, real_sequences, tiny_pair
 
 torch = pytest.importorskip("torch")
 

@@ -69,7 +69,7 @@ def test_vocabulary_facts_come_from_the_tokenizer():
     assert NUM_BASE_IDS == 28 == min(tok.sentinel_id(k) for k in range(n_sentinels))
     assert inspect.signature(eval_step).parameters["residues"].default is RESIDUE_IDS
     assert ONEHOT_DIM % CONVBERT_HEADS == 0 and NUM_BASE_IDS <= ONEHOT_DIM < NUM_BASE_IDS + 4
-    assert VALID == set(AMINO_ACIDS)
+    assert set(AMINO_ACIDS) == VALID
     assert AnkhTokenizer.from_json({"model": {"vocab": {"<pad>": 0, "A": 1}}}).vocab == \
         {"<pad>": 0, "A": 1}
 

@@ -72,7 +72,7 @@ def test_embed_api_matches_hf_per_residue(pair):
 
 
 def test_export_from_pretrained_import_is_bit_exact(pair, tmp_path):
-    cfg, _, ours, src = pair
+    _cfg, _, ours, src = pair
     out = tmp_path / "exported"
     ours.save_hf(out)
     from transformers import T5ForConditionalGeneration

@@ -12,8 +12,15 @@ from flax import nnx
 
 from ankh import sharding
 from ankh.config import PRESETS
-from ankh.training import (OptimConfig, Trainer, build_model, graphdef_of, loss_sums,
-                           lr_schedule, unigram_entropy)
+from ankh.training import (
+    OptimConfig,
+    Trainer,
+    build_model,
+    graphdef_of,
+    loss_sums,
+    lr_schedule,
+    unigram_entropy,
+)
 from tests.train.helpers import real_batch
 
 CFG = PRESETS["tiny"].replace(num_layers=1, num_decoder_layers=1)  # fast to compile

@@ -20,7 +20,7 @@ def test_fasta_benchmark_runs_the_job_and_matches_hf(capsys, tmp_path):
     assert out["ratio_vs_best_hf"] == pytest.approx(min(out["hf_b1_s"], out["hf_b8_s"]) / out["ours_s"],
                                                     rel=1e-3)
     # useful work against the measured peak: a fraction, and the ceiling is above every side
-    assert 0 < out["ours_model_fraction_of_peak"] and 0 < out["hf_b1_fraction_of_peak"]
+    assert out["ours_model_fraction_of_peak"] > 0 and out["hf_b1_fraction_of_peak"] > 0
     assert out["ceiling_ratio_vs_best_hf"] > out["ratio_vs_best_hf_model_only"] > 0
 
 

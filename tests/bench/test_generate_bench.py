@@ -39,8 +39,7 @@ def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
 
 def test_floor_is_setup_at_peak_plus_each_step_at_its_bound():
     from ankh.config import get_preset
-    from ankh.flops import (cross_kv_flops, decode_step_bytes, decode_step_flops,
-                            encoder_flops)
+    from ankh.flops import cross_kv_flops, decode_step_bytes, decode_step_flops, encoder_flops
 
     cfg = get_preset("tiny")
     peak, bw = 1e11, 2e10

@@ -9,8 +9,13 @@ import pytest
 import ray
 import yaml
 
-from ankh_platform.cluster_check import (ClusterFileError, check_file, load_slices,
-                                         shipped_cluster_files, topology_chips)
+from ankh_platform.cluster_check import (
+    ClusterFileError,
+    check_file,
+    load_slices,
+    shipped_cluster_files,
+    topology_chips,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"

@@ -23,8 +23,8 @@ import pytest
 
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _check_output
-from ankh_platform.embed.replica import EmbedReplica, pack_udf
 from ankh_platform.embed.pack import EmbedPackSpec, pack, prepare
+from ankh_platform.embed.replica import EmbedReplica, pack_udf
 from tests.embed.helpers import offline_reference, reader_batch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def test_packing_real_proteins_fixed_shapes_little_padding(protein_parquet):
     for b in pack(prep, spec):
         assert b["ids"].shape in spec.shapes()
         slots, real = slots + b["ids"].size, real + int((b["ids"] > 0).sum())
-        for row, start, ntok, s, win, seg in b["pieces"].tolist():
+        for row, start, ntok, s, win, _seg in b["pieces"].tolist():
             tokens = b["ids"][row, start: start + ntok]
             assert tokens[-1] == 1 and (tokens[:-1] > 2).all()  # one whole piece, then </s>
             seen.append((s, win))
@@ -220,8 +220,8 @@ def _check_output_dir(out: Path, seqs: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_parquet, ray_local):
-    from ankh_platform.embed.job import run
     from ankh_platform.core.config import load_config
+    from ankh_platform.embed.job import run
 
     seqs = _write_inputs(tmp_path / "in", protein_parquet, shards=6, per=24)
     out, h5 = tmp_path / "out", tmp_path / "emb.h5"
@@ -265,9 +265,9 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
 def test_job_reads_and_writes_gcs(tmp_path, protein_parquet, ray_local, gcs_bucket):
     import dataclasses
 
+    from ankh.storage import gcs_filesystem
     from ankh_platform.core.config import load_config
     from ankh_platform.embed.job import run
-    from ankh.storage import gcs_filesystem
 
     seqs = _write_inputs(tmp_path / "in", protein_parquet, shards=2, per=16)
     fs = gcs_filesystem()

@@ -16,11 +16,11 @@ import ankh
 from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, _describe, pack_spec
 from ankh_platform.embed.pack import EmbedPackSpec
-from tests.embed.helpers import offline_reference, reader_batch
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
+from tests.embed.helpers import offline_reference, reader_batch
 
 pytest.importorskip("tokenizers")
-from tests.ankh.test_family import ANKH3_TINY, _ankh3_tokenizer_file  # noqa: E402
+from tests.ankh.test_family import ANKH3_TINY, _ankh3_tokenizer_file
 
 WIDTH, OVERLAP = 128, 32  # small, so some real proteins need windows
 BAD = [("S2S", "[S2S]MKV"), ("J", "MKJV")]  # another task token; not an amino-acid letter

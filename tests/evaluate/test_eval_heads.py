@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ankh.probes import ConvBertHead, ContactHead, make_head
-from ankh_platform.evaluate.tasks import Split, TaskData
+from ankh.probes import ContactHead, ConvBertHead, make_head
 from ankh_platform.evaluate.heads import TrainConfig, train_head
+from ankh_platform.evaluate.tasks import Split, TaskData
 
 TC = TrainConfig(batch_size=4, learning_rate=1e-2, max_epochs=15, patience=5)
 

@@ -19,8 +19,11 @@ from tests.serve.helpers import SMALL, http, merge, proteins, serving
 
 schemathesis = pytest.importorskip("schemathesis")  # the test extra
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import (not_a_server_error, response_schema_conformance,  # noqa: E402
-                                 status_code_conformance)
+from schemathesis.checks import (  # noqa: E402
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 pytestmark = pytest.mark.timeout(900)
 # Small limits so that generated requests stay cheap on a 2-core machine, and so that the

@@ -17,7 +17,17 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.serve.helpers import REPO, SMALL, free_port, http, merge, proteins, serving, wait_healthy, tiny_hf_dir
+from tests.serve.helpers import (
+    REPO,
+    SMALL,
+    free_port,
+    http,
+    merge,
+    proteins,
+    serving,
+    tiny_hf_dir,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -148,8 +158,9 @@ def test_generation_and_scores_over_http_equal_offline(server, hf_dir):
 
 
 def test_multiplexed_generation_and_scores_use_the_requested_model(server, hf_dir, b_run):
-    import ankh
     from ray import serve
+
+    import ankh
 
     model = ankh.load(str(b_run))
     prompts = ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"]

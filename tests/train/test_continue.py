@@ -18,8 +18,12 @@ import ankh
 from ankh.config import PRESETS
 from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.core.config import ConfigError, load_config
-from ankh_platform.train.config import (CONTINUED_PEAK_LR, FRESH_PEAK_LR, PretrainConfig,
-                                        effective_optim)
+from ankh_platform.train.config import (
+    CONTINUED_PEAK_LR,
+    FRESH_PEAK_LR,
+    PretrainConfig,
+    effective_optim,
+)
 from ankh_platform.train.job import run_local_process
 from tests.train.helpers import VALID, pretrain_args
 

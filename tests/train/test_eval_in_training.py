@@ -124,11 +124,11 @@ def test_eval_residue_targets_follow_the_tokenizer():
     """A vocabulary whose residues are not ids 3..27 (as an ankh3 tokenizer.json): the residue
     loss counts exactly the targets the tokenizer calls residues."""
     import jax
+    from flax import nnx
 
     from ankh.config import PRESETS
     from ankh.tokenizer import AMINO_ACIDS, RESIDUE_IDS, AnkhTokenizer
     from ankh.training import build_model, eval_step, graphdef_of
-    from flax import nnx
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "[NLU]": 3, "[S2S]": 4}
     vocab |= {a: 5 + i for i, a in enumerate(AMINO_ACIDS)}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ankh
-from tests.train.helpers import TRAIN, VALID, local_source, pretrain_config
+from tests.train.helpers import local_source, pretrain_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
