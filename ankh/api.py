@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 class Ankh(GenerationMixin, ScoringMixin):
     """An Ankh model with its tokenizer: embedding, export (generation/scoring added alongside)."""
 
-    def __init__(self, config: AnkhConfig, model: AnkhModel, tokenizer: AnkhTokenizer | None = None):
+    def __init__(
+        self, config: AnkhConfig, model: AnkhModel, tokenizer: AnkhTokenizer | None = None
+    ):
         self.config = config
         self.tokenizer = tokenizer or tokenizer_for(config)
         self.revision: str | None = None  # the hub commit ``load`` resolved, if any
@@ -42,20 +44,29 @@ class Ankh(GenerationMixin, ScoringMixin):
         return cls(config, AnkhModel(config, nnx.Rngs(seed), compute_dtype(dtype)))
 
     @classmethod
-    def from_flat(cls, config: AnkhConfig, flat: dict[tuple, np.ndarray], dtype: Any = "auto",
-                  tokenizer: AnkhTokenizer | None = None) -> Ankh:
+    def from_flat(
+        cls,
+        config: AnkhConfig,
+        flat: dict[tuple, np.ndarray],
+        dtype: Any = "auto",
+        tokenizer: AnkhTokenizer | None = None,
+    ) -> Ankh:
         """Build from a flat {state path: array} dict, checking every name and shape."""
         abstract = nnx.eval_shape(lambda: AnkhModel(config, nnx.Rngs(0), compute_dtype(dtype)))
         graphdef, state = nnx.split(abstract)
         expected = dict(nnx.to_flat_state(state))
         if set(expected) != set(flat):
             extra, missing = set(flat) - set(expected), set(expected) - set(flat)
-            raise ValueError(f"parameters do not match the config: missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(extra)[:3]}")
+            raise ValueError(
+                f"parameters do not match the config: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(extra)[:3]}"
+            )
         for path, var in expected.items():
             if tuple(var.shape) != tuple(np.shape(flat[path])):
-                raise ValueError(f"parameter {'.'.join(map(str, path))} has shape "
-                                 f"{np.shape(flat[path])}, config expects {var.shape}")
+                raise ValueError(
+                    f"parameter {'.'.join(map(str, path))} has shape "
+                    f"{np.shape(flat[path])}, config expects {var.shape}"
+                )
             var.set_value(jnp.asarray(flat[path], jnp.float32))
         return cls(config, nnx.merge(graphdef, state), tokenizer)
 
@@ -97,21 +108,28 @@ class Ankh(GenerationMixin, ScoringMixin):
             if n <= 0:
                 raise TokenizerError(f"sequence {i} is empty")
             if n > self.config.max_length:
-                raise TokenizerError(f"sequence {i} has {n} residues, over the model's "
-                                     f"max_length {self.config.max_length}")
+                raise TokenizerError(
+                    f"sequence {i} has {n} residues, over the model's "
+                    f"max_length {self.config.max_length}"
+                )
             out.append(ids)
         return out
 
     def _encoder_fn(self, per_residue: bool, num_layers: int | None):
         key = ("enc", per_residue, num_layers)
         if key not in self._fns:
-            self._fns[key] = jit_encoder(self.graphdef, per_residue, num_layers,
-                                         skip_first=self.num_prefix)
+            self._fns[key] = jit_encoder(
+                self.graphdef, per_residue, num_layers, skip_first=self.num_prefix
+            )
         return self._fns[key]
 
-    def embed(self, sequences: Iterable[str], per_residue: bool = False,
-              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
-              layer: int | None = None) -> np.ndarray | list[np.ndarray]:
+    def embed(
+        self,
+        sequences: Iterable[str],
+        per_residue: bool = False,
+        batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
+        layer: int | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
         """Mean-pooled ``[n, d_model]`` float32, or per-residue ``[L_i, d_model]`` arrays.
 
         ``</s>`` is dropped (as the official ``ankh`` extract does), and so is ankh3's ``[NLU]``
@@ -125,21 +143,24 @@ class Ankh(GenerationMixin, ScoringMixin):
         pooled = np.zeros((len(toks), self.config.d_model), np.float32)
         residues: list[np.ndarray | None] = [None] * len(toks)
         ladder = batching.sequence_ladder(self.config.max_length)
-        for idx, length, rows in batching.token_budget_batches([len(t) for t in toks], ladder,
-                                                               batch_tokens):
-            ids, mask = batching.pad_rows([toks[i] for i in idx], rows, length,
-                                          self.tokenizer.pad_id)
+        for idx, length, rows in batching.token_budget_batches(
+            [len(t) for t in toks], ladder, batch_tokens
+        ):
+            ids, mask = batching.pad_rows(
+                [toks[i] for i in idx], rows, length, self.tokenizer.pad_id
+            )
             out = fn(self.params, ids, mask)
-            pooled[idx] = np.asarray(out["pooled"][:len(idx)])
+            pooled[idx] = np.asarray(out["pooled"][: len(idx)])
             if per_residue:
-                hidden = np.asarray(out["hidden"][:len(idx)])
+                hidden = np.asarray(out["hidden"][: len(idx)])
                 for row, i in enumerate(idx):
-                    residues[i] = hidden[row, self.num_prefix: len(toks[i]) - 1]
+                    residues[i] = hidden[row, self.num_prefix : len(toks[i]) - 1]
         return residues if per_residue else pooled  # type: ignore[return-value]
 
 
-def load(name_or_path: str | Path, dtype: Any = "auto", seed: int = 0,
-         revision: str | None = None) -> Ankh:
+def load(
+    name_or_path: str | Path, dtype: Any = "auto", seed: int = 0, revision: str | None = None
+) -> Ankh:
     """A preset name (fresh random weights), an HF Ankh directory, one of our checkpoints, or a
     Hugging Face hub id such as ``"ElnaggarLab/ankh-base"`` (``revision``: branch, tag or
     commit; ``"id@revision"`` works too). ``.revision`` is then the commit loaded.

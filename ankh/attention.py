@@ -36,7 +36,9 @@ DENSE_MAX_KEYS_CPU = 384  # above this many keys the blocked path is faster on C
 # 21 x 192 (24.8 MB) 2,736 vs 2,603, but 12 x 320 (39.3 MB) 2,100 vs 2,453 and 10 x 384 (47 MB)
 # 1,937-2,117 vs 2,452-2,474: the 4,096-token batches of the 320 and 384 rungs go blocked.
 DENSE_MAX_BYTES_CPU = 36 << 20
-TILE_BYTES_CPU = 16 << 20  # float32 scores of one query tile on CPU (L3-sized; measured best of 2-32 MiB)
+TILE_BYTES_CPU = (
+    16 << 20
+)  # float32 scores of one query tile on CPU (L3-sized; measured best of 2-32 MiB)
 DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
 TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
 
@@ -90,8 +92,9 @@ class TokenBias:
         return self.tile(self.q_seg, self.q_pos, jnp.arange(self.q_seg.shape[1]))
 
 
-def attention_impl(batch: int, heads: int, head_dim: int, q_len: int, k_len: int,
-                   dtype: Any) -> str:
+def attention_impl(
+    batch: int, heads: int, head_dim: int, q_len: int, k_len: int, dtype: Any
+) -> str:
     """How attention over these shapes runs: ``dense``, ``blocked`` or a fused kernel's name."""
     fused = accelerator.fused_attention_kernel(dtype, head_dim, q_len, k_len)
     if fused is not None:
@@ -141,8 +144,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: TokenBias | jax.Array
         return dense_attention(q, k, v, bias)
     if bias.impl == "blocked":
         return blocked_attention(q, k, v, bias)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias.full, scale=1.0,
-                                        implementation=bias.impl)
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias.full, scale=1.0, implementation=bias.impl
+    )
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
@@ -168,8 +172,9 @@ def _softmax_parts(scores: jax.Array, bias: jax.Array, dtype: Any) -> tuple[jax.
     return w, jnp.sum(w, axis=-1, keepdims=True, dtype=jnp.float32).astype(dtype)
 
 
-def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: TokenBias,
-                      tile: int | None = None) -> jax.Array:
+def blocked_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, spec: TokenBias, tile: int | None = None
+) -> jax.Array:
     """Attention one query tile at a time (``lax.map``), each tile with its own bias.
 
     Every key is in every tile (no online softmax): on CPU a tile of full score rows is
@@ -183,7 +188,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, spec: TokenBias,
 
     def tiles(x: jax.Array, axis: int) -> jax.Array:  # split the query axis: [n, ..., t, ...]
         x = jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])
-        x = x.reshape(*x.shape[:axis], n, t, *x.shape[axis + 1:])
+        x = x.reshape(*x.shape[:axis], n, t, *x.shape[axis + 1 :])
         return jnp.moveaxis(x, axis, 0)
 
     qt = tiles(q.transpose(0, 2, 1, 3), 2)  # [n, b, h, t, d]

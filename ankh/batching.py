@@ -58,8 +58,9 @@ def rung(n: int, minimum: int = 16, steps_per_octave: int = 2) -> int:
     return next(r for r in _series(minimum, steps_per_octave) if r >= n)
 
 
-def length_ladder(maximum: int, minimum: int = 16, steps_per_octave: int = 2,
-                  align: int = 1) -> list[int]:
+def length_ladder(
+    maximum: int, minimum: int = 16, steps_per_octave: int = 2, align: int = 1
+) -> list[int]:
     """The padded lengths, ascending: rungs from ``minimum`` up, the top one fits ``maximum``.
 
     ``steps_per_octave=2`` is the series 16, 24, 32, 48, 64, 96, ... (x1.5 then x4/3: under 50%
@@ -123,8 +124,9 @@ def batch_rows(count: int, full: int, growth: int = 2) -> int:
     return next(r for r in row_sizes(full, growth) if r >= min(count, full))
 
 
-def pad_rows(toks: Sequence[np.ndarray], rows: int | None = None, length: int | None = None,
-             pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(
+    toks: Sequence[np.ndarray], rows: int | None = None, length: int | None = None, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``(ids [rows, length] int32, mask [rows, length] int32)`` with ``toks`` left-aligned.
 
     Rows past ``len(toks)`` are all padding (mask 0); defaults: one row per token list, the
@@ -139,15 +141,16 @@ def pad_rows(toks: Sequence[np.ndarray], rows: int | None = None, length: int | 
     for r, t in enumerate(toks):
         if len(t) > length:
             raise ValueError(f"sequence of {len(t)} tokens does not fit a row of {length}")
-        ids[r, :len(t)], mask[r, :len(t)] = t, 1
+        ids[r, : len(t)], mask[r, : len(t)] = t, 1
     return ids, mask
 
 
 class BatchPlan:
     """Which fixed ``[rows, length]`` shapes exist, and how a set of sequences maps onto them."""
 
-    def __init__(self, ladder: Sequence[int], batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                 growth: int = 2):
+    def __init__(
+        self, ladder: Sequence[int], batch_tokens: int = DEFAULT_BATCH_TOKENS, growth: int = 2
+    ):
         if not ladder or any(b < 2 for b in ladder):
             raise ValueError(f"padded lengths must be >= 2, got {list(ladder)}")
         self.ladder = sorted(set(ladder))
@@ -177,19 +180,22 @@ class BatchPlan:
             length = self.length(lengths[order[i]])
             full = self.rows[length][-1]
             same = 0
-            while i + same < len(order) and same < full and \
-                    self.length(lengths[order[i + same]]) == length:
+            while (
+                i + same < len(order)
+                and same < full
+                and self.length(lengths[order[i + same]]) == length
+            ):
                 same += 1
             rows = next(r for r in self.rows[length] if r >= same)
-            take = order[i:i + rows]
+            take = order[i : i + rows]
             out.append((take, length, rows))
             i += len(take)
         return out
 
 
-def token_budget_batches(lengths: Sequence[int], ladder: Sequence[int],
-                         batch_tokens: int = DEFAULT_BATCH_TOKENS
-                         ) -> list[tuple[list[int], int, int]]:
+def token_budget_batches(
+    lengths: Sequence[int], ladder: Sequence[int], batch_tokens: int = DEFAULT_BATCH_TOKENS
+) -> list[tuple[list[int], int, int]]:
     """``BatchPlan(ladder, batch_tokens).batches(lengths)`` with power-of-two partial rows."""
     return BatchPlan(ladder, batch_tokens).batches(lengths)
 
@@ -200,7 +206,7 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, ladder: Sequence[int
     gets rows rounded up to a power of two."""
     order = np.argsort(lengths, kind="stable")
     for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         longest = int(max(lengths[j] for j in idx))
         yield idx, padded_length(longest, ladder), batch_rows(len(idx), batch_size)
 
@@ -229,8 +235,9 @@ class _Pool:
         return i
 
 
-def fill_rows(lengths: Sequence[int], ladder: Sequence[int],
-              max_segments: int) -> list[tuple[int, list[int]]]:
+def fill_rows(
+    lengths: Sequence[int], ladder: Sequence[int], max_segments: int
+) -> list[tuple[int, list[int]]]:
     """``[(row length, [piece index, ...]), ...]``: each row opened by the longest piece left
     (at the smallest rung that holds it), its gap filled greedily with the longest that fit."""
     pool, rows = _Pool(lengths), []
@@ -247,8 +254,9 @@ def fill_rows(lengths: Sequence[int], ladder: Sequence[int],
     return rows
 
 
-def merge_rows(rows: list[list[int]], lengths: Sequence[int], row_len: int,
-               max_segments: int) -> list[list[int]]:
+def merge_rows(
+    rows: list[list[int]], lengths: Sequence[int], row_len: int, max_segments: int
+) -> list[list[int]]:
     """First-fit the members of (shorter) rows into rows of ``row_len``."""
     out: list[list[int]] = []
     used: list[int] = []
@@ -265,8 +273,9 @@ def merge_rows(rows: list[list[int]], lengths: Sequence[int], row_len: int,
     return out
 
 
-def ladder_batches(lengths: Sequence[int], ladder: Sequence[int], batch_tokens: int,
-                   max_segments: int) -> Iterator[tuple[int, int, list[list[int]]]]:
+def ladder_batches(
+    lengths: Sequence[int], ladder: Sequence[int], batch_tokens: int, max_segments: int
+) -> Iterator[tuple[int, int, list[list[int]]]]:
     """``(row length, rows per call, [row members, ...])`` per call; every piece exactly once.
 
     A call holds ``full_rows(batch_tokens, length)`` rows. Rows of a length that do not fill a
@@ -281,8 +290,9 @@ def ladder_batches(lengths: Sequence[int], ladder: Sequence[int], batch_tokens: 
         nrows = full_rows(batch_tokens, row_len)
         full = len(group) - len(group) % nrows
         if li + 1 < len(ladder) and full < len(group):
-            by_len[ladder[li + 1]].extend(merge_rows(group[full:], lengths, ladder[li + 1],
-                                                     max_segments))
+            by_len[ladder[li + 1]].extend(
+                merge_rows(group[full:], lengths, ladder[li + 1], max_segments)
+            )
             group = group[:full]
         for b in range(0, len(group), nrows):
-            yield row_len, nrows, group[b: b + nrows]
+            yield row_len, nrows, group[b : b + nrows]

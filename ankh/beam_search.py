@@ -68,38 +68,59 @@ def _advance(state, acc, cache, nb, max_len, eos, denom):
     best_running = run_scores[:, :1] / denom[cur - 1]
     worst_done = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), BIG_NEG)
     improvable = state["improvable"] & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
-    return {"cur": cur, "run_seq": run_seq, "run_scores": run_scores, "seq": seq,
-            "scores": scores, "finished": finished, "improvable": improvable,
-            "all_hit": jnp.all(hits), "cache": cache}
+    return {
+        "cur": cur,
+        "run_seq": run_seq,
+        "run_scores": run_scores,
+        "seq": seq,
+        "scores": scores,
+        "finished": finished,
+        "improvable": improvable,
+        "all_hit": jnp.all(hits),
+        "cache": cache,
+    }
 
 
-def beam_search(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array,
-                params: dict[str, jax.Array], *, max_new: int, num_beams: int,
-                length_penalty: float) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    model: AnkhModel,
+    enc_ids: jax.Array,
+    enc_mask: jax.Array,
+    params: dict[str, jax.Array],
+    *,
+    max_new: int,
+    num_beams: int,
+    length_penalty: float,
+) -> tuple[jax.Array, jax.Array]:
     """Returns (ids [b, n, max_new+1] best first, start token first; scores [b, n])."""
     cfg = model.config
     nb, max_len = num_beams, max_new + 1
     b = enc_ids.shape[0]
     # One encoder pass and one cross K/V per input, shared by its n beams.
-    cache = init_cache(model, model.encode(enc_ids, enc_mask), enc_mask, max_len, group=nb,
-                       beams=True)
+    cache = init_cache(
+        model, model.encode(enc_ids, enc_mask), enc_mask, max_len, group=nb, beams=True
+    )
     # HF fills unused slots with eos (pad 0 is falsy there); decoding strips both anyway.
     seq = jnp.full((b, nb, max_len), cfg.eos_token_id, jnp.int32)
     seq = seq.at[:, :, 0].set(cfg.decoder_start_token_id)
     state = {
-        "cur": jnp.int32(1), "run_seq": seq,
+        "cur": jnp.int32(1),
+        "run_seq": seq,
         "run_scores": jnp.zeros((b, nb), jnp.float32).at[:, 1:].set(BIG_NEG),
-        "seq": seq, "scores": jnp.full((b, nb), BIG_NEG, jnp.float32),
-        "finished": jnp.zeros((b, nb), bool), "improvable": jnp.ones((b, 1), bool),
-        "all_hit": jnp.bool_(False), "cache": cache,
+        "seq": seq,
+        "scores": jnp.full((b, nb), BIG_NEG, jnp.float32),
+        "finished": jnp.zeros((b, nb), bool),
+        "improvable": jnp.ones((b, 1), bool),
+        "all_hit": jnp.bool_(False),
+        "cache": cache,
     }
 
     def cond(s):
         return jnp.any(s["improvable"]) & ~s["all_hit"] & (s["cur"] < max_len)
 
     # HF divides by Python's float64 ``len ** length_penalty``; tabulate it for bitwise parity.
-    denom = jnp.asarray([float(max(i, 1) ** length_penalty) for i in range(max_len + 1)],
-                        jnp.float32)
+    denom = jnp.asarray(
+        [float(max(i, 1) ** length_penalty) for i in range(max_len + 1)], jnp.float32
+    )
 
     def body(s):
         acc, cache = _step_scores(model, s, params, nb, cfg.eos_token_id)

@@ -49,7 +49,11 @@ def _listing(fs: Any, root: str) -> dict[str, dict]:
     """{path relative to ``root``: fsspec info} of every file but the manifest (one listing)."""
     out = {}
     for p, info in fs.find(root, detail=True, withdirs=False).items():
-        rel = p[len(root):].lstrip("/") if p.startswith(root) else p.split(root.lstrip("/"), 1)[-1].lstrip("/")
+        rel = (
+            p[len(root) :].lstrip("/")
+            if p.startswith(root)
+            else p.split(root.lstrip("/"), 1)[-1].lstrip("/")
+        )
         if rel != MANIFEST:
             out[rel] = info
     return out
@@ -106,13 +110,21 @@ def verify(step_dir: str, items: tuple[str, ...] = ITEMS, checksums: bool = True
         if rel not in have:
             return f"{step_dir}/{rel} is missing"
         if int(have[rel].get("size") or 0) != size:
-            return (f"{step_dir}/{rel} has {have[rel].get('size')} bytes, the manifest says {size} "
-                    "(truncated?)")
+            return (
+                f"{step_dir}/{rel} has {have[rel].get('size')} bytes, the manifest says {size} "
+                "(truncated?)"
+            )
     return _check_crcs(step_dir, fs, root, crcs, have, items) if checksums else None
 
 
-def _check_crcs(step_dir: str, fs: Any, root: str, crcs: dict[str, str], have: dict[str, dict],
-                items: tuple[str, ...]) -> str | None:
+def _check_crcs(
+    step_dir: str,
+    fs: Any,
+    root: str,
+    crcs: dict[str, str],
+    have: dict[str, dict],
+    items: tuple[str, ...],
+) -> str | None:
     skip = tuple(f"{i}/" for i in ITEMS if i not in items)
     t0, nbytes = time.perf_counter(), 0
     for rel, want in sorted(crcs.items()):
@@ -120,8 +132,10 @@ def _check_crcs(step_dir: str, fs: Any, root: str, crcs: dict[str, str], have: d
             continue
         got = _crc32c(fs, f"{root}/{rel}", have[rel])
         if got != want:
-            return (f"{step_dir}/{rel} fails its checksum (CRC32C {got}, the manifest says {want}): "
-                    "the file changed after the save (bit rot or a partial overwrite)")
+            return (
+                f"{step_dir}/{rel} fails its checksum (CRC32C {got}, the manifest says {want}): "
+                "the file changed after the save (bit rot or a partial overwrite)"
+            )
         nbytes += int(have[rel].get("size") or 0)
     log.debug("checksummed %s: %d bytes in %.2f s", step_dir, nbytes, time.perf_counter() - t0)
     return None
@@ -211,7 +225,9 @@ def load_params(step_dir: str) -> tuple[AnkhConfig, dict[tuple, np.ndarray]]:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(_join(step_dir, "params"), target)
     except Exception as e:  # tensorstore/orbax raise many types; name the checkpoint
-        raise CheckpointError(f"{step_dir}/params could not be restored: {type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"{step_dir}/params could not be restored: {type(e).__name__}: {e}"
+        ) from None
     flat = {tuple(k): np.asarray(v) for k, v in _flatten(params)}
     return cfg, flat
 
@@ -251,4 +267,3 @@ def save_model(model: Any, path: str, step: int = 0) -> str:
         json.dump({"step": step, "model": model.config.to_hf_dict(), "source": "save_model"}, fh)
     write_manifest(step_dir)
     return step_dir
-

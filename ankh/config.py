@@ -13,8 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-_ACTS = {"gelu_new": "gelu_new", "gelu": "gelu_new", "gelu_pytorch_tanh": "gelu_new",
-         "silu": "silu", "swish": "silu", "relu": "relu"}
+_ACTS = {
+    "gelu_new": "gelu_new",
+    "gelu": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_new",
+    "silu": "silu",
+    "swish": "silu",
+    "relu": "relu",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +52,19 @@ class AnkhConfig:
 
     def __post_init__(self) -> None:
         if self.dense_act_fn not in _ACTS:
-            raise ValueError(f"unsupported dense_act_fn {self.dense_act_fn!r}; one of {sorted(_ACTS)}")
-        for name in ("vocab_size", "d_model", "d_ff", "d_kv", "num_heads", "num_layers",
-                     "num_decoder_layers", "relative_attention_num_buckets"):
+            raise ValueError(
+                f"unsupported dense_act_fn {self.dense_act_fn!r}; one of {sorted(_ACTS)}"
+            )
+        for name in (
+            "vocab_size",
+            "d_model",
+            "d_ff",
+            "d_kv",
+            "num_heads",
+            "num_layers",
+            "num_decoder_layers",
+            "relative_attention_num_buckets",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -110,17 +126,23 @@ class AnkhConfig:
         if proj == "gated-gelu":  # HF maps "gated-gelu" to gelu_new for backwards compatibility
             act = "gelu_new"
         return cls(
-            vocab_size=d["vocab_size"], d_model=d["d_model"], d_ff=d["d_ff"], d_kv=d["d_kv"],
-            num_heads=d["num_heads"], num_layers=d["num_layers"],
+            vocab_size=d["vocab_size"],
+            d_model=d["d_model"],
+            d_ff=d["d_ff"],
+            d_kv=d["d_kv"],
+            num_heads=d["num_heads"],
+            num_layers=d["num_layers"],
             num_decoder_layers=d.get("num_decoder_layers") or d["num_layers"],
             relative_attention_num_buckets=d.get("relative_attention_num_buckets", 32),
             relative_attention_max_distance=d.get("relative_attention_max_distance", 128),
-            dense_act_fn=act, is_gated_act=d.get("is_gated_act", gated),
+            dense_act_fn=act,
+            is_gated_act=d.get("is_gated_act", gated),
             layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
             # transformers>=5 always writes tie_word_embeddings=true and keeps the T5-v1.0
             # behaviour (tied head, outputs scaled by d_model**-0.5) in scale_decoder_outputs.
             tie_word_embeddings=d.get("scale_decoder_outputs", d.get("tie_word_embeddings", True)),
-            pad_token_id=d.get("pad_token_id", 0), eos_token_id=d.get("eos_token_id", 1),
+            pad_token_id=d.get("pad_token_id", 0),
+            eos_token_id=d.get("eos_token_id", 1),
             decoder_start_token_id=d.get("decoder_start_token_id", 0),
             dropout_rate=d.get("dropout_rate", 0.0),
             initializer_factor=d.get("initializer_factor", 1.0),
@@ -166,18 +188,36 @@ PRESETS: dict[str, AnkhConfig] = {
     # the hub's config.json ("ElnaggarLab/ankh3-xl") always uses the real shapes.
     "ankh3-xl": AnkhConfig(d_model=2560, d_ff=6720, d_kv=64, num_heads=32, **_ANKH3),
     # Small shapes for tests, the embedded default and CPU experiments.
-    "tiny": AnkhConfig(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2,
-                       num_decoder_layers=2, relative_attention_num_buckets=32, max_length=1024),
-    "small": AnkhConfig(d_model=256, d_ff=640, d_kv=32, num_heads=8, num_layers=6,
-                        num_decoder_layers=3, max_length=1024),
+    "tiny": AnkhConfig(
+        d_model=64,
+        d_ff=128,
+        d_kv=16,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=32,
+        max_length=1024,
+    ),
+    "small": AnkhConfig(
+        d_model=256,
+        d_ff=640,
+        d_kv=32,
+        num_heads=8,
+        num_layers=6,
+        num_decoder_layers=3,
+        max_length=1024,
+    ),
 }
 
 
 # The released models by the names people use (Hugging Face hub ids; ``ankh.load`` takes both).
 HUB_IDS: dict[str, str] = {
-    "base": "ElnaggarLab/ankh-base", "large": "ElnaggarLab/ankh-large",
-    "ankh2-large": "ElnaggarLab/ankh2-large", "ankh2-ext1": "ElnaggarLab/ankh2-ext1",
-    "ankh2-ext2": "ElnaggarLab/ankh2-ext2", "ankh3-large": "ElnaggarLab/ankh3-large",
+    "base": "ElnaggarLab/ankh-base",
+    "large": "ElnaggarLab/ankh-large",
+    "ankh2-large": "ElnaggarLab/ankh2-large",
+    "ankh2-ext1": "ElnaggarLab/ankh2-ext1",
+    "ankh2-ext2": "ElnaggarLab/ankh2-ext2",
+    "ankh3-large": "ElnaggarLab/ankh3-large",
     "ankh3-xl": "ElnaggarLab/ankh3-xl",
 }
 

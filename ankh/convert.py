@@ -43,9 +43,18 @@ def name_map(cfg: AnkhConfig) -> Iterator[tuple[str, Path_, Callable, Callable]]
         yield "lm_head.weight", ("lm_head",), tr, tr
     wi = ("wi_0", "wi_1") if cfg.is_gated_act else ("wi",)
     for stack, n_layers in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
-        yield (f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-               (stack, "relative_attention_bias", "weight"), ident, ident)
-        yield f"{stack}.final_layer_norm.weight", (stack, "final_layer_norm", "weight"), ident, ident
+        yield (
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            (stack, "relative_attention_bias", "weight"),
+            ident,
+            ident,
+        )
+        yield (
+            f"{stack}.final_layer_norm.weight",
+            (stack, "final_layer_norm", "weight"),
+            ident,
+            ident,
+        )
         subs = [("SelfAttention", "self_attn_norm")]
         if stack == "decoder":
             subs.append(("EncDecAttention", "cross_attn_norm"))
@@ -53,16 +62,38 @@ def name_map(cfg: AnkhConfig) -> Iterator[tuple[str, Path_, Callable, Callable]]
             pre = f"{stack}.block.{i}.layer"
             for j, (attn, norm) in enumerate(subs):
                 for p in _ATTN:
-                    yield (f"{pre}.{j}.{attn}.{p}.weight", (stack, "block", i, attn, p),
-                           lambda w, c, p=p: _attn_to_ours(p, w, c),
-                           lambda w, c, p=p: _attn_to_hf(p, w, c))
-                yield f"{pre}.{j}.layer_norm.weight", (stack, "block", i, norm, "weight"), ident, ident
+                    yield (
+                        f"{pre}.{j}.{attn}.{p}.weight",
+                        (stack, "block", i, attn, p),
+                        lambda w, c, p=p: _attn_to_ours(p, w, c),
+                        lambda w, c, p=p: _attn_to_hf(p, w, c),
+                    )
+                yield (
+                    f"{pre}.{j}.layer_norm.weight",
+                    (stack, "block", i, norm, "weight"),
+                    ident,
+                    ident,
+                )
             j = len(subs)
             for hf_w, ours in zip(wi, ("wi_0", "wi_1")):
-                yield (f"{pre}.{j}.DenseReluDense.{hf_w}.weight",
-                       (stack, "block", i, "DenseReluDense", ours), tr, tr)
-            yield f"{pre}.{j}.DenseReluDense.wo.weight", (stack, "block", i, "DenseReluDense", "wo"), tr, tr
-            yield f"{pre}.{j}.layer_norm.weight", (stack, "block", i, "ffn_norm", "weight"), ident, ident
+                yield (
+                    f"{pre}.{j}.DenseReluDense.{hf_w}.weight",
+                    (stack, "block", i, "DenseReluDense", ours),
+                    tr,
+                    tr,
+                )
+            yield (
+                f"{pre}.{j}.DenseReluDense.wo.weight",
+                (stack, "block", i, "DenseReluDense", "wo"),
+                tr,
+                tr,
+            )
+            yield (
+                f"{pre}.{j}.layer_norm.weight",
+                (stack, "block", i, "ffn_norm", "weight"),
+                ident,
+                ident,
+            )
 
 
 def hf_to_flat(tensors: dict[str, np.ndarray], cfg: AnkhConfig) -> dict[Path_, np.ndarray]:
@@ -84,8 +115,10 @@ def hf_to_flat(tensors: dict[str, np.ndarray], cfg: AnkhConfig) -> dict[Path_, n
 
 
 def flat_to_hf(flat: dict[Path_, np.ndarray], cfg: AnkhConfig) -> dict[str, np.ndarray]:
-    return {hf: np.ascontiguousarray(to_hf(np.asarray(flat[path]), cfg))
-            for hf, path, _, to_hf in name_map(cfg)}
+    return {
+        hf: np.ascontiguousarray(to_hf(np.asarray(flat[path]), cfg))
+        for hf, path, _, to_hf in name_map(cfg)
+    }
 
 
 def read_hf_tensors(path: str) -> dict[str, np.ndarray]:
@@ -106,16 +139,22 @@ def read_hf_tensors(path: str) -> dict[str, np.ndarray]:
         try:
             import torch  # optional: only to read legacy HF checkpoints
         except ImportError:
-            raise ValueError(f"{path} has only pytorch_model.bin; install torch to read it, or "
-                             "convert it to model.safetensors") from None
+            raise ValueError(
+                f"{path} has only pytorch_model.bin; install torch to read it, or "
+                "convert it to model.safetensors"
+            ) from None
         with fs.open(f"{root}/pytorch_model.bin", "rb") as fh:
             sd = torch.load(fh, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in sd.items()}
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin found")
 
 
-def write_hf_dir(path: str, flat: dict[Path_, np.ndarray], cfg: AnkhConfig,
-                 tokenizer_vocab: dict[str, int] | None = None) -> None:
+def write_hf_dir(
+    path: str,
+    flat: dict[Path_, np.ndarray],
+    cfg: AnkhConfig,
+    tokenizer_vocab: dict[str, int] | None = None,
+) -> None:
     """Write config.json + model.safetensors (+ tokenizer.json when a vocab is given)."""
     fs, root = storage.filesystem(path)
     fs.makedirs(root, exist_ok=True)
@@ -135,20 +174,42 @@ def _tokenizer_json(vocab: dict[str, int]) -> dict:
     special = [t for t in vocab if t.startswith("<")]
     return {
         "version": "1.0",
-        "added_tokens": [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True} for t in special],
+        "added_tokens": [
+            {
+                "id": vocab[t],
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for t in special
+        ],
         "normalizer": None,
-        "pre_tokenizer": {"type": "Split", "pattern": {"String": ""}, "behavior": "Isolated",
-                          "invert": False},
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"Sequence": {"id": "A", "type_id": 0}},
-                                      {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-                           "pair": [{"Sequence": {"id": "A", "type_id": 0}},
-                                    {"Sequence": {"id": "B", "type_id": 0}},
-                                    {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-                           "special_tokens": {"</s>": {"id": "</s>", "ids": [vocab["</s>"]],
-                                                       "tokens": ["</s>"]}}},
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"String": ""},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "</s>", "type_id": 0}},
+            ],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 0}},
+                {"SpecialToken": {"id": "</s>", "type_id": 0}},
+            ],
+            "special_tokens": {"</s>": {"id": "</s>", "ids": [vocab["</s>"]], "tokens": ["</s>"]}},
+        },
         "decoder": None,
-        "model": {"type": "WordLevel", "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
-                  "unk_token": "<unk>"},
+        "model": {
+            "type": "WordLevel",
+            "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
+            "unk_token": "<unk>",
+        },
     }

@@ -60,8 +60,14 @@ def bar_eos(scores: jax.Array, generated: jax.Array, min_new: jax.Array, eos: in
     return jnp.where(barred, -jnp.inf, scores)
 
 
-def warp(scores: jax.Array, seen: jax.Array, p: dict[str, jax.Array], sample: bool,
-         generated: jax.Array, eos: int) -> jax.Array:
+def warp(
+    scores: jax.Array,
+    seen: jax.Array,
+    p: dict[str, jax.Array],
+    sample: bool,
+    generated: jax.Array,
+    eos: int,
+) -> jax.Array:
     """HF order: repetition penalty and min_new_tokens (always), then temperature/top-k/top-p
     (sampling only). ``p["min_new_tokens"]`` 0 (the default) bars nothing."""
     scores = repetition_penalty(scores, seen, p["repetition_penalty"])
@@ -73,9 +79,17 @@ def warp(scores: jax.Array, seen: jax.Array, p: dict[str, jax.Array], sample: bo
 
 
 # ---- greedy / sampling ------------------------------------------------------------------------------
-def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_keys: jax.Array,
-                params: dict[str, jax.Array], *, max_new: int, sample: bool, num_return: int
-                ) -> jax.Array:
+def sample_loop(
+    model: AnkhModel,
+    enc_ids: jax.Array,
+    enc_mask: jax.Array,
+    row_keys: jax.Array,
+    params: dict[str, jax.Array],
+    *,
+    max_new: int,
+    sample: bool,
+    num_return: int,
+) -> jax.Array:
     """Greedy or ancestral sampling. Returns ids [b*num_return, max_new + 1] (start first).
 
     ``row_keys`` [b*num_return, 2]: one key per output row, folded with the step, so a row's
@@ -85,7 +99,9 @@ def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_k
     enc = model.encode(enc_ids, enc_mask)  # [g, k, e]: once per input, not per returned row
     b, t_len = enc.shape[0] * num_return, max_new + 1
     cache = init_cache(model, enc, enc_mask, t_len, group=num_return)
-    tokens = jnp.full((b, t_len), cfg.pad_token_id, jnp.int32).at[:, 0].set(cfg.decoder_start_token_id)
+    tokens = (
+        jnp.full((b, t_len), cfg.pad_token_id, jnp.int32).at[:, 0].set(cfg.decoder_start_token_id)
+    )
 
     def cond(state):
         t, _, _, done = state
@@ -94,8 +110,9 @@ def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_k
     def body(state):
         t, tokens, cache, done = state
         logits, cache = decode_step(model, tokens[:, t], t, cache)
-        scores = warp(logits, presence(tokens, t, logits.shape[-1]), params, sample, t,
-                      cfg.eos_token_id)
+        scores = warp(
+            logits, presence(tokens, t, logits.shape[-1]), params, sample, t, cfg.eos_token_id
+        )
         if sample:
             keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
             nxt = jax.vmap(jax.random.categorical)(keys, scores)
@@ -109,8 +126,15 @@ def sample_loop(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, row_k
     return jax.lax.while_loop(cond, body, state)[1]
 
 
-def forced_scores(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, forced: jax.Array,
-                  params: dict[str, jax.Array], *, sample: bool) -> jax.Array:
+def forced_scores(
+    model: AnkhModel,
+    enc_ids: jax.Array,
+    enc_mask: jax.Array,
+    forced: jax.Array,
+    params: dict[str, jax.Array],
+    *,
+    sample: bool,
+) -> jax.Array:
     """Warped per-step scores [b, s, v] along given decoder ids [b, s+1] (start first).
 
     Runs the same cached step and warping as ``sample_loop``; used to check the sampling
@@ -122,8 +146,14 @@ def forced_scores(model: AnkhModel, enc_ids: jax.Array, enc_mask: jax.Array, for
 
     def body(cache, t):
         logits, cache = decode_step(model, forced[:, t], t, cache)
-        return cache, warp(logits, presence(forced, t, logits.shape[-1]), params, sample, t,
-                           model.config.eos_token_id)
+        return cache, warp(
+            logits,
+            presence(forced, t, logits.shape[-1]),
+            params,
+            sample,
+            t,
+            model.config.eos_token_id,
+        )
 
     _, scores = jax.lax.scan(body, cache, jnp.arange(steps))  # [s, b, v]
     return jnp.transpose(scores, (1, 0, 2))

@@ -26,10 +26,19 @@ def encoder_depth(layer: int | None, num_layers: int) -> int | None:
     return layer
 
 
-def encode_pool(graphdef: Any, params: Any, ids: jax.Array, segment_ids: jax.Array,
-                positions: jax.Array | None = None, weights: jax.Array | None = None, *,
-                num_layers: int | None = None, per_residue: bool = False,
-                max_segments: int = 0, skip_first: int = 0) -> dict[str, jax.Array]:
+def encode_pool(
+    graphdef: Any,
+    params: Any,
+    ids: jax.Array,
+    segment_ids: jax.Array,
+    positions: jax.Array | None = None,
+    weights: jax.Array | None = None,
+    *,
+    num_layers: int | None = None,
+    per_residue: bool = False,
+    max_segments: int = 0,
+    skip_first: int = 0,
+) -> dict[str, jax.Array]:
     """Embeddings of a padded or packed batch ``ids [b, l]``.
 
     Padded rows (one sequence a row; ``segment_ids`` is the attention mask, ``weights`` None):
@@ -48,17 +57,31 @@ def encode_pool(graphdef: Any, params: Any, ids: jax.Array, segment_ids: jax.Arr
         res_mask = ((pos < n) & (pos >= skip_first)).astype(jnp.float32)  # [b, l]
         pooled = jnp.einsum("ble,bl->be", hidden, res_mask) / jnp.maximum(n - skip_first, 1)
     else:
-        onehot = segment_ids[:, :, None] == jnp.arange(1, max_segments + 1,
-                                                       dtype=segment_ids.dtype)  # [b, l, s]
+        onehot = segment_ids[:, :, None] == jnp.arange(
+            1, max_segments + 1, dtype=segment_ids.dtype
+        )  # [b, l, s]
         w = onehot.astype(jnp.float32) * weights[:, :, None]  # [b, l, s]
         # HIGHEST: accelerators would otherwise sum these in reduced precision.
         pooled = jnp.einsum("bls,ble->bse", w, hidden, precision=jax.lax.Precision.HIGHEST)
     return {"pooled": pooled, "hidden": hidden} if per_residue else {"pooled": pooled}
 
 
-def jit_encoder(graphdef: Any, per_residue: bool = False, num_layers: int | None = None,
-                max_segments: int = 0, skip_first: int = 0):
+def jit_encoder(
+    graphdef: Any,
+    per_residue: bool = False,
+    num_layers: int | None = None,
+    max_segments: int = 0,
+    skip_first: int = 0,
+):
     """``encode_pool`` jitted for one architecture; params are an argument, so every
     checkpoint of that architecture shares the compiled shapes."""
-    return jax.jit(partial(encode_pool, graphdef, per_residue=per_residue, num_layers=num_layers,
-                           max_segments=max_segments, skip_first=skip_first))
+    return jax.jit(
+        partial(
+            encode_pool,
+            graphdef,
+            per_residue=per_residue,
+            num_layers=num_layers,
+            max_segments=max_segments,
+            skip_first=skip_first,
+        )
+    )

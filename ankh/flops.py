@@ -66,13 +66,18 @@ def decode_step_flops(cfg: AnkhConfig, rows: int, enc_len: int, dec_len: int) ->
     """One cached decode step of ``rows`` rows: q/k/v/o and cross q/o projections, the
     feed-forward and the LM head on one token per row; attention over ``dec_len`` cached
     positions and ``enc_len`` encoder keys."""
-    layer = (6 * _projection(cfg) + _feed_forward(cfg) + _attention(cfg, 1, dec_len)
-             + _attention(cfg, 1, enc_len))
+    layer = (
+        6 * _projection(cfg)
+        + _feed_forward(cfg)
+        + _attention(cfg, 1, dec_len)
+        + _attention(cfg, 1, enc_len)
+    )
     return float(rows * (cfg.num_decoder_layers * layer + 2 * cfg.d_model * cfg.vocab_size))
 
 
-def decode_step_bytes(cfg: AnkhConfig, rows: int, inputs: int, enc_len: int, dec_len: int,
-                      itemsize: int = 4) -> float:
+def decode_step_bytes(
+    cfg: AnkhConfig, rows: int, inputs: int, enc_len: int, dec_len: int, itemsize: int = 4
+) -> float:
     """The least one decode step can read: every decoder weight matrix it multiplies by and the
     LM head once (shared by all rows), the cross keys/values of ``inputs`` distinct encoder
     outputs of ``enc_len`` tokens, and ``rows`` rows' self-attention cache of ``dec_len``
@@ -89,8 +94,9 @@ def train_step_flops(cfg: AnkhConfig, batch: int, enc_len: int, dec_len: int) ->
 
 
 # ---- the denominator ----------------------------------------------------------------------------
-def measure_matmul_peak(dtype: str = "float32", n: int = 2048, seconds: float = 1.0,
-                        devices: list | None = None) -> float:
+def measure_matmul_peak(
+    dtype: str = "float32", n: int = 2048, seconds: float = 1.0, devices: list | None = None
+) -> float:
     """FLOP/s of square ``n x n`` matmuls, one per device of ``devices`` (default: this
     process's local devices) at once: the practical peak the efficiency figures divide by.
 
@@ -99,10 +105,12 @@ def measure_matmul_peak(dtype: str = "float32", n: int = 2048, seconds: float = 
     """
     devs = list(devices or jax.local_devices())
     mesh = jax.sharding.Mesh(np.array(devs), ("d",))
-    a = jax.device_put(jnp.ones((len(devs), n, n), dtype),
-                       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
+    a = jax.device_put(
+        jnp.ones((len(devs), n, n), dtype),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")),
+    )
     f = jax.jit(lambda x: x @ x)  # batched over the device axis: one matmul per device
-    return 2.0 * n ** 3 * len(devs) / _fastest(f, a, seconds)
+    return 2.0 * n**3 * len(devs) / _fastest(f, a, seconds)
 
 
 def measure_read_bandwidth(nbytes: int = 256 << 20, seconds: float = 1.0) -> float:

@@ -15,8 +15,13 @@ log = logging.getLogger(__name__)
 
 # "org/name" with the hub's allowed characters, optionally "@revision" (branch, tag or commit).
 _HUB_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-         "pytorch_model.bin")
+FILES = (
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "pytorch_model.bin",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +64,10 @@ def snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
     except RevisionNotFoundError:
         raise ValueError(f"{where}: the hub has no revision {revision!r} of {repo_id}") from None
     except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise ValueError(f"{where}: no such local path, nor a model on the hub (or it needs a "
-                         f"token: HF_TOKEN): {type(e).__name__}") from None
+        raise ValueError(
+            f"{where}: no such local path, nor a model on the hub (or it needs a "
+            f"token: HF_TOKEN): {type(e).__name__}"
+        ) from None
     except incomplete as e:
         raise FileNotFoundError(f"{where}: the cached snapshot misses files: {e}") from None
     except LocalEntryNotFoundError:
@@ -68,7 +75,8 @@ def snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
             f"{where}: no such local path, not in the local Hugging Face cache, and the hub "
             f"cannot be reached "
             f"(offline: HF_HUB_OFFLINE is set, or no network); download it once online, "
-            f"or point HF_HOME/HF_HUB_CACHE at a cache that holds it") from None
+            f"or point HF_HOME/HF_HUB_CACHE at a cache that holds it"
+        ) from None
     except (EntryNotFoundError, HfHubHTTPError) as e:
         raise ValueError(f"{where}: hub download failed: {e}") from None
     commit = path.rstrip("/").rsplit("/", 1)[-1]  # snapshots/<commit hash>

@@ -16,14 +16,14 @@ import numpy as np
 from ankh.tokenizer import AnkhTokenizer
 
 REJECT_REASONS = (
-    "no_eos",                 # hit max_new_tokens before </s> (truncated answer)
-    "leading_residues",       # residues before the first sentinel
-    "wrong_sentinel_order",   # a sentinel other than the next expected one
-    "extra_sentinel",         # more sentinels than masked spans
-    "missing_spans",          # </s> before every span was filled
-    "empty_span",             # a sentinel immediately followed by another sentinel or </s>
-    "length_mismatch",        # a fill whose length differs from its span (same_length=True)
-    "invalid_token",          # <pad>/<unk>/unknown id inside a fill
+    "no_eos",  # hit max_new_tokens before </s> (truncated answer)
+    "leading_residues",  # residues before the first sentinel
+    "wrong_sentinel_order",  # a sentinel other than the next expected one
+    "extra_sentinel",  # more sentinels than masked spans
+    "missing_spans",  # </s> before every span was filled
+    "empty_span",  # a sentinel immediately followed by another sentinel or </s>
+    "length_mismatch",  # a fill whose length differs from its span (same_length=True)
+    "invalid_token",  # <pad>/<unk>/unknown id inside a fill
 )
 
 Span = tuple[int, int]
@@ -33,14 +33,18 @@ def num_sentinels(tok: AnkhTokenizer) -> int:
     return sum(1 for t in tok.vocab if t.startswith("<extra_id_"))
 
 
-def random_spans(length: int, fraction: float, rng: np.random.Generator, max_spans: int) -> list[Span]:
+def random_spans(
+    length: int, fraction: float, rng: np.random.Generator, max_spans: int
+) -> list[Span]:
     """round(fraction * length) distinct residues (at least one), each its own 1-residue span."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"mask_fraction must be in (0, 1], got {fraction}")
     k = max(1, int(round(fraction * length)))
     if k > max_spans:
-        raise ValueError(f"masking {k} of {length} residues needs {k} sentinels but the vocabulary "
-                         f"has {max_spans}; lower mask_fraction or pass explicit longer spans")
+        raise ValueError(
+            f"masking {k} of {length} residues needs {k} sentinels but the vocabulary "
+            f"has {max_spans}; lower mask_fraction or pass explicit longer spans"
+        )
     pos = np.sort(rng.choice(length, size=k, replace=False))
     return [(int(p), int(p) + 1) for p in pos]
 
@@ -53,7 +57,9 @@ def check_spans(spans: Sequence[Sequence[int]], length: int, max_spans: int) -> 
             raise ValueError(f"span {i}: expected (start, end), got {sp!r}")
         s, e = int(sp[0]), int(sp[1])
         if not 0 <= s < e <= length:
-            raise ValueError(f"span {i} ({s}, {e}) is empty or outside the parent (length {length})")
+            raise ValueError(
+                f"span {i} ({s}, {e}) is empty or outside the parent (length {length})"
+            )
         if out and s < out[-1][1]:
             raise ValueError(f"span {i} ({s}, {e}) overlaps or precedes span {i - 1} {out[-1]}")
         out.append((s, e))
@@ -74,7 +80,9 @@ def masked_input(parent: str, spans: Sequence[Span]) -> str:
     return "".join(parts)
 
 
-def parse_fills(ids: Sequence[int], n_spans: int, tok: AnkhTokenizer) -> tuple[list[str] | None, str | None]:
+def parse_fills(
+    ids: Sequence[int], n_spans: int, tok: AnkhTokenizer
+) -> tuple[list[str] | None, str | None]:
     """Generated ids -> one residue string per span, or (None, reason)."""
     fills: list[list[str]] = []
     for i in ids:
@@ -83,7 +91,7 @@ def parse_fills(ids: Sequence[int], n_spans: int, tok: AnkhTokenizer) -> tuple[l
             break
         name = tok.inv.get(i, "")
         if name.startswith("<extra_id_"):
-            k = int(name[len("<extra_id_"):-1])
+            k = int(name[len("<extra_id_") : -1])
             if k >= n_spans:
                 return None, "extra_sentinel"
             if k != len(fills):
@@ -106,8 +114,9 @@ def parse_fills(ids: Sequence[int], n_spans: int, tok: AnkhTokenizer) -> tuple[l
     return ["".join(f) for f in fills], None
 
 
-def splice(parent: str, spans: Sequence[Span], ids: Sequence[int], tok: AnkhTokenizer,
-           same_length: bool) -> tuple[str | None, str | None]:
+def splice(
+    parent: str, spans: Sequence[Span], ids: Sequence[int], tok: AnkhTokenizer, same_length: bool
+) -> tuple[str | None, str | None]:
     """The full variant (fills written into the parent's spans), or (None, reason)."""
     fills, reason = parse_fills(ids, len(spans), tok)
     if fills is None:
@@ -125,11 +134,18 @@ def splice(parent: str, spans: Sequence[Span], ids: Sequence[int], tok: AnkhToke
 def identity(a: str, b: str) -> float:
     """Fraction of identical residues: Hamming for equal lengths, else a global alignment."""
     if len(a) == len(b):
-        return float(np.mean(np.frombuffer(a.encode(), np.uint8) == np.frombuffer(b.encode(), np.uint8))) if a else 1.0
+        return (
+            float(
+                np.mean(np.frombuffer(a.encode(), np.uint8) == np.frombuffer(b.encode(), np.uint8))
+            )
+            if a
+            else 1.0
+        )
     from Bio import Align  # only needed when infills changed the length
 
-    aligner = Align.PairwiseAligner(mode="global", match_score=1, mismatch_score=0,
-                                    open_gap_score=-1, extend_gap_score=-0.5)
+    aligner = Align.PairwiseAligner(
+        mode="global", match_score=1, mismatch_score=0, open_gap_score=-1, extend_gap_score=-0.5
+    )
     aln = aligner.align(a, b)[0]
     same = sum(1 for x, y in zip(aln[0], aln[1]) if x == y and x != "-")
     return same / max(len(a), len(b))

@@ -44,8 +44,14 @@ def _proj(x2: jax.Array, w: Any, dtype: Any) -> jax.Array:
     return (x2 @ w[...].astype(dtype).reshape(e, h * d)).reshape(-1, h, d)
 
 
-def init_cache(model: AnkhModel, enc: jax.Array, enc_mask: jax.Array, max_len: int,
-               group: int = 1, beams: bool = False) -> Cache:
+def init_cache(
+    model: AnkhModel,
+    enc: jax.Array,
+    enc_mask: jax.Array,
+    max_len: int,
+    group: int = 1,
+    beams: bool = False,
+) -> Cache:
     """Empty self-attention buffers for ``g * group`` rows and the cross K/V of ``enc [g, k, e]``;
     ``beams``: the slot layout and ``src`` table that ``reorder_beams`` updates."""
     cfg, dt = model.config, model.dtype
@@ -60,14 +66,17 @@ def init_cache(model: AnkhModel, enc: jax.Array, enc_mask: jax.Array, max_len: i
         ck.append(k.transpose(0, 2, 3, 1))  # [g, h, d, k]
         cv.append(v.transpose(0, 2, 1, 3))  # [g, h, k, d]
     cache = {
-        "k": [jnp.zeros(k_shape, dt) for _ in ck], "v": [jnp.zeros(v_shape, dt) for _ in ck],
-        "ck": ck, "cv": cv,
+        "k": [jnp.zeros(k_shape, dt) for _ in ck],
+        "v": [jnp.zeros(v_shape, dt) for _ in ck],
+        "ck": ck,
+        "cv": cv,
         # Decoder queries attend every real encoder token.
         "cross_bias": jnp.where(enc_mask > 0, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :],
     }
     if beams:  # every beam starts on its own slot
-        cache["src"] = jnp.broadcast_to(jnp.arange(group, dtype=jnp.int32)[None, :, None],
-                                        (g, group, max_len))
+        cache["src"] = jnp.broadcast_to(
+            jnp.arange(group, dtype=jnp.int32)[None, :, None], (g, group, max_len)
+        )
     return cache
 
 
@@ -93,8 +102,15 @@ def _out(attn: Any, ctx: jax.Array, dtype: Any) -> jax.Array:
     return (ctx.reshape(r, h * d) @ attn.o[...].astype(dtype).reshape(h * d, -1))[:, None]
 
 
-def _self_attention(blk: Any, h: jax.Array, t: jax.Array, k_buf: jax.Array, v_buf: jax.Array,
-                    bias: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _self_attention(
+    blk: Any,
+    h: jax.Array,
+    t: jax.Array,
+    k_buf: jax.Array,
+    v_buf: jax.Array,
+    bias: jax.Array,
+    dtype: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """h [r, 1, e] at position ``t``: writes its K/V into the buffers, attends positions <= t."""
     att = blk.SelfAttention
     x2 = h.astype(dtype)[:, 0]  # [r, e]
@@ -105,9 +121,16 @@ def _self_attention(blk: Any, h: jax.Array, t: jax.Array, k_buf: jax.Array, v_bu
     return _out(att, ctx, dtype), k_buf, v_buf
 
 
-def _beam_self_attention(blk: Any, h: jax.Array, t: jax.Array, k_buf: jax.Array,
-                         v_buf: jax.Array, src: jax.Array, bias: jax.Array, dtype: Any
-                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _beam_self_attention(
+    blk: Any,
+    h: jax.Array,
+    t: jax.Array,
+    k_buf: jax.Array,
+    v_buf: jax.Array,
+    src: jax.Array,
+    bias: jax.Array,
+    dtype: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """As ``_self_attention`` on slot buffers k [g, h, d, n*t], v [g, h, n*t, d]: beam j writes
     slot j at ``t`` and reads, at each position p, slot ``src[:, j, p]``."""
     att = blk.SelfAttention
@@ -133,8 +156,9 @@ def _beam_self_attention(blk: Any, h: jax.Array, t: jax.Array, k_buf: jax.Array,
     return _out(att, ctx.transpose(0, 2, 1, 3).reshape(g * n, nh, d), dtype), k_buf, v_buf
 
 
-def _cross_attention(blk: Any, h: jax.Array, ck: jax.Array, cv: jax.Array, bias: jax.Array,
-                     dtype: Any) -> jax.Array:
+def _cross_attention(
+    blk: Any, h: jax.Array, ck: jax.Array, cv: jax.Array, bias: jax.Array, dtype: Any
+) -> jax.Array:
     """h [g*n, 1, e]: the n rows of an input query its shared keys as n queries of one row."""
     att = blk.EncDecAttention
     g = ck.shape[0]
@@ -145,8 +169,9 @@ def _cross_attention(blk: Any, h: jax.Array, ck: jax.Array, cv: jax.Array, bias:
     return _out(att, ctx.transpose(0, 2, 1, 3).reshape(r, nh, d), dtype)
 
 
-def decode_step(model: AnkhModel, tokens: jax.Array, t: jax.Array, cache: Cache
-                ) -> tuple[jax.Array, Cache]:
+def decode_step(
+    model: AnkhModel, tokens: jax.Array, t: jax.Array, cache: Cache
+) -> tuple[jax.Array, Cache]:
     """Feed one token per row at position ``t``; returns logits [r, v] float32 and the cache."""
     dec, dt = model.decoder, model.dtype
     beams = "src" in cache
@@ -159,20 +184,27 @@ def decode_step(model: AnkhModel, tokens: jax.Array, t: jax.Array, cache: Cache
     if beams:  # beam j wrote slot j at position t
         n = cache["src"].shape[1]
         src = jax.lax.dynamic_update_slice_in_dim(
-            cache["src"], jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :, None],
-                                           (cache["src"].shape[0], n, 1)), t, axis=2)
+            cache["src"],
+            jnp.broadcast_to(
+                jnp.arange(n, dtype=jnp.int32)[None, :, None], (cache["src"].shape[0], n, 1)
+            ),
+            t,
+            axis=2,
+        )
         cache = {**cache, "src": src}
     new_k, new_v = [], []
     for i, blk in enumerate(dec.block):
         h = blk.self_attn_norm(x)
         if beams:
-            out, k, v = _beam_self_attention(blk, h, t, cache["k"][i], cache["v"][i],
-                                             cache["src"], self_bias, dt)
+            out, k, v = _beam_self_attention(
+                blk, h, t, cache["k"][i], cache["v"][i], cache["src"], self_bias, dt
+            )
         else:
             out, k, v = _self_attention(blk, h, t, cache["k"][i], cache["v"][i], self_bias, dt)
         x = x + out
-        x = x + _cross_attention(blk, blk.cross_attn_norm(x), cache["ck"][i], cache["cv"][i],
-                                 cache["cross_bias"], dt)
+        x = x + _cross_attention(
+            blk, blk.cross_attn_norm(x), cache["ck"][i], cache["cv"][i], cache["cross_bias"], dt
+        )
         x = x + blk.DenseReluDense(blk.ffn_norm(x))  # [r, 1, e]
         new_k.append(k)
         new_v.append(v)

@@ -17,7 +17,9 @@ from ankh.attention import NEG_INF, TokenBias, attend  # noqa: F401  (NEG_INF: d
 from ankh.config import AnkhConfig
 
 
-def param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]) -> nnx.Param:
+def param(
+    rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]
+) -> nnx.Param:
     """A float32 parameter N(0, std) annotated with logical axes (sharded later, not eagerly)."""
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
@@ -27,8 +29,9 @@ class RMSNorm(nnx.Module):
     """T5 layer norm: no mean subtraction, no bias; statistics in float32."""
 
     def __init__(self, dim: int, eps: float):
-        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("embed",),
-                                eager_sharding=False)
+        self.weight = nnx.Param(
+            jnp.ones((dim,), jnp.float32), out_sharding=("embed",), eager_sharding=False
+        )
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -44,8 +47,8 @@ class Attention(nnx.Module):
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         e, h, d, f = cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.initializer_factor
         self.q = param(rngs, (e, h, d), f * (e * d) ** -0.5, ("embed", "heads", "kv"))
-        self.k = param(rngs, (e, h, d), f * e ** -0.5, ("embed", "heads", "kv"))
-        self.v = param(rngs, (e, h, d), f * e ** -0.5, ("embed", "heads", "kv"))
+        self.k = param(rngs, (e, h, d), f * e**-0.5, ("embed", "heads", "kv"))
+        self.v = param(rngs, (e, h, d), f * e**-0.5, ("embed", "heads", "kv"))
         self.o = param(rngs, (h, d, e), f * (h * d) ** -0.5, ("heads", "kv", "embed"))
         self.dtype = dtype
 
@@ -58,9 +61,13 @@ class Attention(nnx.Module):
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self._proj(x, self.k), self._proj(x, self.v)  # [b, k, h, d] each
 
-    def __call__(self, x: jax.Array, bias: TokenBias | jax.Array,
-                 kv_input: jax.Array | None = None,
-                 kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        bias: TokenBias | jax.Array,
+        kv_input: jax.Array | None = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+    ) -> jax.Array:
         """x [b, q, e]; ``bias`` a ``TokenBias`` (whole sequences; ``ankh.attention.prepare``) or
         a dense additive array [b|1, h|1, q, k] (decode steps); keys from kv_input or kv."""
         x = x.astype(self.dtype)
@@ -78,9 +85,11 @@ class GatedFFN(nnx.Module):
 
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         e, f_, s = cfg.d_model, cfg.d_ff, cfg.initializer_factor
-        self.wi_0 = param(rngs, (e, f_), s * e ** -0.5, ("embed", "mlp"))
-        self.wi_1 = param(rngs, (e, f_), s * e ** -0.5, ("embed", "mlp")) if cfg.is_gated_act else None
-        self.wo = param(rngs, (f_, e), s * f_ ** -0.5, ("mlp", "embed"))
+        self.wi_0 = param(rngs, (e, f_), s * e**-0.5, ("embed", "mlp"))
+        self.wi_1 = (
+            param(rngs, (e, f_), s * e**-0.5, ("embed", "mlp")) if cfg.is_gated_act else None
+        )
+        self.wo = param(rngs, (f_, e), s * f_**-0.5, ("mlp", "embed"))
         self.act = cfg.activation
         self.dtype = dtype
 
@@ -100,8 +109,9 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     return jax.nn.relu(x)
 
 
-def relative_position_bucket(rel: jax.Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> jax.Array:
+def relative_position_bucket(
+    rel: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
     """HF/T5 bucketing of (key - query) offsets; same float32 op order as HF for parity."""
     buckets = jnp.zeros_like(rel)
     if bidirectional:
@@ -113,8 +123,9 @@ def relative_position_bucket(rel: jax.Array, bidirectional: bool, num_buckets: i
     max_exact = num_buckets // 2
     is_small = rel < max_exact
     safe = jnp.maximum(rel, 1).astype(jnp.float32)  # log(0) is masked out by is_small anyway
-    large = max_exact + (jnp.log(safe / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(rel.dtype)
+    large = max_exact + (
+        jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).astype(rel.dtype)
     large = jnp.minimum(large, num_buckets - 1)
     return buckets + jnp.where(is_small, rel, large)
 
@@ -124,8 +135,9 @@ class RelativeBias(nnx.Module):
 
     def __init__(self, cfg: AnkhConfig, bidirectional: bool, rngs: nnx.Rngs):
         n, h = cfg.relative_attention_num_buckets, cfg.num_heads
-        self.weight = param(rngs, (n, h), cfg.initializer_factor * cfg.d_model ** -0.5,
-                            ("relpos_buckets", "heads"))
+        self.weight = param(
+            rngs, (n, h), cfg.initializer_factor * cfg.d_model**-0.5, ("relpos_buckets", "heads")
+        )
         self.bidirectional = bidirectional
         self.max_distance = cfg.relative_attention_max_distance
 
@@ -134,23 +146,32 @@ class RelativeBias(nnx.Module):
         ``max_distance``, so a table over [-reach, reach] is exact for any length."""
         r = self.max_distance + 1
         with jax.ensure_compile_time_eval():  # static facts of the config, not traced
-            far = relative_position_bucket(jnp.array([-r, r, -64 * r, 64 * r]), self.bidirectional,
-                                           self.weight.shape[0], self.max_distance)
+            far = relative_position_bucket(
+                jnp.array([-r, r, -64 * r, 64 * r]),
+                self.bidirectional,
+                self.weight.shape[0],
+                self.max_distance,
+            )
             saturated = bool(far[0] == far[2]) and bool(far[1] == far[3])
         return r if saturated else 1 << 15  # an odd config (max_distance < exact range)
 
     def table(self) -> jax.Array:
         """Bias by offset ``k_pos - q_pos`` in [-reach, reach]: [h, 2 * reach + 1] float32."""
         r = self.reach()
-        idx = relative_position_bucket(jnp.arange(-r, r + 1, dtype=jnp.int32), self.bidirectional,
-                                       self.weight.shape[0], self.max_distance)
+        idx = relative_position_bucket(
+            jnp.arange(-r, r + 1, dtype=jnp.int32),
+            self.bidirectional,
+            self.weight.shape[0],
+            self.max_distance,
+        )
         return jnp.take(self.weight[...], idx, axis=0).T  # [h, 2r+1]
 
     def __call__(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
         """q_pos [b|1, q], k_pos [b|1, k] int positions -> bias [b|1, h, q, k] float32
         (decode steps; whole sequences use ``table`` per tile)."""
         rel = k_pos[:, None, :] - q_pos[:, :, None]  # [b, q, k]
-        idx = relative_position_bucket(rel, self.bidirectional, self.weight.shape[0],
-                                       self.max_distance)
+        idx = relative_position_bucket(
+            rel, self.bidirectional, self.weight.shape[0], self.max_distance
+        )
         bias = jnp.take(self.weight[...], idx, axis=0)  # [b, q, k, h]
         return jnp.transpose(bias, (0, 3, 1, 2))  # [b, h, q, k]

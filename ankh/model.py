@@ -52,8 +52,13 @@ class DecoderBlock(nnx.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
         self.DenseReluDense = GatedFFN(cfg, rngs, dtype)
 
-    def __call__(self, x: jax.Array, self_bias: TokenBias | jax.Array, enc: jax.Array,
-                 cross_bias: TokenBias | jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        self_bias: TokenBias | jax.Array,
+        enc: jax.Array,
+        cross_bias: TokenBias | jax.Array,
+    ) -> jax.Array:
         x = x + self.SelfAttention(self.self_attn_norm(x), self_bias)  # [b, q, e]
         x = x + self.EncDecAttention(self.cross_attn_norm(x), cross_bias, kv_input=enc)  # [b, q, e]
         return x + self.DenseReluDense(self.ffn_norm(x))  # [b, q, e]
@@ -66,12 +71,18 @@ class Encoder(nnx.Module):
         self.block = nnx.List([EncoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_layers)])
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 num_layers: int | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        num_layers: int | None = None,
+    ) -> jax.Array:
         # Per token; ``prepare`` builds the dense [b, h, l, l] bias only where that is the
         # faster path (short rows), once for all layers.
-        spec = TokenBias(segment_ids, segment_ids, positions, positions,
-                         self.relative_attention_bias.table())
+        spec = TokenBias(
+            segment_ids, segment_ids, positions, positions, self.relative_attention_bias.table()
+        )
         bias = prepare(spec, self.config.num_heads, self.config.d_kv, self.dtype)
         blocks = self.block if num_layers is None else list(self.block)[:num_layers]
         for blk in blocks:
@@ -84,15 +95,33 @@ class Decoder(nnx.Module):
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype):
         self.config, self.dtype = cfg, dtype
         self.relative_attention_bias = RelativeBias(cfg, bidirectional=False, rngs=rngs)
-        self.block = nnx.List([DecoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_decoder_layers)])
+        self.block = nnx.List(
+            [DecoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_decoder_layers)]
+        )
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
-    def __call__(self, y: jax.Array, segment_ids: jax.Array, positions: jax.Array,
-                 enc: jax.Array, enc_segment_ids: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        y: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array,
+        enc: jax.Array,
+        enc_segment_ids: jax.Array,
+    ) -> jax.Array:
         h, d = self.config.num_heads, self.config.d_kv
-        self_bias = prepare(TokenBias(segment_ids, segment_ids, positions, positions,
-                                      self.relative_attention_bias.table(), causal=True),
-                            h, d, self.dtype)
+        self_bias = prepare(
+            TokenBias(
+                segment_ids,
+                segment_ids,
+                positions,
+                positions,
+                self.relative_attention_bias.table(),
+                causal=True,
+            ),
+            h,
+            d,
+            self.dtype,
+        )
         cross_bias = prepare(TokenBias(segment_ids, enc_segment_ids), h, d, self.dtype)
         for blk in self.block:
             y = blk(y, self_bias, enc, cross_bias)  # [b, q, e]
@@ -105,20 +134,33 @@ class AnkhModel(nnx.Module):
     def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
         self.config = cfg
         self.dtype = dtype
-        self.shared = param(rngs, (cfg.vocab_size, cfg.d_model), cfg.initializer_factor,
-                            ("vocab", "embed"))
+        self.shared = param(
+            rngs, (cfg.vocab_size, cfg.d_model), cfg.initializer_factor, ("vocab", "embed")
+        )
         self.encoder = Encoder(cfg, rngs, dtype)
         self.decoder = Decoder(cfg, rngs, dtype)
         # Untied head: N(0, 1/d_model) (T5X's fan-in init) keeps the initial logits O(1).
-        self.lm_head = None if cfg.tie_word_embeddings else param(
-            rngs, (cfg.d_model, cfg.vocab_size), cfg.initializer_factor * cfg.d_model ** -0.5,
-            ("embed", "vocab"))
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else param(
+                rngs,
+                (cfg.d_model, cfg.vocab_size),
+                cfg.initializer_factor * cfg.d_model**-0.5,
+                ("embed", "vocab"),
+            )
+        )
 
     def embed_tokens(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.shared[...], ids, axis=0).astype(self.dtype)  # [b, l, e]
 
-    def encode(self, input_ids: jax.Array, segment_ids: jax.Array,
-               positions: jax.Array | None = None, num_layers: int | None = None) -> jax.Array:
+    def encode(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array | None = None,
+        num_layers: int | None = None,
+    ) -> jax.Array:
         """Encoder states [b, l, e]; ``num_layers`` stops early (states before the final norm)."""
         if positions is None:
             positions = default_positions(segment_ids)[:1]
@@ -126,25 +168,43 @@ class AnkhModel(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:  # tied: HF rescales by d_model**-0.5 before the shared matrix
-            hidden = hidden * self.config.d_model ** -0.5
-            return jnp.einsum("ble,ve->blv", hidden, self.shared[...].astype(hidden.dtype)).astype(jnp.float32)
+            hidden = hidden * self.config.d_model**-0.5
+            return jnp.einsum("ble,ve->blv", hidden, self.shared[...].astype(hidden.dtype)).astype(
+                jnp.float32
+            )
         return (hidden @ self.lm_head[...].astype(hidden.dtype)).astype(jnp.float32)  # [b, l, v]
 
-    def decode(self, decoder_input_ids: jax.Array, encoder_out: jax.Array,
-               enc_segment_ids: jax.Array, dec_segment_ids: jax.Array | None = None,
-               dec_positions: jax.Array | None = None) -> jax.Array:
+    def decode(
+        self,
+        decoder_input_ids: jax.Array,
+        encoder_out: jax.Array,
+        enc_segment_ids: jax.Array,
+        dec_segment_ids: jax.Array | None = None,
+        dec_positions: jax.Array | None = None,
+    ) -> jax.Array:
         """Teacher-forced decoder logits [b, q, vocab] (float32)."""
         if dec_segment_ids is None:
             dec_segment_ids = jnp.ones_like(decoder_input_ids)
         if dec_positions is None:
             dec_positions = default_positions(dec_segment_ids)[:1]
-        y = self.decoder(self.embed_tokens(decoder_input_ids), dec_segment_ids, dec_positions,
-                         encoder_out, enc_segment_ids)
+        y = self.decoder(
+            self.embed_tokens(decoder_input_ids),
+            dec_segment_ids,
+            dec_positions,
+            encoder_out,
+            enc_segment_ids,
+        )
         return self.logits(y)
 
-    def __call__(self, input_ids: jax.Array, segment_ids: jax.Array, decoder_input_ids: jax.Array,
-                 dec_segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-                 dec_positions: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        decoder_input_ids: jax.Array,
+        dec_segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        dec_positions: jax.Array | None = None,
+    ) -> jax.Array:
         enc = self.encode(input_ids, segment_ids, positions)
         return self.decode(decoder_input_ids, enc, segment_ids, dec_segment_ids, dec_positions)
 

@@ -37,7 +37,7 @@ class ObjectiveConfig:
     mask_prob: float = 0.20  # fraction of residues replaced by sentinels (rounded per sequence)
     max_residues: int = 512  # longer sequences are randomly cropped (crop seeded per epoch)
     full_reconstruction: bool = False  # target = whole sequence instead of the masked residues
-    mean_span: float = 1.0   # 1 = Ankh's 1-gram masking; > 1 = spans of this mean length (T5)
+    mean_span: float = 1.0  # 1 = Ankh's 1-gram masking; > 1 = spans of this mean length (T5)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob <= 1.0:
@@ -78,8 +78,9 @@ def example_rng(seed: int, epoch: int, example_id: int) -> np.random.Generator:
 class Objective:
     """Turns residue ids into ``(encoder_input, target)`` pairs, both ending in ``</s>``."""
 
-    def __init__(self, cfg: ObjectiveConfig = ObjectiveConfig(),
-                 tokenizer: AnkhTokenizer | None = None) -> None:
+    def __init__(
+        self, cfg: ObjectiveConfig = ObjectiveConfig(), tokenizer: AnkhTokenizer | None = None
+    ) -> None:
         self.cfg = cfg
         tok = tokenizer or AnkhTokenizer()
         self.eos_id = tok.eos_id
@@ -96,7 +97,8 @@ class Objective:
         if need > n:
             raise ValueError(
                 f"mask_prob={cfg.mask_prob} x max_residues={cfg.max_residues} needs {need} sentinels "
-                f"but the vocabulary has only {n}; lower one of them (or raise mean_span)")
+                f"but the vocabulary has only {n}; lower one of them (or raise mean_span)"
+            )
 
     def crop(self, residues: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random window of ``max_residues`` (the whole sequence if it is shorter)."""
@@ -104,16 +106,19 @@ class Objective:
         if n <= m:
             return residues
         start = int(rng.integers(0, n - m + 1))
-        return residues[start:start + m]
+        return residues[start : start + m]
 
-    def apply(self, residues: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self, residues: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``residues`` int32 [n] without ``</s>`` -> (encoder ids [n+1], target ids [2k+1])."""
         n = len(residues)
         if n == 0:
             raise ValueError("cannot mask an empty sequence")
         if self.cfg.mean_span > 1.0:
-            return self.mask_spans(residues, random_spans(n, self.cfg.num_masked(n),
-                                                          self.cfg.num_spans(n), rng))
+            return self.mask_spans(
+                residues, random_spans(n, self.cfg.num_masked(n), self.cfg.num_spans(n), rng)
+            )
         pos = np.sort(rng.choice(n, size=self.cfg.num_masked(n), replace=False))  # [k], in order
         return self.mask_at(residues, pos)
 
@@ -125,8 +130,8 @@ class Objective:
             raise ValueError(f"{len(spans)} masked runs but only {len(self.sentinels)} sentinels")
         enc, tgt, prev = [], [], 0
         for j, (start, length) in enumerate(spans):
-            enc += [residues[prev:start], self.sentinels[j:j + 1]]
-            tgt += [self.sentinels[j:j + 1], residues[start:start + length]]
+            enc += [residues[prev:start], self.sentinels[j : j + 1]]
+            tgt += [self.sentinels[j : j + 1], residues[start : start + length]]
             prev = start + length
         eos = np.array([self.eos_id], np.int32)
         enc_ids = np.concatenate(enc + [residues[prev:], eos]).astype(np.int32)
@@ -150,13 +155,14 @@ class Objective:
             tgt = np.append(residues, np.int32(self.eos_id))
         else:
             tgt = np.empty(2 * k + 1, np.int32)
-            tgt[0:2 * k:2] = sent
-            tgt[1:2 * k:2] = residues[pos]
+            tgt[0 : 2 * k : 2] = sent
+            tgt[1 : 2 * k : 2] = residues[pos]
             tgt[2 * k] = self.eos_id
         return enc, tgt
 
-    def __call__(self, residues: np.ndarray, seed: int, epoch: int,
-                 example_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, residues: np.ndarray, seed: int, epoch: int, example_id: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Crop then mask, with randomness from ``(seed, epoch, example_id)``."""
         rng = example_rng(seed, epoch, example_id)
         return self.apply(self.crop(np.asarray(residues, np.int32), rng), rng)
@@ -177,7 +183,9 @@ class Objective:
         for t in enc.tolist():
             out += hidden.pop(t) if t in self._sentinel_set else [t]
         if hidden:
-            raise ValueError(f"sentinels {sorted(hidden)} of the target are not in the encoder input")
+            raise ValueError(
+                f"sentinels {sorted(hidden)} of the target are not in the encoder input"
+            )
         return np.asarray(out, np.int32)
 
 
@@ -187,7 +195,9 @@ def random_spans(n: int, k: int, s: int, rng: np.random.Generator) -> np.ndarray
     the unmasked one into ``s + 1`` gaps (inner gaps >= 1), both uniformly at random."""
     if not 1 <= s <= k <= n or n - k < s - 1:
         raise ValueError(f"cannot place {s} runs of {k} masked residues in {n}")
-    lengths = np.diff(np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), s - 1, replace=False)), [k]]))
+    lengths = np.diff(
+        np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), s - 1, replace=False)), [k]])
+    )
     free = n - k - (s - 1)  # unmasked residues beyond the one each inner gap needs
     cuts = np.sort(rng.integers(0, free + 1, s))  # s cuts of `free` into s + 1 gaps (>= 0)
     gaps = np.diff(np.concatenate([[0], cuts, [free]])) + np.r_[0, np.ones(s - 1, int), 0]

@@ -14,8 +14,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BATCH_KEYS = ("input_ids", "segment_ids", "positions", "decoder_input_ids",
-              "decoder_segment_ids", "decoder_positions", "labels", "loss_mask", "example_ids")
+BATCH_KEYS = (
+    "input_ids",
+    "segment_ids",
+    "positions",
+    "decoder_input_ids",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "labels",
+    "loss_mask",
+    "example_ids",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +49,10 @@ def pack_rows(enc_lens: Sequence[int], dec_lens: Sequence[int], spec: PackSpec) 
     too_long = np.flatnonzero((enc_lens > spec.enc_len) | (dec_lens > spec.dec_len))
     if too_long.size:
         i = int(too_long[0])
-        raise ValueError(f"item {i} ({enc_lens[i]} encoder / {dec_lens[i]} decoder tokens) does not "
-                         f"fit a row of {spec.enc_len} / {spec.dec_len}")
+        raise ValueError(
+            f"item {i} ({enc_lens[i]} encoder / {dec_lens[i]} decoder tokens) does not "
+            f"fit a row of {spec.enc_len} / {spec.dec_len}"
+        )
     n = len(enc_lens)
     rem_e = np.zeros(n, np.int64)
     rem_d = np.zeros(n, np.int64)
@@ -52,7 +63,11 @@ def pack_rows(enc_lens: Sequence[int], dec_lens: Sequence[int], spec: PackSpec) 
     for i in np.argsort(-enc_lens, kind="stable"):
         e, d = enc_lens[i], dec_lens[i]
         m = len(rows)
-        ok = (rem_e[open_from:m] >= e) & (rem_d[open_from:m] >= d) & (nseg[open_from:m] < spec.max_segments)
+        ok = (
+            (rem_e[open_from:m] >= e)
+            & (rem_d[open_from:m] >= d)
+            & (nseg[open_from:m] < spec.max_segments)
+        )
         hit = np.flatnonzero(ok)
         if hit.size:
             r = open_from + int(hit[0])
@@ -64,8 +79,11 @@ def pack_rows(enc_lens: Sequence[int], dec_lens: Sequence[int], spec: PackSpec) 
         rem_e[r] -= e
         rem_d[r] -= d
         nseg[r] += 1
-        while open_from < len(rows) and (rem_e[open_from] < min_e or rem_d[open_from] < min_d
-                                         or nseg[open_from] >= spec.max_segments):
+        while open_from < len(rows) and (
+            rem_e[open_from] < min_e
+            or rem_d[open_from] < min_d
+            or nseg[open_from] >= spec.max_segments
+        ):
             open_from += 1
     return rows
 
@@ -73,8 +91,12 @@ def pack_rows(enc_lens: Sequence[int], dec_lens: Sequence[int], spec: PackSpec) 
 def empty_batch(spec: PackSpec) -> dict[str, np.ndarray]:
     b, le, ld = spec.rows, spec.enc_len, spec.dec_len
     out = {k: np.zeros((b, le), np.int32) for k in ("input_ids", "segment_ids", "positions")}
-    out.update({k: np.zeros((b, ld), np.int32) for k in
-                ("decoder_input_ids", "decoder_segment_ids", "decoder_positions", "labels")})
+    out.update(
+        {
+            k: np.zeros((b, ld), np.int32)
+            for k in ("decoder_input_ids", "decoder_segment_ids", "decoder_positions", "labels")
+        }
+    )
     out["loss_mask"] = np.zeros((b, ld), np.float32)
     out["example_ids"] = np.full((b, spec.max_segments), -1, np.int64)
     if spec.pad_id != 0:
@@ -84,8 +106,13 @@ def empty_batch(spec: PackSpec) -> dict[str, np.ndarray]:
     return out
 
 
-def build_batch(rows: Sequence[Sequence[int]], encs: Sequence[np.ndarray], tgts: Sequence[np.ndarray],
-                example_ids: Sequence[int], spec: PackSpec) -> dict[str, np.ndarray]:
+def build_batch(
+    rows: Sequence[Sequence[int]],
+    encs: Sequence[np.ndarray],
+    tgts: Sequence[np.ndarray],
+    example_ids: Sequence[int],
+    spec: PackSpec,
+) -> dict[str, np.ndarray]:
     """Fixed-shape batch from up to ``spec.rows`` rows; missing rows are all padding."""
     if len(rows) > spec.rows:
         raise ValueError(f"{len(rows)} rows for a batch of {spec.rows}")
@@ -95,15 +122,15 @@ def build_batch(rows: Sequence[Sequence[int]], encs: Sequence[np.ndarray], tgts:
         for s, i in enumerate(row):
             e, t = encs[i], tgts[i]
             ne, nd = len(e), len(t)
-            out["input_ids"][r, oe:oe + ne] = e
-            out["segment_ids"][r, oe:oe + ne] = s + 1
-            out["positions"][r, oe:oe + ne] = np.arange(ne)
-            out["labels"][r, od:od + nd] = t
+            out["input_ids"][r, oe : oe + ne] = e
+            out["segment_ids"][r, oe : oe + ne] = s + 1
+            out["positions"][r, oe : oe + ne] = np.arange(ne)
+            out["labels"][r, od : od + nd] = t
             # Teacher forcing per segment: start token, then the target shifted right.
             out["decoder_input_ids"][r, od] = spec.decoder_start_id
-            out["decoder_input_ids"][r, od + 1:od + nd] = t[:-1]
-            out["decoder_segment_ids"][r, od:od + nd] = s + 1
-            out["decoder_positions"][r, od:od + nd] = np.arange(nd)
+            out["decoder_input_ids"][r, od + 1 : od + nd] = t[:-1]
+            out["decoder_segment_ids"][r, od : od + nd] = s + 1
+            out["decoder_positions"][r, od : od + nd] = np.arange(nd)
             out["example_ids"][r, s] = example_ids[i]
             oe += ne
             od += nd
@@ -116,8 +143,11 @@ def padding_waste(batch: dict[str, np.ndarray]) -> dict[str, float]:
     enc_pad = float(np.sum(batch["segment_ids"] == 0))
     dec_pad = float(np.sum(batch["decoder_segment_ids"] == 0))
     enc_all, dec_all = batch["segment_ids"].size, batch["decoder_segment_ids"].size
-    return {"encoder": enc_pad / enc_all, "decoder": dec_pad / dec_all,
-            "total": (enc_pad + dec_pad) / (enc_all + dec_all)}
+    return {
+        "encoder": enc_pad / enc_all,
+        "decoder": dec_pad / dec_all,
+        "total": (enc_pad + dec_pad) / (enc_all + dec_all),
+    }
 
 
 def unpack(batch: dict[str, np.ndarray]) -> list[tuple[int, np.ndarray, np.ndarray]]:

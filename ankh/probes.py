@@ -36,8 +36,15 @@ class SeparableConv1D(nnx.Module):
     """Depthwise conv (no bias) + pointwise conv + bias, as HF ConvBERT's key conv."""
 
     def __init__(self, d_in: int, d_out: int, kernel: int, rngs: nnx.Rngs):
-        self.depthwise = nnx.Conv(d_in, d_in, (kernel,), feature_group_count=d_in, padding="SAME",
-                                  use_bias=False, rngs=rngs)
+        self.depthwise = nnx.Conv(
+            d_in,
+            d_in,
+            (kernel,),
+            feature_group_count=d_in,
+            padding="SAME",
+            use_bias=False,
+            rngs=rngs,
+        )
         self.pointwise = nnx.Conv(d_in, d_out, (1,), use_bias=False, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((d_out,), jnp.float32))
 
@@ -48,8 +55,16 @@ class SeparableConv1D(nnx.Module):
 class ConvBertLayer(nnx.Module):
     """One HF-style ConvBERT layer (mixed attention, head_ratio=2) on ``[b, l, e]``."""
 
-    def __init__(self, dim: int, num_heads: int, ffn_dim: int, kernel: int, dropout: float,
-                 rngs: nnx.Rngs, attn_dropout: float = 0.1):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        kernel: int,
+        dropout: float,
+        rngs: nnx.Rngs,
+        attn_dropout: float = 0.1,
+    ):
         if dim % num_heads:
             raise ValueError(f"ConvBERT: input dim {dim} is not divisible by num_heads {num_heads}")
         if kernel % 2 == 0:
@@ -80,7 +95,7 @@ class ConvBertLayer(nnx.Module):
         co = self.conv_out(x) * m  # [b, l, h*d]; zero beyond the chain like unfold's padding
         half = (k - 1) // 2
         co = jnp.pad(co, ((0, 0), (half, half), (0, 0)))
-        win = jnp.stack([co[:, j:j + l] for j in range(k)], axis=2)  # [b, l, k, h*d]
+        win = jnp.stack([co[:, j : j + l] for j in range(k)], axis=2)  # [b, l, k, h*d]
         win = win.reshape(b, l, k, h, d)
         return jnp.einsum("blkhd,blhk->blhd", win, ck)  # [b, l, h, d]
 
@@ -89,7 +104,9 @@ class ConvBertLayer(nnx.Module):
         m = mask.astype(x.dtype)[..., None]  # [b, l, 1]
         x = x * m
         q = self.query(x)  # [b, l, h*d]
-        qh, kh, vh = (t.reshape(b, l, self.heads, self.head_dim) for t in (q, self.key(x), self.value(x)))
+        qh, kh, vh = (
+            t.reshape(b, l, self.heads, self.head_dim) for t in (q, self.key(x), self.value(x))
+        )
         scores = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / jnp.sqrt(float(self.head_dim))
         scores = scores + jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF)
         probs = self.attn_drop(jax.nn.softmax(scores, axis=-1))  # [b, h, q, k]
@@ -116,8 +133,15 @@ class LinearHead(nnx.Module):
 class MLPHead(nnx.Module):
     """LayerNorm -> Linear -> GELU -> Dropout -> Linear."""
 
-    def __init__(self, d_in: int, n_out: int, per_protein: bool, rngs: nnx.Rngs,
-                 hidden: int = 256, dropout: float = 0.2):
+    def __init__(
+        self,
+        d_in: int,
+        n_out: int,
+        per_protein: bool,
+        rngs: nnx.Rngs,
+        hidden: int = 256,
+        dropout: float = 0.2,
+    ):
         self.per_protein = per_protein
         self.norm = nnx.LayerNorm(d_in, rngs=rngs)
         self.hidden = nnx.Linear(d_in, hidden, rngs=rngs)
@@ -141,9 +165,17 @@ class ConvBertHead(nnx.Module):
     """The official Ankh downstream head: 1 ConvBERT layer (4 heads, ffn dim/2, kernel 7,
     dropout 0.2), then a linear decoder; per-protein tasks pool after the layer (max default)."""
 
-    def __init__(self, d_in: int, n_out: int, per_protein: bool, rngs: nnx.Rngs,
-                 num_heads: int = CONVBERT_HEADS, kernel: int = 7, dropout: float = 0.2,
-                 pooling: Literal["max", "avg"] = "max"):
+    def __init__(
+        self,
+        d_in: int,
+        n_out: int,
+        per_protein: bool,
+        rngs: nnx.Rngs,
+        num_heads: int = CONVBERT_HEADS,
+        kernel: int = 7,
+        dropout: float = 0.2,
+        pooling: Literal["max", "avg"] = "max",
+    ):
         self.per_protein = per_protein
         self.pooling = pooling
         self.layer = ConvBertLayer(d_in, num_heads, max(1, d_in // 2), kernel, dropout, rngs)
@@ -164,8 +196,9 @@ class ContactHead(nnx.Module):
     residue, then ``[a_i*a_j, |a_i-a_j|]`` plus a separation embedding -> one logit per pair.
     Symmetric by construction; output ``[b, l, l]``."""
 
-    def __init__(self, d_in: int, trunk: HeadKind, rngs: nnx.Rngs, proj: int = 32,
-                 sep_buckets: int = 8):
+    def __init__(
+        self, d_in: int, trunk: HeadKind, rngs: nnx.Rngs, proj: int = 32, sep_buckets: int = 8
+    ):
         dims = {"linear": d_in, "mlp": 256, "convbert": d_in}
         self.trunk = make_head(trunk, d_in, 1, per_protein=False, rngs=rngs)
         self.proj = nnx.Linear(dims[trunk], proj, rngs=rngs)
@@ -180,13 +213,15 @@ class ContactHead(nnx.Module):
         logits = self.pair(jnp.concatenate([prod, diff], axis=-1))[..., 0]  # [b, l, l]
         idx = jnp.arange(x.shape[1])
         sep = jnp.abs(idx[:, None] - idx[None, :])  # [l, l]
-        bucket = jnp.clip(jnp.floor(jnp.log2(jnp.maximum(sep, 1))).astype(jnp.int32), 0,
-                          self.sep_buckets - 1)
+        bucket = jnp.clip(
+            jnp.floor(jnp.log2(jnp.maximum(sep, 1))).astype(jnp.int32), 0, self.sep_buckets - 1
+        )
         return logits + self.sep(bucket)[None, ..., 0]
 
 
-def make_head(kind: HeadKind, d_in: int, n_out: int, per_protein: bool, rngs: nnx.Rngs,
-              contacts: bool = False) -> nnx.Module:
+def make_head(
+    kind: HeadKind, d_in: int, n_out: int, per_protein: bool, rngs: nnx.Rngs, contacts: bool = False
+) -> nnx.Module:
     """Build a head by name; ``contacts=True`` wraps the trunk in a pairwise ContactHead."""
     if contacts:
         return ContactHead(d_in, kind, rngs)

@@ -91,8 +91,10 @@ def resolve(ref: str, revision: str | None = None) -> Resolved:
         on_hub = hub.parse(name, revision)
         if on_hub is not None:
             return _hub(name, *on_hub)
-        raise FileNotFoundError(f"{name}: neither a preset ({', '.join(PRESETS)}), an "
-                                "existing path nor a hub id (org/name[@revision])")
+        raise FileNotFoundError(
+            f"{name}: neither a preset ({', '.join(PRESETS)}), an "
+            "existing path nor a hub id (org/name[@revision])"
+        )
     if fs.exists(f"{root}/config.json"):
         return _hf_dir(name, fs, root)
     if checkpoint.is_checkpoint(name):
@@ -101,16 +103,19 @@ def resolve(ref: str, revision: str | None = None) -> Resolved:
             log.warning("skipping bad checkpoint: %s", why)
         cfg = checkpoint.read_config(step_dir)
         return Resolved(name, "checkpoint", cfg, tokenizer_for(cfg), step_dir, tuple(skipped))
-    raise ValueError(f"{name}: not an HF directory (no config.json) nor an Ankh checkpoint "
-                     f"(nor a preset: {', '.join(PRESETS)})")
+    raise ValueError(
+        f"{name}: not an HF directory (no config.json) nor an Ankh checkpoint "
+        f"(nor a preset: {', '.join(PRESETS)})"
+    )
 
 
 def _hub(name: str, repo_id: str, revision: str | None) -> Resolved:
     snap = hub.snapshot(repo_id, revision)
     fs, root = storage.filesystem(snap.path)
     if not fs.exists(f"{root}/config.json"):
-        raise FileNotFoundError(f"{name}: the hub snapshot {snap.revision} has no config.json "
-                                f"(not an Ankh/T5 model?)")
+        raise FileNotFoundError(
+            f"{name}: the hub snapshot {snap.revision} has no config.json (not an Ankh/T5 model?)"
+        )
     res = _hf_dir(name, fs, root)
     return dataclasses.replace(res, location=snap.path, revision=snap.revision)
 
@@ -129,6 +134,8 @@ def _hf_dir(name: str, fs, root: str) -> Resolved:
         if "ankh_task_prefixes" not in raw and set(TASK_TOKENS) <= set(tok.vocab):
             cfg = cfg.replace(task_prefixes=True)  # the hub's own ankh3 config.json
     if cfg.task_prefixes and not set(TASK_TOKENS) <= set(tok.vocab):
-        raise ValueError(f"{name}: config asks for task prefixes but the tokenizer has no "
-                         f"{' / '.join(TASK_TOKENS)} tokens")
+        raise ValueError(
+            f"{name}: config asks for task prefixes but the tokenizer has no "
+            f"{' / '.join(TASK_TOKENS)} tokens"
+        )
     return Resolved(name, "hf", cfg, tok, name)

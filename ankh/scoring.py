@@ -52,8 +52,9 @@ def _masked_marginal(graphdef, params, ids, mask, pos, sentinel):
     cfg = model.config
     hide = jnp.arange(ids.shape[1])[None, :] == pos[:, None]  # [b, l]
     enc = model.encode(jnp.where(hide, sentinel, ids), mask)  # [b, l, e]
-    dec_in = jnp.broadcast_to(jnp.array([cfg.decoder_start_token_id, sentinel], jnp.int32),
-                              (ids.shape[0], 2))
+    dec_in = jnp.broadcast_to(
+        jnp.array([cfg.decoder_start_token_id, sentinel], jnp.int32), (ids.shape[0], 2)
+    )
     logits = model.decode(dec_in, enc, mask)[:, 1]  # [b, v]: the residue after <extra_id_0>
     return jax.nn.log_softmax(logits, axis=-1)
 
@@ -75,13 +76,17 @@ def parse_mutant(wild_type: str, mutant: str) -> list[tuple[int, str]]:
     for part in re.split(r"[:,;+ ]+", m):
         hit = _MUT_RE.match(part)
         if not hit:
-            raise ValueError(f"mutant {mutant!r}: {part!r} is neither like 'A23G' nor a sequence "
-                             f"of the wild type's length ({len(wild_type)})")
+            raise ValueError(
+                f"mutant {mutant!r}: {part!r} is neither like 'A23G' nor a sequence "
+                f"of the wild type's length ({len(wild_type)})"
+            )
         wt, pos, new = hit.group(1), int(hit.group(2)), hit.group(3)
         if not 1 <= pos <= len(wild_type):
             raise ValueError(f"mutant {mutant!r}: position {pos} outside 1..{len(wild_type)}")
         if wild_type[pos - 1] != wt:
-            raise ValueError(f"mutant {mutant!r}: wild type has {wild_type[pos - 1]} at {pos}, not {wt}")
+            raise ValueError(
+                f"mutant {mutant!r}: wild type has {wild_type[pos - 1]} at {pos}, not {wt}"
+            )
         out.append((pos - 1, new))
     return out
 
@@ -96,8 +101,9 @@ class ScoringMixin:
             self._fns[key] = jax.jit(partial(fn, self.graphdef, **static))
         return self._fns[key]
 
-    def token_log_probs(self, targets: Sequence[str], inputs: Sequence[str] | None = None,
-                        batch_size: int = 32) -> list[np.ndarray]:
+    def token_log_probs(
+        self, targets: Sequence[str], inputs: Sequence[str] | None = None, batch_size: int = 32
+    ) -> list[np.ndarray]:
         """Per target token (``</s>`` last) log-probabilities, float32 arrays."""
         targets = list(targets)
         inputs = targets if inputs is None else list(inputs)
@@ -116,18 +122,23 @@ class ScoringMixin:
             labels, _ = batching.pad_rows([tgt[i] for i in idx], rows, length, pad)
             lp = np.asarray(fn(self.params, ids, mask, labels))
             for r, i in enumerate(idx):
-                out[i] = lp[r, :len(tgt[i])]
+                out[i] = lp[r, : len(tgt[i])]
         return out
 
-    def log_likelihood(self, targets: Sequence[str], inputs: Sequence[str] | None = None,
-                       batch_size: int = 32) -> np.ndarray:
+    def log_likelihood(
+        self, targets: Sequence[str], inputs: Sequence[str] | None = None, batch_size: int = 32
+    ) -> np.ndarray:
         """Sum of ``token_log_probs`` per target: log p(target </s> | input), shape [n]."""
-        return np.array([t.sum() for t in self.token_log_probs(targets, inputs, batch_size)],
-                        np.float64)
+        return np.array(
+            [t.sum() for t in self.token_log_probs(targets, inputs, batch_size)], np.float64
+        )
 
-    def masked_marginals(self, sequences: Sequence[str],
-                         positions: Sequence[Sequence[int]] | None = None,
-                         batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> list[np.ndarray]:
+    def masked_marginals(
+        self,
+        sequences: Sequence[str],
+        positions: Sequence[Sequence[int]] | None = None,
+        batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
+    ) -> list[np.ndarray]:
         """Per sequence ``[len(positions), vocab]`` log-probs with each position masked in turn."""
         toks = self.tokenize(list(sequences))  # residues only, no sentinels
         lead = self.num_prefix  # ankh3's [NLU]: residue p is token p + lead
@@ -136,34 +147,41 @@ class ScoringMixin:
         jobs = [(s, int(p)) for s, ps in enumerate(positions) for p in ps]
         for s, p in jobs:
             if not 0 <= p < len(toks[s]) - 1 - lead:
-                raise ValueError(f"sequence {s}: position {p} outside "
-                                 f"0..{len(toks[s]) - 2 - lead}")
+                raise ValueError(f"sequence {s}: position {p} outside 0..{len(toks[s]) - 2 - lead}")
         fn = self._jit("mm", _masked_marginal, sentinel=self.tokenizer.sentinel_id(0))
         vocab = self.config.vocab_size
         res = [np.zeros((len(ps), vocab), np.float32) for ps in positions]
         slot = [k for ps in positions for k in range(len(ps))]
-        plan = batching.token_budget_batches([len(toks[s]) for s, _ in jobs],
-                                             batching.sequence_ladder(self.config.max_length),
-                                             batch_tokens)
+        plan = batching.token_budget_batches(
+            [len(toks[s]) for s, _ in jobs],
+            batching.sequence_ladder(self.config.max_length),
+            batch_tokens,
+        )
         for chunk, length, rows in plan:
-            ids, mask = batching.pad_rows([toks[jobs[j][0]] for j in chunk], rows, length,
-                                          self.tokenizer.pad_id)
+            ids, mask = batching.pad_rows(
+                [toks[jobs[j][0]] for j in chunk], rows, length, self.tokenizer.pad_id
+            )
             pos = np.zeros(rows, np.int32)
-            pos[:len(chunk)] = [jobs[j][1] + lead for j in chunk]
+            pos[: len(chunk)] = [jobs[j][1] + lead for j in chunk]
             lp = np.asarray(fn(self.params, ids, mask, pos))
             for r, j in enumerate(chunk):
                 res[jobs[j][0]][slot[j]] = lp[r]
         return res
 
-    def pseudo_log_likelihood(self, sequences: Sequence[str],
-                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> np.ndarray:
+    def pseudo_log_likelihood(
+        self, sequences: Sequence[str], batch_tokens: int = batching.DEFAULT_BATCH_TOKENS
+    ) -> np.ndarray:
         """Sum over residues of log p(x_i | sequence with x_i masked), shape [n]."""
-        return np.array([r.sum() for r in self.per_residue_log_probs(sequences, batch_tokens)],
-                        np.float64)
+        return np.array(
+            [r.sum() for r in self.per_residue_log_probs(sequences, batch_tokens)], np.float64
+        )
 
-    def per_residue_log_probs(self, sequences: Sequence[str],
-                              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
-                              residues_only: bool = False) -> list[np.ndarray]:
+    def per_residue_log_probs(
+        self,
+        sequences: Sequence[str],
+        batch_tokens: int = batching.DEFAULT_BATCH_TOKENS,
+        residues_only: bool = False,
+    ) -> list[np.ndarray]:
         """log p(x_i | sequence with x_i masked) per residue, float32 arrays [L].
 
         ``residues_only``: renormalised without the ``<...>``/``[...]`` tokens, as the official
@@ -177,8 +195,9 @@ class ScoringMixin:
         lead = self.num_prefix
         return [m[np.arange(len(t) - 1 - lead), t[lead:-1]] for m, t in zip(mm, toks)]
 
-    def pseudo_likelihood(self, sequences: Sequence[str],
-                          batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> np.ndarray:
+    def pseudo_likelihood(
+        self, sequences: Sequence[str], batch_tokens: int = batching.DEFAULT_BATCH_TOKENS
+    ) -> np.ndarray:
         """The official ``ankh`` package's pseudo-likelihood, shape [n]: exp of the mean over
         residues of log p(x_i | x_i masked) among non-special tokens (in (0, 1])."""
         per = self.per_residue_log_probs(sequences, batch_tokens, residues_only=True)
@@ -197,11 +216,17 @@ class ScoringMixin:
         col = {p: k for k, p in enumerate(where)}
         mm = self.masked_marginals([wt], [where])[0] if where else np.zeros((0, 1))
         voc = self.tokenizer.vocab
-        return np.array([sum(float(mm[col[p], voc[aa]] - mm[col[p], voc[wt[p]]]) for p, aa in mut)
-                         for mut in muts], np.float64)
+        return np.array(
+            [
+                sum(float(mm[col[p], voc[aa]] - mm[col[p], voc[wt[p]]]) for p, aa in mut)
+                for mut in muts
+            ],
+            np.float64,
+        )
 
-    def score(self, sequences: Sequence[str],
-              batch_tokens: int = batching.DEFAULT_BATCH_TOKENS) -> list[dict[str, Any]]:
+    def score(
+        self, sequences: Sequence[str], batch_tokens: int = batching.DEFAULT_BATCH_TOKENS
+    ) -> list[dict[str, Any]]:
         """Per sequence: ``log_likelihood`` (teacher-forced reconstruction), ``pseudo_log_likelihood``,
         ``pseudo_perplexity`` and ``per_residue_log_probs`` (masked marginals of the true residues)."""
         seqs = [self.tokenizer.normalize(s) if isinstance(s, str) else s for s in sequences]
@@ -210,8 +235,14 @@ class ScoringMixin:
         out = []
         for s, p, l in zip(seqs, per, ll):
             pll = float(p.sum())
-            out.append({"sequence": s, "length": len(p), "log_likelihood": float(l),
-                        "pseudo_log_likelihood": pll,
-                        "pseudo_perplexity": float(np.exp(-pll / max(len(p), 1))),
-                        "per_residue_log_probs": p.astype(float).tolist()})
+            out.append(
+                {
+                    "sequence": s,
+                    "length": len(p),
+                    "log_likelihood": float(l),
+                    "pseudo_log_likelihood": pll,
+                    "pseudo_perplexity": float(np.exp(-pll / max(len(p), 1))),
+                    "per_residue_log_probs": p.astype(float).tolist(),
+                }
+            )
         return out

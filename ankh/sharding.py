@@ -21,10 +21,10 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis / axes (None = replicated).
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),   # examples split over every data-parallel replica
+    "batch": ("data", "fsdp"),  # examples split over every data-parallel replica
     "length": None,
-    "embed": "fsdp",             # ZeRO-3 style: params sharded over the fsdp axis
-    "mlp": "tensor",             # Megatron-style tensor parallelism
+    "embed": "fsdp",  # ZeRO-3 style: params sharded over the fsdp axis
+    "mlp": "tensor",  # Megatron-style tensor parallelism
     "heads": "tensor",
     "kv": None,
     "vocab": "tensor",
@@ -59,8 +59,12 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices: Sequence[Any] | N
     return jax.make_mesh(dims, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None, rules: Mapping[str, Any] = RULES) -> PartitionSpec:
+def logical_to_spec(
+    axes: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    mesh: Mesh | None = None,
+    rules: Mapping[str, Any] = RULES,
+) -> PartitionSpec:
     """PartitionSpec for logical ``axes``; with ``shape`` and ``mesh``, indivisible dims replicate."""
     used: set[str] = set()
     spec = []
@@ -87,16 +91,24 @@ def _axes_of(var: nnx.Variable) -> tuple[str | None, ...]:
 
 def param_specs(state: nnx.State) -> dict:
     """Pure-dict tree of PartitionSpecs (rule table, no mesh) for an NNX param state."""
-    return nnx.State(jax.tree.map(lambda v: logical_to_spec(_axes_of(v)), state,
-                                  is_leaf=lambda x: isinstance(x, nnx.Variable))).to_pure_dict()
+    return nnx.State(
+        jax.tree.map(
+            lambda v: logical_to_spec(_axes_of(v)),
+            state,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        )
+    ).to_pure_dict()
 
 
 def param_shardings(state: nnx.State, mesh: Mesh) -> dict:
     """Pure-dict tree of NamedShardings for an NNX param state (abstract or concrete)."""
+
     def one(v: nnx.Variable) -> NamedSharding:
         return NamedSharding(mesh, logical_to_spec(_axes_of(v), v.shape, mesh))
-    return nnx.State(jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-                     ).to_pure_dict()
+
+    return nnx.State(
+        jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    ).to_pure_dict()
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
@@ -114,5 +126,7 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     Every process passes its own ``[B_local, ...]`` slice; the global batch is the
     concatenation in process order (``jax.make_array_from_process_local_data``).
     """
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
-            for k, v in local.items()}
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+        for k, v in local.items()
+    }

@@ -74,7 +74,7 @@ def open_sequential(fs: fsspec.AbstractFileSystem, path: str, mode: str = "rb"):
     default cache otherwise re-requests small ranges, which is slow on big files)."""
     if is_local(fs) or "r" not in mode:
         return fs.open(path, mode)
-    return fs.open(path, mode, block_size=2 ** 23, cache_type="readahead")
+    return fs.open(path, mode, block_size=2**23, cache_type="readahead")
 
 
 # ---- the GCS emulator environment --------------------------------------------------------------
@@ -133,13 +133,15 @@ def pyarrow_gcs(path: str) -> tuple[str, Any]:
     import pyarrow.fs as pafs
 
     u = urlparse(url)
-    return str(path).split("://", 1)[1], pafs.GcsFileSystem(anonymous=True, scheme=u.scheme,
-                                                           endpoint_override=u.netloc)
+    return str(path).split("://", 1)[1], pafs.GcsFileSystem(
+        anonymous=True, scheme=u.scheme, endpoint_override=u.netloc
+    )
 
 
 # ---- atomic publication ------------------------------------------------------------------------
-def atomic_write(path: str, write: Callable[[str], Any],
-                 fs: fsspec.AbstractFileSystem | None = None) -> str:
+def atomic_write(
+    path: str, write: Callable[[str], Any], fs: fsspec.AbstractFileSystem | None = None
+) -> str:
     """Publish the file that ``write(local_tmp_path)`` creates at ``path``, whole or not at all.
 
     ``write`` gets a path on the local disk (so any writer works: pyarrow, h5py, open()).

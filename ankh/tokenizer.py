@@ -20,7 +20,9 @@ PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids PAD_ID, EOS_ID, UNK_ID
 AMINO_ACIDS = "ALGVSREDTIPKFQNYMHWCXBOUZ"  # ids 3..27 in this order
 TASK_TOKENS = ("[NLU]", "[S2S]")  # ankh3: understanding (embed, score) / sequence-to-sequence
-SENTINEL_RE = re.compile(r"<extra_id_(\d+)>")  # the sentinel spelling (also counted by Serve's limits)
+SENTINEL_RE = re.compile(
+    r"<extra_id_(\d+)>"
+)  # the sentinel spelling (also counted by Serve's limits)
 _TASK_RE = re.compile(r"^\[(NLU|S2S)\]")
 _WS = str.maketrans("", "", " \t\r\n")
 
@@ -44,8 +46,13 @@ NUM_BASE_IDS = len(base_vocab())
 
 
 class AnkhTokenizer:
-    def __init__(self, vocab: dict[str, int] | None = None, vocab_size: int = 144,
-                 unknown_to_unk: bool = False, task_tokens: bool = False) -> None:
+    def __init__(
+        self,
+        vocab: dict[str, int] | None = None,
+        vocab_size: int = 144,
+        unknown_to_unk: bool = False,
+        task_tokens: bool = False,
+    ) -> None:
         if vocab is None:
             vocab = base_vocab()
             if task_tokens:  # our ids for them (a real ankh3 brings its own tokenizer.json)
@@ -104,8 +111,10 @@ class AnkhTokenizer:
     def task_id(self, token: str) -> int:
         """Id of a task token (``[NLU]``/``[S2S]``); a clear error if the vocabulary lacks it."""
         if token not in self.task_ids:
-            raise TokenizerError(f"task token {token!r} is not in the vocabulary "
-                                 f"(has: {sorted(self.task_ids) or 'none'})")
+            raise TokenizerError(
+                f"task token {token!r} is not in the vocabulary "
+                f"(has: {sorted(self.task_ids) or 'none'})"
+            )
         return self.task_ids[token]
 
     def residue_table(self, size: int | None = None) -> np.ndarray:
@@ -129,8 +138,13 @@ class AnkhTokenizer:
     def normalize(self, seq: str) -> str:
         return seq.translate(_WS).upper() if "<" not in seq else _norm_keep_sentinels(seq)
 
-    def encode(self, seq: str, add_eos: bool = True, allow_sentinels: bool = True,
-               prefix: str | None = None) -> np.ndarray:
+    def encode(
+        self,
+        seq: str,
+        add_eos: bool = True,
+        allow_sentinels: bool = True,
+        prefix: str | None = None,
+    ) -> np.ndarray:
         """Ids of one sequence (``</s>`` appended). Sentinels like ``<extra_id_0>`` are allowed.
 
         ``prefix`` (``"[NLU]"``/``"[S2S]"``) is put first, unless the text starts with a task
@@ -141,7 +155,7 @@ class AnkhTokenizer:
         s = self.normalize(seq)
         lead = _TASK_RE.match(s)
         if lead:
-            prefix, s = lead.group(0), s[lead.end():]
+            prefix, s = lead.group(0), s[lead.end() :]
         head = [self.task_id(prefix)] if prefix is not None else []
         if "<" in s:
             if not allow_sentinels:
@@ -158,7 +172,9 @@ class AnkhTokenizer:
             codes = np.frombuffer(s.encode("ascii"), dtype=np.uint8)
         except UnicodeEncodeError:
             bad = next(i for i, c in enumerate(s) if ord(c) > 127)
-            raise TokenizerError(f"invalid character {s[bad]!r} at position {offset + bad + 1}") from None
+            raise TokenizerError(
+                f"invalid character {s[bad]!r} at position {offset + bad + 1}"
+            ) from None
         ids = self._char[codes]
         bad = np.flatnonzero(ids < 0)
         if bad.size:
@@ -168,21 +184,23 @@ class AnkhTokenizer:
                 b = int(bad[0])
                 raise TokenizerError(
                     f"invalid residue {s[b]!r} at position {offset + b + 1} "
-                    f"(allowed: {self.residue_letters}; pass unknown_to_unk=True to map to <unk>)")
+                    f"(allowed: {self.residue_letters}; pass unknown_to_unk=True to map to <unk>)"
+                )
         return ids.astype(np.int32)
 
     def _encode_with_sentinels(self, s: str) -> np.ndarray:
         parts, pos, last = [], 0, 0
         for m in SENTINEL_RE.finditer(s):
-            parts.append(self._encode_plain(s[last:m.start()], pos))
+            parts.append(self._encode_plain(s[last : m.start()], pos))
             pos += m.start() - last
             parts.append(np.array([self.sentinel_id(int(m.group(1)))], np.int32))
             last = m.end()
         parts.append(self._encode_plain(s[last:], pos))
         return np.concatenate(parts)
 
-    def batch_encode(self, seqs: Sequence[str], pad_to: int | None = None,
-                     add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def batch_encode(
+        self, seqs: Sequence[str], pad_to: int | None = None, add_eos: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Encode and right-pad: returns ``(ids [n, L] int32, attention_mask [n, L] int32)``."""
         enc = [self.encode(s, add_eos=add_eos) for s in seqs]
         longest = max((len(e) for e in enc), default=0)
@@ -208,7 +226,7 @@ def _norm_keep_sentinels(seq: str) -> str:
     s = seq.translate(_WS)
     pieces, last = [], 0
     for m in SENTINEL_RE.finditer(s):
-        pieces.append(s[last:m.start()].upper())
+        pieces.append(s[last : m.start()].upper())
         pieces.append(m.group(0))
         last = m.end()
     pieces.append(s[last:].upper())

@@ -28,8 +28,16 @@ from ankh.config import AnkhConfig
 from ankh.model import AnkhModel
 from ankh.tokenizer import RESIDUE_IDS
 
-MODEL_KEYS = ("input_ids", "segment_ids", "positions", "decoder_input_ids",
-              "decoder_segment_ids", "decoder_positions", "labels", "loss_mask")
+MODEL_KEYS = (
+    "input_ids",
+    "segment_ids",
+    "positions",
+    "decoder_input_ids",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "labels",
+    "loss_mask",
+)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -41,12 +49,12 @@ class OptimConfig:
     # paper: 0.002 (large), 0.004 (base). None = "not chosen": a caller with a policy (the
     # pretraining run: fresh vs continued weights) fills it in before building the optimizer.
     peak_lr: float | None = 0.002
-    warmup_steps: int = 10_000    # paper scale; presets shrink it
-    total_steps: int = 100_000    # linear decay reaches end_lr here (0: the run's step count)
+    warmup_steps: int = 10_000  # paper scale; presets shrink it
+    total_steps: int = 100_000  # linear decay reaches end_lr here (0: the run's step count)
     end_lr: float = 0.0
     weight_decay: float = 0.0
-    clip_norm: float = 1.0        # global-norm clipping; 0 disables
-    b1: float = 0.9               # AdamW
+    clip_norm: float = 1.0  # global-norm clipping; 0 disables
+    b1: float = 0.9  # AdamW
     b2: float = 0.999
     eps: float = 1e-8
     adafactor_decay: float = 0.8
@@ -54,8 +62,8 @@ class OptimConfig:
     # Adafactor's relative step: each update is scaled by the parameter's RMS (T5/T5X default).
     # Off = the paper's explicit peak LR moves every weight by ~lr whatever its scale.
     adafactor_param_scale: bool = False
-    z_loss: float = 0.0           # coefficient of mean(logsumexp^2); 0 disables
-    accum_steps: int = 1          # micro-batches per optimizer step
+    z_loss: float = 0.0  # coefficient of mean(logsumexp^2); 0 disables
+    accum_steps: int = 1  # micro-batches per optimizer step
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:
@@ -67,22 +75,35 @@ class OptimConfig:
 
 def lr_schedule(oc: OptimConfig) -> optax.Schedule:
     if oc.peak_lr is None:
-        raise ValueError("optim.peak_lr is unset: set it (or let the training loop choose its default)")
+        raise ValueError(
+            "optim.peak_lr is unset: set it (or let the training loop choose its default)"
+        )
     if oc.total_steps < 1:
-        raise ValueError("optim.total_steps is 0: set it (or let the training loop set it to its steps)")
+        raise ValueError(
+            "optim.total_steps is 0: set it (or let the training loop set it to its steps)"
+        )
     warm = max(1, min(oc.warmup_steps, oc.total_steps))
     decay = max(1, oc.total_steps - warm)
-    return optax.join_schedules([optax.linear_schedule(0.0, oc.peak_lr, warm),
-                                 optax.linear_schedule(oc.peak_lr, oc.end_lr, decay)], [warm])
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, oc.peak_lr, warm),
+            optax.linear_schedule(oc.peak_lr, oc.end_lr, decay),
+        ],
+        [warm],
+    )
 
 
 def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
     sched = lr_schedule(oc)
     if oc.optimizer == "adafactor":
         # Default: explicit LR (no relative step / parameter scaling), the paper's peak-LR recipe.
-        opt = optax.adafactor(sched, multiply_by_parameter_scale=oc.adafactor_param_scale,
-                              decay_rate=oc.adafactor_decay, momentum=oc.adafactor_momentum,
-                              weight_decay_rate=oc.weight_decay or None)
+        opt = optax.adafactor(
+            sched,
+            multiply_by_parameter_scale=oc.adafactor_param_scale,
+            decay_rate=oc.adafactor_decay,
+            momentum=oc.adafactor_momentum,
+            weight_decay_rate=oc.weight_decay or None,
+        )
     elif oc.optimizer == "adamw":
         opt = optax.adamw(sched, b1=oc.b1, b2=oc.b2, eps=oc.eps, weight_decay=oc.weight_decay)
     else:
@@ -93,16 +114,21 @@ def make_optimizer(oc: OptimConfig) -> optax.GradientTransformation:
 # Parts of the network that can be frozen (``freeze=``), by top-level parameter name. "encoder"
 # includes the shared embedding: the encoder reads it, so training it would change the
 # encoder's output -- the High-N fine-tune's choice (``ankh.finetune``).
-FREEZE_GROUPS = {"encoder": ("shared", "encoder"), "decoder": ("decoder", "lm_head"),
-                 "embeddings": ("shared",)}
+FREEZE_GROUPS = {
+    "encoder": ("shared", "encoder"),
+    "decoder": ("decoder", "lm_head"),
+    "embeddings": ("shared",),
+}
 
 
 def check_freeze(freeze: Sequence[str]) -> None:
     """ValueError naming the valid groups for an unknown name, or when nothing would train."""
     bad = [g for g in freeze if g not in FREEZE_GROUPS]
     if bad:
-        raise ValueError(f"unknown freeze group(s) {', '.join(map(repr, bad))}; valid: "
-                         f"{', '.join(FREEZE_GROUPS)}")
+        raise ValueError(
+            f"unknown freeze group(s) {', '.join(map(repr, bad))}; valid: "
+            f"{', '.join(FREEZE_GROUPS)}"
+        )
     if {"encoder", "decoder"} <= set(freeze):
         raise ValueError(f"freeze={list(freeze)} freezes every parameter: nothing would train")
 
@@ -110,18 +136,23 @@ def check_freeze(freeze: Sequence[str]) -> None:
 def freeze_labels(params: dict, freeze: Sequence[str]) -> dict:
     """'freeze' for every leaf under a frozen group's top-level keys, else 'train'."""
     frozen = {k for g in freeze for k in FREEZE_GROUPS[g]}
-    return {k: jax.tree.map(lambda _, f=k in frozen: "freeze" if f else "train", v)
-            for k, v in params.items()}
+    return {
+        k: jax.tree.map(lambda _, f=k in frozen: "freeze" if f else "train", v)
+        for k, v in params.items()
+    }
 
 
-def with_frozen(tx: optax.GradientTransformation, freeze: Sequence[str]) -> optax.GradientTransformation:
+def with_frozen(
+    tx: optax.GradientTransformation, freeze: Sequence[str]
+) -> optax.GradientTransformation:
     """``tx`` on the trainable parameters; frozen ones get zero updates (so stay bit-identical)
     and no optimizer state."""
     if not freeze:
         return tx
     check_freeze(freeze)
-    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()},
-                                 lambda params: freeze_labels(params, freeze))
+    return optax.multi_transform(
+        {"train": tx, "freeze": optax.set_to_zero()}, lambda params: freeze_labels(params, freeze)
+    )
 
 
 def build_model(cfg: AnkhConfig, seed: int = 0, compute_dtype: str = "float32") -> AnkhModel:
@@ -132,11 +163,19 @@ def graphdef_of(cfg: AnkhConfig, compute_dtype: str = "float32") -> Any:
     return nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0, compute_dtype)))[0]
 
 
-def loss_sums(graphdef: Any, params: dict, batch: dict, z_loss: float = 0.0) -> tuple[jax.Array, dict]:
+def loss_sums(
+    graphdef: Any, params: dict, batch: dict, z_loss: float = 0.0
+) -> tuple[jax.Array, dict]:
     """Summed (not averaged) CE [+ z-loss] over target tokens, and metric sums."""
     model = nnx.merge(graphdef, params)
-    logits = model(batch["input_ids"], batch["segment_ids"], batch["decoder_input_ids"],
-                   batch["decoder_segment_ids"], batch["positions"], batch["decoder_positions"])
+    logits = model(
+        batch["input_ids"],
+        batch["segment_ids"],
+        batch["decoder_input_ids"],
+        batch["decoder_segment_ids"],
+        batch["positions"],
+        batch["decoder_positions"],
+    )
     logits = logits.astype(jnp.float32)  # [b, ld, v]
     mask = batch["loss_mask"].astype(jnp.float32)  # [b, ld]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [b, ld]
@@ -160,32 +199,47 @@ def _grads(graphdef: Any, params: dict, batch: dict, oc: OptimConfig) -> tuple[d
     if oc.accum_steps == 1:
         (_, sums), g = vg(params, batch)
     else:
+
         def body(carry, mb):
             (_, s), g = vg(params, mb)
             return jax.tree.map(jnp.add, carry, (g, s)), None
-        zeros = (jax.tree.map(jnp.zeros_like, params),
-                 {k: jnp.zeros((), jnp.float32) for k in ("ce", "z", "correct", "tokens")})
+
+        zeros = (
+            jax.tree.map(jnp.zeros_like, params),
+            {k: jnp.zeros((), jnp.float32) for k in ("ce", "z", "correct", "tokens")},
+        )
         (g, sums), _ = jax.lax.scan(body, zeros, _microbatches(batch, oc.accum_steps))
     return jax.tree.map(lambda x: x / n_tok, g), sums
 
 
 def _metrics(sums: dict, oc: OptimConfig) -> dict:
     n = jnp.maximum(sums["tokens"], 1.0)
-    return {"loss": sums["ce"] / n, "z_loss": sums["z"] / n, "accuracy": sums["correct"] / n,
-            "target_tokens": sums["tokens"]}
+    return {
+        "loss": sums["ce"] / n,
+        "z_loss": sums["z"] / n,
+        "accuracy": sums["correct"] / n,
+        "target_tokens": sums["tokens"],
+    }
 
 
-def train_step(graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig,
-               state: dict, batch: dict) -> tuple[dict, dict]:
+def train_step(
+    graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig, state: dict, batch: dict
+) -> tuple[dict, dict]:
     """One optimizer step: state {params, opt_state, step, rng} -> (new state, metrics)."""
     batch = {k: batch[k] for k in MODEL_KEYS}
     grads, sums = _grads(graphdef, state["params"], batch, oc)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = _metrics(sums, oc) | {"grad_norm": optax.tree.norm(grads),
-                                    "lr": lr_schedule(oc)(state["step"])}
-    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1,
-           "rng": jax.random.fold_in(state["rng"], state["step"])}
+    metrics = _metrics(sums, oc) | {
+        "grad_norm": optax.tree.norm(grads),
+        "lr": lr_schedule(oc)(state["step"]),
+    }
+    new = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+        "rng": jax.random.fold_in(state["rng"], state["step"]),
+    }
     return new, metrics
 
 
@@ -218,7 +272,7 @@ class Trainer:
     mesh: Mesh
     seed: int = 0
     freeze: tuple[str, ...] = ()  # FREEZE_GROUPS names: zero updates, no optimizer state
-    residues: Any = RESIDUE_IDS   # eval_step's residue targets: the tokenizer's residue_table()
+    residues: Any = RESIDUE_IDS  # eval_step's residue targets: the tokenizer's residue_table()
 
     def __post_init__(self) -> None:
         self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype)
@@ -226,8 +280,9 @@ class Trainer:
         abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.cfg, 0)))[1]
         self.param_shardings = sharding.param_shardings(abstract, self.mesh)
         rep = sharding.replicated(self.mesh)
-        self._init = jax.jit(self._init_fn, out_shardings={"params": self.param_shardings,
-                                                           "step": rep, "rng": rep})
+        self._init = jax.jit(
+            self._init_fn, out_shardings={"params": self.param_shardings, "step": rep, "rng": rep}
+        )
         # Optimizer-state shardings follow the params' (XLA propagates through tx.init).
         self._opt_init = jax.jit(self.tx.init)
         self._step: Callable | None = None
@@ -235,8 +290,11 @@ class Trainer:
 
     def _init_fn(self) -> dict:
         params = nnx.split(build_model(self.cfg, self.seed))[1].to_pure_dict()
-        return {"params": params, "step": jnp.zeros((), jnp.int32),
-                "rng": jax.random.key_data(jax.random.key(self.seed))}
+        return {
+            "params": params,
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(self.seed)),
+        }
 
     def init_state(self, flat: dict[tuple, Any] | None = None) -> dict:
         """Step 0: params from the seed, or ``flat`` ({state path: array}, e.g.
@@ -252,15 +310,23 @@ class Trainer:
     def _place(self, flat: dict[tuple, Any], like: dict) -> dict:
         paths = [_key(p) for p, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
         if set(paths) != set(flat):
-            extra, missing = sorted(set(flat) - set(paths), key=str), sorted(set(paths) - set(flat), key=str)
-            raise ValueError(f"weights do not match the model: unexpected {extra[:3]}, missing {missing[:3]}")
+            extra, missing = (
+                sorted(set(flat) - set(paths), key=str),
+                sorted(set(paths) - set(flat), key=str),
+            )
+            raise ValueError(
+                f"weights do not match the model: unexpected {extra[:3]}, missing {missing[:3]}"
+            )
 
         def put(path, ref):
             w = np.asarray(flat[_key(path)], np.float32)
             if w.shape != ref.shape:
-                raise ValueError(f"weight {path} has shape {w.shape}, the model expects {ref.shape}")
+                raise ValueError(
+                    f"weight {path} has shape {w.shape}, the model expects {ref.shape}"
+                )
             # Each process supplies the slices its devices hold: works for any process count.
             return jax.make_array_from_callback(w.shape, ref.sharding, lambda idx: w[idx])
+
         return jax.tree_util.tree_map_with_path(put, like)
 
     def abstract_state(self) -> Any:
@@ -281,8 +347,11 @@ class Trainer:
         """Jitted, donating the old state (its buffers are reused for the new one)."""
         if self._step is None:
             sh = self.state_shardings(jax.tree.map(lambda x: x.sharding, state["opt_state"]))
-            self._step = jax.jit(lambda s, b: train_step(self.graphdef, self.tx, self.oc, s, b),
-                                 donate_argnums=(0,), out_shardings=(sh, sharding.replicated(self.mesh)))
+            self._step = jax.jit(
+                lambda s, b: train_step(self.graphdef, self.tx, self.oc, s, b),
+                donate_argnums=(0,),
+                out_shardings=(sh, sharding.replicated(self.mesh)),
+            )
         with jax.set_mesh(self.mesh):
             return self._step(state, batch)
 

@@ -46,8 +46,14 @@ class Flag:
     required: bool = False  # the config field must end up non-empty (from this flag or an override)
 
 
-def flag(field: str | None, help: str, *, value: Callable[[Any], Any] | None = None,
-         required: bool = False, **options: Any) -> Flag:
+def flag(
+    field: str | None,
+    help: str,
+    *,
+    value: Callable[[Any], Any] | None = None,
+    required: bool = False,
+    **options: Any,
+) -> Flag:
     """``flag("output", "report directory", type=str)``; ``options`` go to ``add_argument``."""
     return Flag(field, {"help": help, **options}, value, required)
 
@@ -59,50 +65,77 @@ class _Parser(argparse.ArgumentParser):
 
 def parser(prog: str, doc: str | None, epilog: str | None = None) -> argparse.ArgumentParser:
     """A job's argument parser (``prog``: ``jobs.<name>``) with ``-v/--verbose`` and ``-q/--quiet``."""
-    ap = _Parser(prog=f"python -m {prog}", description=doc, epilog=epilog,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(
+        prog=f"python -m {prog}",
+        description=doc,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_verbosity(ap)
     return ap
 
 
 def add_verbosity(ap: argparse.ArgumentParser) -> None:
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("-v", "--verbose", action="store_true",
-                   help="debug logging, framework internals (Ray, Orbax) on the console; "
-                   "tracebacks of errors")
-    g.add_argument("-q", "--quiet", action="store_true",
-                   help="warnings and errors only: no progress bars or status lines")
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, framework internals (Ray, Orbax) on the console; tracebacks of errors",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="warnings and errors only: no progress bars or status lines",
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> None:
     global _SHOW_TRACEBACKS
     _SHOW_TRACEBACKS = bool(getattr(args, "verbose", False))
-    level = logging.DEBUG if _SHOW_TRACEBACKS else logging.WARNING if getattr(args, "quiet", False) \
+    level = (
+        logging.DEBUG
+        if _SHOW_TRACEBACKS
+        else logging.WARNING
+        if getattr(args, "quiet", False)
         else logging.INFO
+    )
     configure_logging(level)
     progress.set_quiet(getattr(args, "quiet", False))  # -q: no progress bars or status lines
 
 
-def parse_args(ap: argparse.ArgumentParser, argv: list[str] | None,
-               intermixed: bool = False) -> argparse.Namespace:
+def parse_args(
+    ap: argparse.ArgumentParser, argv: list[str] | None, intermixed: bool = False
+) -> argparse.Namespace:
     """Parse, then set up logging from ``-v``/``-q``."""
     args = ap.parse_intermixed_args(argv) if intermixed else ap.parse_args(argv)
     setup_logging(args)
     return args
 
 
-def parse(cls: type[T], argv: list[str] | None, doc: str | None, prog: str,
-          flags: dict[str, Flag] | None = None, presets_dir: str | Path | None = None
-          ) -> tuple[T, argparse.Namespace]:
+def parse(
+    cls: type[T],
+    argv: list[str] | None,
+    doc: str | None,
+    prog: str,
+    flags: dict[str, Flag] | None = None,
+    presets_dir: str | Path | None = None,
+) -> tuple[T, argparse.Namespace]:
     """``prog [--config FILE|PRESET] [flags] key.path=value ...`` -> (config, parsed flags)."""
     flags = flags or {}
     presets = sorted(p.stem for p in Path(presets_dir).glob("*.yaml")) if presets_dir else []
-    epilog = ("overrides (key.path=value; values are YAML; a mapping merges into the current "
-              "one key by key, {} clears it):\n" + "\n".join(describe(cls)) +
-              (f"\n\npresets: {', '.join(presets)}" if presets else ""))
+    epilog = (
+        "overrides (key.path=value; values are YAML; a mapping merges into the current "
+        "one key by key, {} clears it):\n"
+        + "\n".join(describe(cls))
+        + (f"\n\npresets: {', '.join(presets)}" if presets else "")
+    )
     ap = parser(prog, doc, epilog)
-    ap.add_argument("--config", help="YAML config file" +
-                    (", or the name of a shipped preset" if presets_dir else ""))
+    ap.add_argument(
+        "--config",
+        help="YAML config file" + (", or the name of a shipped preset" if presets_dir else ""),
+    )
     for name, f in flags.items():
         extra = {"default": argparse.SUPPRESS} if f.field else {}  # absent = not given
         ap.add_argument(name, **f.options, **extra)

@@ -18,11 +18,13 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--output": _cli.flag("output", "where sweeps go: the sweep dir is OUTPUT/NAME "
-                          "(default outputs/ablate)"),
+    "--output": _cli.flag(
+        "output", "where sweeps go: the sweep dir is OUTPUT/NAME (default outputs/ablate)"
+    ),
     "--name": _cli.flag("name", "sweep name (same name + output = resume)"),
-    "--max-concurrent-trials": _cli.flag("max_concurrent_trials", "trials running at once",
-                                         type=int),
+    "--max-concurrent-trials": _cli.flag(
+        "max_concurrent_trials", "trials running at once", type=int
+    ),
     "--address": _cli.flag(None, "Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
 }
 

@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = _cli.parser("jobs.check_cluster", __doc__)
     ap.add_argument("files", nargs="*", help="cluster YAML files (default: all shipped ones)")
-    ap.add_argument("--preset", help="check this preset (name or YAML path) instead of the one "
-                    "each file declares")
+    ap.add_argument(
+        "--preset",
+        help="check this preset (name or YAML path) instead of the one each file declares",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON line per slice")
     args = _cli.parse_args(ap, argv)
     files = args.files or shipped_cluster_files()
@@ -29,16 +31,26 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         for r in check_file(path, args.preset):
             sl = r.slice
-            row = {"slice": sl.where, "accelerator": sl.accelerator_type, "topology": sl.topology,
-                   "chips": sl.chips, "hosts": sl.hosts, "preset": sl.preset, "mesh": r.mesh,
-                   "ok": r.ok, "problems": r.problems}
+            row = {
+                "slice": sl.where,
+                "accelerator": sl.accelerator_type,
+                "topology": sl.topology,
+                "chips": sl.chips,
+                "hosts": sl.hosts,
+                "preset": sl.preset,
+                "mesh": r.mesh,
+                "ok": r.ok,
+                "problems": r.problems,
+            }
             bad += not r.ok
             if args.json:
                 print(json.dumps(row))
             else:
                 status = "ok " if r.ok else "BAD"
-                print(f"{status} {sl.where}: {sl.accelerator_type} ({sl.topology}, {sl.chips} chips, "
-                      f"{sl.hosts} hosts) preset={sl.preset} mesh={r.mesh}")
+                print(
+                    f"{status} {sl.where}: {sl.accelerator_type} ({sl.topology}, {sl.chips} chips, "
+                    f"{sl.hosts} hosts) preset={sl.preset} mesh={r.mesh}"
+                )
                 for p in r.problems:
                     print(f"    - {p}")
     return 1 if bad else 0

@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = _cli.parser("jobs.convert", __doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ex = sub.add_parser("export", help="our model -> HF directory")
-    ex.add_argument("--model", required=True, help="preset, HF dir, our checkpoint/run dir, or hub id "
-                    "(ElnaggarLab/ankh-base[@revision])")
+    ex.add_argument(
+        "--model",
+        required=True,
+        help="preset, HF dir, our checkpoint/run dir, or hub id (ElnaggarLab/ankh-base[@revision])",
+    )
     ex.add_argument("--output", required=True)
     im = sub.add_parser("import", help="HF directory -> our checkpoint")
     im.add_argument("--hf", required=True, help="HF directory or hub id (org/name[@revision])")
@@ -44,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         from ankh.resolve import resolve
 
         if resolve(args.hf).kind != "hf":  # a preset would "import" random weights
-            raise ValueError(f"--hf {args.hf}: not an HF Ankh directory or hub id (a preset has no weights)")
+            raise ValueError(
+                f"--hf {args.hf}: not an HF Ankh directory or hub id (a preset has no weights)"
+            )
     if args.cmd == "export":
         ankh.load(args.model).save_hf(args.output)
         print(f"wrote HF directory {args.output}")

@@ -15,17 +15,26 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoint", "preset name, HF Ankh directory, our Orbax run dir, or hub id "
-                              "(ElnaggarLab/ankh-base[@revision])",
-                              required=True),
-    "--input": _cli.flag("input", "Parquet/FASTA file, directory, glob or comma list (local or gs://)",
-                         required=True),
+    "--checkpoint": _cli.flag(
+        "checkpoint",
+        "preset name, HF Ankh directory, our Orbax run dir, or hub id "
+        "(ElnaggarLab/ankh-base[@revision])",
+        required=True,
+    ),
+    "--input": _cli.flag(
+        "input", "Parquet/FASTA file, directory, glob or comma list (local or gs://)", required=True
+    ),
     "--output": _cli.flag("output", "output directory (local or gs://)", required=True),
-    "--per-residue": _cli.flag("per_residue", "also write per-residue embeddings", action="store_true"),
+    "--per-residue": _cli.flag(
+        "per_residue", "also write per-residue embeddings", action="store_true"
+    ),
     "--replicas": _cli.flag("replicas", "model replicas (actor pool size)", type=int),
     "--batch-tokens": _cli.flag("batch_tokens", "token slots per model call", type=int),
-    "--hdf5": _cli.flag("hdf5", "also write one HDF5 file keyed by id, pooled vectors "
-                        "(bio_embeddings/ProtTrans layout; needs the optional h5py)"),
+    "--hdf5": _cli.flag(
+        "hdf5",
+        "also write one HDF5 file keyed by id, pooled vectors "
+        "(bio_embeddings/ProtTrans layout; needs the optional h5py)",
+    ),
 }
 
 

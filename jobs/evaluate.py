@@ -22,15 +22,25 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoints", "checkpoint dir, HF dir, preset name or hub id "
-                              "(org/name[@revision]; repeatable)",
-                              action="append"),
+    "--checkpoint": _cli.flag(
+        "checkpoints",
+        "checkpoint dir, HF dir, preset name or hub id (org/name[@revision]; repeatable)",
+        action="append",
+    ),
     "--task": _cli.flag("tasks", "task name or spec (repeatable)", action="append"),
-    "--head": _cli.flag("heads", "probe head (repeatable; default linear)", action="append",
-                        choices=["linear", "mlp", "convbert"]),
+    "--head": _cli.flag(
+        "heads",
+        "probe head (repeatable; default linear)",
+        action="append",
+        choices=["linear", "mlp", "convbert"],
+    ),
     "--output": _cli.flag("output", "report directory (default outputs/evaluate)"),
-    "--no-baselines": _cli.flag("baselines", "skip one-hot and random-init baselines",
-                                action="store_true", value=lambda _: ()),
+    "--no-baselines": _cli.flag(
+        "baselines",
+        "skip one-hot and random-init baselines",
+        action="store_true",
+        value=lambda _: (),
+    ),
 }
 
 

@@ -21,9 +21,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg, _ = _cli.parse(GenerateJobConfig, argv, __doc__, "jobs.generate")
     result = run(cfg)
-    print(json.dumps({k: v for k, v in result.items() if k != "summary"}
-                     | {"summary": [{k: v for k, v in s.items() if k != "composition_delta"}
-                                    for s in result["summary"]]}, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k != "summary"}
+            | {
+                "summary": [
+                    {k: v for k, v in s.items() if k != "composition_delta"}
+                    for s in result["summary"]
+                ]
+            },
+            indent=1,
+        )
+    )
     return result
 
 

@@ -15,8 +15,12 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--input": _cli.flag("input", "FASTA / FASTA.gz path or gs:// URL (or input=...)", required=True),
-    "--output": _cli.flag("output", "output directory, local or gs:// (or output=...)", required=True),
+    "--input": _cli.flag(
+        "input", "FASTA / FASTA.gz path or gs:// URL (or input=...)", required=True
+    ),
+    "--output": _cli.flag(
+        "output", "output directory, local or gs:// (or output=...)", required=True
+    ),
     "--policy": _cli.flag("policy", "malformed records", choices=["skip", "clean", "fail"]),
 }
 
@@ -26,9 +30,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg, _ = _cli.parse(PrepareConfig, argv, __doc__, "jobs.prepare", FLAGS)
     manifest = prepare(cfg)
-    summary = {k: manifest[k] for k in ("records", "bad_records", "shards_written", "shards_reused")}
-    summary["splits"] = {n: {"rows": s["rows"], "residues": s["residues"], "shards": len(s["shards"])}
-                         for n, s in manifest["splits"].items()}
+    summary = {
+        k: manifest[k] for k in ("records", "bad_records", "shards_written", "shards_reused")
+    }
+    summary["splits"] = {
+        n: {"rows": s["rows"], "residues": s["residues"], "shards": len(s["shards"])}
+        for n, s in manifest["splits"].items()
+    }
     print(json.dumps(summary))
     return 0
 

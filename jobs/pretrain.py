@@ -19,12 +19,17 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--output": _cli.flag("output", "storage path for runs: local dir or gs://bucket/prefix "
-                          "(default outputs/pretrain)"),
+    "--output": _cli.flag(
+        "output",
+        "storage path for runs: local dir or gs://bucket/prefix (default outputs/pretrain)",
+    ),
     "--name": _cli.flag("name", "run name (same name + output = resume)"),
     "--address": _cli.flag(None, "Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
-    "--in-process": _cli.flag(None, "run the loop in this process without Ray (one JAX process; "
-                              "debugging)", action="store_true"),
+    "--in-process": _cli.flag(
+        None,
+        "run the loop in this process without Ray (one JAX process; debugging)",
+        action="store_true",
+    ),
 }
 
 
@@ -32,7 +37,9 @@ def parse(argv: list[str] | None = None):
     from ankh_platform.core.config import PRESETS_DIR
     from ankh_platform.train.config import PretrainConfig
 
-    return _cli.parse(PretrainConfig, argv, __doc__, "jobs.pretrain", FLAGS, presets_dir=PRESETS_DIR)
+    return _cli.parse(
+        PretrainConfig, argv, __doc__, "jobs.pretrain", FLAGS, presets_dir=PRESETS_DIR
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,12 +48,29 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse(argv)
     summary = train.run_local_process(cfg) if args.in_process else train.run(cfg, args.address)
     ckpt = summary["checkpoint_dir"]
-    extra = [k for k in ("unigram_entropy", "ss3_q3", "ss3_q3_onehot", "ss3_q3_random_init",
-                         "ss8_q8", "ss8_q8_onehot", "ss8_q8_random_init") if k in summary]
-    print(json.dumps({k: summary.get(k) for k in ("step", "val_loss", "val_residue_loss", *extra, "run_dir")}))
+    extra = [
+        k
+        for k in (
+            "unigram_entropy",
+            "ss3_q3",
+            "ss3_q3_onehot",
+            "ss3_q3_random_init",
+            "ss8_q8",
+            "ss8_q8_onehot",
+            "ss8_q8_random_init",
+        )
+        if k in summary
+    ]
+    print(
+        json.dumps(
+            {k: summary.get(k) for k in ("step", "val_loss", "val_residue_loss", *extra, "run_dir")}
+        )
+    )
     if summary.get("curves"):
         print(f"curves: {summary['curves']}")
-    print(f"embed:  python -c \"import ankh; print(ankh.load('{ckpt}').embed(['MKTAYIAKQR']).shape)\"")
+    print(
+        f"embed:  python -c \"import ankh; print(ankh.load('{ckpt}').embed(['MKTAYIAKQR']).shape)\""
+    )
     print(f"serve:  python -m jobs.serve --checkpoint {ckpt}")
     print(f"export: python -m jobs.convert export --model {ckpt} --output OUT_HF_DIR")
     print(ckpt)

@@ -1,7 +1,7 @@
 """Embed a few bundled real proteins with a model and print shapes and timing.
 
-    python -m jobs.quickstart                     # fresh random `tiny` model
-    python -m jobs.quickstart --model path/to/hf_or_checkpoint_dir --n 16
+python -m jobs.quickstart                     # fresh random `tiny` model
+python -m jobs.quickstart --model path/to/hf_or_checkpoint_dir --n 16
 """
 
 import sys
@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {args.model}: {model.num_params():,} parameters, loaded in {t1 - t0:.1f}s")
     print(f"pooled embeddings: {pooled.shape} {pooled.dtype}")
     print(f"per-residue: {[r.shape for r in per_res[:4]]} ...")
-    print(f"embedded {len(seqs)} sequences ({sum(map(len, seqs))} residues) in {t2 - t1:.1f}s "
-          "(includes compilation)")
+    print(
+        f"embedded {len(seqs)} sequences ({sum(map(len, seqs))} residues) in {t2 - t1:.1f}s "
+        "(includes compilation)"
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,19 @@ import threading
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag("checkpoint", "the default model: preset name, HF directory, our "
-                              "run dir (local or gs://) or hub id (org/name[@revision])"),
-    "--model": _cli.flag("models", "another checkpoint served by the same replicas, picked per "
-                         "request with \"model\": NAME (repeatable; = models.NAME=PATH)",
-                         action="append", metavar="NAME=PATH", value=_cli.named_paths),
+    "--checkpoint": _cli.flag(
+        "checkpoint",
+        "the default model: preset name, HF directory, our "
+        "run dir (local or gs://) or hub id (org/name[@revision])",
+    ),
+    "--model": _cli.flag(
+        "models",
+        "another checkpoint served by the same replicas, picked per "
+        'request with "model": NAME (repeatable; = models.NAME=PATH)',
+        action="append",
+        metavar="NAME=PATH",
+        value=_cli.named_paths,
+    ),
     "--host": _cli.flag("host", "bind address (default 127.0.0.1)"),
     "--port": _cli.flag("port", "HTTP port (default 8000)", type=int),
     "--detach": _cli.flag(None, "deploy and exit (cluster use)", action="store_true"),
@@ -44,9 +52,19 @@ def main(argv: list[str] | None = None) -> None:
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
-    print(json.dumps({"url": url, "app": cfg.app_name, "model": cfg.served_name(),
-                      "models": list(cfg.catalog()),
-                      "docs": f"{url}/docs", "health": f"{url}/healthz"}), flush=True)
+    print(
+        json.dumps(
+            {
+                "url": url,
+                "app": cfg.app_name,
+                "model": cfg.served_name(),
+                "models": list(cfg.catalog()),
+                "docs": f"{url}/docs",
+                "health": f"{url}/healthz",
+            }
+        ),
+        flush=True,
+    )
     if args.detach:
         return
     stop = threading.Event()

@@ -35,8 +35,11 @@ CLUSTER_DIR = repo_root() / "cluster"
 CHIPS_PER_HOST = {"v4": 4}  # TPU generation -> chips per host VM
 CORES_PER_CHIP = {"v4": 2}  # accelerator type "v4-N" counts TensorCores
 PRESET_ANNOTATION = "ankh.dev/pretrain-preset"
-KUBERAY_KINDS = {"RayCluster": ("spec",), "RayJob": ("spec", "rayClusterSpec"),
-                 "RayService": ("spec", "rayClusterConfig")}
+KUBERAY_KINDS = {
+    "RayCluster": ("spec",),
+    "RayJob": ("spec", "rayClusterSpec"),
+    "RayService": ("spec", "rayClusterConfig"),
+}
 
 
 class ClusterFileError(ValueError):
@@ -46,9 +49,10 @@ class ClusterFileError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Slice:
     """One TPU slice a cluster file asks for, and the preset it is meant to run."""
-    where: str              # "file.yaml:group"
-    generation: str         # "v4"
-    topology: str           # "2x2x4"
+
+    where: str  # "file.yaml:group"
+    generation: str  # "v4"
+    topology: str  # "2x2x4"
     hosts: int
     chips_per_host: int
     preset: str | None = None
@@ -84,15 +88,18 @@ def _launcher_slices(doc: dict, where: str) -> Iterator[Slice]:
             gen = str(cfg["acceleratorConfig"]["type"]).lower()
             topology = str(cfg["acceleratorConfig"]["topology"])
         elif "acceleratorType" in cfg:
-            raise ClusterFileError(f"{where}:{name}: use acceleratorConfig (type + topology) so "
-                                   "the slice shape is explicit")
+            raise ClusterFileError(
+                f"{where}:{name}: use acceleratorConfig (type + topology) so "
+                "the slice shape is explicit"
+            )
         else:
             continue
         per_host = CHIPS_PER_HOST.get(gen)
         if per_host is None:
             raise ClusterFileError(f"{where}:{name}: unsupported TPU generation {gen!r}")
-        yield Slice(f"{where}:{name}", gen, topology, topology_chips(topology) // per_host,
-                    per_host, preset)
+        yield Slice(
+            f"{where}:{name}", gen, topology, topology_chips(topology) // per_host, per_host, preset
+        )
 
 
 def _entrypoint_preset(entrypoint: str) -> tuple[str | None, tuple[str, ...]]:
@@ -100,7 +107,7 @@ def _entrypoint_preset(entrypoint: str) -> tuple[str | None, tuple[str, ...]]:
     argv = shlex.split(entrypoint or "")
     if "jobs.pretrain" not in argv:
         return None, ()
-    rest = argv[argv.index("jobs.pretrain") + 1:]
+    rest = argv[argv.index("jobs.pretrain") + 1 :]
     preset, over, i = None, [], 0
     while i < len(rest):
         if rest[i] == "--config" and i + 1 < len(rest):
@@ -131,15 +138,27 @@ def _kuberay_slices(doc: dict, where: str) -> Iterator[Slice]:
         if not m or m.group(1) not in CHIPS_PER_HOST:
             raise ClusterFileError(f"{where}: unsupported TPU accelerator {accel!r}")
         gen, name = m.group(1), group.get("groupName", "?")
-        tpus = {str(_get(c, "resources", kind_).get("google.com/tpu"))
-                for c in pod.get("containers", []) for kind_ in ("limits", "requests")
-                if _get(c, "resources", kind_)}
+        tpus = {
+            str(_get(c, "resources", kind_).get("google.com/tpu"))
+            for c in pod.get("containers", [])
+            for kind_ in ("limits", "requests")
+            if _get(c, "resources", kind_)
+        }
         tpus.discard("None")
         if len(tpus) != 1:
-            raise ClusterFileError(f"{where}:{name}: google.com/tpu requests and limits must be "
-                                   f"set and equal, got {sorted(tpus)}")
-        yield Slice(f"{where}:{name}", gen, str(selector.get("cloud.google.com/gke-tpu-topology")),
-                    int(group.get("numOfHosts", 1)), int(tpus.pop()), preset, over)
+            raise ClusterFileError(
+                f"{where}:{name}: google.com/tpu requests and limits must be "
+                f"set and equal, got {sorted(tpus)}"
+            )
+        yield Slice(
+            f"{where}:{name}",
+            gen,
+            str(selector.get("cloud.google.com/gke-tpu-topology")),
+            int(group.get("numOfHosts", 1)),
+            int(tpus.pop()),
+            preset,
+            over,
+        )
 
 
 def load_slices(path: str | Path) -> list[Slice]:
@@ -173,11 +192,15 @@ def check_slice(sl: Slice, cfg: Any) -> list[str]:
 
     problems = []
     if sl.hosts * sl.chips_per_host != sl.chips:
-        problems.append(f"{sl.hosts} hosts x {sl.chips_per_host} chips != {sl.chips} chips of "
-                        f"topology {sl.topology}")
+        problems.append(
+            f"{sl.hosts} hosts x {sl.chips_per_host} chips != {sl.chips} chips of "
+            f"topology {sl.topology}"
+        )
     if sl.chips_per_host != CHIPS_PER_HOST[sl.generation]:
-        problems.append(f"TPU {sl.generation} hosts have {CHIPS_PER_HOST[sl.generation]} chips, "
-                        f"the file asks for {sl.chips_per_host} per host")
+        problems.append(
+            f"TPU {sl.generation} hosts have {CHIPS_PER_HOST[sl.generation]} chips, "
+            f"the file asks for {sl.chips_per_host} per host"
+        )
     if cfg is None:
         return problems
     s = cfg.scale
@@ -188,8 +211,10 @@ def check_slice(sl: Slice, cfg: Any) -> list[str]:
     if s.accelerator_type and s.accelerator_type.lower() != f"tpu-{sl.generation}":
         problems.append(f"preset accelerator {s.accelerator_type} != TPU-{sl.generation.upper()}")
     if s.num_workers != sl.hosts:
-        problems.append(f"scale.num_workers={s.num_workers} but the slice has {sl.hosts} hosts "
-                        "(one Ray Train worker = one JAX process per host)")
+        problems.append(
+            f"scale.num_workers={s.num_workers} but the slice has {sl.hosts} hosts "
+            "(one Ray Train worker = one JAX process per host)"
+        )
     sizes = dataclasses.asdict(cfg.mesh)
     try:
         mesh = mesh_shape(sizes, num_devices=sl.chips)
@@ -198,8 +223,10 @@ def check_slice(sl: Slice, cfg: Any) -> list[str]:
         return problems
     batch = cfg.data.rows * s.num_workers
     if batch % (mesh["data"] * mesh["fsdp"]):
-        problems.append(f"global batch {batch} rows ({cfg.data.rows}/host) is not divisible by "
-                        f"data x fsdp = {mesh['data'] * mesh['fsdp']}")
+        problems.append(
+            f"global batch {batch} rows ({cfg.data.rows}/host) is not divisible by "
+            f"data x fsdp = {mesh['data'] * mesh['fsdp']}"
+        )
     return problems
 
 
@@ -214,8 +241,9 @@ class Report:
         return not self.problems
 
 
-def check_file(path: str | Path, preset: str | None = None,
-               presets_dir: Path = PRESETS_DIR) -> list[Report]:
+def check_file(
+    path: str | Path, preset: str | None = None, presets_dir: Path = PRESETS_DIR
+) -> list[Report]:
     """Check every TPU slice of a cluster file against its (or the given) preset."""
     from ankh.sharding import mesh_shape
 

@@ -84,8 +84,12 @@ def ray_local(request):
         loopback = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
         mp.setenv(loopback, os.environ.get(loopback, "0"))
         if started:
-            init_ray(num_cpus=2, object_store_memory=300_000_000, log_to_driver=False,
-                     configure_logging=False)
+            init_ray(
+                num_cpus=2,
+                object_store_memory=300_000_000,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         try:
             import ray.data
 
@@ -115,9 +119,19 @@ def gcs_emulator():
     port = free_port()
     proc = subprocess.Popen(
         # tests/gcs_emulator.py = the emulator with GCS object generations fixed (Orbax needs them)
-        [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host=127.0.0.1",
-         f"--port={port}", "--in-memory", "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            str(REPO / "tests" / "gcs_emulator.py"),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--in-memory",
+            "-q",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     old = {k: os.environ.get(k) for k in (storage.EMULATOR_VAR, storage.TENSORSTORE_VAR)}
     try:

@@ -98,14 +98,21 @@ def move(request, response, storage, *args, **kwargs):
         response.status = HTTPStatus.NOT_FOUND
 
 
-_MOVE = (rf"^{emu_server.settings.API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o/"
-         r"(?P<object_id>.*[^/]+)/moveTo/o/(?P<dest_object_id>.*[^/]+)$", {"POST": move})
+_MOVE = (
+    rf"^{emu_server.settings.API_ENDPOINT}/b/(?P<bucket_name>[-.\w]+)/o/"
+    r"(?P<object_id>.*[^/]+)/moveTo/o/(?P<dest_object_id>.*[^/]+)$",
+    {"POST": move},
+)
 
 
 def patch() -> None:
     """Wrap the object handlers in the emulator's routing table (idempotent)."""
-    kinds = {objects.download: (True, True), objects.get: (True, False),
-             objects.insert: (False, False), objects.delete: (False, False)}
+    kinds = {
+        objects.download: (True, True),
+        objects.get: (True, False),
+        objects.insert: (False, False),
+        objects.delete: (False, False),
+    }
     for _, routes in emu_server.HANDLERS:
         for method, fn in list(routes.items()):
             if fn in kinds:
@@ -114,6 +121,7 @@ def patch() -> None:
         emu_server.HANDLERS = (_MOVE, *emu_server.HANDLERS)
     handle = emu_server.Router.handle
     if not getattr(handle, "_serialised", False):
+
         def serialised(self, method):
             with _LOCK:
                 return handle(self, method)

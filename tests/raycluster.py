@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ALIAS = "127.1"  # == 127.0.0.1, but not rewritten by Ray's address canonicalisation
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-RAY_BIN = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name(
-    "ray").exists() else (shutil.which("ray") or "ray")
+RAY_BIN = (
+    str(Path(sys.executable).with_name("ray"))
+    if Path(sys.executable).with_name("ray").exists()
+    else (shutil.which("ray") or "ray")
+)
 
 
 def _die_with_parent() -> None:
@@ -160,8 +163,10 @@ class LocalRayCluster:
         else:
             env["RAY_AUTH_MODE"] = "disabled"
         autoscaler_metrics, dashboard_metrics = free_ports(2)
-        env.update(AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
-                   DASHBOARD_METRIC_PORT=str(dashboard_metrics))
+        env.update(
+            AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
+            DASHBOARD_METRIC_PORT=str(dashboard_metrics),
+        )
         env.update(self.extra_env)
         return env
 
@@ -171,8 +176,9 @@ class LocalRayCluster:
         if token is None:
             env["RAY_AUTH_MODE"] = "disabled"
         else:
-            env.update(RAY_AUTH_MODE="token",
-                       RAY_AUTH_TOKEN=self.token if token is True else str(token))
+            env.update(
+                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token if token is True else str(token)
+            )
         return env
 
     @property
@@ -184,24 +190,50 @@ class LocalRayCluster:
         nm, om, rte, agent_http, agent_grpc, metrics = free_ports(6)
         lo, hi = free_port_range()
         return [
-            f"--node-manager-port={nm}", f"--object-manager-port={om}",
-            f"--runtime-env-agent-port={rte}", f"--dashboard-agent-listen-port={agent_http}",
-            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-            f"--min-worker-port={lo}", f"--max-worker-port={hi}",
+            f"--node-manager-port={nm}",
+            f"--object-manager-port={om}",
+            f"--runtime-env-agent-port={rte}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--min-worker-port={lo}",
+            f"--max-worker-port={hi}",
         ]
 
-    def _launch(self, name: str, args: list[str], env: dict[str, str],
-                resources: Mapping[str, float], num_cpus: int) -> None:
+    def _launch(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        resources: Mapping[str, float],
+        num_cpus: int,
+    ) -> None:
         temp_dir = self.root / name
         temp_dir.mkdir()
         log = self.root / f"{name}.log"
-        cmd = [RAY_BIN, "start", "--block", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-               f"--num-cpus={num_cpus}", f"--object-store-memory={self.object_store_memory}",
-               f"--resources={json.dumps(dict(resources))}", *args, *self._ports_args()]
+        cmd = [
+            RAY_BIN,
+            "start",
+            "--block",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            f"--num-cpus={num_cpus}",
+            f"--object-store-memory={self.object_store_memory}",
+            f"--resources={json.dumps(dict(resources))}",
+            *args,
+            *self._ports_args(),
+        ]
         with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=self.root,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.root,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self._procs.append(proc)
         self._logs.append(log)
         self.sids.append(proc.pid)  # start_new_session: session id == pid of `ray start`
@@ -211,36 +243,52 @@ class LocalRayCluster:
             self.gcs_port, self.dashboard_port, client_port = free_ports(3)
             env = self.node_env()
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node IP := loopback (module doc)
-            return ["--head", f"--port={self.gcs_port}", "--include-dashboard=true",
-                    f"--dashboard-host={LOOPBACK}", f"--dashboard-port={self.dashboard_port}",
-                    f"--ray-client-server-port={client_port}"], env
+            return [
+                "--head",
+                f"--port={self.gcs_port}",
+                "--include-dashboard=true",
+                f"--dashboard-host={LOOPBACK}",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={client_port}",
+            ], env
 
         self._start("head", make, self.resources, self.num_cpus, 1, timeout)
         return self
 
-    def add_node(self, resources: Mapping[str, float], num_cpus: int = 1,
-                 timeout: float = 300) -> None:
+    def add_node(
+        self, resources: Mapping[str, float], num_cpus: int = 1, timeout: float = 300
+    ) -> None:
         """Start one more raylet (``ray start --address``) that joins this head."""
         n = len(self._procs)
         make = lambda: ([f"--address={LOOPBACK_ALIAS}:{self.gcs_port}"], self.node_env())  # noqa: E731
         self._start(f"node{n}", make, resources, num_cpus, n + 1, timeout)
 
-    def _start(self, name: str, make, resources: Mapping[str, float], num_cpus: int,
-               n_nodes: int, timeout: float, attempts: int = 3) -> None:
+    def _start(
+        self,
+        name: str,
+        make,
+        resources: Mapping[str, float],
+        num_cpus: int,
+        n_nodes: int,
+        timeout: float,
+        attempts: int = 3,
+    ) -> None:
         """Launch and wait for ``n_nodes`` alive. Retried because ``ray start`` gives a raylet a
         hard-coded 30 s to register, which a heavily loaded machine can exceed."""
         for attempt in range(1, attempts + 1):
             args, env = make()
-            self._launch(name if attempt == 1 else f"{name}-try{attempt}", args, env, resources,
-                         num_cpus)
+            self._launch(
+                name if attempt == 1 else f"{name}-try{attempt}", args, env, resources, num_cpus
+            )
             try:
                 self.wait_for_nodes(n_nodes, timeout)
                 return
             except StartExited as e:
                 if attempt == attempts:
                     raise
-                log.warning("`ray start` for %s exited during startup, retrying: %s", name,
-                            str(e)[-300:])
+                log.warning(
+                    "`ray start` for %s exited during startup, retrying: %s", name, str(e)[-300:]
+                )
                 self._kill_sessions([self.sids[-1]])
                 self._procs.pop().poll()
                 self._logs.pop()
@@ -269,7 +317,9 @@ class LocalRayCluster:
         while time.monotonic() < deadline:
             for proc, log in zip(self._procs, self._logs):
                 if proc.poll() is not None:
-                    raise StartExited(f"`ray start` exited ({proc.returncode}):\n{self.log_tail(log)}")
+                    raise StartExited(
+                        f"`ray start` exited ({proc.returncode}):\n{self.log_tail(log)}"
+                    )
             try:
                 alive = [x for x in self.nodes() if x["state"] == "ALIVE"]
                 if len(alive) >= n:
@@ -277,8 +327,10 @@ class LocalRayCluster:
             except (OSError, RuntimeError, KeyError, ValueError) as e:
                 last = e
             time.sleep(1.0)
-        raise TimeoutError(f"{n} Ray node(s) not alive after {timeout}s ({last}):\n"
-                           + "\n".join(self.log_tail(p) for p in self._logs))
+        raise TimeoutError(
+            f"{n} Ray node(s) not alive after {timeout}s ({last}):\n"
+            + "\n".join(self.log_tail(p) for p in self._logs)
+        )
 
     @staticmethod
     def log_tail(path: Path, n: int = 3000) -> str:
@@ -288,19 +340,37 @@ class LocalRayCluster:
             return ""
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, working_dir: str | os.PathLike, entrypoint: Sequence[str],
-               env: Mapping[str, str] | None = None, token: bool | str | None = True,
-               timeout: float = 600, cwd: str | os.PathLike | None = None) -> SubmitResult:
+    def submit(
+        self,
+        working_dir: str | os.PathLike,
+        entrypoint: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        token: bool | str | None = True,
+        timeout: float = 600,
+        cwd: str | os.PathLike | None = None,
+    ) -> SubmitResult:
         """``ray job submit --working-dir <dir> -- <entrypoint>`` (run in ``cwd``, so ``"."``
         works); waits for the job to end. ``token`` as in ``client_env``."""
-        cmd = [RAY_BIN, "job", "submit", f"--address={self.dashboard_url}",
-               f"--working-dir={working_dir}"]
+        cmd = [
+            RAY_BIN,
+            "job",
+            "submit",
+            f"--address={self.dashboard_url}",
+            f"--working-dir={working_dir}",
+        ]
         if env:
             cmd.append(f"--runtime-env-json={json.dumps({'env_vars': dict(env)})}")
         cmd += ["--", *entrypoint]
-        proc = subprocess.run(cmd, env=self.client_env(token), cwd=cwd or self.root, timeout=timeout,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            cmd,
+            env=self.client_env(token),
+            cwd=cwd or self.root,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         return SubmitResult(proc.returncode, proc.stdout)
 
     # -- stop ------------------------------------------------------------------------------
@@ -337,8 +407,9 @@ class LocalRayCluster:
                 conns = psutil.Process(pid).net_connections(kind="inet")
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            out += [(pid, c.laddr.ip, c.laddr.port) for c in conns
-                    if c.status == psutil.CONN_LISTEN]
+            out += [
+                (pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN
+            ]
         return out
 
     def __enter__(self) -> LocalRayCluster:

@@ -39,8 +39,9 @@ def within(count: int, target: int, tolerance: float) -> bool:
     return abs(count - target) <= tolerance * target
 
 
-def solve(cfg: AnkhConfig, free: str, target: int, tolerance: float = 0.02,
-          multiple_of: int = 8) -> tuple[AnkhConfig, int]:
+def solve(
+    cfg: AnkhConfig, free: str, target: int, tolerance: float = 0.02, multiple_of: int = 8
+) -> tuple[AnkhConfig, int]:
     """``cfg`` with ``free`` set to the multiple of ``multiple_of`` (layer counts: any integer)
     whose parameter count is nearest ``target``; raises SolveError when even that one is off by
     more than ``tolerance`` (a fraction of ``target``). Returns (config, its count).
@@ -58,7 +59,7 @@ def solve(cfg: AnkhConfig, free: str, target: int, tolerance: float = 0.02,
     lo, hi = 1, 2
     while count(hi) < target:  # grow the bracket: count(hi) >= target or it can never get there
         lo, hi = hi, hi * 2
-        if hi * step > 10 ** 7:
+        if hi * step > 10**7:
             break
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -71,5 +72,6 @@ def solve(cfg: AnkhConfig, free: str, target: int, tolerance: float = 0.02,
             f"{free}={best * step} gives {n:,} parameters, the nearest to the target {target:,} "
             f"({(n - target) / target:+.1%}); the tolerance is {tolerance:.1%} -- this shape "
             f"cannot reach the base's size through {free} alone (solve another dimension, or "
-            "change the values)")
+            "change the values)"
+        )
     return solved, n

@@ -18,8 +18,20 @@ from typing import Any
 from ankh import storage
 from ankh_platform.core.config import to_dict
 
-COLUMNS = ("trial", "group", "group_name", "variable", "value", "params", "eval_loss",
-           "val_loss", "ss3_q3", "steps", "selected", "same_run_as")
+COLUMNS = (
+    "trial",
+    "group",
+    "group_name",
+    "variable",
+    "value",
+    "params",
+    "eval_loss",
+    "val_loss",
+    "ss3_q3",
+    "steps",
+    "selected",
+    "same_run_as",
+)
 # metrics the fixed columns already show (val_residue_loss as eval_loss)
 SHOWN = {"val_residue_loss", "val_loss", "ss3_q3"}
 
@@ -58,13 +70,23 @@ def rows(spec: Any, done: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for k, g in enumerate(done):
         for i, (t, m) in enumerate(zip(g["trials"], g["metrics"])):
-            out.append({"trial": t.id, "group": k, "group_name": spec.groups[k].name,
-                        "variable": spec.groups[k].variable, "value": t.label, "params": t.params,
-                        "eval_loss": m.get("val_residue_loss", m.get("val_loss")),
-                        "val_loss": m.get("val_loss"), "ss3_q3": m.get("ss3_q3"),
-                        "steps": t.config.steps, "selected": i == g["winner"],
-                        "same_run_as": g.get("run_of", {}).get(t.id, "")}
-                       | {x: m.get(x) for x in extra_metrics(spec)})
+            out.append(
+                {
+                    "trial": t.id,
+                    "group": k,
+                    "group_name": spec.groups[k].name,
+                    "variable": spec.groups[k].variable,
+                    "value": t.label,
+                    "params": t.params,
+                    "eval_loss": m.get("val_residue_loss", m.get("val_loss")),
+                    "val_loss": m.get("val_loss"),
+                    "ss3_q3": m.get("ss3_q3"),
+                    "steps": t.config.steps,
+                    "selected": i == g["winner"],
+                    "same_run_as": g.get("run_of", {}).get(t.id, ""),
+                }
+                | {x: m.get(x) for x in extra_metrics(spec)}
+            )
     return out
 
 
@@ -75,24 +97,36 @@ def _fmt(v: Any) -> str:
 def markdown(spec: Any, done: list[dict[str, Any]], table: list[dict[str, Any]]) -> str:
     sel = spec.select_by
     extra = extra_metrics(spec)
-    lines = [f"# Ablation sweep `{spec.name}`", "",
-             f"Every trial: {done[0]['trials'][0].config.steps} steps, seed "
-             f"{done[0]['trials'][0].config.seed}, within {spec.param_tolerance:.0%} of the base's "
-             f"parameter count. Winner of each group: {sel.best()} `{sel.metric}`, carried into "
-             "every later group. `eval_loss` = held-out masked-token loss on residues "
-             "(`val_residue_loss`).", ""]
+    lines = [
+        f"# Ablation sweep `{spec.name}`",
+        "",
+        f"Every trial: {done[0]['trials'][0].config.steps} steps, seed "
+        f"{done[0]['trials'][0].config.seed}, within {spec.param_tolerance:.0%} of the base's "
+        f"parameter count. Winner of each group: {sel.best()} `{sel.metric}`, carried into "
+        "every later group. `eval_loss` = held-out masked-token loss on residues "
+        "(`val_residue_loss`).",
+        "",
+    ]
     for k, g in enumerate(spec.groups):
         solve = f", `{g.solve}` solved for equal parameters" if g.solve else ""
-        lines += [f"## {k}. {g.name}: `{g.variable}`{solve}", "",
-                  "| trial | value | params | eval_loss | val_loss | ss3_q3 | "
-                  + "".join(f"{x} | " for x in extra) + "|",
-                  "|---|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---|"]
+        lines += [
+            f"## {k}. {g.name}: `{g.variable}`{solve}",
+            "",
+            "| trial | value | params | eval_loss | val_loss | ss3_q3 | "
+            + "".join(f"{x} | " for x in extra)
+            + "|",
+            "|---|---|---:|---:|---:|---:|" + "---:|" * len(extra) + "---|",
+        ]
         for r in (r for r in table if r["group"] == k):
-            mark = ("**winner**" if r["selected"] else "") + \
-                (f" (run of {r['same_run_as']})" if r["same_run_as"] else "")
-            lines.append(f"| {r['trial']} | `{r['value']}` | {r['params']:,} | {_fmt(r['eval_loss'])} "
-                         f"| {_fmt(r['val_loss'])} | {_fmt(r['ss3_q3'])} | "
-                         + "".join(f"{_fmt(r[x])} | " for x in extra) + f"{mark} |")
+            mark = ("**winner**" if r["selected"] else "") + (
+                f" (run of {r['same_run_as']})" if r["same_run_as"] else ""
+            )
+            lines.append(
+                f"| {r['trial']} | `{r['value']}` | {r['params']:,} | {_fmt(r['eval_loss'])} "
+                f"| {_fmt(r['val_loss'])} | {_fmt(r['ss3_q3'])} | "
+                + "".join(f"{_fmt(r[x])} | " for x in extra)
+                + f"{mark} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -119,8 +153,10 @@ def plots(out: str, spec: Any, done: list[dict[str, Any]], curves: dict[str, Any
                 pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
                 ax.set_ylim(lo - pad, hi + pad)
             ax.set_title(m, fontsize=9)
-        fig.suptitle(f"group {k}: {spec.groups[k].name} ({spec.groups[k].variable}); "
-                     "orange = winner", fontsize=9)
+        fig.suptitle(
+            f"group {k}: {spec.groups[k].name} ({spec.groups[k].variable}); orange = winner",
+            fontsize=9,
+        )
         fig.tight_layout()
         path = os.path.join(out, f"group-{k}.png")
         fig.savefig(path, dpi=110)
@@ -130,16 +166,29 @@ def plots(out: str, spec: Any, done: list[dict[str, Any]], curves: dict[str, Any
     return written
 
 
-def _curves_plot(out: str, spec: Any, done: list[dict[str, Any]], curves: dict[str, Any], plt: Any) -> str:
+def _curves_plot(
+    out: str, spec: Any, done: list[dict[str, Any]], curves: dict[str, Any], plt: Any
+) -> str:
     fig, axes = plt.subplots(1, len(done), figsize=(4.2 * len(done), 3.6), squeeze=False)
     for ax, (k, g) in zip(axes[0], enumerate(done)):
         for t in g["trials"]:
             c = curves[t.id]
-            line, = ax.plot([p[0] for p in c["train"]], [p[1] for p in c["train"]], lw=1,
-                            label=f"{t.label} (train)")
+            (line,) = ax.plot(
+                [p[0] for p in c["train"]],
+                [p[1] for p in c["train"]],
+                lw=1,
+                label=f"{t.label} (train)",
+            )
             if c["val"]:
-                ax.plot([p[0] for p in c["val"]], [p[1] for p in c["val"]], "o--", ms=3, lw=0.8,
-                        color=line.get_color(), label=f"{t.label} (val)")
+                ax.plot(
+                    [p[0] for p in c["val"]],
+                    [p[1] for p in c["val"]],
+                    "o--",
+                    ms=3,
+                    lw=0.8,
+                    color=line.get_color(),
+                    label=f"{t.label} (val)",
+                )
         ax.set_title(f"group {k}: {spec.groups[k].name}", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -162,14 +211,31 @@ def write_all(out: str, spec: Any, done: list[dict[str, Any]]) -> dict[str, str]
         w.writeheader()
         w.writerows(table)
     Path(out, "results.md").write_text(markdown(spec, done, table))
-    groups = [{"name": spec.groups[k].name, "variable": spec.groups[k].variable,
-               "solve": spec.groups[k].solve, "winner": g["trials"][g["winner"]].id,
-               "trials": [t.record() | {"metrics": m, "curve": curves[t.id],
-                                        "run_dir": run_dir[t.id], "same_run_as": g.get("run_of", {}).get(t.id),
-                                        "selected": i == g["winner"]}
-                          for i, (t, m) in enumerate(zip(g["trials"], g["metrics"]))]}
-              for k, g in enumerate(done)]
+    groups = [
+        {
+            "name": spec.groups[k].name,
+            "variable": spec.groups[k].variable,
+            "solve": spec.groups[k].solve,
+            "winner": g["trials"][g["winner"]].id,
+            "trials": [
+                t.record()
+                | {
+                    "metrics": m,
+                    "curve": curves[t.id],
+                    "run_dir": run_dir[t.id],
+                    "same_run_as": g.get("run_of", {}).get(t.id),
+                    "selected": i == g["winner"],
+                }
+                for i, (t, m) in enumerate(zip(g["trials"], g["metrics"]))
+            ],
+        }
+        for k, g in enumerate(done)
+    ]
     write_json(os.path.join(out, "results.json"), {"spec": to_dict(spec), "groups": groups})
     pngs = plots(out, spec, done, curves)
-    return {"csv": os.path.join(out, "results.csv"), "markdown": os.path.join(out, "results.md"),
-            "json": os.path.join(out, "results.json"), "plots": ",".join(pngs)}
+    return {
+        "csv": os.path.join(out, "results.csv"),
+        "markdown": os.path.join(out, "results.md"),
+        "json": os.path.join(out, "results.json"),
+        "plots": ",".join(pngs),
+    }

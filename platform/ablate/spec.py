@@ -40,6 +40,7 @@ MAX_PLANS = 20_000  # group plans validate() makes (each under one set of earlie
 class Budget:
     """What every trial trains for: ``steps``, or ``tokens`` (encoder token slots, all workers:
     steps = ceil(tokens / (rows x workers x encoder tokens per row)))."""
+
     steps: int = 0
     tokens: int = 0
 
@@ -56,41 +57,48 @@ class SelectBy:
 @dataclasses.dataclass(frozen=True)
 class Group:
     name: str = ""
-    variable: str = ""                # dotted PretrainConfig key
+    variable: str = ""  # dotted PretrainConfig key
     values: tuple[Any, ...] = ()
-    solve: str = ""                   # model dimension solved per trial (e.g. d_ff, d_model)
+    solve: str = ""  # model dimension solved per trial (e.g. d_ff, d_model)
 
 
 @dataclasses.dataclass(frozen=True)
 class AblateConfig:
     name: str = "ablate"
-    output: str = "outputs/ablate"    # the sweep dir is <output>/<name> (local or a shared mount)
-    runs: str = ""                    # where trials' pretraining runs go ("" = <sweep>/runs; gs:// ok)
+    output: str = "outputs/ablate"  # the sweep dir is <output>/<name> (local or a shared mount)
+    runs: str = ""  # where trials' pretraining runs go ("" = <sweep>/runs; gs:// ok)
     base: dict = dataclasses.field(default_factory=dict)  # a PretrainConfig, nested mapping
     budget: Budget = Budget()
     select_by: SelectBy = SelectBy()
     # what each trial must report (from the pretraining run's final summary)
     metrics: tuple[str, ...] = ("val_residue_loss", "val_loss", "ss3_q3")
     param_tolerance: float = 0.02
-    multiple_of: int = 8              # solved widths are multiples of this
+    multiple_of: int = 8  # solved widths are multiples of this
     max_concurrent_trials: int = 1
-    cpus_per_trial: float = 1.0       # a one-process trial's CPUs (a Ray Train trial holds none)
+    cpus_per_trial: float = 1.0  # a one-process trial's CPUs (a Ray Train trial holds none)
     groups: tuple[Group, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-    id: str                           # also the pretraining run's name
+    id: str  # also the pretraining run's name
     group: int
     value: Any
-    label: str                        # the value as the tables show it
-    changes: dict[str, Any]           # dotted key -> value on top of the base (winners included)
+    label: str  # the value as the tables show it
+    changes: dict[str, Any]  # dotted key -> value on top of the base (winners included)
     config: PretrainConfig
     params: int
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "group": self.group, "value": self.value, "label": self.label,
-                "changes": self.changes, "params": self.params, "config": to_dict(self.config)}
+        return {
+            "id": self.id,
+            "group": self.group,
+            "value": self.value,
+            "label": self.label,
+            "changes": self.changes,
+            "params": self.params,
+            "config": to_dict(self.config),
+        }
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,8 +123,10 @@ def label(value: Any) -> str:
 def model_config(cfg: PretrainConfig) -> AnkhConfig:
     """The network a pretraining config trains (a preset with its ``model_overrides``)."""
     if cfg.model not in PRESETS:
-        raise ConfigError(f"base.model={cfg.model!r}: an ablation needs a preset "
-                          f"({', '.join(PRESETS)}) so trials can change its shape and count it")
+        raise ConfigError(
+            f"base.model={cfg.model!r}: an ablation needs a preset "
+            f"({', '.join(PRESETS)}) so trials can change its shape and count it"
+        )
     return model_shape(cfg)
 
 
@@ -130,8 +140,9 @@ def budget_steps(spec: AblateConfig, cfg: PretrainConfig) -> int:
     return math.ceil(b.tokens / (cfg.data.rows * cfg.scale.num_workers * per_row))
 
 
-def pretrain_config(spec: AblateConfig, changes: dict[str, Any], name: str, runs_dir: str
-                    ) -> PretrainConfig:
+def pretrain_config(
+    spec: AblateConfig, changes: dict[str, Any], name: str, runs_dir: str
+) -> PretrainConfig:
     """The base with ``changes`` (dotted keys; mapping values merge), as run ``name``."""
     flat = flatten(spec.base) | flatten(nest(changes)) | {"name": name, "output": runs_dir}
     try:
@@ -141,8 +152,9 @@ def pretrain_config(spec: AblateConfig, changes: dict[str, Any], name: str, runs
     return dataclasses.replace(cfg, steps=budget_steps(spec, cfg))
 
 
-def plan_group(spec: AblateConfig, k: int, carried: dict[str, Any], runs_dir: str = "runs"
-               ) -> list[Trial]:
+def plan_group(
+    spec: AblateConfig, k: int, carried: dict[str, Any], runs_dir: str = "runs"
+) -> list[Trial]:
     """Group ``k``'s trials on top of ``carried`` (the earlier winners' changes)."""
     group = spec.groups[k]
     target = param_count(model_config(pretrain_config(spec, {}, "base", runs_dir)))
@@ -158,7 +170,9 @@ def plan_group(spec: AblateConfig, k: int, carried: dict[str, Any], runs_dir: st
             try:
                 shape, _ = solve(shape, group.solve, target, spec.param_tolerance, spec.multiple_of)
             except SolveError as e:
-                raise ConfigError(f"group {group.name!r}, {group.variable}={label(value)}: {e}") from None
+                raise ConfigError(
+                    f"group {group.name!r}, {group.variable}={label(value)}: {e}"
+                ) from None
             changes[f"model_overrides.{group.solve}"] = getattr(shape, group.solve)
             cfg = pretrain_config(spec, changes, tid, runs_dir)
         n = param_count(shape)
@@ -166,7 +180,8 @@ def plan_group(spec: AblateConfig, k: int, carried: dict[str, Any], runs_dir: st
             raise ConfigError(
                 f"group {group.name!r}, {group.variable}={label(value)}: {n:,} parameters vs the "
                 f"base's {target:,} ({(n - target) / target:+.1%}, tolerance "
-                f"{spec.param_tolerance:.0%}); name a dimension to `solve` for this group")
+                f"{spec.param_tolerance:.0%}); name a dimension to `solve` for this group"
+            )
         trials.append(Trial(tid, k, value, label(value), changes, cfg, n))
     return trials
 
@@ -180,12 +195,15 @@ def _check_group(spec: AblateConfig, k: int, group: Group) -> None:
     if len({json.dumps(v, sort_keys=True) for v in group.values}) < len(group.values):
         raise ConfigError(f"{where}: repeated values {list(group.values)}")
     if group.variable in FIXED or group.variable.startswith(("name.", "output.")):
-        raise ConfigError(f"{where}: {group.variable} is fixed across a sweep "
-                          "(budget, seed and data order are equal for every trial)")
+        raise ConfigError(
+            f"{where}: {group.variable} is fixed across a sweep "
+            "(budget, seed and data order are equal for every trial)"
+        )
     if group.solve and group.solve not in SOLVABLE:
         raise ConfigError(f"{where}: solve={group.solve!r}: one of {', '.join(SOLVABLE)}")
-    if group.solve and any(f"model_overrides.{group.solve}" in flatten(nest({group.variable: v}))
-                           for v in group.values):
+    if group.solve and any(
+        f"model_overrides.{group.solve}" in flatten(nest({group.variable: v})) for v in group.values
+    ):
         raise ConfigError(f"{where}: solve={group.solve} is the variable itself")
 
 
@@ -198,11 +216,13 @@ def validate(spec: AblateConfig) -> list[list[Trial]]:
     if len({g.name for g in spec.groups}) < len(spec.groups):
         raise ConfigError(f"groups: names must be unique, got {[g.name for g in spec.groups]}")
     if spec.select_by.metric not in spec.metrics:
-        raise ConfigError(f"select_by.metric={spec.select_by.metric!r} is not among metrics "
-                          f"{list(spec.metrics)}")
+        raise ConfigError(
+            f"select_by.metric={spec.select_by.metric!r} is not among metrics {list(spec.metrics)}"
+        )
     if not 0 < spec.param_tolerance < 1 or spec.max_concurrent_trials < 1 or spec.multiple_of < 1:
-        raise ConfigError("param_tolerance must be in (0, 1), max_concurrent_trials and "
-                          "multiple_of >= 1")
+        raise ConfigError(
+            "param_tolerance must be in (0, 1), max_concurrent_trials and multiple_of >= 1"
+        )
     for k, g in enumerate(spec.groups):
         _check_group(spec, k, g)
     base = pretrain_config(spec, {}, "base", "runs")
@@ -226,19 +246,27 @@ def _check_probe_metrics(spec: AblateConfig, base: PretrainConfig) -> None:
         if asked is None:
             continue
         if not base.eval.probe:
-            raise ConfigError(f"metrics lists {asked} but base.eval.probe is false: the runs would "
-                              "not measure it")
+            raise ConfigError(
+                f"metrics lists {asked} but base.eval.probe is false: the runs would not measure it"
+            )
         if task not in base.eval.probe_tasks:
             tasks = sorted(set(base.eval.probe_tasks) | {task}, key=list(PROBE_METRICS).index)
-            raise ConfigError(f"metrics lists {asked} but base.eval.probe_tasks is "
-                              f"[{', '.join(base.eval.probe_tasks)}]: the runs would not measure "
-                              f"it; set base.eval.probe_tasks: [{', '.join(tasks)}]")
+            raise ConfigError(
+                f"metrics lists {asked} but base.eval.probe_tasks is "
+                f"[{', '.join(base.eval.probe_tasks)}]: the runs would not measure "
+                f"it; set base.eval.probe_tasks: [{', '.join(tasks)}]"
+            )
         if asked != metric and not base.eval.baselines:
             raise ConfigError(f"metrics lists {asked} but base.eval.baselines is false")
 
 
-def _walk(spec: AblateConfig, k: int, carried: dict[str, Any], first: list[list[Trial]] | None,
-          budget: list[int]) -> None:
+def _walk(
+    spec: AblateConfig,
+    k: int,
+    carried: dict[str, Any],
+    first: list[list[Trial]] | None,
+    budget: list[int],
+) -> None:
     """Plan group ``k`` under ``carried``, then every later group under each trial of it that
     could win (groups that change the model: all; others: the first, as they leave the count
     alone). ``first`` collects the groups' trials along the first values."""

@@ -31,7 +31,7 @@ from ankh_platform.train.config import PretrainConfig, model_shape
 
 log = logging.getLogger(__name__)
 STARTS = "ablate-starts.jsonl"  # one line per time a trial's run was started (resume checks)
-_printed: set[str] = set()      # trial ids whose line this process printed
+_printed: set[str] = set()  # trial ids whose line this process printed
 _bar: progress.Progress | None = None  # the sweep's trials: a bar on a TTY, else periodic lines
 
 
@@ -45,8 +45,10 @@ def _trial_done(line: str, tid: str) -> None:
 
 def sweep_dir(spec: AblateConfig) -> str:
     if "://" in spec.output:
-        raise ConfigError(f"output={spec.output!r}: the sweep dir is a local path (on a "
-                          "multi-node cluster a shared mount); `runs` may be gs://")
+        raise ConfigError(
+            f"output={spec.output!r}: the sweep dir is a local path (on a "
+            "multi-node cluster a shared mount); `runs` may be gs://"
+        )
     return os.path.abspath(os.path.join(os.path.expanduser(spec.output), spec.name))
 
 
@@ -57,20 +59,27 @@ def train_trial(config: dict[str, Any]) -> None:
     trial = config["trial"]
     cfg = from_dict(PretrainConfig, trial["config"])
     _count_start(cfg)
-    progress.set_quiet(True)  # the sweep prints one line per trial; the run's own go to metrics.jsonl
+    progress.set_quiet(
+        True
+    )  # the sweep prints one line per trial; the run's own go to metrics.jsonl
     summary = job.run_local_process(cfg) if in_process(cfg) else job.run(cfg)
     if summary.get("preempted"):
-        raise RuntimeError(f"trial {trial['id']} was preempted at step {summary['step']}; "
-                           "re-run the sweep to continue it")
+        raise RuntimeError(
+            f"trial {trial['id']} was preempted at step {summary['step']}; "
+            "re-run the sweep to continue it"
+        )
     missing = [m for m in trial["metrics"] if summary.get(m) is None]
     if missing:
         raise RuntimeError(
             f"trial {trial['id']}: the pretraining run's final summary has no {missing} "
             f"(it has {sorted(summary)}); ss3_q3 / ss8_q8 come from the run's in-training "
             "linear probes, which the spec's base must switch on (base.eval.probe, "
-            "base.eval.probe_tasks) -- or drop the metric from `metrics`")
-    tune.report({m: float(summary[m]) for m in trial["metrics"]}
-                | {"params": trial["params"], "step": int(summary["step"])})
+            "base.eval.probe_tasks) -- or drop the metric from `metrics`"
+        )
+    tune.report(
+        {m: float(summary[m]) for m in trial["metrics"]}
+        | {"params": trial["params"], "step": int(summary["step"])}
+    )
 
 
 def in_process(cfg: PretrainConfig) -> bool:
@@ -98,9 +107,13 @@ class TrialLines(tune.Callback):
         _trial_done(trial_line(t, trial.last_result or {}, self.metrics), t["id"])
 
 
-def trial_line(t: dict[str, Any], metrics: dict[str, Any], names: tuple[str, ...], note: str = "") -> str:
+def trial_line(
+    t: dict[str, Any], metrics: dict[str, Any], names: tuple[str, ...], note: str = ""
+) -> str:
     shown = " | ".join(f"{m} {metrics[m]:.4f}" for m in names if isinstance(metrics.get(m), float))
-    return f"trial {t['id']}{note} | {t['variable']}={t['label']} | {t['params']:,} params | {shown}"
+    return (
+        f"trial {t['id']}{note} | {t['variable']}={t['label']} | {t['params']:,} params | {shown}"
+    )
 
 
 def _payload(t: Trial, spec: AblateConfig) -> dict[str, Any]:
@@ -115,8 +128,10 @@ def _check_plan(path: str, trials: list[Trial]) -> None:
         with open(path) as fh:
             old = json.load(fh)["trials"]
         if old != plan:
-            raise ConfigError(f"{path} records a different plan for this group (the spec, its "
-                              "earlier results or the output changed): use another name or output")
+            raise ConfigError(
+                f"{path} records a different plan for this group (the spec, its "
+                "earlier results or the output changed): use another name or output"
+            )
         return
     results.write_json(path, {"trials": plan})
 
@@ -136,13 +151,21 @@ def run_group(spec: AblateConfig, k: int, trials: list[Trial], out: str) -> list
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space={"trial": tune.grid_search([_payload(t, spec) for t in trials])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials,
-                                        reuse_actors=False,
-                                        trial_dirname_creator=lambda tr: tr.config["trial"]["id"]),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,
-                                      callbacks=[TrialLines(spec.metrics)],
-                                      failure_config=tune.FailureConfig(max_failures=1)))
+            trainable,
+            param_space={"trial": tune.grid_search([_payload(t, spec) for t in trials])},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.max_concurrent_trials,
+                reuse_actors=False,
+                trial_dirname_creator=lambda tr: tr.config["trial"]["id"],
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                verbose=0,
+                callbacks=[TrialLines(spec.metrics)],
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
     grid = tuner.fit()
     got: dict[str, dict[str, float]] = {}
     for r in grid:
@@ -155,15 +178,19 @@ def run_group(spec: AblateConfig, k: int, trials: list[Trial], out: str) -> list
         raise RuntimeError(f"group {k}: no result for trials {missing} in {path}")
     for t in trials:  # finished in an earlier invocation: no live line was printed
         if t.id not in _printed:
-            _trial_done(trial_line(_payload(t, spec), got[t.id], spec.metrics, " (earlier run)"), t.id)
+            _trial_done(
+                trial_line(_payload(t, spec), got[t.id], spec.metrics, " (earlier run)"), t.id
+            )
     return [got[t.id] for t in trials]
 
 
 def select(spec: AblateConfig, metrics: list[dict[str, float]]) -> int:
     """Index of the winning trial (NaN never wins; ties: the earlier value)."""
     sign = 1.0 if spec.select_by.best() == "min" else -1.0
-    key = [sign * m[spec.select_by.metric] if not math.isnan(m[spec.select_by.metric]) else math.inf
-           for m in metrics]
+    key = [
+        sign * m[spec.select_by.metric] if not math.isnan(m[spec.select_by.metric]) else math.inf
+        for m in metrics
+    ]
     return min(range(len(key)), key=lambda i: key[i])
 
 
@@ -172,8 +199,10 @@ def _start_ray(spec: AblateConfig, out: str, address: str | None) -> None:
     from ankh_platform.train.job import worker_env
 
     log_path = log_to_file(os.path.join(out, "logs", "job.log"))
-    progress.console(f"sweep {spec.name}: {sum(len(g.values) for g in spec.groups)} trials in "
-                     f"{len(spec.groups)} groups; framework logs: {log_path}")
+    progress.console(
+        f"sweep {spec.name}: {sum(len(g.values) for g in spec.groups)} trials in "
+        f"{len(spec.groups)} groups; framework logs: {log_path}"
+    )
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's status tables: off with verbose=0
     if address or os.environ.get("RAY_ADDRESS"):
         init_ray(address)
@@ -201,8 +230,12 @@ def run_sweep(spec: AblateConfig, address: str | None = None) -> str:
     runs = spec.runs or os.path.join(out, "runs")
     _start_ray(spec, out, address)
     global _bar
-    _bar = progress.Progress(f"sweep {spec.name}", total=sum(len(g.values) for g in spec.groups),
-                             unit="trials", interval=0.0)
+    _bar = progress.Progress(
+        f"sweep {spec.name}",
+        total=sum(len(g.values) for g in spec.groups),
+        unit="trials",
+        interval=0.0,
+    )
     try:
         return _run_groups(spec, out, runs)
     finally:
@@ -220,21 +253,42 @@ def _run_groups(spec: AblateConfig, out: str, runs: str) -> str:
         same = {t.id: known[run_key(t)] for t in trials if run_key(t) in known}
         for t in trials:
             if t.id in same:
-                _trial_done(trial_line(_payload(t, spec), same[t.id][1], spec.metrics,
-                                       f" (= {same[t.id][0]}, not re-run)"), t.id)
+                _trial_done(
+                    trial_line(
+                        _payload(t, spec),
+                        same[t.id][1],
+                        spec.metrics,
+                        f" (= {same[t.id][0]}, not re-run)",
+                    ),
+                    t.id,
+                )
         fresh = [t for t in trials if t.id not in same]
         got = dict(zip([t.id for t in fresh], run_group(spec, k, fresh, out) if fresh else []))
         metrics = [got[t.id] if t.id in got else same[t.id][1] for t in trials]
         known |= {run_key(t): (t.id, got[t.id]) for t in fresh}
         win = select(spec, metrics)
         carried = trials[win].changes
-        results.write_json(os.path.join(out, "groups", f"group-{k}-winner.json"),
-                           {"trial": trials[win].id, "value": trials[win].value,
-                            "changes": carried, "metrics": metrics[win]})
+        results.write_json(
+            os.path.join(out, "groups", f"group-{k}-winner.json"),
+            {
+                "trial": trials[win].id,
+                "value": trials[win].value,
+                "changes": carried,
+                "metrics": metrics[win],
+            },
+        )
         m = spec.select_by.metric
-        progress.console(f"group {k} {group.name}: winner {group.variable}={trials[win].label} "
-                         f"({m} {metrics[win][m]:.4f}, {spec.select_by.best()})")
-        done.append({"trials": trials, "metrics": metrics, "winner": win,
-                     "run_of": {tid: ref for tid, (ref, _) in same.items()}})
+        progress.console(
+            f"group {k} {group.name}: winner {group.variable}={trials[win].label} "
+            f"({m} {metrics[win][m]:.4f}, {spec.select_by.best()})"
+        )
+        done.append(
+            {
+                "trials": trials,
+                "metrics": metrics,
+                "winner": win,
+                "run_of": {tid: ref for tid, (ref, _) in same.items()},
+            }
+        )
     results.write_all(out, spec, done)
     return out

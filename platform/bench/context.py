@@ -35,7 +35,7 @@ def context_losses(train: list[np.ndarray], held: list[np.ndarray], prior: float
     flat = np.concatenate(train)
     uni = (np.bincount(flat, minlength=V) + 1.0) / (len(flat) + V)
     tri = np.full((V, V, V), 0.5)  # [left, right, centre], add-1/2 smoothing
-    five = np.zeros((V ** 4, V))   # [(l2, l1, r1, r2), centre]
+    five = np.zeros((V**4, V))  # [(l2, l1, r1, r2), centre]
     for s in train:
         if len(s) >= 3:
             np.add.at(tri, (s[:-2], s[2:], s[1:-1]), 1.0)
@@ -65,7 +65,9 @@ def _held_default() -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="jobs.benchmark context", description=__doc__)
-    ap.add_argument("--train", default=str(samples.protein_shard()), help="Parquet file/dir with sequences")
+    ap.add_argument(
+        "--train", default=str(samples.protein_shard()), help="Parquet file/dir with sequences"
+    )
     ap.add_argument("--held", default=str(_held_default()), help="held-out Parquet file/dir")
     ap.add_argument("--train-n", type=int, default=47_000, help="training proteins used (first N)")
     ap.add_argument("--held-n", type=int, default=512, help="held-out proteins scored (first N)")
@@ -74,9 +76,18 @@ def main(argv: list[str] | None = None) -> None:
     read = lambda p, n: pq.read_table(p, columns=["sequence"]).column(0).to_pylist()[:n]  # noqa: E731
     train, held = encode(read(args.train, args.train_n)), encode(read(args.held, args.held_n))
     losses = context_losses(train, held)
-    print(json.dumps({"bench": "context", "train": args.train, "held": args.held,
-                      "train_proteins": len(train), "held_proteins": len(held),
-                      "held_residues": int(sum(max(len(s) - 4, 0) for s in held if len(s) >= 5)),
-                      "nats_per_residue": losses,
-                      "gain_over_unigram": {k: losses["unigram"] - v for k, v in losses.items()},
-                      "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "context",
+                "train": args.train,
+                "held": args.held,
+                "train_proteins": len(train),
+                "held_proteins": len(held),
+                "held_residues": int(sum(max(len(s) - 4, 0) for s in held if len(s) >= 5)),
+                "nats_per_residue": losses,
+                "gain_over_unigram": {k: losses["unigram"] - v for k, v in losses.items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )

@@ -47,8 +47,11 @@ def hf_encoder(model: ankh.Ankh):
     from ankh.convert import flat_to_hf
 
     ref = T5EncoderModel(T5Config(**model.config.to_hf_dict())).eval()
-    sd = {k: torch.from_numpy(np.array(v)) for k, v in flat_to_hf(model.flat_params(), model.config).items()
-          if k.startswith(("shared", "encoder"))}
+    sd = {
+        k: torch.from_numpy(np.array(v))
+        for k, v in flat_to_hf(model.flat_params(), model.config).items()
+        if k.startswith(("shared", "encoder"))
+    }
     missing, unexpected = ref.load_state_dict(sd, strict=False)
     assert not unexpected and all("embed_tokens" in m for m in missing), (missing, unexpected)
     return ref
@@ -70,8 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", help="HF dir or checkpoint instead of a preset")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256, help="tokens per sequence (incl. </s>)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reference", default="hf", choices=["hf", "none"])
     args = ap.parse_args(argv)
@@ -86,12 +93,19 @@ def main(argv: list[str] | None = None) -> None:
     # The encoder runs on one device: the peak of that device, in the model's dtype.
     peak = measure_matmul_peak(args.dtype, seconds=2.0, devices=jax.devices()[:1]) / 1e9
     result = {
-        "benchmark": "embed", "preset": args.checkpoint or args.preset, "dtype": args.dtype,
-        "batch": args.batch, "length": args.length, "device": str(jax.devices()[0]),
+        "benchmark": "embed",
+        "preset": args.checkpoint or args.preset,
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "length": args.length,
+        "device": str(jax.devices()[0]),
         "device_kind": jax.devices()[0].device_kind,
-        "cpu": stdlib_platform.processor() or stdlib_platform.machine(), "cores": os.cpu_count(),
-        "ours_tokens_per_s": tokens / ours, "ours_gflops": flops / ours / 1e9,
-        "matmul_peak_gflops": peak, "ours_fraction_of_peak": flops / ours / 1e9 / peak,
+        "cpu": stdlib_platform.processor() or stdlib_platform.machine(),
+        "cores": os.cpu_count(),
+        "ours_tokens_per_s": tokens / ours,
+        "ours_gflops": flops / ours / 1e9,
+        "matmul_peak_gflops": peak,
+        "ours_fraction_of_peak": flops / ours / 1e9 / peak,
     }
     if args.reference == "hf":
         import torch
@@ -100,11 +114,19 @@ def main(argv: list[str] | None = None) -> None:
         ti, tm = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
         with torch.inference_mode():
             theirs = time_it(lambda: ref(input_ids=ti, attention_mask=tm), args.repeats)
-            diff = np.abs(ref(input_ids=ti, attention_mask=tm).last_hidden_state.numpy()
-                          - np.asarray(encode(model.params, ids, mask)))[mask.astype(bool)].max()
-        result.update({"hf_tokens_per_s": tokens / theirs, "hf_gflops": flops / theirs / 1e9,
-                       "ratio_ours_over_hf": theirs / ours, "torch_threads": torch.get_num_threads(),
-                       "max_abs_diff_vs_hf": float(diff)})
+            diff = np.abs(
+                ref(input_ids=ti, attention_mask=tm).last_hidden_state.numpy()
+                - np.asarray(encode(model.params, ids, mask))
+            )[mask.astype(bool)].max()
+        result.update(
+            {
+                "hf_tokens_per_s": tokens / theirs,
+                "hf_gflops": flops / theirs / 1e9,
+                "ratio_ours_over_hf": theirs / ours,
+                "torch_threads": torch.get_num_threads(),
+                "max_abs_diff_vs_hf": float(diff),
+            }
+        )
     print(json.dumps(result))
 
 

@@ -64,11 +64,16 @@ def _batches(spec, table, group_rows: int) -> list[tuple]:
 
     t, out = table.to_pydict(), []
     for g in range(0, len(t["id"]), group_rows):
-        ids, seqs = t["id"][g: g + group_rows], t["sequence"][g: g + group_rows]
+        ids, seqs = t["id"][g : g + group_rows], t["sequence"][g : g + group_rows]
         prep = prepare(ids, seqs, ["b"] * len(ids), AnkhTokenizer(), spec)
         lens, nwin = np.asarray(prep.seq_len), np.asarray(prep.seq_nwin)
-        out += [(b["ids"], *layout(b["ids"], b["pieces"], lens, nwin, spec.max_length,
-                                   spec.window_overlap)) for b in pack(prep, spec)]
+        out += [
+            (
+                b["ids"],
+                *layout(b["ids"], b["pieces"], lens, nwin, spec.max_length, spec.window_overlap),
+            )
+            for b in pack(prep, spec)
+        ]
     return out
 
 
@@ -90,9 +95,15 @@ def _raw(checkpoint: str, spec, table, group_rows: int, repeats: int = 1) -> dic
         outs = [rep.encode(*b)[0] for b in batches]
         jax.block_until_ready(outs)
         best = min(best, time.perf_counter() - t0)
-    return {"raw_tokens_per_s": real / best, "raw_slot_tokens_per_s": slots / best,
-            "raw_s": best, "raw_tokens": real, "raw_padding_waste": 1 - real / slots,
-            "raw_batches": len(batches), "raw_replica_init_s": init_s}
+    return {
+        "raw_tokens_per_s": real / best,
+        "raw_slot_tokens_per_s": slots / best,
+        "raw_s": best,
+        "raw_tokens": real,
+        "raw_padding_waste": 1 - real / slots,
+        "raw_batches": len(batches),
+        "raw_replica_init_s": init_s,
+    }
 
 
 def _offline(checkpoint: str, table, batch_tokens: int) -> dict:
@@ -122,28 +133,49 @@ def _job(cfg, table, shards: int, tmp: str) -> dict:
     ray_start_s = time.perf_counter() - t0
     s = run(dataclasses.replace(cfg, input=f"{tmp}/in", output=f"{tmp}/out"))
     tm = s["timing"]
-    return {"job_tokens_per_s": s["wall_tokens_per_s"],
-            "job_steady_tokens_per_s": s["steady_tokens_per_s"],
-            "job_cold_tokens_per_s": s["tokens"] / (s["wall_s"] + ray_start_s),
-            "job_tokens": s["tokens"], "job_wall_s": s["wall_s"], "ray_start_s": ray_start_s,
-            **{f"job_{k}": v for k, v in tm.items()},  # setup, startup, replica init, model, tail
-            "job_padding_waste": s["padding_waste"], "job_sequences": s["sequences"]}
+    return {
+        "job_tokens_per_s": s["wall_tokens_per_s"],
+        "job_steady_tokens_per_s": s["steady_tokens_per_s"],
+        "job_cold_tokens_per_s": s["tokens"] / (s["wall_s"] + ray_start_s),
+        "job_tokens": s["tokens"],
+        "job_wall_s": s["wall_s"],
+        "ray_start_s": ray_start_s,
+        **{f"job_{k}": v for k, v in tm.items()},  # setup, startup, replica init, model, tail
+        "job_padding_waste": s["padding_waste"],
+        "job_sequences": s["sequences"],
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jobs.benchmark embed-job", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="jobs.benchmark embed-job",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--checkpoint", default="small", help="preset or checkpoint (default: small)")
-    ap.add_argument("--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)")
-    ap.add_argument("--sequences", type=int, default=1000,
-                    help="proteins (default 1000, ~0.37M tokens; start-up ~7%% of the job)")
+    ap.add_argument(
+        "--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)"
+    )
+    ap.add_argument(
+        "--sequences",
+        type=int,
+        default=1000,
+        help="proteins (default 1000, ~0.37M tokens; start-up ~7%% of the job)",
+    )
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
-    ap.add_argument("--max-length", type=int, default=1024, help="residues per call (windows beyond)")
+    ap.add_argument(
+        "--max-length", type=int, default=1024, help="residues per call (windows beyond)"
+    )
     ap.add_argument("--group-rows", type=int, default=4096, help="sequences packed together")
-    ap.add_argument("--raw-after", type=int, default=1, choices=(0, 1),
-                    help="also time the raw encoder after the job; the faster pass counts "
-                         "(load drift on a shared machine then cannot flatter the job)")
+    ap.add_argument(
+        "--raw-after",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="also time the raw encoder after the job; the faster pass counts "
+        "(load drift on a shared machine then cannot flatter the job)",
+    )
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--offline", action="store_true", help="also time ankh.load().embed()")
     return ap
@@ -158,15 +190,28 @@ def main(argv: list[str] | None = None) -> None:
     from ankh_platform.embed.pack import EmbedPackSpec
 
     table = _sequences(args.data, args.sequences)
-    cfg = EmbedJobConfig(checkpoint=args.checkpoint, batch_tokens=args.batch_tokens,
-                         max_length=args.max_length, replicas=args.replicas,
-                         group_rows=args.group_rows)
-    spec = EmbedPackSpec(max_length=args.max_length, batch_tokens=args.batch_tokens,
-                         min_row_tokens=cfg.min_row_tokens, max_segments=cfg.max_segments,
-                         window_overlap=cfg.window_overlap)
-    out = {"benchmark": "embed-job", "checkpoint": args.checkpoint, "sequences": table.num_rows,
-           "batch_tokens": args.batch_tokens, "max_length": args.max_length,
-           "shapes": spec.shapes()}
+    cfg = EmbedJobConfig(
+        checkpoint=args.checkpoint,
+        batch_tokens=args.batch_tokens,
+        max_length=args.max_length,
+        replicas=args.replicas,
+        group_rows=args.group_rows,
+    )
+    spec = EmbedPackSpec(
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens,
+        min_row_tokens=cfg.min_row_tokens,
+        max_segments=cfg.max_segments,
+        window_overlap=cfg.window_overlap,
+    )
+    out = {
+        "benchmark": "embed-job",
+        "checkpoint": args.checkpoint,
+        "sequences": table.num_rows,
+        "batch_tokens": args.batch_tokens,
+        "max_length": args.max_length,
+        "shapes": spec.shapes(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint
         if ckpt in PRESETS:  # random weights, saved once: both sides load these files

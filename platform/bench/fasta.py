@@ -52,7 +52,7 @@ def real_fasta(path: str, data: str | None, n: int, max_residues: int) -> dict[s
         log.warning("only %d proteins of <= %d residues in %s", len(picked), max_residues, src)
     with open(path, "w") as fh:
         for i, s in picked.items():
-            fh.write(f">{i}\n" + "\n".join(s[k:k + 60] for k in range(0, len(s), 60)) + "\n")
+            fh.write(f">{i}\n" + "\n".join(s[k : k + 60] for k in range(0, len(s), 60)) + "\n")
     return picked
 
 
@@ -71,10 +71,24 @@ def model_dir(checkpoint: str, tmp: str) -> str:
 
 def run_ours(model: str, fasta: str, out: str, extra: list[str]) -> dict:
     """``jobs.embed`` as a user runs it: a fresh process, wall clock from launch to exit."""
-    cmd = [sys.executable, "-m", "jobs.embed", "--checkpoint", model, "--input", fasta,
-           "--output", out, "-q", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.embed",
+        "--checkpoint",
+        model,
+        "--input",
+        fasta,
+        "--output",
+        out,
+        "-q",
+        *extra,
+    ]
     repo = Path(__file__).resolve().parents[2]  # jobs/ lives at the repository root
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])),
+    )
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
     wall = time.perf_counter() - t0
@@ -85,10 +99,17 @@ def run_ours(model: str, fasta: str, out: str, extra: list[str]) -> dict:
     for f in sorted(Path(out).glob("*.parquet")):
         t = pq.read_table(f, columns=["id", "embedding"]).to_pydict()
         vectors.update({i: np.asarray(v, np.float64) for i, v in zip(t["id"], t["embedding"])})
-    timing = {f"ours_{k}": v for k, v in summary.get("timing", {}).items()
-              if isinstance(v, (int, float))}
-    return {"ours_s": wall, "ours_tokens": summary.get("tokens"), "ours_job_wall_s": summary.get("wall_s"),
-            "ours_padding_waste": summary.get("padding_waste"), **timing, "_vectors": vectors}
+    timing = {
+        f"ours_{k}": v for k, v in summary.get("timing", {}).items() if isinstance(v, (int, float))
+    }
+    return {
+        "ours_s": wall,
+        "ours_tokens": summary.get("tokens"),
+        "ours_job_wall_s": summary.get("wall_s"),
+        "ours_padding_waste": summary.get("padding_waste"),
+        **timing,
+        "_vectors": vectors,
+    }
 
 
 def hf_model(model: str):
@@ -101,7 +122,9 @@ def hf_model(model: str):
     return T5EncoderModel.from_pretrained(model, torch_dtype=torch.float32).eval()
 
 
-def run_hf(ref, tokenizer, proteins: dict[str, str], batch: int) -> tuple[float, dict[str, np.ndarray]]:
+def run_hf(
+    ref, tokenizer, proteins: dict[str, str], batch: int
+) -> tuple[float, dict[str, np.ndarray]]:
     """HF in file order, ``batch`` proteins per call; mean over residues (``</s>`` dropped)."""
     import torch
 
@@ -109,10 +132,11 @@ def run_hf(ref, tokenizer, proteins: dict[str, str], batch: int) -> tuple[float,
     t0 = time.perf_counter()
     with torch.inference_mode():
         for k in range(0, len(ids), batch):
-            chunk = ids[k:k + batch]
+            chunk = ids[k : k + batch]
             tok, mask = tokenizer.batch_encode([proteins[i] for i in chunk])
-            h = ref(input_ids=torch.from_numpy(tok).long(),
-                    attention_mask=torch.from_numpy(mask).long()).last_hidden_state
+            h = ref(
+                input_ids=torch.from_numpy(tok).long(), attention_mask=torch.from_numpy(mask).long()
+            ).last_hidden_state
             for r, i in enumerate(chunk):
                 n = len(proteins[i])  # residues; </s> follows them
                 out[i] = h[r, :n].double().mean(0).numpy()
@@ -120,17 +144,29 @@ def run_hf(ref, tokenizer, proteins: dict[str, str], batch: int) -> tuple[float,
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m jobs.benchmark fasta", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default="d512x8",
-                    help="d512x8, a preset (random weights) or an HF Ankh directory (default d512x8)")
-    ap.add_argument("--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)")
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.benchmark fasta",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--checkpoint",
+        default="d512x8",
+        help="d512x8, a preset (random weights) or an HF Ankh directory (default d512x8)",
+    )
+    ap.add_argument(
+        "--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)"
+    )
     ap.add_argument("--sequences", type=int, default=600, help="proteins (default 600)")
     ap.add_argument("--max-residues", type=int, default=1000, help="longest protein taken")
     ap.add_argument("--hf", default="b1,b8", help="HF modes: b1 (one at a time), b8 (batches of 8)")
     ap.add_argument("--torch-threads", type=int, default=0, help="0: torch's default (all cores)")
-    ap.add_argument("--peak-seconds", type=float, default=2.0,
-                    help="time spent measuring the float32 matmul peak (0: skip)")
+    ap.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=2.0,
+        help="time spent measuring the float32 matmul peak (0: skip)",
+    )
     ap.add_argument("job_args", nargs="*", help="extra jobs.embed arguments (key=value overrides)")
     return ap
 
@@ -146,9 +182,15 @@ def main(argv: list[str] | None = None) -> dict:
         proteins = real_fasta(fasta, args.data, args.sequences, args.max_residues)
         model = model_dir(args.checkpoint, tmp)
         lengths = np.array([len(s) for s in proteins.values()])
-        out = {"benchmark": "fasta", "checkpoint": args.checkpoint, "sequences": len(proteins),
-               "residues": int(lengths.sum()), "length_p50": int(np.median(lengths)),
-               "length_max": int(lengths.max()), "cores": os.cpu_count()}
+        out = {
+            "benchmark": "fasta",
+            "checkpoint": args.checkpoint,
+            "sequences": len(proteins),
+            "residues": int(lengths.sum()),
+            "length_p50": int(np.median(lengths)),
+            "length_max": int(lengths.max()),
+            "cores": os.cpu_count(),
+        }
         log.info("ours: jobs.embed on %d proteins (%d residues) ...", len(proteins), lengths.sum())
         ours = run_ours(model, fasta, f"{tmp}/out", args.job_args)
         vectors = ours.pop("_vectors")
@@ -158,11 +200,15 @@ def main(argv: list[str] | None = None) -> dict:
     best = min((out[f"hf_{m}_s"] for m in modes), default=None)
     if best is not None:
         out["ratio_vs_best_hf"] = best / out["ours_s"]
-        out["ratio_vs_best_hf_model_only"] = best / out["ours_model_s"] if out.get("ours_model_s") else None
+        out["ratio_vs_best_hf_model_only"] = (
+            best / out["ours_model_s"] if out.get("ours_model_s") else None
+        )
     out.update(_efficiency(cfg, lengths, out, modes, args.peak_seconds))
     out["targets"] = {"ratio_vs_best_hf": ">= 2.0", "max_abs_diff": "<= 1e-4"}
-    out = {k: v if k.startswith("max_abs_diff") or not isinstance(v, float) else float(f"{v:.5g}")
-           for k, v in out.items()}
+    out = {
+        k: v if k.startswith("max_abs_diff") or not isinstance(v, float) else float(f"{v:.5g}")
+        for k, v in out.items()
+    }
     print(json.dumps(out))
     return out
 
@@ -176,29 +222,42 @@ def _efficiency(cfg, lengths: np.ndarray, out: dict, modes: list[str], seconds: 
 
     useful = float(sum(encoder_flops(cfg, 1, int(n) + 1) for n in lengths))  # + </s>
     peak = measure_matmul_peak("float32", seconds=seconds)
-    res = {"useful_gflop": useful / 1e9, "matmul_peak_gflops": peak / 1e9,
-           # at the peak, with zero fixed cost: the most any float32 implementation could reach
-           "ceiling_ratio_vs_best_hf": min(out[f"hf_{m}_s"] for m in modes) / (useful / peak)
-           if modes else None}
-    for name, key in [("ours_e2e", "ours_s"), ("ours_model", "ours_model_s"),
-                      *[(f"hf_{m}", f"hf_{m}_s") for m in modes]]:
+    res = {
+        "useful_gflop": useful / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        # at the peak, with zero fixed cost: the most any float32 implementation could reach
+        "ceiling_ratio_vs_best_hf": min(out[f"hf_{m}_s"] for m in modes) / (useful / peak)
+        if modes
+        else None,
+    }
+    for name, key in [
+        ("ours_e2e", "ours_s"),
+        ("ours_model", "ours_model_s"),
+        *[(f"hf_{m}", f"hf_{m}_s") for m in modes],
+    ]:
         if out.get(key):
             res[f"{name}_fraction_of_peak"] = useful / out[key] / peak
     return res
 
 
-def _compare_hf(model: str, proteins: dict[str, str], vectors: dict, modes: list[str],
-                threads: int) -> dict:
+def _compare_hf(
+    model: str, proteins: dict[str, str], vectors: dict, modes: list[str], threads: int
+) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     described = resolve(model)
     if described.config.task_prefixes:  # ankh3: the job puts [NLU] first, the HF loop here does not
-        raise SystemExit("the fasta benchmark's HF loop has no task-prefix ([NLU]) handling: "
-                         "use an Ankh / Ankh2 vocabulary checkpoint")
+        raise SystemExit(
+            "the fasta benchmark's HF loop has no task-prefix ([NLU]) handling: "
+            "use an Ankh / Ankh2 vocabulary checkpoint"
+        )
     ref, tok = hf_model(model), described.tokenizer
-    res: dict = {"torch_threads": torch.get_num_threads(), "ids_equal": set(vectors) == set(proteins)}
+    res: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "ids_equal": set(vectors) == set(proteins),
+    }
     for m in modes:
         log.info("HF %s ...", m)
         secs, hf = run_hf(ref, tok, proteins, 1 if m == "b1" else 8)
@@ -207,8 +266,9 @@ def _compare_hf(model: str, proteins: dict[str, str], vectors: dict, modes: list
         if common:
             res[f"max_abs_diff_{m}"] = float(max(np.abs(vectors[i] - hf[i]).max() for i in common))
     if modes:
-        res["max_abs_diff"] = max((v for k, v in res.items() if k.startswith("max_abs_diff_")),
-                                 default=None)  # None: no id came back
+        res["max_abs_diff"] = max(
+            (v for k, v in res.items() if k.startswith("max_abs_diff_")), default=None
+        )  # None: no id came back
     return res
 
 

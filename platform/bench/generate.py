@@ -40,8 +40,17 @@ from typing import Any
 import numpy as np
 
 # d512 x 8: the shape the issue's CPU comparisons use (ankh-base's proportions, d_ff = 4 d).
-SHAPES = {"d512x8": dict(d_model=512, d_ff=2048, d_kv=64, num_heads=8, num_layers=8,
-                         num_decoder_layers=8, max_length=1024)}
+SHAPES = {
+    "d512x8": dict(
+        d_model=512,
+        d_ff=2048,
+        d_kv=64,
+        num_heads=8,
+        num_layers=8,
+        num_decoder_layers=8,
+        max_length=1024,
+    )
+}
 _FREE_OPS = {"get-tuple-element", "bitcast", "constant", "tuple", "parameter"}  # no kernel
 
 
@@ -78,9 +87,12 @@ def _count(rows) -> int:
 
 
 def _speed(seconds: float, steps: int, tokens: int, prefix: str) -> dict[str, float]:
-    return {f"{prefix}_seconds": round(seconds, 4), f"{prefix}_tokens_per_s": round(tokens / seconds, 1),
-            f"{prefix}_steps_per_s": round(steps / seconds, 2),
-            f"{prefix}_ms_per_step": round(1e3 * seconds / steps, 2)}
+    return {
+        f"{prefix}_seconds": round(seconds, 4),
+        f"{prefix}_tokens_per_s": round(tokens / seconds, 1),
+        f"{prefix}_steps_per_s": round(steps / seconds, 2),
+        f"{prefix}_ms_per_step": round(1e3 * seconds / steps, 2),
+    }
 
 
 # ---- HF -------------------------------------------------------------------------------------------
@@ -110,8 +122,12 @@ def _pick_threads(hf, ids, mask, threads: list[int]) -> tuple[int, dict[str, flo
     for n in threads:
         torch.set_num_threads(n)
         with torch.no_grad():
-            probe[n], _ = _timed(lambda: hf.generate(input_ids=t_ids, attention_mask=t_mask,
-                                                     max_new_tokens=4, do_sample=False), 1)
+            probe[n], _ = _timed(
+                lambda: hf.generate(
+                    input_ids=t_ids, attention_mask=t_mask, max_new_tokens=4, do_sample=False
+                ),
+                1,
+            )
     best = min(probe, key=probe.get)
     torch.set_num_threads(best)
     return best, {str(n): round(t, 3) for n, t in probe.items()}
@@ -125,8 +141,14 @@ def _hf_rows(hf, ids, mask, args, kw) -> tuple[float, list]:
     def hf_call():
         torch.manual_seed(0)
         with torch.no_grad():
-            return hf.generate(input_ids=t_ids, attention_mask=t_mask, min_new_tokens=args.max_new_tokens,
-                               max_new_tokens=args.max_new_tokens, **kw).numpy()
+            return hf.generate(
+                input_ids=t_ids,
+                attention_mask=t_mask,
+                min_new_tokens=args.max_new_tokens,
+                max_new_tokens=args.max_new_tokens,
+                **kw,
+            ).numpy()
+
     hf_t, hf_out = _timed(hf_call, args.repeats)
     rows = []
     for r in hf_out:
@@ -142,7 +164,9 @@ def _threads(spec: str) -> list[int]:
     try:
         return [int(x) for x in spec.split(",") if x]
     except ValueError:
-        raise SystemExit(f"--torch-threads: 'auto' or a comma list of integers, got {spec!r}") from None
+        raise SystemExit(
+            f"--torch-threads: 'auto' or a comma list of integers, got {spec!r}"
+        ) from None
 
 
 # ---- profile ----------------------------------------------------------------------------------------
@@ -185,19 +209,32 @@ def step_profile(hlo: str, cache_bytes: int) -> dict[str, Any]:
         nb = _nbytes(m.group(2))
         if nb * 2 >= cache_bytes and re.search(r"copy|transpose|gather", m.group(1)):
             big, big_bytes = big + 1, big_bytes + nb
-    return {"loop_in_program": True, "while_loops_in_program": len(bodies), "host_round_trips_per_batch": 1,
-            "kernels_per_step": sum(kinds.values()), "dots_per_step": kinds["dot"],
-            "kernels_by_kind": dict(kinds.most_common()),
-            "cache_sized_copies_per_step": big, "cache_copy_mb_per_step": round(big_bytes / 2**20, 1)}
+    return {
+        "loop_in_program": True,
+        "while_loops_in_program": len(bodies),
+        "host_round_trips_per_batch": 1,
+        "kernels_per_step": sum(kinds.values()),
+        "dots_per_step": kinds["dot"],
+        "kernels_by_kind": dict(kinds.most_common()),
+        "cache_sized_copies_per_step": big,
+        "cache_copy_mb_per_step": round(big_bytes / 2**20, 1),
+    }
 
 
 def _profile(model, seqs, args, name: str) -> dict[str, Any]:
     kw = _strategy(name)
     cfg, rows = model.config, args.batch * kw["num_beams"]
-    cache_bytes = rows * cfg.num_heads * cfg.d_kv * (args.max_new_tokens + 1) * np.dtype(model.dtype).itemsize
-    hlo = model.decoding_hlo(seqs, max_new_tokens=args.max_new_tokens, batch_size=args.batch,
-                             min_new_tokens=args.max_new_tokens, do_sample=kw["do_sample"],
-                             num_beams=kw["num_beams"])
+    cache_bytes = (
+        rows * cfg.num_heads * cfg.d_kv * (args.max_new_tokens + 1) * np.dtype(model.dtype).itemsize
+    )
+    hlo = model.decoding_hlo(
+        seqs,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch,
+        min_new_tokens=args.max_new_tokens,
+        do_sample=kw["do_sample"],
+        num_beams=kw["num_beams"],
+    )
     return step_profile(hlo, cache_bytes)
 
 
@@ -205,21 +242,37 @@ def _step_split(model, hf, hf_in, seqs, args, greedy: dict[str, Any]) -> dict[st
     """Greedy, both sides: the cost of a 1-token call (encoder, cache setup, one step) and of
     each further step. The 1-token call bounds the ratio whatever a step costs."""
     n = max(args.max_new_tokens - 1, 1)
-    one, _ = _timed(lambda: model.generate_ids(seqs, max_new_tokens=1, batch_size=args.batch,
-                                               min_new_tokens=1), args.repeats)
-    out = {"ours_one_token_call_s": round(one, 4),
-           "ours_ms_per_extra_step": round(1e3 * (greedy["ours_seconds"] - one) / n, 2)}
+    one, _ = _timed(
+        lambda: model.generate_ids(seqs, max_new_tokens=1, batch_size=args.batch, min_new_tokens=1),
+        args.repeats,
+    )
+    out = {
+        "ours_one_token_call_s": round(one, 4),
+        "ours_ms_per_extra_step": round(1e3 * (greedy["ours_seconds"] - one) / n, 2),
+    }
     if hf is not None:
         one_args = argparse.Namespace(**{**vars(args), "max_new_tokens": 1})
         hf_one, _ = _hf_rows(hf, *hf_in, one_args, _strategy("greedy"))
-        out.update({"hf_one_token_call_s": round(hf_one, 4),
-                    "hf_ms_per_extra_step": round(1e3 * (greedy["hf_seconds"] - hf_one) / n, 2)})
+        out.update(
+            {
+                "hf_one_token_call_s": round(hf_one, 4),
+                "hf_ms_per_extra_step": round(1e3 * (greedy["hf_seconds"] - hf_one) / n, 2),
+            }
+        )
     return out
 
 
 # ---- the float32 floor --------------------------------------------------------------------------------
-def floor_seconds(cfg, batch: int, enc_len: int, max_new: int, num_beams: int, peak: float,
-                  bandwidth: float, itemsize: int = 4) -> float:
+def floor_seconds(
+    cfg,
+    batch: int,
+    enc_len: int,
+    max_new: int,
+    num_beams: int,
+    peak: float,
+    bandwidth: float,
+    itemsize: int = 4,
+) -> float:
     """The least time any implementation could decode in on this machine: the encoder and the
     cross keys/values at the matmul ``peak`` (FLOP/s), then each step at the slower of its FLOPs
     at the peak and its bytes (``ankh.flops.decode_step_bytes``) at the read ``bandwidth``
@@ -228,9 +281,13 @@ def floor_seconds(cfg, batch: int, enc_len: int, max_new: int, num_beams: int, p
 
     rows = batch * num_beams
     setup = (encoder_flops(cfg, batch, enc_len) + cross_kv_flops(cfg, batch, enc_len)) / peak
-    steps = sum(max(decode_step_flops(cfg, rows, enc_len, t) / peak,
-                    decode_step_bytes(cfg, rows, batch, enc_len, t, itemsize) / bandwidth)
-                for t in range(1, max_new + 1))
+    steps = sum(
+        max(
+            decode_step_flops(cfg, rows, enc_len, t) / peak,
+            decode_step_bytes(cfg, rows, batch, enc_len, t, itemsize) / bandwidth,
+        )
+        for t in range(1, max_new + 1)
+    )
     return setup + steps
 
 
@@ -242,11 +299,15 @@ def _ceilings(cfg, results: dict[str, Any], args, enc_len: int, seconds: float) 
 
     peak = measure_matmul_peak("float32", seconds=seconds, devices=jax.devices()[:1])
     bw = measure_read_bandwidth(seconds=seconds)
-    out = {"matmul_peak_gflops": round(peak / 1e9, 1), "read_bandwidth_gb_s": round(bw / 1e9, 1),
-           "enc_len": enc_len}
+    out = {
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "read_bandwidth_gb_s": round(bw / 1e9, 1),
+        "enc_len": enc_len,
+    }
     for name, res in results.items():
-        floor = floor_seconds(cfg, args.batch, enc_len, args.max_new_tokens,
-                              _strategy(name)["num_beams"], peak, bw)
+        floor = floor_seconds(
+            cfg, args.batch, enc_len, args.max_new_tokens, _strategy(name)["num_beams"], peak, bw
+        )
         res["floor_seconds"] = round(floor, 6)
         res["ours_fraction_of_floor"] = round(floor / res["ours_seconds"], 3)
         if "hf_seconds" in res:  # the most any float32 implementation could reach against HF
@@ -258,8 +319,12 @@ def _ceilings(cfg, results: dict[str, Any], args, enc_len: int, seconds: float) 
 def _mode(model, hf, seqs, hf_in, args, name: str) -> dict[str, Any]:
     kw = _strategy(name)
     n, steps = args.batch, args.max_new_tokens
-    ours_t, ours = _timed(lambda: model.generate_ids(seqs, max_new_tokens=steps, batch_size=n,
-                                                     min_new_tokens=steps, **kw), args.repeats)
+    ours_t, ours = _timed(
+        lambda: model.generate_ids(
+            seqs, max_new_tokens=steps, batch_size=n, min_new_tokens=steps, **kw
+        ),
+        args.repeats,
+    )
     ours_rows = [r[0] for r in ours]
     res = {"tokens_ours": _count(ours_rows), **_speed(ours_t, steps, _count(ours_rows), "ours")}
     if hf is not None:
@@ -268,7 +333,8 @@ def _mode(model, hf, seqs, hf_in, args, name: str) -> dict[str, Any]:
         res["ratio"] = round(hf_t / ours_t, 2)  # same tokens on both sides
         if name != "sample":
             res["identical_to_hf"] = len(ours_rows) == len(hf_rows) and all(
-                np.array_equal(a, b) for a, b in zip(ours_rows, hf_rows))
+                np.array_equal(a, b) for a, b in zip(ours_rows, hf_rows)
+            )
     return res
 
 
@@ -279,20 +345,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ankh_platform.core.samples import long_sequences
 
     model = Ankh.random(bench_config(args.preset), seed=0)
-    tail = "".join(model.tokenizer.decode([model.tokenizer.sentinel_id(k)])
-                   for k in range(args.sentinels))
+    tail = "".join(
+        model.tokenizer.decode([model.tokenizer.sentinel_id(k)]) for k in range(args.sentinels)
+    )
     seqs = [s[: args.input_len] + tail for s in long_sequences(args.batch, args.input_len, seed=0)]
     hf = _hf_model(model) if args.reference == "hf" else None
     hf_in = _hf_batch(model, seqs)
     if hf is not None:
         threads, probe = _pick_threads(hf, *hf_in, _threads(args.torch_threads))
-    results = {name: _mode(model, hf, seqs, hf_in, args, name)
-               for name in args.strategies.split(",")}
-    out = {"benchmark": "generate", "preset": args.preset, "batch": args.batch,
-           "input_len": args.input_len, "sentinels": args.sentinels,
-           "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens,
-           "repeats": args.repeats, "device": jax.devices()[0].platform,
-           "dtype": str(np.dtype(model.dtype)), "cpu_count": os.cpu_count(), "results": results}
+    results = {
+        name: _mode(model, hf, seqs, hf_in, args, name) for name in args.strategies.split(",")
+    }
+    out = {
+        "benchmark": "generate",
+        "preset": args.preset,
+        "batch": args.batch,
+        "input_len": args.input_len,
+        "sentinels": args.sentinels,
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "device": jax.devices()[0].platform,
+        "dtype": str(np.dtype(model.dtype)),
+        "cpu_count": os.cpu_count(),
+        "results": results,
+    }
     if hf is not None:
         out.update({"torch_threads": threads, "torch_threads_probe_s": probe})
     if args.peak_seconds > 0 and out["dtype"] == "float32":
@@ -301,32 +378,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["profile"] = {name: _profile(model, seqs, args, name) for name in results}
         if "greedy" in results:
             out["profile"]["greedy"].update(
-                _step_split(model, hf, hf_in, seqs, args, results["greedy"]))
+                _step_split(model, hf, hf_in, seqs, args, results["greedy"])
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m jobs.benchmark generate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="d512x8", help=f"model preset or {', '.join(SHAPES)} "
-                    "(random weights)")
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.benchmark generate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--preset", default="d512x8", help=f"model preset or {', '.join(SHAPES)} (random weights)"
+    )
     ap.add_argument("--batch", type=int, default=8, help="input sequences decoded together")
     ap.add_argument("--input-len", type=int, default=200, help="residues per input")
     ap.add_argument("--sentinels", type=int, default=1, help="sentinels after the residues")
-    ap.add_argument("--max-new-tokens", type=int, default=64,
-                    help="new tokens per row, exactly (min_new_tokens is set to it)")
-    ap.add_argument("--strategies", default="greedy,sample,beam4",
-                    help="comma list of greedy, sample, beamN")
+    ap.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        help="new tokens per row, exactly (min_new_tokens is set to it)",
+    )
+    ap.add_argument(
+        "--strategies", default="greedy,sample,beam4", help="comma list of greedy, sample, beamN"
+    )
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--torch-threads", default="auto",
-                    help="HF thread counts to try, fastest counts ('auto': 1 and all cores)")
-    ap.add_argument("--reference", default="hf", choices=["hf", "none"],
-                    help="none: ours only (an accelerator run; HF would run on the CPU)")
-    ap.add_argument("--peak-seconds", type=float, default=2.0,
-                    help="time spent measuring the float32 matmul peak and the memory read "
-                         "bandwidth for the floor (0: skip)")
-    ap.add_argument("--no-profile", dest="profile", action="store_false",
-                    help="skip the decode-step profile (one more compile per strategy)")
+    ap.add_argument(
+        "--torch-threads",
+        default="auto",
+        help="HF thread counts to try, fastest counts ('auto': 1 and all cores)",
+    )
+    ap.add_argument(
+        "--reference",
+        default="hf",
+        choices=["hf", "none"],
+        help="none: ours only (an accelerator run; HF would run on the CPU)",
+    )
+    ap.add_argument(
+        "--peak-seconds",
+        type=float,
+        default=2.0,
+        help="time spent measuring the float32 matmul peak and the memory read "
+        "bandwidth for the floor (0: skip)",
+    )
+    ap.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the decode-step profile (one more compile per strategy)",
+    )
     out = run(ap.parse_args(argv))
     print(json.dumps(out))
     return out

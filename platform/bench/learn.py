@@ -44,8 +44,9 @@ def _config(args: argparse.Namespace):
     return load_config(PretrainConfig, args.config, args.overrides, presets_dir=PRESETS_DIR)
 
 
-def plan_steps(budget_s: float, calib_s: float, calib_steps: int, step_s: float,
-               reserve: float) -> int:
+def plan_steps(
+    budget_s: float, calib_s: float, calib_steps: int, step_s: float, reserve: float
+) -> int:
     """Steps that fit ``budget_s`` after the calibration (``calib_s`` wall for ``calib_steps``
     steps), the measured run's own start-up (taken as the calibration's: the same program to
     compile, data to open, checkpoint to write) and a ``reserve`` fraction of the budget kept for
@@ -61,11 +62,16 @@ def calibrate(cfg, steps: int, out: str) -> tuple[float, float]:
     so the compile in the first steps is not in it."""
     from ankh_platform.train.job import run_local_process
 
-    probe = dataclasses.replace(cfg, steps=steps, name=f"{cfg.name}-calibrate", output=out,
-                                log_every=steps // 2, eval_every=0,
-                                eval=dataclasses.replace(cfg.eval, probe=False, baselines=False,
-                                                         curves=False),
-                                checkpoint=dataclasses.replace(cfg.checkpoint, every=steps, keep=1))
+    probe = dataclasses.replace(
+        cfg,
+        steps=steps,
+        name=f"{cfg.name}-calibrate",
+        output=out,
+        log_every=steps // 2,
+        eval_every=0,
+        eval=dataclasses.replace(cfg.eval, probe=False, baselines=False, curves=False),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=steps, keep=1),
+    )
     t0 = time.perf_counter()
     summary = run_local_process(probe)
     return float(summary["last"]["step_time_s"]), time.perf_counter() - t0
@@ -73,20 +79,32 @@ def calibrate(cfg, steps: int, out: str) -> tuple[float, float]:
 
 def measured_config(cfg, steps: int, out: str):
     """``cfg`` resized to ``steps``: warm-up at most a tenth of them, four evaluations."""
-    optim = dataclasses.replace(cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10),
-                                total_steps=0)
+    optim = dataclasses.replace(
+        cfg.optim, warmup_steps=min(cfg.optim.warmup_steps, steps // 10), total_steps=0
+    )
     every = max(1, steps // 4)
-    return dataclasses.replace(cfg, steps=steps, output=out, optim=optim, eval_every=every,
-                               log_every=min(cfg.log_every, every),
-                               checkpoint=dataclasses.replace(cfg.checkpoint, every=every))
+    return dataclasses.replace(
+        cfg,
+        steps=steps,
+        output=out,
+        optim=optim,
+        eval_every=every,
+        log_every=min(cfg.log_every, every),
+        checkpoint=dataclasses.replace(cfg.checkpoint, every=every),
+    )
 
 
 def report(summary: dict[str, Any], steps: int) -> dict[str, Any]:
     """The JSON fields of a finished run's summary."""
     last = summary.get("last", {})
-    out = {"steps": steps, "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"),
-           "val_residue_loss": summary.get("val_residue_loss"),
-           "unigram_entropy": summary.get("unigram_entropy"), "run_dir": summary.get("run_dir")}
+    out = {
+        "steps": steps,
+        "tokens_per_s": last.get("tokens_per_s"),
+        "mfu": last.get("mfu"),
+        "val_residue_loss": summary.get("val_residue_loss"),
+        "unigram_entropy": summary.get("unigram_entropy"),
+        "run_dir": summary.get("run_dir"),
+    }
     if out["val_residue_loss"] is not None and out["unigram_entropy"] is not None:
         out["below_unigram_nats"] = round(out["unigram_entropy"] - out["val_residue_loss"], 4)
     for m in PROBES:
@@ -109,34 +127,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in (cfg.name, f"{cfg.name}-calibrate"):  # same name + output would resume a run
         fs, path = storage.filesystem(storage.join(out_dir, name))
         if fs.exists(path):
-            raise ConfigError(f"{storage.join(out_dir, name)} already holds a run: a benchmark "
-                              f"starts fresh; pass another --output or remove it")
+            raise ConfigError(
+                f"{storage.join(out_dir, name)} already holds a run: a benchmark "
+                f"starts fresh; pass another --output or remove it"
+            )
     start = time.perf_counter()
     step_s, calib_s = calibrate(cfg, args.calibrate_steps, out_dir)
     steps = plan_steps(args.budget_s, calib_s, args.calibrate_steps, step_s, args.eval_reserve)
     summary = run_local_process(measured_config(cfg, steps, out_dir))
     dev = jax.devices()[0]
-    return {"benchmark": "learn", "config": args.config, "overrides": args.overrides,
-            "platform": dev.platform, "device_kind": dev.device_kind,
-            "budget_s": args.budget_s, "calibration_step_s": round(step_s, 4),
-            "calibration_wall_s": round(calib_s, 1), **report(summary, steps),
-            "wall_s": round(time.perf_counter() - start, 1)}
+    return {
+        "benchmark": "learn",
+        "config": args.config,
+        "overrides": args.overrides,
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "budget_s": args.budget_s,
+        "calibration_step_s": round(step_s, 4),
+        "calibration_wall_s": round(calib_s, 1),
+        **report(summary, steps),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m jobs.benchmark learn", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="learn-cpu",
-                    help="pretraining preset (jobs/configs) or YAML file")
-    ap.add_argument("--budget-s", type=float, default=3000.0,
-                    help="wall-clock seconds for calibration + the measured run")
-    ap.add_argument("--calibrate-steps", type=int, default=20,
-                    help="steps run before the measured run; the second half is timed")
-    ap.add_argument("--eval-reserve", type=float, default=0.15,
-                    help="fraction of the budget kept for evaluations and checkpoints")
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.benchmark learn",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--config", default="learn-cpu", help="pretraining preset (jobs/configs) or YAML file"
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=3000.0,
+        help="wall-clock seconds for calibration + the measured run",
+    )
+    ap.add_argument(
+        "--calibrate-steps",
+        type=int,
+        default=20,
+        help="steps run before the measured run; the second half is timed",
+    )
+    ap.add_argument(
+        "--eval-reserve",
+        type=float,
+        default=0.15,
+        help="fraction of the budget kept for evaluations and checkpoints",
+    )
     ap.add_argument("--output", default=None, help="where the runs go (default: a temp dir)")
-    ap.add_argument("overrides", nargs="*", metavar="key.path=value",
-                    help="config overrides, as jobs.pretrain takes them")
+    ap.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides, as jobs.pretrain takes them",
+    )
     args = ap.parse_args(argv)
     if args.budget_s <= 0 or args.calibrate_steps < 4 or not 0 <= args.eval_reserve < 1:
         ap.error("--budget-s must be > 0, --calibrate-steps >= 4, 0 <= --eval-reserve < 1")

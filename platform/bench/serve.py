@@ -40,8 +40,13 @@ def offline_tokens_per_s(model, seqs: list[str], batch_tokens: int) -> float:
     return sum(len(s) + 1 for s in seqs) / (time.perf_counter() - t0)
 
 
-def _client(port: int, batches: list[list[str]], start: int, stop_at: float,
-            out: list[tuple[int, float, int]]) -> None:
+def _client(
+    port: int,
+    batches: list[list[str]],
+    start: int,
+    stop_at: float,
+    out: list[tuple[int, float, int]],
+) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     i = start
     while time.perf_counter() < stop_at:
@@ -88,8 +93,10 @@ def steady_tokens_per_s(ok: list[tuple]) -> float | None:
 def load(port: int, batches: list[list[str]], clients: int, duration: float) -> dict:
     results: list[tuple[int, float, int, float, int]] = []
     stop_at = time.perf_counter() + duration
-    threads = [threading.Thread(target=_client, args=(port, batches, k * 7, stop_at, results))
-               for k in range(clients)]
+    threads = [
+        threading.Thread(target=_client, args=(port, batches, k * 7, stop_at, results))
+        for k in range(clients)
+    ]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -99,27 +106,35 @@ def load(port: int, batches: list[list[str]], clients: int, duration: float) -> 
     ok = [r for r in results if r[0] == 200]
     lat = np.array([r[1] for r in ok]) * 1e3
     per_req = len(batches[0])
-    return {"requests": len(results), "ok": len(ok), "wall_s": round(wall, 2),
-            "requests_per_s": round(len(ok) / wall, 2),
-            "sequences_per_s": round(len(ok) * per_req / wall, 2),
-            "tokens_per_s_wall": round(sum(r[2] for r in ok) / wall, 1),
-            "tokens_per_s": round(steady_tokens_per_s(ok) or 0.0, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1) if ok else None,
-            "p99_ms": round(float(np.percentile(lat, 99)), 1) if ok else None,
-            "status_counts": {str(k): v for k, v in sorted(Counter(r[0] for r in results).items())}}
+    return {
+        "requests": len(results),
+        "ok": len(ok),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(ok) / wall, 2),
+        "sequences_per_s": round(len(ok) * per_req / wall, 2),
+        "tokens_per_s_wall": round(sum(r[2] for r in ok) / wall, 1),
+        "tokens_per_s": round(steady_tokens_per_s(ok) or 0.0, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if ok else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if ok else None,
+        "status_counts": {str(k): v for k, v in sorted(Counter(r[0] for r in results).items())},
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m jobs.benchmark serve", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m jobs.benchmark serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--checkpoint", default="small", help="preset, HF dir or run dir")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--sequences", type=int, default=256, help="real proteins in the set")
     ap.add_argument("--max-len", type=int, default=512, help="longest protein used (residues)")
     ap.add_argument("--per-request", type=int, default=8, help="sequences per HTTP request")
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--duration", type=float, default=90.0,
-                    help="seconds of load (several server batch rounds)")
+    ap.add_argument(
+        "--duration", type=float, default=90.0, help="seconds of load (several server batch rounds)"
+    )
     ap.add_argument("--batch-tokens", type=int, default=DEFAULT_BATCH_TOKENS)
     ap.add_argument("--row-growth", type=int, default=4, help="compiled batch rows 1, g, g^2..")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
@@ -143,21 +158,30 @@ def main(argv: list[str] | None = None) -> None:
     off_before = offline_tokens_per_s(model, seqs, args.batch_tokens)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(seqs))
-    batches = [[seqs[j] for j in order[i:i + args.per_request]]
-               for i in range(0, len(order) - args.per_request + 1, args.per_request)]
+    batches = [
+        [seqs[j] for j in order[i : i + args.per_request]]
+        for i in range(0, len(order) - args.per_request + 1, args.per_request)
+    ]
     port = _free_port()
     init_ray(num_cpus=args.num_cpus, log_to_driver=False, object_store_memory=300_000_000)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cfg = {"checkpoint": args.checkpoint, "dtype": args.dtype, "generate": {"enabled": False},
-               "embed": {"batch_tokens": args.batch_tokens, "num_cpus": 1,
-                         "length_buckets": sequence_ladder(args.max_len, SERVE_MIN_LENGTH),
-                         "row_growth": args.row_growth,
-                         "max_ongoing_requests": max(64, 2 * args.clients),
-                         "max_batch_size": 512, "per_residue": False},
-               "ingress": {"num_cpus": 0},
-               "limits": {"max_sequences": max(64, args.per_request),
-                          "max_length": args.max_len}}
+        cfg = {
+            "checkpoint": args.checkpoint,
+            "dtype": args.dtype,
+            "generate": {"enabled": False},
+            "embed": {
+                "batch_tokens": args.batch_tokens,
+                "num_cpus": 1,
+                "length_buckets": sequence_ladder(args.max_len, SERVE_MIN_LENGTH),
+                "row_growth": args.row_growth,
+                "max_ongoing_requests": max(64, 2 * args.clients),
+                "max_batch_size": 512,
+                "per_residue": False,
+            },
+            "ingress": {"num_cpus": 0},
+            "limits": {"max_sequences": max(64, args.per_request), "max_length": args.max_len},
+        }
         t0 = time.perf_counter()
         serve.run(build_app(cfg), name="ankh", route_prefix="/")
         startup = time.perf_counter() - t0
@@ -170,14 +194,26 @@ def main(argv: list[str] | None = None) -> None:
     # (the conservative choice for the ratio).
     off_after = offline_tokens_per_s(model, seqs, args.batch_tokens)
     off = max(off_before, off_after)
-    print(json.dumps({
-        "benchmark": "serve", "checkpoint": args.checkpoint, "dtype": args.dtype,
-        "clients": args.clients, "per_request": args.per_request, "duration_s": args.duration,
-        "sequences_in_set": len(seqs), "mean_length": round(float(np.mean([len(s) for s in seqs])), 1),
-        "serve_startup_s": round(startup, 1), **served,
-        "offline_tokens_per_s": round(off, 1),
-        "offline_tokens_per_s_before_after": [round(off_before, 1), round(off_after, 1)],
-        "ratio_vs_offline": round(served["tokens_per_s"] / off, 3), "target_ratio": 0.8}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve",
+                "checkpoint": args.checkpoint,
+                "dtype": args.dtype,
+                "clients": args.clients,
+                "per_request": args.per_request,
+                "duration_s": args.duration,
+                "sequences_in_set": len(seqs),
+                "mean_length": round(float(np.mean([len(s) for s in seqs])), 1),
+                "serve_startup_s": round(startup, 1),
+                **served,
+                "offline_tokens_per_s": round(off, 1),
+                "offline_tokens_per_s_before_after": [round(off_before, 1), round(off_after, 1)],
+                "ratio_vs_offline": round(served["tokens_per_s"] / off, 3),
+                "target_ratio": 0.8,
+            }
+        )
+    )
 
 
 def _free_port() -> int:

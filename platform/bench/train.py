@@ -24,14 +24,23 @@ from ankh.training import OptimConfig, Trainer
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jobs.benchmark train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="jobs.benchmark train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--preset", default="small", help="model preset (default small)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--rows", type=int, default=8, help="rows per step")
-    ap.add_argument("--max-residues", type=int, default=256, help="crop length (enc_len = this + 1)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                    help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+    ap.add_argument(
+        "--max-residues", type=int, default=256, help="crop length (enc_len = this + 1)"
+    )
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="compute dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)",
+    )
     ap.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the peak-FLOP/s matmul")
     ap.add_argument("--data", default="", help="Parquet train dir/file (default: bundled sample)")
@@ -48,12 +57,21 @@ def main(argv: list[str] | None = None) -> dict:
     from ankh_platform.train.source import make_source
 
     cfg = get_preset(args.preset)
-    data = DataConfig(paths=(args.data or str(bundled_train()),), rows=args.rows,
-                      max_residues=args.max_residues, prefetch=2)
+    data = DataConfig(
+        paths=(args.data or str(bundled_train()),),
+        rows=args.rows,
+        max_residues=args.max_residues,
+        prefetch=2,
+    )
     source = make_source(data, SourceConfig(kind="local"), 0, 1)
     mesh = sharding.make_mesh({"data": -1})
-    tr = Trainer(cfg, OptimConfig(optimizer=args.optimizer, total_steps=1000, warmup_steps=10,
-                                  compute_dtype=args.dtype), mesh)
+    tr = Trainer(
+        cfg,
+        OptimConfig(
+            optimizer=args.optimizer, total_steps=1000, warmup_steps=10, compute_dtype=args.dtype
+        ),
+        mesh,
+    )
     state = tr.init_state()
     peak0 = measure_matmul_peak(args.dtype, args.matmul_n, seconds=2.0)
     t0 = time.perf_counter()
@@ -81,15 +99,23 @@ def main(argv: list[str] | None = None) -> dict:
     # Peak measured before and after the timed steps; the higher one (conservative MFU).
     peak = max(peak0, measure_matmul_peak(args.dtype, args.matmul_n, seconds=2.0))
     out = {
-        "bench": "train", "preset": args.preset, "dtype": args.dtype, "optimizer": args.optimizer,
-        "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+        "bench": "train",
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "optimizer": args.optimizer,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
         "device_kind": jax.devices()[0].device_kind,
         "batch_shape": {"rows": spec.rows, "enc_len": spec.enc_len, "dec_len": spec.dec_len},
-        "steps": args.steps, "compile_s": round(compile_s, 2),
+        "steps": args.steps,
+        "compile_s": round(compile_s, 2),
         "step_time_s": wall / args.steps,
-        "tokens_per_s": tokens / wall, "padded_tokens_per_s": padded / wall,
-        "achieved_flops_per_s": flops / wall, "matmul_peak_flops_per_s": peak,
-        "mfu": flops / wall / peak, "data_wait_frac": wait / wall,
+        "tokens_per_s": tokens / wall,
+        "padded_tokens_per_s": padded / wall,
+        "achieved_flops_per_s": flops / wall,
+        "matmul_peak_flops_per_s": peak,
+        "mfu": flops / wall / peak,
+        "data_wait_frac": wait / wall,
         "final_loss": float(np.asarray(m["loss"])),
     }
     print(json.dumps(out))

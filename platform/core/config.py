@@ -108,8 +108,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{where}{k}' for k in sorted(unknown))}; "
-                          f"valid: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(f'{where}{k}' for k in sorted(unknown))}; "
+            f"valid: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -188,9 +190,13 @@ def find_preset(name: str | Path, presets_dir: str | Path | None = None) -> Path
     raise ConfigError(f"config {str(name)!r}: no such file or preset ({names or 'none'})")
 
 
-def load_config(cls: type[T], config_file: str | Path | None = None,
-                overrides: list[str] | None = None, fields: dict[str, Any] | None = None,
-                presets_dir: str | Path | None = None) -> T:
+def load_config(
+    cls: type[T],
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    fields: dict[str, Any] | None = None,
+    presets_dir: str | Path | None = None,
+) -> T:
     """``cls`` from a YAML file (or, with ``presets_dir``, a preset name), then ``key.path=value``
     overrides, then explicit ``fields`` (dotted names: a job's flags) -- later ones win; mappings
     merge key by key. This is the one path from a command line to a config object."""

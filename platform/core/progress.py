@@ -63,8 +63,14 @@ class Progress:
     ``interval`` seconds and a last ``done`` line on close.
     """
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "it",
-                 stream: TextIO | None = None, interval: float = 30.0):
+    def __init__(
+        self,
+        desc: str,
+        total: int | None = None,
+        unit: str = "it",
+        stream: TextIO | None = None,
+        interval: float = 30.0,
+    ):
         self.desc, self.total, self.unit, self.interval = desc, total, unit, interval
         self.stream = stream or sys.stderr
         self.n = 0
@@ -76,9 +82,16 @@ class Progress:
 
             # A pty that reports a 0 x 0 size (script, some CI runners) would hide the bar.
             size = shutil.get_terminal_size((100, 24))
-            self.bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=self.stream,
-                            ncols=size.columns or 100, nrows=size.lines or 24, mininterval=0.5,
-                            leave=True)
+            self.bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=f" {unit}",
+                file=self.stream,
+                ncols=size.columns or 100,
+                nrows=size.lines or 24,
+                mininterval=0.5,
+                leave=True,
+            )
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -95,11 +108,16 @@ class Progress:
     def _line(self, now: float) -> None:
         elapsed = max(now - self._t0, 1e-9)
         rate = self.n / elapsed
-        parts = [f"{self.desc}: {self.n:,}" + (f"/{self.total:,}" if self.total else "") +
-                 f" {self.unit}" + (f" ({100 * self.n / self.total:.0f}%)" if self.total else ""),
-                 # slow work (trials of a sweep): time per item reads better than 0.0/s
-                 f"{rate:,.1f} {self.unit}/s" if rate >= 1 or not self.n
-                 else f"{format_duration(1 / rate)}/{self.unit.rstrip('s')}"]
+        parts = [
+            f"{self.desc}: {self.n:,}"
+            + (f"/{self.total:,}" if self.total else "")
+            + f" {self.unit}"
+            + (f" ({100 * self.n / self.total:.0f}%)" if self.total else ""),
+            # slow work (trials of a sweep): time per item reads better than 0.0/s
+            f"{rate:,.1f} {self.unit}/s"
+            if rate >= 1 or not self.n
+            else f"{format_duration(1 / rate)}/{self.unit.rstrip('s')}",
+        ]
         if self.total and rate > 0:
             parts.append(f"ETA {format_duration((self.total - self.n) / rate)}")
         print(" | ".join(parts), file=self.stream, flush=True)
@@ -113,8 +131,12 @@ class Progress:
             self.bar.close()
             return
         elapsed = time.monotonic() - self._t0
-        print(f"{self.desc}: {'stopped' if stopped else 'done'}, {self.n:,} {self.unit} in "
-              f"{format_duration(elapsed)}", file=self.stream, flush=True)
+        print(
+            f"{self.desc}: {'stopped' if stopped else 'done'}, {self.n:,} {self.unit} in "
+            f"{format_duration(elapsed)}",
+            file=self.stream,
+            flush=True,
+        )
 
     def __enter__(self) -> Progress:
         return self
@@ -123,8 +145,9 @@ class Progress:
         self.close(stopped=exc_type is not None)
 
 
-def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
-          **kwargs: Any) -> Iterator[T]:
+def track(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "it", **kwargs: Any
+) -> Iterator[T]:
     """``for x in track(xs, "parents", total=len(xs)): ...`` -- one update per item."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

@@ -15,8 +15,18 @@ from ankh_platform.core import progress
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FRAMEWORK_LOGGERS = ("ray", "orbax", "absl", "jax", "jaxlib", "fsspec", "gcsfs", "urllib3",
-                     "tensorboardX", "filelock")
+FRAMEWORK_LOGGERS = (
+    "ray",
+    "orbax",
+    "absl",
+    "jax",
+    "jaxlib",
+    "fsspec",
+    "gcsfs",
+    "urllib3",
+    "tensorboardX",
+    "filelock",
+)
 _console_level = logging.INFO  # what the console shows; set by configure_logging (-v / -q)
 
 
@@ -72,8 +82,9 @@ def log_to_file(path: str) -> str:
             handler.set_name("ankh-job-log")
             lg.addHandler(handler)
         for h in lg.handlers:  # console handlers only (a test runner's capture handlers differ)
-            if type(h).__name__ in ("StreamHandler", "PlainRayHandler") and \
-                    not any(isinstance(f, _ConsoleFilter) for f in h.filters):
+            if type(h).__name__ in ("StreamHandler", "PlainRayHandler") and not any(
+                isinstance(f, _ConsoleFilter) for f in h.filters
+            ):
                 h.addFilter(_ConsoleFilter())
     root.setLevel(min(_console_level, logging.INFO))  # the file gets INFO even under -q
     return path
@@ -92,8 +103,9 @@ def package_origins() -> dict[str, str]:
     return out
 
 
-def init_ray(address: str | None = None, dashboard: bool = False, start_attempts: int = 3,
-             **kwargs: Any) -> None:
+def init_ray(
+    address: str | None = None, dashboard: bool = False, start_attempts: int = 3, **kwargs: Any
+) -> None:
     """Connect to a cluster (``address``/``RAY_ADDRESS``) or start a local one on loopback.
 
     ``dashboard`` starts the local dashboard on 127.0.0.1 (Ray Train's metrics and its
@@ -140,8 +152,9 @@ def _start_local(kwargs: dict[str, Any], attempts: int) -> None:
             ray.shutdown()  # ends the half-started local processes before the next try
             if attempt == attempts or not _is_start_timeout(err):
                 raise
-            log.warning("local Ray start timed out (try %d of %d); retrying: %s",
-                        attempt, attempts, err)
+            log.warning(
+                "local Ray start timed out (try %d of %d); retrying: %s", attempt, attempts, err
+            )
 
 
 @contextlib.contextmanager
@@ -164,6 +177,7 @@ def worker_output_to(path: str) -> Iterator[None]:
         return
     default = [h for name, h in dispatcher.handlers if name == "ray_print_logs"]
     with open(path, "a", buffering=1) as fh:
+
         def handle(data: dict) -> None:
             lines = data.get("lines") or []
             who = data.get("actor_name") or data.get("task_name") or ""
@@ -172,7 +186,7 @@ def worker_output_to(path: str) -> Iterator[None]:
                     # Workers print these to stdout; Ray Train copies a worker's stdout to its
                     # stderr too, so the stderr copy is dropped.
                     if not data.get("is_err"):
-                        progress.console(line[len(progress.CONSOLE_TAG):], sys.stderr)
+                        progress.console(line[len(progress.CONSOLE_TAG) :], sys.stderr)
                 else:
                     fh.write(f"({who} pid={data.get('pid')}) {line}\n")
             rest = [ln for ln in lines if not ln.startswith(progress.CONSOLE_TAG)]

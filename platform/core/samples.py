@@ -79,7 +79,9 @@ def protein_shard() -> Path:
 def pdb_dir() -> Path:
     """A directory with ``pdb_dssp8.parquet`` (PDB chains + DSSP): the data dir's 21k chains,
     else the bundled ``data/pdb_sample`` (the in-training SS3 probe's fixed slice only)."""
-    return data_dir() if (data_dir() / "pdb_dssp8.parquet").exists() else bundled_dir() / "pdb_sample"
+    return (
+        data_dir() if (data_dir() / "pdb_dssp8.parquet").exists() else bundled_dir() / "pdb_sample"
+    )
 
 
 def repo_path(path: str) -> str:
@@ -102,11 +104,13 @@ def shared_path(path: str, fallback: Path) -> str:
     other path is returned unchanged."""
     if not path.startswith(SHARED_PREFIX):
         return path
-    rel = path[len(SHARED_PREFIX):].lstrip("/")
+    rel = path[len(SHARED_PREFIX) :].lstrip("/")
     root = data_dir()
     if any(root.glob(rel)) if any(c in rel for c in "*?[") else (root / rel).exists():
         return str(root / rel)
-    log.warning("%s: not in the data directory %s; using the bundled sample %s", path, root, fallback)
+    log.warning(
+        "%s: not in the data directory %s; using the bundled sample %s", path, root, fallback
+    )
     return str(fallback)
 
 

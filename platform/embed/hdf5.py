@@ -33,8 +33,9 @@ def require_h5py():
     try:
         import h5py
     except ImportError as e:
-        raise ImportError(f"{INSTALL_HINT} (or pip install 'ankh-platform[hdf5]'); "
-                          f"import failed: {e}") from e
+        raise ImportError(
+            f"{INSTALL_HINT} (or pip install 'ankh-platform[hdf5]'); import failed: {e}"
+        ) from e
     return h5py
 
 
@@ -44,16 +45,19 @@ def dataset_name(ident: str) -> str:
     return "_" + name if name.strip(".") == "" else name
 
 
-def _rows(output: str, stems: list[str], column: str, batch: int = 256
-          ) -> Iterator[tuple[str, str, int, np.ndarray]]:
+def _rows(
+    output: str, stems: list[str], column: str, batch: int = 256
+) -> Iterator[tuple[str, str, int, np.ndarray]]:
     """``(shard, id, length, vector)`` of every row of the finished shards, streamed."""
     for stem in stems:
         fs, p = filesystem(join(output, f"{stem}.parquet"))
         with fs.open(p, "rb") as fh:
             f = pq.ParquetFile(fh)
             if column not in f.schema_arrow.names:
-                raise ValueError(f"{output}/{stem}.parquet has no {column!r} column "
-                                 "(per-residue HDF5 needs a job run with per_residue=true)")
+                raise ValueError(
+                    f"{output}/{stem}.parquet has no {column!r} column "
+                    "(per-residue HDF5 needs a job run with per_residue=true)"
+                )
             for rb in f.iter_batches(batch, columns=["id", "length", column]):
                 ids, lens, col = rb.column(0).to_pylist(), rb.column(1).to_pylist(), rb.column(2)
                 if not ids:
@@ -74,15 +78,20 @@ def _write(h5py, local_path: str, output: str, stems: list[str], per_residue: bo
     where: dict[str, tuple[str, str]] = {}  # dataset name -> (id, shard)
     with h5py.File(local_path, "w") as h5:
         h5.attrs["source"] = output
-        h5.attrs["content"] = "per_residue [length, d_model]" if per_residue else \
-            "pooled mean over residues [d_model]"
+        h5.attrs["content"] = (
+            "per_residue [length, d_model]"
+            if per_residue
+            else "pooled mean over residues [d_model]"
+        )
         for stem, ident, length, vec in _rows(output, stems, column):
             name = dataset_name(ident)
             if name in where:
                 first = where[name]
-                raise ValueError(f"id {ident!r} of shard {stem} and id {first[0]!r} of shard "
-                                 f"{first[1]} share the HDF5 dataset name {name!r}; an HDF5 "
-                                 "file keyed by id holds one per id (the Parquet output has both)")
+                raise ValueError(
+                    f"id {ident!r} of shard {stem} and id {first[0]!r} of shard "
+                    f"{first[1]} share the HDF5 dataset name {name!r}; an HDF5 "
+                    "file keyed by id holds one per id (the Parquet output has both)"
+                )
             where[name] = (ident, stem)
             ds = h5.create_dataset(name, data=vec)
             ds.attrs["original_id"] = ident
@@ -99,5 +108,7 @@ def export_hdf5(output: str, path: str, stems: list[str], per_residue: bool = Fa
     remove_stale_temps(posixpath.dirname(norm_path(path)))  # left by a killed export
     counts = []
     atomic_write(path, lambda tmp: counts.append(_write(h5py, tmp, output, stems, per_residue)))
-    log.info("wrote %s: %d datasets (%s)", path, counts[0], "per residue" if per_residue else "pooled")
+    log.info(
+        "wrote %s: %d datasets (%s)", path, counts[0], "per residue" if per_residue else "pooled"
+    )
     return path

@@ -59,7 +59,9 @@ def _format_of(path: str, fmt: str) -> str:
         return "parquet"
     if low.endswith(FASTA_EXT):
         return "fasta"
-    raise ValueError(f"{path}: cannot tell the format from the name (use input_format=parquet|fasta)")
+    raise ValueError(
+        f"{path}: cannot tell the format from the name (use input_format=parquet|fasta)"
+    )
 
 
 def discover(spec: str, fmt: str = "auto") -> list[InputShard]:
@@ -72,8 +74,9 @@ def discover(spec: str, fmt: str = "auto") -> list[InputShard]:
         if any(c in p for c in "*?["):
             paths = sorted(fs.glob(p))
         elif fs.isdir(p):
-            paths = sorted(x for x in fs.ls(p, detail=False)
-                           if x.lower().endswith((".parquet", *FASTA_EXT)))
+            paths = sorted(
+                x for x in fs.ls(p, detail=False) if x.lower().endswith((".parquet", *FASTA_EXT))
+            )
         elif fs.exists(p):
             paths = [p]
         else:
@@ -86,8 +89,9 @@ def discover(spec: str, fmt: str = "auto") -> list[InputShard]:
     seen: dict[str, str] = {}
     for s in out:
         if s.stem in seen:
-            raise ValueError(f"two inputs map to the same output shard {s.stem!r}: "
-                             f"{seen[s.stem]} and {s.path}")
+            raise ValueError(
+                f"two inputs map to the same output shard {s.stem!r}: {seen[s.stem]} and {s.path}"
+            )
         seen[s.stem] = s.path
     return out
 
@@ -111,8 +115,10 @@ def count_rows(shard: InputShard) -> int:
             f = pq.ParquetFile(fh)
             missing = {"id", "sequence"} - set(f.schema_arrow.names)
             if missing:
-                raise ValueError(f"{shard.path}: missing column(s) {sorted(missing)} "
-                                 f"(have {f.schema_arrow.names})")
+                raise ValueError(
+                    f"{shard.path}: missing column(s) {sorted(missing)} "
+                    f"(have {f.schema_arrow.names})"
+                )
             return f.metadata.num_rows
     return sum(1 for _ in fasta_records(shard.path))
 
@@ -160,8 +166,12 @@ def read_batches(batch: dict, chunk: int = 4096) -> Iterator[dict]:
                 if not keep:
                     continue
                 rows, ids, seqs = rows[keep], [ids[k] for k in keep], [seqs[k] for k in keep]
-            yield {"id": np.array(ids, object), "sequence": np.array(seqs, object), "row": rows,
-                   "path": np.array([path] * len(ids), object)}
+            yield {
+                "id": np.array(ids, object),
+                "sequence": np.array(seqs, object),
+                "row": rows,
+                "path": np.array([path] * len(ids), object),
+            }
 
 
 def _in_ranges(ranges: list) -> Callable[[int], bool]:
@@ -170,6 +180,7 @@ def _in_ranges(ranges: list) -> Callable[[int], bool]:
     def inside(row: int) -> bool:
         i = bisect.bisect_right(starts, row) - 1
         return i >= 0 and row < ranges[i][1]
+
     return inside
 
 
@@ -226,14 +237,16 @@ def write_parts(batch: dict, output: str) -> dict:
     res: dict[str, list] = defaultdict(list)
     for s in sorted(set(shard.tolist())):
         idx = np.flatnonzero(shard == s)
-        cols = {"row": pa.array(rows[idx], pa.int64()),
-                "id": pa.array(batch["id"][idx].tolist(), pa.string()),
-                "length": pa.array(batch["length"][idx], pa.int32()),
-                "win_start": pa.array(batch["win_start"][idx], pa.int32()),
-                "n_win": pa.array(batch["n_win"][idx], pa.int32()),
-                "pooled": _vectors(batch["pooled"][idx]),
-                "error": pa.array(batch["error"][idx].tolist(), pa.string()),
-                "note": pa.array(batch["note"][idx].tolist(), pa.string())}
+        cols = {
+            "row": pa.array(rows[idx], pa.int64()),
+            "id": pa.array(batch["id"][idx].tolist(), pa.string()),
+            "length": pa.array(batch["length"][idx], pa.int32()),
+            "win_start": pa.array(batch["win_start"][idx], pa.int32()),
+            "n_win": pa.array(batch["n_win"][idx], pa.int32()),
+            "pooled": _vectors(batch["pooled"][idx]),
+            "error": pa.array(batch["error"][idx].tolist(), pa.string()),
+            "note": pa.array(batch["note"][idx].tolist(), pa.string()),
+        }
         if "residues" in batch:
             cols["residues"] = _residue_lists(batch["residues"][idx], dim)
         lo, hi = int(rows[idx].min()), int(rows[idx].max())
@@ -282,8 +295,10 @@ def _by_row(rows: dict) -> dict[int, dict]:
     written twice (a retried task, or a batch redone after a kill) counts once."""
     out: dict[int, dict] = {}
     for i, r in enumerate(rows.get("row", [])):
-        e = out.setdefault(r, {"id": rows["id"][i], "error": rows["error"][i],
-                               "n_win": rows["n_win"][i], "win": {}})
+        e = out.setdefault(
+            r,
+            {"id": rows["id"][i], "error": rows["error"][i], "n_win": rows["n_win"][i], "win": {}},
+        )
         e["win"].setdefault(rows["win_start"][i], i)
     return out
 
@@ -311,9 +326,17 @@ def resume_rows(output: str, shard: InputShard, rows: int) -> list[int]:
     return []
 
 
-def merge_shard(output: str, stem: str, expected: int, source: str, dim: int,
-                width: int, overlap: int, out_dtype: str = "float32",
-                extra_meta: dict | None = None) -> dict:
+def merge_shard(
+    output: str,
+    stem: str,
+    expected: int,
+    source: str,
+    dim: int,
+    width: int,
+    overlap: int,
+    out_dtype: str = "float32",
+    extra_meta: dict | None = None,
+) -> dict:
     """The parts of one shard -> ``<output>/<stem>.parquet``; windows combined.
 
     The parts must cover input rows ``0..expected-1`` exactly once (each one embedding or one
@@ -327,9 +350,11 @@ def merge_shard(output: str, stem: str, expected: int, source: str, dim: int,
     done = {r for r, e in by_row.items() if _complete(e)}
     if done != set(range(expected)):
         missing, extra = sorted(set(range(expected)) - done), sorted(done - set(range(expected)))
-        raise RuntimeError(f"shard {stem}: parts do not cover input rows 0..{expected - 1} "
-                           f"exactly once: {len(missing)} missing {missing[:5]}, "
-                           f"{len(extra)} unexpected {extra[:5]}")
+        raise RuntimeError(
+            f"shard {stem}: parts do not cover input rows 0..{expected - 1} "
+            f"exactly once: {len(missing)} missing {missing[:5]}, "
+            f"{len(extra)} unexpected {extra[:5]}"
+        )
     per_res = "residues" in rows
     invalid, notes, keep, first = [], [], {}, {}
     for r in sorted(by_row):
@@ -343,36 +368,53 @@ def merge_shard(output: str, stem: str, expected: int, source: str, dim: int,
         idx = [e["win"][w] for w in starts]
         if rows["note"][idx[0]]:
             notes.append({"id": ident, "note": rows["note"][idx[0]]})
-        keep[ident] = {"length": rows["length"][idx[0]], "n_win": e["n_win"], "starts": starts,
-                       "pooled": [np.asarray(rows["pooled"][i], np.float64) for i in idx],
-                       "res": [np.asarray(rows["residues"][i], np.float32) for i in idx]
-                       if per_res else []}
+        keep[ident] = {
+            "length": rows["length"][idx[0]],
+            "n_win": e["n_win"],
+            "starts": starts,
+            "pooled": [np.asarray(rows["pooled"][i], np.float64) for i in idx],
+            "res": [np.asarray(rows["residues"][i], np.float32) for i in idx] if per_res else [],
+        }
     ids = sorted(keep)
     np_dtype = np.float16 if out_dtype == "float16" else np.float32
-    pooled = np.stack([np.sum(keep[i]["pooled"], 0) for i in ids]).astype(np_dtype) if ids \
+    pooled = (
+        np.stack([np.sum(keep[i]["pooled"], 0) for i in ids]).astype(np_dtype)
+        if ids
         else np.zeros((0, dim), np_dtype)
-    cols = {"id": pa.array(ids, pa.string()),
-            "length": pa.array([keep[i]["length"] for i in ids], pa.int32()),
-            "embedding": _vectors(pooled)}
+    )
+    cols = {
+        "id": pa.array(ids, pa.string()),
+        "length": pa.array([keep[i]["length"] for i in ids], pa.int32()),
+        "embedding": _vectors(pooled),
+    }
     if per_res:
         res = [_one_residue(keep[i], width, overlap, combine_windows) for i in ids]
         cols["per_residue"] = _residue_lists(res, dim, np_dtype)
-    meta = {META_INVALID: json.dumps(invalid).encode(), META_NOTES: json.dumps(notes).encode(),
-            b"ankh.source": source.encode()}
+    meta = {
+        META_INVALID: json.dumps(invalid).encode(),
+        META_NOTES: json.dumps(notes).encode(),
+        b"ankh.source": source.encode(),
+    }
     meta.update({k.encode(): str(v).encode() for k, v in (extra_meta or {}).items()})
     table = pa.table(cols).replace_schema_metadata(meta)
     _write_parquet(table, join(output, f"{stem}.parquet"))
     clear_parts(output, stem)
-    return {"shard": stem, "sequences": len(ids), "invalid": invalid, "notes": notes,
-            "residues": int(sum(keep[i]["length"] for i in ids))}
+    return {
+        "shard": stem,
+        "sequences": len(ids),
+        "invalid": invalid,
+        "notes": notes,
+        "residues": int(sum(keep[i]["length"] for i in ids)),
+    }
 
 
 def _one_residue(k: dict, width: int, overlap: int, combine) -> np.ndarray:
     if k["n_win"] == 1:
         return k["res"][0]
     order = np.argsort(k["starts"])
-    return combine(k["length"], width, overlap, [k["starts"][j] for j in order],
-                   [k["res"][j] for j in order])
+    return combine(
+        k["length"], width, overlap, [k["starts"][j] for j in order], [k["res"][j] for j in order]
+    )
 
 
 def shard_report(output: str, stem: str) -> dict:
@@ -382,5 +424,9 @@ def shard_report(output: str, stem: str) -> dict:
         f = pq.ParquetFile(fh)
         meta = f.schema_arrow.metadata or {}
         n = f.metadata.num_rows
-    return {"shard": stem, "sequences": n, "invalid": json.loads(meta.get(META_INVALID, b"[]")),
-            "notes": json.loads(meta.get(META_NOTES, b"[]"))}
+    return {
+        "shard": stem,
+        "sequences": n,
+        "invalid": json.loads(meta.get(META_INVALID, b"[]")),
+        "notes": json.loads(meta.get(META_NOTES, b"[]")),
+    }

@@ -78,17 +78,31 @@ def _describe(checkpoint: str):
 
 def pack_spec(cfg: EmbedJobConfig, mcfg) -> EmbedPackSpec:
     """How the job cuts and packs pieces for the model ``mcfg`` (an ``AnkhConfig``)."""
-    return EmbedPackSpec(max_length=cfg.max_length or mcfg.max_length,
-                         batch_tokens=cfg.batch_tokens, min_row_tokens=cfg.min_row_tokens,
-                         steps_per_octave=cfg.row_steps_per_octave,
-                         max_segments=cfg.max_segments, long_policy=cfg.long_policy,
-                         window_overlap=cfg.window_overlap, strip_stop=cfg.strip_stop,
-                         prefix=mcfg.task_prefix("[NLU]"))  # ankh3: [NLU] first
+    return EmbedPackSpec(
+        max_length=cfg.max_length or mcfg.max_length,
+        batch_tokens=cfg.batch_tokens,
+        min_row_tokens=cfg.min_row_tokens,
+        steps_per_octave=cfg.row_steps_per_octave,
+        max_segments=cfg.max_segments,
+        long_policy=cfg.long_policy,
+        window_overlap=cfg.window_overlap,
+        strip_stop=cfg.strip_stop,
+        prefix=mcfg.task_prefix("[NLU]"),
+    )  # ankh3: [NLU] first
 
 
 # ---- the job ---------------------------------------------------------------------------------
-_FINGERPRINT = ("checkpoint", "per_residue", "out_dtype", "compute_dtype", "layer", "max_length",
-                "long_policy", "window_overlap", "strip_stop")
+_FINGERPRINT = (
+    "checkpoint",
+    "per_residue",
+    "out_dtype",
+    "compute_dtype",
+    "layer",
+    "max_length",
+    "long_policy",
+    "window_overlap",
+    "strip_stop",
+)
 
 
 def _check_output(cfg: EmbedJobConfig) -> None:
@@ -100,8 +114,10 @@ def _check_output(cfg: EmbedJobConfig) -> None:
             have = json.load(fh)
         diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
         if diff:
-            raise ValueError(f"{cfg.output} holds results of other settings {diff} "
-                             "(old, new); use another output directory")
+            raise ValueError(
+                f"{cfg.output} holds results of other settings {diff} "
+                "(old, new); use another output directory"
+            )
     else:
         fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(p, "w") as fh:
@@ -128,35 +144,65 @@ def _read(pending: list[embed_io.InputShard], group_rows: int, cpus: float, skip
     ranges finished parts of a killed run already hold."""
     import ray
 
-    items = ray.data.from_items([{"path": s.path, "fmt": s.fmt,
-                                  "skip": json.dumps(skip.get(s.stem, []))} for s in pending],
-                                override_num_blocks=len(pending))
-    return items.map_batches(embed_io.read_batches, fn_kwargs={"chunk": group_rows},
-                             batch_size=1, num_cpus=cpus, runtime_env=_runtime_env())
+    items = ray.data.from_items(
+        [{"path": s.path, "fmt": s.fmt, "skip": json.dumps(skip.get(s.stem, []))} for s in pending],
+        override_num_blocks=len(pending),
+    )
+    return items.map_batches(
+        embed_io.read_batches,
+        fn_kwargs={"chunk": group_rows},
+        batch_size=1,
+        num_cpus=cpus,
+        runtime_env=_runtime_env(),
+    )
 
 
-def build_dataset(pending: list[embed_io.InputShard], cfg: EmbedJobConfig, spec: EmbedPackSpec,
-                  vocab: dict, gpus: float, skip: dict | None = None):
+def build_dataset(
+    pending: list[embed_io.InputShard],
+    cfg: EmbedJobConfig,
+    spec: EmbedPackSpec,
+    vocab: dict,
+    gpus: float,
+    skip: dict | None = None,
+):
     """read -> pack (tasks) -> embed (actor pool) -> write parts (tasks); rows = part counters."""
     import ray
 
     # Light tasks (fractional CPUs, so not fused into the replicas: packing never sits on the
     # accelerator's critical path; Ray's default worker priority, below the replicas').
     ds = _read(pending, cfg.group_rows, 0.5, skip or {})
-    ds = ds.map_batches(pack_udf, fn_kwargs={"spec": spec, "vocab": vocab},
-                        batch_size=cfg.group_rows, batch_format="numpy", num_cpus=0.5,
-                        runtime_env=_runtime_env())
     ds = ds.map_batches(
-        EmbedReplica, batch_size=1, batch_format="numpy",
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "spec": spec,
-                               "per_residue": cfg.per_residue, "layer": cfg.layer,
-                               "compute_dtype": cfg.compute_dtype},
+        pack_udf,
+        fn_kwargs={"spec": spec, "vocab": vocab},
+        batch_size=cfg.group_rows,
+        batch_format="numpy",
+        num_cpus=0.5,
+        runtime_env=_runtime_env(),
+    )
+    ds = ds.map_batches(
+        EmbedReplica,
+        batch_size=1,
+        batch_format="numpy",
+        fn_constructor_kwargs={
+            "checkpoint": cfg.checkpoint,
+            "spec": spec,
+            "per_residue": cfg.per_residue,
+            "layer": cfg.layer,
+            "compute_dtype": cfg.compute_dtype,
+        },
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
-        num_gpus=gpus, num_cpus=cfg.cpus_per_replica,
-        runtime_env=_runtime_env(cfg.replica_niceness))
-    return ds.map_batches(embed_io.write_parts, fn_kwargs={"output": cfg.output},
-                          batch_size=cfg.write_rows, batch_format="numpy", num_cpus=0.25,
-                          runtime_env=_runtime_env())
+        num_gpus=gpus,
+        num_cpus=cfg.cpus_per_replica,
+        runtime_env=_runtime_env(cfg.replica_niceness),
+    )
+    return ds.map_batches(
+        embed_io.write_parts,
+        fn_kwargs={"output": cfg.output},
+        batch_size=cfg.write_rows,
+        batch_format="numpy",
+        num_cpus=0.25,
+        runtime_env=_runtime_env(),
+    )
 
 
 def run(cfg: EmbedJobConfig) -> dict:
@@ -186,8 +232,13 @@ def run(cfg: EmbedJobConfig) -> dict:
     counts = embed_io.count_all(pending)
     # rows finished parts of a killed run hold: kept, only the rest is embedded again
     resumed = {s.stem: embed_io.resume_rows(cfg.output, s, counts[s.stem]) for s in pending}
-    margs = {"dim": mcfg.d_model, "width": spec.max_length, "overlap": spec.window_overlap,
-             "out_dtype": cfg.out_dtype, "extra_meta": {"ankh.checkpoint": cfg.checkpoint}}
+    margs = {
+        "dim": mcfg.d_model,
+        "width": spec.max_length,
+        "overlap": spec.window_overlap,
+        "out_dtype": cfg.out_dtype,
+        "extra_meta": {"ankh.checkpoint": cfg.checkpoint},
+    }
     t1 = time.perf_counter()
     reports, stats = _embed(pending, counts, resumed, cfg, spec, vocab, margs)
     embed_io.clear_parts(cfg.output)
@@ -198,34 +249,59 @@ def run(cfg: EmbedJobConfig) -> dict:
         stats["steady"] = stats["tokens"] / max(1e-9, t_end - t0 - stats["startup_s"])
         stats["tail_s"] = t0_wall + (t_end - t0) - stats["done_at"]  # last batch -> summary
     previous = [embed_io.shard_report(cfg.output, s.stem) for s in done]
-    summary = _summary(cfg, shards, done, reports, previous, stats, t_end - t1,
-                       time.perf_counter() - t0)
+    summary = _summary(
+        cfg, shards, done, reports, previous, stats, t_end - t1, time.perf_counter() - t0
+    )
     _write_json(join(cfg.output, "_summary.json"), summary)
     stems = [s.stem for s in shards]
     for path, per_res in ((cfg.hdf5, False), (cfg.hdf5_per_residue, True)):
         if path:  # a post-step over the finished shards: identical on a first run or a resume
             summary[f"hdf5{'_per_residue' if per_res else ''}_file"] = embed_hdf5.export_hdf5(
-                cfg.output, path, stems, per_residue=per_res)
+                cfg.output, path, stems, per_residue=per_res
+            )
     return summary
 
 
-def _embed(pending: list[embed_io.InputShard], counts: dict, resumed: dict, cfg: EmbedJobConfig,
-           spec: EmbedPackSpec, vocab: dict, margs: dict) -> tuple[list[dict], dict]:
+def _embed(
+    pending: list[embed_io.InputShard],
+    counts: dict,
+    resumed: dict,
+    cfg: EmbedJobConfig,
+    spec: EmbedPackSpec,
+    vocab: dict,
+    margs: dict,
+) -> tuple[list[dict], dict]:
     """Run the pipeline over the rows not done yet; merge each shard as soon as it is complete."""
     import ray
 
     merge = ray.remote(num_cpus=0, max_retries=2)(embed_io.merge_shard).options(
-        runtime_env=_runtime_env())
+        runtime_env=_runtime_env()
+    )
     left = {s.stem: counts[s.stem] - len(resumed[s.stem]) for s in pending}
-    merges = {s.stem: merge.remote(cfg.output, s.stem, counts[s.stem], s.path, **margs)
-              for s in pending if left[s.stem] == 0}
-    stats = {"tokens": 0, "slots": 0, "model_s": 0.0, "call_s": 0.0, "init_s": [],
-             "ready_at": [], "done_at": 0.0, "compiled": 0,
-             "rows_resumed": sum(len(r) for r in resumed.values()), "rows_this_run": 0}
+    merges = {
+        s.stem: merge.remote(cfg.output, s.stem, counts[s.stem], s.path, **margs)
+        for s in pending
+        if left[s.stem] == 0
+    }
+    stats = {
+        "tokens": 0,
+        "slots": 0,
+        "model_s": 0.0,
+        "call_s": 0.0,
+        "init_s": [],
+        "ready_at": [],
+        "done_at": 0.0,
+        "compiled": 0,
+        "rows_resumed": sum(len(r) for r in resumed.values()),
+        "rows_this_run": 0,
+    }
     todo = [s for s in pending if left[s.stem] > 0]
     if todo:
-        gpus = cfg.gpus_per_replica if cfg.gpus_per_replica >= 0 else \
-            float(ray.cluster_resources().get("GPU", 0) > 0)
+        gpus = (
+            cfg.gpus_per_replica
+            if cfg.gpus_per_replica >= 0
+            else float(ray.cluster_resources().get("GPU", 0) > 0)
+        )
         track = {s.stem: [0, 0, 0] for s in todo}  # first pieces, expected pieces, pieces
         path_of = {s.stem: s.path for s in todo}
         ctx = ray.data.DataContext.get_current()
@@ -236,7 +312,8 @@ def _embed(pending: list[embed_io.InputShard], counts: dict, resumed: dict, cfg:
         bar = progress.Progress("embed", total=sum(left[s.stem] for s in todo), unit="rows")
         skip = {s.stem: embed_io.to_ranges(resumed[s.stem]) for s in todo}
         for b in build_dataset(todo, cfg, spec, vocab, gpus, skip).iter_batches(
-                batch_size=None, batch_format="numpy"):
+            batch_size=None, batch_format="numpy"
+        ):
             for i, stem in enumerate(b["shard"].tolist()):
                 t = track[stem]
                 t[0] += int(b["n_first"][i])
@@ -244,15 +321,18 @@ def _embed(pending: list[embed_io.InputShard], counts: dict, resumed: dict, cfg:
                 t[2] += int(b["n_pieces"][i])
                 _account(stats, b, i)
                 if t[0] >= left[stem] and t[1] == t[2] and stem not in merges:
-                    merges[stem] = merge.remote(cfg.output, stem, counts[stem], path_of[stem],
-                                                **margs)
+                    merges[stem] = merge.remote(
+                        cfg.output, stem, counts[stem], path_of[stem], **margs
+                    )
             bar.update(int(b["n_first"].sum()))
         bar.close()
         stats["rows_this_run"] = sum(t[0] for t in track.values())
         lost = {s: (left[s], *track[s]) for s in track if s not in merges}
         if lost:
-            raise RuntimeError("shards not complete after the pipeline (rows left; rows, pieces "
-                               f"expected, pieces seen): {lost}")
+            raise RuntimeError(
+                "shards not complete after the pipeline (rows left; rows, pieces "
+                f"expected, pieces seen): {lost}"
+            )
     stats["shapes"] = len(spec.shapes())
     t = time.perf_counter()
     reports = ray.get(list(merges.values()))
@@ -278,30 +358,43 @@ def _summary(cfg, shards, done, reports, previous, stats, pipeline_s, wall_s) ->
     invalid = [dict(shard=r["shard"], **x) for r in reports + previous for x in r["invalid"]]
     notes = [dict(shard=r["shard"], **x) for r in reports + previous for x in r["notes"]]
     return {
-        "checkpoint": cfg.checkpoint, "input": cfg.input, "output": cfg.output,
+        "checkpoint": cfg.checkpoint,
+        "input": cfg.input,
+        "output": cfg.output,
         "shards": {"total": len(shards), "written": len(reports), "skipped_done": len(done)},
-        "sequences": seqs, "residues": sum(r["residues"] for r in reports),
+        "sequences": seqs,
+        "residues": sum(r["residues"] for r in reports),
         "sequences_all_shards": seqs + sum(r["sequences"] for r in previous),
         # input rows whose outcome this run computed, and rows a killed run's parts held
-        "rows_this_run": stats["rows_this_run"], "rows_resumed": stats["rows_resumed"],
-        "tokens": stats["tokens"], "pipeline_s": round(pipeline_s, 3), "wall_s": round(wall_s, 3),
+        "rows_this_run": stats["rows_this_run"],
+        "rows_resumed": stats["rows_resumed"],
+        "tokens": stats["tokens"],
+        "pipeline_s": round(pipeline_s, 3),
+        "wall_s": round(wall_s, 3),
         "tokens_per_s": round(stats["tokens"] / pipeline_s, 1) if pipeline_s > 0 else 0.0,
         "wall_tokens_per_s": round(stats["tokens"] / wall_s, 1) if wall_s > 0 else 0.0,
         "steady_tokens_per_s": round(stats.get("steady", 0.0), 1),
         "padding_waste": round(1 - stats["tokens"] / stats["slots"], 4) if stats["slots"] else 0.0,
         # where the time went: driver set-up (list/count shards), until the first embedded batch
         # was back (replica start: load + compile), time inside the compiled model (all replicas)
-        "timing": {"setup_s": round(stats["setup_s"], 3),
-                   "startup_s": round(stats.get("startup_s", 0.0), 3),
-                   "replica_init_s": stats["init_s"], "model_s": round(stats["model_s"], 3),
-                   "replica_call_s": round(stats["call_s"], 3),
-                   "tail_s": round(stats.get("tail_s", 0.0), 3),
-                   "merge_wait_s": round(stats["merge_wait_s"], 3),
-                   "model_busy": round(stats["model_s"] / (pipeline_s * cfg.replicas), 4)
-                   if pipeline_s > 0 else 0.0,
-                   "shapes": stats["shapes"], "compiled_per_replica": stats["compiled"]},
-        "invalid_count": len(invalid), "invalid": invalid,
-        "long_policy": cfg.long_policy, "long_sequences": notes,
+        "timing": {
+            "setup_s": round(stats["setup_s"], 3),
+            "startup_s": round(stats.get("startup_s", 0.0), 3),
+            "replica_init_s": stats["init_s"],
+            "model_s": round(stats["model_s"], 3),
+            "replica_call_s": round(stats["call_s"], 3),
+            "tail_s": round(stats.get("tail_s", 0.0), 3),
+            "merge_wait_s": round(stats["merge_wait_s"], 3),
+            "model_busy": round(stats["model_s"] / (pipeline_s * cfg.replicas), 4)
+            if pipeline_s > 0
+            else 0.0,
+            "shapes": stats["shapes"],
+            "compiled_per_replica": stats["compiled"],
+        },
+        "invalid_count": len(invalid),
+        "invalid": invalid,
+        "long_policy": cfg.long_policy,
+        "long_sequences": notes,
     }
 
 

@@ -53,9 +53,13 @@ class EmbedPackSpec:
 
     def __post_init__(self) -> None:
         if self.long_policy not in ("window", "truncate", "skip"):
-            raise ValueError(f"long_policy must be window, truncate or skip, got {self.long_policy!r}")
+            raise ValueError(
+                f"long_policy must be window, truncate or skip, got {self.long_policy!r}"
+            )
         if not 0 <= self.window_overlap < self.max_length // 2 + 1:
-            raise ValueError(f"window_overlap must be in [0, max_length/2], got {self.window_overlap}")
+            raise ValueError(
+                f"window_overlap must be in [0, max_length/2], got {self.window_overlap}"
+            )
         if self.steps_per_octave not in (1, 2):
             raise ValueError(f"row_steps_per_octave must be 1 or 2, got {self.steps_per_octave}")
         if self.max_segments < 1 or self.min_row_tokens < 2:
@@ -76,8 +80,12 @@ class EmbedPackSpec:
         ``steps_per_octave=2`` takes the 1.5x/2x series (128, 192, 256, 384, ...): fewer
         proteins share a row, so less attention is spent across proteins, for more padding.
         """
-        return length_ladder(self.max_length + 1 + self.num_prefix, self.min_row_tokens,
-                             steps_per_octave=self.steps_per_octave, align=64)
+        return length_ladder(
+            self.max_length + 1 + self.num_prefix,
+            self.min_row_tokens,
+            steps_per_octave=self.steps_per_octave,
+            align=64,
+        )
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every ``(rows, length)`` a model call can have (what a replica warms up)."""
@@ -97,7 +105,7 @@ def coverage(n: int, width: int, overlap: int) -> np.ndarray:
     """How many windows cover each residue ``[n]``."""
     c = np.zeros(n, np.float32)
     for s in windows(n, width, overlap):
-        c[s: s + width] += 1
+        c[s : s + width] += 1
     return c
 
 
@@ -112,7 +120,9 @@ class Prepared:
     seq_len: list[int] = dataclasses.field(default_factory=list)  # residues embedded
     seq_nwin: list[int] = dataclasses.field(default_factory=list)
     errors: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # shard, id, why
-    notes: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # windowed/truncated
+    notes: list[tuple[str, str, str]] = dataclasses.field(
+        default_factory=list
+    )  # windowed/truncated
 
 
 def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepared:
@@ -144,7 +154,9 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepa
         w = spec.max_length
         if n > w:
             if spec.long_policy == "skip":
-                out.errors.append((shard, ident, f"{n} residues > max_length {w} (long_policy=skip)"))
+                out.errors.append(
+                    (shard, ident, f"{n} residues > max_length {w} (long_policy=skip)")
+                )
                 continue
             if spec.long_policy == "truncate":
                 out.notes.append((shard, ident, f"truncated {n} -> {w} residues"))
@@ -154,7 +166,7 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepa
         if len(starts) > 1:
             out.notes.append((shard, ident, f"{n} residues: {len(starts)} windows of {w}"))
         for st in starts:
-            out.tokens.append(np.concatenate([head, body[st: st + w], eos]).astype(np.int32))
+            out.tokens.append(np.concatenate([head, body[st : st + w], eos]).astype(np.int32))
             out.piece_seq.append(s)
             out.piece_win.append(st)
         out.seq_key.append((shard, ident))
@@ -166,8 +178,9 @@ def prepare(ids, seqs, shards, tok: AnkhTokenizer, spec: EmbedPackSpec) -> Prepa
 def pack(prep: Prepared, spec: EmbedPackSpec) -> Iterator[dict]:
     """Model batches of fixed shapes: ``ids [B, L]`` and ``pieces [P, len(PIECE_COLUMNS)]``."""
     lengths = [len(t) for t in prep.tokens]
-    for row_len, nrows, rows in ladder_batches(lengths, spec.row_lengths(), spec.batch_tokens,
-                                               spec.max_segments):
+    for row_len, nrows, rows in ladder_batches(
+        lengths, spec.row_lengths(), spec.batch_tokens, spec.max_segments
+    ):
         yield _batch(rows, nrows, row_len, prep)
 
 
@@ -178,14 +191,21 @@ def _batch(rows: list[list[int]], nrows: int, row_len: int, prep: Prepared) -> d
         off = 0
         for seg, p in enumerate(members, start=1):
             t = prep.tokens[p]
-            ids[r, off: off + len(t)] = t
+            ids[r, off : off + len(t)] = t
             table.append((r, off, len(t), prep.piece_seq[p], prep.piece_win[p], seg))
             off += len(t)
     return {"ids": ids, "pieces": np.asarray(table, np.int32).reshape(-1, len(PIECE_COLUMNS))}
 
 
-def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: np.ndarray,
-           width: int, overlap: int, lead: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def layout(
+    ids: np.ndarray,
+    pieces: np.ndarray,
+    seq_len: np.ndarray,
+    seq_nwin: np.ndarray,
+    width: int,
+    overlap: int,
+    lead: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``segment_ids``, ``positions`` and pooling ``weights`` ``[B, L]`` of a packed batch.
 
     A residue's weight is ``1 / (coverage * residues)`` so the per-piece weighted sums of all a
@@ -196,20 +216,21 @@ def layout(ids: np.ndarray, pieces: np.ndarray, seq_len: np.ndarray, seq_nwin: n
     pos = np.zeros(ids.shape, np.int32)
     wt = np.zeros(ids.shape, np.float32)
     for row, start, ntok, s, win, sid in pieces.tolist():
-        seg[row, start: start + ntok] = sid
-        pos[row, start: start + ntok] = np.arange(ntok)
+        seg[row, start : start + ntok] = sid
+        pos[row, start : start + ntok] = np.arange(ntok)
         n, r0, r1 = int(seq_len[s]), start + lead, start + ntok - 1  # residues: [r0, r1)
         if seq_nwin[s] == 1:
-            wt[row, r0: r1] = 1.0 / n
+            wt[row, r0:r1] = 1.0 / n
         else:
-            wt[row, r0: r1] = 1.0 / (coverage(n, width, overlap)[win: win + r1 - r0] * n)
+            wt[row, r0:r1] = 1.0 / (coverage(n, width, overlap)[win : win + r1 - r0] * n)
     return seg, pos, wt
 
 
-def combine_windows(n: int, width: int, overlap: int, starts: list[int],
-                    hidden: list[np.ndarray]) -> np.ndarray:
+def combine_windows(
+    n: int, width: int, overlap: int, starts: list[int], hidden: list[np.ndarray]
+) -> np.ndarray:
     """Per-residue ``[n, e]``: each residue averaged over the windows covering it."""
     acc = np.zeros((n, hidden[0].shape[-1]), np.float64)
     for st, h in zip(starts, hidden):
-        acc[st: st + len(h)] += h
+        acc[st : st + len(h)] += h
     return (acc / coverage(n, width, overlap)[:, None]).astype(np.float32)

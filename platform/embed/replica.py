@@ -29,13 +29,16 @@ def pack_udf(batch: dict, spec: EmbedPackSpec, vocab: dict) -> dict:
     tok = AnkhTokenizer(vocab)
     # each record travels under its shard and input row (``embed_io.row_key``): parts record
     # which input rows they hold, so a re-run after a kill redoes only the rest
-    shards = [embed_io.row_key(embed_io.shard_stem(p), r)
-              for p, r in zip(batch["path"], batch["row"])]
+    shards = [
+        embed_io.row_key(embed_io.shard_stem(p), r) for p, r in zip(batch["path"], batch["row"])
+    ]
     prep = prepare(batch["id"].tolist(), batch["sequence"].tolist(), shards, tok, spec)
     out = {"ids": [], "pieces": [], "meta": []}
     notes = {(sh, i): why for sh, i, why in prep.notes}
-    seqs = [[k[0], k[1], n, w, notes.get(k, "")]
-            for k, n, w in zip(prep.seq_key, prep.seq_len, prep.seq_nwin)]
+    seqs = [
+        [k[0], k[1], n, w, notes.get(k, "")]
+        for k, n, w in zip(prep.seq_key, prep.seq_len, prep.seq_nwin)
+    ]
     errors = prep.errors  # ride on the group's first model batch
     for b in pack(prep, spec):
         used = sorted(set(b["pieces"][:, P_SEQ].tolist()))
@@ -49,8 +52,11 @@ def pack_udf(batch: dict, spec: EmbedPackSpec, vocab: dict) -> dict:
         out["ids"].append(np.zeros((0, 0), np.int32))
         out["pieces"].append(np.zeros((0, len(PIECE_COLUMNS)), np.int32))
         out["meta"].append(json.dumps({"seqs": [], "errors": errors}))
-    return {"ids": _objects(out["ids"]), "pieces": _objects(out["pieces"]),
-            "meta": np.asarray(out["meta"], object)}
+    return {
+        "ids": _objects(out["ids"]),
+        "pieces": _objects(out["pieces"]),
+        "meta": np.asarray(out["meta"], object),
+    }
 
 
 def _objects(arrs: list) -> np.ndarray:
@@ -62,8 +68,14 @@ def _objects(arrs: list) -> np.ndarray:
 class EmbedReplica:
     """One model replica (a Ray actor): loads the checkpoint by path, compiles every shape once."""
 
-    def __init__(self, checkpoint: str, spec: EmbedPackSpec, per_residue: bool, layer: int,
-                 compute_dtype: str):
+    def __init__(
+        self,
+        checkpoint: str,
+        spec: EmbedPackSpec,
+        per_residue: bool,
+        layer: int,
+        compute_dtype: str,
+    ):
         import jax
         import jax.numpy as jnp
 
@@ -73,11 +85,17 @@ class EmbedReplica:
         t0 = time.perf_counter()
         self.model = ankh.load(checkpoint, dtype=compute_dtype)  # from the path: nothing pickled
         if spec.prefix != self.model.task_prefix("[NLU]"):  # pieces were packed for another model
-            raise ValueError(f"{checkpoint}: packed with task prefix {spec.prefix!r}, the model "
-                             f"reads {self.model.task_prefix('[NLU]')!r}")
+            raise ValueError(
+                f"{checkpoint}: packed with task prefix {spec.prefix!r}, the model "
+                f"reads {self.model.task_prefix('[NLU]')!r}"
+            )
         self.spec, self.per_residue = spec, per_residue
-        fn = jit_encoder(self.model.graphdef, per_residue,
-                         encoder_depth(layer, self.model.config.num_layers), spec.max_segments)
+        fn = jit_encoder(
+            self.model.graphdef,
+            per_residue,
+            encoder_depth(layer, self.model.config.num_layers),
+            spec.max_segments,
+        )
         # Ahead-of-time: compile each fixed shape from its signature alone (no warm-up batch
         # executed), keep the executables; a call of any other shape is an error, never a
         # silent recompilation in the middle of the run. Tracing is Python (one thread); XLA
@@ -97,8 +115,9 @@ class EmbedReplica:
         """The compiled model on one packed batch: ``(pooled [B, S, e], hidden [B, L, e]|None)``."""
         exe = self.exe.get(tuple(ids.shape))
         if exe is None:
-            raise ValueError(f"batch shape {tuple(ids.shape)} is none of the compiled shapes "
-                             f"{sorted(self.exe)}")
+            raise ValueError(
+                f"batch shape {tuple(ids.shape)} is none of the compiled shapes {sorted(self.exe)}"
+            )
         out = exe(self.model.params, ids, seg, pos, wt)
         return out["pooled"], out.get("hidden")
 
@@ -108,10 +127,16 @@ class EmbedReplica:
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
-        rows = [self._one(batch["ids"][i], batch["pieces"][i], json.loads(batch["meta"][i]))
-                for i in range(len(batch["meta"]))]
-        out = {k: np.concatenate([r[k] for r in rows]) if k != "residues" else
-               _objects([x for r in rows for x in r[k]]) for k in rows[0]}
+        rows = [
+            self._one(batch["ids"][i], batch["pieces"][i], json.loads(batch["meta"][i]))
+            for i in range(len(batch["meta"]))
+        ]
+        out = {
+            k: np.concatenate([r[k] for r in rows])
+            if k != "residues"
+            else _objects([x for r in rows for x in r[k]])
+            for k in rows[0]
+        }
         # Where the time goes (summary): replica start-up once, compiled executables so far.
         out["init_s"] = np.zeros(len(out["id"]), np.float64)
         out["ready_at"] = np.zeros(len(out["id"]), np.float64)
@@ -125,19 +150,33 @@ class EmbedReplica:
         return out
 
     def _one(self, ids: np.ndarray, pieces: np.ndarray, meta: dict) -> dict:
-        ids, pieces = np.asarray(ids, np.int32), np.asarray(pieces, np.int32).reshape(-1, len(PIECE_COLUMNS))
+        ids, pieces = (
+            np.asarray(ids, np.int32),
+            np.asarray(pieces, np.int32).reshape(-1, len(PIECE_COLUMNS)),
+        )
         seqs, d = meta["seqs"], self.model.config.d_model
         n = len(pieces)
-        out = {"shard": [], "id": [], "length": [], "win_start": [], "n_win": [], "error": [],
-               "note": [], "tokens": [], "slots": [], "model_s": []}
+        out = {
+            "shard": [],
+            "id": [],
+            "length": [],
+            "win_start": [],
+            "n_win": [],
+            "error": [],
+            "note": [],
+            "tokens": [],
+            "slots": [],
+            "model_s": [],
+        }
         pooled = np.zeros((n, d), np.float32)
         residues: list[np.ndarray] = []
         if n:
             lens = np.asarray([s[2] for s in seqs])
             nwin = np.asarray([s[3] for s in seqs])
             lead = self.spec.num_prefix  # ankh3's [NLU]: seen by the model, not a residue
-            seg, pos, wt = layout(ids, pieces, lens, nwin, self.spec.max_length,
-                                  self.spec.window_overlap, lead)
+            seg, pos, wt = layout(
+                ids, pieces, lens, nwin, self.spec.max_length, self.spec.window_overlap, lead
+            )
             t0 = time.perf_counter()
             p, h = self.encode(ids, seg, pos, wt)
             p = np.asarray(p)  # [B, S, e]
@@ -152,7 +191,7 @@ class EmbedReplica:
                 out["tokens"].append(ntok), out["slots"].append(ids.size if k == 0 else 0)
                 out["model_s"].append(model_s if k == 0 else 0.0)
                 if h is not None:
-                    residues.append(h[row, start + lead: start + ntok - 1])
+                    residues.append(h[row, start + lead : start + ntok - 1])
         for shard, ident, why in meta["errors"]:
             out["shard"].append(shard), out["id"].append(ident), out["length"].append(0)
             out["win_start"].append(0), out["n_win"].append(1), out["error"].append(why)
@@ -160,8 +199,17 @@ class EmbedReplica:
             out["model_s"].append(0.0)
             residues.append(np.zeros((0, d), np.float32))
         pooled = np.concatenate([pooled, np.zeros((len(meta["errors"]), d), np.float32)])
-        res = {k: np.asarray(v, object if k in ("shard", "id", "error", "note") else
-                             np.float64 if k == "model_s" else np.int64) for k, v in out.items()}
+        res = {
+            k: np.asarray(
+                v,
+                object
+                if k in ("shard", "id", "error", "note")
+                else np.float64
+                if k == "model_s"
+                else np.int64,
+            )
+            for k, v in out.items()
+        }
         res["pooled"] = pooled
         if self.per_residue:
             res["residues"] = residues

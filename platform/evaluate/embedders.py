@@ -39,8 +39,10 @@ def _sha(text: str) -> str:
 def path_fingerprint(path: str) -> str:
     fs, root = filesystem(path)
     files = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
-    parts = [root] + [f"{p}:{i.get('size')}:{i.get('mtime') or i.get('updated') or ''}"
-                      for p, i in sorted(files.items())]
+    parts = [root] + [
+        f"{p}:{i.get('size')}:{i.get('mtime') or i.get('updated') or ''}"
+        for p, i in sorted(files.items())
+    ]
     return _sha("\n".join(parts))[:12]
 
 
@@ -68,21 +70,36 @@ class OneHotFeatures(FeatureExtractor):
 
 
 class AnkhFeatures(FeatureExtractor):
-    def __init__(self, model: Any, name: str, key: str, kind: str, layer: int | None = None,
-                 batch_tokens: int = DEFAULT_BATCH_TOKENS) -> None:
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        key: str,
+        kind: str,
+        layer: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    ) -> None:
         self.model, self.name, self.key = model, name, key
         self.dim, self.layer, self.batch_tokens = model.config.d_model, layer, batch_tokens
-        self.info = {"kind": kind, "params": int(model.num_params()), "d_model": self.dim,
-                     "encoder_layers": model.config.num_layers, "layer": layer}
+        self.info = {
+            "kind": kind,
+            "params": int(model.num_params()),
+            "d_model": self.dim,
+            "encoder_layers": model.config.num_layers,
+            "layer": layer,
+        }
         if layer is not None:
             self.key += f"-layer{layer}"
 
     def embed(self, seqs: list[str]) -> list[np.ndarray]:
-        return self.model.embed(seqs, per_residue=True, batch_tokens=self.batch_tokens, layer=self.layer)
+        return self.model.embed(
+            seqs, per_residue=True, batch_tokens=self.batch_tokens, layer=self.layer
+        )
 
 
-def make_extractor(spec: str, seed: int = 0, layer: int | None = None,
-                   batch_tokens: int = DEFAULT_BATCH_TOKENS) -> FeatureExtractor:
+def make_extractor(
+    spec: str, seed: int = 0, layer: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS
+) -> FeatureExtractor:
     """``onehot`` | ``random:<model>`` (same shape, fresh weights) | any model reference."""
     import ankh
     from ankh.resolve import resolve
@@ -94,8 +111,9 @@ def make_extractor(spec: str, seed: int = 0, layer: int | None = None,
         init = derive_seed(seed, "random-init")  # never the preset's own seed-0 weights
         model = ankh.Ankh.random(cfg, seed=init)
         key = f"random-{_sha(repr(cfg))[:10]}-seed{init}"
-        return AnkhFeatures(model, spec, key, "baseline: random init, same shape", layer,
-                            batch_tokens)
+        return AnkhFeatures(
+            model, spec, key, "baseline: random init, same shape", layer, batch_tokens
+        )
     ref = resolve(spec)
     model = ankh.load(ref.location)  # the pinned step of a run: the weights the key describes
     if ref.kind == "preset":
@@ -121,8 +139,10 @@ class EmbeddingCache:
             for h, n, d, b in zip(sub["seq_sha1"], sub["length"], sub["dim"], sub["emb"]):
                 arr = np.frombuffer(b, np.float32)
                 if arr.size != n * d:
-                    raise ValueError(f"{part}: cached embedding for {h} has {arr.size} values, "
-                                     f"expected {n}x{d} (corrupt cache; delete {folder})")
+                    raise ValueError(
+                        f"{part}: cached embedding for {h} has {arr.size} values, "
+                        f"expected {n}x{d} (corrupt cache; delete {folder})"
+                    )
                 out[h] = arr.reshape(n, d)
         return out
 
@@ -137,8 +157,10 @@ class EmbeddingCache:
             new = embedder.embed([s for _, s in todo])
             for (h, s), e in zip(todo, new):
                 if e.shape != (len(s), embedder.dim):
-                    raise ValueError(f"{embedder.name}: embedding shape {e.shape} for a "
-                                     f"{len(s)}-residue sequence")
+                    raise ValueError(
+                        f"{embedder.name}: embedding shape {e.shape} for a "
+                        f"{len(s)}-residue sequence"
+                    )
                 have[h] = np.asarray(e, np.float32)
             if folder:
                 self._write(folder, [(h, have[h]) for h, _ in todo])
@@ -147,12 +169,16 @@ class EmbeddingCache:
     @staticmethod
     def _write(folder: Path, rows: list[tuple[str, np.ndarray]]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "seq_sha1": [h for h, _ in rows],
-            "length": pa.array([e.shape[0] for _, e in rows], pa.int32()),
-            "dim": pa.array([e.shape[1] for _, e in rows], pa.int32()),
-            "emb": pa.array([np.ascontiguousarray(e, np.float32).tobytes() for _, e in rows], pa.binary()),
-        })
+        table = pa.table(
+            {
+                "seq_sha1": [h for h, _ in rows],
+                "length": pa.array([e.shape[0] for _, e in rows], pa.int32()),
+                "dim": pa.array([e.shape[1] for _, e in rows], pa.int32()),
+                "emb": pa.array(
+                    [np.ascontiguousarray(e, np.float32).tobytes() for _, e in rows], pa.binary()
+                ),
+            }
+        )
         name = f"part-{_sha(''.join(h for h, _ in rows))[:16]}.parquet"
         # atomic: a crashed run never leaves a half-written part
         atomic_write(str(folder / name), lambda tmp: pq.write_table(table, tmp, compression="zstd"))

@@ -46,7 +46,10 @@ class EvalConfig:
     checkpoints: tuple[str, ...] = ("tiny",)
     tasks: tuple[str, ...] = ("ss3",)
     heads: tuple[str, ...] = ("linear",)
-    baselines: tuple[str, ...] = ("onehot", "random")  # random = random init of each checkpoint's shape
+    baselines: tuple[str, ...] = (
+        "onehot",
+        "random",
+    )  # random = random init of each checkpoint's shape
     output: str = "outputs/evaluate"
     cache_dir: str = "outputs/embed_cache"  # "" disables the cache
     seed: int = 0
@@ -67,7 +70,7 @@ def _pool(x: list[np.ndarray]) -> list[np.ndarray]:
 def _pack(items: list[np.ndarray], chunk: int) -> list[np.ndarray]:
     """Concatenate per-residue arrays and cut them into ``chunk``-residue pieces."""
     flat = np.concatenate([np.asarray(i) for i in items])
-    return [flat[i:i + chunk] for i in range(0, len(flat), chunk)]
+    return [flat[i : i + chunk] for i in range(0, len(flat), chunk)]
 
 
 def _unpack(chunks: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
@@ -75,8 +78,14 @@ def _unpack(chunks: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
     return np.split(flat, np.cumsum(lengths)[:-1])
 
 
-def make_batch(task: TaskData, xs: list[np.ndarray], ys: list[Any], rows: np.ndarray,
-               batch: int, y_stats: tuple[float, float]) -> dict[str, np.ndarray]:
+def make_batch(
+    task: TaskData,
+    xs: list[np.ndarray],
+    ys: list[Any],
+    rows: np.ndarray,
+    batch: int,
+    y_stats: tuple[float, float],
+) -> dict[str, np.ndarray]:
     """Pad ``rows`` into fixed ``[batch, bucket(L)]`` arrays (few jit shapes); pad rows weigh 0."""
     dim = xs[rows[0]].shape[1]
     longest = max(len(xs[i]) for i in rows)
@@ -110,7 +119,7 @@ def make_batch(task: TaskData, xs: list[np.ndarray], ys: list[Any], rows: np.nda
 
 def iter_batches(task: TaskData, xs, ys, batch: int, order: np.ndarray, y_stats) -> Iterator[tuple]:
     for s in range(0, len(order), batch):
-        rows = order[s:s + batch]
+        rows = order[s : s + batch]
         yield rows, make_batch(task, xs, ys, rows, batch, y_stats)
 
 
@@ -137,7 +146,9 @@ def loss_fn(kind: str, out: jax.Array, b: dict[str, jax.Array]) -> jax.Array:
 
 
 @nnx.jit(static_argnums=(0,))
-def train_step(kind: str, model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]) -> jax.Array:
+def train_step(
+    kind: str, model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]
+) -> jax.Array:
     def lf(m):
         return loss_fn(kind, m(b["x"], b["mask"]), b)
 
@@ -182,19 +193,34 @@ def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]
         t = np.concatenate([np.asarray(y) for y in ys])
         name = {"ss3": "q3", "ss8": "q8"}.get(task.name, "accuracy")
         per_chain = [M.accuracy(x.argmax(-1), np.asarray(y)) for x, y in zip(preds, ys)]
-        return {"main": name, name: M.accuracy(p, t), "per_chain_mean_accuracy": float(np.mean(per_chain)),
-                "residues": int(len(t)), "confusion": M.confusion(p, t, len(task.classes)).tolist()}
+        return {
+            "main": name,
+            name: M.accuracy(p, t),
+            "per_chain_mean_accuracy": float(np.mean(per_chain)),
+            "residues": int(len(t)),
+            "confusion": M.confusion(p, t, len(task.classes)).tolist(),
+        }
     if task.kind == "protein_class":
         p, t = np.array([x.argmax() for x in preds]), np.array(ys)
-        return {"main": "accuracy", "accuracy": M.accuracy(p, t),
-                "confusion": M.confusion(p, t, len(task.classes)).tolist()}
+        return {
+            "main": "accuracy",
+            "accuracy": M.accuracy(p, t),
+            "confusion": M.confusion(p, t, len(task.classes)).tolist(),
+        }
     if task.kind == "protein_reg":
         p, t = np.array(preds, np.float64), np.array(ys, np.float64)
-        return {"main": "spearman", "spearman": M.spearman(p, t), "pearson": M.pearson(p, t),
-                "mse": float(np.mean((p - t) ** 2))}
+        return {
+            "main": "spearman",
+            "spearman": M.spearman(p, t),
+            "pearson": M.pearson(p, t),
+            "mse": float(np.mean((p - t) ** 2)),
+        }
     if task.kind == "multilabel":
         s, t = np.stack(preds), np.stack(ys)
-        out = {"main": "micro_auprc", "micro_auprc": M.average_precision(s, t) if t.any() else float("nan")}
+        out = {
+            "main": "micro_auprc",
+            "micro_auprc": M.average_precision(s, t) if t.any() else float("nan"),
+        }
         out["fmax"], out["fmax_threshold"] = M.fmax(s, t) if t.any() else (float("nan"), 0.0)
         onto = np.array(task.info.get("ontology_of_term", []))
         for o in sorted(set(onto.tolist())):
@@ -202,7 +228,12 @@ def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]
             if t[:, cols].any():
                 out[f"fmax_{o}"] = M.fmax(s[:, cols], t[:, cols])[0]
         return out
-    figs: dict[str, list[float]] = {"p_at_l5_ml": [], "p_at_l2_ml": [], "p_at_l_ml": [], "p_at_l5_long": []}
+    figs: dict[str, list[float]] = {
+        "p_at_l5_ml": [],
+        "p_at_l2_ml": [],
+        "p_at_l_ml": [],
+        "p_at_l5_long": [],
+    }
     for pr, ca in zip(preds, ys):
         L, true = len(ca), contact_map(ca)
         figs["p_at_l5_ml"].append(M.contact_precision(pr, true, 12, top=L // 5))
@@ -217,8 +248,9 @@ def _n_out(task: TaskData) -> int:
     return 1 if task.kind in ("protein_reg", "contacts") else len(task.classes)
 
 
-def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc: TrainConfig,
-               seed: int) -> tuple[dict[str, Any], nnx.Module, dict[str, Any]]:
+def train_head(
+    task: TaskData, head: str, data: dict[str, tuple[list, list]], tc: TrainConfig, seed: int
+) -> tuple[dict[str, Any], nnx.Module, dict[str, Any]]:
     """Train one head; returns (result figures, best model, test predictions by split name)."""
     pooled = task.per_protein and head != "convbert"
     packed = task.kind == "residue_class" and head != "convbert"
@@ -231,11 +263,21 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
     if task.kind == "protein_reg":  # standardise targets with train statistics
         tr = np.asarray(ys["train"], np.float64)
         y_stats = (float(tr.mean()), float(tr.std() or 1.0))
-    batch = tc.contact_batch_size if task.kind == "contacts" else tc.batch_size * (4 if pooled else 1)
+    batch = (
+        tc.contact_batch_size if task.kind == "contacts" else tc.batch_size * (4 if pooled else 1)
+    )
     dim = xs["train"][0].shape[1]
-    model = make_head(head, dim, _n_out(task), task.per_protein, nnx.Rngs(params=seed, dropout=derive_seed(seed, "dropout")),
-                      contacts=task.kind == "contacts")
-    opt = nnx.Optimizer(model, optax.adamw(tc.learning_rate, weight_decay=tc.weight_decay), wrt=nnx.Param)
+    model = make_head(
+        head,
+        dim,
+        _n_out(task),
+        task.per_protein,
+        nnx.Rngs(params=seed, dropout=derive_seed(seed, "dropout")),
+        contacts=task.kind == "contacts",
+    )
+    opt = nnx.Optimizer(
+        model, optax.adamw(tc.learning_rate, weight_decay=tc.weight_decay), wrt=nnx.Param
+    )
     rng = np.random.default_rng(seed)
     best, best_state, best_epoch, history, steps = -np.inf, nnx.clone(model), 0, [], 0
     t0 = time.perf_counter()
@@ -245,7 +287,9 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
             order = order[: tc.max_steps_per_epoch * batch]
         losses = []
         for _, b in iter_batches(task, xs["train"], ys["train"], batch, order, y_stats):
-            losses.append(float(train_step(task.kind, model, opt, {k: jnp.asarray(v) for k, v in b.items()})))
+            losses.append(
+                float(train_step(task.kind, model, opt, {k: jnp.asarray(v) for k, v in b.items()}))
+            )
             steps += 1
         val_pred = predict(task, model, xs["valid"], ys["valid"], batch, y_stats)
         if packed:
@@ -253,8 +297,15 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
         val = score(task, val_pred, data["valid"][1], [])
         v = val[val["main"]]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": float(v)})
-        log.info("%s/%s epoch %d loss %.4f valid %s %.4f", task.name, head, epoch, np.mean(losses),
-                 val["main"], v)
+        log.info(
+            "%s/%s epoch %d loss %.4f valid %s %.4f",
+            task.name,
+            head,
+            epoch,
+            np.mean(losses),
+            val["main"],
+            v,
+        )
         if v > best:
             best, best_state, best_epoch = v, nnx.clone(model), epoch
         elif epoch - best_epoch >= tc.patience:
@@ -263,10 +314,16 @@ def train_head(task: TaskData, head: str, data: dict[str, tuple[list, list]], tc
     if packed:
         test_pred = _unpack(test_pred, [len(x) for x in data["test"][0]])
     figures = score(task, test_pred, data["test"][1], [])
-    result = {"valid_" + figures["main"]: float(best), "best_epoch": best_epoch, "epochs": len(history),
-              "steps": steps, "train_seconds": round(time.perf_counter() - t0, 2),
-              "head_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
-              "test": figures, "history": history}
+    result = {
+        "valid_" + figures["main"]: float(best),
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "steps": steps,
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "head_params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))),
+        "test": figures,
+        "history": history,
+    }
     return result, best_state, {"test": test_pred}
 
 
@@ -278,7 +335,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     cache = EmbeddingCache(cfg.cache_dir or None)
     specs = list(cfg.checkpoints)
     if "random" in cfg.baselines:
-        specs += [f"random:{c}" for c in cfg.checkpoints if not c.startswith("random:") and c != "onehot"]
+        specs += [
+            f"random:{c}" for c in cfg.checkpoints if not c.startswith("random:") and c != "onehot"
+        ]
     if "onehot" in cfg.baselines and "onehot" not in specs:
         specs.append("onehot")
     specs = list(dict.fromkeys(specs))
@@ -286,9 +345,15 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"config": _jsonable(cfg), "tasks": {}, "embedders": {}, "results": []}
     plots: list[dict[str, Any]] = []
     for task in tasks:
-        report["tasks"][task.name] = {"kind": task.kind, "classes": task.classes, "info": task.info,
-                                      "sizes": {s: len(sp.ids) for s, sp in task.splits.items()}}
-    bar = progress.Progress("evaluate", total=len(specs) * len(tasks) * len(cfg.heads), unit="probes")
+        report["tasks"][task.name] = {
+            "kind": task.kind,
+            "classes": task.classes,
+            "info": task.info,
+            "sizes": {s: len(sp.ids) for s, sp in task.splits.items()},
+        }
+    bar = progress.Progress(
+        "evaluate", total=len(specs) * len(tasks) * len(cfg.heads), unit="probes"
+    )
     for spec in specs:
         emb = make_extractor(spec, cfg.seed, cfg.layer, cfg.embed_batch_tokens)
         report["embedders"][spec] = {"key": emb.key, **emb.info}
@@ -296,14 +361,32 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             every = [q for sp in task.splits.values() for q in sp.seqs]
             vecs = iter(cache.get(emb, every))  # one call: each jit shape compiles once
-            data = {s: ([next(vecs) for _ in sp.seqs], sp.labels, sp.ids) for s, sp in task.splits.items()}
+            data = {
+                s: ([next(vecs) for _ in sp.seqs], sp.labels, sp.ids)
+                for s, sp in task.splits.items()
+            }
             embed_s = round(time.perf_counter() - t0, 2)
             for head in cfg.heads:
                 res, _, preds = train_head(task, head, data, cfg.train, cfg.seed)
-                report["results"].append({"task": task.name, "checkpoint": spec, "head": head,
-                                          "seed": cfg.seed, "embed_seconds": embed_s, **res})
-                plots.append({"task": task, "checkpoint": spec, "head": head,
-                              "pred": preds["test"], "result": res})
+                report["results"].append(
+                    {
+                        "task": task.name,
+                        "checkpoint": spec,
+                        "head": head,
+                        "seed": cfg.seed,
+                        "embed_seconds": embed_s,
+                        **res,
+                    }
+                )
+                plots.append(
+                    {
+                        "task": task,
+                        "checkpoint": spec,
+                        "head": head,
+                        "pred": preds["test"],
+                        "result": res,
+                    }
+                )
                 bar.update()
         del emb
     bar.close()

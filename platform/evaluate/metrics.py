@@ -32,7 +32,7 @@ def rankdata(x: np.ndarray) -> np.ndarray:
         j = i
         while j + 1 < len(x) and sx[j + 1] == sx[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -46,7 +46,9 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"spearman needs two equal-length arrays of >= 2 values, got {len(x)}, {len(y)}")
+        raise ValueError(
+            f"spearman needs two equal-length arrays of >= 2 values, got {len(x)}, {len(y)}"
+        )
     return pearson(rankdata(x), rankdata(y))
 
 
@@ -66,7 +68,9 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def fmax(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[float, float]:
+def fmax(
+    scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None
+) -> tuple[float, float]:
     """CAFA protein-centric Fmax -> (fmax, best threshold).
 
     At threshold t: precision averages over proteins with >= 1 score >= t, recall over all
@@ -94,8 +98,13 @@ def fmax(scores: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None =
     return best, best_t
 
 
-def contact_precision(prob: np.ndarray, true: np.ndarray, min_sep: int = 12,
-                      max_sep: int | None = None, top: int | None = None) -> float:
+def contact_precision(
+    prob: np.ndarray,
+    true: np.ndarray,
+    min_sep: int = 12,
+    max_sep: int | None = None,
+    top: int | None = None,
+) -> float:
     """Precision of the ``top`` highest-scoring pairs i<j with ``min_sep <= j-i (< max_sep)``.
 
     Default ``top`` = L. Medium+long range is ``min_sep=12`` (medium 12-23, long >= 24).

@@ -16,8 +16,10 @@ from ankh_platform.evaluate.tasks import contact_map
 
 log = logging.getLogger(__name__)
 TABLE_METRICS = {  # headline figures per task kind, in table order
-    "residue_class": ["q3", "q8", "accuracy"], "protein_class": ["accuracy"],
-    "protein_reg": ["spearman", "pearson"], "multilabel": ["micro_auprc", "fmax"],
+    "residue_class": ["q3", "q8", "accuracy"],
+    "protein_class": ["accuracy"],
+    "protein_reg": ["spearman", "pearson"],
+    "multilabel": ["micro_auprc", "fmax"],
     "contacts": ["p_at_l5_ml", "p_at_l_ml"],
 }
 
@@ -28,16 +30,26 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for r in report["results"]:
         for metric, value in r["test"].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out.append({"task": r["task"], "checkpoint": r["checkpoint"], "head": r["head"],
-                            "seed": r["seed"], "metric": metric, "value": value,
-                            "n_test": report["tasks"][r["task"]]["sizes"]["test"]})
+                out.append(
+                    {
+                        "task": r["task"],
+                        "checkpoint": r["checkpoint"],
+                        "head": r["head"],
+                        "seed": r["seed"],
+                        "metric": metric,
+                        "value": value,
+                        "n_test": report["tasks"][r["task"]]["sizes"]["test"],
+                    }
+                )
     return out
 
 
 def markdown(report: dict[str, Any]) -> str:
     ckpts = list(dict.fromkeys(r["checkpoint"] for r in report["results"]))
-    lines = ["| task | head | metric (test) | " + " | ".join(f"`{c}`" for c in ckpts) + " |",
-             "|---|---|---|" + "---|" * len(ckpts)]
+    lines = [
+        "| task | head | metric (test) | " + " | ".join(f"`{c}`" for c in ckpts) + " |",
+        "|---|---|---|" + "---|" * len(ckpts),
+    ]
     by = {(r["task"], r["checkpoint"], r["head"]): r["test"] for r in report["results"]}
     for task, meta in report["tasks"].items():
         for head in dict.fromkeys(r["head"] for r in report["results"] if r["task"] == task):
@@ -45,24 +57,35 @@ def markdown(report: dict[str, Any]) -> str:
                 vals = [by.get((task, c, head), {}).get(metric) for c in ckpts]
                 if all(v is None for v in vals):
                     continue
-                cells = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-                         for v in vals]
+                cells = [
+                    "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+                    for v in vals
+                ]
                 lines.append(f"| {task} | {head} | {metric} | " + " | ".join(cells) + " |")
-    sizes = "; ".join(f"{t}: " + ", ".join(f"{k} {v}" for k, v in m["sizes"].items())
-                      for t, m in report["tasks"].items())
+    sizes = "; ".join(
+        f"{t}: " + ", ".join(f"{k} {v}" for k, v in m["sizes"].items())
+        for t, m in report["tasks"].items()
+    )
     return "\n".join(lines) + f"\n\nSplit sizes (chains/proteins): {sizes}.\n"
 
 
-def write_reports(report: dict[str, Any], output: str | Path, plots: bool = True,
-                  contact_protein: str = "") -> dict[str, str]:
+def write_reports(
+    report: dict[str, Any], output: str | Path, plots: bool = True, contact_protein: str = ""
+) -> dict[str, str]:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     plot_items = report.pop("_plots", [])
-    paths = {"json": out / "results.json", "csv": out / "results.csv", "markdown": out / "results.md"}
+    paths = {
+        "json": out / "results.json",
+        "csv": out / "results.csv",
+        "markdown": out / "results.md",
+    }
     paths["json"].write_text(json.dumps(report, indent=1, default=_default))
     rs = rows(report)
     with open(paths["csv"], "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["task", "checkpoint", "head", "seed", "metric", "value", "n_test"])
+        w = csv.DictWriter(
+            fh, fieldnames=["task", "checkpoint", "head", "seed", "metric", "value", "n_test"]
+        )
         w.writeheader()
         w.writerows(rs)
     paths["markdown"].write_text(markdown(report))
@@ -80,8 +103,9 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def write_plots(report: dict[str, Any], items: list[dict[str, Any]], out: Path,
-                contact_protein: str = "") -> dict[str, str]:
+def write_plots(
+    report: dict[str, Any], items: list[dict[str, Any]], out: Path, contact_protein: str = ""
+) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,10 +126,19 @@ def write_plots(report: dict[str, Any], items: list[dict[str, Any]], out: Path,
                 ax.set_xticks(range(len(task.classes)), task.classes, fontsize=7)
                 ax.set_yticks(range(len(task.classes)), task.classes, fontsize=7)
                 for (i, j), v in np.ndenumerate(norm):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if v > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v > 0.5 else "black",
+                    )
                 main = it["result"]["test"]["main"]
-                ax.set_title(f"{it['checkpoint']}\n{main} {it['result']['test'][main]:.3f}", fontsize=8)
+                ax.set_title(
+                    f"{it['checkpoint']}\n{main} {it['result']['test'][main]:.3f}", fontsize=8
+                )
                 ax.set_xlabel("predicted")
                 ax.set_ylabel("true")
             name = f"confusion_{task_name}_{head}.png"
@@ -117,7 +150,9 @@ def write_plots(report: dict[str, Any], items: list[dict[str, Any]], out: Path,
                 pred = np.triu(it["pred"][k], 6)  # only separation >= 6 is predicted
                 img = pred + np.tril(true.astype(np.float64), -1)
                 ax.imshow(img, cmap="Greys", vmin=0, vmax=1)
-                ax.set_title(f"{it['checkpoint']}: {test.ids[k]}\nupper predicted, lower true", fontsize=8)
+                ax.set_title(
+                    f"{it['checkpoint']}: {test.ids[k]}\nupper predicted, lower true", fontsize=8
+                )
             name = f"contacts_{task_name}_{head}.png"
         else:
             plt.close(fig)

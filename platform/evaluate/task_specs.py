@@ -58,8 +58,10 @@ def read_fasta_labels(path: str | Path) -> dict[str, list]:
         lines = [ln.strip() for ln in rec.strip().splitlines() if ln.strip()]
         head = lines[0].split()
         if len(lines) != 3:
-            raise ValueError(f"{path}: record {head[0] if head else '?'} has {len(lines) - 1} lines "
-                             "after the header; expected a sequence line and a label line")
+            raise ValueError(
+                f"{path}: record {head[0] if head else '?'} has {len(lines) - 1} lines "
+                "after the header; expected a sequence line and a label line"
+            )
         split = next((h.split("=", 1)[1] for h in head[1:] if h.startswith("split=")), "")
         for k, v in zip(rows, (head[0], lines[1].upper(), lines[2], split)):
             rows[k].append(v)
@@ -85,11 +87,17 @@ def _infer_kind(seqs: list[str], labels: list) -> str:
         return "residue_class"
     if all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in labels):
         vals = np.asarray(labels, np.float64)
-        return "protein_class" if np.all(vals == np.round(vals)) and len(set(labels)) <= 50 else "protein_reg"
+        return (
+            "protein_class"
+            if np.all(vals == np.round(vals)) and len(set(labels)) <= 50
+            else "protein_reg"
+        )
     return "protein_class"
 
 
-def load_user_task(spec: dict[str, str], limits: TaskLimits = TaskLimits(), seed: int = 0) -> TaskData:
+def load_user_task(
+    spec: dict[str, str], limits: TaskLimits = TaskLimits(), seed: int = 0
+) -> TaskData:
     label, seq_col = spec.get("label", "label"), spec.get("sequence", "sequence")
     raw: dict[str, tuple[list, list, list]] = {}
     for s in SPLITS:  # explicit split files, else one file split by column or by hash
@@ -102,8 +110,10 @@ def load_user_task(spec: dict[str, str], limits: TaskLimits = TaskLimits(), seed
         if any(t.get("split") or []):
             col = [{"validation": "valid", "val": "valid"}.get(x, x) for x in t["split"]]
         else:
-            col = [("test" if b < 10 else "valid" if b < 20 else "train")
-                   for b in (stable_hash(f"{seed}:{s}") % 100 for s in seqs)]
+            col = [
+                ("test" if b < 10 else "valid" if b < 20 else "train")
+                for b in (stable_hash(f"{seed}:{s}") % 100 for s in seqs)
+            ]
         for s in SPLITS:
             pick = [i for i, c in enumerate(col) if c == s]
             raw[s] = ([ids[i] for i in pick], [seqs[i] for i in pick], [labels[i] for i in pick])
@@ -116,7 +126,9 @@ def load_user_task(spec: dict[str, str], limits: TaskLimits = TaskLimits(), seed
         raw["train"] = tuple([x for x, v in zip(col, val) if not v] for col in (ids, seqs, labels))  # type: ignore
     files = [spec.get(k) or "" for k in ("file", "train")]
     fasta = any(f.endswith((".fasta", ".fa", ".fas")) for f in files)  # label lines: per residue
-    kind = spec.get("kind") or ("residue_class" if fasta else _infer_kind(raw["train"][1], raw["train"][2]))
+    kind = spec.get("kind") or (
+        "residue_class" if fasta else _infer_kind(raw["train"][1], raw["train"][2])
+    )
     return _build_user(spec["name"], kind, raw, limits, spec)
 
 
@@ -125,7 +137,11 @@ def _columns(t: dict[str, list], path: str, seq_col: str, label: str) -> tuple[l
         if c not in t:
             raise ValueError(f"{path}: no column {c!r}; columns are {sorted(t)}")
     seqs = [str(s).strip().upper() for s in t[seq_col]]
-    ids = [str(x) for x in t["id"]] if "id" in t else [f"{Path(path).stem}:{i}" for i in range(len(seqs))]
+    ids = (
+        [str(x) for x in t["id"]]
+        if "id" in t
+        else [f"{Path(path).stem}:{i}" for i in range(len(seqs))]
+    )
     missing = [i for i, y in enumerate(t[label]) if y is None]
     if missing:
         raise ValueError(f"{path}: {len(missing)} rows have no {label!r} (first: row {missing[0]})")
@@ -152,10 +168,14 @@ def _build_user(name: str, kind: str, raw: dict, limits: TaskLimits, spec: dict)
             if kind == "residue_class":
                 y = str(y)
                 if len(y) != len(seqs[i]):
-                    raise ValueError(f"task {name}: {ids[i]} has {len(seqs[i])} residues but {len(y)} labels")
+                    raise ValueError(
+                        f"task {name}: {ids[i]} has {len(seqs[i])} residues but {len(y)} labels"
+                    )
                 unseen = set(y) - set(index)
                 if unseen:
-                    raise ValueError(f"task {name}: {ids[i]} has label(s) {sorted(unseen)} not in train")
+                    raise ValueError(
+                        f"task {name}: {ids[i]} has label(s) {sorted(unseen)} not in train"
+                    )
                 out.append(np.array([index[c] for c in y], np.int8))
             elif kind == "protein_class":
                 if str(y) not in index:
@@ -164,10 +184,14 @@ def _build_user(name: str, kind: str, raw: dict, limits: TaskLimits, spec: dict)
             else:
                 out.append(float(y))
         splits[s] = Split([ids[i] for i in keep], [seqs[i] for i in keep], out)
-    return TaskData(name, kind, classes, splits, {"source": {k: v for k, v in spec.items() if k != "name"}})
+    return TaskData(
+        name, kind, classes, splits, {"source": {k: v for k, v in spec.items() if k != "name"}}
+    )
 
 
-def load_task(spec: str, limits: TaskLimits = TaskLimits(), go_top_n: int = 20, seed: int = 0) -> TaskData:
+def load_task(
+    spec: str, limits: TaskLimits = TaskLimits(), go_top_n: int = 20, seed: int = 0
+) -> TaskData:
     parsed = parse_task_spec(spec)
     if parsed["name"] in ("ss3", "ss8", "contacts") and len(parsed) == 1:
         return load_pdb_task(parsed["name"], limits)

@@ -99,8 +99,9 @@ def _all_kmers(seqs: list[str], k: int) -> np.ndarray:
     return codes[start + k <= owner_end]
 
 
-def near_duplicates(train_seqs: list[str], query_seqs: list[str], k: int = 8,
-                    threshold: float = 0.3) -> np.ndarray:
+def near_duplicates(
+    train_seqs: list[str], query_seqs: list[str], k: int = 8, threshold: float = 0.3
+) -> np.ndarray:
     """Mask of query chains identical to a training chain, or with >= ``threshold`` of their
     k-mers found in training chains (8-mers shared by chance are ~1e-4 here; a chain at ~90%
     identity keeps ~0.9**8 = 43% of its 8-mers, so ~>85% identity is removed)."""
@@ -152,7 +153,9 @@ def contact_map(ca: np.ndarray, cutoff: float = 8.0, min_sep: int = 6) -> np.nda
     return (d < cutoff) & (np.abs(idx[:, None] - idx[None, :]) >= min_sep)
 
 
-def load_pdb_task(name: str, limits: TaskLimits = TaskLimits(), root: Path | None = None) -> TaskData:
+def load_pdb_task(
+    name: str, limits: TaskLimits = TaskLimits(), root: Path | None = None
+) -> TaskData:
     path = (root or data_dir()) / "pdb_dssp8.parquet"
     if not path.exists():
         raise FileNotFoundError(f"{name}: {path} not found (see data/README.md)")
@@ -166,11 +169,13 @@ def load_pdb_task(name: str, limits: TaskLimits = TaskLimits(), root: Path | Non
     train_seqs = [seqs[i] for i in by_split["train"]]
     removed, splits = {}, {}
     for s in SPLITS:
-        cand = take_in_hash_order([i for i in by_split[s] if 0 < len(seqs[i]) <= max_len], ids, len(ids))
+        cand = take_in_hash_order(
+            [i for i in by_split[s] if 0 < len(seqs[i]) <= max_len], ids, len(ids)
+        )
         keep: list[int] = []
         removed[s] = 0
         while cand and len(keep) < getattr(limits, s):  # dedupe in chunks until the slice is full
-            chunk, cand = cand[: 2 * getattr(limits, s)], cand[2 * getattr(limits, s):]
+            chunk, cand = cand[: 2 * getattr(limits, s)], cand[2 * getattr(limits, s) :]
             if s != "train":
                 dup = near_duplicates(train_seqs, [seqs[i] for i in chunk])
                 removed[s] += int(dup[: max(0, getattr(limits, s) - len(keep))].sum())
@@ -184,16 +189,28 @@ def load_pdb_task(name: str, limits: TaskLimits = TaskLimits(), root: Path | Non
         splits[s] = Split(rows["id"], rows["sequence"], labels)
         for cid, seq, lab in zip(rows["id"], rows["sequence"], labels):
             if len(lab) != len(seq):
-                raise ValueError(f"{name}: chain {cid} has {len(seq)} residues but {len(lab)} labels")
+                raise ValueError(
+                    f"{name}: chain {cid} has {len(seq)} residues but {len(lab)} labels"
+                )
     classes = [] if name == "contacts" else list(SS3 if name == "ss3" else SS8)
     kind: Kind = "contacts" if name == "contacts" else "residue_class"
-    return TaskData(name, kind, classes, splits,
-                    {"source": str(path), "near_duplicates_skipped": removed,
-                     "split": "by PDB id (sha1 of the 4-char entry id), 80/10/10"})
+    return TaskData(
+        name,
+        kind,
+        classes,
+        splits,
+        {
+            "source": str(path),
+            "near_duplicates_skipped": removed,
+            "split": "by PDB id (sha1 of the 4-char entry id), 80/10/10",
+        },
+    )
 
 
 # ---- GO ---------------------------------------------------------------------------------------------
-def load_go_task(limits: TaskLimits = TaskLimits(), top_n: int = 20, root: Path | None = None) -> TaskData:
+def load_go_task(
+    limits: TaskLimits = TaskLimits(), top_n: int = 20, root: Path | None = None
+) -> TaskData:
     """Multi-label over the ``top_n`` most frequent terms of each ontology in the train slice;
     the dataset's fixed ``split`` column; held-out proteins near-identical to a train one dropped."""
     parts = sorted(((root or data_dir()) / "uniprot_go").glob("part-*.parquet"))
@@ -239,7 +256,15 @@ def load_go_task(limits: TaskLimits = TaskLimits(), top_n: int = 20, root: Path 
                         y[col[g]] = True
             labels.append(y)
         splits[s] = Split([r["id"] for r in rs], [r["sequence"] for r in rs], labels)
-    return TaskData("go", "multilabel", terms, splits,
-                    {"top_n_per_ontology": top_n, "near_duplicates_removed": removed,
-                     "ontology_of_term": ontology,
-                     "split": "the dataset's fixed split column (hash of the accession)"})
+    return TaskData(
+        "go",
+        "multilabel",
+        terms,
+        splits,
+        {
+            "top_n_per_ontology": top_n,
+            "near_duplicates_removed": removed,
+            "ontology_of_term": ontology,
+            "split": "the dataset's fixed split column (hash of the accession)",
+        },
+    )

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneJobConfig:
-    model: str = "tiny"          # preset, HF directory or our pretraining checkpoint
-    data: str = ""               # family: Parquet or FASTA[.gz]
+    model: str = "tiny"  # preset, HF directory or our pretraining checkpoint
+    data: str = ""  # family: Parquet or FASTA[.gz]
     output: str = ""
     max_sequences: int = 100_000
     train: FinetuneConfig = FinetuneConfig()
@@ -54,9 +54,15 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             tuned.save_hf(tmp)
             fs.put(tmp, f"{root}/model", recursive=True)
-    summary = {"model_dir": f"{out}/model", "n_train": hist["n_train"], "n_eval": hist["n_eval"],
-               "steps": cfg.train.steps, "eval_mean_log_likelihood": hist["eval"],
-               "first_loss": hist["train_loss"][0], "last_loss": hist["train_loss"][-1]}
+    summary = {
+        "model_dir": f"{out}/model",
+        "n_train": hist["n_train"],
+        "n_eval": hist["n_eval"],
+        "steps": cfg.train.steps,
+        "eval_mean_log_likelihood": hist["eval"],
+        "first_loss": hist["train_loss"][0],
+        "last_loss": hist["train_loss"][-1],
+    }
     with fsspec.open(f"{out}/history.json", "w") as fh:
         json.dump(summary | {"train_loss": hist["train_loss"]}, fh)
     return summary

@@ -37,12 +37,12 @@ AA20 = "ACDEFGHIKLMNPQRSTVWY"
 
 @dataclasses.dataclass(frozen=True)
 class GenerateJobConfig:
-    model: str = "tiny"                  # preset, HF directory or our checkpoint
-    parents: str = ""                    # Parquet (id, sequence) or FASTA[.gz]; local or gs://
-    sequence: str = ""                   # or one parent given inline
+    model: str = "tiny"  # preset, HF directory or our checkpoint
+    parents: str = ""  # Parquet (id, sequence) or FASTA[.gz]; local or gs://
+    sequence: str = ""  # or one parent given inline
     output: str = ""
     temperatures: tuple[float, ...] = (1.0, 1.5)
-    n: int = 10                          # variants per parent and temperature
+    n: int = 10  # variants per parent and temperature
     mask_fraction: float = 0.4
     top_k: int = 0
     top_p: float = 1.0
@@ -65,8 +65,11 @@ def read_sequences(path: str, limit: int | None = None) -> list[tuple[str, str]]
         if "sequence" not in tab.column_names:
             raise ValueError(f"{path}: no 'sequence' column (has {tab.column_names})")
         seqs = tab.column("sequence").to_pylist()[:limit]
-        ids = tab.column("id").to_pylist()[:limit] if "id" in tab.column_names else \
-            [f"seq{i}" for i in range(len(seqs))]
+        ids = (
+            tab.column("id").to_pylist()[:limit]
+            if "id" in tab.column_names
+            else [f"seq{i}" for i in range(len(seqs))]
+        )
         return list(zip(map(str, ids), seqs))
     from ankh_platform.data.fasta import read_fasta
 
@@ -94,24 +97,43 @@ def _score(model, seqs: list[str], kind: str) -> list[float]:
 
 def generate_rows(model, parents: list[tuple[str, str]], cfg: GenerateJobConfig):
     rows, stats = [], {t: {"generated": 0, "rejected": Counter()} for t in cfg.temperatures}
-    parent_scores = dict(zip([p for p, _ in parents], _score(model, [s for _, s in parents], cfg.score_kind)))
+    parent_scores = dict(
+        zip([p for p, _ in parents], _score(model, [s for _, s in parents], cfg.score_kind))
+    )
     for pi, (pid, parent) in enumerate(progress.track(parents, "generate", unit="parents")):
         for t in cfg.temperatures:
-            res = model.variants(parent, mask_fraction=cfg.mask_fraction, temperature=t, n=cfg.n,
-                                 seed=derive_seed(cfg.seed, "parent", pi), top_k=cfg.top_k, top_p=cfg.top_p)
+            res = model.variants(
+                parent,
+                mask_fraction=cfg.mask_fraction,
+                temperature=t,
+                n=cfg.n,
+                seed=derive_seed(cfg.seed, "parent", pi),
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+            )
             stats[t]["generated"] += res.generated
             stats[t]["rejected"].update({k: v for k, v in res.rejected.items() if v})
             scores = _score(model, res.sequences, cfg.score_kind)
             for j, (seq, masked, sc) in enumerate(zip(res.sequences, res.masked_inputs, scores)):
-                rows.append({"parent_id": pid, "temperature": float(t), "variant_index": j,
-                             "sequence": seq, "masked_input": masked,
-                             "identity": infill.identity(seq, parent), "score": sc,
-                             "parent_score": parent_scores[pid]})
+                rows.append(
+                    {
+                        "parent_id": pid,
+                        "temperature": float(t),
+                        "variant_index": j,
+                        "sequence": seq,
+                        "masked_input": masked,
+                        "identity": infill.identity(seq, parent),
+                        "score": sc,
+                        "parent_score": parent_scores[pid],
+                    }
+                )
         log.info("parent %d/%d (%s) done", pi + 1, len(parents), pid)
     return rows, stats
 
 
-def summarize(rows: list[dict], stats: dict, parents: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def summarize(
+    rows: list[dict], stats: dict, parents: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
     base = composition([s for _, s in parents])
     out = []
     for t, st in stats.items():
@@ -120,17 +142,23 @@ def summarize(rows: list[dict], stats: dict, parents: list[tuple[str, str]]) -> 
         ident = np.array([x["identity"] for x in r])
         comp = composition(seqs)
         empty = not r  # no accepted variant: the statistics are undefined (null)
-        out.append({
-            "temperature": float(t), "generated": st["generated"], "accepted": len(r),
-            "rejected": sum(st["rejected"].values()), "rejected_by_reason": dict(st["rejected"]),
-            "unique_fraction": None if empty else len(set(seqs)) / len(seqs),
-            "identity_mean": None if empty else float(np.mean(ident)),
-            "identity_std": None if empty else float(np.std(ident)),
-            "score_mean": None if empty else float(np.nanmean([x["score"] for x in r])),
-            "composition_drift_tv": None if empty else float(0.5 * np.abs(comp - base).sum()),
-            "composition_delta": {a: (None if empty else round(float(d), 5))
-                                  for a, d in zip(AA20, comp - base)},
-        })
+        out.append(
+            {
+                "temperature": float(t),
+                "generated": st["generated"],
+                "accepted": len(r),
+                "rejected": sum(st["rejected"].values()),
+                "rejected_by_reason": dict(st["rejected"]),
+                "unique_fraction": None if empty else len(set(seqs)) / len(seqs),
+                "identity_mean": None if empty else float(np.mean(ident)),
+                "identity_std": None if empty else float(np.std(ident)),
+                "score_mean": None if empty else float(np.nanmean([x["score"] for x in r])),
+                "composition_drift_tv": None if empty else float(0.5 * np.abs(comp - base).sum()),
+                "composition_delta": {
+                    a: (None if empty else round(float(d), 5)) for a, d in zip(AA20, comp - base)
+                },
+            }
+        )
     return out
 
 
@@ -152,8 +180,12 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
     width = 0.8 / max(len(summary), 1)
     for k, s in enumerate(summary):
         if s["accepted"]:
-            ax[2].bar(np.arange(20) + k * width, list(s["composition_delta"].values()), width,
-                      label=f"t={s['temperature']} (TV {s['composition_drift_tv']:.3f})")
+            ax[2].bar(
+                np.arange(20) + k * width,
+                list(s["composition_delta"].values()),
+                width,
+                label=f"t={s['temperature']} (TV {s['composition_drift_tv']:.3f})",
+            )
     ax[2].set_xticks(np.arange(20) + 0.4 - width / 2, list(AA20))
     ax[2].set(title="composition drift (variants - parents)", ylabel="frequency delta")
     if any(s["accepted"] for s in summary):
@@ -164,37 +196,85 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(rows: list[dict], summary: list[dict], output: str,
-                  provenance: dict[str, str | None] | None = None) -> dict[str, str]:
+def write_outputs(
+    rows: list[dict],
+    summary: list[dict],
+    output: str,
+    provenance: dict[str, str | None] | None = None,
+) -> dict[str, str]:
     """Every output file; ``provenance`` (``model``, ``model_pinned``, ``model_revision``) goes
     into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata."""
     provenance = provenance or {}
     out = output.rstrip("/")
     fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
-    paths = {k: f"{out}/{v}" for k, v in {"parquet": "variants.parquet", "fasta": "variants.fasta",
-                                           "csv": "summary.csv", "json": "summary.json",
-                                           "png": "summary.png"}.items()}
-    cols = ["parent_id", "temperature", "variant_index", "sequence", "masked_input", "identity",
-            "score", "parent_score"]
-    table = pa.table({c: [r[c] for r in rows] for c in cols}) if rows else pa.table(
-        {c: pa.array([], pa.string() if c in ("parent_id", "sequence", "masked_input") else pa.float64())
-         for c in cols})
+    paths = {
+        k: f"{out}/{v}"
+        for k, v in {
+            "parquet": "variants.parquet",
+            "fasta": "variants.fasta",
+            "csv": "summary.csv",
+            "json": "summary.json",
+            "png": "summary.png",
+        }.items()
+    }
+    cols = [
+        "parent_id",
+        "temperature",
+        "variant_index",
+        "sequence",
+        "masked_input",
+        "identity",
+        "score",
+        "parent_score",
+    ]
+    table = (
+        pa.table({c: [r[c] for r in rows] for c in cols})
+        if rows
+        else pa.table(
+            {
+                c: pa.array(
+                    [],
+                    pa.string() if c in ("parent_id", "sequence", "masked_input") else pa.float64(),
+                )
+                for c in cols
+            }
+        )
+    )
     table = table.replace_schema_metadata(
-        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None})
+        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
+    )
     with fsspec.open(paths["parquet"], "wb") as fh:
         pq.write_table(table, fh)
     with fsspec.open(paths["fasta"], "w") as fh:
         for r in rows:
-            fh.write(f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
-                     f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n")
-    flat = ["temperature", "generated", "accepted", "rejected", "unique_fraction", "identity_mean",
-            "identity_std", "score_mean", "composition_drift_tv"]
+            fh.write(
+                f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
+                f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n"
+            )
+    flat = [
+        "temperature",
+        "generated",
+        "accepted",
+        "rejected",
+        "unique_fraction",
+        "identity_mean",
+        "identity_std",
+        "score_mean",
+        "composition_drift_tv",
+    ]
     with fsspec.open(paths["csv"], "w") as fh:
         fh.write(",".join(flat) + "\n")
         for s in summary:
-            fh.write(",".join(f"{s[k]:.6g}" if isinstance(s[k], float) else
-                              ("" if s[k] is None else str(s[k])) for k in flat) + "\n")
+            fh.write(
+                ",".join(
+                    f"{s[k]:.6g}"
+                    if isinstance(s[k], float)
+                    else ("" if s[k] is None else str(s[k]))
+                    for k in flat
+                )
+                + "\n"
+            )
     with fsspec.open(paths["json"], "w") as fh:
         json.dump({**provenance, "per_temperature": summary}, fh, indent=1)
     plot(rows, summary, paths["png"])
@@ -209,7 +289,9 @@ def run(cfg: GenerateJobConfig) -> dict[str, Any]:
         raise ValueError("give exactly one of parents=PATH or sequence=RESIDUES")
     if not cfg.output:
         raise ValueError("output=DIR is required")
-    parents = read_sequences(cfg.parents, cfg.max_parents) if cfg.parents else [("parent", cfg.sequence)]
+    parents = (
+        read_sequences(cfg.parents, cfg.max_parents) if cfg.parents else [("parent", cfg.sequence)]
+    )
     parents = [(pid, s.strip().upper()) for pid, s in parents]
     # Pin once (a hub id to its commit, a run dir to its newest good step), load exactly that,
     # and record both so a run can be reproduced with the same weights.
@@ -219,5 +301,10 @@ def run(cfg: GenerateJobConfig) -> dict[str, Any]:
     rows, stats = generate_rows(model, parents, cfg)
     summary = summarize(rows, stats, parents)
     paths = write_outputs(rows, summary, cfg.output, provenance)
-    return {"parents": len(parents), "variants": len(rows), "outputs": paths, "summary": summary,
-            **provenance}
+    return {
+        "parents": len(parents),
+        "variants": len(rows),
+        "outputs": paths,
+        "summary": summary,
+        **provenance,
+    }

@@ -52,8 +52,9 @@ class Ingress:
     """Validates and limits requests, then calls the model deployments through handles
     (the ``http.Service`` the routes of ``http.build_api`` call)."""
 
-    def __init__(self, embedder: DeploymentHandle, generator: DeploymentHandle | None,
-                 config: dict[str, Any]):
+    def __init__(
+        self, embedder: DeploymentHandle, generator: DeploymentHandle | None, config: dict[str, Any]
+    ):
         self.cfg = from_dict(ServeConfig, config)
         self.limits = self.cfg.limits
         self.embedder, self.generator = embedder, generator
@@ -64,20 +65,26 @@ class Ingress:
         if self.cfg.auth.enabled:
             self.token = os.environ.get(self.cfg.auth.token_env, "")
             if not self.token:
-                raise RuntimeError(f"auth.enabled but ${self.cfg.auth.token_env} is empty: set it "
-                                   "(e.g. from a secret) or disable auth")
+                raise RuntimeError(
+                    f"auth.enabled but ${self.cfg.auth.token_env} is empty: set it "
+                    "(e.g. from a secret) or disable auth"
+                )
         self._info: dict[str, dict[str, Any]] = {}  # per model, from an embedder replica
         self._tok: dict[str, Any] = {}  # per model: AnkhTokenizer
         self._routes: dict[tuple[int, str], DeploymentHandle] = {}
         self.facts: dict[str, Any] | None = None  # the default model's, for /openapi.json
-        self.m_requests = metrics.Counter("ankh_http_requests", description="HTTP requests",
-                                          tag_keys=("route", "status"))
+        self.m_requests = metrics.Counter(
+            "ankh_http_requests", description="HTTP requests", tag_keys=("route", "status")
+        )
         self.m_latency = metrics.Histogram(
-            "ankh_http_latency_seconds", description="Ingress latency per route (s)",
+            "ankh_http_latency_seconds",
+            description="Ingress latency per route (s)",
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-            tag_keys=("route",))
-        self.m_sequences = metrics.Counter("ankh_http_sequences", tag_keys=("route",),
-                                           description="Sequences received per route")
+            tag_keys=("route",),
+        )
+        self.m_sequences = metrics.Counter(
+            "ankh_http_sequences", tag_keys=("route",), description="Sequences received per route"
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -86,8 +93,9 @@ class Ingress:
         """Metrics + one structured log line per request (Serve adds the request id)."""
         self.m_requests.inc(tags={"route": route, "status": str(status)})
         self.m_latency.observe(seconds, tags={"route": route})
-        log.info("http", extra={"route": route, "status": status,
-                                "latency_ms": round(seconds * 1e3, 2)})
+        log.info(
+            "http", extra={"route": route, "status": status, "latency_ms": round(seconds * 1e3, 2)}
+        )
 
     # ---- helpers ---------------------------------------------------------------------------
     def model_id(self, requested: str | None) -> str:
@@ -95,8 +103,10 @@ class Ingress:
         else the default; 404 (listing the served ones) for a name this app does not serve."""
         header = serve.get_multiplexed_model_id()  # set by Serve's proxy from the HTTP header
         if requested and header and requested != header:
-            raise HTTPError(422, f"'model' {requested!r} and header serve_multiplexed_model_id "
-                                 f"{header!r} disagree")
+            raise HTTPError(
+                422,
+                f"'model' {requested!r} and header serve_multiplexed_model_id {header!r} disagree",
+            )
         name = requested or header or self.name
         if name not in self.catalog:
             raise UnknownModelError(name, list(self.catalog))
@@ -140,8 +150,9 @@ class Ingress:
                 raise HTTPError(422, f"sequence {i} is empty")
             if not s.isascii():  # else upper() turns e.g. 'ß' into 'SS', two residues
                 p, c = next((p, c) for p, c in enumerate(s) if not c.isascii())
-                raise HTTPError(422, f"sequence {i}: character {c!r} at position {p} is not "
-                                     "in the alphabet")
+                raise HTTPError(
+                    422, f"sequence {i}: character {c!r} at position {p} is not in the alphabet"
+                )
             try:
                 tok.encode(norm, allow_sentinels=sentinels)
             except TokenizerError as e:
@@ -155,9 +166,15 @@ class Ingress:
         return self.route(self.generator, name)
 
     # ---- operations (one per route) -----------------------------------------------------------
-    async def embed_arrays(self, model: str | None, sequences: list[str], pooling: str = "mean",
-                           layer: int | None = None, truncate: str | None = None,
-                           route: str = "/v1/embed") -> tuple[str, list[str], Any]:
+    async def embed_arrays(
+        self,
+        model: str | None,
+        sequences: list[str],
+        pooling: str = "mean",
+        layer: int | None = None,
+        truncate: str | None = None,
+        route: str = "/v1/embed",
+    ) -> tuple[str, list[str], Any]:
         """The embedding operation of every embedding route (ours, OpenAI's, TEI's): model,
         limits, normalisation -> (model name, normalised sequences, the embedder's arrays).
         ``truncate`` "left"/"right" cuts over-long sequences to the limit (TEI) instead of 413."""
@@ -175,23 +192,37 @@ class Ingress:
         name, _, out = await self.embed_arrays(req.model, req.sequences, req.pooling, req.layer)
         if npy:  # Accept: application/x-npy
             body, lengths = npy_body(out, req.dtype)
-            return Response(body, media_type=NPY, headers={
-                LENGTHS_HEADER: ",".join(map(str, lengths)), "X-Model": name})
+            return Response(
+                body,
+                media_type=NPY,
+                headers={LENGTHS_HEADER: ",".join(map(str, lengths)), "X-Model": name},
+            )
         if req.encoding_format == "base64":
             embs: list[Any] = [b64_array(a, req.dtype) for a in out]
         else:
             dt = np.float16 if req.dtype == "float16" else np.float32
-            embs = (out.astype(dt).tolist() if req.pooling == "mean"
-                    else [a.astype(dt).tolist() for a in out])
-        return {"model": name, "dim": self._info[name]["d_model"], "pooling": req.pooling,
-                "encoding_format": req.encoding_format, "embeddings": embs}
+            embs = (
+                out.astype(dt).tolist()
+                if req.pooling == "mean"
+                else [a.astype(dt).tolist() for a in out]
+            )
+        return {
+            "model": name,
+            "dim": self._info[name]["d_model"],
+            "pooling": req.pooling,
+            "encoding_format": req.encoding_format,
+            "embeddings": embs,
+        }
 
     async def describe(self, model: str | None) -> dict[str, Any]:
         """One served model's facts (dims, buckets, effective max length) for /info-like routes."""
         name = self.model_id(model)
         info = await self.info(name)
-        return {"id": name, **info,
-                "max_length": effective_max_length(self.limits, info["max_residues"], None)}
+        return {
+            "id": name,
+            **info,
+            "max_length": effective_max_length(self.limits, info["max_residues"], None),
+        }
 
     async def schema_facts(self) -> dict[str, Any]:
         """What the OpenAPI schema states about the default model (``openapi.constrain``)."""
@@ -199,8 +230,10 @@ class Ingress:
             d = await self.describe(None)
             tok = self._tok[self.name]
             self.facts = {k: d[k] for k in ("max_length", "layers", "per_residue", "d_model")}
-            self.facts |= {"letters": tok.residue_letters,
-                           "sentinels": sum(t.startswith("<extra_id_") for t in tok.vocab)}
+            self.facts |= {
+                "letters": tok.residue_letters,
+                "sentinels": sum(t.startswith("<extra_id_") for t in tok.vocab),
+            }
         return self.facts
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
@@ -235,8 +268,9 @@ class Ingress:
         try:
             await asyncio.wait_for(asyncio.gather(*checks), timeout=5)
         except TimeoutError:
-            raise HTTPError(503, "a deployment did not answer the health check in 5 s",
-                            {"Retry-After": "1"}) from None
+            raise HTTPError(
+                503, "a deployment did not answer the health check in 5 s", {"Retry-After": "1"}
+            ) from None
         return {"status": "ok", "model": self.name}
 
     async def models(self) -> dict[str, Any]:
@@ -246,18 +280,26 @@ class Ingress:
         data = []
         for name, ckpt in self.catalog.items():
             info = self._info.get(name)
-            entry: dict[str, Any] = {"id": name, "object": "model", "created": self.created,
-                                     "owned_by": "ankh", "checkpoint": ckpt,
-                                     "default": name == self.name,
-                                     "generation": self.generator is not None,
-                                     "details": info is not None}
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "ankh",
+                "checkpoint": ckpt,
+                "default": name == self.name,
+                "generation": self.generator is not None,
+                "details": info is not None,
+            }
             limits = to_plain(self.limits)
             if info is not None:
                 entry |= info
                 limits["max_length"] = effective_max_length(self.limits, info["max_residues"], None)
             data.append(entry | {"limits": limits})
-        return {"object": "list", "data": data,
-                "max_models_per_replica": self.cfg.max_models_per_replica}
+        return {
+            "object": "list",
+            "data": data,
+            "max_models_per_replica": self.cfg.max_models_per_replica,
+        }
 
 
 def deployment_options(opts, retry_after_s: float) -> dict[str, Any]:
@@ -285,18 +327,22 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Applica
     cfg = args if isinstance(args, ServeConfig) else from_dict(ServeConfig, dict(args or {}))
     log_cfg = {"encoding": "JSON" if cfg.log_json else "TEXT", "log_level": "INFO"}
     ra = cfg.retry_after_s
-    mux = {"models": dict(cfg.models), "default_name": cfg.served_name(),
-           "max_models": cfg.max_models_per_replica}  # several checkpoints per replica
-    embedder = EmbedDeployment.options(**deployment_options(cfg.embed, ra),
-                                       logging_config=log_cfg).bind(
-        cfg.checkpoint, cfg.dtype, to_plain(cfg.embed), **mux)
+    mux = {
+        "models": dict(cfg.models),
+        "default_name": cfg.served_name(),
+        "max_models": cfg.max_models_per_replica,
+    }  # several checkpoints per replica
+    embedder = EmbedDeployment.options(
+        **deployment_options(cfg.embed, ra), logging_config=log_cfg
+    ).bind(cfg.checkpoint, cfg.dtype, to_plain(cfg.embed), **mux)
     generator = None
     if cfg.generate.enabled:
-        generator = Generator.options(**deployment_options(cfg.generate, ra),
-                                      logging_config=log_cfg).bind(cfg.checkpoint, cfg.dtype,
-                                                                    cfg.generate.warmup, **mux)
-    return IngressDeployment.options(**deployment_options(cfg.ingress, ra),
-                                     logging_config=log_cfg).bind(embedder, generator, to_plain(cfg))
+        generator = Generator.options(
+            **deployment_options(cfg.generate, ra), logging_config=log_cfg
+        ).bind(cfg.checkpoint, cfg.dtype, cfg.generate.warmup, **mux)
+    return IngressDeployment.options(
+        **deployment_options(cfg.ingress, ra), logging_config=log_cfg
+    ).bind(embedder, generator, to_plain(cfg))
 
 
 # For `serve build ankh_platform.serve.app:app`: the checkpoint comes from $ANKH_CHECKPOINT

@@ -45,8 +45,9 @@ def shared_encoder_fn(model: Any, per_residue: bool, num_layers: int | None):
     with _ENCODERS_LOCK:
         if key not in _ENCODERS:  # the jitted fn closes over the graphdef only, not the params
             # ankh3's leading [NLU] (``Ankh.tokenize`` adds it) stays out of the mean.
-            _ENCODERS[key] = jit_encoder(model.graphdef, per_residue, num_layers,
-                                         skip_first=model.num_prefix)
+            _ENCODERS[key] = jit_encoder(
+                model.graphdef, per_residue, num_layers, skip_first=model.num_prefix
+            )
         return _ENCODERS[key]
 
 
@@ -92,15 +93,22 @@ class EmbedModel:
 
     def info(self) -> dict[str, Any]:
         cfg = self.model.config
-        return {"checkpoint": self.checkpoint, "d_model": cfg.d_model, "num_layers": cfg.num_layers,
-                "max_residues": self.max_residues, "layers": self.layers,
-                "per_residue": self.per_residue, "length_buckets": self.plan.ladder,
-                "num_params": int(self.model.num_params()),
-                "dtype": str(np.dtype(self.model.dtype)),
-                "vocab": self.model.tokenizer.vocab}
+        return {
+            "checkpoint": self.checkpoint,
+            "d_model": cfg.d_model,
+            "num_layers": cfg.num_layers,
+            "max_residues": self.max_residues,
+            "layers": self.layers,
+            "per_residue": self.per_residue,
+            "length_buckets": self.plan.ladder,
+            "num_params": int(self.model.num_params()),
+            "dtype": str(np.dtype(self.model.dtype)),
+            "vocab": self.model.tokenizer.vocab,
+        }
 
-    def check(self, sequences: list[str], pooling: str, layer: int | None
-              ) -> tuple[list[np.ndarray], bool, int]:
+    def check(
+        self, sequences: list[str], pooling: str, layer: int | None
+    ) -> tuple[list[np.ndarray], bool, int]:
         """Tokens, per_residue, layer -- or a ValueError/LimitError naming the problem."""
         if pooling not in ("mean", "none"):
             raise ValueError(f"pooling must be 'mean' or 'none', got {pooling!r}")
@@ -114,8 +122,9 @@ class EmbedModel:
         for i, t in enumerate(toks):
             n = len(t) - 1 - self.model.num_prefix  # residues: no </s>, no [NLU]
             if n > self.max_residues:
-                raise LimitError(f"sequence {i} has {n} residues > the served maximum "
-                                 f"{self.max_residues}")
+                raise LimitError(
+                    f"sequence {i} has {n} residues > the served maximum {self.max_residues}"
+                )
         return toks, per_residue, layer
 
 
@@ -125,29 +134,49 @@ class EmbedDeployment:
     """Handle API: ``await handle.embed.remote(seqs, pooling="mean"|"none", layer=None)``;
     ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
 
-    def __init__(self, checkpoint: str, dtype: str = "auto", options: dict | None = None,
-                 models: dict[str, str] | None = None, default_name: str = "",
-                 max_models: int = 2):
+    def __init__(
+        self,
+        checkpoint: str,
+        dtype: str = "auto",
+        options: dict | None = None,
+        models: dict[str, str] | None = None,
+        default_name: str = "",
+        max_models: int = 2,
+    ):
         self.opts = from_dict(EmbedOptions, options or {})
         default = EmbedModel(checkpoint, dtype, self.opts)
-        self.models = ModelSet(default_name or checkpoint, default,
-                               {default_name or checkpoint: checkpoint, **(models or {})},
-                               max_models, lambda name, ckpt: EmbedModel(ckpt, dtype, self.opts))
+        self.models = ModelSet(
+            default_name or checkpoint,
+            default,
+            {default_name or checkpoint: checkpoint, **(models or {})},
+            max_models,
+            lambda name, ckpt: EmbedModel(ckpt, dtype, self.opts),
+        )
         self._embed_seq.set_max_batch_size(self.opts.max_batch_size)
         self._embed_seq.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
         self.m_batch = metrics.Histogram(
-            "ankh_embed_batch_sequences", description="Sequences per encoder step",
-            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+            "ankh_embed_batch_sequences",
+            description="Sequences per encoder step",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+        )
         self.m_latency = metrics.Histogram(
-            "ankh_embed_step_seconds", description="Encoder step latency (s)",
-            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+            "ankh_embed_step_seconds",
+            description="Encoder step latency (s)",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
         self.m_tokens = metrics.Counter("ankh_embed_tokens", description="Real tokens embedded")
-        self.m_padded = metrics.Counter("ankh_embed_padded_tokens",
-                                        description="Tokens computed incl. padding")
-        log.info("embedder ready", extra={"checkpoint": checkpoint,
-                                          "compiled_shapes": default.compiled_shapes,
-                                          "startup_s": default.startup_s,
-                                          "models": self.models.names()})
+        self.m_padded = metrics.Counter(
+            "ankh_embed_padded_tokens", description="Tokens computed incl. padding"
+        )
+        log.info(
+            "embedder ready",
+            extra={
+                "checkpoint": checkpoint,
+                "compiled_shapes": default.compiled_shapes,
+                "startup_s": default.startup_s,
+                "models": self.models.names(),
+            },
+        )
 
     # ---- handle API ----------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
@@ -162,13 +191,15 @@ class EmbedDeployment:
     def health(self) -> bool:
         return True
 
-    async def embed(self, sequences: list[str], pooling: str = "mean",
-                    layer: int | None = None) -> np.ndarray | list[np.ndarray]:
+    async def embed(
+        self, sequences: list[str], pooling: str = "mean", layer: int | None = None
+    ) -> np.ndarray | list[np.ndarray]:
         """Mean: float32 ``[n, d_model]``; none: a list of ``[L_i, d_model]`` arrays."""
         _, model = await self.models.get()
         toks, per_residue, layer = model.check(sequences, pooling, layer)
-        outs = await asyncio.gather(*[self._embed_seq((model, t, per_residue, layer))
-                                      for t in toks])
+        outs = await asyncio.gather(
+            *[self._embed_seq((model, t, per_residue, layer)) for t in toks]
+        )
         return list(outs) if per_residue else np.stack(outs)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005)
@@ -188,15 +219,17 @@ class EmbedDeployment:
             fn = model.fn(per_residue, layer)
             for part, length, rows in model.plan.batches([len(items[i][1]) for i in idx]):
                 part = [idx[j] for j in part]
-                ids, mask = pad_rows([items[i][1] for i in part], rows, length,
-                                     model.model.tokenizer.pad_id)  # [rows, length]
+                ids, mask = pad_rows(
+                    [items[i][1] for i in part], rows, length, model.model.tokenizer.pad_id
+                )  # [rows, length]
                 out = fn(model.model.params, ids, mask)
                 key = "hidden" if per_residue else "pooled"
                 arr = np.asarray(out[key])  # [rows, d] or [rows, bucket, d]
                 for r, i in enumerate(part):
                     lead = model.model.num_prefix  # rows align with residues (ankh3: no [NLU])
-                    results[i] = (arr[r, lead:len(items[i][1]) - 1].copy() if per_residue
-                                  else arr[r])
+                    results[i] = (
+                        arr[r, lead : len(items[i][1]) - 1].copy() if per_residue else arr[r]
+                    )
                 padded += rows * length
         self.m_batch.observe(len(items))
         self.m_latency.observe(time.perf_counter() - t0)

@@ -46,8 +46,10 @@ def check_dimensions(dimensions: int | None, d_model: int) -> None:
     """``dimensions`` (OpenAI, TEI) would truncate a Matryoshka embedding; Ankh's are not
     trained for that, so only the model's own width is accepted (ValueError -> 422)."""
     if dimensions is not None and dimensions != d_model:
-        raise ValueError(f"dimensions={dimensions} is not supported: this model's embeddings "
-                         f"have {d_model} dimensions and are not truncatable; omit 'dimensions'")
+        raise ValueError(
+            f"dimensions={dimensions} is not supported: this model's embeddings "
+            f"have {d_model} dimensions and are not truncatable; omit 'dimensions'"
+        )
 
 
 def l2_normalize(a: np.ndarray) -> np.ndarray:

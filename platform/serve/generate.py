@@ -42,22 +42,41 @@ class Generator:
     """Handle API: ``generate(sequences, **kw)``, ``variants(parent, **kw)``, ``score(...)``;
     ``handle.options(multiplexed_model_id=NAME)`` picks one of ``ServeConfig.models``."""
 
-    def __init__(self, checkpoint: str, dtype: str = "auto", warmup: bool = True,
-                 models: dict[str, str] | None = None, default_name: str = "",
-                 max_models: int = 2):
+    def __init__(
+        self,
+        checkpoint: str,
+        dtype: str = "auto",
+        warmup: bool = True,
+        models: dict[str, str] | None = None,
+        default_name: str = "",
+        max_models: int = 2,
+    ):
         t0 = time.perf_counter()
         name = default_name or checkpoint
-        self.models = ModelSet(name, load_generator(checkpoint, dtype, warmup),
-                               {name: checkpoint, **(models or {})}, max_models,
-                               lambda _, ckpt: load_generator(ckpt, dtype, warmup))
+        self.models = ModelSet(
+            name,
+            load_generator(checkpoint, dtype, warmup),
+            {name: checkpoint, **(models or {})},
+            max_models,
+            lambda _, ckpt: load_generator(ckpt, dtype, warmup),
+        )
         self.checkpoint = checkpoint
         self._lock = asyncio.Lock()
         self.m_tokens = metrics.Counter("ankh_generated_tokens", description="Tokens generated")
         self.m_latency = metrics.Histogram(
-            "ankh_model_call_seconds", description="Generation/scoring model call latency (s)",
-            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], tag_keys=("op",))
-        log.info("generator ready", extra={"checkpoint": checkpoint, "models": self.models.names(),
-                                           "startup_s": round(time.perf_counter() - t0, 2)})
+            "ankh_model_call_seconds",
+            description="Generation/scoring model call latency (s)",
+            boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+            tag_keys=("op",),
+        )
+        log.info(
+            "generator ready",
+            extra={
+                "checkpoint": checkpoint,
+                "models": self.models.names(),
+                "startup_s": round(time.perf_counter() - t0, 2),
+            },
+        )
 
     def loaded_models(self) -> list[str]:
         return self.models.resident()
@@ -87,9 +106,13 @@ class Generator:
         _inc(self.m_tokens, sum(len(s) for s in out.sequences))
         return out.to_dict()
 
-    async def score(self, sequences: list[str] | None = None, per_residue: bool = False,
-                    wild_type: str | None = None, mutants: list[str] | None = None
-                    ) -> dict[str, Any]:
+    async def score(
+        self,
+        sequences: list[str] | None = None,
+        per_residue: bool = False,
+        wild_type: str | None = None,
+        mutants: list[str] | None = None,
+    ) -> dict[str, Any]:
         """``scores``: ``Ankh.score`` per sequence; ``mutation_scores``: vs ``wild_type``."""
         out: dict[str, Any] = {"scores": None, "mutation_scores": None}
         if sequences:
@@ -99,7 +122,6 @@ class Generator:
                     s.pop("per_residue_log_probs", None)
             out["scores"] = scores
         if wild_type is not None:
-            ms = await self._call("mutation_scores", wild_type,
-                                  list(mutants or []))
+            ms = await self._call("mutation_scores", wild_type, list(mutants or []))
             out["mutation_scores"] = np.asarray(ms, np.float64).tolist()
         return out

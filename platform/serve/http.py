@@ -44,8 +44,16 @@ from ankh_platform.serve.schema import (
 
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
 OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
-ROUTES = {"/v1/embed", "/v1/generate", "/v1/variants", "/v1/score", "/healthz", "/v1/models",
-          "/docs", "/openapi.json"}  # metric tags: a fixed set (+ the compatible APIs' paths)
+ROUTES = {
+    "/v1/embed",
+    "/v1/generate",
+    "/v1/variants",
+    "/v1/score",
+    "/healthz",
+    "/v1/models",
+    "/docs",
+    "/openapi.json",
+}  # metric tags: a fixed set (+ the compatible APIs' paths)
 EXTENSIONS = (openai_api, tei_api)  # each: register(api, svc, run) -> {path: error style}
 
 
@@ -58,9 +66,15 @@ class Service(Protocol):
 
     def observe(self, route: str, status: int, seconds: float) -> None: ...
     async def embed(self, req: EmbedRequest, npy: bool = False) -> dict[str, Any] | Response: ...
-    async def embed_arrays(self, model: str | None, sequences: list[str], pooling: str = "mean",
-                           layer: int | None = None, truncate: str | None = None,
-                           route: str = "/v1/embed") -> tuple[str, list[str], Any]: ...
+    async def embed_arrays(
+        self,
+        model: str | None,
+        sequences: list[str],
+        pooling: str = "mean",
+        layer: int | None = None,
+        truncate: str | None = None,
+        route: str = "/v1/embed",
+    ) -> tuple[str, list[str], Any]: ...
     async def describe(self, model: str | None) -> dict[str, Any]: ...
     async def generate(self, req: GenerateRequest) -> dict[str, Any]: ...
     async def variants(self, req: VariantsRequest) -> dict[str, Any]: ...
@@ -73,8 +87,9 @@ class Service(Protocol):
 class HTTPError(Exception):
     """``kind`` "overloaded" marks back-pressure (TEI answers it with 429, we with 503)."""
 
-    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None,
-                 kind: str = ""):
+    def __init__(
+        self, status: int, detail: Any, headers: dict[str, str] | None = None, kind: str = ""
+    ):
         super().__init__(detail)
         self.status, self.detail, self.headers, self.kind = status, detail, headers, kind
 
@@ -89,11 +104,13 @@ def request_id() -> str:
         return ""
 
 
-def json_response(payload: dict[str, Any], status: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     # json.dumps of plain lists is much faster than FastAPI's jsonable_encoder on big arrays.
-    return Response(json.dumps(payload, allow_nan=False), status, headers,
-                    media_type="application/json")
+    return Response(
+        json.dumps(payload, allow_nan=False), status, headers, media_type="application/json"
+    )
 
 
 def error_response(e: HTTPError) -> Response:
@@ -134,8 +151,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         msg = e.get("msg", "")
         if e.get("type") == "json_invalid":
             msg = f"body is not valid JSON: {(e.get('ctx') or {}).get('error', msg)}"
-        errs.append({"loc": [str(x) for x in e.get("loc", ())], "msg": msg,
-                     "type": e.get("type", "")})
+        errs.append(
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": msg, "type": e.get("type", "")}
+        )
     return errs
 
 
@@ -163,8 +181,11 @@ def build_api(svc: Service | None) -> FastAPI:
     """The FastAPI app; ``svc=None`` only for generating the OpenAPI schema offline."""
     import ankh
 
-    api = FastAPI(title="Ankh serving API", version=ankh.__version__,
-                  description="Protein embeddings, generation and scoring with Ankh.")
+    api = FastAPI(
+        title="Ankh serving API",
+        version=ankh.__version__,
+        description="Protein embeddings, generation and scoring with Ankh.",
+    )
 
     styles: dict[str, ErrorStyle] = {}  # path -> error body of a compatible API
 
@@ -202,8 +223,9 @@ def build_api(svc: Service | None) -> FastAPI:
         svc.observe(route, response.status_code, time.perf_counter() - t0)
         return response
 
-    async def run(op: Callable[[], Awaitable[dict[str, Any] | Response]],
-                  path: str = "") -> Response:
+    async def run(
+        op: Callable[[], Awaitable[dict[str, Any] | Response]], path: str = ""
+    ) -> Response:
         try:
             out = await op()
             return out if isinstance(out, Response) else json_response(out)
@@ -218,8 +240,9 @@ def build_api(svc: Service | None) -> FastAPI:
     def served_schema() -> dict[str, Any]:  # the running config's limits (openapi.constrain)
         if svc is None:
             return constrain(base(), RequestLimits())
-        return constrain(base(), svc.cfg.limits, getattr(svc, "facts", None),
-                         list(svc.cfg.catalog()))
+        return constrain(
+            base(), svc.cfg.limits, getattr(svc, "facts", None), list(svc.cfg.catalog())
+        )
 
     api.openapi = served_schema  # type: ignore[method-assign]
     return api
@@ -228,9 +251,17 @@ def build_api(svc: Service | None) -> FastAPI:
 def _routes(api: FastAPI, svc: Service, run: Callable[..., Awaitable[Response]]) -> None:
     """Our own routes (``/v1/...``, ``/healthz``)."""
 
-    @api.post("/v1/embed", response_model=EmbedResponse,
-              responses={200: {"content": {NPY: {}}, "description": "JSON, or with `Accept: "
-                               "application/x-npy` one .npy array [rows, dim]"}})
+    @api.post(
+        "/v1/embed",
+        response_model=EmbedResponse,
+        responses={
+            200: {
+                "content": {NPY: {}},
+                "description": "JSON, or with `Accept: "
+                "application/x-npy` one .npy array [rows, dim]",
+            }
+        },
+    )
     async def embed(req: EmbedRequest, request: Request) -> Response:
         """One embedding per input sequence, in input order."""
         npy = NPY in request.headers.get("accept", "")

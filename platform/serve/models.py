@@ -44,8 +44,14 @@ class _Resident(Generic[M]):
 class ModelSet(Generic[M]):
     """The default model plus named extras loaded on demand; ``await get()`` picks one."""
 
-    def __init__(self, default_name: str, default: M, catalog: dict[str, str], max_models: int,
-                 load: Callable[[str, str], M]):
+    def __init__(
+        self,
+        default_name: str,
+        default: M,
+        catalog: dict[str, str],
+        max_models: int,
+        load: Callable[[str, str], M],
+    ):
         """``catalog``: ``{name: checkpoint}`` of every served model (default included);
         ``load(name, checkpoint)`` builds and warms one model (runs in a worker thread)."""
         self.default_name, self.default = default_name, default
@@ -84,12 +90,15 @@ class ModelSet(Generic[M]):
             model = await asyncio.to_thread(self._load, name, ckpt)
         except Exception as e:
             log.error("model load failed", extra={"model": name, "checkpoint": ckpt}, exc_info=e)
-            raise ModelLoadError(f"model {name!r} ({ckpt}) failed to load: "
-                                 f"{type(e).__name__}: {e}") from None
+            raise ModelLoadError(
+                f"model {name!r} ({ckpt}) failed to load: {type(e).__name__}: {e}"
+            ) from None
         with self._lock:
             self._resident[name] = time.time()
-        log.info("model loaded", extra={"model": name, "checkpoint": ckpt,
-                                        "load_s": round(time.perf_counter() - t0, 2)})
+        log.info(
+            "model loaded",
+            extra={"model": name, "checkpoint": ckpt, "load_s": round(time.perf_counter() - t0, 2)},
+        )
         return _Resident(name, model, self._unloaded)
 
     def _unloaded(self, name: str) -> None:

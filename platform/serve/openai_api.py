@@ -29,13 +29,20 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = STRICT
     input: StrictStr | Annotated[list[StrictStr], Field(min_length=1)] = Field(
-        description="A protein sequence or a list of them (one letter codes).")
-    model: StrictStr | None = Field(None, description="Model id from /v1/models; default: the "
-                                    "default model. Unknown ids are a 404.")
+        description="A protein sequence or a list of them (one letter codes)."
+    )
+    model: StrictStr | None = Field(
+        None,
+        description="Model id from /v1/models; default: the default model. Unknown ids are a 404.",
+    )
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: little-endian float32 (the openai SDK's default).")
-    dimensions: Int | None = Field(None, ge=1, description="Only the model's own width "
-                                         "is accepted (Ankh embeddings are not truncatable).")
+        "float", description="base64: little-endian float32 (the openai SDK's default)."
+    )
+    dimensions: Int | None = Field(
+        None,
+        ge=1,
+        description="Only the model's own width is accepted (Ankh embeddings are not truncatable).",
+    )
     user: StrictStr | None = Field(None, description="Accepted and ignored.")
 
 
@@ -68,17 +75,21 @@ async def embeddings(svc: Any, req: EmbeddingsRequest) -> dict[str, Any]:
     else:
         vecs = out.astype("float32").tolist()
     residues = sum(len(s) for s in norm)
-    return {"object": "list", "model": name,
-            "data": [{"object": "embedding", "index": i, "embedding": v}
-                     for i, v in enumerate(vecs)],
-            "usage": {"prompt_tokens": residues, "total_tokens": residues}}
+    return {
+        "object": "list",
+        "model": name,
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs)],
+        "usage": {"prompt_tokens": residues, "total_tokens": residues},
+    }
 
 
 def error_style(e: Any, request_id: str) -> tuple[int, dict[str, Any]]:
     """Our status; OpenAI's error body (the SDK raises e.g. ``UnprocessableEntityError``)."""
     kind = _TYPES.get(e.status, "server_error" if e.status >= 500 else "invalid_request_error")
-    return e.status, {"error": {"message": detail_text(e.detail), "type": kind, "param": None,
-                                "code": None}, "request_id": request_id}
+    return e.status, {
+        "error": {"message": detail_text(e.detail), "type": kind, "param": None, "code": None},
+        "request_id": request_id,
+    }
 
 
 def register(api: FastAPI, svc: Any, run: Any) -> dict[str, Any]:

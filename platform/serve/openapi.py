@@ -45,6 +45,7 @@ def _branches(prop: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _strings(pattern: str, max_items: int | None) -> Patch:
     """Constrain a string, a list of strings, or either (``input``/``inputs``)."""
+
     def patch(prop: dict[str, Any]) -> None:
         for alt in _branches(prop):
             if alt.get("type") == "string":
@@ -53,6 +54,7 @@ def _strings(pattern: str, max_items: int | None) -> Patch:
                 alt["items"] = {"type": "string", "pattern": pattern}
                 if max_items is not None:
                     alt["maxItems"] = max_items
+
     return patch
 
 
@@ -81,6 +83,7 @@ def _maximum(value: int) -> Patch:
     def patch(prop: dict[str, Any]) -> None:
         for alt in _branches(prop):
             alt["maximum"] = value
+
     return patch
 
 
@@ -89,6 +92,7 @@ def _enum(values: list[Any]) -> Patch:
         for alt in _branches(prop):
             alt.pop("minimum", None)
             alt["enum"] = list(values)
+
     return patch
 
 
@@ -111,27 +115,51 @@ def _generate_rules(max_beams: int, max_new: int) -> list[dict[str, Any]]:
     ``max_new``: limits.max_new_tokens (``min_new_tokens`` <= ``max_new_tokens``, whose default
     is min(64, max_new))."""
     rules: list[dict[str, Any]] = [
-        {"not": {"properties": {"do_sample": {"const": True}, "num_beams": {"minimum": 2}},
-                 "required": ["do_sample", "num_beams"]}},  # no beam sampling
-        {"if": {"properties": {"num_beams": {"const": 1}, "do_sample": {"const": False}}},
-         "then": {"properties": {"num_return_sequences": {"const": 1}}}},  # greedy: one
+        {
+            "not": {
+                "properties": {"do_sample": {"const": True}, "num_beams": {"minimum": 2}},
+                "required": ["do_sample", "num_beams"],
+            }
+        },  # no beam sampling
+        {
+            "if": {"properties": {"num_beams": {"const": 1}, "do_sample": {"const": False}}},
+            "then": {"properties": {"num_return_sequences": {"const": 1}}},
+        },  # greedy: one
     ]
     for k in range(2, max_beams + 1):  # beam search: at most num_beams returned
-        rules.append({"if": {"properties": {"num_beams": {"const": k}}, "required": ["num_beams"]},
-                      "then": {"properties": {"num_return_sequences": {"maximum": k}}}})
-    unset = {"anyOf": [{"not": {"required": ["max_new_tokens"]}},
-                       {"properties": {"max_new_tokens": {"type": "null"}}}]}
+        rules.append(
+            {
+                "if": {"properties": {"num_beams": {"const": k}}, "required": ["num_beams"]},
+                "then": {"properties": {"num_return_sequences": {"maximum": k}}},
+            }
+        )
+    unset = {
+        "anyOf": [
+            {"not": {"required": ["max_new_tokens"]}},
+            {"properties": {"max_new_tokens": {"type": "null"}}},
+        ]
+    }
     default = {"properties": {"min_new_tokens": {"maximum": min(64, max_new)}}}
     rules.append({"if": unset, "then": default})
     for k in range(1, max_new + 1):  # JSON Schema cannot compare two fields: one rule per value
-        rules.append({"if": {"properties": {"max_new_tokens": {"const": k}},
-                             "required": ["max_new_tokens"]},
-                      "then": {"properties": {"min_new_tokens": {"maximum": k}}}})
+        rules.append(
+            {
+                "if": {
+                    "properties": {"max_new_tokens": {"const": k}},
+                    "required": ["max_new_tokens"],
+                },
+                "then": {"properties": {"min_new_tokens": {"maximum": k}}},
+            }
+        )
     return rules
 
 
-def constrain(schema: dict[str, Any], limits: RequestLimits, facts: dict[str, Any] | None = None,
-              models: list[str] | None = None) -> dict[str, Any]:
+def constrain(
+    schema: dict[str, Any],
+    limits: RequestLimits,
+    facts: dict[str, Any] | None = None,
+    models: list[str] | None = None,
+) -> dict[str, Any]:
     """A copy of ``schema`` with the server's limits; ``models``: the served model ids (the
     ``model`` field's values). ``facts`` (``Ingress.schema_facts``):
     the default model's effective ``max_length``, served ``layers``, ``per_residue``,
@@ -152,10 +180,14 @@ def constrain(schema: dict[str, Any], limits: RequestLimits, facts: dict[str, An
             "max_new_tokens": _maximum(limits.max_new_tokens),
             "min_new_tokens": _maximum(limits.max_new_tokens),
             "num_beams": _maximum(limits.max_beams),
-            "num_return_sequences": _maximum(limits.max_variants)},
+            "num_return_sequences": _maximum(limits.max_variants),
+        },
         "VariantsRequest": {"parent": one, "n": _maximum(limits.max_variants), "spans": _spans},
-        "ScoreRequest": {"sequences": seqs, "wild_type": one,
-                         "mutants": _strings(MUTANT, limits.max_sequences)},
+        "ScoreRequest": {
+            "sequences": seqs,
+            "wild_type": one,
+            "mutants": _strings(MUTANT, limits.max_sequences),
+        },
         "EmbeddingsRequest": {"input": seqs},
         "TEIEmbedRequest": {"inputs": unbounded, "prompt_name": _null},
         "TEIEmbedAllRequest": {"inputs": unbounded, "prompt_name": _null},
@@ -184,41 +216,62 @@ def constrain(schema: dict[str, Any], limits: RequestLimits, facts: dict[str, An
     return out
 
 
-def _object_rules(comps: dict[str, Any], limits: RequestLimits, facts: dict[str, Any],
-                  seqs: Patch) -> None:
+def _object_rules(
+    comps: dict[str, Any], limits: RequestLimits, facts: dict[str, Any], seqs: Patch
+) -> None:
     """Rules between fields: generate's, score's "what to score", TEI's truncate."""
     if "GenerateRequest" in comps:
-        comps["GenerateRequest"]["allOf"] = _generate_rules(limits.max_beams,
-                                                            limits.max_new_tokens)
+        comps["GenerateRequest"]["allOf"] = _generate_rules(limits.max_beams, limits.max_new_tokens)
     if facts.get("per_residue") is False:
         comps["EmbedRequest"]["properties"]["pooling"]["enum"] = ["mean"]
     if "ScoreRequest" in comps:
         present = {"not": {"type": "null"}}
         sc = comps["ScoreRequest"]
-        sc["anyOf"] = [{"required": ["sequences"], "properties": {"sequences": present}},
-                       {"required": ["wild_type"], "properties": {"wild_type": present}}]
-        sc["allOf"] = [{"if": {"required": [a], "properties": {a: present}},
-                        "then": {"required": [b], "properties": {b: present}},
-                        "else": {"properties": {b: {"type": "null"}}}}
-                       for a, b in (("wild_type", "mutants"), ("mutants", "wild_type"))]
-        sc["description"] = (sc.get("description", "") + f" At most limits.max_score_residues="
-                             f"{limits.max_score_residues} residues in `sequences` together.")
+        sc["anyOf"] = [
+            {"required": ["sequences"], "properties": {"sequences": present}},
+            {"required": ["wild_type"], "properties": {"wild_type": present}},
+        ]
+        sc["allOf"] = [
+            {
+                "if": {"required": [a], "properties": {a: present}},
+                "then": {"required": [b], "properties": {b: present}},
+                "else": {"properties": {b: {"type": "null"}}},
+            }
+            for a, b in (("wild_type", "mutants"), ("mutants", "wild_type"))
+        ]
+        sc["description"] = (
+            sc.get("description", "") + f" At most limits.max_score_residues="
+            f"{limits.max_score_residues} residues in `sequences` together."
+        )
     for name in ("TEIEmbedRequest", "TEIEmbedAllRequest"):
         if name in comps:  # over-long inputs are refused unless truncate is true
-            bounded: dict[str, Any] = {"type": "object", "properties": {"inputs": {
-                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}
+            bounded: dict[str, Any] = {
+                "type": "object",
+                "properties": {
+                    "inputs": {
+                        "anyOf": [
+                            {"type": "string"},
+                            {"type": "array", "items": {"type": "string"}},
+                        ]
+                    }
+                },
+            }
             seqs(bounded["properties"]["inputs"])
-            comps[name]["if"] = {"properties": {"truncate": {"const": True}},
-                                 "required": ["truncate"]}
+            comps[name]["if"] = {
+                "properties": {"truncate": {"const": True}},
+                "required": ["truncate"],
+            }
             comps[name]["else"] = bounded
 
 
-ERRORS = {"401": "Missing or invalid bearer token (when auth is on).",
-          "404": "Unknown model (the message lists the served ones).",
-          "413": "Over a configured limit (the message names it).",
-          "422": "Malformed input (the message names the field or sequence).",
-          "429": "Over capacity (TEI-compatible routes; Retry-After).",
-          "503": "Over capacity or a replica being replaced: retry after Retry-After."}
+ERRORS = {
+    "401": "Missing or invalid bearer token (when auth is on).",
+    "404": "Unknown model (the message lists the served ones).",
+    "413": "Over a configured limit (the message names it).",
+    "422": "Malformed input (the message names the field or sequence).",
+    "429": "Over capacity (TEI-compatible routes; Retry-After).",
+    "503": "Over capacity or a replica being replaced: retry after Retry-After.",
+}
 
 
 def _error_responses(schema: dict[str, Any]) -> None:

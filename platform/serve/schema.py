@@ -119,13 +119,16 @@ class ServeConfig:
             if not _MODEL_NAME.fullmatch(str(name)):
                 raise ValueError(f"models: name {name!r} must match {_MODEL_NAME.pattern}")
             if name == default:
-                raise ValueError(f"models: {name!r} is already the default model's name "
-                                 "(set model_name or rename it)")
+                raise ValueError(
+                    f"models: {name!r} is already the default model's name "
+                    "(set model_name or rename it)"
+                )
             if not isinstance(ckpt, str) or not ckpt:
                 raise ValueError(f"models.{name}: expected a checkpoint path, got {ckpt!r}")
         if self.max_models_per_replica < 1:
-            raise ValueError("max_models_per_replica must be >= 1, got "
-                             f"{self.max_models_per_replica}")
+            raise ValueError(
+                f"max_models_per_replica must be >= 1, got {self.max_models_per_replica}"
+            )
 
     def served_name(self) -> str:
         return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]
@@ -160,26 +163,40 @@ Int = Annotated[int, BeforeValidator(_integral), Strict()]
 
 
 def _model_field() -> Any:
-    return Field(None, description="Model id from /v1/models; default: the default model (or "
-                 "the serve_multiplexed_model_id header). Unknown ids are a 404.")
+    return Field(
+        None,
+        description="Model id from /v1/models; default: the default model (or "
+        "the serve_multiplexed_model_id header). Unknown ids are a 404.",
+    )
+
 
 Sequences = list[StrictStr]
 
 
 class EmbedRequest(BaseModel):
     model_config = _STRICT
-    sequences: Sequences = Field(min_length=1, description="Protein sequences (one letter "
-                                 "codes; case and whitespace are normalised).")
-    pooling: Literal["mean", "none"] = Field("mean", description="mean: one vector per "
-                                             "protein; none: one vector per residue.")
-    layer: Int | None = Field(None, ge=1, description="Encoder layer (1-based); default "
-                                    "the final one. Only layers the deployment serves.")
-    dtype: Literal["float32", "float16"] = Field("float32", description="Precision the "
-                                                 "values are rounded to in the response.")
+    sequences: Sequences = Field(
+        min_length=1,
+        description="Protein sequences (one letter codes; case and whitespace are normalised).",
+    )
+    pooling: Literal["mean", "none"] = Field(
+        "mean", description="mean: one vector per protein; none: one vector per residue."
+    )
+    layer: Int | None = Field(
+        None,
+        ge=1,
+        description="Encoder layer (1-based); default "
+        "the final one. Only layers the deployment serves.",
+    )
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Precision the values are rounded to in the response."
+    )
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="float: JSON numbers; base64: each embedding a base64 string of "
+        "float",
+        description="float: JSON numbers; base64: each embedding a base64 string of "
         "little-endian `dtype` values ([dim] or [length*dim], row-major). A raw .npy body: "
-        "send `Accept: application/x-npy` (header X-Embedding-Lengths: rows per input).")
+        "send `Accept: application/x-npy` (header X-Embedding-Lengths: rows per input).",
+    )
     model: StrictStr | None = _model_field()
 
 
@@ -188,9 +205,11 @@ class EmbedResponse(BaseModel):
     dim: int
     pooling: str
     encoding_format: str = "float"
-    embeddings: list[Any] = Field(description="One entry per input sequence, in input order: "
-                                  "[dim] floats (mean) or [length][dim] (none); a base64 "
-                                  "string each with encoding_format=base64.")
+    embeddings: list[Any] = Field(
+        description="One entry per input sequence, in input order: "
+        "[dim] floats (mean) or [length][dim] (none); a base64 "
+        "string each with encoding_format=base64."
+    )
 
 
 Number = StrictFloat | Int
@@ -208,12 +227,18 @@ class GenerateRequest(BaseModel):
     """``Ankh.generate``: greedy, sampling or beam search (HF ``generate`` names)."""
 
     model_config = _STRICT
-    sequences: Sequences = Field(min_length=1, description="Prompts; <extra_id_k> sentinels "
-                                 "mark spans to infill.")
-    max_new_tokens: Int | None = Field(None, ge=1, description="Default: 64, or "
-                                             "limits.max_new_tokens if lower.")
-    min_new_tokens: Int = Field(0, ge=0, description="</s> is barred until this many tokens "
-                                "are generated (HF's name); at most max_new_tokens.")
+    sequences: Sequences = Field(
+        min_length=1, description="Prompts; <extra_id_k> sentinels mark spans to infill."
+    )
+    max_new_tokens: Int | None = Field(
+        None, ge=1, description="Default: 64, or limits.max_new_tokens if lower."
+    )
+    min_new_tokens: Int = Field(
+        0,
+        ge=0,
+        description="</s> is barred until this many tokens "
+        "are generated (HF's name); at most max_new_tokens.",
+    )
     do_sample: StrictBool = Field(False, description="false: greedy (or beam search).")
     temperature: Number = Field(1.0, ge=SCALE_MIN, le=SCALE_MAX)
     top_k: Int = Field(0, ge=0, le=INT32_MAX, description="0 = no top-k filter.")
@@ -244,7 +269,8 @@ class VariantsRequest(BaseModel):
     top_k: Int = Field(0, ge=0, le=INT32_MAX)
     top_p: Number = Field(1.0, gt=0, le=1)
     spans: list[tuple[Offset, Offset]] | None = Field(
-        None, description="Fixed 0-based [start, end) spans to infill (default: random).")
+        None, description="Fixed 0-based [start, end) spans to infill (default: random)."
+    )
     same_length: StrictBool = True
     seed: Int = Field(0, ge=0, le=SEED_MAX)
     model: StrictStr | None = _model_field()
@@ -257,8 +283,9 @@ class ScoreRequest(BaseModel):
     sequences: Sequences | None = Field(None, min_length=1, description="Sequences to score.")
     per_residue: StrictBool = Field(False, description="Include per-residue log-probs.")
     wild_type: StrictStr | None = Field(None, min_length=1)
-    mutants: list[StrictStr] | None = Field(None, min_length=1, description="e.g. 'A12G' "
-                                            "or 'A12G:K40R' (1-based), scored vs wild_type.")
+    mutants: list[StrictStr] | None = Field(
+        None, min_length=1, description="e.g. 'A12G' or 'A12G:K40R' (1-based), scored vs wild_type."
+    )
     model: StrictStr | None = _model_field()
 
     @model_validator(mode="after")
@@ -299,8 +326,9 @@ def effective_max_length(limits: RequestLimits, model_max: int, bucket_max: int 
 def check_sequences(seqs: list[str], limits: RequestLimits, max_length: int) -> None:
     """Count and raw length limits, before any tokenisation work is done."""
     if len(seqs) > limits.max_sequences:
-        raise LimitError(f"too many sequences: {len(seqs)} > limits.max_sequences="
-                         f"{limits.max_sequences}")
+        raise LimitError(
+            f"too many sequences: {len(seqs)} > limits.max_sequences={limits.max_sequences}"
+        )
     for i, s in enumerate(seqs):
         if len(s) > max_length:  # whitespace is not a residue; a sentinel is one token
             n = len(SENTINEL_RE.sub("X", "".join(s.split())))
@@ -313,11 +341,14 @@ def check_generate(req: GenerateRequest, limits: RequestLimits) -> GenerateReque
     if req.max_new_tokens is None:
         req = req.model_copy(update={"max_new_tokens": min(64, limits.max_new_tokens)})
     if req.max_new_tokens > limits.max_new_tokens:
-        raise LimitError(f"max_new_tokens {req.max_new_tokens} > limits.max_new_tokens="
-                         f"{limits.max_new_tokens}")
+        raise LimitError(
+            f"max_new_tokens {req.max_new_tokens} > limits.max_new_tokens={limits.max_new_tokens}"
+        )
     if req.num_return_sequences > limits.max_variants:
-        raise LimitError(f"num_return_sequences {req.num_return_sequences} > "
-                         f"limits.max_variants={limits.max_variants}")
+        raise LimitError(
+            f"num_return_sequences {req.num_return_sequences} > "
+            f"limits.max_variants={limits.max_variants}"
+        )
     if req.num_beams > limits.max_beams:
         raise LimitError(f"num_beams {req.num_beams} > limits.max_beams={limits.max_beams}")
     return req
@@ -333,9 +364,11 @@ def check_score(req: ScoreRequest, limits: RequestLimits, max_length: int) -> No
     seqs = list(req.sequences or []) + ([req.wild_type] if req.wild_type else [])
     check_sequences(seqs, limits, max_length)
     if req.mutants and len(req.mutants) > limits.max_sequences:
-        raise LimitError(f"too many mutants: {len(req.mutants)} > limits.max_sequences="
-                         f"{limits.max_sequences}")
+        raise LimitError(
+            f"too many mutants: {len(req.mutants)} > limits.max_sequences={limits.max_sequences}"
+        )
     total = sum(len("".join(s.split())) for s in req.sequences or [])
     if total > limits.max_score_residues:
-        raise LimitError(f"{total} residues to score > limits.max_score_residues="
-                         f"{limits.max_score_residues}")
+        raise LimitError(
+            f"{total} residues to score > limits.max_score_residues={limits.max_score_residues}"
+        )

@@ -24,8 +24,14 @@ from ankh_platform.serve.formats import check_dimensions, detail_text, l2_normal
 from ankh_platform.serve.schema import STRICT, Int
 
 PATHS = ("/embed", "/embed_all", "/", "/info")
-_ERROR_TYPES = {400: "empty", 401: "unauthorized", 413: "validation", 422: "validation",
-                429: "overloaded", 503: "unhealthy"}
+_ERROR_TYPES = {
+    400: "empty",
+    401: "unauthorized",
+    413: "validation",
+    422: "validation",
+    429: "overloaded",
+    503: "unhealthy",
+}
 Inputs = StrictStr | Annotated[list[StrictStr], Field(min_length=1)]
 Direction = Literal["right", "left", "Right", "Left"]
 
@@ -33,8 +39,11 @@ Direction = Literal["right", "left", "Right", "Left"]
 class TEIEmbedAllRequest(BaseModel):
     model_config = STRICT
     inputs: Inputs = Field(description="A protein sequence or a list of them.")
-    truncate: StrictBool | None = Field(False, description="Cut inputs over the maximum "
-                                        "length (GET /info max_input_length) instead of a 413.")
+    truncate: StrictBool | None = Field(
+        False,
+        description="Cut inputs over the maximum "
+        "length (GET /info max_input_length) instead of a 413.",
+    )
     truncation_direction: Direction = "right"
     prompt_name: StrictStr | None = Field(None, description="No prompts: only null.")
 
@@ -52,8 +61,9 @@ async def embed(svc: Any, req: TEIEmbedAllRequest, per_residue: bool, route: str
         check_dimensions(req.dimensions, (await svc.describe(None))["d_model"])
     seqs = [req.inputs] if isinstance(req.inputs, str) else req.inputs
     cut = req.truncation_direction.lower() if req.truncate else None
-    _, _, out = await svc.embed_arrays(None, seqs, "none" if per_residue else "mean",
-                                       truncate=cut, route=route)
+    _, _, out = await svc.embed_arrays(
+        None, seqs, "none" if per_residue else "mean", truncate=cut, route=route
+    )
     if per_residue:
         return [a.astype("float32").tolist() for a in out]
     vecs = l2_normalize(out) if req.normalize else out
@@ -65,23 +75,32 @@ async def info(svc: Any) -> dict[str, Any]:
 
     d, e = await svc.describe(None), svc.cfg.embed
     replicas = (e.autoscaling or {}).get("max_replicas", e.num_replicas)
-    return {"model_id": d["id"], "model_sha": None, "model_dtype": d["dtype"],
-            "model_type": {"embedding": {"pooling": "mean"}},
-            # past this many requests per ingress replica: 429
-            "max_concurrent_requests": e.max_ongoing_requests * replicas + e.max_queued_requests,
-            "max_input_length": d["max_length"], "max_batch_tokens": e.batch_tokens,
-            "max_batch_requests": e.max_batch_size,
-            "max_client_batch_size": svc.cfg.limits.max_sequences, "auto_truncate": False,
-            "tokenization_workers": 1, "version": ankh.__version__, "sha": None,
-            "docker_label": None, "dim": d["d_model"], "per_residue": d["per_residue"]}
+    return {
+        "model_id": d["id"],
+        "model_sha": None,
+        "model_dtype": d["dtype"],
+        "model_type": {"embedding": {"pooling": "mean"}},
+        # past this many requests per ingress replica: 429
+        "max_concurrent_requests": e.max_ongoing_requests * replicas + e.max_queued_requests,
+        "max_input_length": d["max_length"],
+        "max_batch_tokens": e.batch_tokens,
+        "max_batch_requests": e.max_batch_size,
+        "max_client_batch_size": svc.cfg.limits.max_sequences,
+        "auto_truncate": False,
+        "tokenization_workers": 1,
+        "version": ankh.__version__,
+        "sha": None,
+        "docker_label": None,
+        "dim": d["d_model"],
+        "per_residue": d["per_residue"],
+    }
 
 
 def error_style(e: Any, request_id: str) -> tuple[int, dict[str, Any]]:
     """TEI's status codes and ``{"error", "error_type"}`` body; back-pressure is 429."""
     status = 429 if e.kind == "overloaded" else e.status
     kind = _ERROR_TYPES.get(status, "backend")
-    return status, {"error": detail_text(e.detail), "error_type": kind,
-                    "request_id": request_id}
+    return status, {"error": detail_text(e.detail), "error_type": kind, "request_id": request_id}
 
 
 def register(api: FastAPI, svc: Any, run: Any) -> dict[str, Any]:

@@ -33,8 +33,12 @@ class CheckpointStore:
         storage.apply_emulator_env()  # gs:// under an emulator: tensorstore goes there too
         self.every = every
         opts = ocp.CheckpointManagerOptions(
-            save_interval_steps=1, max_to_keep=keep, enable_async_checkpointing=async_save,
-            create=True, cleanup_tmp_directories=True)
+            save_interval_steps=1,
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
         self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=ackpt.ITEMS)
         self._pending: list[int] = []
 
@@ -44,9 +48,11 @@ class CheckpointStore:
 
     def save(self, step: int, state: dict, meta: dict) -> None:
         """Start an async save of ``state`` ({params, opt_state, ...}) and the JSON ``meta``."""
-        args = ocp.args.Composite(params=ocp.args.StandardSave(state["params"]),
-                                  opt_state=ocp.args.StandardSave(state["opt_state"]),
-                                  meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state["params"]),
+            opt_state=ocp.args.StandardSave(state["opt_state"]),
+            meta=ocp.args.JsonSave(meta),
+        )
         self.mgr.save(step, args=args)
         self._pending.append(step)
         self.poll()
@@ -77,12 +83,21 @@ class CheckpointStore:
         done.start()
         done.join(max(timeout_s - (time.perf_counter() - t0), 0.0))
         if done.is_alive():
-            log.error("checkpoint %s/%d not final after %.1f s (preempt_timeout_s): stopping without "
-                      "it; a resume uses the previous good step", self.directory, step, timeout_s)
+            log.error(
+                "checkpoint %s/%d not final after %.1f s (preempt_timeout_s): stopping without "
+                "it; a resume uses the previous good step",
+                self.directory,
+                step,
+                timeout_s,
+            )
             return False
         self.poll()
-        log.warning("preemption checkpoint %s/%d written in %.2f s", self.directory, step,
-                    time.perf_counter() - t0)
+        log.warning(
+            "preemption checkpoint %s/%d written in %.2f s",
+            self.directory,
+            step,
+            time.perf_counter() - t0,
+        )
         return True
 
     def close(self) -> None:
@@ -98,7 +113,8 @@ class CheckpointStore:
             if why and ackpt.verify(d, ackpt.MODEL_ITEMS) is None:
                 raise ackpt.CheckpointError(
                     f"{d} holds model weights without optimizer state (ankh.checkpoint.save_model); "
-                    "a training run cannot resume from it -- use another output/name")
+                    "a training run cannot resume from it -- use another output/name"
+                )
             bad = _agree(why is not None)  # every process takes the same branch
             if not bad:
                 try:
@@ -111,15 +127,20 @@ class CheckpointStore:
         return None
 
     def _restore_step(self, step: int, abstract_state: dict) -> tuple[dict, dict]:
-        args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_state["params"]),
-                                  opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
-                                  meta=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_state["params"]),
+            opt_state=ocp.args.StandardRestore(abstract_state["opt_state"]),
+            meta=ocp.args.JsonRestore(),
+        )
         out = self.mgr.restore(step, args=args)
         meta = dict(out["meta"])
         rep = abstract_state["step"].sharding
-        state = {"params": out["params"], "opt_state": out["opt_state"],
-                 "step": jax.device_put(np.int32(meta["step"]), rep),
-                 "rng": jax.device_put(np.asarray(meta["rng"], np.uint32), rep)}
+        state = {
+            "params": out["params"],
+            "opt_state": out["opt_state"],
+            "step": jax.device_put(np.int32(meta["step"]), rep),
+            "rng": jax.device_put(np.asarray(meta["rng"], np.uint32), rep),
+        }
         log.info("restored checkpoint %s/%d", self.directory, step)
         return state, meta
 
@@ -129,7 +150,10 @@ class CheckpointStore:
         fs, root = storage.filesystem(self.directory)
         local = storage.is_local(fs)
         if jax.process_index() == 0:
-            src, dst = f"{root}/{step}", f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}"
+            src, dst = (
+                f"{root}/{step}",
+                f"{root.rsplit('/', 1)[0]}/corrupt/{step}-{int(time.time())}",
+            )
             if fs.exists(src):
                 fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
                 # Object stores: copy here, delete through Orbax below -- its gcsfs instance caches

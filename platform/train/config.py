@@ -23,19 +23,19 @@ from ankh_platform.data.pipeline import DataConfig
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    data: int = -1     # -1 = all remaining devices
+    data: int = -1  # -1 = all remaining devices
     fsdp: int = 1
     tensor: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ScaleConfig:
-    num_workers: int = 1          # Ray Train workers = JAX processes (TPU: one per host)
+    num_workers: int = 1  # Ray Train workers = JAX processes (TPU: one per host)
     cpus_per_worker: float = 1.0
-    devices_per_worker: int = 1   # CPU only: simulated JAX devices per process
+    devices_per_worker: int = 1  # CPU only: simulated JAX devices per process
     use_tpu: bool = False
     use_gpu: bool = False
-    topology: str = ""            # TPU, e.g. "2x2x2" for a v4-16
+    topology: str = ""  # TPU, e.g. "2x2x2" for a v4-16
     accelerator_type: str = "TPU-V4"
 
 
@@ -53,6 +53,7 @@ class CheckpointConfig:
 class FaultConfig:
     """Fault injection for tests: ``signal`` to worker ``rank`` at ``kill_at_step``, once per run
     (SIGKILL: a crash; SIGTERM: a preemption notice)."""
+
     kill_at_step: int = -1
     rank: int = 0
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
@@ -61,9 +62,10 @@ class FaultConfig:
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
     """Where a worker's batches come from (``ankh_platform.train.source``)."""
+
     kind: Literal["stream", "local"] = "stream"
     eval_paths: tuple[str, ...] = ("data/uniprot_sample/validation",)
-    eval_batches: int = 4   # held-out batches per host for the validation loss (fixed set)
+    eval_batches: int = 4  # held-out batches per host for the validation loss (fixed set)
     # Held-out batches masked at this probability instead of data.mask_prob (0 = the run's own):
     # one fixed held-out objective, so runs trained with different masking (an ablation's
     # mask-prob group) are scored on the same targets with the same context.
@@ -71,8 +73,10 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_mask_prob < 1.0:
-            raise ConfigError(f"source.eval_mask_prob={self.eval_mask_prob}: must be in [0, 1) "
-                              "(0 = the run's data.mask_prob)")
+            raise ConfigError(
+                f"source.eval_mask_prob={self.eval_mask_prob}: must be in [0, 1) "
+                "(0 = the run's data.mask_prob)"
+            )
 
 
 def eval_masking_note(data: Any, src: SourceConfig) -> str | None:
@@ -81,9 +85,11 @@ def eval_masking_note(data: Any, src: SourceConfig) -> str | None:
     one per masked residue) the held-out batches use. Measured (docs/ablation.md, the masking
     study): a model trained at 10 % scores 2.87 nats at its own rate and 5.3 at 15 %."""
     if src.eval_mask_prob > data.mask_prob:
-        return (f"held-out batches masked at {src.eval_mask_prob:g}, training at {data.mask_prob:g}: "
-                "they use sentinel ids this model never sees in training, so its held-out loss "
-                "measures that too (docs/ablation.md, the masking study)")
+        return (
+            f"held-out batches masked at {src.eval_mask_prob:g}, training at {data.mask_prob:g}: "
+            "they use sentinel ids this model never sees in training, so its held-out loss "
+            "measures that too (docs/ablation.md, the masking study)"
+        )
     return None
 
 
@@ -98,15 +104,16 @@ class EvalConfig:
     """What every evaluation (each ``eval_every`` steps and the end) measures besides the
     held-out loss: linear probes on frozen per-residue features (``train/probe.py``), one per
     task in ``probe_tasks`` (SS3 Q3, SS8 Q8) on the same fixed PDB chains."""
+
     probe: bool = True
     probe_tasks: tuple[str, ...] = ("ss3",)  # any of PROBE_METRICS' keys
-    probe_train_chains: int = 250   # PDB chains, split by PDB entry (evaluate.tasks.pdb_split)
+    probe_train_chains: int = 250  # PDB chains, split by PDB entry (evaluate.tasks.pdb_split)
     probe_test_chains: int = 150
-    probe_max_residues: int = 127   # chains cropped: 127 + </s> = 128 tokens, one ladder rung
-    probe_steps: int = 100          # L-BFGS iterations of the logistic regression (fixed)
-    probe_l2: float = 1e-3          # on standardised features
-    baselines: bool = True          # one-hot and random-init (seed + 1) scores, once per run
-    curves: bool = True             # <run>/curves.png at the end
+    probe_max_residues: int = 127  # chains cropped: 127 + </s> = 128 tokens, one ladder rung
+    probe_steps: int = 100  # L-BFGS iterations of the logistic regression (fixed)
+    probe_l2: float = 1e-3  # on standardised features
+    baselines: bool = True  # one-hot and random-init (seed + 1) scores, once per run
+    curves: bool = True  # <run>/curves.png at the end
 
     def __post_init__(self) -> None:
         allowed = ", ".join(PROBE_METRICS)
@@ -116,18 +123,31 @@ class EvalConfig:
         if len(set(self.probe_tasks)) < len(self.probe_tasks):
             raise ConfigError(f"eval.probe_tasks: repeated task in {list(self.probe_tasks)}")
         if self.probe and not self.probe_tasks:
-            raise ConfigError(f"eval.probe_tasks is empty but eval.probe is true: name one or more "
-                              f"of {allowed} (or set eval.probe=false)")
-        if self.probe and min(self.probe_train_chains, self.probe_test_chains, self.probe_max_residues,
-                              self.probe_steps) < 1:
-            raise ConfigError("eval.probe_train_chains, probe_test_chains, probe_max_residues and "
-                              "probe_steps must be >= 1 (or eval.probe=false)")
+            raise ConfigError(
+                f"eval.probe_tasks is empty but eval.probe is true: name one or more "
+                f"of {allowed} (or set eval.probe=false)"
+            )
+        if (
+            self.probe
+            and min(
+                self.probe_train_chains,
+                self.probe_test_chains,
+                self.probe_max_residues,
+                self.probe_steps,
+            )
+            < 1
+        ):
+            raise ConfigError(
+                "eval.probe_train_chains, probe_test_chains, probe_max_residues and "
+                "probe_steps must be >= 1 (or eval.probe=false)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Which parts of the network train (``ankh.training.FREEZE_GROUPS``): e.g.
     ``train.freeze=[encoder]`` adapts only the decoder, as the High-N generation fine-tune."""
+
     freeze: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -147,8 +167,14 @@ FRESH_PEAK_LR = 0.004
 CONTINUED_PEAK_LR = 1e-4
 
 
-DEFAULT_DATA = DataConfig(paths=("data/uniprot_sample/train",), rows=8, enc_len=264,
-                          max_residues=128, max_segments=8, window=512)
+DEFAULT_DATA = DataConfig(
+    paths=("data/uniprot_sample/train",),
+    rows=8,
+    enc_len=264,
+    max_residues=128,
+    max_segments=8,
+    window=512,
+)
 # The stream's packing settings. The local source has no packing: one sequence per row, padded
 # to data.max_residues + 1 tokens, and a global shuffle per epoch -- so a value other than the
 # default would silently do nothing there, and is refused instead.
@@ -165,8 +191,8 @@ class PretrainConfig:
     model_overrides: dict = dataclasses.field(default_factory=dict)
     steps: int = 300
     seed: int = 0
-    output: str = "outputs/pretrain"    # storage path: local dir or gs://bucket/prefix
-    name: str = "ankh-tiny"             # run name; same name + output = resume
+    output: str = "outputs/pretrain"  # storage path: local dir or gs://bucket/prefix
+    name: str = "ankh-tiny"  # run name; same name + output = resume
     # peak_lr None: FRESH_PEAK_LR or CONTINUED_PEAK_LR (effective_optim); total_steps 0 = steps
     optim: OptimConfig = OptimConfig(peak_lr=None, warmup_steps=30, total_steps=0)
     train: TrainConfig = TrainConfig()
@@ -176,10 +202,10 @@ class PretrainConfig:
     scale: ScaleConfig = ScaleConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log_every: int = 10
-    eval_every: int = 100               # 0 = only at the end
-    eval: EvalConfig = EvalConfig()     # the linear probes, baselines, curves.png
+    eval_every: int = 100  # 0 = only at the end
+    eval: EvalConfig = EvalConfig()  # the linear probes, baselines, curves.png
     max_failures: int = 3
-    log_example_ids: bool = False       # <run>/examples/rank<r>.jsonl (exactly-once checks)
+    log_example_ids: bool = False  # <run>/examples/rank<r>.jsonl (exactly-once checks)
     fault: FaultConfig = FaultConfig()
     compile_cache: str = "~/.cache/ankh/jax"  # persistent XLA cache ("" = off): fast restarts
 
@@ -194,7 +220,8 @@ class PretrainConfig:
                 raise ConfigError(
                     f"data.{name}={value} does nothing with source.kind=local (one sequence per "
                     f"row of data.max_residues + 1 tokens, no packing windows): leave it at "
-                    f"{default} or use source.kind=stream")
+                    f"{default} or use source.kind=stream"
+                )
 
     def run_dir(self) -> str:
         """``<output>/<name>`` (absolute once :func:`resolve_paths` has run)."""
@@ -207,9 +234,11 @@ def model_shape(cfg: PretrainConfig, config: AnkhConfig | None = None) -> AnkhCo
     if not cfg.model_overrides:
         return config if config is not None else PRESETS[cfg.model]
     if cfg.model not in PRESETS:
-        raise ConfigError(f"model_overrides need a preset model (one of {', '.join(PRESETS)}); "
-                          f"model={cfg.model!r} names weights, whose shape is fixed (a preset file's "
-                          f"model_overrides are dropped with model_overrides={{}})")
+        raise ConfigError(
+            f"model_overrides need a preset model (one of {', '.join(PRESETS)}); "
+            f"model={cfg.model!r} names weights, whose shape is fixed (a preset file's "
+            f"model_overrides are dropped with model_overrides={{}})"
+        )
     fields = {f.name for f in dataclasses.fields(AnkhConfig)}
     unknown = sorted(set(cfg.model_overrides) - fields)
     if unknown:
@@ -249,6 +278,14 @@ def _absolute(path: str, fallback: Path) -> str:
 def resolve_paths(cfg: PretrainConfig) -> PretrainConfig:
     """Every local path of ``cfg`` made absolute, on the driver: workers may run elsewhere."""
     return dataclasses.replace(
-        cfg, output=storage.norm_path(cfg.output), model=_model_ref(cfg.model),
-        data=dataclasses.replace(cfg.data, paths=tuple(_absolute(p, bundled_train()) for p in cfg.data.paths)),
-        source=dataclasses.replace(cfg.source, eval_paths=tuple(_absolute(p, bundled_validation()) for p in cfg.source.eval_paths)))
+        cfg,
+        output=storage.norm_path(cfg.output),
+        model=_model_ref(cfg.model),
+        data=dataclasses.replace(
+            cfg.data, paths=tuple(_absolute(p, bundled_train()) for p in cfg.data.paths)
+        ),
+        source=dataclasses.replace(
+            cfg.source,
+            eval_paths=tuple(_absolute(p, bundled_validation()) for p in cfg.source.eval_paths),
+        ),
+    )

@@ -21,11 +21,18 @@ from typing import Any
 import fsspec
 
 log = logging.getLogger(__name__)
-REFERENCE_KEYS = ("unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init", "ss8_q8_onehot",
-                  "ss8_q8_random_init")
+REFERENCE_KEYS = (
+    "unigram_entropy",
+    "ss3_q3_onehot",
+    "ss3_q3_random_init",
+    "ss8_q8_onehot",
+    "ss8_q8_random_init",
+)
 # probe panels: (metric, title, y label); SS3's is always drawn, the others when measured
-PROBE_PANELS = (("ss3_q3", "SS3 Q3, held-out PDB entries", "Q3"),
-                ("ss8_q8", "SS8 Q8, held-out PDB entries", "Q8"))
+PROBE_PANELS = (
+    ("ss3_q3", "SS3 Q3, held-out PDB entries", "Q3"),
+    ("ss8_q8", "SS8 Q8, held-out PDB entries", "Q8"),
+)
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
@@ -36,8 +43,11 @@ def read_metrics(run_dir: str) -> list[dict[str, Any]]:
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of ``key``; a resumed run's repeated steps keep the last value."""
-    by_step = {r["step"]: float(r[key]) for r in records if key in r and "step" in r
-               and r.get("event") != "reference"}
+    by_step = {
+        r["step"]: float(r[key])
+        for r in records
+        if key in r and "step" in r and r.get("event") != "reference"
+    }
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
 
@@ -66,13 +76,19 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
     ax = axes[1]
     ax.plot(*_series(records, "val_residue_loss"), "o-", label="val residue loss")
     if "unigram_entropy" in ref:
-        ax.axhline(ref["unigram_entropy"], color="gray", ls="--",
-                   label=f"unigram entropy {ref['unigram_entropy']:.3f}")
+        ax.axhline(
+            ref["unigram_entropy"],
+            color="gray",
+            ls="--",
+            label=f"unigram entropy {ref['unigram_entropy']:.3f}",
+        )
     ax.set(title="held-out masked residues", xlabel="step", ylabel="nats / residue")
     for ax, (metric, panel, ylabel) in zip(axes[2:], probes):
         ax.plot(*_series(records, metric), "o-", label="pretrained (linear probe)")
-        for suffix, name, colour in (("_onehot", "one-hot", "gray"),
-                                     ("_random_init", "random init", "tab:red")):
+        for suffix, name, colour in (
+            ("_onehot", "one-hot", "gray"),
+            ("_random_init", "random init", "tab:red"),
+        ):
             if metric + suffix in ref:
                 v = ref[metric + suffix]
                 ax.axhline(v, color=colour, ls="--", label=f"{name} {v:.3f}")
@@ -93,8 +109,11 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser("python -m ankh_platform.train.curves", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        "python -m ankh_platform.train.curves",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run_dir", help="a run directory (<output>/<name>) with metrics.jsonl")
     p.add_argument("--output", help="PNG to write (default: <run_dir>/curves.png)")
     args = p.parse_args(argv)

@@ -20,15 +20,24 @@ from ankh_platform.train.worker import Run, train_loop
 
 
 def worker_env(cfg: PretrainConfig) -> dict[str, str]:
-    env = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", progress.WORKER_CONSOLE_ENV: "1"} \
-        | storage.storage_env()  # e.g. a GCS emulator
-    env |= {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)} if cfg.compile_cache else {}
+    env = {
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        progress.WORKER_CONSOLE_ENV: "1",
+    } | storage.storage_env()  # e.g. a GCS emulator
+    env |= (
+        {"JAX_COMPILATION_CACHE_DIR": os.path.expanduser(cfg.compile_cache)}
+        if cfg.compile_cache
+        else {}
+    )
     if cfg.scale.use_tpu:
         return env | {"JAX_PLATFORMS": "tpu"}
     if cfg.scale.use_gpu:
         return env | {"JAX_PLATFORMS": "cuda"}
-    return env | {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(cfg.scale.devices_per_worker),
-                  "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    return env | {
+        "JAX_PLATFORMS": "cpu",
+        "JAX_NUM_CPU_DEVICES": str(cfg.scale.devices_per_worker),
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    }
 
 
 def job_log_path(cfg: PretrainConfig) -> str:
@@ -48,22 +57,36 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
 
     cfg = resolve_paths(cfg)
     log_path = log_to_file(job_log_path(cfg))  # before Ray starts: its start-up lines go there
-    progress.console(f"run {cfg.name}: {cfg.steps} steps; framework logs: {log_path} (-v shows them)")
+    progress.console(
+        f"run {cfg.name}: {cfg.steps} steps; framework logs: {log_path} (-v shows them)"
+    )
     init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
     s = cfg.scale
     if s.use_tpu:
-        scaling = ScalingConfig(use_tpu=True, num_workers=s.num_workers, topology=s.topology or None,
-                                accelerator_type=s.accelerator_type)
+        scaling = ScalingConfig(
+            use_tpu=True,
+            num_workers=s.num_workers,
+            topology=s.topology or None,
+            accelerator_type=s.accelerator_type,
+        )
     else:
-        scaling = ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                resources_per_worker={"CPU": s.cpus_per_worker})
+        scaling = ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker={"CPU": s.cpus_per_worker},
+        )
     storage_path, storage_fs = storage.pyarrow_gcs(cfg.output)  # gs:// ok
-    run_config = RunConfig(name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
-                           failure_config=FailureConfig(max_failures=cfg.max_failures),
-                           worker_runtime_env={"env_vars": worker_env(cfg)})
+    run_config = RunConfig(
+        name=cfg.name,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        worker_runtime_env={"env_vars": worker_env(cfg)},
+    )
     # Ray Train takes the worker's config as a dict (its dashboard shows it): the JSON form.
-    trainer = JaxTrainer(train_loop, train_loop_config=to_dict(cfg), scaling_config=scaling,
-                         run_config=run_config)
+    trainer = JaxTrainer(
+        train_loop, train_loop_config=to_dict(cfg), scaling_config=scaling, run_config=run_config
+    )
     with worker_output_to(log_path):
         result = trainer.fit()
     if result.error:
@@ -83,4 +106,3 @@ def run_local_process(cfg: PretrainConfig) -> dict[str, Any]:
     if cfg.compile_cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compile_cache))
     return Run(resolve_paths(cfg), 0, 1, report=None).fit()
-

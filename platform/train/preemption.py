@@ -63,8 +63,12 @@ def sigterm_notice() -> Iterator[None]:
     try:
         _in_main_thread(_install)
     except Exception as e:  # no main thread to ask: train on, with the default behaviour
-        log.warning("no SIGTERM handler (%s: %s): a preemption notice ends this worker without "
-                    "a checkpoint", type(e).__name__, e)
+        log.warning(
+            "no SIGTERM handler (%s: %s): a preemption notice ends this worker without "
+            "a checkpoint",
+            type(e).__name__,
+            e,
+        )
         yield
         return
     try:

@@ -50,6 +50,7 @@ _SS8_TO_SS3_IDS = np.array([SS3.index(SS8_TO_SS3.get(c, "C")) for c in SS8], np.
 class Chains:
     """The probes' fixed data: sequences and, per task, (train, test) class ids per chain
     (``labels["ss3"]``: 0 H, 1 E, 2 C; ``labels["ss8"]``: HGIEBTSC order)."""
+
     train_seqs: list[str]
     test_seqs: list[str]
     source: str
@@ -71,25 +72,36 @@ def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> C
     task = load_pdb_task("ss8", TaskLimits(train=train, valid=0, test=test), root=root or pdb_dir())
     tr, te = task.splits["train"], task.splits["test"]
     if not tr.ids or not te.ids:
-        raise ValueError(f"probe: no {'train' if not tr.ids else 'test'} chains in "
-                         f"{task.info['source']}")
+        raise ValueError(
+            f"probe: no {'train' if not tr.ids else 'test'} chains in {task.info['source']}"
+        )
     crop = lambda xs: [x[:max_residues] for x in xs]  # noqa: E731
     ss3 = lambda xs: [_SS8_TO_SS3_IDS[x] for x in xs]  # noqa: E731  int8, as ss_labels(.., 3)
     tr8, te8 = crop(tr.labels), crop(te.labels)
-    return Chains(crop(tr.seqs), crop(te.seqs), task.info["source"],
-                  {"ss3": (ss3(tr8), ss3(te8)), "ss8": (tr8, te8)})
+    return Chains(
+        crop(tr.seqs),
+        crop(te.seqs),
+        task.info["source"],
+        {"ss3": (ss3(tr8), ss3(te8)), "ss8": (tr8, te8)},
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "classes"))
-def _fit_predict(x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps: int,
-                 classes: int) -> jax.Array:
+def _fit_predict(
+    x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps: int, classes: int
+) -> jax.Array:
     """Softmax regression: mean CE + l2/2 |W|^2, ``steps`` L-BFGS iterations from zeros;
     returns the test predictions."""
-    params = {"w": jnp.zeros((x.shape[1], classes), jnp.float32), "b": jnp.zeros((classes,), jnp.float32)}
+    params = {
+        "w": jnp.zeros((x.shape[1], classes), jnp.float32),
+        "b": jnp.zeros((classes,), jnp.float32),
+    }
 
     def loss(p):
         logits = x @ p["w"] + p["b"]
-        ce = jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0])
+        ce = jnp.mean(
+            jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0]
+        )
         return ce + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
 
     opt = optax.lbfgs()
@@ -105,7 +117,9 @@ def _fit_predict(x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps
     return jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
 
 
-def standardise(train_x: list[np.ndarray], test_x: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def standardise(
+    train_x: list[np.ndarray], test_x: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-residue features (lists of ``[L_i, d]``) as two standardised float32 matrices, by
     the training residues' mean and std: done once per feature set, then fit per task."""
     x, xt = np.concatenate(train_x).astype(np.float32), np.concatenate(test_x).astype(np.float32)
@@ -114,8 +128,15 @@ def standardise(train_x: list[np.ndarray], test_x: list[np.ndarray]) -> tuple[np
     return (x - mean) / std, (xt - mean) / std
 
 
-def fit_accuracy(x: np.ndarray, train_y: list[np.ndarray], xt: np.ndarray, test_y: list[np.ndarray],
-                 classes: int, steps: int = 100, l2: float = 1e-3) -> float:
+def fit_accuracy(
+    x: np.ndarray,
+    train_y: list[np.ndarray],
+    xt: np.ndarray,
+    test_y: list[np.ndarray],
+    classes: int,
+    steps: int = 100,
+    l2: float = 1e-3,
+) -> float:
     """Accuracy over held-out residues of a logistic regression over ``classes`` classes, fit
     on standardised features (``standardise``)."""
     y, yt = np.concatenate(train_y).astype(np.int32), np.concatenate(test_y).astype(np.int32)
@@ -125,8 +146,15 @@ def fit_accuracy(x: np.ndarray, train_y: list[np.ndarray], xt: np.ndarray, test_
     return float(np.mean(np.asarray(pred) == yt))
 
 
-def linear_accuracy(train_x: list[np.ndarray], train_y: list[np.ndarray], test_x: list[np.ndarray],
-                    test_y: list[np.ndarray], classes: int, steps: int = 100, l2: float = 1e-3) -> float:
+def linear_accuracy(
+    train_x: list[np.ndarray],
+    train_y: list[np.ndarray],
+    test_x: list[np.ndarray],
+    test_y: list[np.ndarray],
+    classes: int,
+    steps: int = 100,
+    l2: float = 1e-3,
+) -> float:
     """Accuracy of a logistic regression fit on per-residue features (lists of ``[L_i, d]``)."""
     x, xt = standardise(train_x, test_x)
     return fit_accuracy(x, train_y, xt, test_y, classes, steps, l2)
@@ -136,17 +164,25 @@ class SS3Probe:
     """``SS3Probe.load(...)`` once, then ``q3(embed)`` or, for every task in ``tasks``,
     ``scores(embed)`` (``{"ss3_q3": .., "ss8_q8": ..}``) for any feature function."""
 
-    def __init__(self, chains: Chains, steps: int = 100, l2: float = 1e-3,
-                 tasks: tuple[str, ...] = ("ss3",)):
+    def __init__(
+        self, chains: Chains, steps: int = 100, l2: float = 1e-3, tasks: tuple[str, ...] = ("ss3",)
+    ):
         unknown = [t for t in tasks if t not in CLASSES]
         if unknown or not tasks:
             raise ValueError(f"probe tasks {list(tasks)}: give one or more of {list(CLASSES)}")
         self.chains, self.steps, self.l2, self.tasks = chains, steps, l2, tuple(tasks)
 
     @classmethod
-    def load(cls, train_chains: int = 250, test_chains: int = 150, max_residues: int = 127,
-             steps: int = 100, l2: float = 1e-3, root: Any = None,
-             tasks: tuple[str, ...] = ("ss3",)) -> SS3Probe:
+    def load(
+        cls,
+        train_chains: int = 250,
+        test_chains: int = 150,
+        max_residues: int = 127,
+        steps: int = 100,
+        l2: float = 1e-3,
+        root: Any = None,
+        tasks: tuple[str, ...] = ("ss3",),
+    ) -> SS3Probe:
         return cls(load_chains(train_chains, test_chains, max_residues, root), steps, l2, tasks)
 
     def scores(self, embed: Embed, suffix: str = "") -> dict[str, float]:
@@ -157,8 +193,9 @@ class SS3Probe:
         out = {}
         for t in self.tasks:
             train_y, test_y = c.labels[t]
-            out[PROBE_METRICS[t] + suffix] = fit_accuracy(x, train_y, xt, test_y, CLASSES[t],
-                                                          self.steps, self.l2)
+            out[PROBE_METRICS[t] + suffix] = fit_accuracy(
+                x, train_y, xt, test_y, CLASSES[t], self.steps, self.l2
+            )
         return out
 
     def scores_model(self, model: Ankh, suffix: str = "") -> dict[str, float]:
@@ -166,8 +203,15 @@ class SS3Probe:
 
     def q3(self, embed: Embed) -> float:
         c = self.chains
-        return linear_accuracy(embed(c.train_seqs), c.train_labels, embed(c.test_seqs),
-                               c.test_labels, len(SS3), self.steps, self.l2)
+        return linear_accuracy(
+            embed(c.train_seqs),
+            c.train_labels,
+            embed(c.test_seqs),
+            c.test_labels,
+            len(SS3),
+            self.steps,
+            self.l2,
+        )
 
     def q3_model(self, model: Ankh) -> float:
         return self.q3(lambda seqs: model.embed(seqs, per_residue=True))
@@ -176,8 +220,9 @@ class SS3Probe:
         """The no-context baseline: one-hot residues (``evaluate.embedders.OneHotFeatures``)."""
         return self.q3(OneHotFeatures().embed)
 
-    def q3_random_init(self, config: AnkhConfig, tokenizer: AnkhTokenizer | None = None,
-                       seed: int = 1) -> float:
+    def q3_random_init(
+        self, config: AnkhConfig, tokenizer: AnkhTokenizer | None = None, seed: int = 1
+    ) -> float:
         """A model of the same shape with fresh weights from ``seed``."""
         return self.q3_model(Ankh(config, AnkhModel(config, nnx.Rngs(seed)), tokenizer))
 
@@ -213,23 +258,36 @@ class RunProbe:
     part in ``host_params``'s gather, then go on to their next step (whose collectives wait
     for process 0), so every process stays in lockstep."""
 
-    def __init__(self, ec: Any, config: AnkhConfig, tokenizer: AnkhTokenizer, seed: int,
-                 primary: bool):
+    def __init__(
+        self, ec: Any, config: AnkhConfig, tokenizer: AnkhTokenizer, seed: int, primary: bool
+    ):
         self.ec, self.config, self.tokenizer, self.seed = ec, config, tokenizer, seed
         self.enabled, self.primary = bool(ec.probe), primary
         self.probe: SS3Probe | None = None
         self.model: Ankh | None = None  # one Ankh holder: its compiled encoder serves every call
         if self.enabled and primary:
-            self.probe = SS3Probe.load(ec.probe_train_chains, ec.probe_test_chains,
-                                       ec.probe_max_residues, ec.probe_steps, ec.probe_l2,
-                                       tasks=tuple(ec.probe_tasks))
+            self.probe = SS3Probe.load(
+                ec.probe_train_chains,
+                ec.probe_test_chains,
+                ec.probe_max_residues,
+                ec.probe_steps,
+                ec.probe_l2,
+                tasks=tuple(ec.probe_tasks),
+            )
             c = self.probe.chains
-            log.info("linear probes %s: %d train / %d test chains from %s",
-                     "+".join(self.probe.tasks), len(c.train_seqs), len(c.test_seqs), c.source)
+            log.info(
+                "linear probes %s: %d train / %d test chains from %s",
+                "+".join(self.probe.tasks),
+                len(c.train_seqs),
+                len(c.test_seqs),
+                c.source,
+            )
 
     def _holder(self) -> Ankh:
         if self.model is None:  # random init from seed + 1: the baseline, and the params' shape
-            self.model = Ankh(self.config, AnkhModel(self.config, nnx.Rngs(self.seed + 1)), self.tokenizer)
+            self.model = Ankh(
+                self.config, AnkhModel(self.config, nnx.Rngs(self.seed + 1)), self.tokenizer
+            )
         return self.model
 
     def baselines(self) -> dict[str, float]:

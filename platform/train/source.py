@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 class StreamSource:
     """This rank's ``BatchStream`` (Ray Data), restartable from a saved position."""
 
-    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int,
-                 tokenizer: AnkhTokenizer | None = None):
+    def __init__(
+        self,
+        data: DataConfig,
+        src: SourceConfig,
+        rank: int,
+        world: int,
+        tokenizer: AnkhTokenizer | None = None,
+    ):
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.tok = tokenizer
         self.spec = data.pack_spec()
@@ -66,8 +72,9 @@ class StreamSource:
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         """The first ``eval_batches`` batches of this rank's validation range (padded if short)."""
-        cfg = dataclasses.replace(eval_data(self.data, self.src), paths=self.src.eval_paths,
-                                  epochs=1, prefetch=0)
+        cfg = dataclasses.replace(
+            eval_data(self.data, self.src), paths=self.src.eval_paths, epochs=1, prefetch=0
+        )
         out = []
         for b in BatchStream(cfg, self.rank, self.world, tokenizer=self.tok):
             out.append(b)
@@ -83,15 +90,25 @@ class StreamSource:
 class LocalSource:
     """Global-order batches from small Parquet data read on every host (one sequence per row)."""
 
-    def __init__(self, data: DataConfig, src: SourceConfig, rank: int, world: int,
-                 tokenizer: AnkhTokenizer | None = None):
+    def __init__(
+        self,
+        data: DataConfig,
+        src: SourceConfig,
+        rank: int,
+        world: int,
+        tokenizer: AnkhTokenizer | None = None,
+    ):
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.rows = data.rows
         self.tok = tokenizer or AnkhTokenizer()
         self.objective = Objective(data.objective(), self.tok)
         oc = self.objective.cfg
-        self.spec = PackSpec(rows=self.rows, enc_len=oc.max_encoder_tokens(),
-                             dec_len=oc.max_decoder_tokens(), max_segments=1)
+        self.spec = PackSpec(
+            rows=self.rows,
+            enc_len=oc.max_encoder_tokens(),
+            dec_len=oc.max_decoder_tokens(),
+            max_segments=1,
+        )
         self.train = self._read(data.paths)
         self.position = 0  # global batches consumed
         self._perms: dict[int, np.ndarray] = {}
@@ -112,12 +129,23 @@ class LocalSource:
             self._perms = {epoch: rng.permutation(len(self.train))}
         return self._perms[epoch]
 
-    def _build(self, residues: list[np.ndarray], ids: list[int], epochs: list[int],
-               objective: Objective | None = None, spec: PackSpec | None = None) -> dict[str, np.ndarray]:
+    def _build(
+        self,
+        residues: list[np.ndarray],
+        ids: list[int],
+        epochs: list[int],
+        objective: Objective | None = None,
+        spec: PackSpec | None = None,
+    ) -> dict[str, np.ndarray]:
         objective = objective or self.objective
         pairs = [objective(r, self.data.seed, e, i) for r, i, e in zip(residues, ids, epochs)]
-        return build_batch([[i] for i in range(len(pairs))], [p[0] for p in pairs],
-                           [p[1] for p in pairs], ids, spec or self.spec)
+        return build_batch(
+            [[i] for i in range(len(pairs))],
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+            ids,
+            spec or self.spec,
+        )
 
     def batch_at(self, k: int) -> dict[str, np.ndarray]:
         """This host's rows of global batch ``k``."""
@@ -138,8 +166,13 @@ class LocalSource:
         return out
 
     def state(self) -> dict[str, Any]:
-        return {"kind": "local", "position": self.position, "rows": self.rows, "world": self.world,
-                "seed": self.data.seed}
+        return {
+            "kind": "local",
+            "position": self.position,
+            "rows": self.rows,
+            "world": self.world,
+            "seed": self.data.seed,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         want = {"rows": self.rows, "world": self.world, "seed": self.data.seed}
@@ -153,11 +186,17 @@ class LocalSource:
         ev = self._read(self.src.eval_paths)
         objective = Objective(eval_data(self.data, self.src).objective(), self.tok)
         oc = objective.cfg
-        spec = PackSpec(rows=self.rows, enc_len=oc.max_encoder_tokens(),
-                        dec_len=oc.max_decoder_tokens(), max_segments=1)
+        spec = PackSpec(
+            rows=self.rows,
+            enc_len=oc.max_encoder_tokens(),
+            dec_len=oc.max_decoder_tokens(),
+            max_segments=1,
+        )
         out = []
         for b in range(self.src.eval_batches):
-            ids = [(b * self.rows * self.world + self.rank * self.rows + r) for r in range(self.rows)]
+            ids = [
+                (b * self.rows * self.world + self.rank * self.rows + r) for r in range(self.rows)
+            ]
             if ids[0] >= len(ev):
                 out.append(empty_batch(spec))
                 continue
@@ -176,8 +215,15 @@ def eval_data(data: DataConfig, src: SourceConfig) -> DataConfig:
     return dataclasses.replace(data, mask_prob=p) if p > 0 else data
 
 
-def make_source(data: DataConfig, src: SourceConfig, rank: int, world: int,
-                tokenizer: AnkhTokenizer | None = None) -> StreamSource | LocalSource:
+def make_source(
+    data: DataConfig,
+    src: SourceConfig,
+    rank: int,
+    world: int,
+    tokenizer: AnkhTokenizer | None = None,
+) -> StreamSource | LocalSource:
     """This rank's source; paths are used as given (``config.resolve_paths`` made them absolute).
     ``tokenizer``: the trained model's (sentinel ids follow its vocabulary; default Ankh's)."""
-    return (StreamSource if src.kind == "stream" else LocalSource)(data, src, rank, world, tokenizer)
+    return (StreamSource if src.kind == "stream" else LocalSource)(
+        data, src, rank, world, tokenizer
+    )

@@ -75,7 +75,9 @@ def _join_jax(scale: ScaleConfig) -> tuple[int, int]:
             addr = f"{host}:{s.getsockname()[1]}"
     addr = broadcast_from_rank_zero(addr)
     # Bind the coordinator to the address we advertise (loopback on one node), not 0.0.0.0.
-    jax.distributed.initialize(addr, num_processes=world, process_id=rank, coordinator_bind_address=addr)
+    jax.distributed.initialize(
+        addr, num_processes=world, process_id=rank, coordinator_bind_address=addr
+    )
     return rank, world
 
 
@@ -89,8 +91,13 @@ def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.touch(path)
-    log.warning("fault injection: %s to worker rank %d (pid %d) at step %d", cfg.fault.signal, rank,
-                os.getpid(), step)
+    log.warning(
+        "fault injection: %s to worker rank %d (pid %d) at step %d",
+        cfg.fault.signal,
+        rank,
+        os.getpid(),
+        step,
+    )
     os.kill(os.getpid(), getattr(signal, cfg.fault.signal))
 
 
@@ -104,7 +111,7 @@ def gather_json(obj: Any, size: int = 4096) -> list[Any]:
     if len(raw) > size:
         raise ValueError(f"state too large to gather ({len(raw)} bytes)")
     buf = np.zeros(size, np.uint8)
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    buf[: len(raw)] = np.frombuffer(raw, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf))  # [processes, size]
     return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
 
@@ -116,21 +123,31 @@ def console_lines(rec: dict[str, Any], total: int) -> list[str]:
     step = rec.get("step", 0)
     if "loss" in rec:
         eta = rec["step_time_s"] * max(total - step, 0)
-        out.append(f"step {step}/{total} | loss {rec['loss']:.3f} | acc {rec['accuracy']:.3f} | "
-                   f"{rec['tokens_per_s']:,.0f} tok/s | ETA {progress.format_duration(eta)}")
+        out.append(
+            f"step {step}/{total} | loss {rec['loss']:.3f} | acc {rec['accuracy']:.3f} | "
+            f"{rec['tokens_per_s']:,.0f} tok/s | ETA {progress.format_duration(eta)}"
+        )
     if "val_loss" in rec:
         kind = "final" if rec.get("event") == "final" else "eval"
         unigram = f" (unigram {rec['unigram_entropy']:.3f})" if "unigram_entropy" in rec else ""
         probes = "".join(f" | {m} {rec[m]:.3f}" for m in PROBE_METRICS.values() if m in rec)
-        out.append(f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
-                   f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}"
-                   f"{unigram}{probes}")
+        out.append(
+            f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
+            f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}"
+            f"{unigram}{probes}"
+        )
     if rec.get("event") == "reference":
-        parts = [f"{name} {rec[k]:.3f}" for k, name in (
-            ("unigram_entropy", "unigram entropy (held-out residues)"),
-            ("ss3_q3_onehot", "SS3 Q3 one-hot"), ("ss3_q3_random_init", "random init"),
-            ("ss8_q8_onehot", "SS8 Q8 one-hot"), ("ss8_q8_random_init", "SS8 random init"))
-            if k in rec]
+        parts = [
+            f"{name} {rec[k]:.3f}"
+            for k, name in (
+                ("unigram_entropy", "unigram entropy (held-out residues)"),
+                ("ss3_q3_onehot", "SS3 Q3 one-hot"),
+                ("ss3_q3_random_init", "random init"),
+                ("ss8_q8_onehot", "SS8 Q8 one-hot"),
+                ("ss8_q8_random_init", "SS8 random init"),
+            )
+            if k in rec
+        ]
         out.append("reference | " + " | ".join(parts))
     return out
 
@@ -175,8 +192,9 @@ class MetricsWriter:
 
 
 class Run:
-    def __init__(self, cfg: PretrainConfig, rank: int, world: int,
-                 report: Callable[[dict], None] | None):
+    def __init__(
+        self, cfg: PretrainConfig, rank: int, world: int, report: Callable[[dict], None] | None
+    ):
         self.cfg, self.rank, self.world, self.report = cfg, rank, world, report
         self.run_dir = cfg.run_dir()
         self.primary = jax.process_index() == 0
@@ -189,21 +207,35 @@ class Run:
         self.origin: Resolved = resolve(self.cfg.model)
         self.model_cfg = model_shape(self.cfg, self.origin.config)  # + model_overrides (presets)
         self.cfg = cfg = dataclasses.replace(
-            self.cfg, optim=effective_optim(self.cfg, from_weights=self.origin.kind != "preset"))
+            self.cfg, optim=effective_optim(self.cfg, from_weights=self.origin.kind != "preset")
+        )
         self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
         # Residue targets as the run's tokenizer spells them (ankh3's ids differ from ankh's).
         self.residues = self.origin.tokenizer.residue_table(self.model_cfg.vocab_size)
-        self.trainer = Trainer(self.model_cfg, cfg.optim, self.mesh, seed=cfg.seed, freeze=cfg.train.freeze,
-                               residues=self.residues)
-        self.probe = RunProbe(cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary)
-        self.source = make_source(cfg.data, cfg.source, jax.process_index(), jax.process_count(),
-                                  self.origin.tokenizer)
+        self.trainer = Trainer(
+            self.model_cfg,
+            cfg.optim,
+            self.mesh,
+            seed=cfg.seed,
+            freeze=cfg.train.freeze,
+            residues=self.residues,
+        )
+        self.probe = RunProbe(
+            cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary
+        )
+        self.source = make_source(
+            cfg.data, cfg.source, jax.process_index(), jax.process_count(), self.origin.tokenizer
+        )
         if (note := eval_masking_note(cfg.data, cfg.source)) and self.primary:
             log.warning("%s", note)
         ck = cfg.checkpoint
-        self.store = CheckpointStore(f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save)
+        self.store = CheckpointStore(
+            f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save
+        )
         spec = self.source.spec
-        self.flops = train_step_flops(self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len)
+        self.flops = train_step_flops(
+            self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len
+        )
         self.peak = measure_matmul_peak(cfg.optim.compute_dtype, seconds=0.5)
 
     def _start_state(self) -> tuple[dict, int]:
@@ -211,8 +243,13 @@ class Run:
         if restored is None:
             flat = self.origin.load_params()  # None for a preset: initialised from the seed
             if flat is not None:
-                log.info("step 0 from the weights of %s (%s %s, peak lr %g)", self.cfg.model,
-                         self.origin.kind, self.origin.pinned, self.cfg.optim.peak_lr)
+                log.info(
+                    "step 0 from the weights of %s (%s %s, peak lr %g)",
+                    self.cfg.model,
+                    self.origin.kind,
+                    self.origin.pinned,
+                    self.cfg.optim.peak_lr,
+                )
             return self.trainer.init_state(flat), 0
         state, meta = restored
         self.source.restore(meta["data"][jax.process_index()])
@@ -221,9 +258,14 @@ class Run:
         return state, int(meta["step"])
 
     def _meta(self, step: int, state: dict) -> dict:
-        return {"step": step, "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
-                "data": gather_json(self.source.state()), "model": self.model_cfg.to_hf_dict(),
-                "source": self.source_record(), "config": to_dict(self.cfg)}
+        return {
+            "step": step,
+            "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
+            "data": gather_json(self.source.state()),
+            "model": self.model_cfg.to_hf_dict(),
+            "source": self.source_record(),
+            "config": to_dict(self.cfg),
+        }
 
     def source_record(self) -> dict[str, Any]:
         """Where the run's step-0 weights came from (reproducibility): kind (preset / hf /
@@ -238,9 +280,13 @@ class Run:
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         n, nr = max(sums.get("tokens", 0), 1.0), max(sums.get("res_tokens", 0), 1.0)
-        return {"val_loss": sums["ce"] / n, "val_accuracy": sums["correct"] / n,
-                "val_residue_loss": sums["res_ce"] / nr, **self.reference_line(),
-                **self.probe(params)}
+        return {
+            "val_loss": sums["ce"] / n,
+            "val_accuracy": sums["correct"] / n,
+            "val_residue_loss": sums["res_ce"] / nr,
+            **self.reference_line(),
+            **self.probe(params),
+        }
 
     def reference_line(self) -> dict[str, float]:
         """The unigram entropy beside every held-out residue loss (once known)."""
@@ -250,8 +296,11 @@ class Run:
     def _references(self, step: int) -> None:
         """Once per run attempt: the held-out residues' unigram entropy (every process) and the
         probe's baselines (process 0), as a metrics record and one console line."""
-        self.reference = {"unigram_entropy": residue_unigram(self.eval_batches, self.residues)} \
-            if self.eval_batches else {}
+        self.reference = (
+            {"unigram_entropy": residue_unigram(self.eval_batches, self.residues)}
+            if self.eval_batches
+            else {}
+        )
         self.reference |= self.probe.baselines()
         if self.primary and self.reference:
             rec = {"step": step, "event": "reference", **self.reference}
@@ -263,13 +312,25 @@ class Run:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         dt = time.perf_counter() - window["t0"]
         steps = max(step - window["step0"], 1)
-        rec = {"step": step, **m, "step_time_s": dt / steps,
-               "tokens_per_s": window["tokens"] / dt,
-               "flops_per_s": self.flops * steps / dt,
-               "mfu": self.flops * steps / dt / (self.peak * jax.process_count()),
-               "data_wait_frac": window["wait"] / dt}
-        log.info("step %d loss %.4f acc %.3f lr %.2e gnorm %.3f tok/s %.0f mfu %.3f", step,
-                 rec["loss"], rec["accuracy"], rec["lr"], rec["grad_norm"], rec["tokens_per_s"], rec["mfu"])
+        rec = {
+            "step": step,
+            **m,
+            "step_time_s": dt / steps,
+            "tokens_per_s": window["tokens"] / dt,
+            "flops_per_s": self.flops * steps / dt,
+            "mfu": self.flops * steps / dt / (self.peak * jax.process_count()),
+            "data_wait_frac": window["wait"] / dt,
+        }
+        log.info(
+            "step %d loss %.4f acc %.3f lr %.2e gnorm %.3f tok/s %.0f mfu %.3f",
+            step,
+            rec["loss"],
+            rec["accuracy"],
+            rec["lr"],
+            rec["grad_norm"],
+            rec["tokens_per_s"],
+            rec["mfu"],
+        )
         window.update(t0=time.perf_counter(), step0=step, tokens=0, wait=0.0)
         return rec
 
@@ -303,8 +364,13 @@ class Run:
             local = self.source.next()
             batch = sharding.global_batch(local, self.mesh)
             window["wait"] += time.perf_counter() - t
-            window["tokens"] += int(local["segment_ids"].astype(bool).sum()
-                                    + local["decoder_segment_ids"].astype(bool).sum()) * self.world
+            window["tokens"] += (
+                int(
+                    local["segment_ids"].astype(bool).sum()
+                    + local["decoder_segment_ids"].astype(bool).sum()
+                )
+                * self.world
+            )
             if cfg.log_example_ids:
                 self._log_examples(step, local)
             state, m = self.trainer.step(state, batch)
@@ -325,9 +391,16 @@ class Run:
         self._emit({"step": step, "event": "final", **final})
         self.store.close()
         self.source.close()
-        summary = {"run_dir": self.run_dir, "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}",
-                   "step": step, "source": self.source_record(), "peak_lr": cfg.optim.peak_lr,
-                   "last": rec, **self.reference, **final}
+        summary = {
+            "run_dir": self.run_dir,
+            "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}",
+            "step": step,
+            "source": self.source_record(),
+            "peak_lr": cfg.optim.peak_lr,
+            "last": rec,
+            **self.reference,
+            **final,
+        }
         if self.primary and cfg.eval.curves and self.writer.enabled:
             summary["curves"] = self._curves()
         if self.primary:
@@ -346,25 +419,36 @@ class Run:
 
     def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
         t0 = time.perf_counter()
-        ok = self.store.save_now(step, state, self._meta(step, state), self.cfg.checkpoint.preempt_timeout_s)
+        ok = self.store.save_now(
+            step, state, self._meta(step, state), self.cfg.checkpoint.preempt_timeout_s
+        )
         secs = time.perf_counter() - t0
-        self._emit({"step": step, "event": "preempted", "checkpoint_saved": ok, "checkpoint_s": secs})
+        self._emit(
+            {"step": step, "event": "preempted", "checkpoint_saved": ok, "checkpoint_s": secs}
+        )
         if self.primary:
-            progress.console(f"SIGTERM: stopped at step {step}; checkpoint "
-                             f"{'written' if ok else 'NOT written'} in {secs:.1f} s; "
-                             "the same command resumes the run")
+            progress.console(
+                f"SIGTERM: stopped at step {step}; checkpoint "
+                f"{'written' if ok else 'NOT written'} in {secs:.1f} s; "
+                "the same command resumes the run"
+            )
         if ok:  # else a save is still running: closing would wait for it past the deadline
             self.store.close()
         self.source.close()
-        summary = {"run_dir": self.run_dir, "step": step, "preempted": True,
-                   "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None}
+        summary = {
+            "run_dir": self.run_dir,
+            "step": step,
+            "preempted": True,
+            "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None,
+        }
         if self.primary:
             with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
                 json.dump(summary, fh)
         if self.report is not None:  # Ray Train: a failed attempt, restarted per FailureConfig
             raise preemption.Preempted(
                 f"SIGTERM at step {step}: checkpoint {'written' if ok else 'NOT written'} in "
-                f"{secs:.1f} s; the run resumes from the newest good checkpoint")
+                f"{secs:.1f} s; the run resumes from the newest good checkpoint"
+            )
         return summary
 
     def _log_examples(self, step: int, local: dict) -> None:

@@ -23,15 +23,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _ablate(out: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-m", "jobs.ablate", "--config", "smoke", "--output", str(out)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.ablate", "--config", "smoke", "--output", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     return res
 
 
 def _starts(sweep: Path) -> dict[str, int]:
-    return {d.name: len((d / "ablate-starts.jsonl").read_text().splitlines())
-            for d in sorted((sweep / "runs").iterdir())}
+    return {
+        d.name: len((d / "ablate-starts.jsonl").read_text().splitlines())
+        for d in sorted((sweep / "runs").iterdir())
+    }
 
 
 @pytest.mark.timeout(3000)
@@ -55,8 +63,11 @@ def test_smoke_sweep_table_winners_and_restore(tmp_path):
     # the split trial trained the solved shape (its checkpoint records it)
     split = g1["trials"][1]
     shape = resolve(split["run_dir"]).config
-    assert (shape.num_layers, shape.num_decoder_layers, shape.d_ff) == \
-        (3, 1, split["config"]["model_overrides"]["d_ff"])
+    assert (shape.num_layers, shape.num_decoder_layers, shape.d_ff) == (
+        3,
+        1,
+        split["config"]["model_overrides"]["d_ff"],
+    )
     # the split group's first value is group 0's winner: its run is reused, not trained again
     assert g1["trials"][0]["same_run_as"] == winner["id"]
     starts = _starts(sweep)

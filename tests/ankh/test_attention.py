@@ -46,8 +46,9 @@ def _encode(model, ids, seg, positions=None):
 
 def _hf_encode(ref, ids, mask):
     with torch.no_grad():
-        return ref.encoder(input_ids=torch.tensor(ids).long(),
-                           attention_mask=torch.tensor(mask).long()).last_hidden_state.numpy()
+        return ref.encoder(
+            input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long()
+        ).last_hidden_state.numpy()
 
 
 def test_choice_by_length_on_cpu():
@@ -95,7 +96,7 @@ def test_packed_segments_never_mix(pair):
     out = _encode(ours, ids, seg, pos)[0]
     at = 0
     for t in toks:
-        _close(out[at:at + len(t)], _hf_encode(ref, t[None], np.ones((1, len(t))))[0])
+        _close(out[at : at + len(t)], _hf_encode(ref, t[None], np.ones((1, len(t))))[0])
         at += len(t)
 
 
@@ -106,8 +107,11 @@ def test_long_decoder_self_and_cross_attention_match_hf(pair):
     dec_in = np.random.default_rng(0).integers(3, 28, size=(2, 509)).astype(np.int32)
     dec_in[:, 0] = 0
     with torch.no_grad():
-        theirs = ref(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
-                     decoder_input_ids=torch.tensor(dec_in).long()).logits.numpy()
+        theirs = ref(
+            input_ids=torch.tensor(ids).long(),
+            attention_mask=torch.tensor(mask).long(),
+            decoder_input_ids=torch.tensor(dec_in).long(),
+        ).logits.numpy()
 
     @jax.jit
     def run(p):
@@ -121,13 +125,13 @@ def test_long_decoder_self_and_cross_attention_match_hf(pair):
 def _spec(b, lq, lk, h, causal=False, packed=False, seed=0):
     rng = np.random.default_rng(seed)
     k_seg = np.ones((b, lk), np.int32)
-    k_seg[-1, lk - 29:] = 0  # a padded row
+    k_seg[-1, lk - 29 :] = 0  # a padded row
     if packed:  # two segments, positions restarting at the boundary
-        k_seg[0, lk // 3:] = 2
+        k_seg[0, lk // 3 :] = 2
     q_seg = k_seg if lq == lk else np.ones((b, lq), np.int32)
     pos = np.broadcast_to(np.arange(lq), (b, lq)).copy()
     if packed:
-        pos[0, lq // 3:] -= lq // 3
+        pos[0, lq // 3 :] -= lq // 3
     rb = RelativeBias(parity_config("silu").replace(num_heads=h), not causal, nnx.Rngs(seed))
     table = rb.table() if lq == lk else None
     p = jnp.asarray(pos) if table is not None else None
@@ -136,8 +140,10 @@ def _spec(b, lq, lk, h, causal=False, packed=False, seed=0):
     return spec, q, k, v, (q_seg > 0)[:, :, None, None]
 
 
-@pytest.mark.parametrize("lq,lk,causal,packed", [(203, 203, False, True), (203, 203, True, False),
-                                                  (77, 203, False, False)])
+@pytest.mark.parametrize(
+    "lq,lk,causal,packed",
+    [(203, 203, False, True), (203, 203, True, False), (77, 203, False, False)],
+)
 def test_blocked_equals_dense(lq, lk, causal, packed):
     spec, q, k, v, valid = _spec(2, lq, lk, 4, causal, packed)
     dense = attention.dense_attention(q, k, v, spec.dense())
@@ -153,10 +159,12 @@ def test_blocked_gradients_equal_dense():
     def loss(fn, q, table):
         return jnp.sum(fn(q, dataclasses.replace(spec, table=table)) ** 2 * w)
 
-    dense = jax.grad(lambda q, t: loss(lambda q, s: attention.dense_attention(q, k, v, s.dense()),
-                                       q, t), (0, 1))(q, spec.table)
-    blocked = jax.grad(lambda q, t: loss(lambda q, s: attention.blocked_attention(q, k, v, s, 32),
-                                         q, t), (0, 1))(q, spec.table)
+    dense = jax.grad(
+        lambda q, t: loss(lambda q, s: attention.dense_attention(q, k, v, s.dense()), q, t), (0, 1)
+    )(q, spec.table)
+    blocked = jax.grad(
+        lambda q, t: loss(lambda q, s: attention.blocked_attention(q, k, v, s, 32), q, t), (0, 1)
+    )(q, spec.table)
     for a, b in zip(dense, blocked):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
@@ -170,8 +178,11 @@ def test_dot_product_attention_route_equals_blocked(dtype, atol):
     fused = attention.attend(q, k, v, attention.with_impl(spec, "xla", dtype))
     blocked = attention.attend(q, k, v, attention.with_impl(spec, "blocked", dtype))
     assert fused.dtype == blocked.dtype == dtype
-    np.testing.assert_allclose(np.where(valid, fused.astype(jnp.float32), 0),
-                               np.where(valid, blocked.astype(jnp.float32), 0), atol=atol)
+    np.testing.assert_allclose(
+        np.where(valid, fused.astype(jnp.float32), 0),
+        np.where(valid, blocked.astype(jnp.float32), 0),
+        atol=atol,
+    )
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
@@ -179,10 +190,11 @@ def test_offset_table_is_exact_far_beyond_its_reach(bidirectional):
     rb = RelativeBias(parity_config("silu"), bidirectional, nnx.Rngs(0))
     r = rb.reach()
     assert r == rb.max_distance + 1
-    rel = jnp.asarray([-10**6, -5000, -r - 1, -r, -3, 0, 5, r, r + 1, 5000, 10**6])
+    rel = jnp.asarray([-(10**6), -5000, -r - 1, -r, -3, 0, 5, r, r + 1, 5000, 10**6])
     direct = relative_position_bucket(rel, bidirectional, rb.weight.shape[0], rb.max_distance)
-    clipped = relative_position_bucket(jnp.clip(rel, -r, r), bidirectional, rb.weight.shape[0],
-                                       rb.max_distance)
+    clipped = relative_position_bucket(
+        jnp.clip(rel, -r, r), bidirectional, rb.weight.shape[0], rb.max_distance
+    )
     np.testing.assert_array_equal(direct, clipped)
 
 

@@ -38,15 +38,24 @@ REPO = Path(__file__).resolve().parents[2]
 # ---- the ladder ----------------------------------------------------------------------------------
 def test_length_ladder_values():
     # offline (Ankh.embed / generate / score): 16, 24, 32, 48, ... and the model's max + </s>
-    assert sequence_ladder(1024) == length_ladder(1025) == [16, 24, 32, 48, 64, 96, 128, 192,
-                                                            256, 384, 512, 768, 1025]
+    assert (
+        sequence_ladder(1024)
+        == length_ladder(1025)
+        == [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1025]
+    )
     # Serve's default: the same series from 64 (1024 left out next to 1025)
     assert sequence_ladder(1024, SERVE_MIN_LENGTH) == [64, 96, 128, 192, 256, 384, 512, 768, 1025]
     assert sequence_ladder(512, SERVE_MIN_LENGTH) == [64, 96, 128, 192, 256, 384, 513]
     # the batch-embedding job: doubling from 128, top rounded up to 64 (1024 left out by 1088)
     assert length_ladder(1025, 128, steps_per_octave=1, align=64) == [128, 256, 512, 1088]
-    assert length_ladder(4097, 128, steps_per_octave=1, align=64) == [128, 256, 512, 1024,
-                                                                      2048, 4160]
+    assert length_ladder(4097, 128, steps_per_octave=1, align=64) == [
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        4160,
+    ]
     assert length_ladder(129, 128, steps_per_octave=1, align=64) == [128, 192]
     with pytest.raises(ValueError, match="bad ladder"):
         length_ladder(100, 16, steps_per_octave=3)
@@ -54,8 +63,33 @@ def test_length_ladder_values():
 
 def test_decode_ladder_pads_under_a_quarter():
     # generation's inputs: four rungs per octave, the top fits max_length + </s>
-    assert decode_ladder(1024) == [16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192,
-                                   224, 256, 320, 384, 448, 512, 640, 768, 896, 1025]
+    assert decode_ladder(1024) == [
+        16,
+        20,
+        24,
+        28,
+        32,
+        40,
+        48,
+        56,
+        64,
+        80,
+        96,
+        112,
+        128,
+        160,
+        192,
+        224,
+        256,
+        320,
+        384,
+        448,
+        512,
+        640,
+        768,
+        896,
+        1025,
+    ]
     assert decode_ladder(200)[-3:] == [160, 192, 201]
     ladder = decode_ladder(1024)
     assert all(padded_length(n, ladder) < 1.25 * n for n in range(17, 1026))
@@ -83,8 +117,11 @@ def test_rows_per_shape():
     assert row_sizes(16) == [1, 2, 4, 8, 16] and row_sizes(12, 4) == [1, 4, 12]
     assert row_sizes(1) == [1]
     assert [batch_rows(c, 12) for c in (1, 2, 3, 5, 9, 12, 40)] == [1, 2, 4, 8, 12, 12, 12]
-    assert BatchPlan([32, 64, 128], 512, growth=2).rows == {32: [1, 2, 4, 8, 16],
-                                                            64: [1, 2, 4, 8], 128: [1, 2, 4]}
+    assert BatchPlan([32, 64, 128], 512, growth=2).rows == {
+        32: [1, 2, 4, 8, 16],
+        64: [1, 2, 4, 8],
+        128: [1, 2, 4],
+    }
     with pytest.raises(ValueError, match=">= 2"):
         BatchPlan([1, 64])
 
@@ -163,30 +200,53 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_batching_is_a_leaf_and_light():
-    assert _imports(REPO / "ankh" / "batching.py") <= {"__future__", "bisect", "collections",
-                                                      "typing", "numpy"}
+    assert _imports(REPO / "ankh" / "batching.py") <= {
+        "__future__",
+        "bisect",
+        "collections",
+        "typing",
+        "numpy",
+    }
     # Light Ray tasks (packing, merging) import these without JAX.
-    code = ("import sys, ankh.batching, ankh.packing, ankh.tokenizer, ankh.config\n"
-            "import ankh_platform.embed.pack\n"
-            "assert 'jax' not in sys.modules, 'jax imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    code = (
+        "import sys, ankh.batching, ankh.packing, ankh.tokenizer, ankh.config\n"
+        "import ankh_platform.embed.pack\n"
+        "assert 'jax' not in sys.modules, 'jax imported'\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_no_other_module_restates_the_policy():
     """The ladder, the padding loop and the row counts are defined in ``ankh.batching`` only."""
-    names = {"length_ladder", "sequence_ladder", "rung", "padded_length", "pad_rows",
-             "row_sizes", "batch_rows", "full_rows", "token_budget_batches", "sorted_batches",
-             "fill_rows", "merge_rows", "ladder_batches", "bucket_length", "default_buckets",
-             "BucketPlan", "BatchPlan", "_Pool"}
+    names = {
+        "length_ladder",
+        "sequence_ladder",
+        "rung",
+        "padded_length",
+        "pad_rows",
+        "row_sizes",
+        "batch_rows",
+        "full_rows",
+        "token_budget_batches",
+        "sorted_batches",
+        "fill_rows",
+        "merge_rows",
+        "ladder_batches",
+        "bucket_length",
+        "default_buckets",
+        "BucketPlan",
+        "BatchPlan",
+        "_Pool",
+    }
     for path in [*(REPO / "ankh").rglob("*.py"), *(REPO / "platform").rglob("*.py")]:
         if path.name == "batching.py" and path.parent.name == "ankh":
             continue
         src = path.read_text()
         tree = ast.parse(src)
-        defined = {n.name for n in ast.walk(tree)
-                   if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         assert not defined & names, f"{path} defines {defined & names}"
         assert "* 3 // 2" not in src and ".bit_length()" not in src, f"{path} restates a ladder"
 
@@ -203,8 +263,15 @@ def test_every_entry_defaults_to_one_batch_token_budget():
         return inspect.signature(fn).parameters[name].default
 
     assert DEFAULT_BATCH_TOKENS == batching.DEFAULT_BATCH_TOKENS == 4096
-    for fn in (Ankh.embed, Ankh.masked_marginals, Ankh.score, Ankh.pseudo_log_likelihood,
-               Ankh.per_residue_log_probs, make_extractor, token_budget_batches):
+    for fn in (
+        Ankh.embed,
+        Ankh.masked_marginals,
+        Ankh.score,
+        Ankh.pseudo_log_likelihood,
+        Ankh.per_residue_log_probs,
+        make_extractor,
+        token_budget_batches,
+    ):
         assert default(fn, "batch_tokens") == DEFAULT_BATCH_TOKENS, fn
     assert EmbedOptions().batch_tokens == EmbedJobConfig().batch_tokens == DEFAULT_BATCH_TOKENS
     assert EmbedPackSpec(max_length=1024).batch_tokens == DEFAULT_BATCH_TOKENS

@@ -27,8 +27,12 @@ def trainer():
 
 
 def _meta(step: int, state: dict) -> dict:
-    return {"step": step, "rng": np.asarray(state["rng"]).tolist(), "data": [{"position": step}],
-            "model": CFG.to_hf_dict()}
+    return {
+        "step": step,
+        "rng": np.asarray(state["rng"]).tolist(),
+        "data": [{"position": step}],
+        "model": CFG.to_hf_dict(),
+    }
 
 
 def _save(store: CheckpointStore, trainer: Trainer, steps: list[int]) -> dict:
@@ -40,7 +44,9 @@ def _save(store: CheckpointStore, trainer: Trainer, steps: list[int]) -> dict:
 
 
 def _truncate_a_file(step_dir: Path) -> Path:
-    files = sorted(p for p in (step_dir / "params").rglob("*") if p.is_file() and p.stat().st_size > 100)
+    files = sorted(
+        p for p in (step_dir / "params").rglob("*") if p.is_file() and p.stat().st_size > 100
+    )
     victim = files[-1]
     with open(victim, "r+b") as fh:
         fh.truncate(victim.stat().st_size // 2)
@@ -77,7 +83,9 @@ def test_truncated_newest_checkpoint_is_reported_and_skipped(tmp_path, trainer, 
     with caplog.at_level(logging.WARNING):
         model = ankh.load(str(tmp_path / "run"))
     assert model.config.d_model == CFG.d_model
-    assert any("skipping bad checkpoint" in r.message and victim.name in r.message for r in caplog.records)
+    assert any(
+        "skipping bad checkpoint" in r.message and victim.name in r.message for r in caplog.records
+    )
     # ... and on the bad step itself raises an error that names the file.
     with pytest.raises(ackpt.CheckpointError, match=victim.name):
         ankh.load(str(root / "2"))
@@ -95,7 +103,9 @@ def test_truncated_newest_checkpoint_is_reported_and_skipped(tmp_path, trainer, 
 
 def _flip_a_byte(step_dir: Path) -> Path:
     """Flip one bit in the middle of the largest array file (same size: only a checksum sees it)."""
-    victim = max((p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim = max(
+        (p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x10
     victim.write_bytes(bytes(data))
@@ -127,7 +137,9 @@ def test_flipped_byte_is_named_and_resume_falls_back(tmp_path, trainer, caplog):
     with caplog.at_level(logging.WARNING):
         _, meta = store.restore(trainer.abstract_state())
     assert meta["step"] == 1
-    assert any(victim.name in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
+    assert any(
+        victim.name in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records
+    )
     assert ackpt.list_steps(str(root)) == [1]
     assert [p.name.split("-")[0] for p in (tmp_path / "run" / "corrupt").iterdir()] == ["2"]
     store.close()
@@ -147,7 +159,9 @@ def test_missing_shard_and_unfinished_save_are_detected(tmp_path, trainer):
     store = CheckpointStore(str(root), every=1, keep=3)
     _save(store, trainer, [1, 2])
     store.close()
-    victim = next(p for p in (root / "2" / "opt_state").rglob("*") if p.is_file() and "ocdbt" in str(p))
+    victim = next(
+        p for p in (root / "2" / "opt_state").rglob("*") if p.is_file() and "ocdbt" in str(p)
+    )
     victim.unlink()
     assert "missing" in ackpt.verify(str(root / "2"))
     os.remove(root / "1" / ackpt.MANIFEST)  # a crash between the save and its manifest
@@ -189,4 +203,3 @@ def test_save_model_round_trips_bit_exactly(tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ackpt.CheckpointError, match="already exists"):
         ackpt.save_model(model, str(tmp_path / "conv"))
-

@@ -30,9 +30,15 @@ def _params(name: str):
     return model, sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("ankh2-ext1", 1_878_705_152), ("ankh2-ext2", 1_878_705_152),
-    ("ankh3-large", 1_879_049_216), ("ankh3-xl", 5_730_907_136)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("ankh2-ext1", 1_878_705_152),
+        ("ankh2-ext2", 1_878_705_152),
+        ("ankh3-large", 1_879_049_216),
+        ("ankh3-xl", 5_730_907_136),
+    ],
+)
 def test_family_parameter_counts(name, expected):
     assert _params(name)[1] == expected
 
@@ -47,8 +53,17 @@ def test_ankh3_xl_encoder_is_the_published_size():
 def test_hub_ids_and_task_prefix_flags():
     assert set(HUB_IDS) <= set(PRESETS)
     assert sorted(HUB_IDS.values()) == sorted(
-        f"ElnaggarLab/{n}" for n in ("ankh-base", "ankh-large", "ankh2-large", "ankh2-ext1",
-                                     "ankh2-ext2", "ankh3-large", "ankh3-xl"))
+        f"ElnaggarLab/{n}"
+        for n in (
+            "ankh-base",
+            "ankh-large",
+            "ankh2-large",
+            "ankh2-ext1",
+            "ankh2-ext2",
+            "ankh3-large",
+            "ankh3-xl",
+        )
+    )
     for name in HUB_IDS:
         assert PRESETS[name].task_prefixes == name.startswith("ankh3"), name
         tok = resolve(name).tokenizer
@@ -67,20 +82,25 @@ def _ankh3_tokenizer_file(path) -> None:
 
     head = ["<pad>", "</s>", "<unk>", *TASK_TOKENS]
     n_extra = 256 - len(head) - len(AMINO_ACIDS)
-    pieces = ([(t, 0.0) for t in head] + [(a, -1.0) for a in AMINO_ACIDS]
-              + [(f"<extra_id_{k}>", 0.0) for k in reversed(range(n_extra))])
+    pieces = (
+        [(t, 0.0) for t in head]
+        + [(a, -1.0) for a in AMINO_ACIDS]
+        + [(f"<extra_id_{k}>", 0.0) for k in reversed(range(n_extra))]
+    )
     tk = Tokenizer(Unigram(pieces, unk_id=2))
     tk.pre_tokenizer = Split("", "isolated")
     specials = head + [f"<extra_id_{k}>" for k in range(n_extra)]
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tk.post_processor = TemplateProcessing(single="$A </s>", pair="$A $B </s>",
-                                           special_tokens=[("</s>", 1)])
+    tk.post_processor = TemplateProcessing(
+        single="$A </s>", pair="$A $B </s>", special_tokens=[("</s>", 1)]
+    )
     tk.save(str(path))
 
 
 def _hf_tokenizer(path):
-    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="<pad>",
-                                                eos_token="</s>", unk_token="<unk>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(path), pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +180,13 @@ def _official_pseudo_likelihood(hf, hf_tok, seq: str, prefix: str | None) -> flo
     masked[torch.arange(n), torch.arange(n) + lead] = s0
     dec = torch.tensor([[hf.config.decoder_start_token_id, s0]]).repeat(n, 1)
     with torch.no_grad():
-        logits = hf(input_ids=masked, attention_mask=torch.ones_like(masked),
-                    decoder_input_ids=dec).logits[:, -1]
+        logits = hf(
+            input_ids=masked, attention_mask=torch.ones_like(masked), decoder_input_ids=dec
+        ).logits[:, -1]
     ignore = [i for t, i in hf_tok.get_vocab().items() if t.startswith(("<", "["))]
     logits[:, ignore] = -torch.inf
     logp = torch.log_softmax(logits.double(), -1)
-    return float(torch.exp(logp[torch.arange(n), ids[0, lead:lead + n]].mean()))
+    return float(torch.exp(logp[torch.arange(n), ids[0, lead : lead + n]].mean()))
 
 
 @pytest.mark.timeout(300)

@@ -102,9 +102,13 @@ def test_base_encoder_per_token_from_its_weights():
     # matrix (shapes of the real preset, not allocated) once per token, plus attention.
     cfg = get_preset("base")
     shapes = jax.eval_shape(lambda: nnx.state(AnkhModel(cfg, nnx.Rngs(0)), nnx.Param))
-    weights = sum(math.prod(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)
-                  if "encoder" in jax.tree_util.keystr(path) and len(x.shape) >= 2
-                  and "relative_attention_bias" not in jax.tree_util.keystr(path))
+    weights = sum(
+        math.prod(x.shape)
+        for path, x in jax.tree_util.tree_leaves_with_path(shapes)
+        if "encoder" in jax.tree_util.keystr(path)
+        and len(x.shape) >= 2
+        and "relative_attention_bias" not in jax.tree_util.keystr(path)
+    )
     per_token = encoder_flops(cfg, 1, 256) / 256
     assert per_token == 2 * weights + cfg.num_layers * 4 * 256 * cfg.inner_dim
     assert 0.9e9 < per_token < 1.0e9
@@ -143,7 +147,14 @@ def test_decode_step_bytes_from_parameter_shapes():
         key = jax.tree_util.keystr(path)
         if len(x.shape) < 2 or "relative_attention_bias" in key:
             continue
-        if ("decoder" in key and not ("EncDecAttention" in key and key.split("'")[-2] in ("k", "v"))) or "lm_head" in key or (cfg.tie_word_embeddings and "shared" in key):
+        if (
+            (
+                "decoder" in key
+                and not ("EncDecAttention" in key and key.split("'")[-2] in ("k", "v"))
+            )
+            or "lm_head" in key
+            or (cfg.tie_word_embeddings and "shared" in key)
+        ):
             read += math.prod(x.shape)
     rows, inputs, le, t = 8, 4, 100, 30
     caches = cfg.num_decoder_layers * 2 * cfg.inner_dim * (inputs * le + rows * t)

@@ -28,8 +28,12 @@ def seqs():
 def _hf_generate(hf, model, seqs, **kw):
     ids, mask = model.tokenizer.batch_encode(seqs)
     with torch.no_grad():
-        return hf.generate(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long(),
-                           max_new_tokens=MAX_NEW, **kw)
+        return hf.generate(
+            input_ids=torch.tensor(ids).long(),
+            attention_mask=torch.tensor(mask).long(),
+            max_new_tokens=MAX_NEW,
+            **kw,
+        )
 
 
 @pytest.mark.timeout(300)
@@ -50,10 +54,12 @@ def test_greedy_matches_hf_token_for_token(pair, seqs):
 @pytest.mark.timeout(300)
 def test_beam_search_matches_hf(pair, seqs):
     model, hf = pair
-    ours = model.generate_ids(seqs, max_new_tokens=MAX_NEW, num_beams=3, num_return_sequences=2,
-                              length_penalty=0.6)
-    out = _hf_generate(hf, model, seqs, do_sample=False, num_beams=3, num_return_sequences=2,
-                       length_penalty=0.6).numpy()
+    ours = model.generate_ids(
+        seqs, max_new_tokens=MAX_NEW, num_beams=3, num_return_sequences=2, length_penalty=0.6
+    )
+    out = _hf_generate(
+        hf, model, seqs, do_sample=False, num_beams=3, num_return_sequences=2, length_penalty=0.6
+    ).numpy()
     ref = hf_rows(out)
     for i, o in enumerate(ours):
         assert len(o) == 2
@@ -68,10 +74,14 @@ def test_min_new_tokens_matches_hf(pair, seqs):
     model, hf = pair
     free = model.generate_ids(seqs, max_new_tokens=MAX_NEW)
     assert any(len(o[0]) < MAX_NEW for o in free)  # unconstrained, some row stops early
-    for kw in (dict(num_beams=1, repetition_penalty=1.2), dict(num_beams=2, num_return_sequences=2)):
+    for kw in (
+        dict(num_beams=1, repetition_penalty=1.2),
+        dict(num_beams=2, num_return_sequences=2),
+    ):
         ours = model.generate_ids(seqs, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, **kw)
-        ref = hf_rows(_hf_generate(hf, model, seqs, do_sample=False, min_new_tokens=MAX_NEW,
-                                   **kw).numpy())
+        ref = hf_rows(
+            _hf_generate(hf, model, seqs, do_sample=False, min_new_tokens=MAX_NEW, **kw).numpy()
+        )
         rows = [r for o in ours for r in o]
         assert not any(model.tokenizer.eos_id in r for r in rows)  # barred for all MAX_NEW steps
         for o, r in zip(rows, ref):
@@ -84,8 +94,9 @@ def test_sampling_warped_scores_match_hf(pair, seqs):
     model, hf = pair
     kw = dict(temperature=0.7, top_k=20, top_p=0.9, repetition_penalty=1.3)
     torch.manual_seed(0)
-    out = _hf_generate(hf, model, seqs, do_sample=True, output_scores=True,
-                       return_dict_in_generate=True, **kw)
+    out = _hf_generate(
+        hf, model, seqs, do_sample=True, output_scores=True, return_dict_in_generate=True, **kw
+    )
     hf_scores = torch.stack(out.scores, 1).numpy()  # [b, steps, v]
     ours = model.step_scores(seqs, out.sequences.numpy(), do_sample=True, **kw)
     assert ours.shape == hf_scores.shape
@@ -120,31 +131,36 @@ def test_early_stop_on_eos(pair, seqs):
         if k[0] == "decoder" and k[-1] in ("o", "wo"):
             flat[k][...] = 0.0
     flat[("lm_head",)][...] = 0.0
-    flat[("lm_head",)][:, model.tokenizer.eos_id] = flat[("shared",)][model.config.decoder_start_token_id]
+    flat[("lm_head",)][:, model.tokenizer.eos_id] = flat[("shared",)][
+        model.config.decoder_start_token_id
+    ]
     eos_model = Ankh.from_flat(model.config, flat)
     assert eos_model.generate(seqs[:2], max_new_tokens=MAX_NEW) == [[""], [""]]
     ids = eos_model.generate_ids(seqs[:2], max_new_tokens=MAX_NEW)
     assert [list(r[0]) for r in ids] == [[1], [1]]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(do_sample=True, temperature=0.0), "temperature"),
-    (dict(do_sample=True, temperature=-1.0), "temperature"),
-    (dict(do_sample=True, temperature=float("nan")), "temperature"),
-    (dict(do_sample=True, top_p=0.0), "top_p"),
-    (dict(do_sample=True, top_p=1.5), "top_p"),
-    (dict(do_sample=True, top_k=-1), "top_k"),
-    (dict(num_beams=0), "num_beams"),
-    (dict(num_beams=1000), "num_beams"),
-    (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
-    (dict(num_return_sequences=2), "greedy"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(max_new_tokens=10**6), "max_new_tokens"),
-    (dict(max_new_tokens=4, min_new_tokens=5), "min_new_tokens"),
-    (dict(min_new_tokens=-1), "min_new_tokens"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(num_beams=2, do_sample=True), "beam sampling"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(do_sample=True, temperature=0.0), "temperature"),
+        (dict(do_sample=True, temperature=-1.0), "temperature"),
+        (dict(do_sample=True, temperature=float("nan")), "temperature"),
+        (dict(do_sample=True, top_p=0.0), "top_p"),
+        (dict(do_sample=True, top_p=1.5), "top_p"),
+        (dict(do_sample=True, top_k=-1), "top_k"),
+        (dict(num_beams=0), "num_beams"),
+        (dict(num_beams=1000), "num_beams"),
+        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+        (dict(num_return_sequences=2), "greedy"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=10**6), "max_new_tokens"),
+        (dict(max_new_tokens=4, min_new_tokens=5), "min_new_tokens"),
+        (dict(min_new_tokens=-1), "min_new_tokens"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(num_beams=2, do_sample=True), "beam sampling"),
+    ],
+)
 def test_bad_parameters_raise(pair, kw, msg):
     model, _ = pair
     with pytest.raises(ValueError, match=msg):
@@ -193,8 +209,9 @@ def infill_positions(masked: str, length: int) -> list[bool]:
 def test_explicit_spans_and_errors(pair):
     model, _ = pair
     parent = "MKTAYIAKQRQISFVKSHFSRQ"
-    res = model.variants(parent, spans=[(2, 5), (10, 12)], temperature=1.0, n=3, seed=0,
-                         same_length=False)
+    res = model.variants(
+        parent, spans=[(2, 5), (10, 12)], temperature=1.0, n=3, seed=0, same_length=False
+    )
     for seq in res:
         assert seq.startswith("MK") and seq.endswith("SHFSRQ")
     with pytest.raises(ValueError, match="overlaps"):
@@ -221,7 +238,12 @@ def test_parse_fills_reasons(pair):
     }
     for reason, ids in cases.items():
         assert infill.parse_fills(ids, 2, tok) == (None, reason), reason
-    assert infill.splice("MKTA", [(1, 2), (3, 4)], [s[0], a, s[1], g, g, eos], tok, True) == \
-        (None, "length_mismatch")
-    assert infill.splice("MKTA", [(1, 2), (3, 4)], [s[0], a, s[1], g, eos], tok, True) == ("MATG", None)
+    assert infill.splice("MKTA", [(1, 2), (3, 4)], [s[0], a, s[1], g, g, eos], tok, True) == (
+        None,
+        "length_mismatch",
+    )
+    assert infill.splice("MKTA", [(1, 2), (3, 4)], [s[0], a, s[1], g, eos], tok, True) == (
+        "MATG",
+        None,
+    )
     assert math.isclose(infill.identity("MKTA", "MATG"), 0.5)

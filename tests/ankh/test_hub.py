@@ -80,23 +80,35 @@ def cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("hf") / "hub"
     _snapshot(cache, REPO, MAIN, ankh.Ankh.random(CFG, seed=1), refs=("main",))
     _snapshot(cache, REPO, OLD, ankh.Ankh.random(CFG, seed=2), refs=("v0",))
-    broken = _snapshot(cache, "ElnaggarLab/ankh-large", MAIN, ankh.Ankh.random(CFG, seed=3),
-                       refs=("main",))
+    broken = _snapshot(
+        cache, "ElnaggarLab/ankh-large", MAIN, ankh.Ankh.random(CFG, seed=3), refs=("main",)
+    )
     (broken / "model.safetensors").unlink()  # a snapshot missing its weights
     return cache
 
 
 def _offline_env(cache: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache),
-               HF_HOME=str(cache.parent), JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(cache),
+        HF_HOME=str(cache.parent),
+        JAX_PLATFORMS="cpu",
+    )
     env.pop("HF_TOKEN", None)
     return env
 
 
 @pytest.mark.timeout(600)
 def test_offline_hub_id_equals_transformers_and_pins_revisions(cache):
-    proc = subprocess.run([sys.executable, "-c", _CHECK], cwd=ROOT, env=_offline_env(cache),
-                          capture_output=True, text=True, timeout=560)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK],
+        cwd=ROOT,
+        env=_offline_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["revision"] == MAIN  # the commit refs/main names, recorded on the model

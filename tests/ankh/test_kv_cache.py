@@ -39,13 +39,16 @@ def batch(model):
 
 def _stepped(m, enc, mask, forced, group):
     """Logits [rows, STEPS, v] fed one token at a time through the cache."""
+
     def run(enc, mask, forced):
         cache = kv_cache.init_cache(m, enc, mask, STEPS + 1, group=group)
 
         def body(cache, t):
             logits, cache = kv_cache.decode_step(m, forced[:, t], t, cache)
             return cache, logits
+
         return jnp.moveaxis(jax.lax.scan(body, cache, jnp.arange(STEPS))[1], 0, 1)
+
     return jax.jit(run)(enc, mask, forced)
 
 
@@ -79,7 +82,10 @@ def test_beam_slots_read_like_reordered_rows(net, batch):
     m = net
     enc = jax.jit(m.encode)(ids, mask)
     forced = np.random.default_rng(2).integers(3, 28, (9, 7)).astype(np.int32)
-    parents = {2: np.array([[1, 1, 0], [2, 0, 1], [0, 0, 0]]), 4: np.array([[2, 1, 2], [1, 1, 0], [0, 2, 1]])}
+    parents = {
+        2: np.array([[1, 1, 0], [2, 0, 1], [0, 0, 0]]),
+        4: np.array([[2, 1, 2], [1, 1, 0], [0, 2, 1]]),
+    }
 
     def run(beams):
         cache = kv_cache.init_cache(m, enc, mask, 7, group=3, beams=beams)
@@ -91,8 +97,11 @@ def test_beam_slots_read_like_reordered_rows(net, batch):
                 cache = kv_cache.reorder_beams(cache, jnp.asarray(parents[t]))
             elif t in parents:
                 rows = jnp.asarray((np.arange(3)[:, None] * 3 + parents[t]).reshape(-1))
-                cache = {**cache, "k": [k[rows] for k in cache["k"]],
-                         "v": [v[rows] for v in cache["v"]]}
+                cache = {
+                    **cache,
+                    "k": [k[rows] for k in cache["k"]],
+                    "v": [v[rows] for v in cache["v"]],
+                }
         return np.stack(out, 1)
-    np.testing.assert_allclose(run(True), run(False),
-                               atol=1e-5, rtol=1e-5)
+
+    np.testing.assert_allclose(run(True), run(False), atol=1e-5, rtol=1e-5)

@@ -11,8 +11,10 @@ from ankh.model import AnkhModel
 from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
 
-@pytest.mark.parametrize("name,expected", [("base", 736_453_632), ("large", 1_878_705_152),
-                                           ("ankh2-large", 1_878_705_152)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("base", 736_453_632), ("large", 1_878_705_152), ("ankh2-large", 1_878_705_152)],
+)
 def test_published_parameter_counts(name, expected):
     model = nnx.eval_shape(lambda: AnkhModel(PRESETS[name], nnx.Rngs(0)))
     assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == expected
@@ -35,8 +37,32 @@ def test_ankh3_vocab_and_activations():
 def test_official_notebook_encoding():
     tok = AnkhTokenizer()
     seq = "QVQLVESGGGLVQPGGSL" + "".join(f"<extra_id_{i}>" for i in range(5))
-    assert tok.encode(seq).tolist() == [16, 6, 16, 4, 6, 9, 7, 5, 5, 5, 4, 6, 16, 13, 5, 5, 7, 4,
-                                        143, 142, 141, 140, 139, 1]
+    assert tok.encode(seq).tolist() == [
+        16,
+        6,
+        16,
+        4,
+        6,
+        9,
+        7,
+        5,
+        5,
+        5,
+        4,
+        6,
+        16,
+        13,
+        5,
+        5,
+        7,
+        4,
+        143,
+        142,
+        141,
+        140,
+        139,
+        1,
+    ]
     assert tok.decode(tok.encode(seq)) == seq
 
 
@@ -70,8 +96,10 @@ def test_vocabulary_facts_come_from_the_tokenizer():
     assert inspect.signature(eval_step).parameters["residues"].default is RESIDUE_IDS
     assert ONEHOT_DIM % CONVBERT_HEADS == 0 and NUM_BASE_IDS <= ONEHOT_DIM < NUM_BASE_IDS + 4
     assert set(AMINO_ACIDS) == VALID
-    assert AnkhTokenizer.from_json({"model": {"vocab": {"<pad>": 0, "A": 1}}}).vocab == \
-        {"<pad>": 0, "A": 1}
+    assert AnkhTokenizer.from_json({"model": {"vocab": {"<pad>": 0, "A": 1}}}).vocab == {
+        "<pad>": 0,
+        "A": 1,
+    }
 
 
 def test_tokenizer_json_roundtrip(tmp_path):
@@ -120,17 +148,19 @@ def test_one_encoder_program_padded_and_packed_rows_agree(tiny):
     off = 0
     for s, t in enumerate(toks):
         n = len(t)
-        ids[0, off:off + n], seg[0, off:off + n], pos[0, off:off + n] = t, s + 1, np.arange(n)
-        wt[0, off:off + n - 1] = 1.0 / (n - 1)  # residues only: </s> weighs 0
+        ids[0, off : off + n], seg[0, off : off + n], pos[0, off : off + n] = t, s + 1, np.arange(n)
+        wt[0, off : off + n - 1] = 1.0 / (n - 1)  # residues only: </s> weighs 0
         off += n
-    out = jit_encoder(tiny.graphdef, per_residue=True, max_segments=4)(tiny.params, ids, seg,
-                                                                        pos, wt)
-    np.testing.assert_allclose(np.asarray(out["pooled"][0, :3]), tiny.embed(seqs), atol=1e-5,
-                               rtol=0)
+    out = jit_encoder(tiny.graphdef, per_residue=True, max_segments=4)(
+        tiny.params, ids, seg, pos, wt
+    )
+    np.testing.assert_allclose(
+        np.asarray(out["pooled"][0, :3]), tiny.embed(seqs), atol=1e-5, rtol=0
+    )
     assert not np.asarray(out["pooled"][0, 3]).any()  # an unused segment
     off = 0
     for t, ref in zip(toks, tiny.embed(seqs, per_residue=True)):
-        got = np.asarray(out["hidden"][0, off:off + len(t) - 1])
+        got = np.asarray(out["hidden"][0, off : off + len(t) - 1])
         np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
         off += len(t)
     assert encoder_depth(None, 4) is None and encoder_depth(0, 4) is None

@@ -46,9 +46,11 @@ def test_encoder_and_decoder_match_hf(pair):
     dec_in = rng.integers(3, 28, size=(len(seqs), 150)).astype(np.int32)
     dec_in[:, 0] = cfg.decoder_start_token_id
     with torch.no_grad():
-        out = ref(input_ids=torch.tensor(ids, dtype=torch.long),
-                  attention_mask=torch.tensor(mask, dtype=torch.long),
-                  decoder_input_ids=torch.tensor(dec_in, dtype=torch.long))
+        out = ref(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            decoder_input_ids=torch.tensor(dec_in, dtype=torch.long),
+        )
     ref_enc = out.encoder_last_hidden_state.numpy()
     ref_logits = out.logits.numpy()
     enc, logits = _forward(ours, ids, mask, dec_in)

@@ -97,7 +97,9 @@ def test_gcs_hf_directory_and_checkpoint(tmp_path, model, gcs_bucket):
 
     step_dir = ackpt.save_model(model, f"{gcs_bucket}/run")
     ref = resolve(f"{gcs_bucket}/run")
-    assert ref.kind == "checkpoint" and ref.location == step_dir == f"{gcs_bucket}/run/checkpoints/0"
+    assert (
+        ref.kind == "checkpoint" and ref.location == step_dir == f"{gcs_bucket}/run/checkpoints/0"
+    )
     assert _same(ref.load_params(), model.flat_params())
 
     # The batch-embedding job and evaluation name models through the resolver too.

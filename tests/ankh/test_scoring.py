@@ -23,8 +23,10 @@ def seqs():
 def _hf_logp(hf, enc_ids, labels):
     """log_softmax of HF logits for the given encoder ids and decoder labels (numpy in/out)."""
     with torch.no_grad():
-        out = hf(input_ids=torch.tensor(np.asarray(enc_ids)).long(),
-                 labels=torch.tensor(np.asarray(labels)).long())
+        out = hf(
+            input_ids=torch.tensor(np.asarray(enc_ids)).long(),
+            labels=torch.tensor(np.asarray(labels)).long(),
+        )
     return torch.log_softmax(out.logits, -1).numpy()
 
 
@@ -77,7 +79,7 @@ def test_mutation_scores_match_hf(pair, seqs):
     p1, p2 = 3, 11
     a1 = "W" if wt[p1] != "W" else "A"
     a2 = "C" if wt[p2] != "C" else "G"
-    full = wt[:p1] + a1 + wt[p1 + 1:p2] + a2 + wt[p2 + 1:]
+    full = wt[:p1] + a1 + wt[p1 + 1 : p2] + a2 + wt[p2 + 1 :]
     mutants = [f"{wt[p1]}{p1 + 1}{a1}", f"{wt[p1]}{p1 + 1}{a1}:{wt[p2]}{p2 + 1}{a2}", full, wt]
     ours = model.mutation_scores(wt, mutants)
     ref_mm = _hf_masked_marginals(hf, model.tokenizer, wt)

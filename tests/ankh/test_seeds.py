@@ -22,7 +22,7 @@ def test_labels_name_independent_streams():
 
 
 def test_any_int_seed_gives_a_32_bit_seed():
-    for s in (-1, 0, 2 ** 40, 2 ** 70):
+    for s in (-1, 0, 2**40, 2**70):
         d = derive_seed(s, "x")
-        assert 0 <= d < 2 ** 32
+        assert 0 <= d < 2**32
         np.random.default_rng(d)

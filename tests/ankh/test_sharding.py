@@ -30,7 +30,11 @@ def test_rule_table_maps_logical_axes_to_mesh_axes():
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
     assert sharding.mesh_shape({"data": -1}, 8) == {"data": 8, "fsdp": 1, "tensor": 1}
-    assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 4}, 8) == {"data": 1, "fsdp": 2, "tensor": 4}
+    assert sharding.mesh_shape({"data": 1, "fsdp": -1, "tensor": 4}, 8) == {
+        "data": 1,
+        "fsdp": 2,
+        "tensor": 4,
+    }
     with pytest.raises(ValueError, match="does not fit"):
         sharding.mesh_shape({"fsdp": 3}, 8)
     with pytest.raises(ValueError, match="only one mesh axis"):
@@ -89,8 +93,13 @@ print("RESULT " + json.dumps(out))
 @pytest.mark.timeout(900)
 def test_fsdp_tensor_sharded_step_equals_unsharded_on_8_devices():
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS)], env=env, capture_output=True,
-                          text=True, timeout=880)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
     specs = out["specs"]

@@ -48,11 +48,22 @@ def test_loss_is_masked_token_cross_entropy(batch, params):
     gd = graphdef_of(CFG)
     total, sums = jax.jit(lambda p, b: loss_sums(gd, p, b))(params, batch)
     model = nnx.merge(gd, params)
-    logits = np.asarray(model(batch["input_ids"], batch["segment_ids"], batch["decoder_input_ids"],
-                              batch["decoder_segment_ids"], batch["positions"], batch["decoder_positions"]),
-                        np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    logits = np.asarray(
+        model(
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["decoder_input_ids"],
+            batch["decoder_segment_ids"],
+            batch["positions"],
+            batch["decoder_positions"],
+        ),
+        np.float64,
+    )
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     nll = -np.take_along_axis(logp, batch["labels"][..., None], -1)[..., 0]
     m = batch["loss_mask"]
     np.testing.assert_allclose(float(sums["ce"]), (nll * m).sum(), rtol=1e-4)

@@ -19,19 +19,54 @@ def test_steady_rate_excludes_first_wait_and_counts_rounds():
 def test_embed_benchmark_reports_its_keys(capsys):
     from ankh_platform.bench import embed
 
-    embed.main(["--preset", "tiny", "--batch", "2", "--length", "32", "--repeats", "1",
-                "--reference", "none"])
+    embed.main(
+        [
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--length",
+            "32",
+            "--repeats",
+            "1",
+            "--reference",
+            "none",
+        ]
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"ours_tokens_per_s", "ours_gflops", "matmul_peak_gflops", "ours_fraction_of_peak"} <= set(out)
-    assert out["ours_fraction_of_peak"] == pytest.approx(out["ours_gflops"] / out["matmul_peak_gflops"])
+    assert {
+        "ours_tokens_per_s",
+        "ours_gflops",
+        "matmul_peak_gflops",
+        "ours_fraction_of_peak",
+    } <= set(out)
+    assert out["ours_fraction_of_peak"] == pytest.approx(
+        out["ours_gflops"] / out["matmul_peak_gflops"]
+    )
 
 
 def test_train_benchmark_reports_its_keys(capsys):
     from ankh_platform.bench import train
 
-    out = train.main(["--preset", "tiny", "--steps", "1", "--rows", "2", "--max-residues", "32",
-                      "--matmul-n", "128"])
+    out = train.main(
+        [
+            "--preset",
+            "tiny",
+            "--steps",
+            "1",
+            "--rows",
+            "2",
+            "--max-residues",
+            "32",
+            "--matmul-n",
+            "128",
+        ]
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
-    assert out["batch_shape"] == {"rows": 2, "enc_len": 33, "dec_len": out["batch_shape"]["dec_len"]}
+    assert out["batch_shape"] == {
+        "rows": 2,
+        "enc_len": 33,
+        "dec_len": out["batch_shape"]["dec_len"],
+    }
     assert out["mfu"] == pytest.approx(out["achieved_flops_per_s"] / out["matmul_peak_flops_per_s"])
     assert {"tokens_per_s", "step_time_s", "data_wait_frac", "final_loss"} <= set(out)

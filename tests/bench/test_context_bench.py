@@ -11,7 +11,9 @@ from ankh_platform.bench.context import context_losses, encode, main
 
 def test_neighbours_predict_a_repeated_motif():
     rng = np.random.default_rng(0)
-    seqs = ["".join(np.resize(list("ACDEFGHIKL"[rng.integers(0, 10)] + "MNPQ"), 60)) for _ in range(300)]
+    seqs = [
+        "".join(np.resize(list("ACDEFGHIKL"[rng.integers(0, 10)] + "MNPQ"), 60)) for _ in range(300)
+    ]
     out = context_losses(encode(seqs[:250]), encode(seqs[250:]))
     # 4 of every 5 residues are fixed by their neighbours; the 5th is 1 of 10 letters (ln 10 / 5)
     assert out["neighbours_1"] < 0.6 < 1.2 < out["unigram"]

@@ -11,8 +11,12 @@ from ankh_platform.bench import device
 
 
 def _suite(*args: str, timeout: float = 600) -> list[dict]:
-    p = subprocess.run([sys.executable, "-m", "jobs.benchmark", "device", "--preset", "tiny",
-                        "--quick", *args], capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "jobs.benchmark", "device", "--preset", "tiny", "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
 

@@ -9,9 +9,24 @@ from ankh_platform.bench import generate
 
 
 def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
-    out = generate.main(["--preset", "tiny", "--batch", "2", "--input-len", "24",
-                         "--max-new-tokens", "24", "--strategies", "greedy,beam2",
-                         "--torch-threads", "1", "--peak-seconds", "0.1"])
+    out = generate.main(
+        [
+            "--preset",
+            "tiny",
+            "--batch",
+            "2",
+            "--input-len",
+            "24",
+            "--max-new-tokens",
+            "24",
+            "--strategies",
+            "greedy,beam2",
+            "--torch-threads",
+            "1",
+            "--peak-seconds",
+            "0.1",
+        ]
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert out["min_new_tokens"] == out["max_new_tokens"] == 24
     for name in ("greedy", "beam2"):
@@ -20,8 +35,9 @@ def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
         assert res["tokens_ours"] == res["tokens_hf"] > 0
         assert res["ratio"] > 0 and res["ours_ms_per_step"] > 0 and res["hf_steps_per_s"] > 0
         # The floor is computed for HF's unpadded inputs (24 residues + sentinel + </s>).
-        assert res["ceiling_ratio"] == pytest.approx(res["hf_seconds"] / res["floor_seconds"],
-                                                     rel=0.01)
+        assert res["ceiling_ratio"] == pytest.approx(
+            res["hf_seconds"] / res["floor_seconds"], rel=0.01
+        )
     assert out["floor"]["enc_len"] == 26
     assert out["floor"]["matmul_peak_gflops"] > 0 and out["floor"]["read_bandwidth_gb_s"] > 0
     # A beam's extra rows cost FLOPs and cache bytes, never a second read of the weights.
@@ -45,8 +61,13 @@ def test_floor_is_setup_at_peak_plus_each_step_at_its_bound():
     peak, bw = 1e11, 2e10
     setup = (encoder_flops(cfg, 4, 50) + cross_kv_flops(cfg, 4, 50)) / peak
     for beams in (1, 4):
-        steps = [max(decode_step_flops(cfg, 4 * beams, 50, t) / peak,
-                     decode_step_bytes(cfg, 4 * beams, 4, 50, t) / bw) for t in range(1, 11)]
+        steps = [
+            max(
+                decode_step_flops(cfg, 4 * beams, 50, t) / peak,
+                decode_step_bytes(cfg, 4 * beams, 4, 50, t) / bw,
+            )
+            for t in range(1, 11)
+        ]
         assert generate.floor_seconds(cfg, 4, 50, 10, beams, peak, bw) == setup + sum(steps)
     # Few rows: every step is bound by its bytes; doubling the bandwidth halves the steps' part.
     fast = generate.floor_seconds(cfg, 4, 50, 10, 1, peak, 2 * bw)

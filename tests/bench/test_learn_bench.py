@@ -30,9 +30,15 @@ def test_measured_config_caps_warmup_and_evaluates_four_times():
 
 
 def test_report_compares_with_unigram_and_the_best_baseline():
-    summary = {"val_residue_loss": 2.5, "unigram_entropy": 2.9, "ss3_q3": 0.55,
-               "ss3_q3_onehot": 0.48, "ss3_q3_random_init": 0.50, "run_dir": "r",
-               "last": {"tokens_per_s": 10.0, "mfu": 0.4}}
+    summary = {
+        "val_residue_loss": 2.5,
+        "unigram_entropy": 2.9,
+        "ss3_q3": 0.55,
+        "ss3_q3_onehot": 0.48,
+        "ss3_q3_random_init": 0.50,
+        "run_dir": "r",
+        "last": {"tokens_per_s": 10.0, "mfu": 0.4},
+    }
     out = learn.report(summary, 7)
     assert out["steps"] == 7 and out["below_unigram_nats"] == pytest.approx(0.4)
     assert out["ss3_q3_vs_best_baseline"] == pytest.approx(0.05)
@@ -40,17 +46,32 @@ def test_report_compares_with_unigram_and_the_best_baseline():
 
 
 def test_learn_benchmark_runs_a_budgeted_pretraining(tmp_path, capsys):
-    out = learn.main(["--config", "tiny", "--budget-s", "45", "--calibrate-steps", "4",
-                      "--output", str(tmp_path), "source.kind=local", "data.max_residues=64",
-                      "eval.probe_train_chains=40", "eval.probe_test_chains=20",
-                      "eval.probe_steps=20", "eval.curves=false"])
+    out = learn.main(
+        [
+            "--config",
+            "tiny",
+            "--budget-s",
+            "45",
+            "--calibrate-steps",
+            "4",
+            "--output",
+            str(tmp_path),
+            "source.kind=local",
+            "data.max_residues=64",
+            "eval.probe_train_chains=40",
+            "eval.probe_test_chains=20",
+            "eval.probe_steps=20",
+            "eval.curves=false",
+        ]
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert out["benchmark"] == "learn" and out["platform"] == "cpu"
     assert out["calibration_step_s"] > 0 and out["steps"] >= 1
     # The measured run trained exactly the planned steps and checkpointed its last one.
     assert os.path.isdir(os.path.join(out["run_dir"], "checkpoints", str(out["steps"])))
     assert out["below_unigram_nats"] == pytest.approx(
-        out["unigram_entropy"] - out["val_residue_loss"], abs=1e-4)
+        out["unigram_entropy"] - out["val_residue_loss"], abs=1e-4
+    )
     assert 0 < out["ss3_q3"] < 1 and out["ss3_q3_onehot"] > 0 and out["ss3_q3_random_init"] > 0
     # The calibration ran beside it, under its own name, and left the measured run alone.
     assert os.path.isdir(tmp_path / "ankh-tiny-calibrate" / "checkpoints" / "4")

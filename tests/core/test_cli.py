@@ -15,21 +15,46 @@ from jobs import _cli
 REPO = samples.repo_root()
 # Each job and the flags README.md / docs/*.md document for it (its --help must keep them all).
 JOBS = {
-    "ablate": ["--config", "--output", "--name", "--max-concurrent-trials", "--address", "ablate-smoke",
-               "budget.steps"],
+    "ablate": [
+        "--config",
+        "--output",
+        "--name",
+        "--max-concurrent-trials",
+        "--address",
+        "ablate-smoke",
+        "budget.steps",
+    ],
     "benchmark": ["embed", "data", "train", "generate", "serve", "embed-job"],
     "check_cluster": ["--preset", "--json"],
     "convert": ["export", "import", "check"],
-    "embed": ["--checkpoint", "--input", "--output", "--per-residue", "--replicas", "--batch-tokens",
-              "--hdf5", "--config", "key.path=value", "long_policy"],
+    "embed": [
+        "--checkpoint",
+        "--input",
+        "--output",
+        "--per-residue",
+        "--replicas",
+        "--batch-tokens",
+        "--hdf5",
+        "--config",
+        "key.path=value",
+        "long_policy",
+    ],
     "evaluate": ["--checkpoint", "--task", "--head", "--output", "--no-baselines", "limits.train"],
     "finetune_generator": ["key.path=value", "train.steps", "model", "data", "output"],
     "generate": ["key.path=value", "temperatures", "parents", "sequence", "mask_fraction"],
     "prepare": ["--input", "--output", "--policy", "rows_per_shard", "validation_fraction"],
     "pretrain": ["--config", "--output", "--name", "--address", "--in-process", "pretrain-tiny"],
     "quickstart": ["--model", "--n", "--dtype"],
-    "serve": ["--checkpoint", "--model", "--host", "--port", "--detach", "--num-cpus", "--config",
-              "embed.num_replicas"],
+    "serve": [
+        "--checkpoint",
+        "--model",
+        "--host",
+        "--port",
+        "--detach",
+        "--num-cpus",
+        "--config",
+        "embed.num_replicas",
+    ],
     "whereami": [],
 }
 
@@ -38,8 +63,13 @@ BAD_ARGS = {"convert": ("check", "--hf", "x")}
 
 
 def _job(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"jobs.{name}", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", f"jobs.{name}", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_every_job_is_covered():
@@ -100,9 +130,25 @@ def test_flags_overrides_and_file_precedence(tmp_path):
     cfg, args = _parse("--path", "p")
     assert cfg == Cfg(path="p") and args.dry is None
     (tmp_path / "c.yaml").write_text("size: 5\ninner: {n: 7}\nmodels: {a: x}\n")
-    cfg, args = _parse("--config", str(tmp_path / "c.yaml"), "size=6", "--path", "p", "--n", "9",
-                       "--model", "b=y", "models.c=z", "--name", "u", "--name", "v", "--on",
-                       "--dry", "yes")
+    cfg, args = _parse(
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "size=6",
+        "--path",
+        "p",
+        "--n",
+        "9",
+        "--model",
+        "b=y",
+        "models.c=z",
+        "--name",
+        "u",
+        "--name",
+        "v",
+        "--on",
+        "--dry",
+        "yes",
+    )
     assert cfg.size == 6  # an override beats the file
     assert cfg.inner == Inner(n=9, names=("u", "v"))  # a flag beats the file; dotted fields work
     assert cfg.models == {"a": "x", "b": "y", "c": "z"} and cfg.on and args.dry == "yes"
@@ -119,13 +165,16 @@ def test_presets_by_name(tmp_path):
     assert e.value.code == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    ((), "--path required"),
-    (("--path", "p", "--size", "big"), "invalid int value: 'big'"),
-    (("--path", "p", "size=big"), "size: expected an integer, got 'big'"),
-    (("--path", "p", "nope=1"), "unknown config key(s) nope"),
-    (("--path", "p", "--model", "justaname"), "--model 'justaname': expected NAME=PATH"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ((), "--path required"),
+        (("--path", "p", "--size", "big"), "invalid int value: 'big'"),
+        (("--path", "p", "size=big"), "size: expected an integer, got 'big'"),
+        (("--path", "p", "nope=1"), "unknown config key(s) nope"),
+        (("--path", "p", "--model", "justaname"), "--model 'justaname': expected NAME=PATH"),
+    ],
+)
 def test_usage_errors_exit_2_with_the_message(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         _parse(*argv)
@@ -138,11 +187,13 @@ def _raises(exc: BaseException):
     def main(argv):
         _cli.setup_logging(_cli.parser("jobs.test", None).parse_args(argv))
         raise exc
+
     return main
 
 
-@pytest.mark.parametrize("exc", [ConfigError("bad key"), FileNotFoundError("no such file: x"),
-                                 ValueError("bad value")])
+@pytest.mark.parametrize(
+    "exc", [ConfigError("bad key"), FileNotFoundError("no such file: x"), ValueError("bad value")]
+)
 def test_user_errors_exit_2_without_traceback(exc, capsys):
     assert _cli.run(_raises(exc), []) == 2
     assert capsys.readouterr().err == f"error: {exc}\n"

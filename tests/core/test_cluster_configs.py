@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 FILES = shipped_cluster_files()
 KUBERAY_KINDS = {"RayCluster", "RayJob", "RayService"}
-PROJECT_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(),
-                            re.M).group(1)
+PROJECT_VERSION = re.search(
+    r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M
+).group(1)
 
 
 def _docs(path: Path) -> list[dict]:
@@ -46,19 +47,28 @@ def _by_kind(kind: str) -> list[tuple[Path, dict]]:
 
 
 def _cluster_spec(doc: dict) -> dict:
-    return {"RayCluster": lambda s: s, "RayJob": lambda s: s["rayClusterSpec"],
-            "RayService": lambda s: s["rayClusterConfig"]}[doc["kind"]](doc["spec"])
+    return {
+        "RayCluster": lambda s: s,
+        "RayJob": lambda s: s["rayClusterSpec"],
+        "RayService": lambda s: s["rayClusterConfig"],
+    }[doc["kind"]](doc["spec"])
 
 
 def _pods(spec: dict) -> list[dict]:
     return [spec["headGroupSpec"]["template"]["spec"]] + [
-        g["template"]["spec"] for g in spec.get("workerGroupSpecs", [])]
+        g["template"]["spec"] for g in spec.get("workerGroupSpecs", [])
+    ]
 
 
 def test_the_expected_files_are_shipped_and_all_parse():
     names = {str(p.relative_to(CLUSTER)) for p in FILES}
-    assert {"gcp-tpu-v4.yaml", "local.yaml", "kuberay/raycluster-tpu-v4.yaml",
-            "kuberay/rayjob-pretrain.yaml", "kuberay/rayservice.yaml"} <= names
+    assert {
+        "gcp-tpu-v4.yaml",
+        "local.yaml",
+        "kuberay/raycluster-tpu-v4.yaml",
+        "kuberay/rayjob-pretrain.yaml",
+        "kuberay/rayservice.yaml",
+    } <= names
     for path in FILES:
         docs = _docs(path)
         assert docs, path
@@ -139,7 +149,9 @@ def _serve_configs() -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("where,cfg", _serve_configs(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "where,cfg", _serve_configs(), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_serve_configs_validate(where, cfg):
     from ray.serve.schema import ServeDeploySchema
 
@@ -211,9 +223,12 @@ def _rewrite(src: Path, dest: Path, *subs: tuple[str, str]) -> Path:
 
 def test_a_preset_on_the_wrong_slice_is_rejected(tmp_path):
     # base (2x2x4, 4 workers) on a 2x2x2 slice with 2 hosts: topology and workers disagree.
-    bad = _rewrite(CLUSTER / "kuberay" / "raycluster-tpu-v4.yaml", tmp_path / "small.yaml",
-                   ("gke-tpu-topology: 2x2x4", "gke-tpu-topology: 2x2x2"),
-                   ("numOfHosts: 4 ", "numOfHosts: 2 "))
+    bad = _rewrite(
+        CLUSTER / "kuberay" / "raycluster-tpu-v4.yaml",
+        tmp_path / "small.yaml",
+        ("gke-tpu-topology: 2x2x4", "gke-tpu-topology: 2x2x2"),
+        ("numOfHosts: 4 ", "numOfHosts: 2 "),
+    )
     (r,) = check_file(bad)
     assert not r.ok
     text = " ".join(r.problems)
@@ -221,15 +236,19 @@ def test_a_preset_on_the_wrong_slice_is_rejected(tmp_path):
 
 
 def test_a_mesh_that_does_not_fit_the_chips_is_rejected(tmp_path):
-    bad = _rewrite(CLUSTER / "kuberay" / "rayjob-pretrain.yaml", tmp_path / "job.yaml",
-                   ("--config large", "--config large mesh.tensor=3"))
+    bad = _rewrite(
+        CLUSTER / "kuberay" / "rayjob-pretrain.yaml",
+        tmp_path / "job.yaml",
+        ("--config large", "--config large mesh.tensor=3"),
+    )
     (r,) = check_file(bad)
     assert not r.ok and "does not fit 64 chips" in " ".join(r.problems)
 
 
 def test_a_launcher_slice_of_another_shape_is_rejected(tmp_path):
-    bad = _rewrite(CLUSTER / "gcp-tpu-v4.yaml", tmp_path / "gcp.yaml",
-                   ("topology: 2x2x4 ", "topology: 2x2x3 "))
+    bad = _rewrite(
+        CLUSTER / "gcp-tpu-v4.yaml", tmp_path / "gcp.yaml", ("topology: 2x2x4 ", "topology: 2x2x3 ")
+    )
     (r,) = check_file(bad)
     assert not r.ok and any("topology" in p for p in r.problems)
     with pytest.raises(ClusterFileError, match="AxBxC"):
@@ -240,7 +259,10 @@ def test_check_cluster_cli_exit_status(tmp_path, capsys):
     from jobs.check_cluster import main
 
     assert main([]) == 0
-    bad = _rewrite(CLUSTER / "kuberay" / "rayjob-pretrain.yaml", tmp_path / "job.yaml",
-                   ("numOfHosts: 16", "numOfHosts: 8"))
+    bad = _rewrite(
+        CLUSTER / "kuberay" / "rayjob-pretrain.yaml",
+        tmp_path / "job.yaml",
+        ("numOfHosts: 16", "numOfHosts: 8"),
+    )
     assert main([str(bad), "--json"]) == 1
     assert '"ok": false' in capsys.readouterr().out

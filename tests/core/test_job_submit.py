@@ -29,8 +29,15 @@ def test_repo_root_imports_stdlib_platform_and_ankh_platform():
         " 'ankh_platform': list(ankh_platform.__path__), 'origins': rt.package_origins()}))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
-                         capture_output=True, text=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert os.path.realpath(got["platform"]) == STDLIB_PLATFORM
     assert got["system"] == "Linux"  # the stdlib module works, not a shadowing package

@@ -28,6 +28,7 @@ MAX_LINES = 400
 
 # ---- the module table --------------------------------------------------------------------------
 
+
 @functools.cache
 def modules() -> dict[str, Path]:
     """Dotted first-party module name -> file (``ankh_platform`` is the shim's package)."""
@@ -61,6 +62,7 @@ def library_files() -> list[Path]:
 
 # ---- imports --------------------------------------------------------------------------------
 
+
 def _package_of(module: str) -> str:
     return module if modules()[module].name == "__init__.py" else module.rpartition(".")[0]
 
@@ -73,7 +75,7 @@ def imported_modules(module: str, node: ast.Import | ast.ImportFrom) -> list[str
     base = node.module or ""
     if node.level:
         pkg = _package_of(module).split(".")
-        pkg = pkg[:len(pkg) - (node.level - 1)]
+        pkg = pkg[: len(pkg) - (node.level - 1)]
         base = ".".join(pkg + ([base] if base else []))
     return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules() else base for a in node.names]
 
@@ -91,12 +93,15 @@ def first_party(name: str) -> str | None:
 
 def imports(module: str) -> Iterator[tuple[ast.stmt, str, bool]]:
     """(statement, imported name, inside a function?) for every import in ``module``."""
+
     def walk(node: ast.AST, in_func: bool) -> Iterator[tuple[ast.stmt, str, bool]]:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 for name in imported_modules(module, child):
                     yield child, name, in_func
-            inner = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inner = in_func or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            )
             yield from walk(child, inner)
 
     yield from walk(tree(modules()[module]), False)
@@ -132,17 +137,22 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
     assert strongly_connected(graph) == [["a", "b", "c"]]
-    assert imported_modules("ankh_platform.serve.app", ast.parse("from . import http").body[0]) \
-        == ["ankh_platform.serve.http"]
-    assert imported_modules("ankh.api", ast.parse("from .config import X").body[0]) == ["ankh.config"]
+    assert imported_modules("ankh_platform.serve.app", ast.parse("from . import http").body[0]) == [
+        "ankh_platform.serve.http"
+    ]
+    assert imported_modules("ankh.api", ast.parse("from .config import X").body[0]) == [
+        "ankh.config"
+    ]
 
 
 def test_no_import_cycle_among_first_party_modules():
     graph = import_graph()
     assert len(graph) > 50, sorted(graph)  # the table really covers ankh, platform and jobs
     cycles = strongly_connected(graph)
-    detail = [" -> ".join(c) + f"  ({', '.join(sorted(graph[c[0]] & set(c)))} from {c[0]})"
-              for c in cycles]
+    detail = [
+        " -> ".join(c) + f"  ({', '.join(sorted(graph[c[0]] & set(c)))} from {c[0]})"
+        for c in cycles
+    ]
     assert not cycles, "import cycles:\n" + "\n".join(detail)
 
 
@@ -160,6 +170,7 @@ def test_ankh_never_imports_ray_or_the_platform_nor_late_imports_itself():
 
 # ---- folders and sizes ----------------------------------------------------------------------
 
+
 def test_platform_is_capability_subpackages():
     plat = REPO / "platform"
     subpackages = sorted(p.name for p in plat.iterdir() if (p / "__init__.py").is_file())
@@ -171,12 +182,16 @@ def test_platform_is_capability_subpackages():
 
 
 def test_no_module_over_400_lines():
-    long = {rel(p): n for p in source_files("ankh", "platform", "jobs", "tests", "ankh_platform")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        rel(p): n
+        for p in source_files("ankh", "platform", "jobs", "tests", "ankh_platform")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, long
 
 
 # ---- AST helpers for "defined in exactly one place" ------------------------------------------
+
 
 def defs(path: Path) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
     for node in ast.walk(tree(path)):
@@ -258,9 +273,15 @@ OLD_BATCHING = re.compile(r"^_?(bucket_length|default_buckets|pad_rows)$|ladder"
 def _pads_token_rows(fn: ast.AST) -> ast.Call | None:
     """A ``np.full((rows, length), <pad...>)`` in ``fn``: padding token lists into id rows."""
     for node in ast.walk(fn):
-        if (isinstance(node, ast.Call) and call_name(node) in ("np.full", "numpy.full")
-                and node.args and isinstance(node.args[0], ast.Tuple) and len(node.args[0].elts) == 2
-                and len(node.args) > 1 and "pad" in ast.unparse(node.args[1]).lower()):
+        if (
+            isinstance(node, ast.Call)
+            and call_name(node) in ("np.full", "numpy.full")
+            and node.args
+            and isinstance(node.args[0], ast.Tuple)
+            and len(node.args[0].elts) == 2
+            and len(node.args) > 1
+            and "pad" in ast.unparse(node.args[1]).lower()
+        ):
             return node
     return None
 
@@ -273,10 +294,16 @@ def test_length_ladder_and_batching_policy_live_in_ankh_batching():
     assert any(_pads_token_rows(fn) for fn in defs(path)), "the pad-to-rows function"
     bad = []
     for p in others(BATCHING):
-        bad += [f"{where(p, fn)} def {fn.name} (a ladder/batching function of ankh.batching)"
-                for fn in defs(p) if fn.name in policy or OLD_BATCHING.search(fn.name)]
-        bad += [f"{where(p, call)} pads token lists into rows" for fn in defs(p)
-                if (call := _pads_token_rows(fn)) is not None]
+        bad += [
+            f"{where(p, fn)} def {fn.name} (a ladder/batching function of ankh.batching)"
+            for fn in defs(p)
+            if fn.name in policy or OLD_BATCHING.search(fn.name)
+        ]
+        bad += [
+            f"{where(p, call)} pads token lists into rows"
+            for fn in defs(p)
+            if (call := _pads_token_rows(fn)) is not None
+        ]
         bad += [f"{where(p, n)} a batch_tokens default restated" for n in _batch_token_defaults(p)]
     assert not bad, "\n".join(sorted(set(bad)))
 
@@ -284,16 +311,24 @@ def test_length_ladder_and_batching_policy_live_in_ankh_batching():
 def _batch_token_defaults(path: Path) -> Iterator[ast.AST]:
     """``batch_tokens: int = 8192`` fields and ``def f(batch_tokens=4096)`` defaults."""
     for node in ast.walk(tree(path)):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and node.target.id == "batch_tokens" and isinstance(node.value, ast.Constant)
-                and isinstance(node.value.value, int)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == "batch_tokens"
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, int)
+        ):
             yield node
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             a = node.args
-            pos = (a.posonlyargs + a.args)[len(a.posonlyargs + a.args) - len(a.defaults):]
+            pos = (a.posonlyargs + a.args)[len(a.posonlyargs + a.args) - len(a.defaults) :]
             pairs = list(zip(pos, a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
-            if any(arg.arg == "batch_tokens" and isinstance(d, ast.Constant)
-                   and isinstance(d.value, int) for arg, d in pairs):
+            if any(
+                arg.arg == "batch_tokens"
+                and isinstance(d, ast.Constant)
+                and isinstance(d.value, int)
+                for arg, d in pairs
+            ):
                 yield node
 
 
@@ -305,9 +340,13 @@ RESOLVER_INTERNALS = {RESOLVE, "ankh/config.py", "ankh/checkpoint.py"}
 
 def test_model_reference_resolver_lives_in_ankh_resolve():
     assert "resolve" in top_level_names(owner(RESOLVE))
-    bad = [f"{where(p, c)} calls {call_name(c)}" for p in library_files()
-           if rel(p) not in RESOLVER_INTERNALS for c in calls(p)
-           if call_name(c).rpartition(".")[2] in ("is_checkpoint", "from_hf_dict")]
+    bad = [
+        f"{where(p, c)} calls {call_name(c)}"
+        for p in library_files()
+        if rel(p) not in RESOLVER_INTERNALS
+        for c in calls(p)
+        if call_name(c).rpartition(".")[2] in ("is_checkpoint", "from_hf_dict")
+    ]
     assert not bad, "callers must go through ankh.resolve:\n" + "\n".join(bad)
 
 
@@ -325,10 +364,18 @@ def test_atomic_writes_and_storage_environment_live_in_ankh_storage():
     env_vars = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
     assert any(mentions(s, *env_vars) for s in strings(path))
     assert any(_commits(c) for c in calls(path)), "the atomic commit"
-    bad = [f"{where(p, s)} names {s.value}" for p in others(STORAGE) for s in strings(p)
-           if mentions(s, *env_vars)]
-    bad += [f"{where(p, c)} commits with {call_name(c)}" for p in others(STORAGE) for c in calls(p)
-            if _commits(c)]
+    bad = [
+        f"{where(p, s)} names {s.value}"
+        for p in others(STORAGE)
+        for s in strings(p)
+        if mentions(s, *env_vars)
+    ]
+    bad += [
+        f"{where(p, c)} commits with {call_name(c)}"
+        for p in others(STORAGE)
+        for c in calls(p)
+        if _commits(c)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -338,18 +385,36 @@ ALPHABET = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 
 def _residue_range(node: ast.AST) -> bool:
     """``(3, 27)`` / ``(3, 28)`` as a tuple or as a call's first two arguments."""
-    elts = node.elts if isinstance(node, ast.Tuple) else node.args if isinstance(node, ast.Call) else []
+    elts = (
+        node.elts
+        if isinstance(node, ast.Tuple)
+        else node.args
+        if isinstance(node, ast.Call)
+        else []
+    )
     vals = [e.value for e in elts[:2] if isinstance(e, ast.Constant)]
-    return len(vals) == 2 and vals[0] == 3 and vals[1] in (27, 28) and (
-        isinstance(node, ast.Call) or len(elts) == 2)
+    return (
+        len(vals) == 2
+        and vals[0] == 3
+        and vals[1] in (27, 28)
+        and (isinstance(node, ast.Call) or len(elts) == 2)
+    )
 
 
 def test_vocabulary_facts_live_in_ankh_tokenizer():
     assert any(ALPHABET in s.value for s in strings(owner(TOKENIZER)))
-    bad = [f"{where(p, s)} restates the alphabet" for p in others(TOKENIZER) for s in strings(p)
-           if ALPHABET in s.value.upper()]
-    bad += [f"{where(p, n)} restates the residue ids: {ast.unparse(n)[:60]}"
-            for p in others(TOKENIZER) for n in ast.walk(tree(p)) if _residue_range(n)]
+    bad = [
+        f"{where(p, s)} restates the alphabet"
+        for p in others(TOKENIZER)
+        for s in strings(p)
+        if ALPHABET in s.value.upper()
+    ]
+    bad += [
+        f"{where(p, n)} restates the residue ids: {ast.unparse(n)[:60]}"
+        for p in others(TOKENIZER)
+        for n in ast.walk(tree(p))
+        if _residue_range(n)
+    ]
     assert not bad, "derive them from ankh.tokenizer:\n" + "\n".join(bad)
 
 
@@ -362,7 +427,11 @@ def _matmul_probe(fn: ast.AST) -> bool:
     for node in ast.walk(fn):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
             return True
-        if isinstance(node, ast.Call) and call_name(node).rpartition(".")[2] in ("dot", "matmul", "einsum"):
+        if isinstance(node, ast.Call) and call_name(node).rpartition(".")[2] in (
+            "dot",
+            "matmul",
+            "einsum",
+        ):
             return True
     return False
 
@@ -388,7 +457,7 @@ def test_flop_formula_and_peak_probe_live_in_ankh_flops():
 def test_heuristics_see_the_restatements_they_look_for(check):
     samples = {
         _pads_token_rows: "def f(toks, rows, length, pad_id):\n"
-                          "    return np.full((rows, length), pad_id, np.int32)",
+        "    return np.full((rows, length), pad_id, np.int32)",
         _residue_range: "lo, hi = (3, 27)",
         _matmul_probe: "def peak(a):\n    return a @ a",
     }

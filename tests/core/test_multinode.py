@@ -21,11 +21,26 @@ LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
 def _pretrain_cmd(out: Path) -> list[str]:
-    return ["python", "-m", "jobs.pretrain", "--config", "tiny", f"output={out}", "name=two-node",
-            "steps=4", "scale.num_workers=2", "scale.cpus_per_worker=1",
-            "scale.devices_per_worker=1", "source.kind=local", "source.eval_batches=1",
-            "checkpoint.every=2", "checkpoint.async_save=false", "eval_every=0", "log_every=1",
-            "compile_cache="]
+    return [
+        "python",
+        "-m",
+        "jobs.pretrain",
+        "--config",
+        "tiny",
+        f"output={out}",
+        "name=two-node",
+        "steps=4",
+        "scale.num_workers=2",
+        "scale.cpus_per_worker=1",
+        "scale.devices_per_worker=1",
+        "source.kind=local",
+        "source.eval_batches=1",
+        "checkpoint.every=2",
+        "checkpoint.async_save=false",
+        "eval_every=0",
+        "log_every=1",
+        "compile_cache=",
+    ]
 
 
 class _ListenerWatch(threading.Thread):

@@ -90,14 +90,30 @@ def test_quiet_flag_of_a_job_reaches_the_helper():
 def test_pretrain_console_lines():
     from ankh_platform.train.worker import console_lines
 
-    rec = {"step": 120, "loss": 2.8104, "accuracy": 0.1401, "tokens_per_s": 1930.4, "step_time_s": 0.4,
-           "val_loss": 2.9, "val_accuracy": 0.12, "val_residue_loss": 3.1}
+    rec = {
+        "step": 120,
+        "loss": 2.8104,
+        "accuracy": 0.1401,
+        "tokens_per_s": 1930.4,
+        "step_time_s": 0.4,
+        "val_loss": 2.9,
+        "val_accuracy": 0.12,
+        "val_residue_loss": 3.1,
+    }
     assert console_lines(rec, 300) == [
         "step 120/300 | loss 2.810 | acc 0.140 | 1,930 tok/s | ETA 1m12s",
-        "eval step 120 | val_loss 2.900 | val_acc 0.120 | val_residue_loss 3.100"]
-    final = {"step": 300, "event": "final", "val_loss": 2.5, "val_accuracy": 0.2, "val_residue_loss": 3.0}
+        "eval step 120 | val_loss 2.900 | val_acc 0.120 | val_residue_loss 3.100",
+    ]
+    final = {
+        "step": 300,
+        "event": "final",
+        "val_loss": 2.5,
+        "val_accuracy": 0.2,
+        "val_residue_loss": 3.0,
+    }
     assert console_lines(final, 300) == [
-        "final step 300 | val_loss 2.500 | val_acc 0.200 | val_residue_loss 3.000"]
+        "final step 300 | val_loss 2.500 | val_acc 0.200 | val_residue_loss 3.000"
+    ]
 
 
 def test_log_file_takes_framework_chatter_the_console_keeps_the_rest(tmp_path):
@@ -122,8 +138,12 @@ def test_log_file_takes_framework_chatter_the_console_keeps_the_rest(tmp_path):
         assert "run started" in shown and "disk almost full" in shown
         assert "CheckpointManagerOptions" not in shown and "Reporting training" not in shown
         logged = (tmp_path / "logs" / "job.log").read_text()
-        for text in ("CheckpointManagerOptions", "Reporting training result 1", "run started",
-                     "disk almost full"):
+        for text in (
+            "CheckpointManagerOptions",
+            "Reporting training result 1",
+            "run started",
+            "disk almost full",
+        ):
             assert text in logged, text
         runtime.configure_logging(logging.DEBUG)  # -v: the console shows framework lines too
         logging.getLogger("orbax.checkpoint").info("saved step 20")

@@ -18,12 +18,23 @@ ray.shutdown()
 
 @pytest.mark.timeout(240)
 def test_local_ray_binds_loopback():
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
-                         timeout=200, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=200,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line[:4] in ("GCS ", "NODE"))
+    lines = dict(
+        line.split(" ", 1) for line in out.stdout.splitlines() if line[:4] in ("GCS ", "NODE")
+    )
     assert lines["GCS"].startswith("127.0.0.1:"), out.stdout
     assert lines["NODE"] == "127.0.0.1", out.stdout
 

@@ -42,7 +42,9 @@ def test_stale_temporaries_are_hidden_and_removable(tmp_path):
     stale = Path(storage.temp_path(str(tmp_path / "shard.parquet")))
     stale.write_bytes(b"partial")
     assert stale.parent == tmp_path and stale.name.startswith(".shard.parquet")
-    assert [p.name for p in tmp_path.glob("*.parquet")] == ["keep.parquet"]  # readers' globs skip it
+    assert [p.name for p in tmp_path.glob("*.parquet")] == [
+        "keep.parquet"
+    ]  # readers' globs skip it
     assert storage.remove_stale_temps(str(tmp_path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.parquet"]
 
@@ -54,7 +56,7 @@ def test_atomic_write_gcs_publishes_whole_or_nothing(gcs_bucket):
         storage.atomic_write(url, _half_then_fail)
     assert not fs.exists(f"{root}/a/out.parquet")
     assert fs.find(root) == []  # no temporary object either
-    payload = os.urandom(6 * 2 ** 20)  # > 5 MiB: gcsfs' resumable upload, not the simple one
+    payload = os.urandom(6 * 2**20)  # > 5 MiB: gcsfs' resumable upload, not the simple one
     storage.atomic_write(url, lambda t: Path(t).write_bytes(payload))
     assert fs.cat_file(f"{root}/a/out.parquet") == payload
     with pytest.raises(Boom):
@@ -81,9 +83,11 @@ def test_emulator_env_applied_from_one_function(clean_env):
     assert storage.apply_emulator_env() == "http://127.0.0.1:9"
     assert os.environ[storage.TENSORSTORE_VAR] == "http://127.0.0.1:9"  # what tensorstore reads
     assert os.environ[storage.HNS_VAR] == "false"
-    assert storage.storage_env() == {storage.EMULATOR_VAR: "127.0.0.1:9",
-                                     storage.TENSORSTORE_VAR: "http://127.0.0.1:9",
-                                     storage.HNS_VAR: "false"}
+    assert storage.storage_env() == {
+        storage.EMULATOR_VAR: "127.0.0.1:9",
+        storage.TENSORSTORE_VAR: "http://127.0.0.1:9",
+        storage.HNS_VAR: "false",
+    }
     path, fs = storage.pyarrow_gcs("gs://b/runs")
     assert path == "b/runs" and type(fs).__name__ == "GcsFileSystem"
     assert storage.pyarrow_gcs("/local/runs") == ("/local/runs", None)
@@ -100,7 +104,10 @@ def test_gcs_filesystem_goes_to_the_emulator(clean_env):
     assert os.environ[storage.TENSORSTORE_VAR] == "http://127.0.0.1:9"
     local, p = storage.filesystem("rel/dir")
     assert storage.is_local(local) and p == os.path.abspath("rel/dir")
-    assert storage.norm_path("rel") == os.path.abspath("rel") and storage.norm_path("gs://b/x") == "gs://b/x"
+    assert (
+        storage.norm_path("rel") == os.path.abspath("rel")
+        and storage.norm_path("gs://b/x") == "gs://b/x"
+    )
 
 
 # ---- the data directory -------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_packing_real_proteins_fixed_shapes_little_padding(protein_parquet):
         assert b["ids"].shape in spec.shapes()
         slots, real = slots + b["ids"].size, real + int((b["ids"] > 0).sum())
         for row, start, ntok, s, win, _seg in b["pieces"].tolist():
-            tokens = b["ids"][row, start: start + ntok]
+            tokens = b["ids"][row, start : start + ntok]
             assert tokens[-1] == 1 and (tokens[:-1] > 2).all()  # one whole piece, then </s>
             seen.append((s, win))
     assert sorted(seen) == sorted(zip(prep.piece_seq, prep.piece_win))  # each piece exactly once
@@ -98,11 +98,21 @@ def test_invalid_and_long_sequences_are_reported_not_dropped():
     assert [k[1] for k in prep.seq_key] == ["ok", "stop"]
     assert "'1' at position 3" in errs["bad"] and "empty" in errs["empty"]
     assert "null" in errs["none"] and "missing id" in errs[""] and "max_length 50" in errs["long"]
-    trunc = prepare(["long"], ["M" * 60], ["s"], AnkhTokenizer(),
-                    EmbedPackSpec(max_length=50, window_overlap=10, long_policy="truncate"))
+    trunc = prepare(
+        ["long"],
+        ["M" * 60],
+        ["s"],
+        AnkhTokenizer(),
+        EmbedPackSpec(max_length=50, window_overlap=10, long_policy="truncate"),
+    )
     assert trunc.seq_len == [50] and "truncated 60 -> 50" in trunc.notes[0][2]
-    win = prepare(["long"], ["M" * 60], ["s"], AnkhTokenizer(),
-                  EmbedPackSpec(max_length=50, window_overlap=10))
+    win = prepare(
+        ["long"],
+        ["M" * 60],
+        ["s"],
+        AnkhTokenizer(),
+        EmbedPackSpec(max_length=50, window_overlap=10),
+    )
     assert win.seq_nwin == [2] and win.piece_win == [0, 10] and "2 windows" in win.notes[0][2]
 
 
@@ -115,17 +125,24 @@ def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet, step
     assert sum(len(s) > WIDTH for s in seqs.values()) >= 3  # windows are exercised
     ids = t["id"] + [i for i, _ in BAD_FASTA]
     batch = reader_batch(ids, t["sequence"] + [s for _, s in BAD_FASTA])
-    spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP,
-                         steps_per_octave=steps_per_octave)
-    assert spec.row_lengths() == ([128, 256, 320] if steps_per_octave == 1 else [128, 192, 256, 320])
+    spec = EmbedPackSpec(
+        max_length=WIDTH,
+        batch_tokens=1024,
+        window_overlap=OVERLAP,
+        steps_per_octave=steps_per_octave,
+    )
+    assert spec.row_lengths() == (
+        [128, 256, 320] if steps_per_octave == 1 else [128, 192, 256, 320]
+    )
     packed = pack_udf(batch, spec, _offline().tokenizer.vocab)
     out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     n = len(out["id"])
-    counts = [embed_io.write_parts({k: v[i: i + 40] for k, v in out.items()}, str(tmp_path))
-              for i in range(0, n, 40)]
+    counts = [
+        embed_io.write_parts({k: v[i : i + 40] for k, v in out.items()}, str(tmp_path))
+        for i in range(0, n, 40)
+    ]
     assert sum(int(c["n_first"].sum()) for c in counts) == len(ids)
-    report = embed_io.merge_shard(str(tmp_path), "shard-a", len(ids), "src", 64, WIDTH,
-                                  OVERLAP)
+    report = embed_io.merge_shard(str(tmp_path), "shard-a", len(ids), "src", 64, WIDTH, OVERLAP)
     table = pq.read_table(tmp_path / "shard-a.parquet")
     assert sorted(table["id"].to_pylist()) == sorted(t["id"])  # one row per valid id
     assert {x["id"] for x in report["invalid"]} == {"BAD1", "BAD2"}
@@ -144,9 +161,15 @@ def _check_hdf5(path: Path, tables: list[pa.Table], per_residue: bool = False) -
     """One dataset per id (bio_embeddings layout), values equal to the Parquet rows."""
     import h5py
 
-    rows = {i: (v, n) for t in tables for i, v, n in zip(
-        t["id"].to_pylist(), t["per_residue" if per_residue else "embedding"].to_pylist(),
-        t["length"].to_pylist())}
+    rows = {
+        i: (v, n)
+        for t in tables
+        for i, v, n in zip(
+            t["id"].to_pylist(),
+            t["per_residue" if per_residue else "embedding"].to_pylist(),
+            t["length"].to_pylist(),
+        )
+    }
     with h5py.File(path, "r") as h5:
         assert sorted(h5.keys()) == sorted(rows)  # ids here contain no '/'
         for key, ds in h5.items():
@@ -160,12 +183,15 @@ def test_hdf5_names_and_missing_h5py_error(tmp_path):
     from ankh_platform.embed.hdf5 import dataset_name
 
     assert dataset_name("sp|P1/2|X") == "sp|P1_2|X" and dataset_name(".") == "_."
-    code = ("import sys; sys.modules['h5py'] = None\n"  # as if h5py were not installed
-            "from ankh_platform.embed.job import EmbedJobConfig, run\n"
-            f"run(EmbedJobConfig(checkpoint='tiny', input='{tmp_path}', output='{tmp_path}/o',"
-            f" hdf5='{tmp_path}/e.h5'))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                       timeout=120)
+    code = (
+        "import sys; sys.modules['h5py'] = None\n"  # as if h5py were not installed
+        "from ankh_platform.embed.job import EmbedJobConfig, run\n"
+        f"run(EmbedJobConfig(checkpoint='tiny', input='{tmp_path}', output='{tmp_path}/o',"
+        f" hdf5='{tmp_path}/e.h5'))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert r.returncode != 0 and "pip install h5py" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "o").exists()  # refused before any work
 
@@ -173,8 +199,15 @@ def test_hdf5_names_and_missing_h5py_error(tmp_path):
 def test_row_ladder_setting_is_checked():
     with pytest.raises(ValueError, match="row_steps_per_octave must be 1 or 2"):
         EmbedPackSpec(max_length=1024, steps_per_octave=3)
-    assert EmbedPackSpec(max_length=1024, steps_per_octave=2).row_lengths() == \
-        [128, 192, 256, 384, 512, 768, 1088]
+    assert EmbedPackSpec(max_length=1024, steps_per_octave=2).row_lengths() == [
+        128,
+        192,
+        256,
+        384,
+        512,
+        768,
+        1088,
+    ]
 
 
 def test_output_of_other_settings_is_refused(tmp_path):
@@ -184,8 +217,13 @@ def test_output_of_other_settings_is_refused(tmp_path):
 
 
 def test_cli_help():
-    r = subprocess.run([sys.executable, "-m", "jobs.embed", "--help"], capture_output=True,
-                       text=True, cwd=REPO, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.embed", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert r.returncode == 0 and "--checkpoint" in r.stdout and "long_policy" in r.stdout
 
 
@@ -194,7 +232,7 @@ def _write_inputs(root: Path, protein_parquet: Path, shards: int, per: int) -> d
     root.mkdir(parents=True, exist_ok=True)
     t = _real(protein_parquet, 100, shards * per + 12)
     for k in range(shards):
-        part = {c: v[k * per: (k + 1) * per] for c, v in t.items()}
+        part = {c: v[k * per : (k + 1) * per] for c, v in t.items()}
         pq.write_table(pa.table(part), root / f"part-{k:03d}.parquet")
     fasta = [(i, s) for i, s in zip(t["id"][-12:], t["sequence"][-12:])] + BAD_FASTA
     with gzip.open(root / "extra.fasta.gz", "wt") as fh:
@@ -204,9 +242,20 @@ def _write_inputs(root: Path, protein_parquet: Path, shards: int, per: int) -> d
 
 
 def _job_args(inp: str, out: str) -> list[str]:
-    return ["--checkpoint", "tiny", "--input", inp, "--output", out, f"max_length={WIDTH}",
-            f"window_overlap={OVERLAP}", "batch_tokens=1024", "group_rows=16", "write_rows=16",
-            "block_bytes=20000"]
+    return [
+        "--checkpoint",
+        "tiny",
+        "--input",
+        inp,
+        "--output",
+        out,
+        f"max_length={WIDTH}",
+        f"window_overlap={OVERLAP}",
+        "batch_tokens=1024",
+        "group_rows=16",
+        "write_rows=16",
+        "block_bytes=20000",
+    ]
 
 
 def _check_output_dir(out: Path, seqs: dict[str, str]) -> None:
@@ -227,9 +276,20 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
     out, h5 = tmp_path / "out", tmp_path / "emb.h5"
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
     log = open(tmp_path / "driver.log", "wb")
-    driver = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--hdf5", str(h5),
-                               *_job_args(str(tmp_path / "in"), str(out))],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jobs.embed",
+            "--hdf5",
+            str(h5),
+            *_job_args(str(tmp_path / "in"), str(out)),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 900
         while not list(out.glob("*.parquet")) and driver.poll() is None and time.time() < deadline:
@@ -247,8 +307,11 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
     cfg = load_config(EmbedJobConfig, None, [f"{a}" for a in _job_args("", "")[6:]])
     import dataclasses
 
-    summary = run(dataclasses.replace(cfg, checkpoint="tiny", input=str(tmp_path / "in"),
-                                      output=str(out), hdf5=str(h5)))
+    summary = run(
+        dataclasses.replace(
+            cfg, checkpoint="tiny", input=str(tmp_path / "in"), output=str(out), hdf5=str(h5)
+        )
+    )
     assert summary["shards"] == {"total": 7, "written": 7 - len(done), "skipped_done": len(done)}
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet") if p.name in done} == done
     valid = {i: s for i, s in seqs.items() if i not in dict(BAD_FASTA)}
@@ -275,9 +338,15 @@ def test_job_reads_and_writes_gcs(tmp_path, protein_parquet, ray_local, gcs_buck
     for p in (tmp_path / "in").iterdir():
         fs.put(str(p), f"{bucket}/in/{p.name}")
     cfg = load_config(EmbedJobConfig, None, _job_args("", "")[6:] + ["per_residue=true"])
-    summary = run(dataclasses.replace(cfg, checkpoint="tiny", input=f"{gcs_bucket}/in",
-                                      output=f"{gcs_bucket}/out",
-                                      hdf5_per_residue=f"{gcs_bucket}/h5/emb.h5"))
+    summary = run(
+        dataclasses.replace(
+            cfg,
+            checkpoint="tiny",
+            input=f"{gcs_bucket}/in",
+            output=f"{gcs_bucket}/out",
+            hdf5_per_residue=f"{gcs_bucket}/h5/emb.h5",
+        )
+    )
     assert summary["shards"]["written"] == 3 and summary["invalid_count"] == 2
     local = tmp_path / "out"
     local.mkdir()

@@ -41,8 +41,12 @@ def _reference(m, seq: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet):
     pinned, mcfg, vocab = _describe(ankh3_dir)
-    spec = pack_spec(EmbedJobConfig(checkpoint=pinned, max_length=WIDTH, batch_tokens=1024,
-                                    window_overlap=OVERLAP), mcfg)
+    spec = pack_spec(
+        EmbedJobConfig(
+            checkpoint=pinned, max_length=WIDTH, batch_tokens=1024, window_overlap=OVERLAP
+        ),
+        mcfg,
+    )
     assert spec.prefix == "[NLU]" and spec.row_lengths()[-1] >= WIDTH + 2
     t = pq.read_table(protein_parquet, columns=["id", "sequence"]).slice(0, 24).to_pydict()
     seqs = dict(zip(t["id"], t["sequence"]))
@@ -53,12 +57,13 @@ def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet
     nlu = vocab["[NLU]"]
     for row_ids, pieces in zip(packed["ids"], packed["pieces"]):
         for row, start, ntok, *_ in pieces.tolist():  # every piece (window) starts with [NLU]
-            piece = row_ids[row, start: start + ntok]
+            piece = row_ids[row, start : start + ntok]
             assert piece[0] == nlu and (piece[1:] != nlu).all()
     out = EmbedReplica(pinned, spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     embed_io.write_parts(out, str(tmp_path))
-    report = embed_io.merge_shard(str(tmp_path), "shard-a", len(ids), "src", mcfg.d_model,
-                                  WIDTH, OVERLAP)
+    report = embed_io.merge_shard(
+        str(tmp_path), "shard-a", len(ids), "src", mcfg.d_model, WIDTH, OVERLAP
+    )
     bad = {x["id"]: x["reason"] for x in report["invalid"]}
     assert bad.keys() == {"S2S", "J"} and "another task token" in bad["S2S"]
     got = pq.read_table(tmp_path / "shard-a.parquet").to_pydict()
@@ -68,12 +73,20 @@ def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet
     for ident, emb, res, n in zip(got["id"], got["embedding"], got["per_residue"], got["length"]):
         pooled, per_res = _reference(m, seqs[ident])
         assert n == len(seqs[ident]) and np.asarray(res).shape == per_res.shape  # no [NLU] row
-        worst = max(worst, float(np.abs(np.asarray(emb) - pooled).max()),
-                    float(np.abs(np.asarray(res) - per_res).max()))
+        worst = max(
+            worst,
+            float(np.abs(np.asarray(emb) - pooled).max()),
+            float(np.abs(np.asarray(res) - per_res).max()),
+        )
     assert worst < 1e-5
 
 
 def test_replica_refuses_pieces_packed_for_another_model(ankh3_dir):
     with pytest.raises(ValueError, match="task prefix None"):
-        EmbedReplica(ankh3_dir, EmbedPackSpec(max_length=WIDTH, window_overlap=OVERLAP),
-                     per_residue=False, layer=0, compute_dtype="float32")
+        EmbedReplica(
+            ankh3_dir,
+            EmbedPackSpec(max_length=WIDTH, window_overlap=OVERLAP),
+            per_residue=False,
+            layer=0,
+            compute_dtype="float32",
+        )

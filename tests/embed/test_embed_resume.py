@@ -22,8 +22,14 @@ from ankh_platform.embed import io as embed_io
 from ankh_platform.embed.job import EmbedJobConfig, run
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["max_length=256", "window_overlap=32", "batch_tokens=1024", "group_rows=16",
-        "write_rows=16", "block_bytes=20000"]
+ARGS = [
+    "max_length=256",
+    "window_overlap=32",
+    "batch_tokens=1024",
+    "group_rows=16",
+    "write_rows=16",
+    "block_bytes=20000",
+]
 
 
 def _fasta(path: Path, bundled_fasta: Path, n: int) -> list[str]:
@@ -47,13 +53,31 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
     parts = out / embed_io.PARTS / "single"
     with open(tmp_path / "driver.log", "wb") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "jobs.embed", "--checkpoint", "tiny",
-                                   "--input", str(inp), "--output", str(out), *ARGS],
-                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        driver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jobs.embed",
+                "--checkpoint",
+                "tiny",
+                "--input",
+                str(inp),
+                "--output",
+                str(out),
+                *ARGS,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.time() + 600
-            while len(list(parts.glob("rows-*.parquet"))) < 3 and driver.poll() is None \
-                    and time.time() < deadline:
+            while (
+                len(list(parts.glob("rows-*.parquet"))) < 3
+                and driver.poll() is None
+                and time.time() < deadline
+            ):
                 time.sleep(0.05)
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             driver.send_signal(signal.SIGKILL)  # mid-shard: some parts written, no merge
@@ -65,9 +89,15 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
     done = embed_io.done_rows(str(out), "single")
     assert 0 < len(done) < len(ids), f"kill did not land mid-shard: {len(done)} rows done"
 
-    cfg = dataclasses.replace(EmbedJobConfig(checkpoint="tiny", input=str(inp), output=str(out)),
-                              max_length=256, window_overlap=32, batch_tokens=1024,
-                              group_rows=16, write_rows=16, block_bytes=20000)
+    cfg = dataclasses.replace(
+        EmbedJobConfig(checkpoint="tiny", input=str(inp), output=str(out)),
+        max_length=256,
+        window_overlap=32,
+        batch_tokens=1024,
+        group_rows=16,
+        write_rows=16,
+        block_bytes=20000,
+    )
     s = run(cfg)
     # every input row exactly once: resumed from parts, or computed by this run -- never both
     assert s["rows_resumed"] >= len(done) and s["rows_resumed"] + s["rows_this_run"] == len(ids)

@@ -18,7 +18,9 @@ def synthetic(kind: str, seed: int = 0, dim: int = 16):
     rng = np.random.default_rng(seed)
     data, splits = {}, {}
     for s, n in (("train", 60), ("valid", 12), ("test", 16)):
-        xs = [rng.normal(size=(int(rng.integers(10, 50)), dim)).astype(np.float32) for _ in range(n)]
+        xs = [
+            rng.normal(size=(int(rng.integers(10, 50)), dim)).astype(np.float32) for _ in range(n)
+        ]
         if kind == "residue_class":  # the label's feature is shifted up by 4 (clearly separable)
             ys = [rng.integers(0, 3, len(x)).astype(np.int8) for x in xs]
             for x, y in zip(xs, ys):
@@ -38,8 +40,11 @@ def synthetic(kind: str, seed: int = 0, dim: int = 16):
         ids = [f"{s}{i}" for i in range(n)]
         data[s] = (xs, ys, ids)
         splits[s] = Split(ids, ["A" * len(x) for x in xs], ys)
-    classes = {"residue_class": ["a", "b", "c"], "protein_class": ["neg", "pos"],
-               "multilabel": ["t0", "t1", "t2", "t3"]}.get(kind, [])
+    classes = {
+        "residue_class": ["a", "b", "c"],
+        "protein_class": ["neg", "pos"],
+        "multilabel": ["t0", "t1", "t2", "t3"],
+    }.get(kind, [])
     return TaskData("toy", kind, classes, splits), data
 
 
@@ -73,8 +78,11 @@ def test_training_is_deterministic_under_a_seed():
     b, model_b, _ = train_head(task, "mlp", data, tc, seed=5)
     c, _, _ = train_head(task, "mlp", data, tc, seed=6)
     assert a["history"] == b["history"] and a["test"] == b["test"]
-    same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)),
-                        nnx.state(model_a, nnx.Param), nnx.state(model_b, nnx.Param))
+    same = jax.tree.map(
+        lambda x, y: bool(jnp.array_equal(x, y)),
+        nnx.state(model_a, nnx.Param),
+        nnx.state(model_b, nnx.Param),
+    )
     assert all(jax.tree.leaves(same))
     assert a["history"] != c["history"]
 

@@ -11,15 +11,33 @@ import pytest
 from jobs import evaluate as job
 
 REPO = Path(__file__).resolve().parents[2]
-SMALL = ["limits.train=16", "limits.valid=6", "limits.test=6", "limits.contact_max_length=120",
-         "train.max_epochs=2", "train.patience=2"]
+SMALL = [
+    "limits.train=16",
+    "limits.valid=6",
+    "limits.test=6",
+    "limits.contact_max_length=120",
+    "train.max_epochs=2",
+    "train.patience=2",
+]
 
 
 @pytest.mark.timeout(600)
 def test_onehot_ss3_and_contacts_reports_and_cache(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    argv = ["--checkpoint", "onehot", "--task", "ss3", "--task", "contacts", "--head", "linear",
-            "--output", str(out), f"cache_dir={cache}", *SMALL]
+    argv = [
+        "--checkpoint",
+        "onehot",
+        "--task",
+        "ss3",
+        "--task",
+        "contacts",
+        "--head",
+        "linear",
+        "--output",
+        str(out),
+        f"cache_dir={cache}",
+        *SMALL,
+    ]
     report = job.main(argv)
     got = {(r["task"], r["checkpoint"], r["head"]) for r in report["results"]}
     assert got == {("ss3", "onehot", "linear"), ("contacts", "onehot", "linear")}
@@ -37,18 +55,31 @@ def test_onehot_ss3_and_contacts_reports_and_cache(tmp_path):
     parts = sorted((cache / "onehot").glob("part-*.parquet"))
     assert parts
     # A second run embeds nothing new and reproduces every figure (seeded, cached inputs).
-    again = job.main(argv[:-len(SMALL) - 1] + [f"cache_dir={cache}", *SMALL, "plots=false"])
+    again = job.main(argv[: -len(SMALL) - 1] + [f"cache_dir={cache}", *SMALL, "plots=false"])
     assert sorted((cache / "onehot").glob("part-*.parquet")) == parts
     assert [r["test"] for r in again["results"]] == [r["test"] for r in report["results"]]
 
 
 def test_help_and_bad_task_errors(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--help"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "--checkpoint" in r.stdout and "limits.train" in r.stdout
     with pytest.raises(FileNotFoundError):
-        job.main(["--checkpoint", "onehot", "--task", str(tmp_path / "missing.csv"),
-                  "--output", str(tmp_path / "o")])
+        job.main(
+            [
+                "--checkpoint",
+                "onehot",
+                "--task",
+                str(tmp_path / "missing.csv"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 @pytest.mark.slow
@@ -56,10 +87,29 @@ def test_help_and_bad_task_errors(tmp_path):
 def test_tiny_model_with_baselines_linear_and_convbert(tmp_path):
     """A real (random-init ``tiny``) Ankh encoder beside both baselines, linear + ConvBERT heads."""
     out = tmp_path / "out"
-    small = ["limits.train=8", "limits.valid=4", "limits.test=4", "limits.max_length=200",
-             "train.max_epochs=1"]
-    report = job.main(["--checkpoint", "tiny", "--task", "ss3", "--head", "linear", "--head", "convbert",
-                       "--output", str(out), f"cache_dir={tmp_path / 'c'}", *small])
+    small = [
+        "limits.train=8",
+        "limits.valid=4",
+        "limits.test=4",
+        "limits.max_length=200",
+        "train.max_epochs=1",
+    ]
+    report = job.main(
+        [
+            "--checkpoint",
+            "tiny",
+            "--task",
+            "ss3",
+            "--head",
+            "linear",
+            "--head",
+            "convbert",
+            "--output",
+            str(out),
+            f"cache_dir={tmp_path / 'c'}",
+            *small,
+        ]
+    )
     ckpts = {r["checkpoint"] for r in report["results"]}
     assert ckpts == {"tiny", "random:tiny", "onehot"}
     assert len(report["results"]) == 6

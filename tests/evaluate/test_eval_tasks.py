@@ -87,7 +87,11 @@ def test_go_task_multilabel(tmp_path, data_dir):
     assert task.info["ontology_of_term"] == ["mf"] * 5 + ["bp"] * 5 + ["cc"] * 5
     raw = {r["id"]: r for r in pq.read_table(sample).to_pylist()}
     for cid, y in zip(task.splits["train"].ids, task.splits["train"].labels):
-        terms = set(raw[cid]["go_mf"] or []) | set(raw[cid]["go_bp"] or []) | set(raw[cid]["go_cc"] or [])
+        terms = (
+            set(raw[cid]["go_mf"] or [])
+            | set(raw[cid]["go_bp"] or [])
+            | set(raw[cid]["go_cc"] or [])
+        )
         assert y.tolist() == [t in terms for t in task.classes]
     assert not set(task.splits["train"].seqs) & set(task.splits["test"].seqs)
 
@@ -96,16 +100,24 @@ def test_user_csv_and_fasta_tasks(tmp_path, pdb_rows):
     items = list(pdb_rows.items())[:60]
     csv = tmp_path / "stab.csv"
     lines = ["id,sequence,score,split"] + [
-        f"{cid},{s},{len(s) / 10:.1f},{('train', 'valid', 'test')[i % 3]}" for i, (cid, (s, _, _)) in enumerate(items)]
+        f"{cid},{s},{len(s) / 10:.1f},{('train', 'valid', 'test')[i % 3]}"
+        for i, (cid, (s, _, _)) in enumerate(items)
+    ]
     csv.write_text("\n".join(lines) + "\n")
     task = ts.load_task(f"name=stab,kind=protein_reg,label=score,file={csv}", LIMITS)
     assert task.kind == "protein_reg" and len(task.splits["test"].ids) == 12
     assert task.splits["train"].labels[0] == pytest.approx(len(task.splits["train"].seqs[0]) / 10)
     fasta = tmp_path / "ss.fasta"
-    fasta.write_text("".join(f">{cid} split={('train', 'valid', 'test')[i % 3]}\n{s}\n{d}\n"
-                             for i, (cid, (s, d, _)) in enumerate(items)))
+    fasta.write_text(
+        "".join(
+            f">{cid} split={('train', 'valid', 'test')[i % 3]}\n{s}\n{d}\n"
+            for i, (cid, (s, d, _)) in enumerate(items)
+        )
+    )
     task = ts.load_task(str(fasta), LIMITS)
-    assert task.kind == "residue_class" and task.classes == sorted(set("".join(d for _, (_, d, _) in items)))
+    assert task.kind == "residue_class" and task.classes == sorted(
+        set("".join(d for _, (_, d, _) in items))
+    )
     sp = task.splits["test"]
     for cid, seq, lab in zip(sp.ids, sp.seqs, sp.labels):
         assert "".join(task.classes[i] for i in lab) == pdb_rows[cid][1] and len(lab) == len(seq)

@@ -37,8 +37,13 @@ def test_finetune_raises_family_likelihood_encoder_frozen():
 
     model = Ankh.random(PRESETS["tiny"], seed=3)
     _, fam = family()
-    cfg = FinetuneConfig(steps=30, batch_size=8, eval_every=15, eval_fraction=0.25,
-                         optim=OptimConfig(optimizer="adamw", peak_lr=1e-3, warmup_steps=5))
+    cfg = FinetuneConfig(
+        steps=30,
+        batch_size=8,
+        eval_every=15,
+        eval_fraction=0.25,
+        optim=OptimConfig(optimizer="adamw", peak_lr=1e-3, warmup_steps=5),
+    )
     tuned, hist = finetune_decoder(model, fam, cfg)
     evals = [v for _, v in hist["eval"]]
     assert evals[-1] > evals[0] + 0.5, evals  # held-out mean log-lik per target token (nats)
@@ -56,21 +61,38 @@ def test_jobs_finetune_then_generate(tmp_path):
     from jobs import finetune_generator, generate
 
     parent, fam = family(n=32)
-    pq.write_table(pa.table({"id": [f"h{i}" for i in range(len(fam))], "sequence": fam}),
-                   tmp_path / "family.parquet")
-    summary = finetune_generator.main([
-        "model=tiny", f"data={tmp_path / 'family.parquet'}", f"output={tmp_path / 'ft'}",
-        "train.steps=150", "train.batch_size=8", "train.eval_every=50", "train.optim.peak_lr=0.002",
-        "train.optim.warmup_steps=5"])
+    pq.write_table(
+        pa.table({"id": [f"h{i}" for i in range(len(fam))], "sequence": fam}),
+        tmp_path / "family.parquet",
+    )
+    summary = finetune_generator.main(
+        [
+            "model=tiny",
+            f"data={tmp_path / 'family.parquet'}",
+            f"output={tmp_path / 'ft'}",
+            "train.steps=150",
+            "train.batch_size=8",
+            "train.eval_every=50",
+            "train.optim.peak_lr=0.002",
+            "train.optim.warmup_steps=5",
+        ]
+    )
     ev = summary["eval_mean_log_likelihood"]
     assert ev[-1][1] > ev[0][1]
     hist = json.loads((tmp_path / "ft" / "history.json").read_text())
     assert len(hist["train_loss"]) == 150
 
     (tmp_path / "parent.fasta").write_text(f">parent1 test\n{parent}\n")
-    res = generate.main([f"model={summary['model_dir']}", f"parents={tmp_path / 'parent.fasta'}",
-                         f"output={tmp_path / 'gen'}", "n=4", "temperatures=[1.0,1.5]",
-                         "mask_fraction=0.2"])  # = train.objective.mask_prob
+    res = generate.main(
+        [
+            f"model={summary['model_dir']}",
+            f"parents={tmp_path / 'parent.fasta'}",
+            f"output={tmp_path / 'gen'}",
+            "n=4",
+            "temperatures=[1.0,1.5]",
+            "mask_fraction=0.2",
+        ]
+    )  # = train.objective.mask_prob
     out = tmp_path / "gen"
     tab = pq.read_table(out / "variants.parquet").to_pylist()
     assert len(tab) == res["variants"]

@@ -28,14 +28,22 @@ def cache(tmp_path_factory):
 
 @pytest.mark.timeout(300)
 def test_generate_job_records_model_and_revision(cache, tmp_path):
-    code = ("import sys; from jobs import generate\n"
-            "for ref, out in zip(sys.argv[1::2], sys.argv[2::2]):\n"
-            "    generate.main([f'model={ref}', 'sequence=MKTAYIAKQRQISFVKSHFSRQ', f'output={out}',"
-            " 'n=2', 'temperatures=[1.0]', 'score_kind=none'])\n")
+    code = (
+        "import sys; from jobs import generate\n"
+        "for ref, out in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    generate.main([f'model={ref}', 'sequence=MKTAYIAKQRQISFVKSHFSRQ', f'output={out}',"
+        " 'n=2', 'temperatures=[1.0]', 'score_kind=none'])\n"
+    )
     runs = {f"{REPO}": (MAIN, tmp_path / "main"), f"{REPO}@v0": (OLD, tmp_path / "v0")}
     argv = [x for ref, (_, out) in runs.items() for x in (ref, str(out))]
-    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT,
-                          env=_offline_env(cache), capture_output=True, text=True, timeout=280)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env=_offline_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for ref, (commit, out) in runs.items():
         want = {"model": ref, "model_pinned": f"{REPO}@{commit}", "model_revision": commit}
@@ -49,8 +57,16 @@ def test_generate_job_records_model_and_revision(cache, tmp_path):
 def test_local_model_records_reference_and_no_revision(tmp_path):
     from ankh_platform.generate.variants import GenerateJobConfig, run
 
-    res = run(GenerateJobConfig(model="tiny", sequence="MKTAYIAKQRQ", output=str(tmp_path),
-                                n=1, temperatures=(1.0,), score_kind="none"))
+    res = run(
+        GenerateJobConfig(
+            model="tiny",
+            sequence="MKTAYIAKQRQ",
+            output=str(tmp_path),
+            n=1,
+            temperatures=(1.0,),
+            score_kind="none",
+        )
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["model"] == res["model"] == "tiny" and summary["model_revision"] is None
     meta = pq.read_schema(tmp_path / "variants.parquet").metadata

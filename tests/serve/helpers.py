@@ -16,12 +16,22 @@ REPO = Path(__file__).resolve().parents[2]
 # Small shapes: few compiles at replica start, a tiny model, fractional CPUs so that three
 # deployments fit a 2-CPU local Ray.
 SMALL = {
-    "embed": {"length_buckets": [64, 128], "batch_tokens": 256, "row_growth": 4, "num_cpus": 0.5,
-              "max_batch_size": 16, "max_ongoing_requests": 8},
+    "embed": {
+        "length_buckets": [64, 128],
+        "batch_tokens": 256,
+        "row_growth": 4,
+        "num_cpus": 0.5,
+        "max_batch_size": 16,
+        "max_ongoing_requests": 8,
+    },
     "generate": {"num_cpus": 0.5, "warmup": False},
     "ingress": {"num_cpus": 0.25},
-    "limits": {"max_sequences": 16, "max_length": 120, "max_new_tokens": 32,
-               "max_score_residues": 256},
+    "limits": {
+        "max_sequences": 16,
+        "max_length": 120,
+        "max_new_tokens": 32,
+        "max_score_residues": 256,
+    },
 }
 
 
@@ -45,13 +55,21 @@ def proteins(n: int, max_len: int, min_len: int = 8) -> list[str]:
     from ankh_platform.core.samples import protein_parquet
 
     seqs = pq.read_table(protein_parquet(), columns=["sequence"]).column(0).to_pylist()
-    out = [s for s in seqs if min_len <= len(s) <= max_len and set(s) <= set("ACDEFGHIKLMNPQRSTVWY")]
+    out = [
+        s for s in seqs if min_len <= len(s) <= max_len and set(s) <= set("ACDEFGHIKLMNPQRSTVWY")
+    ]
     return out[:n]
 
 
-def http(method: str, url: str, body: Any = None, raw: bytes | None = None,
-         token: str | None = None, timeout: float = 120,
-         headers: dict[str, str] | None = None) -> tuple[int, dict, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    token: str | None = None,
+    timeout: float = 120,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict, Any]:
     """(status, headers, parsed JSON or text) -- never raises on an HTTP error status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)

@@ -34,9 +34,15 @@ def hf_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ray_local, hf_dir):
     # Embedder: 2 requests in flight + 1 queued; a burst past that is back-pressure.
-    cfg = merge(SMALL, {"checkpoint": str(hf_dir), "auth": {"enabled": True},
-                        "generate": {"enabled": False},
-                        "embed": {"max_ongoing_requests": 2, "max_queued_requests": 1}})
+    cfg = merge(
+        SMALL,
+        {
+            "checkpoint": str(hf_dir),
+            "auth": {"enabled": True},
+            "generate": {"enabled": False},
+            "embed": {"max_ongoing_requests": 2, "max_queued_requests": 1},
+        },
+    )
     with serving(cfg) as url:
         yield url
 
@@ -64,6 +70,7 @@ def unit(a):
 
 # ---- OpenAI ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def oai(server):
     import openai
@@ -79,15 +86,17 @@ def test_openai_sdk_embeddings_equal_offline(oai, offline, seqs, hf_dir):
     assert res.usage.prompt_tokens == res.usage.total_tokens == sum(map(len, seqs))
     res = oai.embeddings.create(model=hf_dir.name, input=seqs, encoding_format="float")
     np.testing.assert_allclose(np.asarray([d.embedding for d in res.data]), want, **TOL)
-    one = oai.embeddings.create(model=hf_dir.name, input=seqs[0].lower(),
-                                dimensions=offline.config.d_model)  # its own width is fine
+    one = oai.embeddings.create(
+        model=hf_dir.name, input=seqs[0].lower(), dimensions=offline.config.d_model
+    )  # its own width is fine
     assert len(one.data) == 1
     np.testing.assert_allclose(one.data[0].embedding, want[0], **TOL)
 
 
 def test_openai_base64_is_little_endian_float32(server, offline, seqs):
-    status, _, body = post(server, "/v1/embeddings", {"input": seqs[:2],
-                                                      "encoding_format": "base64"})
+    status, _, body = post(
+        server, "/v1/embeddings", {"input": seqs[:2], "encoding_format": "base64"}
+    )
     assert status == 200, body
     got = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]]
     np.testing.assert_allclose(np.stack(got), offline.embed(seqs[:2]), **TOL)
@@ -124,6 +133,7 @@ def test_openai_errors_are_clear(oai, offline):
 
 # ---- TEI ------------------------------------------------------------------------------------
 
+
 def test_inference_client_feature_extraction(server, offline, seqs):
     from huggingface_hub import InferenceClient
 
@@ -147,7 +157,9 @@ def test_tei_embed_all_and_info(server, offline, seqs, hf_dir):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, **TOL)
     status, _, info = http("GET", f"{server}/info", token=TOKEN)
     assert status == 200, info
-    assert info["model_id"] == hf_dir.name and info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["model_id"] == hf_dir.name and info["model_type"] == {
+        "embedding": {"pooling": "mean"}
+    }
     assert info["max_input_length"] == 120 and info["max_client_batch_size"] == 16
     assert info["dim"] == offline.config.d_model and info["model_dtype"] == "float32"
 
@@ -158,9 +170,16 @@ def test_tei_truncate_cuts_instead_of_refusing(server, offline):
     assert status == 413 and body["error_type"] == "validation", body
     assert "limits.max_length=120" in body["error"]
     for direction, part in (("right", long[:120]), ("left", long[-120:])):
-        status, _, body = post(server, "/embed", {"inputs": [long], "truncate": True,
-                                                  "normalize": False,
-                                                  "truncation_direction": direction})
+        status, _, body = post(
+            server,
+            "/embed",
+            {
+                "inputs": [long],
+                "truncate": True,
+                "normalize": False,
+                "truncation_direction": direction,
+            },
+        )
         assert status == 200, body
         np.testing.assert_allclose(np.asarray(body, np.float32), offline.embed([part]), **TOL)
 
@@ -206,8 +225,10 @@ def test_tei_overloaded_is_429_ours_stays_503(server):
         assert len(results) == 10
         return results
 
-    for path, body, busy in (("/embed_all", {"inputs": batch}, 429),
-                             ("/v1/embed", {"sequences": batch, "pooling": "none"}, 503)):
+    for path, body, busy in (
+        ("/embed_all", {"inputs": batch}, 429),
+        ("/v1/embed", {"sequences": batch, "pooling": "none"}, 503),
+    ):
         results = burst(path, body)
         codes = sorted(r[0] for r in results)
         assert set(codes) <= {200, busy} and 200 in codes and busy in codes, (path, codes)
@@ -223,10 +244,14 @@ def test_tei_overloaded_is_429_ours_stays_503(server):
 
 # ---- binary per-residue on /v1/embed ------------------------------------------------------------
 
+
 def raw_post(url: str, body: dict, accept: str) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(f"{url}/v1/embed", json.dumps(body).encode(), method="POST")
-    for k, v in {"content-type": "application/json", "accept": accept,
-                 "authorization": f"Bearer {TOKEN}"}.items():
+    for k, v in {
+        "content-type": "application/json",
+        "accept": accept,
+        "authorization": f"Bearer {TOKEN}",
+    }.items():
         req.add_header(k, v)
     with urllib.request.urlopen(req, timeout=120) as r:
         return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
@@ -236,15 +261,19 @@ def test_binary_per_residue_base64_and_npy(server, offline, seqs):
     d = offline.config.d_model
     want = offline.embed(seqs[:4], per_residue=True)
     for dtype, tol in (("float32", TOL), ("float16", {"rtol": 1e-3, "atol": 1e-3})):
-        status, _, body = post(server, "/v1/embed", {"sequences": seqs[:4], "pooling": "none",
-                                                     "encoding_format": "base64", "dtype": dtype})
+        status, _, body = post(
+            server,
+            "/v1/embed",
+            {"sequences": seqs[:4], "pooling": "none", "encoding_format": "base64", "dtype": dtype},
+        )
         assert status == 200 and body["encoding_format"] == "base64", body
         for b64, w in zip(body["embeddings"], want):
             got = np.frombuffer(base64.b64decode(b64), np.dtype(dtype).newbyteorder("<"))
             assert got.size == w.size  # [length * dim], row-major
             np.testing.assert_allclose(got.reshape(-1, d).astype(np.float32), w, **tol)
-    status, headers, data = raw_post(server, {"sequences": seqs[:4], "pooling": "none"},
-                                     "application/x-npy")
+    status, headers, data = raw_post(
+        server, {"sequences": seqs[:4], "pooling": "none"}, "application/x-npy"
+    )
     assert status == 200 and headers["content-type"] == "application/x-npy"
     lengths = [int(x) for x in headers["x-embedding-lengths"].split(",")]
     assert lengths == [len(s) for s in seqs[:4]]

@@ -29,16 +29,21 @@ pytestmark = pytest.mark.timeout(900)
 # Small limits so that generated requests stay cheap on a 2-core machine, and so that the
 # schema visibly carries this config (not the defaults). 4 x 40 residues < max_score_residues:
 # the one limit JSON Schema cannot state (a sum over sequences) cannot be reached.
-LIMITS = {"max_sequences": 4, "max_length": 40, "max_new_tokens": 4, "max_variants": 2,
-          "max_beams": 2, "max_score_residues": 256}
+LIMITS = {
+    "max_sequences": 4,
+    "max_length": 40,
+    "max_new_tokens": 4,
+    "max_variants": 2,
+    "max_beams": 2,
+    "max_score_residues": 256,
+}
 EXAMPLES = 25  # schema-invalid requests per operation (each answered in milliseconds)
 VALID_EXAMPLES = 12  # schema-valid ones per operation (each runs the model)
 
 
 @pytest.fixture(scope="module")
 def server(ray_local):
-    cfg = merge(SMALL, {"checkpoint": "tiny", "limits": LIMITS,
-                        "embed": {"length_buckets": [64]}})
+    cfg = merge(SMALL, {"checkpoint": "tiny", "limits": LIMITS, "embed": {"length_buckets": [64]}})
     with serving(cfg) as url:
         assert http("GET", f"{url}/healthz")[0] == 200
         yield url
@@ -73,8 +78,13 @@ def fuzz(server, op, mode: GenerationMode, n: int, check) -> None:
     if mode is GenerationMode.POSITIVE:
         strategy = strategy.filter(_positive)
 
-    @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def run(case):
         resp = case.call(base_url=server, timeout=120)
@@ -90,7 +100,9 @@ def test_served_schema_states_the_running_limits(server):
     seqs = comps["EmbedRequest"]["properties"]["sequences"]
     assert seqs["maxItems"] == 4 and seqs["minItems"] == 1
     pattern = seqs["items"]["pattern"]
-    assert "{1,40}" in pattern and re.fullmatch(pattern, " mk\nTA ") and not re.fullmatch(pattern, "")
+    assert (
+        "{1,40}" in pattern and re.fullmatch(pattern, " mk\nTA ") and not re.fullmatch(pattern, "")
+    )
     assert not re.fullmatch(pattern, "MKJ") and not re.fullmatch(pattern, "M" * 41)
     gen = comps["GenerateRequest"]["properties"]
     assert gen["num_beams"]["maximum"] == 2 and gen["num_return_sequences"]["maximum"] == 2
@@ -128,8 +140,9 @@ def test_invalid_requests_are_4xx_naming_the_problem(server, schema):
 def test_schema_valid_requests_are_accepted(server, schema):
     def check(case, resp):
         assert resp.status_code == 200, (case.path, case.body, resp.status_code, resp.text)
-        case.validate_response(resp, checks=[not_a_server_error, status_code_conformance,
-                                             response_schema_conformance])
+        case.validate_response(
+            resp, checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+        )
 
     for op in operations(schema):
         fuzz(server, op, GenerationMode.POSITIVE, VALID_EXAMPLES, check)
@@ -145,12 +158,14 @@ def test_healthy_and_equal_to_offline_after_fuzzing(server):
     assert status == 422 and "'ß' at position 2" in body["detail"], body
     status, _, body = http("POST", f"{server}/v1/embed", raw=b'{"sequences": ["\xff"]}')
     assert status == 422 and "utf-8" in str(body["detail"]), body
-    status, _, body = http("POST", f"{server}/v1/generate", {"sequences": ["MKT"],
-                                                             "max_new_tokens": 2.0})
+    status, _, body = http(
+        "POST", f"{server}/v1/generate", {"sequences": ["MKT"], "max_new_tokens": 2.0}
+    )
     assert status == 200 and len(body["outputs"][0]) == 1, body
     seqs = proteins(4, 40)
     status, _, body = http("POST", f"{server}/v1/embed", {"sequences": seqs})
     assert status == 200, body
     want = ankh.load("tiny").embed(seqs)
-    np.testing.assert_allclose(np.asarray(body["embeddings"], np.float32), want,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(body["embeddings"], np.float32), want, rtol=1e-5, atol=1e-6
+    )

@@ -46,9 +46,16 @@ def extra_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ray_local, hf_dir, extra_models):
     # One extra model resident per replica: asking for b then c evicts b (LRU).
-    cfg = merge(SMALL, {"checkpoint": str(hf_dir), "auth": {"enabled": True},
-                        "embed": {"max_queued_requests": 2},
-                        "models": extra_models, "max_models_per_replica": 1})
+    cfg = merge(
+        SMALL,
+        {
+            "checkpoint": str(hf_dir),
+            "auth": {"enabled": True},
+            "embed": {"max_queued_requests": 2},
+            "models": extra_models,
+            "max_models_per_replica": 1,
+        },
+    )
     with serving(cfg) as url:
         yield url
 
@@ -84,7 +91,7 @@ def test_embeddings_over_http_equal_offline(server, offline):
 
 def test_lowercase_and_whitespace_are_normalised(server):
     seq = proteins(1, 60, min_len=40)[0]
-    messy = " " + "\n".join(seq[i:i + 10].lower() for i in range(0, len(seq), 10)) + "\t "
+    messy = " " + "\n".join(seq[i : i + 10].lower() for i in range(0, len(seq), 10)) + "\t "
     status, _, body = post(server, "/v1/embed", {"sequences": [seq, messy]})
     assert status == 200, body
     np.testing.assert_allclose(body["embeddings"][0], body["embeddings"][1], rtol=1e-6, atol=1e-7)
@@ -125,8 +132,11 @@ BAD_GEN = [
     ({"sequences": ["MKT"], "num_beams": 3, "do_sample": True}, 422, ["beam sampling"]),
     ({"sequences": ["MK<extra_id_0>T"], "seed": -1}, 422, ["seed"]),
     ({"sequences": ["MKT"], "top_p": 0}, 422, ["top_p"]),
-    ({"sequences": ["MKT"], "max_new_tokens": 8, "min_new_tokens": 9}, 422,
-     ["min_new_tokens", "0..max_new_tokens (8)"]),
+    (
+        {"sequences": ["MKT"], "max_new_tokens": 8, "min_new_tokens": 9},
+        422,
+        ["min_new_tokens", "0..max_new_tokens (8)"],
+    ),
     ({"sequences": ["MKT"], "min_new_tokens": -1}, 422, ["min_new_tokens"]),
 ]
 
@@ -171,15 +181,23 @@ def test_models_and_openapi(server, offline, hf_dir):
     assert m["limits"]["max_sequences"] == 16 and m["limits"]["max_length"] == 120
     status, _, schema = http("GET", f"{server}/openapi.json", token=TOKEN)
     assert status == 200
-    assert {"/v1/embed", "/v1/generate", "/v1/score", "/healthz", "/v1/models"} <= set(schema["paths"])
+    assert {"/v1/embed", "/v1/generate", "/v1/score", "/healthz", "/v1/models"} <= set(
+        schema["paths"]
+    )
     req = schema["components"]["schemas"]["EmbedRequest"]
     assert req["additionalProperties"] is False and "sequences" in req["required"]
 
 
 def test_generation_with_a_seed_is_reproducible(server):
-    body = {"sequences": ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ", "mkta yiak"], "do_sample": True,
-            "temperature": 1.0, "top_k": 20, "max_new_tokens": 12, "seed": 7,
-            "num_return_sequences": 2}
+    body = {
+        "sequences": ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ", "mkta yiak"],
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 20,
+        "max_new_tokens": 12,
+        "seed": 7,
+        "num_return_sequences": 2,
+    }
     s1, _, a = post(server, "/v1/generate", body)
     s2, _, b = post(server, "/v1/generate", body)
     assert s1 == s2 == 200, (a, b)
@@ -196,11 +214,15 @@ def test_handles_give_the_same_operations(server):
     emb = serve.get_deployment_handle("Embedder", app_name="ankh")
     got = emb.embed.remote(seqs).result()
     _, _, body = post(server, "/v1/embed", {"sequences": seqs})
-    np.testing.assert_allclose(got, np.asarray(body["embeddings"], np.float32), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, np.asarray(body["embeddings"], np.float32), rtol=1e-5, atol=1e-6
+    )
     gen = serve.get_deployment_handle("Generator", app_name="ankh")
     kw = dict(do_sample=True, top_k=20, max_new_tokens=12, seed=7, num_return_sequences=2)
     out = gen.generate.remote(["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"], **kw).result()
-    _, _, body = post(server, "/v1/generate", {"sequences": ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"], **kw})
+    _, _, body = post(
+        server, "/v1/generate", {"sequences": ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"], **kw}
+    )
     assert out == body["outputs"]
 
 
@@ -223,8 +245,9 @@ def test_over_capacity_is_503_with_retry_after_never_a_hang(server):
 
     def client():
         barrier.wait()
-        results.append(post(server, "/v1/embed", {"sequences": seqs, "pooling": "none"},
-                            timeout=300))
+        results.append(
+            post(server, "/v1/embed", {"sequences": seqs, "pooling": "none"}, timeout=300)
+        )
 
     threads = [threading.Thread(target=client) for _ in range(24)]
     for t in threads:
@@ -260,9 +283,21 @@ def test_serve_config_files_parse():
 
 def test_serve_build_on_the_app(tmp_path):
     out = tmp_path / "built.yaml"
-    proc = subprocess.run([sys.executable, "-m", "ray.serve.scripts", "build",
-                           "ankh_platform.serve.app:app", "-o", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.serve.scripts",
+            "build",
+            "ankh_platform.serve.app:app",
+            "-o",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     conf = yaml.safe_load(out.read_text())
     (app,) = conf["applications"]
@@ -323,13 +358,18 @@ def test_mux_each_model_answers_with_its_own_embeddings(server, offline_mux, hf_
         body = {"sequences": seqs} | ({"model": name} if name else {})
         status, _, out = post(server, "/v1/embed", body)
         assert status == 200 and out["model"] == (name or a), out
-        np.testing.assert_allclose(np.asarray(out["embeddings"], np.float32),
-                                   offline_mux[name or a].embed(seqs), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(out["embeddings"], np.float32),
+            offline_mux[name or a].embed(seqs),
+            rtol=1e-5,
+            atol=1e-5,
+        )
     assert np.abs(offline_mux["b"].embed(seqs) - offline_mux[a].embed(seqs)).max() > 1e-2
     assert _loaded("Embedder") == [a, "c"]  # LRU: b went when c came; the default is pinned
     # Serve's own header picks the model too; per-residue output of an extra model.
-    status, _, out = post(server, "/v1/embed", {"sequences": seqs[:2], "pooling": "none"},
-                          headers={MUX_HEADER: "c"})
+    status, _, out = post(
+        server, "/v1/embed", {"sequences": seqs[:2], "pooling": "none"}, headers={MUX_HEADER: "c"}
+    )
     assert status == 200 and out["model"] == "c", out
     for got, want in zip(out["embeddings"], offline_mux["c"].embed(seqs[:2], per_residue=True)):
         np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-5, atol=1e-5)
@@ -345,8 +385,9 @@ def test_mux_unknown_or_conflicting_model_is_4xx_and_server_keeps_serving(server
         assert "unknown model 'zz'" in got["detail"] and known in got["detail"], got
     status, _, got = post(server, "/v1/embed", {"sequences": ["MKT"]}, headers={MUX_HEADER: "zz"})
     assert status == 404 and "unknown model 'zz'" in got["detail"], got
-    status, _, got = post(server, "/v1/embed", {"sequences": ["MKT"], "model": "b"},
-                          headers={MUX_HEADER: "c"})
+    status, _, got = post(
+        server, "/v1/embed", {"sequences": ["MKT"], "model": "b"}, headers={MUX_HEADER: "c"}
+    )
     assert status == 422 and "disagree" in got["detail"], got
     status, _, got = post(server, "/v1/embed", {"sequences": ["MKTAYIAKQR"]})
     assert status == 200 and got["model"] == hf_dir.name
@@ -378,9 +419,11 @@ def test_mux_config_rejects_bad_model_names():
 
     cfg = from_dict(ServeConfig, {"checkpoint": "/x/base", "models": {"v2": "gs://b/run"}})
     assert cfg.catalog() == {"base": "/x/base", "v2": "gs://b/run"}
-    for bad, words in (({"models": {"has space": "/p"}}, "must match"),
-                       ({"checkpoint": "/x/base", "models": {"base": "/p"}}, "already the default"),
-                       ({"models": {"v2": ""}}, "expected a checkpoint path"),
-                       ({"max_models_per_replica": 0}, ">= 1")):
+    for bad, words in (
+        ({"models": {"has space": "/p"}}, "must match"),
+        ({"checkpoint": "/x/base", "models": {"base": "/p"}}, "already the default"),
+        ({"models": {"v2": ""}}, "expected a checkpoint path"),
+        ({"max_models_per_replica": 0}, ">= 1"),
+    ):
         with pytest.raises(ConfigError, match=words):
             from_dict(ServeConfig, bad)

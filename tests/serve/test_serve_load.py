@@ -51,10 +51,20 @@ def b_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(ray_local, hf_dir, b_run):
     # Local defaults (auth off); two embedding replicas so one can be killed under load.
-    cfg = merge(SMALL, {"checkpoint": str(hf_dir), "models": {"b": str(b_run)},
-                        "embed": {"num_replicas": 2, "max_ongoing_requests": 16,
-                                  "max_queued_requests": 64, "num_cpus": 0.25},
-                        "generate": {"num_cpus": 0.25}})
+    cfg = merge(
+        SMALL,
+        {
+            "checkpoint": str(hf_dir),
+            "models": {"b": str(b_run)},
+            "embed": {
+                "num_replicas": 2,
+                "max_ongoing_requests": 16,
+                "max_queued_requests": 64,
+                "num_cpus": 0.25,
+            },
+            "generate": {"num_cpus": 0.25},
+        },
+    )
     with serving(cfg) as url:
         yield url
 
@@ -100,8 +110,11 @@ def test_bounded_concurrent_load_has_no_5xx_but_intended_503(server):
 def _replicas(deployment: str) -> list[str]:
     import ray
 
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if a["name"].startswith(f"SERVE_REPLICA::ankh#{deployment}#"))
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::ankh#{deployment}#")
+    )
 
 
 def test_killed_replica_is_replaced_and_clients_see_only_transient_errors(server):
@@ -139,17 +152,27 @@ def test_generation_and_scores_over_http_equal_offline(server, hf_dir):
 
     model = ankh.load(str(hf_dir))
     prompts = ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ", "GSHMLEDPVDAFQ"]
-    kw = dict(do_sample=True, temperature=1.0, top_k=20, max_new_tokens=12, seed=11,
-              num_return_sequences=2)
+    kw = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=20,
+        max_new_tokens=12,
+        seed=11,
+        num_return_sequences=2,
+    )
     status, _, body = http("POST", f"{server}/v1/generate", {"sequences": prompts, **kw})
     assert status == 200, body
     assert body["outputs"] == model.generate(prompts, **kw)
     wt = "MKTAYIAKQRQISFVKSHFSRQ"
-    status, _, body = http("POST", f"{server}/v1/score",
-                           {"sequences": [wt], "wild_type": wt, "mutants": ["K2R", "A4G:Y5F"]})
+    status, _, body = http(
+        "POST",
+        f"{server}/v1/score",
+        {"sequences": [wt], "wild_type": wt, "mutants": ["K2R", "A4G:Y5F"]},
+    )
     assert status == 200, body
-    np.testing.assert_allclose(body["mutation_scores"],
-                               model.mutation_scores(wt, ["K2R", "A4G:Y5F"]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        body["mutation_scores"], model.mutation_scores(wt, ["K2R", "A4G:Y5F"]), rtol=1e-4, atol=1e-4
+    )
     (s,) = body["scores"]
     (want,) = model.score([wt])
     assert s["length"] == want["length"]
@@ -165,22 +188,28 @@ def test_multiplexed_generation_and_scores_use_the_requested_model(server, hf_di
     model = ankh.load(str(b_run))
     prompts = ["MKTAYIAK<extra_id_0>QISFVKSHFSRQ"]
     kw = dict(do_sample=True, top_k=20, max_new_tokens=12, seed=11)
-    status, _, body = http("POST", f"{server}/v1/generate",
-                           {"sequences": prompts, "model": "b", **kw})
+    status, _, body = http(
+        "POST", f"{server}/v1/generate", {"sequences": prompts, "model": "b", **kw}
+    )
     assert status == 200 and body["model"] == "b", body
     assert body["outputs"] == model.generate(prompts, **kw)
     gen = serve.get_deployment_handle("Generator", app_name="ankh")
     out = gen.options(multiplexed_model_id="b").generate.remote(prompts, **kw).result()
     assert out == body["outputs"]
     wt = "MKTAYIAKQRQISFVKSHFSRQ"
-    status, _, body = http("POST", f"{server}/v1/score",
-                           {"sequences": [wt], "wild_type": wt, "mutants": ["K2R"], "model": "b"})
+    status, _, body = http(
+        "POST",
+        f"{server}/v1/score",
+        {"sequences": [wt], "wild_type": wt, "mutants": ["K2R"], "model": "b"},
+    )
     assert status == 200, body
-    np.testing.assert_allclose(body["mutation_scores"], model.mutation_scores(wt, ["K2R"]),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        body["mutation_scores"], model.mutation_scores(wt, ["K2R"]), rtol=1e-4, atol=1e-4
+    )
     (want,) = model.score([wt])
-    np.testing.assert_allclose(body["scores"][0]["log_likelihood"], want["log_likelihood"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        body["scores"][0]["log_likelihood"], want["log_likelihood"], rtol=1e-4
+    )
     loaded = gen.loaded_models.remote().result()
     assert loaded == [hf_dir.name, "b"], loaded
 
@@ -189,12 +218,32 @@ def test_jobs_serve_cli_binds_loopback_and_serves(hf_dir, b_run):
     import ankh
 
     port = free_port()
-    cmd = [sys.executable, "-m", "jobs.serve", "--checkpoint", str(hf_dir), "--port", str(port),
-           "--model", f"b={b_run}", "--num-cpus", "2", "generate.enabled=false",
-           "embed.length_buckets=[64]", "embed.batch_tokens=128", "embed.num_cpus=0.5",
-           "limits.max_length=60"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.serve",
+        "--checkpoint",
+        str(hf_dir),
+        "--port",
+        str(port),
+        "--model",
+        f"b={b_run}",
+        "--num-cpus",
+        "2",
+        "generate.enabled=false",
+        "embed.length_buckets=[64]",
+        "embed.batch_tokens=128",
+        "embed.num_cpus=0.5",
+        "limits.max_length=60",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = ""
         deadline = time.time() + 600
@@ -209,11 +258,13 @@ def test_jobs_serve_cli_binds_loopback_and_serves(hf_dir, b_run):
         status, _, body = http("POST", f"{info['url']}/v1/generate", {"sequences": ["MKT"]})
         assert status == 404 and "generate.enabled" in body["detail"]
         assert info["models"] == [hf_dir.name, "b"]  # --model b=PATH: chosen per request
-        status, _, body = http("POST", f"{info['url']}/v1/embed",
-                               {"sequences": ["MKTAYIAK"], "model": "b"})
+        status, _, body = http(
+            "POST", f"{info['url']}/v1/embed", {"sequences": ["MKTAYIAK"], "model": "b"}
+        )
         assert status == 200 and body["model"] == "b", body
-        np.testing.assert_allclose(body["embeddings"], ankh.load(str(b_run)).embed(["MKTAYIAK"]),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            body["embeddings"], ankh.load(str(b_run)).embed(["MKTAYIAK"]), rtol=1e-5, atol=1e-5
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -24,15 +24,25 @@ from tests.serve.helpers import SMALL, http, merge, proteins, serving, wait_heal
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SECONDS = float(os.environ.get("ANKH_SOAK_S", "480"))
 CLIENTS = 4  # a 2-core machine: enough to keep both embed replicas and the generator busy
-INVALID = [{"sequences": []}, {"sequences": ["MKTJ"]}, {"sequences": ["M" * 500]},
-           {"sequences": ["MKT"], "pooling": "max"}, {"sequences": "MKT"}]
+INVALID = [
+    {"sequences": []},
+    {"sequences": ["MKTJ"]},
+    {"sequences": ["M" * 500]},
+    {"sequences": ["MKT"], "pooling": "max"},
+    {"sequences": "MKT"},
+]
 
 
 @pytest.fixture(scope="module")
 def server(ray_local):
-    cfg = merge(SMALL, {"checkpoint": "tiny", "embed": {"num_replicas": 2, "num_cpus": 0.25,
-                                                        "max_queued_requests": 64},
-                        "generate": {"num_cpus": 0.25}})
+    cfg = merge(
+        SMALL,
+        {
+            "checkpoint": "tiny",
+            "embed": {"num_replicas": 2, "num_cpus": 0.25, "max_queued_requests": 64},
+            "generate": {"num_cpus": 0.25},
+        },
+    )
     with serving(cfg) as url:
         wait_healthy(url)
         yield url
@@ -45,7 +55,7 @@ def _requests():
     model, seqs = ankh.load("tiny"), proteins(24, 100)
     out = []
     for k in range(8):
-        batch = seqs[k * 3:k * 3 + 1 + k % 3]
+        batch = seqs[k * 3 : k * 3 + 1 + k % 3]
         out.append(("/v1/embed", {"sequences": batch}, model.embed(batch)))
     for k in range(3):
         prompt = [seqs[k][:20] + "<extra_id_0>" + seqs[k][30:40]]
@@ -57,8 +67,9 @@ def _requests():
 
 def _check(route: str, body: dict, want) -> None:
     if route == "/v1/embed":
-        np.testing.assert_allclose(np.asarray(body["embeddings"], np.float32), want,
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(body["embeddings"], np.float32), want, rtol=1e-5, atol=1e-6
+        )
     elif route == "/v1/generate":
         assert body["outputs"] == want
     else:
@@ -69,10 +80,17 @@ def _check(route: str, body: dict, want) -> None:
 def _replica_pids(deployment: str) -> dict[str, int]:
     import ray
 
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith(f"SERVE_REPLICA::ankh#{deployment}#")]
-    return {n: ray.get(ray.get_actor(n, namespace="serve").__ray_call__.remote(
-        lambda self: os.getpid())) for n in names}
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::ankh#{deployment}#")
+    ]
+    return {
+        n: ray.get(
+            ray.get_actor(n, namespace="serve").__ray_call__.remote(lambda self: os.getpid())
+        )
+        for n in names
+    }
 
 
 def _rss(pids: dict[str, int]) -> dict[str, int]:
@@ -92,8 +110,9 @@ def test_soak_mixed_load_with_a_replica_killed(server):
         rng = random.Random(k)
         while time.time() < stop_at:
             bad = rng.random() < 0.2
-            route, body, want = ("/v1/embed", rng.choice(INVALID), None) if bad else \
-                rng.choice(reqs)
+            route, body, want = (
+                ("/v1/embed", rng.choice(INVALID), None) if bad else rng.choice(reqs)
+            )
             t0 = time.perf_counter()
             try:
                 status, headers, got = http("POST", f"{server}{route}", body, timeout=300)
@@ -127,12 +146,18 @@ def test_soak_mixed_load_with_a_replica_killed(server):
         t.join(SECONDS + 600)
     assert not any(t.is_alive() for t in threads), "a client hung"
     last = _rss(pids)  # the surviving replicas
-    report = {"seconds": SECONDS, "clients": CLIENTS,
-              "counts": {f"{r} {s}": n for (r, s), n in sorted(counts.items(), key=str)},
-              "rss_mb": {n.split("#", 1)[1]: [round(first[n] / 2**20), round(last[n] / 2**20)]
-                         for n in pids},
-              "latency_ms": {r: {f"p{q}": round(float(np.percentile(v, q)) * 1e3, 1)
-                                 for q in (50, 90, 99)} for r, v in sorted(lat.items())}}
+    report = {
+        "seconds": SECONDS,
+        "clients": CLIENTS,
+        "counts": {f"{r} {s}": n for (r, s), n in sorted(counts.items(), key=str)},
+        "rss_mb": {
+            n.split("#", 1)[1]: [round(first[n] / 2**20), round(last[n] / 2**20)] for n in pids
+        },
+        "latency_ms": {
+            r: {f"p{q}": round(float(np.percentile(v, q)) * 1e3, 1) for q in (50, 90, 99)}
+            for r, v in sorted(lat.items())
+        },
+    }
     print("SOAK " + json.dumps(report))
     assert not failures, failures[:10]
     assert all(counts[(r, 200)] > 0 for r in ("/v1/embed", "/v1/generate", "/v1/score")), counts

@@ -8,14 +8,25 @@ TRAIN = str(samples.bundled_train())
 VALID = str(samples.bundled_validation())
 
 
-def local_source(rows: int = 4, max_residues: int = 32, rank: int = 0, world: int = 1, seed: int = 0,
-                 eval_batches: int = 2):
+def local_source(
+    rows: int = 4,
+    max_residues: int = 32,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    eval_batches: int = 2,
+):
     from ankh_platform.data.pipeline import DataConfig
     from ankh_platform.train.config import SourceConfig
     from ankh_platform.train.source import make_source
 
     data = DataConfig(paths=(TRAIN,), rows=rows, max_residues=max_residues, seed=seed, prefetch=0)
-    return make_source(data, SourceConfig(kind="local", eval_paths=(VALID,), eval_batches=eval_batches), rank, world)
+    return make_source(
+        data,
+        SourceConfig(kind="local", eval_paths=(VALID,), eval_batches=eval_batches),
+        rank,
+        world,
+    )
 
 
 def real_batch(rows: int = 4, max_residues: int = 32, k: int = 0) -> dict:
@@ -25,10 +36,20 @@ def real_batch(rows: int = 4, max_residues: int = 32, k: int = 0) -> dict:
 
 def pretrain_args(tmp, name: str, *overrides: str) -> list[str]:
     """The dotted overrides of a small test run (as ``jobs.pretrain`` takes them on its argv)."""
-    base = [f"output={tmp}", f"name={name}", f"data.paths=[{TRAIN}]", f"source.eval_paths=[{VALID}]",
-            "data.rows=4", "data.max_residues=64", "log_every=1", "eval_every=0",
-            "source.eval_batches=2", "optim.warmup_steps=2", "optim.peak_lr=0.004",
-            "eval.probe=false"]  # the SS3 probe's seconds: only where tested (test_eval_in_training.py)
+    base = [
+        f"output={tmp}",
+        f"name={name}",
+        f"data.paths=[{TRAIN}]",
+        f"source.eval_paths=[{VALID}]",
+        "data.rows=4",
+        "data.max_residues=64",
+        "log_every=1",
+        "eval_every=0",
+        "source.eval_batches=2",
+        "optim.warmup_steps=2",
+        "optim.peak_lr=0.004",
+        "eval.probe=false",
+    ]  # the SS3 probe's seconds: only where tested (test_eval_in_training.py)
     if "source.kind=local" not in overrides:  # the stream packs: short rows, small windows
         base += ["data.enc_len=136", "data.window=256"]
     return base + list(overrides)

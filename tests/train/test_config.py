@@ -20,15 +20,22 @@ def test_local_source_refuses_the_streams_packing_settings(field):
     with pytest.raises(ConfigError, match=rf"data\.{field}=.*source\.kind=local"):
         load_config(PretrainConfig, None, ["source.kind=local", f"data.{field}={default + 8}"])
     # The stream honours it; the local source accepts the untouched default.
-    assert getattr(load_config(PretrainConfig, None, [f"data.{field}={default + 8}"]).data,
-                   field) == default + 8
+    assert (
+        getattr(load_config(PretrainConfig, None, [f"data.{field}={default + 8}"]).data, field)
+        == default + 8
+    )
     load_config(PretrainConfig, None, ["source.kind=local", f"data.{field}={default}"])
 
 
 @pytest.mark.timeout(120)
 def test_cli_names_the_refused_field(repo_root):
-    res = subprocess.run([sys.executable, "-m", "jobs.pretrain", "source.kind=local", "data.window=64"],
-                         cwd=repo_root, capture_output=True, text=True, timeout=100)
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.pretrain", "source.kind=local", "data.window=64"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert res.returncode == 2 and "data.window=64" in res.stderr, res.stderr[-2000:]
 
 
@@ -38,7 +45,9 @@ def test_paths_resolved_once_on_the_driver(tmp_path, monkeypatch):
     out = resolve_paths(cfg)
     assert out.output == str(tmp_path / "runs") and out.run_dir() == f"{tmp_path}/runs/ankh-tiny"
     (train,) = out.data.paths
-    assert Path(train).is_absolute() and Path(train).is_dir() and not train.startswith(str(tmp_path))
+    assert (
+        Path(train).is_absolute() and Path(train).is_dir() and not train.startswith(str(tmp_path))
+    )
     assert out.source.eval_paths == ("gs://b/valid",)
     assert resolve_paths(out) == out  # idempotent: nothing left to resolve
     # What a Ray Train worker receives and rebuilds: the same config.
@@ -60,8 +69,10 @@ def test_an_empty_mapping_override_clears_a_presets_model_overrides(repo_root):
     shaped = load_config(PretrainConfig, preset, [])
     assert shaped.model_overrides["d_model"] == 128
     # Merging: a non-empty mapping keeps the preset's other keys.
-    assert load_config(PretrainConfig, preset, ["model_overrides={d_ff: 512}"]).model_overrides == \
-        {**shaped.model_overrides, "d_ff": 512}
+    assert load_config(PretrainConfig, preset, ["model_overrides={d_ff: 512}"]).model_overrides == {
+        **shaped.model_overrides,
+        "d_ff": 512,
+    }
     # Continuing from weights: the shape comes from them, so the preset's overrides must go.
     with pytest.raises(ConfigError, match=r"model_overrides=\{\}"):
         model_shape(load_config(PretrainConfig, preset, ["model=/some/checkpoint"]))

@@ -28,8 +28,12 @@ from ankh_platform.train.job import run_local_process
 from tests.train.helpers import VALID, pretrain_args
 
 SOURCE_SEED = 7
-FAST = ["source.kind=local", "data.max_residues=32", "checkpoint.async_save=false",
-        "source.eval_batches=1"]
+FAST = [
+    "source.kind=local",
+    "data.max_residues=32",
+    "checkpoint.async_save=false",
+    "source.eval_batches=1",
+]
 
 
 def _args(tmp, name: str, model: str, *overrides: str) -> list[str]:
@@ -70,11 +74,18 @@ def test_lr0_first_checkpoint_equals_source_and_records_it(tmp_path, hf_source):
     assert all(np.array_equal(got[k], want[k]) for k in want), "weights moved at LR 0"
     meta = json.loads(open(f"{first}/meta/metadata").read())
     assert meta["step"] == 1  # counted from 0, not from anything the source carries
-    assert meta["source"] == {"ref": hf_source, "kind": "hf", "location": hf_source, "revision": None}
+    assert meta["source"] == {
+        "ref": hf_source,
+        "kind": "hf",
+        "location": hf_source,
+        "revision": None,
+    }
     assert summary["source"]["kind"] == "hf" and summary["peak_lr"] == 0.0
 
 
-def test_continued_default_lr_stays_near_source_then_resumes_from_its_own_checkpoint(tmp_path, hf_source):
+def test_continued_default_lr_stays_near_source_then_resumes_from_its_own_checkpoint(
+    tmp_path, hf_source
+):
     summary = _train(tmp_path, "cont", hf_source, "steps=4")
     assert summary["peak_lr"] == CONTINUED_PEAK_LR  # unset -> the continued default
     step4 = f"{tmp_path}/cont/checkpoints/4"
@@ -82,7 +93,9 @@ def test_continued_default_lr_stays_near_source_then_resumes_from_its_own_checkp
     src = ankh.load(hf_source).embed(seqs)
     trained = ankh.load(step4).embed(seqs)
     fresh = ankh.Ankh.random(PRESETS["tiny"], seed=0).embed(seqs)
-    assert not np.array_equal(_flat(step4)[("shared",)], _flat(hf_source)[("shared",)])  # it trained
+    assert not np.array_equal(
+        _flat(step4)[("shared",)], _flat(hf_source)[("shared",)]
+    )  # it trained
     assert _cosines(trained, src).min() > 0.9
     assert _cosines(fresh, src).max() < 0.5  # the bound separates: a random init fails it
 
@@ -92,7 +105,11 @@ def test_continued_default_lr_stays_near_source_then_resumes_from_its_own_checkp
     assert summary["step"] == 6
     events = [json.loads(line) for line in open(f"{tmp_path}/cont/metrics.jsonl")]
     assert [e["step"] for e in events if e.get("event") == "resumed"] == [4]
-    p4, p6, other = _flat(step4), _flat(f"{tmp_path}/cont/checkpoints/6"), _flat(hf_source + "-other")
+    p4, p6, other = (
+        _flat(step4),
+        _flat(f"{tmp_path}/cont/checkpoints/6"),
+        _flat(hf_source + "-other"),
+    )
     key = ("encoder", "block", 0, "SelfAttention", "k")  # weights ~0.1
     assert np.abs(p6[key] - p4[key]).max() < 0.01  # 2 small steps on from step 4
     assert np.abs(p6[key] - other[key]).max() > 0.1  # not the other source's weights
@@ -146,8 +163,10 @@ def test_peak_lr_default_by_origin_and_explicit_wins():
     assert effective_optim(set_lr, from_weights=True).peak_lr == 0.003
 
 
-@pytest.mark.parametrize("freeze, needle", [("[encodr]", "valid: encoder, decoder"),
-                                            ("[encoder,decoder]", "nothing would train")])
+@pytest.mark.parametrize(
+    "freeze, needle",
+    [("[encodr]", "valid: encoder, decoder"), ("[encoder,decoder]", "nothing would train")],
+)
 def test_bad_freeze_is_a_config_error(freeze, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(PretrainConfig, None, [f"train.freeze={freeze}"])

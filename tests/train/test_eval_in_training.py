@@ -44,12 +44,19 @@ def test_probe_separates_an_informative_feature_from_noise(probe):
     def noise(seqs):
         return [rng.standard_normal((len(s), 16)).astype(np.float32) for s in seqs]
 
-    labels = {id(s): y for s, y in zip(probe.chains.train_seqs + probe.chains.test_seqs,
-                                       probe.chains.train_labels + probe.chains.test_labels)}
+    labels = {
+        id(s): y
+        for s, y in zip(
+            probe.chains.train_seqs + probe.chains.test_seqs,
+            probe.chains.train_labels + probe.chains.test_labels,
+        )
+    }
 
     def informative(seqs):
-        return [np.concatenate([x, np.eye(3, dtype=np.float32)[labels[id(s)]]], 1)
-                for s, x in zip(seqs, noise(seqs))]
+        return [
+            np.concatenate([x, np.eye(3, dtype=np.float32)[labels[id(s)]]], 1)
+            for s, x in zip(seqs, noise(seqs))
+        ]
 
     y = np.concatenate(probe.chains.test_labels)
     majority = np.bincount(y).max() / len(y)
@@ -71,11 +78,15 @@ def test_ss8_probe_separates_an_informative_feature_from_noise(probe):
     def noise(seqs):
         return [rng.standard_normal((len(s), 16)).astype(np.float32) for s in seqs]
 
-    labels = {id(s): y for s, y in zip(probe.chains.train_seqs + probe.chains.test_seqs, train8 + test8)}
+    labels = {
+        id(s): y for s, y in zip(probe.chains.train_seqs + probe.chains.test_seqs, train8 + test8)
+    }
 
     def informative(seqs):
-        return [np.concatenate([x, np.eye(8, dtype=np.float32)[labels[id(s)]]], 1)
-                for s, x in zip(seqs, noise(seqs))]
+        return [
+            np.concatenate([x, np.eye(8, dtype=np.float32)[labels[id(s)]]], 1)
+            for s, x in zip(seqs, noise(seqs))
+        ]
 
     good = both.scores(informative)
     assert good["ss8_q8"] > 0.95 and good["ss3_q3"] > 0.95, good
@@ -94,10 +105,14 @@ def test_adding_ss8_leaves_ss3_unchanged(probe):
     from ankh_platform.train.probe import SS3Probe
 
     ss3 = load_pdb_task("ss3", TaskLimits(train=250, valid=0, test=150), root=pdb_dir())
-    for mine, theirs in ((probe.chains.train_labels, ss3.splits["train"].labels),
-                         (probe.chains.test_labels, ss3.splits["test"].labels)):
+    for mine, theirs in (
+        (probe.chains.train_labels, ss3.splits["train"].labels),
+        (probe.chains.test_labels, ss3.splits["test"].labels),
+    ):
         assert len(mine) == len(theirs)
-        assert all(a.dtype == b.dtype and a.tobytes() == b[:127].tobytes() for a, b in zip(mine, theirs))
+        assert all(
+            a.dtype == b.dtype and a.tobytes() == b[:127].tobytes() for a, b in zip(mine, theirs)
+        )
     calls = []
 
     def onehot(seqs):  # counts embedding calls: one per split, however many tasks
@@ -116,7 +131,10 @@ def test_bundled_sample_holds_the_same_probe_slice(probe):
     from ankh_platform.train.probe import load_chains
 
     bundled = load_chains(250, 150, 127, root=BUNDLED_PDB)
-    assert bundled.train_seqs == probe.chains.train_seqs and bundled.test_seqs == probe.chains.test_seqs
+    assert (
+        bundled.train_seqs == probe.chains.train_seqs
+        and bundled.test_seqs == probe.chains.test_seqs
+    )
     assert all((a == b).all() for a, b in zip(bundled.test_labels, probe.chains.test_labels))
 
 
@@ -139,11 +157,16 @@ def test_eval_residue_targets_follow_the_tokenizer():
     cfg = PRESETS["tiny"].replace(vocab_size=256, num_layers=1, num_decoder_layers=1)
     params = nnx.split(build_model(cfg, 0))[1].to_pure_dict()
     labels = np.array([[3, 20, 28, 29, 200, 1, 2, 0]], np.int32)  # id 3 is [NLU] here
-    batch = {"input_ids": np.array([[7, 8, 9, 1, 0, 0, 0, 0]], np.int32),
-             "segment_ids": np.array([[1, 1, 1, 1, 0, 0, 0, 0]], np.int32),
-             "positions": np.arange(8, dtype=np.int32)[None], "labels": labels,
-             "decoder_input_ids": np.roll(labels, 1, 1), "decoder_segment_ids": np.ones((1, 8), np.int32),
-             "decoder_positions": np.arange(8, dtype=np.int32)[None], "loss_mask": np.ones((1, 8), np.int32)}
+    batch = {
+        "input_ids": np.array([[7, 8, 9, 1, 0, 0, 0, 0]], np.int32),
+        "segment_ids": np.array([[1, 1, 1, 1, 0, 0, 0, 0]], np.int32),
+        "positions": np.arange(8, dtype=np.int32)[None],
+        "labels": labels,
+        "decoder_input_ids": np.roll(labels, 1, 1),
+        "decoder_segment_ids": np.ones((1, 8), np.int32),
+        "decoder_positions": np.arange(8, dtype=np.int32)[None],
+        "loss_mask": np.ones((1, 8), np.int32),
+    }
     graphdef = graphdef_of(cfg)
     with_table = jax.jit(lambda p, b: eval_step(graphdef, p, b, table))
     out = jax.device_get(with_table(params, batch))
@@ -157,16 +180,26 @@ def test_eval_residue_targets_follow_the_tokenizer():
 def test_console_eval_line_shows_unigram_and_q3():
     from ankh_platform.train.worker import console_lines
 
-    rec = {"step": 100, "val_loss": 1.5, "val_accuracy": 0.5, "val_residue_loss": 2.75,
-           "unigram_entropy": 2.888, "ss3_q3": 0.512}
-    assert console_lines(rec, 300) == ["eval step 100 | val_loss 1.500 | val_acc 0.500 | "
-                                       "val_residue_loss 2.750 (unigram 2.888) | ss3_q3 0.512"]
+    rec = {
+        "step": 100,
+        "val_loss": 1.5,
+        "val_accuracy": 0.5,
+        "val_residue_loss": 2.75,
+        "unigram_entropy": 2.888,
+        "ss3_q3": 0.512,
+    }
+    assert console_lines(rec, 300) == [
+        "eval step 100 | val_loss 1.500 | val_acc 0.500 | "
+        "val_residue_loss 2.750 (unigram 2.888) | ss3_q3 0.512"
+    ]
     ref = {"step": 0, "event": "reference", "unigram_entropy": 2.888, "ss3_q3_onehot": 0.48}
-    assert console_lines(ref, 300) == ["reference | unigram entropy (held-out residues) 2.888 | "
-                                       "SS3 Q3 one-hot 0.480"]
+    assert console_lines(ref, 300) == [
+        "reference | unigram entropy (held-out residues) 2.888 | SS3 Q3 one-hot 0.480"
+    ]
     assert console_lines(rec | {"ss8_q8": 0.301}, 300)[0].endswith("| ss3_q3 0.512 | ss8_q8 0.301")
     assert console_lines(ref | {"ss8_q8_onehot": 0.35}, 300)[0].endswith(
-        "SS3 Q3 one-hot 0.480 | SS8 Q8 one-hot 0.350")
+        "SS3 Q3 one-hot 0.480 | SS8 Q8 one-hot 0.350"
+    )
 
 
 def test_bad_probe_settings_are_config_errors():
@@ -201,8 +234,8 @@ def tensorboard_tags(folder: Path) -> set[str]:
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
             tags |= {v.tag for v in event.summary.value}
             pos += 12 + n + 4  # length, its crc, the record, its crc
     return tags
@@ -212,10 +245,22 @@ def test_short_run_reports_probe_unigram_curves_and_tensorboard(tmp_path, monkey
     from ankh_platform.train import curves, probe
     from ankh_platform.train.job import run_local_process
 
-    monkeypatch.setattr(probe, "pdb_dir", lambda: BUNDLED_PDB)  # the bundled slice: no shared data needed
-    cfg = pretrain_config(tmp_path, "evalrun", "eval.probe=true", "source.kind=local", "steps=4", "log_every=2",
-                          "eval_every=2", "checkpoint.every=4", "eval.probe_train_chains=40",
-                          "eval.probe_test_chains=20", "eval.probe_tasks=[ss3,ss8]")
+    monkeypatch.setattr(
+        probe, "pdb_dir", lambda: BUNDLED_PDB
+    )  # the bundled slice: no shared data needed
+    cfg = pretrain_config(
+        tmp_path,
+        "evalrun",
+        "eval.probe=true",
+        "source.kind=local",
+        "steps=4",
+        "log_every=2",
+        "eval_every=2",
+        "checkpoint.every=4",
+        "eval.probe_train_chains=40",
+        "eval.probe_test_chains=20",
+        "eval.probe_tasks=[ss3,ss8]",
+    )
     summary = run_local_process(cfg)
     run = tmp_path / "evalrun"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -226,13 +271,28 @@ def test_short_run_reports_probe_unigram_curves_and_tensorboard(tmp_path, monkey
         assert 0.0 <= r["ss8_q8"] <= 1.0, r  # eval.probe_tasks=[ss3,ss8]: both, every eval
     on_disk = json.loads((run / "summary.json").read_text())
     for s in (summary, on_disk):
-        for key in ("ss3_q3", "unigram_entropy", "ss3_q3_onehot", "ss3_q3_random_init",
-                    "ss8_q8", "ss8_q8_onehot", "ss8_q8_random_init"):
+        for key in (
+            "ss3_q3",
+            "unigram_entropy",
+            "ss3_q3_onehot",
+            "ss3_q3_random_init",
+            "ss8_q8",
+            "ss8_q8_onehot",
+            "ss8_q8_random_init",
+        ):
             assert 0.0 < s[key] < 3.2, (key, s)
     assert summary["ss3_q3"] == evals[-1]["ss3_q3"] and summary["ss8_q8"] == evals[-1]["ss8_q8"]
-    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and summary["curves"] == f"{run}/curves.png"
-    assert {"ss3_q3", "val_residue_loss", "unigram_entropy", "ss3_q3_onehot", "ss8_q8",
-            "ss8_q8_onehot"} <= tensorboard_tags(run / "tensorboard")
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and summary[
+        "curves"
+    ] == f"{run}/curves.png"
+    assert {
+        "ss3_q3",
+        "val_residue_loss",
+        "unigram_entropy",
+        "ss3_q3_onehot",
+        "ss8_q8",
+        "ss8_q8_onehot",
+    } <= tensorboard_tags(run / "tensorboard")
     err = capsys.readouterr().err
     assert "reference | unigram entropy (held-out residues) " in err and "SS3 Q3 one-hot" in err
     assert "SS8 Q8 one-hot" in err
@@ -251,10 +311,22 @@ def test_two_workers_with_sharded_params_probe_on_process_zero(tmp_path, ray_loc
     process 0 gathers them and probes, the other keeps in step; the Q3 is the one-process run's."""
     from ankh_platform.train.job import run, run_local_process
 
-    args = ("eval.probe=true", "source.kind=local", "steps=4", "log_every=2", "eval_every=2", "checkpoint.every=4",
-            "data.rows=2", "eval.probe_train_chains=80", "eval.probe_test_chains=40")
-    summary = run(pretrain_config(tmp_path, "fsdp", *args, "scale.num_workers=2", "mesh.fsdp=2",
-                                  "mesh.data=1"))
+    args = (
+        "eval.probe=true",
+        "source.kind=local",
+        "steps=4",
+        "log_every=2",
+        "eval_every=2",
+        "checkpoint.every=4",
+        "data.rows=2",
+        "eval.probe_train_chains=80",
+        "eval.probe_test_chains=40",
+    )
+    summary = run(
+        pretrain_config(
+            tmp_path, "fsdp", *args, "scale.num_workers=2", "mesh.fsdp=2", "mesh.data=1"
+        )
+    )
     reference = run_local_process(pretrain_config(tmp_path, "one", *args, "data.rows=4"))
     assert summary["step"] == 4 and 0.3 < summary["ss3_q3"] < 0.7
     assert summary["unigram_entropy"] == pytest.approx(reference["unigram_entropy"], abs=1e-6)
@@ -281,10 +353,15 @@ def test_eval_mask_prob_fixes_the_held_out_objective(kind, ray_local):
     from tests.train.helpers import TRAIN, VALID
 
     def held_out(train_p: float, eval_p: float) -> list[dict]:
-        data = DataConfig(paths=(TRAIN,), rows=4, enc_len=264, max_residues=128, mask_prob=train_p,
-                          prefetch=0)
-        src = make_source(data, SourceConfig(kind=kind, eval_paths=(VALID,), eval_batches=3,
-                                             eval_mask_prob=eval_p), 0, 1)
+        data = DataConfig(
+            paths=(TRAIN,), rows=4, enc_len=264, max_residues=128, mask_prob=train_p, prefetch=0
+        )
+        src = make_source(
+            data,
+            SourceConfig(kind=kind, eval_paths=(VALID,), eval_batches=3, eval_mask_prob=eval_p),
+            0,
+            1,
+        )
         try:
             return src.eval_batches()
         finally:

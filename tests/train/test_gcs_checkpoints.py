@@ -36,8 +36,12 @@ def gcs(gcs_bucket):
 
 
 def _meta(step: int, state: dict) -> dict:
-    return {"step": step, "rng": np.asarray(state["rng"]).tolist(), "data": [{"position": step}],
-            "model": CFG.to_hf_dict()}
+    return {
+        "step": step,
+        "rng": np.asarray(state["rng"]).tolist(),
+        "data": [{"position": step}],
+        "model": CFG.to_hf_dict(),
+    }
 
 
 def _biggest(fs, prefix: str) -> str:
@@ -85,7 +89,9 @@ def test_store_on_gcs_round_trip_and_bad_steps_fall_back(gcs, caplog):
         ankh.load(f"{root}/3")
     with caplog.at_level(logging.WARNING):
         model = ankh.load(run)
-    skipped = [r.getMessage() for r in caplog.records if "skipping bad checkpoint" in r.getMessage()]
+    skipped = [
+        r.getMessage() for r in caplog.records if "skipping bad checkpoint" in r.getMessage()
+    ]
     assert len(skipped) == 2 and f"{root}/3" in skipped[0] and f"{root}/2" in skipped[1]
     assert all(np.array_equal(v, _get(states[1], k)) for k, v in model.flat_params().items())
 
@@ -101,7 +107,9 @@ def test_store_on_gcs_round_trip_and_bad_steps_fall_back(gcs, caplog):
     assert ackpt.list_steps(root) == [1]
     moved = sorted(fs.ls(f"{run[5:]}/corrupt"))
     assert [p.rsplit("/", 1)[-1].split("-")[0] for p in moved] == ["2", "3"]
-    assert fs.exists(f"{moved[1]}/{ackpt.MANIFEST}") and fs.exists(f"{moved[1]}/params")  # kept whole
+    assert fs.exists(f"{moved[1]}/{ackpt.MANIFEST}") and fs.exists(
+        f"{moved[1]}/params"
+    )  # kept whole
     # The bad steps can be written again (Orbax's cached listing of the bucket is not stale).
     store = CheckpointStore(root, every=1, keep=3)
     store.save(2, restored, _meta(2, restored))
@@ -161,8 +169,13 @@ def test_pretrain_to_gcs_resumes_and_loads(gcs, tmp_path):
     from ankh_platform.train.job import run_local_process
 
     fs, bucket = gcs
-    args = ("source.kind=local", "checkpoint.every=2", "checkpoint.keep=5", "optim.total_steps=6",
-            "source.eval_batches=1")
+    args = (
+        "source.kind=local",
+        "checkpoint.every=2",
+        "checkpoint.keep=5",
+        "optim.total_steps=6",
+        "source.eval_batches=1",
+    )
     first = run_local_process(pretrain_config(f"{bucket}/runs", "r", "steps=4", *args))
     assert first["checkpoint_dir"] == f"{bucket}/runs/r/checkpoints/4"
     assert ackpt.list_steps(f"{bucket}/runs/r/checkpoints") == [2, 4]
@@ -187,8 +200,14 @@ def test_ray_train_run_on_gcs_falls_back_from_truncated_step(gcs, ray_local, tmp
     from ankh_platform.train.job import run, run_local_process
 
     fs, bucket = gcs
-    args = ("source.kind=local", "checkpoint.every=2", "checkpoint.keep=5", "optim.total_steps=6",
-            "source.eval_batches=1", "scale.cpus_per_worker=1")
+    args = (
+        "source.kind=local",
+        "checkpoint.every=2",
+        "checkpoint.keep=5",
+        "optim.total_steps=6",
+        "source.eval_batches=1",
+        "scale.cpus_per_worker=1",
+    )
     first = run(pretrain_config(f"{bucket}/runs", "ray", "steps=4", *args))
     assert first["checkpoint_dir"] == f"{bucket}/runs/ray/checkpoints/4"
     victim = _biggest(fs, f"{bucket[5:]}/runs/ray/checkpoints/4/params")
@@ -197,11 +216,17 @@ def test_ray_train_run_on_gcs_falls_back_from_truncated_step(gcs, ray_local, tmp
     second = run(pretrain_config(f"{bucket}/runs", "ray", "steps=6", *args))
     assert second["step"] == 6
     # (On this shared machine Ray Train may also restart a worker on its own: more "resumed".)
-    resumed = [e["step"] for e in _events(fs, second["run_dir"])[seen:] if e.get("event") == "resumed"]
+    resumed = [
+        e["step"] for e in _events(fs, second["run_dir"])[seen:] if e.get("event") == "resumed"
+    ]
     assert resumed[0] == 2
-    assert [p.rsplit("/", 1)[-1].split("-")[0] for p in fs.ls(f"{bucket[5:]}/runs/ray/corrupt")] == ["4"]
+    assert [
+        p.rsplit("/", 1)[-1].split("-")[0] for p in fs.ls(f"{bucket[5:]}/runs/ray/corrupt")
+    ] == ["4"]
     straight = run_local_process(pretrain_config(tmp_path, "straight", "steps=6", *args))
     a = ankh.load(f"{bucket}/runs/ray").flat_params()
     b = ankh.load(straight["checkpoint_dir"]).flat_params()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    assert worst < 2e-5, f"Ray Train run resumed from gs:// differs from the straight run by {worst}"
+    assert worst < 2e-5, (
+        f"Ray Train run resumed from gs:// differs from the straight run by {worst}"
+    )

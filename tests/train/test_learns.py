@@ -38,8 +38,9 @@ def packed_batches(seqs: list[str], epoch: int, spec) -> list[dict]:
     from ankh_platform.data.pipeline import make_batches
 
     objective = Objective(ObjectiveConfig(mask_prob=0.2, max_residues=64))
-    return make_batches(seqs, np.arange(len(seqs)), objective, spec, seed=0, epoch=epoch,
-                        tokenizer=AnkhTokenizer())
+    return make_batches(
+        seqs, np.arange(len(seqs)), objective, spec, seed=0, epoch=epoch, tokenizer=AnkhTokenizer()
+    )
 
 
 def test_tiny_model_learns_context():
@@ -49,8 +50,9 @@ def test_tiny_model_learns_context():
     train = [b for e in range(4) for b in packed_batches(periodic_proteins(2000, 0), e, spec)]
     held = packed_batches(periodic_proteins(200, 1), 0, spec)[:4]
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    trainer = Trainer(PRESETS["tiny"], OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=300),
-                      mesh, seed=0)
+    trainer = Trainer(
+        PRESETS["tiny"], OptimConfig(peak_lr=0.004, warmup_steps=30, total_steps=300), mesh, seed=0
+    )
     state = trainer.init_state()
 
     def residue_loss(params) -> float:

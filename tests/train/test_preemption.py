@@ -40,18 +40,28 @@ def _assert_same_params(a: str, b: str, atol: float = 0.0) -> None:
 
 def _pretrain(tmp: Path, *overrides: str) -> subprocess.Popen:
     """``python -m jobs.pretrain --in-process`` (its own process, so it can be signalled)."""
-    argv = [sys.executable, "-m", "jobs.pretrain", "--in-process", *pretrain_args(tmp, "pre", *overrides)]
+    argv = [
+        sys.executable,
+        "-m",
+        "jobs.pretrain",
+        "--in-process",
+        *pretrain_args(tmp, "pre", *overrides),
+    ]
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-4000:]
-        if metrics.exists() and any(json.loads(l).get("step", 0) >= step
-                                    for l in metrics.read_text().splitlines() if l.strip()):
+        if metrics.exists() and any(
+            json.loads(l).get("step", 0) >= step
+            for l in metrics.read_text().splitlines()
+            if l.strip()
+        ):
             return
         time.sleep(0.05)
     raise AssertionError(f"no step {step} within {timeout} s")
@@ -115,9 +125,19 @@ def test_sigterm_to_a_ray_train_worker_saves_and_run_recovers(tmp_path, ray_loca
 
     steps = ("source.kind=local", "steps=12", "checkpoint.every=100")
     reference = run_local_process(pretrain_config(tmp_path, "ref", *steps))
-    summary = run(pretrain_config(tmp_path, "ray", *steps, "scale.num_workers=2", "data.rows=2",
-                                  "fault.kill_at_step=4", "fault.rank=1", "fault.signal=SIGTERM",
-                                  "max_failures=1"))
+    summary = run(
+        pretrain_config(
+            tmp_path,
+            "ray",
+            *steps,
+            "scale.num_workers=2",
+            "data.rows=2",
+            "fault.kill_at_step=4",
+            "fault.rank=1",
+            "fault.signal=SIGTERM",
+            "max_failures=1",
+        )
+    )
     run_dir = Path(summary["run_dir"])
     assert (run_dir / "fault-injected-4").exists()
     stops = [e for e in _events(run_dir) if e.get("event") == "preempted"]

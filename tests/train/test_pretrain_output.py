@@ -17,14 +17,22 @@ import pytest
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 SHORT = ["steps=20", "log_every=10", "eval_every=20", "checkpoint.every=20"]
-STEP_LINE = re.compile(r"step (10|20)/20 \| loss \d+\.\d{3} \| acc \d\.\d{3} \| [\d,]+ tok/s \| ETA \w+")
+STEP_LINE = re.compile(
+    r"step (10|20)/20 \| loss \d+\.\d{3} \| acc \d\.\d{3} \| [\d,]+ tok/s \| ETA \w+"
+)
 FRAMEWORK = ("Reporting training result", "CheckpointManager", "(TrainController pid=")
 
 
 def _pretrain(out: Path, *args: str) -> subprocess.CompletedProcess:
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
-    res = subprocess.run([sys.executable, "-m", "jobs.pretrain", "--output", str(out), *args, *SHORT],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=800)
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.pretrain", "--output", str(out), *args, *SHORT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=800,
+    )
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     return res
 
