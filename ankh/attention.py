@@ -31,14 +31,14 @@ from ankh import accelerator
 NEG_INF = -1e9  # additive mask; exp() underflows to exactly 0 like HF's finfo.min
 
 DENSE_MAX_KEYS_CPU = 384  # above this many keys the blocked path is faster on CPU
-# ... and above this many bytes of float32 scores [b, h, q, k]. Measured on a 2-core Zen 4
-# (32 MiB L3; d512x8 encoder, tokens/s dense vs blocked): 16 x 256 (33.5 MB) 2,561 vs 2,490 and
-# 21 x 192 (24.8 MB) 2,736 vs 2,603, but 12 x 320 (39.3 MB) 2,100 vs 2,453 and 10 x 384 (47 MB)
-# 1,937-2,117 vs 2,452-2,474: the 4,096-token batches of the 320 and 384 rungs go blocked.
+# ... and above this many bytes of float32 scores [b, h, q, k]: scores that outgrow the CPU's
+# cache run faster one query tile at a time, so the 4,096-token batches of the 320 and 384 rungs
+# go blocked. Measured by `python -m jobs.benchmark embed --preset d512x8 --batch 10 --length 384
+# --reference none` against `--batch 16 --length 256` (docs/benchmarks.md).
 DENSE_MAX_BYTES_CPU = 36 << 20
 TILE_BYTES_CPU = (
     16 << 20
-)  # float32 scores of one query tile on CPU (L3-sized; measured best of 2-32 MiB)
+)  # one tile's float32 scores on CPU: L3-sized (`jobs.benchmark embed --batch 1 --length 4000`)
 DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
 TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
 

@@ -25,10 +25,9 @@ import numpy as np
 
 # Token slots per model call, the default of every entry point (offline embed and scoring,
 # Serve, evaluation, the batch-embedding job). Not more: XLA:CPU's matmuls lose speed once one
-# operand or the output outgrows the L3 cache -- measured on a 2-core Zen 4 (32 MiB L3),
-# float32 [M, 512] @ [512, 2048]: 213 GFLOP/s at M = 2048, 163 at 4096, 153 at 8192 -- and
-# the batch-embedding job on 600 real proteins (d512x8) took 121 s of model time at 8192,
-# 99-110 s at 2048-4096. On a GPU/TPU a larger budget may pay (``batch_tokens=``; unmeasured).
+# operand or the output outgrows the L3 cache, so more rows per call take longer per token;
+# compare `python -m jobs.benchmark fasta --hf b1` with the same plus `batch_tokens=8192`
+# (docs/benchmarks.md). On a GPU/TPU a larger budget may pay (``batch_tokens=``; unmeasured).
 DEFAULT_BATCH_TOKENS = 4096
 # Serve compiles every (rung x row count) at replica start: its ladder starts higher than the
 # offline one (16), so short requests share a shape and start-up stays short.

@@ -21,10 +21,10 @@ sides load weights from disk as a real run does):
 
 Targets: ``ratio_job_vs_raw`` (end to end, real tokens on both sides) >= 0.85 and the job's
 ``padding_waste`` <= 0.05. Start-up and tail (replica process, imports, load, compile; last
-writes and merges: ~20 s on 2 CPU cores) are a fixed cost that a database run amortises over
-hours; at the default size (1,000 proteins, ~0.37M tokens, ~4 min of model time on 2 cores) they
-are still ~7% of the job's wall time, reported separately (``job_startup_s``, ``job_tail_s``);
-``--sequences`` scales the run.
+writes and merges) are a fixed cost that a database run amortises over hours; at the default
+size (1,000 proteins, ~0.37M tokens) they are still several percent of the job's wall time,
+reported separately (``job_startup_s``, ``job_tail_s``); ``--sequences`` scales the run. The
+measured figures, with this command, are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -42,9 +42,8 @@ class EmbedJobConfig:
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call
     min_row_tokens: int = 128  # shortest row of the doubling ladder
     # Row lengths per doubling: 1 (128, 256, 512, ...: least padding) or 2 (128, 192, 256, 384,
-    # ...: proteins share shorter rows, so less attention across proteins; measured on 600 real
-    # proteins, d512x8, 2 CPU cores, 8,192 slots a call: model time -9 %, padding 3.8 -> 7.7 %,
-    # 7 compiles not 4)
+    # ...: proteins share shorter rows, so less attention across proteins, for more padding and
+    # 7 compiles not 4; `python -m jobs.benchmark fasta row_steps_per_octave=2` measures it)
     row_steps_per_octave: int = 1
     max_segments: int = 64  # sequences packed in one row at most
     group_rows: int = 4096  # sequences sorted and packed together (bigger: less padding)

@@ -98,8 +98,9 @@ def test_counts_from_parameter_shapes():
 
 
 def test_base_encoder_per_token_from_its_weights():
-    # The README's "0.94 GFLOP per token" of the base encoder at length 256: every encoder weight
-    # matrix (shapes of the real preset, not allocated) once per token, plus attention.
+    # The base encoder's useful FLOPs per token at length 256 (what its fraction of peak in
+    # docs/benchmarks.md counts): every encoder weight matrix (shapes of the real preset, not
+    # allocated) once per token, plus attention.
     cfg = get_preset("base")
     shapes = jax.eval_shape(lambda: nnx.state(AnkhModel(cfg, nnx.Rngs(0)), nnx.Param))
     weights = sum(
