@@ -1,4 +1,4 @@
-"""Arithmetic of the benchmark helpers (the figures in the README are computed by these)."""
+"""Arithmetic of the benchmark helpers (the figures in docs/benchmarks.md are computed by these)."""
 
 import json
 
