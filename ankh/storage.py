@@ -77,6 +77,17 @@ def open_sequential(fs: fsspec.AbstractFileSystem, path: str, mode: str = "rb"):
     return fs.open(path, mode, block_size=2**23, cache_type="readahead")
 
 
+def open_file(path: str, mode: str = "rb", **kwargs: Any):
+    """Open a local path or URL (``fs.open`` of ``filesystem(path)``, so gs:// goes to the
+    emulator when one is configured); a writing mode first creates the parent directory, as
+    ``fsspec.open`` does. A file others read whole (a summary, a figure) is published with
+    ``atomic_write`` instead; this is for reads and for appending to a log."""
+    fs, p = filesystem(path)
+    if "r" not in mode:
+        fs.makedirs(fs._parent(p), exist_ok=True)
+    return fs.open(p, mode, **kwargs)
+
+
 # ---- the GCS emulator environment --------------------------------------------------------------
 def emulator_url() -> str | None:
     """``$STORAGE_EMULATOR_HOST`` as a URL with a scheme, or None (real GCS)."""

@@ -12,13 +12,12 @@ of the linear probe with the one-hot and random-init baselines; and, when the ru
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
 from typing import Any
 
-import fsspec
+from ankh import storage
 
 log = logging.getLogger(__name__)
 REFERENCE_KEYS = (
@@ -37,7 +36,7 @@ PROBE_PANELS = (
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
     """The records of ``<run_dir>/metrics.jsonl`` (local or any fsspec URL)."""
-    with fsspec.open(f"{run_dir}/metrics.jsonl", "r") as fh:
+    with storage.open_file(f"{run_dir}/metrics.jsonl", "r") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
@@ -100,12 +99,10 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    with fsspec.open(path, "wb") as fh:
-        fh.write(buf.getvalue())
-    return path
+    try:  # published whole: a reader (or a re-plot of a live run) never sees half a PNG
+        return storage.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

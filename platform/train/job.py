@@ -91,10 +91,7 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
         result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training run {cfg.name} failed: {result.error}") from result.error
-    summary_path = f"{cfg.run_dir()}/summary.json"
-    import fsspec
-
-    with fsspec.open(summary_path) as fh:
+    with storage.open_file(f"{cfg.run_dir()}/summary.json", "r") as fh:
         summary = json.load(fh)
     return summary | {"metrics": dict(result.metrics or {})}
 

@@ -4,7 +4,8 @@
 Ray Train does it; on CPU the loop does, with the coordinator address broadcast from rank 0),
 then ``Run.fit``: build the ``data x fsdp x tensor`` mesh, restore the newest good checkpoint
 (or initialise), then step: host batch -> global array -> jitted step. Metrics go to
-``ray.train.report`` and ``<run>/metrics.jsonl`` (+ TensorBoard when available).
+``ray.train.report`` and, through ``records``, to ``<run>/metrics.jsonl`` (+ TensorBoard when
+available), the console, and at the end ``summary.json`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import fsspec
 import jax
 import numpy as np
 
@@ -33,15 +33,14 @@ from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption
 from ankh_platform.train.checkpoints import CheckpointStore
 from ankh_platform.train.config import (
-    PROBE_METRICS,
     PretrainConfig,
     ScaleConfig,
     effective_optim,
     eval_masking_note,
     model_shape,
 )
-from ankh_platform.train.curves import plot, read_metrics
 from ankh_platform.train.probe import RunProbe, residue_unigram
+from ankh_platform.train.records import MetricsWriter, console_lines, write_curves, write_summary
 from ankh_platform.train.source import make_source
 
 log = logging.getLogger(__name__)
@@ -114,81 +113,6 @@ def gather_json(obj: Any, size: int = 4096) -> list[Any]:
     buf[: len(raw)] = np.frombuffer(raw, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf))  # [processes, size]
     return [json.loads(bytes(r).rstrip(b"\0")) for r in rows]
-
-
-def console_lines(rec: dict[str, Any], total: int) -> list[str]:
-    """The people-facing lines of one metrics record (the run log has the full record):
-    ``step 120/300 | loss 2.810 | acc 0.140 | 1,930 tok/s | ETA 1m12s``, then eval results."""
-    out = []
-    step = rec.get("step", 0)
-    if "loss" in rec:
-        eta = rec["step_time_s"] * max(total - step, 0)
-        out.append(
-            f"step {step}/{total} | loss {rec['loss']:.3f} | acc {rec['accuracy']:.3f} | "
-            f"{rec['tokens_per_s']:,.0f} tok/s | ETA {progress.format_duration(eta)}"
-        )
-    if "val_loss" in rec:
-        kind = "final" if rec.get("event") == "final" else "eval"
-        unigram = f" (unigram {rec['unigram_entropy']:.3f})" if "unigram_entropy" in rec else ""
-        probes = "".join(f" | {m} {rec[m]:.3f}" for m in PROBE_METRICS.values() if m in rec)
-        out.append(
-            f"{kind} step {step} | val_loss {rec['val_loss']:.3f} | val_acc "
-            f"{rec['val_accuracy']:.3f} | val_residue_loss {rec['val_residue_loss']:.3f}"
-            f"{unigram}{probes}"
-        )
-    if rec.get("event") == "reference":
-        parts = [
-            f"{name} {rec[k]:.3f}"
-            for k, name in (
-                ("unigram_entropy", "unigram entropy (held-out residues)"),
-                ("ss3_q3_onehot", "SS3 Q3 one-hot"),
-                ("ss3_q3_random_init", "random init"),
-                ("ss8_q8_onehot", "SS8 Q8 one-hot"),
-                ("ss8_q8_random_init", "SS8 random init"),
-            )
-            if k in rec
-        ]
-        out.append("reference | " + " | ".join(parts))
-    return out
-
-
-class MetricsWriter:
-    """JSONL (and TensorBoard, when tensorboardX is installed and the run dir is local)."""
-
-    def __init__(self, run_dir: str, enabled: bool):
-        self.enabled = enabled
-        self.path = f"{run_dir}/metrics.jsonl"
-        self.lines: list[str] = []
-        self.tb = None
-        if enabled:
-            fs, root = storage.filesystem(run_dir)
-            fs.makedirs(root, exist_ok=True)
-            self.local = storage.is_local(fs)
-            if fs.exists(f"{root}/metrics.jsonl") and not self.local:
-                self.lines = fs.cat(f"{root}/metrics.jsonl").decode().splitlines(keepends=True)
-            try:
-                from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(f"{run_dir}/tensorboard") if self.local else None
-            except ImportError:
-                self.tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        line = json.dumps(record) + "\n"
-        if self.local:
-            with open(self.path, "a") as fh:
-                fh.write(line)
-        else:  # object stores cannot append: rewrite the (small) file
-            self.lines.append(line)
-            with fsspec.open(self.path, "w") as fh:
-                fh.writelines(self.lines)
-        if self.tb is not None and "step" in record:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
-            self.tb.flush()
 
 
 class Run:
@@ -402,20 +326,10 @@ class Run:
             **final,
         }
         if self.primary and cfg.eval.curves and self.writer.enabled:
-            summary["curves"] = self._curves()
+            summary["curves"] = write_curves(self.run_dir, self.cfg.name)
         if self.primary:
-            with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
-                json.dump(summary, fh)
+            write_summary(self.run_dir, summary)
         return summary
-
-    def _curves(self) -> str | None:
-        """``<run>/curves.png`` from the run's metrics file; a plotting failure only warns."""
-        path = f"{self.run_dir}/curves.png"
-        try:
-            return plot(read_metrics(self.run_dir), path, title=self.cfg.name)
-        except Exception as e:
-            log.warning("could not write %s: %s", path, e)
-            return None
 
     def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -442,8 +356,7 @@ class Run:
             "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None,
         }
         if self.primary:
-            with fsspec.open(f"{self.run_dir}/summary.json", "w") as fh:
-                json.dump(summary, fh)
+            write_summary(self.run_dir, summary)
         if self.report is not None:  # Ray Train: a failed attempt, restarted per FailureConfig
             raise preemption.Preempted(
                 f"SIGTERM at step {step}: checkpoint {'written' if ok else 'NOT written'} in "

@@ -1,4 +1,5 @@
-"""``ankh.storage`` (atomic writes, the GCS emulator environment) and the one data-dir lookup."""
+"""``ankh.storage`` (atomic writes, opening local and gs:// files, the GCS emulator environment)
+and the one data-dir lookup."""
 
 from __future__ import annotations
 
@@ -63,6 +64,29 @@ def test_atomic_write_gcs_publishes_whole_or_nothing(gcs_bucket):
         storage.atomic_write(url, _half_then_fail)
     assert fs.cat_file(f"{root}/a/out.parquet") == payload
     assert fs.find(root) == [f"{root}/a/out.parquet"]
+
+
+# ---- open_file -----------------------------------------------------------------------------------
+def test_open_file_reads_appends_and_makes_the_parent(tmp_path):
+    log = tmp_path / "new" / "dir" / "log.jsonl"
+    for line in ("a\n", "b\n"):
+        with storage.open_file(str(log), "a") as fh:  # the parent is created, then appended to
+            fh.write(line)
+    assert log.read_text() == "a\nb\n"
+    with storage.open_file(str(log), "r") as fh:
+        assert fh.read() == "a\nb\n"
+    with pytest.raises(FileNotFoundError):
+        storage.open_file(str(tmp_path / "missing.json"), "r")
+
+
+def test_open_file_on_gcs(gcs_bucket):
+    url = f"{gcs_bucket}/x/notes.txt"
+    with storage.open_file(url, "w") as fh:
+        fh.write("hello")
+    with storage.open_file(url, "rb") as fh:
+        assert fh.read() == b"hello"
+    fs, root = storage.filesystem(gcs_bucket)
+    assert fs.find(root) == [f"{root}/x/notes.txt"]
 
 
 # ---- the emulator environment ------------------------------------------------------------------

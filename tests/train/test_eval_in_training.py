@@ -178,7 +178,7 @@ def test_eval_residue_targets_follow_the_tokenizer():
 
 
 def test_console_eval_line_shows_unigram_and_q3():
-    from ankh_platform.train.worker import console_lines
+    from ankh_platform.train.records import console_lines
 
     rec = {
         "step": 100,
