@@ -15,7 +15,7 @@ from flax import nnx
 from ankh import batching, convert
 from ankh.accelerator import compute_dtype
 from ankh.config import AnkhConfig
-from ankh.encoder import encoder_depth, jit_encoder
+from ankh.embedding import encoder_depth, jit_encoder
 from ankh.generate import GenerationMixin
 from ankh.model import AnkhModel
 from ankh.resolve import resolve, tokenizer_for

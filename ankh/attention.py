@@ -14,8 +14,10 @@ the relative-position bias per clipped offset), never per pair; ``prepare`` then
 - a fused kernel: ``jax.nn.dot_product_attention`` (cuDNN on GPU for bfloat16) with the bias
   built once per stack in the compute dtype.
 
-Packed rows never attend across segments (the mask is part of every tile). Shapes: b=batch,
-q/k=query/key length, h=heads, d=d_kv, t=query tile, P=1 or b (positions shared or per row).
+Packed rows never attend across segments (the mask is part of every tile). Every attention
+mask in ``ankh`` -- segments, causal, padding, a decode step's cache positions -- is built by
+``additive_mask`` with the one ``NEG_INF``. Shapes: b=batch, q/k=query/key length, h=heads,
+d=d_kv, t=query tile, P=1 or b (positions shared or per row).
 """
 
 from __future__ import annotations
@@ -41,6 +43,36 @@ TILE_BYTES_CPU = (
 )  # one tile's float32 scores on CPU: L3-sized (`jobs.benchmark embed --batch 1 --length 4000`)
 DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
 TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
+
+
+def additive_mask(
+    k_seg: jax.Array | None,
+    q_seg: jax.Array | None = None,
+    q_idx: jax.Array | None = None,
+    k_len: int | None = None,
+) -> jax.Array:
+    """The attention mask, float32 ``[b|1, 1, q|1, k]``: 0 where a query may attend a key,
+    ``NEG_INF`` where not. Each argument adds one rule:
+
+    - ``k_seg [b, k]``: padding -- keys of segment 0 are never attended (a 1/0 attention mask
+      is a valid ``k_seg``);
+    - ``q_seg [b, q]`` (with ``k_seg``): segments -- a query attends keys of its own segment;
+    - ``q_idx [q]`` or a scalar: causal -- keys are indexed ``0..k-1`` (``k_len`` of them when
+      ``k_seg`` is None) and a query at index ``i`` attends those at ``<= i`` (a decode step
+      passes its cache position).
+    """
+    if k_seg is None and q_idx is None:
+        raise ValueError("a mask needs key segments (k_seg) or query indices (q_idx)")
+    ok = None
+    if k_seg is not None:
+        ok = (k_seg > 0)[:, None, :]  # [b, 1, k]
+        if q_seg is not None:
+            ok = (q_seg[:, :, None] == k_seg[:, None, :]) & ok  # [b, q, k]
+    if q_idx is not None:
+        k_idx = jnp.arange(k_seg.shape[1] if k_seg is not None else k_len)
+        causal = k_idx[None, None, :] <= jnp.reshape(q_idx, (-1,))[None, :, None]  # [1, q, k]
+        ok = causal if ok is None else ok & causal
+    return jnp.where(ok, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
 @jax.tree_util.register_dataclass
@@ -70,11 +102,7 @@ class TokenBias:
 
     def mask(self, q_seg: jax.Array, q_idx: jax.Array) -> jax.Array:
         """Additive mask [b, 1, t, k] of the queries ``q_seg [b, t]`` at indices ``q_idx [t]``."""
-        ok = (q_seg[:, :, None] == self.k_seg[:, None, :]) & (self.k_seg[:, None, :] > 0)
-        if self.causal:
-            k_idx = jnp.arange(self.k_seg.shape[1])
-            ok = ok & (k_idx[None, None, :] <= q_idx[None, :, None])
-        return jnp.where(ok, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+        return additive_mask(self.k_seg, q_seg, q_idx if self.causal else None)
 
     def relative(self, q_pos: jax.Array) -> jax.Array:
         """Relative-position bias [P, h, t, k] of the queries at positions ``q_pos [P, t]``."""

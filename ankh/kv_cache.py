@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ankh.layers import NEG_INF
+from ankh.attention import additive_mask
 from ankh.model import AnkhModel
 
 Cache = dict[str, Any]
@@ -71,7 +71,7 @@ def init_cache(
         "ck": ck,
         "cv": cv,
         # Decoder queries attend every real encoder token.
-        "cross_bias": jnp.where(enc_mask > 0, 0.0, NEG_INF).astype(jnp.float32)[:, None, None, :],
+        "cross_bias": additive_mask(enc_mask),  # [g, 1, 1, k]
     }
     if beams:  # every beam starts on its own slot
         cache["src"] = jnp.broadcast_to(
@@ -180,7 +180,7 @@ def decode_step(
     k_pos = jnp.arange(max_len, dtype=jnp.int32)[None]  # [1, t]
     q_pos = jnp.reshape(t, (1, 1)).astype(jnp.int32)  # [1, 1]
     self_bias = dec.relative_attention_bias(q_pos, k_pos)  # [1, h, 1, t]
-    self_bias = self_bias + jnp.where(k_pos <= t, 0.0, NEG_INF)[:, None, None, :]
+    self_bias = self_bias + additive_mask(None, q_idx=t, k_len=max_len)  # keys at <= t
     if beams:  # beam j wrote slot j at position t
         n = cache["src"].shape[1]
         src = jax.lax.dynamic_update_slice_in_dim(

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ankh.attention import NEG_INF, TokenBias, attend  # noqa: F401  (NEG_INF: decoding's masks)
+from ankh.attention import TokenBias, attend
 from ankh.config import AnkhConfig
 
 

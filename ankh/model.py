@@ -14,21 +14,11 @@ from flax import nnx
 
 from ankh.attention import TokenBias, prepare
 from ankh.config import AnkhConfig
-from ankh.layers import NEG_INF, Attention, GatedFFN, RelativeBias, RMSNorm, param
+from ankh.layers import Attention, GatedFFN, RelativeBias, RMSNorm, param
 
 
 def default_positions(segment_ids: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(segment_ids.shape[-1], dtype=jnp.int32), segment_ids.shape)
-
-
-def attention_bias(q_seg: jax.Array, k_seg: jax.Array, causal: bool = False) -> jax.Array:
-    """Additive mask [b, 1, q, k]: 0 where a query may attend a key, NEG_INF elsewhere
-    (decode steps; whole sequences describe it per token, ``ankh.attention.TokenBias``)."""
-    ok = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] > 0)  # [b, q, k]
-    if causal:
-        q_idx = jnp.arange(q_seg.shape[1])[:, None]
-        ok = ok & (jnp.arange(k_seg.shape[1])[None, :] <= q_idx)[None]
-    return jnp.where(ok, 0.0, NEG_INF).astype(jnp.float32)[:, None]
 
 
 class EncoderBlock(nnx.Module):

@@ -18,6 +18,9 @@ residues it hid::
     residues  A B C D E F G          input   A <x0> E F <x1> </s>
     masked      ^ ^ ^       ^        target  <x0> B C D <x1> G </s>
 
+A run is ``(start, length)`` (``random_runs``, ``mask_runs``); ``ankh.infill``'s spans are
+``(start, end)``, a different pair, hence the different word.
+
 Randomness is a pure function of ``(seed, epoch, example_id)``: the same example gets the same
 crop and mask wherever and whenever it is processed (any worker, after any resume), and a
 different crop and mask in the next epoch.
@@ -116,20 +119,20 @@ class Objective:
         if n == 0:
             raise ValueError("cannot mask an empty sequence")
         if self.cfg.mean_span > 1.0:
-            return self.mask_spans(
-                residues, random_spans(n, self.cfg.num_masked(n), self.cfg.num_spans(n), rng)
+            return self.mask_runs(
+                residues, random_runs(n, self.cfg.num_masked(n), self.cfg.num_spans(n), rng)
             )
         pos = np.sort(rng.choice(n, size=self.cfg.num_masked(n), replace=False))  # [k], in order
         return self.mask_at(residues, pos)
 
-    def mask_spans(self, residues: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mask the given sorted, disjoint, non-adjacent runs (``spans`` int [s, 2]: start,
+    def mask_runs(self, residues: np.ndarray, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask the given sorted, disjoint, non-adjacent runs (``runs`` int [s, 2]: start,
         length): each run becomes one sentinel, in order."""
         residues = np.asarray(residues, np.int32)
-        if len(spans) > len(self.sentinels):
-            raise ValueError(f"{len(spans)} masked runs but only {len(self.sentinels)} sentinels")
+        if len(runs) > len(self.sentinels):
+            raise ValueError(f"{len(runs)} masked runs but only {len(self.sentinels)} sentinels")
         enc, tgt, prev = [], [], 0
-        for j, (start, length) in enumerate(spans):
+        for j, (start, length) in enumerate(runs):
             enc += [residues[prev:start], self.sentinels[j : j + 1]]
             tgt += [self.sentinels[j : j + 1], residues[start : start + length]]
             prev = start + length
@@ -189,7 +192,7 @@ class Objective:
         return np.asarray(out, np.int32)
 
 
-def random_spans(n: int, k: int, s: int, rng: np.random.Generator) -> np.ndarray:
+def random_runs(n: int, k: int, s: int, rng: np.random.Generator) -> np.ndarray:
     """``s`` runs covering ``k`` of ``n`` positions, int [s, 2] (start, length), sorted, with at
     least one unmasked residue between runs: the masked count is cut into ``s`` positive parts,
     the unmasked one into ``s + 1`` gaps (inner gaps >= 1), both uniformly at random."""

@@ -14,18 +14,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BATCH_KEYS = (
-    "input_ids",
-    "segment_ids",
-    "positions",
-    "decoder_input_ids",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "labels",
-    "loss_mask",
-    "example_ids",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class PackSpec:

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ankh.attention import NEG_INF, additive_mask
+
 HeadKind = Literal["linear", "mlp", "convbert"]
-NEG_INF = -1e9
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -108,7 +109,8 @@ class ConvBertLayer(nnx.Module):
             t.reshape(b, l, self.heads, self.head_dim) for t in (q, self.key(x), self.value(x))
         )
         scores = jnp.einsum("bqhd,bkhd->bhqk", qh, kh) / jnp.sqrt(float(self.head_dim))
-        scores = scores + jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF)
+        # In the scores' dtype, as a weakly typed mask would be added: no float32 promotion.
+        scores = scores + additive_mask(mask).astype(scores.dtype)
         probs = self.attn_drop(jax.nn.softmax(scores, axis=-1))  # [b, h, q, k]
         ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, vh)  # [b, l, h, d]
         conv = self._dynamic_conv(x, q, m)  # [b, l, h, d]

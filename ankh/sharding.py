@@ -89,17 +89,6 @@ def _axes_of(var: nnx.Variable) -> tuple[str | None, ...]:
     return tuple(axes) if axes else (None,) * len(var.shape)
 
 
-def param_specs(state: nnx.State) -> dict:
-    """Pure-dict tree of PartitionSpecs (rule table, no mesh) for an NNX param state."""
-    return nnx.State(
-        jax.tree.map(
-            lambda v: logical_to_spec(_axes_of(v)),
-            state,
-            is_leaf=lambda x: isinstance(x, nnx.Variable),
-        )
-    ).to_pure_dict()
-
-
 def param_shardings(state: nnx.State, mesh: Mesh) -> dict:
     """Pure-dict tree of NamedShardings for an NNX param state (abstract or concrete)."""
 

@@ -2,7 +2,7 @@
 
 ``pack_udf`` turns a group of input rows into fixed-shape model batches (``embed.pack``);
 ``EmbedReplica`` is one replica: it loads the checkpoint from its path, compiles every batch
-shape of the encoder program (``ankh.encoder.encode_pool`` on packed rows) ahead of time (no
+shape of the encoder program (``ankh.embedding.encode_pool`` on packed rows) ahead of time (no
 warm-up batches executed), and returns per-piece pooled sums (and per-residue states) plus the
 counters the driver's summary reports (where the time went).
 """
@@ -80,7 +80,7 @@ class EmbedReplica:
         import jax.numpy as jnp
 
         import ankh
-        from ankh.encoder import encoder_depth, jit_encoder
+        from ankh.embedding import encoder_depth, jit_encoder
 
         t0 = time.perf_counter()
         self.model = ankh.load(checkpoint, dtype=compute_dtype)  # from the path: nothing pickled

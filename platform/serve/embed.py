@@ -4,7 +4,7 @@ Every request is split into sequences; ``@serve.batch`` gathers sequences from c
 requests, groups them by (variant, layer), packs them longest-first into batches of shape
 ``[rows, length]`` (``ankh.batching.BatchPlan``, the offline API's policy) -- all compiled and
 run once in ``__init__``, so no request pays a compile. The encoder program is the offline
-API's (``ankh.encoder.encode_pool``), so a served embedding equals ``Ankh.embed`` up to float32
+API's (``ankh.embedding.encode_pool``), so a served embedding equals ``Ankh.embed`` up to float32
 rounding of the batch shape (~1e-7). Several checkpoints per replica (``ServeConfig.models``):
 ``serve.models.ModelSet``; each one is warmed up the same way before it serves its first
 request, reusing the compiled shapes of any loaded checkpoint of the same architecture.
@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve import metrics
 
 from ankh.batching import SERVE_MIN_LENGTH, BatchPlan, pad_rows, sequence_ladder
-from ankh.encoder import encoder_depth, jit_encoder
+from ankh.embedding import encoder_depth, jit_encoder
 from ankh_platform.core.config import from_dict
 from ankh_platform.serve.models import ModelSet
 from ankh_platform.serve.schema import EmbedOptions, LimitError
@@ -37,7 +37,7 @@ _ENCODERS_LOCK = threading.Lock()
 
 
 def shared_encoder_fn(model: Any, per_residue: bool, num_layers: int | None):
-    """The offline API's encoder program (``ankh.encoder``: same function, same numbers),
+    """The offline API's encoder program (``ankh.embedding``: same function, same numbers),
     jitted once per architecture (equal ``graphdef``). The params are an argument, so a second
     checkpoint of the same shape (a fine-tune, another seed) reuses the compiled shapes instead
     of compiling them again."""

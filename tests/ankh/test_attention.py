@@ -204,3 +204,19 @@ def test_compute_dtype_default_follows_backend():
     assert accelerator.compute_dtype("bfloat16") == jnp.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         accelerator.compute_dtype("float16")
+
+
+def test_additive_mask_rules():
+    """The one mask builder: padding, segments, causal by index, a decode step's position."""
+    neg = attention.NEG_INF
+    k_seg = jnp.array([[1, 1, 2, 0]])
+    pad = attention.additive_mask(k_seg)  # [1, 1, 1, 4]: every query sees the real keys
+    assert pad.shape == (1, 1, 1, 4) and pad.dtype == jnp.float32
+    assert pad[0, 0, 0].tolist() == [0, 0, 0, neg]
+    both = attention.additive_mask(k_seg, k_seg, jnp.arange(4))[0, 0]  # [4, 4]
+    want = [[0, neg, neg, neg], [0, 0, neg, neg], [neg, neg, 0, neg], [neg] * 4]
+    assert np.asarray(both).tolist() == np.float32(want).tolist()
+    step = attention.additive_mask(None, q_idx=jnp.int32(2), k_len=5)  # cache position 2
+    assert step.shape == (1, 1, 1, 5) and step[0, 0, 0].tolist() == [0, 0, 0, neg, neg]
+    with pytest.raises(ValueError, match="k_seg"):
+        attention.additive_mask(None)

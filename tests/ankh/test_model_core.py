@@ -136,8 +136,8 @@ def test_padding_never_changes_a_result(tiny):
 
 
 def test_one_encoder_program_padded_and_packed_rows_agree(tiny):
-    """``ankh.encoder.encode_pool`` on packed rows (the batch job's) equals ``Ankh.embed``."""
-    from ankh.encoder import encoder_depth, jit_encoder
+    """``ankh.embedding.encode_pool`` on packed rows (the batch job's) equals ``Ankh.embed``."""
+    from ankh.embedding import encoder_depth, jit_encoder
     from tests.ankh.hf_reference import real_sequences
 
     seqs = real_sequences(3, 10, 60, seed=2)

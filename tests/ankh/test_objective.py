@@ -85,7 +85,7 @@ def test_bad_settings_are_named():
 
 def test_span_example_exactly():
     obj = Objective(ObjectiveConfig(mean_span=3.0))
-    enc, tgt = obj.mask_spans(TOK.encode("ABCDEFG", add_eos=False), np.array([[1, 3], [6, 1]]))
+    enc, tgt = obj.mask_runs(TOK.encode("ABCDEFG", add_eos=False), np.array([[1, 3], [6, 1]]))
     assert TOK.decode(enc) == "A<extra_id_0>EF<extra_id_1>"
     assert tgt.tolist() == [143, *TOK.encode("BCD", add_eos=False).tolist(), 142, TOK.vocab["G"], 1]
     assert TOK.decode(obj.reconstruct(enc, tgt)) == "ABCDEFG"
@@ -113,15 +113,15 @@ def test_span_masking_on_real_sequences(real_residues, mean_span):
 
 
 def test_span_edge_cases():
-    from ankh.objective import random_spans
+    from ankh.objective import random_runs
 
     rng = np.random.default_rng(0)
     for n, k, s in [(1, 1, 1), (5, 5, 1), (5, 3, 2), (9, 5, 5), (40, 8, 3)]:
-        spans = random_spans(n, k, s, rng)
-        assert spans[:, 1].sum() == k and len(spans) == s and (spans[:, 1] >= 1).all()
-        ends = spans[:, 0] + spans[:, 1]
-        assert spans[0, 0] >= 0 and ends[-1] <= n and (spans[1:, 0] > ends[:-1]).all()
+        runs = random_runs(n, k, s, rng)
+        assert runs[:, 1].sum() == k and len(runs) == s and (runs[:, 1] >= 1).all()
+        ends = runs[:, 0] + runs[:, 1]
+        assert runs[0, 0] >= 0 and ends[-1] <= n and (runs[1:, 0] > ends[:-1]).all()
     with pytest.raises(ValueError, match="runs"):
-        random_spans(5, 4, 3, rng)  # 3 runs of 4 masked need 2 separators: only 1 unmasked
+        random_runs(5, 4, 3, rng)  # 3 runs of 4 masked need 2 separators: only 1 unmasked
     with pytest.raises(ValueError, match="mean_span"):
         ObjectiveConfig(mean_span=0.5)

@@ -1,4 +1,5 @@
-"""The encoder program: ids in, pooled and/or per-residue embeddings out (``</s>`` dropped).
+"""Embeddings: the encoder program -- ids in, pooled and/or per-residue embeddings out
+(``</s>`` dropped). (The ``Encoder`` module itself is in ``ankh.model``.)
 
 One pure function, ``encode_pool``, is what every embedding entry runs -- ``Ankh.embed``,
 the Serve embedding deployment, the batch-embedding job's packed rows and evaluation (through
