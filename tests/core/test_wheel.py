@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 from pathlib import Path
@@ -89,10 +88,10 @@ def _venv(tmp: Path, wheel: Path, env: dict[str, str]) -> Path:
         env,
         60,
     ).strip()
-    deps = [*site.getsitepackages(), site.getusersitepackages()]
-    Path(purelib, "_shared_deps.pth").write_text(
-        "\n".join(p for p in deps if os.path.isdir(p)) + "\n"
-    )
+    # this interpreter's site directories (system, user, an outer venv's), not the rest of
+    # sys.path: neither the checkout nor an editable install's path entries
+    deps = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    Path(purelib, "_shared_deps.pth").write_text("\n".join(deps) + "\n")
     # pip comes from the shared site-packages, and installs into the venv it runs in
     _run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp, env, 300
@@ -142,5 +141,6 @@ def test_wheel_installs_imports_every_module_and_runs_the_quickstart(tmp_path):
     assert all(in_venv(p) and Path(p).is_dir() for p in got["train"]), got["train"]
     assert (Path(got["presets"]) / "pretrain-tiny.yaml").is_file() and in_venv(got["presets"])
 
+    # the quickstart reads samples.protein_parquet(): in this environment, got["sample"]
     out = _run([python, "-m", "jobs.quickstart", "--n", "4"], away, env, 600)
     assert "pooled embeddings: (4, " in out and "embedded 4 sequences" in out, out
