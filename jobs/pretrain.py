@@ -1,8 +1,9 @@
 """Pretrain Ankh with Ray Train + sharded JAX: ``python -m jobs.pretrain [--config PRESET] [k=v ...]``.
 
-With no arguments: a local Ray instance, the ``tiny`` model, the bundled real sample under
-``data/``, a few minutes on 2 CPU cores; the checkpoint lands under ``outputs/pretrain/``
-(``--output DIR`` overrides). Re-running with the same ``name`` and output resumes the run.
+With no arguments: a local Ray instance, the ``tiny`` model, the bundled real sample
+(``platform/core/data/``), a few minutes on 2 CPU cores; the checkpoint lands under
+``outputs/pretrain/`` (``--output DIR`` overrides). Re-running with the same ``name`` and output
+resumes the run.
 On a cluster: ``ray job submit --working-dir . -- python -m jobs.pretrain --config base ...``.
 Continued pretraining / domain adaptation: ``model=`` an HF Ankh directory, one of our runs or
 checkpoints, a ``gs://`` path or a hub id (``ElnaggarLab/ankh-base``) trains that network from its

@@ -15,10 +15,8 @@ Loopback on Linux needs two Ray-specific moves (ray-project/ray#59110):
   rewrite it -- with ``GRPC_DNS_RESOLVER=native`` so gRPC resolves it with getaddrinfo. Their
   node IP is then 127.0.0.1 too, so they bind to loopback as well.
 
-Processes: each ``ray start --block`` runs in a new session; Ray's daemons and workers stay in
-that session (workers change process group, not session), so ``stop`` signals exactly the
-processes whose session id is one we created -- never other people's Ray processes, and
-never ``ray stop`` (which kills every Ray process on the machine).
+Processes: each ``ray start`` runs in a session of its own, and ``stop`` signals exactly the
+members of those sessions (``tests/loopback.py``, with the free-port helpers).
 """
 
 from __future__ import annotations
@@ -28,11 +26,9 @@ import contextlib
 import json
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +39,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.loopback import (
+    LOOPBACK,
+    die_with_parent,
+    free_port_range,
+    free_ports,
+    session_members,
+)
+
 log = logging.getLogger(__name__)
-LOOPBACK = "127.0.0.1"
 LOOPBACK_ALIAS = "127.1"  # == 127.0.0.1, but not rewritten by Ray's address canonicalisation
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 RAY_BIN = (
@@ -52,63 +55,6 @@ RAY_BIN = (
     if Path(sys.executable).with_name("ray").exists()
     else (shutil.which("ray") or "ray")
 )
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the test process dies (safety net if ``stop`` never runs)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on loopback (all held open together while choosing)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port_range(width: int = 64, tries: int = 50) -> tuple[int, int]:
-    """A free ``[lo, hi]`` port range below the kernel's ephemeral range (for Ray workers)."""
-    for _ in range(tries):
-        lo = random.randrange(20000, 32000 - width)
-        socks = []
-        try:
-            for port in range(lo, lo + width):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((LOOPBACK, port))
-            return lo, lo + width - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free worker port range found")
-
-
-def session_members(sid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in session ``sid``."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.getsid(int(name)) != sid:
-                continue
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except (ProcessLookupError, PermissionError, FileNotFoundError):
-            continue
-        if stat.rsplit(")", 1)[1].split()[0] != "Z":
-            out.append(int(name))
-    return out
 
 
 class StartExited(RuntimeError):
@@ -232,7 +178,7 @@ class LocalRayCluster:
                 stdin=subprocess.DEVNULL,
                 cwd=self.root,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self._procs.append(proc)
         self._logs.append(log)

@@ -1,10 +1,12 @@
 """Where real protein data is found: the one lookup every demo, benchmark, task and test uses.
 
 ``data_dir()`` is, in order: ``$ANKH_DATA_DIR``; the project's shared data next to the checkout
-(``<repo>/../shared/data``, when it holds the expected files); else the small sample bundled in
-``<repo>/data`` (see data/README.md for source and licence). Callers that need one particular
-file ask for it (``protein_parquet``, ``protein_shard``) and get the bundled sample when the
-data directory lacks it, so nothing skips for want of the shared copy.
+(``<repo>/../shared/data``, when it holds the expected files); else the small sample bundled
+with this package: ``data/`` beside this module (``platform/core/data`` in a checkout,
+``ankh_platform/core/data`` in an installed wheel, package data; its README.md gives source and
+licence). Callers that need one particular file ask for it (``protein_parquet``,
+``protein_shard``) and get the bundled sample when the data directory lacks it, so nothing skips
+for want of the shared copy.
 """
 
 from __future__ import annotations
@@ -25,16 +27,20 @@ DATA_ENV = "ANKH_DATA_DIR"
 SHARED_FILES = ("uniprot_go_sample.parquet", "pdb_dssp8.parquet", "uniprot_go")
 VALID = frozenset(AMINO_ACIDS)  # the tokenizer's residue letters
 _REPO = Path(__file__).resolve().parents[2]
+# Package data, so an installed wheel has it too; the relative defaults of the configs
+# (``data/uniprot_sample/train``) are relative to its parent (``repo_path``).
+_BUNDLED = Path(__file__).resolve().parent / "data"
 
 
 def repo_root() -> Path:
-    """The checkout (or the uploaded working dir of a Ray job): where ``jobs/`` and ``data/`` are."""
+    """The checkout (or the uploaded working dir of a Ray job) where ``jobs/`` is; for an
+    installed wheel, the ``site-packages`` directory that holds ``jobs/``."""
     return _REPO
 
 
 def bundled_dir() -> Path:
-    """The sample shipped in the repository: ``<repo>/data``."""
-    return _REPO / "data"
+    """The sample shipped with the package: ``data/`` beside this module."""
+    return _BUNDLED
 
 
 def bundled_train() -> Path:
@@ -53,7 +59,7 @@ def bundled_fasta() -> Path:
 
 def data_dir() -> Path:
     """``$ANKH_DATA_DIR``, else ``<repo>/../shared/data`` if it holds the shared files, else the
-    bundled ``<repo>/data``."""
+    bundled sample (``bundled_dir``)."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
     shared = _REPO.parent / "shared" / "data"
@@ -78,7 +84,7 @@ def protein_shard() -> Path:
 
 def pdb_dir() -> Path:
     """A directory with ``pdb_dssp8.parquet`` (PDB chains + DSSP): the data dir's 21k chains,
-    else the bundled ``data/pdb_sample`` (the in-training SS3 probe's fixed slice only)."""
+    else the bundled ``pdb_sample`` (the in-training SS3 probe's fixed slice only)."""
     return (
         data_dir() if (data_dir() / "pdb_dssp8.parquet").exists() else bundled_dir() / "pdb_sample"
     )
@@ -86,12 +92,13 @@ def pdb_dir() -> Path:
 
 def repo_path(path: str) -> str:
     """A relative local path as the caller meant it: from the working directory if it exists
-    there, else from the repository (the bundled defaults, from any working directory), else
-    unchanged. URLs and absolute paths are returned as they are."""
+    there, else from the bundled sample's parent (the defaults ``data/uniprot_sample/...``, from
+    any working directory, in a checkout or an installed wheel), else unchanged. URLs and
+    absolute paths are returned as they are."""
     if "://" in path or Path(path).is_absolute() or Path(path).exists():
         return path
-    in_repo = _REPO / path
-    return str(in_repo) if in_repo.exists() else path
+    bundled = _BUNDLED.parent / path
+    return str(bundled) if bundled.exists() else path
 
 
 SHARED_PREFIX = "shared:"

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ankh.tokenizer import AnkhTokenizer
-from ankh_platform.embed import io as embed_io
+from ankh_platform.embed import inputs
 from ankh_platform.embed.pack import P_SEQ, PIECE_COLUMNS, EmbedPackSpec, layout, pack, prepare
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,9 @@ log = logging.getLogger(__name__)
 def pack_udf(batch: dict, spec: EmbedPackSpec, vocab: dict) -> dict:
     """Ray Data UDF: a group of input rows -> model batches (one row each) of fixed shapes."""
     tok = AnkhTokenizer(vocab)
-    # each record travels under its shard and input row (``embed_io.row_key``): parts record
+    # each record travels under its shard and input row (``inputs.row_key``): parts record
     # which input rows they hold, so a re-run after a kill redoes only the rest
-    shards = [
-        embed_io.row_key(embed_io.shard_stem(p), r) for p, r in zip(batch["path"], batch["row"])
-    ]
+    shards = [inputs.row_key(inputs.shard_stem(p), r) for p, r in zip(batch["path"], batch["row"])]
     prep = prepare(batch["id"].tolist(), batch["sequence"].tolist(), shards, tok, spec)
     out = {"ids": [], "pieces": [], "meta": []}
     notes = {(sh, i): why for sh, i, why in prep.notes}

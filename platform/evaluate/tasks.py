@@ -158,7 +158,7 @@ def load_pdb_task(
 ) -> TaskData:
     path = (root or data_dir()) / "pdb_dssp8.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"{name}: {path} not found (see data/README.md)")
+        raise FileNotFoundError(f"{name}: {path} not found (see platform/core/data/README.md)")
     table = pq.read_table(path)
     ids, seqs = table.column("id").to_pylist(), table.column("sequence").to_pylist()
     max_len = limits.contact_max_length if name == "contacts" else limits.max_length

@@ -270,7 +270,7 @@ def _model_ref(ref: str) -> str:
 
 def _absolute(path: str, fallback: Path) -> str:
     """A path as every worker can open it: URLs as given, local paths absolute (a relative one
-    from the working directory, else from the repository: the bundled sample); ``shared:REL``
+    from the working directory, else beside the bundled sample: the defaults); ``shared:REL``
     from the data directory, else ``fallback`` (``samples.shared_path``)."""
     return storage.norm_path(repo_path(shared_path(path, fallback)))
 

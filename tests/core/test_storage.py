@@ -140,6 +140,7 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "data" / "uniprot_sample" / "train").mkdir(parents=True)
     monkeypatch.setattr(samples, "_REPO", repo)
+    monkeypatch.setattr(samples, "_BUNDLED", repo / "data")
     monkeypatch.delenv(samples.DATA_ENV, raising=False)
     assert samples.data_dir() == repo / "data"
     assert samples.protein_parquet() == repo / "data" / "uniprot_sample" / "train"
@@ -162,7 +163,8 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
 def test_repo_path_finds_bundled_defaults_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rel = "data/uniprot_sample/train"
-    assert samples.repo_path(rel) == str(samples.repo_root() / rel)
+    assert samples.repo_path(rel) == str(samples.bundled_train())  # the bundled sample, packaged
+    assert samples.bundled_train().is_dir()
     (tmp_path / "data" / "uniprot_sample" / "train").mkdir(parents=True)
     assert samples.repo_path(rel) == rel  # the working directory's own copy wins
     assert samples.repo_path("gs://b/x") == "gs://b/x" and samples.repo_path("nope/x") == "nope/x"

@@ -11,6 +11,7 @@ import pytest
 from ankh.objective import Objective
 from ankh.packing import unpack
 from ankh.tokenizer import AnkhTokenizer
+from ankh_platform.core import samples
 from ankh_platform.data.pipeline import BatchStream, DataConfig, PipelineState, list_shards
 
 TOK = AnkhTokenizer()
@@ -19,8 +20,8 @@ CFG = DataConfig(window=600, rows=4, epochs=1, prefetch=2, read_batch_rows=256)
 
 
 @pytest.fixture(scope="module")
-def sample_dir(repo_root):
-    return str(repo_root / "data" / "uniprot_sample" / "train")
+def sample_dir():
+    return str(samples.bundled_train())
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """FASTA reading as bioinformatics tools read it: comments, blank lines, UTF-8 headers.
 
 Both readers (``jobs.prepare`` through ``read_fasta`` and ``jobs.embed`` through
-``embed.io.fasta_records``) go through ``data.fasta.records``; these tests pin its rules.
+``embed.inputs.fasta_records``) go through ``data.fasta.records``; these tests pin its rules.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import gzip
 import pytest
 
 from ankh_platform.data.fasta import FastaError, FastaStats, read_fasta, records
-from ankh_platform.embed.io import fasta_records
+from ankh_platform.embed.inputs import fasta_records
 
 GOOD = ["MKTAYIAKQRQISFVKSHFSRQ", "MSDNGPQNQRNAPRITFGGPSDSTG", "MVLSPADKTNVKAAWGKVGAHAGEY"]
 

@@ -18,7 +18,7 @@ import pytest
 
 from ankh_platform.data.fasta import CATEGORIES, FastaError, read_fasta
 from ankh_platform.data.prepare import PrepareConfig, prepare
-from ankh_platform.embed import io as embed_io
+from ankh_platform.embed import inputs, outputs
 
 LONG = 100_000  # residues of the two long records
 MIN_LEN, MAX_LEN = 5, 50_000  # prepare's filters: "MKV" is too short, the long ones too long
@@ -129,7 +129,7 @@ def test_prepare_truncated_gzip_stops_without_a_manifest(tmp_path, hostile_file)
     assert not (tmp_path / "o" / "manifest.json").exists()
     assert not list((tmp_path / "o").rglob("*.tmp-*"))  # closed shards whole, no partial file
     with pytest.raises(FastaError, match="truncated or corrupt gzip"):
-        embed_io.count_rows(embed_io.InputShard(str(cut), "cut", "fasta"))  # embed: at set-up
+        inputs.count_rows(inputs.InputShard(str(cut), "cut", "fasta"))  # embed: at set-up
 
 
 @pytest.mark.parametrize("long_policy", [
@@ -142,17 +142,17 @@ def test_embed_every_record_one_row_or_one_reason(tmp_path, hostile_file, long_p
     from ankh_platform.embed.replica import EmbedReplica, pack_udf
 
     path, recs = hostile_file
-    shard = embed_io.discover(str(path))[0]
-    n = embed_io.count_rows(shard)
+    shard = inputs.discover(str(path))[0]
+    n = inputs.count_rows(shard)
     assert n == len(recs)
     spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=2048, window_overlap=128,
                          long_policy=long_policy)
     replica = EmbedReplica("tiny", spec, per_residue=False, layer=0, compute_dtype="float32")
     item = {"path": np.array([shard.path], object), "fmt": np.array(["fasta"], object)}
-    for b in embed_io.read_batches(item, chunk=7):  # small chunks: records split across groups
+    for b in inputs.read_batches(item, chunk=7):  # small chunks: records split across groups
         out = replica(pack_udf(b, spec, replica.model.tokenizer.vocab))
-        embed_io.write_parts(out, str(tmp_path))
-    rep = embed_io.merge_shard(str(tmp_path), shard.stem, n, shard.path, 64, WIDTH, 128)
+        outputs.write_parts(out, str(tmp_path))
+    rep = outputs.merge_shard(str(tmp_path), shard.stem, n, shard.path, 64, WIDTH, 128)
     rows = [x["embed"][1] for x in recs if x["embed"][0] == "row"]
     bad = [x["embed"][1] for x in recs if x["embed"][0] == "invalid"]
     assert rep["sequences"] + len(rep["invalid"]) == n == len(rows) + len(bad)

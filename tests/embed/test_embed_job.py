@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ankh_platform.embed import io as embed_io
+from ankh_platform.embed import outputs
 from ankh_platform.embed.job import EmbedJobConfig, _check_output
 from ankh_platform.embed.pack import EmbedPackSpec, pack, prepare
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
@@ -138,11 +138,11 @@ def test_job_stages_in_process_equal_offline_api(tmp_path, protein_parquet, step
     out = EmbedReplica("tiny", spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
     n = len(out["id"])
     counts = [
-        embed_io.write_parts({k: v[i : i + 40] for k, v in out.items()}, str(tmp_path))
+        outputs.write_parts({k: v[i : i + 40] for k, v in out.items()}, str(tmp_path))
         for i in range(0, n, 40)
     ]
     assert sum(int(c["n_first"].sum()) for c in counts) == len(ids)
-    report = embed_io.merge_shard(str(tmp_path), "shard-a", len(ids), "src", 64, WIDTH, OVERLAP)
+    report = outputs.merge_shard(str(tmp_path), "shard-a", len(ids), "src", 64, WIDTH, OVERLAP)
     table = pq.read_table(tmp_path / "shard-a.parquet")
     assert sorted(table["id"].to_pylist()) == sorted(t["id"])  # one row per valid id
     assert {x["id"] for x in report["invalid"]} == {"BAD1", "BAD2"}

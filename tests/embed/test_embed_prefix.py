@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import ankh
-from ankh_platform.embed import io as embed_io
+from ankh_platform.embed import outputs
 from ankh_platform.embed.job import EmbedJobConfig, _describe, pack_spec
 from ankh_platform.embed.pack import EmbedPackSpec
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
@@ -60,8 +60,8 @@ def test_ankh3_job_stages_equal_offline_api(tmp_path, ankh3_dir, protein_parquet
             piece = row_ids[row, start : start + ntok]
             assert piece[0] == nlu and (piece[1:] != nlu).all()
     out = EmbedReplica(pinned, spec, per_residue=True, layer=0, compute_dtype="float32")(packed)
-    embed_io.write_parts(out, str(tmp_path))
-    report = embed_io.merge_shard(
+    outputs.write_parts(out, str(tmp_path))
+    report = outputs.merge_shard(
         str(tmp_path), "shard-a", len(ids), "src", mcfg.d_model, WIDTH, OVERLAP
     )
     bad = {x["id"]: x["reason"] for x in report["invalid"]}

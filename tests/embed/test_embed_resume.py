@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ankh_platform.data.fasta import read_fasta
-from ankh_platform.embed import io as embed_io
+from ankh_platform.embed import outputs
 from ankh_platform.embed.job import EmbedJobConfig, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
     inp, out = tmp_path / "single.fasta", tmp_path / "out"
     ids = _fasta(inp, bundled_fasta, 240)
     env = dict(os.environ, RAY_ADDRESS=ray_local.get_runtime_context().gcs_address)
-    parts = out / embed_io.PARTS / "single"
+    parts = out / outputs.PARTS / "single"
     with open(tmp_path / "driver.log", "wb") as log:
         driver = subprocess.Popen(
             [
@@ -86,7 +86,7 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
             driver.wait()
     assert not (out / "single.parquet").exists() and not (out / "_summary.json").exists()
     time.sleep(2)  # a write task of the killed driver may still land; it only adds done rows
-    done = embed_io.done_rows(str(out), "single")
+    done = outputs.done_rows(str(out), "single")
     assert 0 < len(done) < len(ids), f"kill did not land mid-shard: {len(done)} rows done"
 
     cfg = dataclasses.replace(
@@ -102,7 +102,7 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
     # every input row exactly once: resumed from parts, or computed by this run -- never both
     assert s["rows_resumed"] >= len(done) and s["rows_resumed"] + s["rows_this_run"] == len(ids)
     assert s["rows_this_run"] < len(ids)
-    assert not (out / embed_io.PARTS).exists()
+    assert not (out / outputs.PARTS).exists()
     got = _table(out)
     assert sorted(got) == sorted(set(ids) - {"BAD1"})  # one row per id
     summary = json.loads((out / "_summary.json").read_text())

@@ -2,7 +2,7 @@
 TensorBoard.
 
 Real data throughout: PDB/DSSP chains (the shared ``pdb_dssp8.parquet`` when present, else the
-bundled ``data/pdb_sample``, which holds the same probe slice) and the bundled UniProt sample.
+bundled ``pdb_sample``, which holds the same probe slice) and the bundled UniProt sample.
 """
 
 from __future__ import annotations
