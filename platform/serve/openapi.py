@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ankh.tokenizer import AnkhTokenizer
+from ankh_platform.serve import openai_api, tei_api
 from ankh_platform.serve.schema import RequestLimits
 
 WS = "[ \\t\\r\\n]*"  # the whitespace the tokenizer strips (ankh.tokenizer._WS)
@@ -269,12 +270,65 @@ ERRORS = {
 }
 
 
+_MESSAGE = {"type": "string", "minLength": 1}  # every error names its problem
+ERROR_BODIES: dict[str, dict[str, Any]] = {  # http.error_response and the compatible styles
+    "Error": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {
+            "detail": {
+                "description": "What is wrong: a message, or per field (request validation).",
+                "anyOf": [
+                    _MESSAGE,
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/components/schemas/ValidationError"},
+                    },
+                ],
+            },
+            "request_id": {"type": "string"},
+        },
+    },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type"],
+                "properties": {"message": _MESSAGE, "type": {"type": "string"}},
+            },
+            "request_id": {"type": "string"},
+        },
+    },
+    "TEIError": {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {
+            "error": _MESSAGE,
+            "error_type": {"type": "string"},
+            "request_id": {"type": "string"},
+        },
+    },
+}
+
+
+def _error_body(path: str) -> dict[str, Any]:
+    name = "TEIError" if path in tei_api.PATHS else "Error"
+    name = "OpenAIError" if path == openai_api.PATH else name
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
 def _error_responses(schema: dict[str, Any]) -> None:
-    """Every status a route can answer, documented (FastAPI lists only 200 and 422)."""
-    tei = {"/embed", "/embed_all", "/", "/info"}
+    """Every status a route can answer, documented with the error body it has (FastAPI lists
+    only 200 and a 422 with its own body, which our error handlers replace)."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps.update(copy.deepcopy(ERROR_BODIES))
+    comps.pop("HTTPValidationError", None)  # FastAPI's 422 body: ours replace it (http.py)
     for path, ops in schema.get("paths", {}).items():
         for op in ops.values():
             codes = {"401", "503"} | ({"404", "413", "422"} if "requestBody" in op else set())
-            codes |= {"429"} if path in tei else set()
+            codes |= {"429"} if path in tei_api.PATHS else set()
             for code in sorted(codes):
-                op["responses"].setdefault(code, {"description": ERRORS[code]})
+                op["responses"][code] = {"description": ERRORS[code], "content": _error_body(path)}
