@@ -8,8 +8,9 @@ schema-generated client validates up front: a schema-valid request is accepted a
 schema-invalid one refused (``tests/serve/test_fuzz.py`` fuzzes both directions).
 
 Not expressible in JSON Schema, so stated in the descriptions only: the total residues of a
-``/v1/score`` request (``max_score_residues``), mutants naming the wild type's residues, and
-``spans`` within the parent.
+``/v1/score`` request (``max_score_residues``), mutants naming the wild type's residues,
+``spans`` within the parent, and ``min_new_tokens`` <= ``max_new_tokens`` and
+``num_return_sequences`` <= ``num_beams`` (``GENERATE_NOTES``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ankh.tokenizer import AnkhTokenizer
+from ankh_platform.serve import openai_api, tei_api
 from ankh_platform.serve.schema import RequestLimits
 
 WS = "[ \\t\\r\\n]*"  # the whitespace the tokenizer strips (ankh.tokenizer._WS)
@@ -110,11 +112,10 @@ def _spans(prop: dict[str, Any]) -> None:
             bound["minimum"] = 0
 
 
-def _generate_rules(max_beams: int, max_new: int) -> list[dict[str, Any]]:
-    """``check_generate_args``' cross-field rules as JSON Schema (absent = the default);
-    ``max_new``: limits.max_new_tokens (``min_new_tokens`` <= ``max_new_tokens``, whose default
-    is min(64, max_new))."""
-    rules: list[dict[str, Any]] = [
+def _generate_rules() -> list[dict[str, Any]]:
+    """``check_generate_args``' rules between fields that JSON Schema states in fixed clauses
+    (absent = the default). The two that compare fields are descriptions (``GENERATE_NOTES``)."""
+    return [
         {
             "not": {
                 "properties": {"do_sample": {"const": True}, "num_beams": {"minimum": 2}},
@@ -126,32 +127,24 @@ def _generate_rules(max_beams: int, max_new: int) -> list[dict[str, Any]]:
             "then": {"properties": {"num_return_sequences": {"const": 1}}},
         },  # greedy: one
     ]
-    for k in range(2, max_beams + 1):  # beam search: at most num_beams returned
-        rules.append(
-            {
-                "if": {"properties": {"num_beams": {"const": k}}, "required": ["num_beams"]},
-                "then": {"properties": {"num_return_sequences": {"maximum": k}}},
-            }
-        )
-    unset = {
-        "anyOf": [
-            {"not": {"required": ["max_new_tokens"]}},
-            {"properties": {"max_new_tokens": {"type": "null"}}},
-        ]
-    }
-    default = {"properties": {"min_new_tokens": {"maximum": min(64, max_new)}}}
-    rules.append({"if": unset, "then": default})
-    for k in range(1, max_new + 1):  # JSON Schema cannot compare two fields: one rule per value
-        rules.append(
-            {
-                "if": {
-                    "properties": {"max_new_tokens": {"const": k}},
-                    "required": ["max_new_tokens"],
-                },
-                "then": {"properties": {"min_new_tokens": {"maximum": k}}},
-            }
-        )
-    return rules
+
+
+# Rules that compare two fields, which JSON Schema cannot: a clause per value was valid JSON
+# Schema but one the standard tools cannot generate from (``schemathesis run``: "Schema Error"),
+# so they are stated here and enforced by ``check_generate_args`` (a 422 naming the field).
+GENERATE_NOTES = {
+    "min_new_tokens": "Without max_new_tokens: at most its default. "
+    "Over max_new_tokens: a 422 naming min_new_tokens.",
+    "num_return_sequences": "With beam search at most num_beams; greedy: 1. "
+    "Otherwise a 422 naming num_return_sequences.",
+}
+
+
+def _note(node: dict[str, Any], text: str) -> None:
+    """Append ``text`` to a description once (``constrain`` of a constrained schema: no twice)."""
+    desc = node.get("description", "")
+    if text not in desc:
+        node["description"] = f"{desc} {text}".strip()
 
 
 def constrain(
@@ -221,7 +214,9 @@ def _object_rules(
 ) -> None:
     """Rules between fields: generate's, score's "what to score", TEI's truncate."""
     if "GenerateRequest" in comps:
-        comps["GenerateRequest"]["allOf"] = _generate_rules(limits.max_beams, limits.max_new_tokens)
+        comps["GenerateRequest"]["allOf"] = _generate_rules()
+        for field, text in GENERATE_NOTES.items():
+            _note(comps["GenerateRequest"]["properties"][field], text)
     if facts.get("per_residue") is False:
         comps["EmbedRequest"]["properties"]["pooling"]["enum"] = ["mean"]
     if "ScoreRequest" in comps:
@@ -239,9 +234,10 @@ def _object_rules(
             }
             for a, b in (("wild_type", "mutants"), ("mutants", "wild_type"))
         ]
-        sc["description"] = (
-            sc.get("description", "") + f" At most limits.max_score_residues="
-            f"{limits.max_score_residues} residues in `sequences` together."
+        _note(
+            sc,
+            f"At most limits.max_score_residues={limits.max_score_residues} residues in "
+            "`sequences` together.",
         )
     for name in ("TEIEmbedRequest", "TEIEmbedAllRequest"):
         if name in comps:  # over-long inputs are refused unless truncate is true
@@ -274,12 +270,65 @@ ERRORS = {
 }
 
 
+_MESSAGE = {"type": "string", "minLength": 1}  # every error names its problem
+ERROR_BODIES: dict[str, dict[str, Any]] = {  # http.error_response and the compatible styles
+    "Error": {
+        "type": "object",
+        "required": ["detail"],
+        "properties": {
+            "detail": {
+                "description": "What is wrong: a message, or per field (request validation).",
+                "anyOf": [
+                    _MESSAGE,
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"$ref": "#/components/schemas/ValidationError"},
+                    },
+                ],
+            },
+            "request_id": {"type": "string"},
+        },
+    },
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type"],
+                "properties": {"message": _MESSAGE, "type": {"type": "string"}},
+            },
+            "request_id": {"type": "string"},
+        },
+    },
+    "TEIError": {
+        "type": "object",
+        "required": ["error", "error_type"],
+        "properties": {
+            "error": _MESSAGE,
+            "error_type": {"type": "string"},
+            "request_id": {"type": "string"},
+        },
+    },
+}
+
+
+def _error_body(path: str) -> dict[str, Any]:
+    name = "TEIError" if path in tei_api.PATHS else "Error"
+    name = "OpenAIError" if path == openai_api.PATH else name
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
 def _error_responses(schema: dict[str, Any]) -> None:
-    """Every status a route can answer, documented (FastAPI lists only 200 and 422)."""
-    tei = {"/embed", "/embed_all", "/", "/info"}
+    """Every status a route can answer, documented with the error body it has (FastAPI lists
+    only 200 and a 422 with its own body, which our error handlers replace)."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps.update(copy.deepcopy(ERROR_BODIES))
+    comps.pop("HTTPValidationError", None)  # FastAPI's 422 body: ours replace it (http.py)
     for path, ops in schema.get("paths", {}).items():
         for op in ops.values():
             codes = {"401", "503"} | ({"404", "413", "422"} if "requestBody" in op else set())
-            codes |= {"429"} if path in tei else set()
+            codes |= {"429"} if path in tei_api.PATHS else set()
             for code in sorted(codes):
-                op["responses"].setdefault(code, {"description": ERRORS[code]})
+                op["responses"][code] = {"description": ERRORS[code], "content": _error_body(path)}
