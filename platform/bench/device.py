@@ -117,9 +117,9 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
     ),
     "embed-job": (
         0.3,
-        ["--checkpoint", "{p}", "--sequences", "400", "--shards", "2", "--raw-after", "0"],
+        ["--model", "{p}", "--sequences", "400", "--shards", "2", "--raw-after", "0"],
         [
-            "--checkpoint",
+            "--model",
             "{p}",
             "--sequences",
             "16",
