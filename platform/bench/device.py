@@ -29,7 +29,7 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
     "embed": (
         0.2,
         [
-            "--preset",
+            "--model",
             "{p}",
             "--batch",
             "8",
@@ -41,7 +41,7 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
             "none",
         ],
         [
-            "--preset",
+            "--model",
             "{p}",
             "--batch",
             "2",

@@ -28,7 +28,7 @@ JOBS = {
     "check_cluster": ["--preset", "--json"],
     "convert": ["export", "import", "check"],
     "embed": [
-        "--checkpoint",
+        "--model",
         "--input",
         "--output",
         "--per-residue",
@@ -39,15 +39,23 @@ JOBS = {
         "key.path=value",
         "long_policy",
     ],
-    "evaluate": ["--checkpoint", "--task", "--head", "--output", "--no-baselines", "limits.train"],
-    "finetune_generator": ["key.path=value", "train.steps", "model", "data", "output"],
-    "generate": ["key.path=value", "temperatures", "parents", "sequence", "mask_fraction"],
+    "evaluate": ["--model", "--task", "--head", "--output", "--no-baselines", "limits.train"],
+    "finetune_generator": ["--model", "--output", "key.path=value", "train.steps", "data"],
+    "generate": ["--model", "--output", "key.path=value", "temperatures", "parents", "sequence"],
     "prepare": ["--input", "--output", "--policy", "rows_per_shard", "validation_fraction"],
-    "pretrain": ["--config", "--output", "--name", "--address", "--in-process", "pretrain-tiny"],
+    "pretrain": [
+        "--config",
+        "--model",
+        "--output",
+        "--name",
+        "--address",
+        "--in-process",
+        "pretrain-tiny",
+    ],
     "quickstart": ["--model", "--n", "--dtype"],
     "serve": [
-        "--checkpoint",
         "--model",
+        "NAME=MODEL",
         "--host",
         "--port",
         "--detach",
@@ -59,7 +67,7 @@ JOBS = {
 }
 
 # Arguments that get past a job's required ones, so that the unknown flag is what is reported.
-BAD_ARGS = {"convert": ("check", "--hf", "x")}
+BAD_ARGS = {"convert": ("check", "--model", "x")}
 
 
 def _job(name: str, *args: str) -> subprocess.CompletedProcess:
