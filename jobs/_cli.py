@@ -250,17 +250,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
-def named_paths(items: list[str]) -> dict[str, str]:
-    """``["a=PATH", ...]`` (repeatable ``--model NAME=PATH``) -> ``{"a": "PATH", ...}``."""
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"{item!r}: expected NAME=PATH")
-        out[name.strip()] = path.strip()
-    return out
-
-
 def run(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
     """Call ``main(argv)`` under the error policy; returns the exit status."""
     try:

@@ -119,11 +119,19 @@ class Cfg:
     inner: Inner = Inner()
 
 
+def _named(items: list[str]) -> dict[str, str]:
+    """A flag's value function: ``["a=PATH", ...]`` -> ``{"a": "PATH"}``; ConfigError otherwise."""
+    pairs = [item.partition("=") for item in items]
+    if bad := [n + s + p for n, s, p in pairs if not (n and s and p)]:
+        raise ConfigError(f"{bad[0]!r}: expected NAME=PATH")
+    return {n: p for n, _, p in pairs}
+
+
 FLAGS = {
     "--path": _cli.flag("path", "where", required=True),
     "--size": _cli.flag("size", "how big", type=int),
     "--on": _cli.flag("on", "switch", action="store_true"),
-    "--model": _cli.flag("models", "NAME=PATH", action="append", value=_cli.named_paths),
+    "--model": _cli.flag("models", "NAME=PATH", action="append", value=_named),
     "--n": _cli.flag("inner.n", "nested", type=int),
     "--name": _cli.flag("inner.names", "repeatable", action="append"),
     "--dry": _cli.flag(None, "the job's own"),
