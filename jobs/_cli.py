@@ -39,6 +39,9 @@ T = TypeVar("T")
 USER_ERRORS = (ValueError, FileNotFoundError)
 _SHOW_TRACEBACKS = False  # set by -v
 log = logging.getLogger("jobs")
+# Deprecation warnings met while ``parse_args`` parses: logged once logging is set up from -v/-q,
+# in the one format (a parser outside ``parse_args``, a benchmark's, logs them at once).
+_held: list[str] | None = None
 
 MODEL_HELP = (
     "the model: a preset name, an HF Ankh directory or our run/checkpoint directory "
@@ -113,7 +116,11 @@ def _deprecating(base: type[argparse.Action], name: str, aliases: tuple[str, ...
         def __call__(self, parser, namespace, values, option_string=None):
             if option_string in aliases and option_string not in self.warned:
                 self.warned.add(option_string)
-                log.warning("%s is deprecated; use %s", option_string, name)
+                message = f"{option_string} is deprecated; use {name}"
+                if _held is None:
+                    log.warning(message)
+                else:
+                    _held.append(message)
             super().__call__(parser, namespace, values, option_string)
 
     Deprecating.__name__ = f"Deprecating{base.__name__}"
@@ -126,6 +133,7 @@ def add(ap: argparse.ArgumentParser, name: str, f: Flag, **extra: Any) -> argpar
     if not f.aliases:
         action = ap.add_argument(name, **options)
     else:
+        # argparse's own table of action names (store, append, store_true...) -> classes
         base = ap._registry_get("action", options.get("action"), options.get("action"))
         options["action"] = _deprecating(base, name, f.aliases)
         action = ap.add_argument(name, *f.aliases, **options)
@@ -186,9 +194,17 @@ def setup_logging(args: argparse.Namespace) -> None:
 def parse_args(
     ap: argparse.ArgumentParser, argv: list[str] | None, intermixed: bool = False
 ) -> argparse.Namespace:
-    """Parse, then set up logging from ``-v``/``-q``."""
-    args = ap.parse_intermixed_args(argv) if intermixed else ap.parse_args(argv)
-    setup_logging(args)
+    """Parse, then set up logging from ``-v``/``-q`` (and log the old spellings used)."""
+    global _held
+    _held = []
+    try:
+        args = ap.parse_intermixed_args(argv) if intermixed else ap.parse_args(argv)
+        setup_logging(args)
+        held = _held
+    finally:
+        _held = None
+    for message in held:
+        log.warning(message)
     return args
 
 
