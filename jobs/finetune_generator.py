@@ -17,7 +17,9 @@ from jobs import _cli
 
 FLAGS = {
     "--model": _cli.model_flag("model", "its decoder is tuned (default tiny); or model="),
-    "--output": _cli.output_flag("output", "the tuned model goes to OUTPUT/model; or output="),
+    "--output": _cli.output_flag(
+        "output", "the tuned model goes to OUTPUT/model; or output=", required=True
+    ),
 }
 
 

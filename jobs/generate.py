@@ -19,7 +19,7 @@ from jobs import _cli
 
 FLAGS = {
     "--model": _cli.model_flag("model", "default tiny (random weights); or model="),
-    "--output": _cli.output_flag("output", "variants and summaries; or output="),
+    "--output": _cli.output_flag("output", "variants and summaries; or output=", required=True),
 }
 
 
