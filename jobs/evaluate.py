@@ -24,7 +24,7 @@ from jobs import _cli
 FLAGS = {
     "--model": _cli.model_flag(
         "checkpoints",
-        "repeatable: one report row per model",
+        "repeatable: several compared side by side",
         action="append",
         aliases=("--checkpoint",),
     ),
