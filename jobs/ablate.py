@@ -18,9 +18,7 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--output": _cli.flag(
-        "output", "where sweeps go: the sweep dir is OUTPUT/NAME (default outputs/ablate)"
-    ),
+    "--output": _cli.output_flag("output", "the sweep dir is OUTPUT/NAME (default outputs/ablate)"),
     "--name": _cli.flag("name", "sweep name (same name + output = resume)"),
     "--max-concurrent-trials": _cli.flag(
         "max_concurrent_trials", "trials running at once", type=int

@@ -1,6 +1,6 @@
 """Embed a protein database with Ray Data: Parquet shards or FASTA[.gz], local or gs://.
 
-    python -m jobs.embed --checkpoint PATH --input PATH --output DIR [key=value ...]
+    python -m jobs.embed --model MODEL --input PATH --output DIR [key=value ...]
 
 Writes ``<output>/<shard>.parquet`` (id, length, embedding[, per_residue]) per input shard and
 ``<output>/_summary.json``; re-running the same command resumes (finished shards are skipped).
@@ -15,16 +15,18 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag(
+    "--model": _cli.model_flag(
         "checkpoint",
-        "preset name, HF Ankh directory, our Orbax run dir, or hub id "
-        "(ElnaggarLab/ankh-base[@revision])",
+        "a preset has random weights (tests)",
         required=True,
+        aliases=("--checkpoint",),
     ),
     "--input": _cli.flag(
         "input", "Parquet/FASTA file, directory, glob or comma list (local or gs://)", required=True
     ),
-    "--output": _cli.flag("output", "output directory (local or gs://)", required=True),
+    "--output": _cli.output_flag(
+        "output", "local or gs://, one Parquet file per input shard", required=True
+    ),
     "--per-residue": _cli.flag(
         "per_residue", "also write per-residue embeddings", action="store_true"
     ),

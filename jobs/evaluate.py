@@ -1,6 +1,6 @@
-"""Probe checkpoints on real labelled proteins: ``python -m jobs.evaluate --checkpoint PATH --task ss3``.
+"""Probe models on real labelled proteins: ``python -m jobs.evaluate --model MODEL --task ss3``.
 
-Embeds every task's sequences with each checkpoint (cached as Parquet per checkpoint), trains
+Embeds every task's sequences with each model (cached as Parquet per model), trains
 heads (linear probe, MLP, ConvBERT) on the train split with early stopping on validation, and
 reports test figures beside a one-hot baseline and a random-init model of the same shape.
 
@@ -11,7 +11,7 @@ Tasks: ss3, ss8, contacts, go (from ../shared/data), or a user file:
 kinds: residue_class, protein_class, protein_reg (inferred when omitted).
 
 Writes OUTPUT/results.{md,csv,json} and PNG plots; prints the Markdown table.
-Example: python -m jobs.evaluate --checkpoint outputs/pretrain/run --task ss3 --head linear \\
+Example: python -m jobs.evaluate --model outputs/pretrain/run --task ss3 --head linear \\
              limits.train=1000 limits.test=300
 """
 
@@ -22,10 +22,11 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--checkpoint": _cli.flag(
+    "--model": _cli.model_flag(
         "checkpoints",
-        "checkpoint dir, HF dir, preset name or hub id (org/name[@revision]; repeatable)",
+        "repeatable: several compared side by side",
         action="append",
+        aliases=("--checkpoint",),
     ),
     "--task": _cli.flag("tasks", "task name or spec (repeatable)", action="append"),
     "--head": _cli.flag(
@@ -34,7 +35,7 @@ FLAGS = {
         action="append",
         choices=["linear", "mlp", "convbert"],
     ),
-    "--output": _cli.flag("output", "report directory (default outputs/evaluate)"),
+    "--output": _cli.output_flag("output", "the report (default outputs/evaluate)"),
     "--no-baselines": _cli.flag(
         "baselines",
         "skip one-hot and random-init baselines",

@@ -1,9 +1,10 @@
 """Fine-tune Ankh's decoder on a protein family (encoder frozen) for High-N variant generation.
 
-    python -m jobs.finetune_generator model=PATH|PRESET data=FAMILY.parquet|.fasta output=DIR \
+    python -m jobs.finetune_generator --model MODEL --output DIR data=FAMILY.parquet|.fasta \
         [train.steps=200] [train.batch_size=16] [train.optim.peak_lr=5e-4] ...
 
-Then generate with the tuned decoder: ``python -m jobs.generate model=DIR/model ...``.
+``--model`` / ``--output`` are the ``model=`` / ``output=`` fields (either spelling works).
+Then generate with the tuned decoder: ``python -m jobs.generate --model DIR/model ...``.
 The last stdout line is the tuned model directory. See docs/generation.md.
 """
 
@@ -14,11 +15,18 @@ import sys
 
 from jobs import _cli
 
+FLAGS = {
+    "--model": _cli.model_flag("model", "its decoder is tuned (default tiny); or model="),
+    "--output": _cli.output_flag(
+        "output", "the tuned model goes to OUTPUT/model; or output=", required=True
+    ),
+}
+
 
 def main(argv: list[str] | None = None) -> dict:
     from ankh_platform.generate.finetune import FinetuneJobConfig, run
 
-    cfg, _ = _cli.parse(FinetuneJobConfig, argv, __doc__, "jobs.finetune_generator")
+    cfg, _ = _cli.parse(FinetuneJobConfig, argv, __doc__, "jobs.finetune_generator", FLAGS)
     summary = run(cfg)
     print(json.dumps(summary))
     print(summary["model_dir"])

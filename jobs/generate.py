@@ -1,7 +1,9 @@
 """Generate protein variants by sentinel infilling with temperature warping (Ankh One-N).
 
-    python -m jobs.generate model=PATH|PRESET parents=FILE output=DIR [temperatures=[1.0,1.5]] ...
-    python -m jobs.generate sequence=MKTAYIAKQR... output=DIR n=20 mask_fraction=0.4
+    python -m jobs.generate --model MODEL --output DIR parents=FILE [temperatures=[1.0,1.5]] ...
+    python -m jobs.generate --output DIR sequence=MKTAYIAKQR... n=20 mask_fraction=0.4
+
+``--model`` / ``--output`` are the ``model=`` / ``output=`` fields (either spelling works).
 
 Writes variants.parquet / variants.fasta (identity to the parent, model score per variant) and
 summary.csv / summary.json / summary.png (identity histogram per temperature, uniqueness,
@@ -15,11 +17,16 @@ import sys
 
 from jobs import _cli
 
+FLAGS = {
+    "--model": _cli.model_flag("model", "default tiny (random weights); or model="),
+    "--output": _cli.output_flag("output", "variants and summaries; or output=", required=True),
+}
+
 
 def main(argv: list[str] | None = None) -> dict:
     from ankh_platform.generate.variants import GenerateJobConfig, run
 
-    cfg, _ = _cli.parse(GenerateJobConfig, argv, __doc__, "jobs.generate")
+    cfg, _ = _cli.parse(GenerateJobConfig, argv, __doc__, "jobs.generate", FLAGS)
     result = run(cfg)
     print(
         json.dumps(

@@ -18,8 +18,8 @@ FLAGS = {
     "--input": _cli.flag(
         "input", "FASTA / FASTA.gz path or gs:// URL (or input=...)", required=True
     ),
-    "--output": _cli.flag(
-        "output", "output directory, local or gs:// (or output=...)", required=True
+    "--output": _cli.output_flag(
+        "output", "Parquet shards, local or gs:// (or output=...)", required=True
     ),
     "--policy": _cli.flag("policy", "malformed records", choices=["skip", "clean", "fail"]),
 }

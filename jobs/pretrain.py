@@ -5,7 +5,7 @@ With no arguments: a local Ray instance, the ``tiny`` model, the bundled real sa
 ``outputs/pretrain/`` (``--output DIR`` overrides). Re-running with the same ``name`` and output
 resumes the run.
 On a cluster: ``ray job submit --working-dir . -- python -m jobs.pretrain --config base ...``.
-Continued pretraining / domain adaptation: ``model=`` an HF Ankh directory, one of our runs or
+Continued pretraining / domain adaptation: ``--model`` an HF Ankh directory, one of our runs or
 checkpoints, a ``gs://`` path or a hub id (``ElnaggarLab/ankh-base``) trains that network from its
 weights (its tokenizer, fresh optimizer, step 0; peak LR 1e-4 unless ``optim.peak_lr`` is set);
 ``train.freeze=[encoder]`` adapts only the decoder.
@@ -20,9 +20,11 @@ import sys
 from jobs import _cli
 
 FLAGS = {
-    "--output": _cli.flag(
-        "output",
-        "storage path for runs: local dir or gs://bucket/prefix (default outputs/pretrain)",
+    "--model": _cli.model_flag(
+        "model", "a preset trains from scratch, the rest continue from their weights (or model=)"
+    ),
+    "--output": _cli.output_flag(
+        "output", "runs go to OUTPUT/NAME, local or gs:// (default outputs/pretrain; or output=)"
     ),
     "--name": _cli.flag("name", "run name (same name + output = resume)"),
     "--address": _cli.flag(None, "Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"embed:  python -c \"import ankh; print(ankh.load('{ckpt}').embed(['MKTAYIAKQR']).shape)\""
     )
-    print(f"serve:  python -m jobs.serve --checkpoint {ckpt}")
+    print(f"serve:  python -m jobs.serve --model {ckpt}")
     print(f"export: python -m jobs.convert export --model {ckpt} --output OUT_HF_DIR")
     print(ckpt)
     return summary

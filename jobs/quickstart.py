@@ -1,7 +1,7 @@
 """Embed a few bundled real proteins with a model and print shapes and timing.
 
 python -m jobs.quickstart                     # fresh random `tiny` model
-python -m jobs.quickstart --model path/to/hf_or_checkpoint_dir --n 16
+python -m jobs.quickstart --model path/to/hf_or_run_dir --n 16
 """
 
 import sys
@@ -12,7 +12,7 @@ from jobs import _cli
 
 def main(argv: list[str] | None = None) -> None:
     ap = _cli.parser("jobs.quickstart", __doc__)
-    ap.add_argument("--model", default="tiny", help="preset name, HF Ankh dir or our checkpoint")
+    _cli.add(ap, "--model", _cli.model_flag(None, "default tiny (random weights)", default="tiny"))
     ap.add_argument("--n", type=int, default=8, help="how many bundled sequences to embed")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     args = _cli.parse_args(ap, argv)

@@ -1,36 +1,63 @@
-"""Serve a checkpoint over HTTP (and DeploymentHandles): ``python -m jobs.serve --checkpoint PATH``.
+"""Serve models over HTTP (and DeploymentHandles): ``python -m jobs.serve --model MODEL``.
 
 Starts Ray Serve locally (or on the cluster in ``RAY_ADDRESS``) with the embedding and
 generation deployments behind a FastAPI ingress, prints the URL and serves until Ctrl-C
 (``--detach``: deploy and exit, leaving it running on the cluster). Binds 127.0.0.1 unless
 ``--host`` says otherwise. Every ServeConfig field is settable as ``key.path=value`` or in a
 ``--config`` YAML holding a ServeConfig mapping (what ``args:`` holds in ``cluster/serve-*.yaml``,
-the same apps as Serve config files for ``serve run`` / ``serve deploy``). ``--model NAME=PATH``
-(repeatable) adds checkpoints that the same replicas serve on request (``"model": NAME``).
+the same apps as Serve config files for ``serve run`` / ``serve deploy``).
+
+Several models per replica: ``--model`` is repeatable. A bare ``--model MODEL`` is the default
+model (``checkpoint=``; at most one); ``--model NAME=MODEL`` adds a model that the same replicas
+serve on request (``"model": NAME``; ``models.NAME=``)::
+
+    python -m jobs.serve --model /runs/base --model ft=/runs/base-ft --model v2=gs://b/runs/v2
+
+``--checkpoint MODEL`` is the old spelling of a bare ``--model MODEL``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 import threading
 
+from ankh_platform.core.config import ConfigError
 from jobs import _cli
 
+# NAME in ``--model NAME=MODEL``: the served id's characters (ServeConfig checks the full rule).
+# A path or URL before its first "=" has a "/" and so stays one bare model reference.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
+
+
+def models(items: list[str]) -> dict:
+    """``--model`` values -> ``{"checkpoint": bare one, "models": {NAME: MODEL}}`` (those given)."""
+    bare, named = [], {}
+    for item in items:
+        name, sep, ref = item.partition("=")
+        if sep and _NAME.fullmatch(name.strip()):
+            if not ref.strip():
+                raise ConfigError(f"{item!r}: expected NAME=MODEL")
+            named[name.strip()] = ref.strip()
+        else:
+            bare.append(item.strip())
+    if len(bare) > 1:
+        raise ConfigError(f"{bare}: one default model (name the others: --model NAME=MODEL)")
+    out = {"checkpoint": bare[0]} if bare else {}
+    return out | ({"models": named} if named else {})
+
+
 FLAGS = {
-    "--checkpoint": _cli.flag(
-        "checkpoint",
-        "the default model: preset name, HF directory, our "
-        "run dir (local or gs://) or hub id (org/name[@revision])",
-    ),
-    "--model": _cli.flag(
-        "models",
-        "another checkpoint served by the same replicas, picked per "
-        'request with "model": NAME (repeatable; = models.NAME=PATH)',
+    "--model": _cli.model_flag(
+        ("checkpoint", "models"),
+        "repeatable: a bare MODEL is the default model, NAME=MODEL another one "
+        'served by the same replicas, picked per request with "model": NAME',
         action="append",
-        metavar="NAME=PATH",
-        value=_cli.named_paths,
+        metavar="[NAME=]MODEL",
+        value=models,
+        aliases=("--checkpoint",),
     ),
     "--host": _cli.flag("host", "bind address (default 127.0.0.1)"),
     "--port": _cli.flag("port", "HTTP port (default 8000)", type=int),

@@ -29,7 +29,7 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
     "embed": (
         0.2,
         [
-            "--preset",
+            "--model",
             "{p}",
             "--batch",
             "8",
@@ -41,7 +41,7 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
             "none",
         ],
         [
-            "--preset",
+            "--model",
             "{p}",
             "--batch",
             "2",
@@ -117,9 +117,9 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
     ),
     "embed-job": (
         0.3,
-        ["--checkpoint", "{p}", "--sequences", "400", "--shards", "2", "--raw-after", "0"],
+        ["--model", "{p}", "--sequences", "400", "--shards", "2", "--raw-after", "0"],
         [
-            "--checkpoint",
+            "--model",
             "{p}",
             "--sequences",
             "16",

@@ -20,6 +20,7 @@ from flax import nnx
 import ankh
 from ankh.accelerator import dtype_name
 from ankh.flops import encoder_flops, measure_matmul_peak
+from jobs import _cli  # the --model / --output flags every job shares
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -67,10 +68,17 @@ def _model(name: str, dtype: str) -> ankh.Ankh:
     return ankh.load(name, dtype=dtype)
 
 
+_MODEL = _cli.model_flag(
+    None,
+    "or a benchmark shape (d512x8); a preset or shape has random weights (default base)",
+    aliases=("--checkpoint", "--preset"),
+    default="base",
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m jobs.benchmark embed", description=__doc__)
-    ap.add_argument("--preset", default="base", help="model preset or d512x8 (random weights)")
-    ap.add_argument("--checkpoint", help="HF dir or checkpoint instead of a preset")
+    _cli.add(ap, "--model", _MODEL)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=256, help="tokens per sequence (incl. </s>)")
     ap.add_argument(
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.dtype = dtype_name(args.dtype)
 
-    model = _model(args.checkpoint or args.preset, args.dtype)
+    model = _model(args.model, args.dtype)
     ids, mask = real_batch(model, args.batch, args.length)
     encode = jax.jit(lambda p, i, m: nnx.merge(model.graphdef, p).encode(i, m))
     ours = time_it(lambda: encode(model.params, ids, mask).block_until_ready(), args.repeats)
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     peak = measure_matmul_peak(args.dtype, seconds=2.0, devices=jax.devices()[:1]) / 1e9
     result = {
         "benchmark": "embed",
-        "preset": args.checkpoint or args.preset,
+        "preset": args.model,
         "dtype": args.dtype,
         "batch": args.batch,
         "length": args.length,

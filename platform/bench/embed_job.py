@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
 from ankh_platform.core.samples import protein_shard
+from jobs import _cli  # the --model / --output flags every job shares
 
 log = logging.getLogger("bench_embed_job")
 
@@ -152,7 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--checkpoint", default="small", help="preset or checkpoint (default: small)")
+    _cli.add(
+        ap,
+        "--model",
+        _cli.model_flag(None, "default small (random weights)", aliases=("--checkpoint",)),
+        default="small",
+    )
     ap.add_argument(
         "--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)"
     )
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = _sequences(args.data, args.sequences)
     cfg = EmbedJobConfig(
-        checkpoint=args.checkpoint,
+        checkpoint=args.model,
         batch_tokens=args.batch_tokens,
         max_length=args.max_length,
         replicas=args.replicas,
@@ -206,19 +212,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     out = {
         "benchmark": "embed-job",
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.model,
         "sequences": table.num_rows,
         "batch_tokens": args.batch_tokens,
         "max_length": args.max_length,
         "shapes": spec.shapes(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.checkpoint
+        ckpt = args.model
         if ckpt in PRESETS:  # random weights, saved once: both sides load these files
             import ankh
 
             ckpt = f"{tmp}/model"
-            ankh.load(args.checkpoint).save_hf(ckpt)
+            ankh.load(args.model).save_hf(ckpt)
             cfg = dataclasses.replace(cfg, checkpoint=ckpt)
         log.info("raw encoder on the job's packed batches ...")
         out.update(_raw(ckpt, spec, table, args.group_rows))

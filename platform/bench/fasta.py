@@ -3,7 +3,7 @@ command line vs HF ``transformers`` ``T5EncoderModel`` (one JSON line).
 
 What a user runs over a protein database, timed the way they would time it:
 
-- **ours**: ``python -m jobs.embed --checkpoint MODEL --input X.fasta --output OUT`` in a fresh
+- **ours**: ``python -m jobs.embed --model MODEL --input X.fasta --output OUT`` in a fresh
   process, wall time from launch to exit: interpreter and imports, the local Ray start, reading,
   packing, the replica's start (load, compile), embedding, writing, merging, the summary;
 - **HF, one sequence at a time** (``hf_b1``): the official ``ankh`` extract -- ``T5EncoderModel``
@@ -11,7 +11,7 @@ What a user runs over a protein database, timed the way they would time it:
 - **HF, batches of 8 in file order** (``hf_b8``): padded to the longest of each 8, attention mask.
 
 HF runs in this process after its model is loaded; its imports and loading are *not* timed (in
-HF's favour). Same weights (``--checkpoint``; default the ``d512x8`` shape with random weights,
+HF's favour). Same weights (``--model``; default the ``d512x8`` shape with random weights,
 written once as an HF directory that both sides load), same proteins: the first ``--sequences``
 of at most ``--max-residues`` residues of a real UniProt shard, in file order, written as FASTA.
 
@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ankh.resolve import resolve
+from jobs import _cli  # the --model / --output flags every job shares
 
 log = logging.getLogger("bench_fasta")
 
@@ -75,7 +76,7 @@ def run_ours(model: str, fasta: str, out: str, extra: list[str]) -> dict:
         sys.executable,
         "-m",
         "jobs.embed",
-        "--checkpoint",
+        "--model",
         model,
         "--input",
         fasta,
@@ -149,10 +150,15 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument(
-        "--checkpoint",
+    _cli.add(
+        ap,
+        "--model",
+        _cli.model_flag(
+            None,
+            "or d512x8 (random weights; the default); a preset has random weights",
+            aliases=("--checkpoint",),
+        ),
         default="d512x8",
-        help="d512x8, a preset (random weights) or an HF Ankh directory (default d512x8)",
     )
     ap.add_argument(
         "--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)"
@@ -180,11 +186,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         fasta = f"{tmp}/proteins.fasta"
         proteins = real_fasta(fasta, args.data, args.sequences, args.max_residues)
-        model = model_dir(args.checkpoint, tmp)
+        model = model_dir(args.model, tmp)
         lengths = np.array([len(s) for s in proteins.values()])
         out = {
             "benchmark": "fasta",
-            "checkpoint": args.checkpoint,
+            "checkpoint": args.model,
             "sequences": len(proteins),
             "residues": int(lengths.sum()),
             "length_p50": int(np.median(lengths)),

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from ankh_platform.core.config import ConfigError
+from jobs import _cli  # the --model / --output flags every job shares
 
 PROBES = ("ss3_q3", "ss8_q8")
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=0.15,
         help="fraction of the budget kept for evaluations and checkpoints",
     )
-    ap.add_argument("--output", default=None, help="where the runs go (default: a temp dir)")
+    _cli.add(ap, "--output", _cli.output_flag(None, "the runs (default: a temp dir)"))
     ap.add_argument(
         "overrides",
         nargs="*",

@@ -25,6 +25,7 @@ import numpy as np
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
 from ankh_platform.core.samples import protein_parquet
+from jobs import _cli  # the --model / --output flags every job shares
 
 
 def _proteins(n: int, max_len: int) -> list[str]:
@@ -126,7 +127,12 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--checkpoint", default="small", help="preset, HF dir or run dir")
+    _cli.add(
+        ap,
+        "--model",
+        _cli.model_flag(None, "default small (random weights)", aliases=("--checkpoint",)),
+        default="small",
+    )
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--sequences", type=int, default=256, help="real proteins in the set")
     ap.add_argument("--max-len", type=int, default=512, help="longest protein used (residues)")
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     from ankh_platform.serve.app import build_app
 
     seqs = _proteins(args.sequences, args.max_len)
-    model = ankh.load(args.checkpoint, dtype=args.dtype)
+    model = ankh.load(args.model, dtype=args.dtype)
     model.embed(seqs, batch_tokens=args.batch_tokens)  # compiles every shape this set needs
     off_before = offline_tokens_per_s(model, seqs, args.batch_tokens)
     rng = np.random.default_rng(0)
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         cfg = {
-            "checkpoint": args.checkpoint,
+            "checkpoint": args.model,
             "dtype": args.dtype,
             "generate": {"enabled": False},
             "embed": {
@@ -198,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "benchmark": "serve",
-                "checkpoint": args.checkpoint,
+                "checkpoint": args.model,
                 "dtype": args.dtype,
                 "clients": args.clients,
                 "per_request": args.per_request,

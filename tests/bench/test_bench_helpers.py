@@ -21,7 +21,7 @@ def test_embed_benchmark_reports_its_keys(capsys):
 
     embed.main(
         [
-            "--preset",
+            "--model",
             "tiny",
             "--batch",
             "2",

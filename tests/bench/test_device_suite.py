@@ -31,7 +31,7 @@ def test_suite_names_the_device_and_runs_the_encoder_part():
 
 
 def test_a_part_over_its_budget_reports_an_error_line():
-    out, err = device._run(["embed", "--preset", "tiny", "--reference", "none"], timeout=1)
+    out, err = device._run(["embed", "--model", "tiny", "--reference", "none"], timeout=1)
     assert out is None and err.startswith("timed out")
 
 

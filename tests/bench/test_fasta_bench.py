@@ -11,7 +11,7 @@ from ankh_platform.bench import fasta
 def test_fasta_benchmark_runs_the_job_and_matches_hf(capsys, tmp_path):
     out = fasta.main(
         [
-            "--checkpoint",
+            "--model",
             "tiny",
             "--sequences",
             "12",

@@ -28,7 +28,7 @@ JOBS = {
     "check_cluster": ["--preset", "--json"],
     "convert": ["export", "import", "check"],
     "embed": [
-        "--checkpoint",
+        "--model",
         "--input",
         "--output",
         "--per-residue",
@@ -39,15 +39,23 @@ JOBS = {
         "key.path=value",
         "long_policy",
     ],
-    "evaluate": ["--checkpoint", "--task", "--head", "--output", "--no-baselines", "limits.train"],
-    "finetune_generator": ["key.path=value", "train.steps", "model", "data", "output"],
-    "generate": ["key.path=value", "temperatures", "parents", "sequence", "mask_fraction"],
+    "evaluate": ["--model", "--task", "--head", "--output", "--no-baselines", "limits.train"],
+    "finetune_generator": ["--model", "--output", "key.path=value", "train.steps", "data"],
+    "generate": ["--model", "--output", "key.path=value", "temperatures", "parents", "sequence"],
     "prepare": ["--input", "--output", "--policy", "rows_per_shard", "validation_fraction"],
-    "pretrain": ["--config", "--output", "--name", "--address", "--in-process", "pretrain-tiny"],
+    "pretrain": [
+        "--config",
+        "--model",
+        "--output",
+        "--name",
+        "--address",
+        "--in-process",
+        "pretrain-tiny",
+    ],
     "quickstart": ["--model", "--n", "--dtype"],
     "serve": [
-        "--checkpoint",
         "--model",
+        "NAME=MODEL",
         "--host",
         "--port",
         "--detach",
@@ -59,7 +67,7 @@ JOBS = {
 }
 
 # Arguments that get past a job's required ones, so that the unknown flag is what is reported.
-BAD_ARGS = {"convert": ("check", "--hf", "x")}
+BAD_ARGS = {"convert": ("check", "--model", "x")}
 
 
 def _job(name: str, *args: str) -> subprocess.CompletedProcess:
@@ -111,11 +119,19 @@ class Cfg:
     inner: Inner = Inner()
 
 
+def _named(items: list[str]) -> dict[str, str]:
+    """A flag's value function: ``["a=PATH", ...]`` -> ``{"a": "PATH"}``; ConfigError otherwise."""
+    pairs = [item.partition("=") for item in items]
+    if bad := [n + s + p for n, s, p in pairs if not (n and s and p)]:
+        raise ConfigError(f"{bad[0]!r}: expected NAME=PATH")
+    return {n: p for n, _, p in pairs}
+
+
 FLAGS = {
     "--path": _cli.flag("path", "where", required=True),
     "--size": _cli.flag("size", "how big", type=int),
     "--on": _cli.flag("on", "switch", action="store_true"),
-    "--model": _cli.flag("models", "NAME=PATH", action="append", value=_cli.named_paths),
+    "--model": _cli.flag("models", "NAME=PATH", action="append", value=_named),
     "--n": _cli.flag("inner.n", "nested", type=int),
     "--name": _cli.flag("inner.names", "repeatable", action="append"),
     "--dry": _cli.flag(None, "the job's own"),

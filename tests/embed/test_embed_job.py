@@ -224,7 +224,7 @@ def test_cli_help():
         cwd=REPO,
         timeout=120,
     )
-    assert r.returncode == 0 and "--checkpoint" in r.stdout and "long_policy" in r.stdout
+    assert r.returncode == 0 and "--model" in r.stdout and "long_policy" in r.stdout
 
 
 # ---- slow: the whole Ray Data job -----------------------------------------------------------------
@@ -243,7 +243,7 @@ def _write_inputs(root: Path, protein_parquet: Path, shards: int, per: int) -> d
 
 def _job_args(inp: str, out: str) -> list[str]:
     return [
-        "--checkpoint",
+        "--model",
         "tiny",
         "--input",
         inp,

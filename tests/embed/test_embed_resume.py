@@ -58,7 +58,7 @@ def test_killed_mid_shard_resumes_only_the_remainder(tmp_path, bundled_fasta, ra
                 sys.executable,
                 "-m",
                 "jobs.embed",
-                "--checkpoint",
+                "--model",
                 "tiny",
                 "--input",
                 str(inp),

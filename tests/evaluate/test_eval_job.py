@@ -25,7 +25,7 @@ SMALL = [
 def test_onehot_ss3_and_contacts_reports_and_cache(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = [
-        "--checkpoint",
+        "--model",
         "onehot",
         "--task",
         "ss3",
@@ -68,8 +68,8 @@ def test_help_and_bad_task_errors(tmp_path):
         text=True,
         timeout=120,
     )
-    assert r.returncode == 0 and "--checkpoint" in r.stdout and "limits.train" in r.stdout
-    with pytest.raises(FileNotFoundError):
+    assert r.returncode == 0 and "--model" in r.stdout and "limits.train" in r.stdout
+    with pytest.raises(FileNotFoundError):  # --checkpoint: the old spelling of --model still works
         job.main(
             [
                 "--checkpoint",
@@ -96,7 +96,7 @@ def test_tiny_model_with_baselines_linear_and_convbert(tmp_path):
     ]
     report = job.main(
         [
-            "--checkpoint",
+            "--model",
             "tiny",
             "--task",
             "ss3",

@@ -177,5 +177,5 @@ def test_convert_import_refuses_a_preset(tmp_path):
     from jobs import convert
 
     with pytest.raises(ValueError, match="not an HF Ankh directory"):
-        convert.main(["import", "--hf", "tiny", "--output", str(tmp_path / "out")])
+        convert.main(["import", "--model", "tiny", "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
