@@ -3,9 +3,11 @@
 As the Ankh paper's High-N generation: the family is trained with the pretraining objective
 (1-gram partial de-masking, ``ankh.objective``) and the pretraining loss/optimizer
 (``ankh.training.loss_sums`` / ``make_optimizer``); only ``decoder.*`` and ``lm_head`` change
-(``ankh.training.with_frozen``, the mechanism ``jobs.pretrain train.freeze=[encoder]`` uses:
-the encoder's and the shared embedding's updates are zero; the encoder reads that embedding).
-Single-process and jitted; the result is an ``Ankh`` (save it with ``save_hf``).
+(the mechanism ``jobs.pretrain train.freeze=[encoder]`` uses: the encoder's and the shared
+embedding's updates are zero; the encoder reads that embedding).
+Training is the pretraining ``ankh.training.Trainer`` itself (``freeze=("encoder",)``: its step,
+optimizer and evaluation) fed one family sequence per row of an ``ankh.packing`` batch, on one
+device; the result is an ``Ankh`` (save it with ``save_hf``).
 """
 
 from __future__ import annotations
@@ -18,18 +20,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
+from ankh import sharding
 from ankh.objective import Objective, ObjectiveConfig
-from ankh.training import (
-    MODEL_KEYS,
-    OptimConfig,
-    freeze_labels,
-    loss_sums,
-    make_optimizer,
-    with_frozen,
-)
+from ankh.packing import PackSpec, build_batch
+from ankh.training import MODEL_KEYS, OptimConfig, Trainer
 
 log = logging.getLogger(__name__)
 FROZEN = ("encoder",)  # ankh.training.FREEZE_GROUPS: the encoder and the shared embedding
@@ -54,103 +50,39 @@ class FinetuneConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
-def labels_of(params: dict) -> dict:
-    """'train' for decoder/lm_head leaves, 'freeze' for the encoder and the shared embedding."""
-    return freeze_labels(params, FROZEN)
+def _trainer(model: Any, cfg: FinetuneConfig) -> Trainer:
+    """The pretraining ``Trainer`` with the encoder frozen, on one device (a family fits one)."""
+    oc = (
+        cfg.optim
+        if cfg.optim.total_steps
+        else dataclasses.replace(cfg.optim, total_steps=cfg.steps)
+    )
+    # Compute in the model's own dtype (``ankh.load``'s "auto"), as the model was loaded.
+    oc = dataclasses.replace(oc, compute_dtype=jnp.dtype(model.dtype).name)
+    mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    residues = model.tokenizer.residue_table(model.config.vocab_size)
+    return Trainer(model.config, oc, mesh, seed=cfg.seed, freeze=FROZEN, residues=residues)
 
 
-def make_batch(
-    examples: Sequence[tuple[np.ndarray, np.ndarray]],
-    rows: int,
-    enc_len: int,
-    dec_len: int,
-    pad: int = 0,
-    start: int = 0,
-) -> dict[str, np.ndarray]:
-    """Padded batch in the training contract (one sequence per row) from (enc ids, target ids)."""
-    b = {
-        k: np.zeros(
-            (rows, enc_len if k in ("input_ids", "segment_ids", "positions") else dec_len),
-            np.float32 if k == "loss_mask" else np.int32,
-        )
-        for k in MODEL_KEYS
-    }
-    for r, (enc, tgt) in enumerate(examples):
-        if len(enc) > enc_len or len(tgt) > dec_len:
-            raise ValueError(
-                f"example {r} ({len(enc)}/{len(tgt)} tokens) exceeds {enc_len}/{dec_len}"
-            )
-        b["input_ids"][r, : len(enc)], b["segment_ids"][r, : len(enc)] = enc, 1
-        b["labels"][r, : len(tgt)], b["loss_mask"][r, : len(tgt)] = tgt, 1.0
-        b["decoder_input_ids"][r, : len(tgt)] = np.concatenate([[start], tgt[:-1]])
-        b["decoder_segment_ids"][r, : len(tgt)] = 1
-    b["input_ids"][b["segment_ids"] == 0] = pad
-    b["positions"][:] = np.arange(enc_len)
-    b["decoder_positions"][:] = np.arange(dec_len)
-    return b
+def _pack_spec(model: Any, cfg: FinetuneConfig, longest: int) -> PackSpec:
+    """One sequence per row; shapes fit the family (the objective crops to max_residues)."""
+    ocfg = cfg.objective
+    ocfg = dataclasses.replace(ocfg, max_residues=min(ocfg.max_residues, longest))
+    return PackSpec(
+        rows=cfg.batch_size,
+        enc_len=ocfg.max_encoder_tokens(),
+        dec_len=ocfg.max_decoder_tokens(),
+        max_segments=1,
+        pad_id=model.tokenizer.pad_id,
+        decoder_start_id=model.config.decoder_start_token_id,
+    )
 
 
-class DecoderFinetuner:
-    """Holds params/optimizer state; ``step`` trains one batch, ``mean_log_likelihood`` scores."""
-
-    def __init__(self, model: Any, cfg: FinetuneConfig, longest: int | None = None) -> None:
-        # The result is built by the model's own class (an ``Ankh``): no import of ankh.api.
-        self.ankh_cls, self.cfg, self.model_cfg = type(model), cfg, model.config
-        self.tokenizer, self.graphdef, self.dtype = model.tokenizer, model.graphdef, model.dtype
-        self._state = model.params
-        # A copy: the step donates its inputs and must not free the caller's model.
-        self.params = jax.tree.map(jnp.copy, nnx.to_pure_dict(model.params))
-        oc = (
-            cfg.optim
-            if cfg.optim.total_steps
-            else dataclasses.replace(cfg.optim, total_steps=cfg.steps)
-        )
-        self.tx = with_frozen(make_optimizer(oc), FROZEN)
-        self.opt_state = self.tx.init(self.params)
-        self.objective = Objective(cfg.objective, self.tokenizer)
-        # Shapes fit the family (sequences are cropped to max_residues by the objective).
-        ocfg = cfg.objective
-        if longest is not None:
-            ocfg = dataclasses.replace(ocfg, max_residues=min(ocfg.max_residues, longest))
-        self.enc_len, self.dec_len = ocfg.max_encoder_tokens(), ocfg.max_decoder_tokens()
-        self._step = jax.jit(self._step_fn, donate_argnums=(0, 1))
-        self._loss = jax.jit(lambda p, b: loss_sums(self.graphdef, p, b)[1])
-
-    def _step_fn(self, params, opt_state, batch):
-        n = jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
-        grad_fn = jax.value_and_grad(lambda p: loss_sums(self.graphdef, p, batch)[0] / n)
-        loss, grads = grad_fn(params)
-        updates, opt_state = self.tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    def batch(self, seqs: Sequence[np.ndarray], ids: Sequence[int], epoch: int) -> dict:
-        ex = [self.objective(s, self.cfg.seed, epoch, i) for s, i in zip(seqs, ids)]
-        return make_batch(
-            ex,
-            self.cfg.batch_size,
-            self.enc_len,
-            self.dec_len,
-            self.tokenizer.pad_id,
-            self.model_cfg.decoder_start_token_id,
-        )
-
-    def step(self, batch: dict) -> float:
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, batch)
-        return float(loss)
-
-    def mean_log_likelihood(self, seqs: Sequence[np.ndarray], epoch: int = 10**6) -> float:
-        """Mean log p(target token) over fixed (seeded) maskings of ``seqs`` (higher = better)."""
-        ce = tokens = 0.0
-        bs = self.cfg.batch_size
-        for i in range(0, len(seqs), bs):
-            out = self._loss(self.params, self.batch(seqs[i : i + bs], range(i, i + bs), epoch))
-            ce, tokens = ce + float(out["ce"]), tokens + float(out["tokens"])
-        return -ce / max(tokens, 1.0)
-
-    def to_ankh(self) -> Any:
-        state = jax.tree.map(lambda x: x, self._state)
-        nnx.replace_by_pure_dict(state, jax.device_get(self.params))
-        return self.ankh_cls(self.model_cfg, nnx.merge(self.graphdef, state), self.tokenizer)
+def _to_ankh(model: Any, params: dict) -> Any:
+    """``params`` in a new model of ``model``'s class (an ``Ankh``: no import of ankh.api)."""
+    state = jax.tree.map(lambda x: x, model.params)
+    nnx.replace_by_pure_dict(state, jax.device_get(params))
+    return type(model)(model.config, nnx.merge(model.graphdef, state), model.tokenizer)
 
 
 def finetune_decoder(
@@ -161,26 +93,46 @@ def finetune_decoder(
     toks = [t[lead:-1] for t in model.tokenize(list(sequences))]  # residues, no </s>
     if len(toks) < 2:
         raise ValueError("need at least 2 family sequences")
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(toks))
+    order = np.random.default_rng(cfg.seed).permutation(len(toks))
     n_eval = int(round(cfg.eval_fraction * len(toks)))
     held, train = [toks[i] for i in order[:n_eval]], [toks[i] for i in order[n_eval:]]
     held = held or train
-    ft = DecoderFinetuner(model, cfg, longest=max(len(t) for t in toks))
+    trainer, objective = _trainer(model, cfg), Objective(cfg.objective, model.tokenizer)
+    spec, bs = _pack_spec(model, cfg, longest=max(len(t) for t in toks)), cfg.batch_size
+
+    def batch(seqs: Sequence[np.ndarray], ids: Sequence[int], epoch: int) -> dict:
+        ex = [objective(s, cfg.seed, epoch, int(i)) for s, i in zip(seqs, ids)]
+        rows = [[r] for r in range(len(ex))]
+        b = build_batch(rows, [e for e, _ in ex], [t for _, t in ex], list(ids), spec)
+        return sharding.global_batch({k: b[k] for k in MODEL_KEYS}, trainer.mesh)
+
+    def mean_log_likelihood(params: dict, epoch: int = 10**6) -> float:
+        """Mean log p(target token) over fixed (seeded) maskings of ``held`` (higher = better)."""
+        sums = [
+            jax.device_get(
+                trainer.evaluate(params, batch(held[i : i + bs], range(i, i + bs), epoch))
+            )
+            for i in range(0, len(held), bs)
+        ]
+        return -sum(float(s["ce"]) for s in sums) / max(sum(float(s["tokens"]) for s in sums), 1.0)
+
+    state = trainer.init_state(model.flat_params())  # a copy: the step donates its state
     hist: dict[str, Any] = {
         "train_loss": [],
-        "eval": [(0, ft.mean_log_likelihood(held))],
+        "eval": [(0, mean_log_likelihood(state["params"]))],
         "n_train": len(train),
         "n_eval": n_eval,
     }
-    per_epoch = max(1, -(-len(train) // cfg.batch_size))
+    per_epoch = max(1, -(-len(train) // bs))
     for step in range(cfg.steps):
         epoch, k = divmod(step, per_epoch)
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-        idx = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-        hist["train_loss"].append(ft.step(ft.batch([train[i] for i in idx], idx, epoch)))
+        idx = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))[
+            k * bs : (k + 1) * bs
+        ]
+        state, metrics = trainer.step(state, batch([train[i] for i in idx], idx, epoch))
+        hist["train_loss"].append(float(metrics["loss"]))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            hist["eval"].append((step + 1, ft.mean_log_likelihood(held)))
+            hist["eval"].append((step + 1, mean_log_likelihood(state["params"])))
             log.info(
                 "step %d loss %.4f held-out mean log-lik %.4f",
                 step + 1,
@@ -189,4 +141,4 @@ def finetune_decoder(
             )
         if callback:  # after every step (a progress bar); hist["eval"] grows at eval steps
             callback(step + 1, hist)
-    return ft.to_ankh(), hist
+    return _to_ankh(model, state["params"]), hist

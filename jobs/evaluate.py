@@ -46,9 +46,9 @@ FLAGS = {
 
 
 def parse(argv: list[str] | None = None):
-    from ankh_platform.evaluate.heads import EvalConfig
+    from ankh_platform.evaluate.heads import EvaluateJobConfig
 
-    return _cli.parse(EvalConfig, argv, __doc__, "jobs.evaluate", FLAGS)[0]
+    return _cli.parse(EvaluateJobConfig, argv, __doc__, "jobs.evaluate", FLAGS)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,8 +1,12 @@
-"""Train probe heads on frozen embeddings and score them: the engine behind ``jobs.evaluate``.
+"""Probe heads on frozen embeddings, scored: the engine behind ``jobs.evaluate``.
 
-For each task x embedder (checkpoints + baselines) x head: embeddings come from the cache,
-a head from ``ankh.probes`` is trained with AdamW on the train split (seeded shuffling, init and
-dropout), early-stopped on the validation metric, and the best state is scored on test.
+For each task x embedder (checkpoints + baselines) x head: embeddings come from the cache. The
+``linear`` head is the linear probe (``evaluate.linear``, the one the in-training probe fits:
+standardised features, full-batch L-BFGS to a fixed iteration count, deterministic) fit on the
+train split. The trained heads (``mlp``, ``convbert``; and ``linear`` on contacts, whose
+pairwise head is not a linear model) come from ``ankh.probes``, trained with AdamW on the train
+split (seeded shuffling, init and dropout), early-stopped on the validation metric, the best
+state scored on test.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -19,30 +22,37 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ankh.batching import DEFAULT_BATCH_TOKENS, rung
+from ankh.batching import DEFAULT_BATCH_TOKENS
 from ankh.probes import make_head
 from ankh.seeds import derive_seed
 from ankh_platform.core import progress
-from ankh_platform.evaluate import metrics as M
-from ankh_platform.evaluate.tasks import TaskData, TaskLimits, contact_map
+from ankh_platform.evaluate.batches import iter_batches, pack, pool, unpack
+from ankh_platform.evaluate.linear import LinearProbeConfig, fit_logits, standardise
+from ankh_platform.evaluate.metrics import score
+from ankh_platform.evaluate.tasks import TaskData, TaskLimits
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 16  # sequences per step (per-protein linear/MLP heads: 4x this)
+class HeadTrainConfig:
+    """How the heads are fit (``jobs.evaluate``'s ``train.*``)."""
+
+    batch_size: int = 16  # sequences per step (per-protein MLP heads: 4x this)
     contact_batch_size: int = 2
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     max_epochs: int = 30
     patience: int = 3  # epochs without a better validation metric before stopping
     max_steps_per_epoch: int = 0  # 0 = a full pass over train
-    pack_chunk: int = 64  # per-residue linear/MLP: residues per packed row (batch_size rows a step)
+    pack_chunk: int = 64  # per-residue MLP: residues per packed row (batch_size rows a step)
+    linear: LinearProbeConfig = LinearProbeConfig()  # the linear probe's fit (no AdamW, no epochs)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvaluateJobConfig:
+    """``jobs.evaluate``'s configuration."""
+
     checkpoints: tuple[str, ...] = ("tiny",)
     tasks: tuple[str, ...] = ("ss3",)
     heads: tuple[str, ...] = ("linear",)
@@ -59,68 +69,7 @@ class EvalConfig:
     contact_protein: str = ""  # chain id for the contact-map plot (default: first test chain)
     plots: bool = True
     limits: TaskLimits = TaskLimits()
-    train: TrainConfig = TrainConfig()
-
-
-# ---- batching ---------------------------------------------------------------------------------------
-def _pool(x: list[np.ndarray]) -> list[np.ndarray]:
-    return [e.mean(axis=0, keepdims=True) for e in x]  # [1, e]: a per-protein "sequence" of 1
-
-
-def _pack(items: list[np.ndarray], chunk: int) -> list[np.ndarray]:
-    """Concatenate per-residue arrays and cut them into ``chunk``-residue pieces."""
-    flat = np.concatenate([np.asarray(i) for i in items])
-    return [flat[i : i + chunk] for i in range(0, len(flat), chunk)]
-
-
-def _unpack(chunks: list[np.ndarray], lengths: list[int]) -> list[np.ndarray]:
-    flat = np.concatenate(chunks)
-    return np.split(flat, np.cumsum(lengths)[:-1])
-
-
-def make_batch(
-    task: TaskData,
-    xs: list[np.ndarray],
-    ys: list[Any],
-    rows: np.ndarray,
-    batch: int,
-    y_stats: tuple[float, float],
-) -> dict[str, np.ndarray]:
-    """Pad ``rows`` into fixed ``[batch, bucket(L)]`` arrays (few jit shapes); pad rows weigh 0."""
-    dim = xs[rows[0]].shape[1]
-    longest = max(len(xs[i]) for i in rows)
-    # Doubling rungs from 16 (few jit shapes for the head's training step); pooled
-    # per-protein rows are "sequences" of one.
-    length = rung(longest, 16, steps_per_octave=1) if longest > 1 else 1
-    x = np.zeros((batch, length, dim), np.float32)
-    mask = np.zeros((batch, length), np.float32)
-    row_w = np.zeros((batch,), np.float32)
-    if task.kind == "residue_class":
-        y = np.full((batch, length), -1, np.int32)
-    elif task.kind == "contacts":
-        y = np.zeros((batch, length, length), np.float32)
-    elif task.kind == "multilabel":
-        y = np.zeros((batch, len(task.classes)), np.float32)
-    else:
-        y = np.zeros((batch,), np.float32 if task.kind == "protein_reg" else np.int32)
-    for r, i in enumerate(rows):
-        n = len(xs[i])
-        x[r, :n], mask[r, :n], row_w[r] = xs[i], 1.0, 1.0
-        if task.kind == "residue_class":
-            y[r, :n] = ys[i]
-        elif task.kind == "contacts":
-            y[r, :n, :n] = contact_map(ys[i])
-        elif task.kind == "protein_reg":
-            y[r] = (ys[i] - y_stats[0]) / y_stats[1]
-        else:
-            y[r] = ys[i]
-    return {"x": x, "mask": mask, "y": y, "row_w": row_w}
-
-
-def iter_batches(task: TaskData, xs, ys, batch: int, order: np.ndarray, y_stats) -> Iterator[tuple]:
-    for s in range(0, len(order), batch):
-        rows = order[s : s + batch]
-        yield rows, make_batch(task, xs, ys, rows, batch, y_stats)
+    train: HeadTrainConfig = HeadTrainConfig()
 
 
 # ---- loss and steps --------------------------------------------------------------------------------
@@ -185,80 +134,88 @@ def predict(task: TaskData, model: nnx.Module, xs, ys, batch: int, y_stats) -> l
     return [np.asarray(p) for p in out]
 
 
-# ---- metrics -----------------------------------------------------------------------------------------
-def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]) -> dict[str, Any]:
-    """All figures for one split; ``main`` is the early-stopping / headline metric."""
-    if task.kind == "residue_class":
-        p = np.concatenate([x.argmax(-1) for x in preds])
-        t = np.concatenate([np.asarray(y) for y in ys])
-        name = {"ss3": "q3", "ss8": "q8"}.get(task.name, "accuracy")
-        per_chain = [M.accuracy(x.argmax(-1), np.asarray(y)) for x, y in zip(preds, ys)]
-        return {
-            "main": name,
-            name: M.accuracy(p, t),
-            "per_chain_mean_accuracy": float(np.mean(per_chain)),
-            "residues": int(len(t)),
-            "confusion": M.confusion(p, t, len(task.classes)).tolist(),
-        }
-    if task.kind == "protein_class":
-        p, t = np.array([x.argmax() for x in preds]), np.array(ys)
-        return {
-            "main": "accuracy",
-            "accuracy": M.accuracy(p, t),
-            "confusion": M.confusion(p, t, len(task.classes)).tolist(),
-        }
-    if task.kind == "protein_reg":
-        p, t = np.array(preds, np.float64), np.array(ys, np.float64)
-        return {
-            "main": "spearman",
-            "spearman": M.spearman(p, t),
-            "pearson": M.pearson(p, t),
-            "mse": float(np.mean((p - t) ** 2)),
-        }
-    if task.kind == "multilabel":
-        s, t = np.stack(preds), np.stack(ys)
-        out = {
-            "main": "micro_auprc",
-            "micro_auprc": M.average_precision(s, t) if t.any() else float("nan"),
-        }
-        out["fmax"], out["fmax_threshold"] = M.fmax(s, t) if t.any() else (float("nan"), 0.0)
-        onto = np.array(task.info.get("ontology_of_term", []))
-        for o in sorted(set(onto.tolist())):
-            cols = onto == o
-            if t[:, cols].any():
-                out[f"fmax_{o}"] = M.fmax(s[:, cols], t[:, cols])[0]
-        return out
-    figs: dict[str, list[float]] = {
-        "p_at_l5_ml": [],
-        "p_at_l2_ml": [],
-        "p_at_l_ml": [],
-        "p_at_l5_long": [],
-    }
-    for pr, ca in zip(preds, ys):
-        L, true = len(ca), contact_map(ca)
-        figs["p_at_l5_ml"].append(M.contact_precision(pr, true, 12, top=L // 5))
-        figs["p_at_l2_ml"].append(M.contact_precision(pr, true, 12, top=L // 2))
-        figs["p_at_l_ml"].append(M.contact_precision(pr, true, 12, top=L))
-        figs["p_at_l5_long"].append(M.contact_precision(pr, true, 24, top=L // 5))
-    return {"main": "p_at_l5_ml", **{k: float(np.nanmean(v)) for k, v in figs.items()}}
-
-
 # ---- training ----------------------------------------------------------------------------------------
 def _n_out(task: TaskData) -> int:
     return 1 if task.kind in ("protein_reg", "contacts") else len(task.classes)
 
 
+# What the linear probe minimises, by task kind (contacts: a trained pairwise head instead).
+LINEAR_LOSS = {
+    "residue_class": "softmax",
+    "protein_class": "softmax",
+    "multilabel": "sigmoid",
+    "protein_reg": "squared",
+}
+
+
+def _linear_targets(task: TaskData, ys: list[Any], y_stats: tuple[float, float]) -> np.ndarray:
+    if task.kind == "residue_class":
+        return np.concatenate([np.asarray(y) for y in ys]).astype(np.int32)
+    if task.kind == "multilabel":
+        return np.stack(ys).astype(np.float32)
+    if task.kind == "protein_reg":
+        return ((np.asarray(ys, np.float64) - y_stats[0]) / y_stats[1]).astype(np.float32)
+    return np.asarray(ys, np.int32)
+
+
+def _linear_outputs(task: TaskData, logits: np.ndarray, y_stats) -> np.ndarray:
+    """The probe's logits as ``predict``'s outputs (probabilities, or the regression value)."""
+    if task.kind in ("residue_class", "protein_class"):
+        return np.asarray(jax.nn.softmax(logits, axis=-1))
+    if task.kind == "multilabel":
+        return np.asarray(jax.nn.sigmoid(logits))
+    return logits[:, 0].astype(np.float64) * y_stats[1] + y_stats[0]
+
+
+def fit_linear_head(
+    task: TaskData, data: dict[str, tuple[list, list]], lc: LinearProbeConfig
+) -> tuple[dict[str, Any], None, dict[str, Any]]:
+    """The linear probe (``evaluate.linear``) fit on train, scored on valid and test."""
+    t0 = time.perf_counter()
+    xs = {s: (pool(d[0]) if task.per_protein else d[0]) for s, d in data.items()}
+    y_stats = (0.0, 1.0)
+    if task.kind == "protein_reg":  # standardise targets with train statistics
+        tr = np.asarray(data["train"][1], np.float64)
+        y_stats = (float(tr.mean()), float(tr.std() or 1.0))
+    x, x_eval = standardise(xs["train"], xs["valid"] + xs["test"])
+    y = _linear_targets(task, data["train"][1], y_stats)
+    n_out = _n_out(task)
+    logits = np.asarray(fit_logits(x, y, x_eval, LINEAR_LOSS[task.kind], n_out, lc.steps, lc.l2))
+    out = _linear_outputs(task, logits, y_stats)  # one row per residue (per protein: per example)
+    if task.per_protein:
+        per = list(out)
+    else:
+        per = np.split(out, np.cumsum([len(r) for r in xs["valid"] + xs["test"]])[:-1])
+    n_valid = len(xs["valid"])
+    valid = score(task, per[:n_valid], data["valid"][1], []) if n_valid else {"main": "none"}
+    figures = score(task, per[n_valid:], data["test"][1], [])
+    result = {
+        "valid_" + figures["main"]: float(valid.get(valid["main"], np.nan)),
+        "fit": "lbfgs",
+        "steps": lc.steps,
+        "l2": lc.l2,
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "head_params": int(x.shape[1] * n_out + n_out),
+        "test": figures,
+        "history": [],
+    }
+    return result, None, {"test": per[n_valid:]}
+
+
 def train_head(
-    task: TaskData, head: str, data: dict[str, tuple[list, list]], tc: TrainConfig, seed: int
-) -> tuple[dict[str, Any], nnx.Module, dict[str, Any]]:
-    """Train one head; returns (result figures, best model, test predictions by split name)."""
+    task: TaskData, head: str, data: dict[str, tuple[list, list]], tc: HeadTrainConfig, seed: int
+) -> tuple[dict[str, Any], nnx.Module | None, dict[str, Any]]:
+    """Fit one head; returns (result figures, best model (None for the linear probe), test
+    predictions by split name)."""
+    if head == "linear" and task.kind in LINEAR_LOSS:
+        return fit_linear_head(task, data, tc.linear)
     pooled = task.per_protein and head != "convbert"
     packed = task.kind == "residue_class" and head != "convbert"
-    xs = {s: (_pool(d[0]) if pooled else d[0]) for s, d in data.items()}
+    xs = {s: (pool(d[0]) if pooled else d[0]) for s, d in data.items()}
     ys = {s: d[1] for s, d in data.items()}
     if packed:  # position-independent heads: pack residues into fixed chunks (one jit shape)
         for s in xs:
-            xs[s], ys[s] = _pack(xs[s], tc.pack_chunk), _pack(ys[s], tc.pack_chunk)
+            xs[s], ys[s] = pack(xs[s], tc.pack_chunk), pack(ys[s], tc.pack_chunk)
     y_stats = (0.0, 1.0)
     if task.kind == "protein_reg":  # standardise targets with train statistics
         tr = np.asarray(ys["train"], np.float64)
@@ -293,7 +250,7 @@ def train_head(
             steps += 1
         val_pred = predict(task, model, xs["valid"], ys["valid"], batch, y_stats)
         if packed:
-            val_pred = _unpack(val_pred, [len(x) for x in data["valid"][0]])
+            val_pred = unpack(val_pred, [len(x) for x in data["valid"][0]])
         val = score(task, val_pred, data["valid"][1], [])
         v = val[val["main"]]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "valid": float(v)})
@@ -312,7 +269,7 @@ def train_head(
             break
     test_pred = predict(task, best_state, xs["test"], ys["test"], batch, y_stats)
     if packed:
-        test_pred = _unpack(test_pred, [len(x) for x in data["test"][0]])
+        test_pred = unpack(test_pred, [len(x) for x in data["test"][0]])
     figures = score(task, test_pred, data["test"][1], [])
     result = {
         "valid_" + figures["main"]: float(best),
@@ -327,7 +284,7 @@ def train_head(
     return result, best_state, {"test": test_pred}
 
 
-def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+def run_evaluation(cfg: EvaluateJobConfig) -> dict[str, Any]:
     """Every task x embedder x head; returns the JSON-able report (and writes it, see eval_report)."""
     from ankh_platform.evaluate.embedders import EmbeddingCache, make_extractor
     from ankh_platform.evaluate.task_specs import load_task

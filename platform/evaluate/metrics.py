@@ -1,8 +1,13 @@
-"""Evaluation metrics in plain numpy (checked against hand-computed values in tests)."""
+"""Evaluation metrics in plain numpy (checked against hand-computed values in tests), and
+``score``: every figure of one split of a task."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from ankh_platform.evaluate.tasks import TaskData, contact_map
 
 
 def accuracy(pred: np.ndarray, true: np.ndarray) -> float:
@@ -122,3 +127,60 @@ def contact_precision(
     k = min(len(i), n if top is None else max(1, top))
     order = np.argsort(-prob[i, j], kind="stable")[:k]
     return float(np.mean(true[i[order], j[order]]))
+
+
+def score(task: TaskData, preds: list[np.ndarray], ys: list[Any], ids: list[str]) -> dict[str, Any]:
+    """All figures for one split; ``main`` is the early-stopping / headline metric."""
+    if task.kind == "residue_class":
+        p = np.concatenate([x.argmax(-1) for x in preds])
+        t = np.concatenate([np.asarray(y) for y in ys])
+        name = {"ss3": "q3", "ss8": "q8"}.get(task.name, "accuracy")
+        per_chain = [accuracy(x.argmax(-1), np.asarray(y)) for x, y in zip(preds, ys)]
+        return {
+            "main": name,
+            name: accuracy(p, t),
+            "per_chain_mean_accuracy": float(np.mean(per_chain)),
+            "residues": int(len(t)),
+            "confusion": confusion(p, t, len(task.classes)).tolist(),
+        }
+    if task.kind == "protein_class":
+        p, t = np.array([x.argmax() for x in preds]), np.array(ys)
+        return {
+            "main": "accuracy",
+            "accuracy": accuracy(p, t),
+            "confusion": confusion(p, t, len(task.classes)).tolist(),
+        }
+    if task.kind == "protein_reg":
+        p, t = np.array(preds, np.float64), np.array(ys, np.float64)
+        return {
+            "main": "spearman",
+            "spearman": spearman(p, t),
+            "pearson": pearson(p, t),
+            "mse": float(np.mean((p - t) ** 2)),
+        }
+    if task.kind == "multilabel":
+        s, t = np.stack(preds), np.stack(ys)
+        out = {
+            "main": "micro_auprc",
+            "micro_auprc": average_precision(s, t) if t.any() else float("nan"),
+        }
+        out["fmax"], out["fmax_threshold"] = fmax(s, t) if t.any() else (float("nan"), 0.0)
+        onto = np.array(task.info.get("ontology_of_term", []))
+        for o in sorted(set(onto.tolist())):
+            cols = onto == o
+            if t[:, cols].any():
+                out[f"fmax_{o}"] = fmax(s[:, cols], t[:, cols])[0]
+        return out
+    figs: dict[str, list[float]] = {
+        "p_at_l5_ml": [],
+        "p_at_l2_ml": [],
+        "p_at_l_ml": [],
+        "p_at_l5_long": [],
+    }
+    for pr, ca in zip(preds, ys):
+        L, true = len(ca), contact_map(ca)
+        figs["p_at_l5_ml"].append(contact_precision(pr, true, 12, top=L // 5))
+        figs["p_at_l2_ml"].append(contact_precision(pr, true, 12, top=L // 2))
+        figs["p_at_l_ml"].append(contact_precision(pr, true, 12, top=L))
+        figs["p_at_l5_long"].append(contact_precision(pr, true, 24, top=L // 5))
+    return {"main": "p_at_l5_ml", **{k: float(np.nanmean(v)) for k, v in figs.items()}}

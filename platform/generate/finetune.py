@@ -13,8 +13,6 @@ import json
 import logging
 from typing import Any
 
-import fsspec
-
 from ankh import storage
 from ankh.finetune import FinetuneConfig
 from ankh_platform.core import progress
@@ -63,6 +61,11 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
         "first_loss": hist["train_loss"][0],
         "last_loss": hist["train_loss"][-1],
     }
-    with fsspec.open(f"{out}/history.json", "w") as fh:
-        json.dump(summary | {"train_loss": hist["train_loss"]}, fh)
+    history = summary | {"train_loss": hist["train_loss"]}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(history, fh)
+
+    storage.atomic_write(f"{root}/history.json", write, fs)  # published whole or not at all
     return summary

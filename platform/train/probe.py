@@ -7,9 +7,10 @@ held-out chains near-identical to a training chain dropped), cropped to ``max_re
 DSSP labels in both alphabets (SS8 HGIEBTSC; SS3 = H,G,I->H; E,B->E; rest->C, derived from the
 SS8 ids, so every task scores the same residues); per-residue features of the encoder
 (``Ankh.embed``: the one encoder program and batching policy), computed once per evaluation and
-shared by every task; per task a multinomial logistic regression on standardised features, fit
-full-batch with a fixed number of L-BFGS iterations from zero weights (deterministic); accuracy
-over every held-out residue. A few seconds at the ``tiny``/``small`` shapes on 2 cores.
+shared by every task; per task the linear probe of ``evaluate.linear`` (the one ``jobs.evaluate``
+fits: multinomial logistic regression on standardised features, a fixed number of full-batch
+L-BFGS iterations from zero weights, deterministic); accuracy over every held-out residue.
+A few seconds at the ``tiny``/``small`` shapes on 2 cores.
 
 ``SS3Probe`` scores any feature function, the one-hot baseline and a random-init model;
 ``RunProbe`` is what the training loop calls (rank 0 probes, every process stays in lockstep).
@@ -18,15 +19,12 @@ over every held-out residue. A few seconds at the ``tiny``/``small`` shapes on 2
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from ankh.api import Ankh
@@ -36,6 +34,7 @@ from ankh.tokenizer import AnkhTokenizer
 from ankh.training import counts_entropy
 from ankh_platform.core.samples import pdb_dir
 from ankh_platform.evaluate.embedders import OneHotFeatures
+from ankh_platform.evaluate.linear import LinearProbeConfig, fit_accuracy, standardise
 from ankh_platform.evaluate.tasks import SS3, SS8, SS8_TO_SS3, TaskLimits, load_pdb_task
 from ankh_platform.train.config import PROBE_METRICS
 
@@ -86,80 +85,6 @@ def load_chains(train: int, test: int, max_residues: int, root: Any = None) -> C
     )
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "classes"))
-def _fit_predict(
-    x: jax.Array, y: jax.Array, x_test: jax.Array, l2: float, steps: int, classes: int
-) -> jax.Array:
-    """Softmax regression: mean CE + l2/2 |W|^2, ``steps`` L-BFGS iterations from zeros;
-    returns the test predictions."""
-    params = {
-        "w": jnp.zeros((x.shape[1], classes), jnp.float32),
-        "b": jnp.zeros((classes,), jnp.float32),
-    }
-
-    def loss(p):
-        logits = x @ p["w"] + p["b"]
-        ce = jnp.mean(
-            jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, y[:, None], -1)[:, 0]
-        )
-        return ce + 0.5 * l2 * jnp.sum(jnp.square(p["w"]))
-
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def body(_, carry):
-        p, state = carry
-        value, grad = value_and_grad(p, state=state)
-        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=loss)
-        return optax.apply_updates(p, updates), state
-
-    params, _ = jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
-    return jnp.argmax(x_test @ params["w"] + params["b"], axis=-1)
-
-
-def standardise(
-    train_x: list[np.ndarray], test_x: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-residue features (lists of ``[L_i, d]``) as two standardised float32 matrices, by
-    the training residues' mean and std: done once per feature set, then fit per task."""
-    x, xt = np.concatenate(train_x).astype(np.float32), np.concatenate(test_x).astype(np.float32)
-    mean, std = x.mean(0), x.std(0)
-    std = np.where(std > 1e-6, std, 1.0)  # constant columns (one-hot's unused ids) stay 0
-    return (x - mean) / std, (xt - mean) / std
-
-
-def fit_accuracy(
-    x: np.ndarray,
-    train_y: list[np.ndarray],
-    xt: np.ndarray,
-    test_y: list[np.ndarray],
-    classes: int,
-    steps: int = 100,
-    l2: float = 1e-3,
-) -> float:
-    """Accuracy over held-out residues of a logistic regression over ``classes`` classes, fit
-    on standardised features (``standardise``)."""
-    y, yt = np.concatenate(train_y).astype(np.int32), np.concatenate(test_y).astype(np.int32)
-    if len(x) != len(y) or len(xt) != len(yt):
-        raise ValueError(f"features for {len(x)}/{len(xt)} residues, labels for {len(y)}/{len(yt)}")
-    pred = _fit_predict(x, y, xt, l2, steps, classes)
-    return float(np.mean(np.asarray(pred) == yt))
-
-
-def linear_accuracy(
-    train_x: list[np.ndarray],
-    train_y: list[np.ndarray],
-    test_x: list[np.ndarray],
-    test_y: list[np.ndarray],
-    classes: int,
-    steps: int = 100,
-    l2: float = 1e-3,
-) -> float:
-    """Accuracy of a logistic regression fit on per-residue features (lists of ``[L_i, d]``)."""
-    x, xt = standardise(train_x, test_x)
-    return fit_accuracy(x, train_y, xt, test_y, classes, steps, l2)
-
-
 class SS3Probe:
     """``SS3Probe.load(...)`` once, then ``q3(embed)`` or, for every task in ``tasks``,
     ``scores(embed)`` (``{"ss3_q3": .., "ss8_q8": ..}``) for any feature function."""
@@ -170,7 +95,8 @@ class SS3Probe:
         unknown = [t for t in tasks if t not in CLASSES]
         if unknown or not tasks:
             raise ValueError(f"probe tasks {list(tasks)}: give one or more of {list(CLASSES)}")
-        self.chains, self.steps, self.l2, self.tasks = chains, steps, l2, tuple(tasks)
+        self.chains, self.tasks = chains, tuple(tasks)
+        self.fit = LinearProbeConfig(steps, l2)
 
     @classmethod
     def load(
@@ -194,7 +120,7 @@ class SS3Probe:
         for t in self.tasks:
             train_y, test_y = c.labels[t]
             out[PROBE_METRICS[t] + suffix] = fit_accuracy(
-                x, train_y, xt, test_y, CLASSES[t], self.steps, self.l2
+                x, train_y, xt, test_y, CLASSES[t], self.fit
             )
         return out
 
@@ -203,15 +129,8 @@ class SS3Probe:
 
     def q3(self, embed: Embed) -> float:
         c = self.chains
-        return linear_accuracy(
-            embed(c.train_seqs),
-            c.train_labels,
-            embed(c.test_seqs),
-            c.test_labels,
-            len(SS3),
-            self.steps,
-            self.l2,
-        )
+        x, xt = standardise(embed(c.train_seqs), embed(c.test_seqs))
+        return fit_accuracy(x, c.train_labels, xt, c.test_labels, len(SS3), self.fit)
 
     def q3_model(self, model: Ankh) -> float:
         return self.q3(lambda seqs: model.embed(seqs, per_residue=True))

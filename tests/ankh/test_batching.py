@@ -256,7 +256,7 @@ def test_every_entry_defaults_to_one_batch_token_budget():
     from ankh_platform.embed.job import EmbedJobConfig
     from ankh_platform.embed.pack import EmbedPackSpec
     from ankh_platform.evaluate.embedders import make_extractor
-    from ankh_platform.evaluate.heads import EvalConfig
+    from ankh_platform.evaluate.heads import EvaluateJobConfig
     from ankh_platform.serve.schema import EmbedOptions
 
     def default(fn, name):
@@ -275,4 +275,4 @@ def test_every_entry_defaults_to_one_batch_token_budget():
         assert default(fn, "batch_tokens") == DEFAULT_BATCH_TOKENS, fn
     assert EmbedOptions().batch_tokens == EmbedJobConfig().batch_tokens == DEFAULT_BATCH_TOKENS
     assert EmbedPackSpec(max_length=1024).batch_tokens == DEFAULT_BATCH_TOKENS
-    assert EvalConfig().embed_batch_tokens == DEFAULT_BATCH_TOKENS
+    assert EvaluateJobConfig().embed_batch_tokens == DEFAULT_BATCH_TOKENS

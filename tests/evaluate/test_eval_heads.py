@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from ankh.probes import ContactHead, ConvBertHead, make_head
-from ankh_platform.evaluate.heads import TrainConfig, train_head
+from ankh_platform.evaluate.heads import HeadTrainConfig, train_head
 from ankh_platform.evaluate.tasks import Split, TaskData
 
-TC = TrainConfig(batch_size=4, learning_rate=1e-2, max_epochs=15, patience=5)
+TC = HeadTrainConfig(batch_size=4, learning_rate=1e-2, max_epochs=15, patience=5)
 
 
 def synthetic(kind: str, seed: int = 0, dim: int = 16):
@@ -56,6 +56,29 @@ def test_linear_probe_learns_per_residue_task_near_perfectly():
     assert res["test"]["residues"] == sum(len(x) for x in data["test"][0])
 
 
+def test_linear_head_is_the_in_training_probe():
+    """``--head linear`` of jobs.evaluate and the in-training probe are one fit: on the same
+    chains and features they give the same Q3, whatever the seed (no seeded state in it)."""
+    from ankh_platform.core import samples
+    from ankh_platform.evaluate.embedders import OneHotFeatures
+    from ankh_platform.train.probe import SS3Probe
+
+    probe = SS3Probe.load(40, 20, root=samples.bundled_dir() / "pdb_sample")
+    c, embed = probe.chains, OneHotFeatures().embed
+    splits = {
+        "train": Split([f"tr{i}" for i in range(len(c.train_seqs))], c.train_seqs, c.train_labels),
+        "valid": Split([], [], []),
+        "test": Split([f"te{i}" for i in range(len(c.test_seqs))], c.test_seqs, c.test_labels),
+    }
+    task = TaskData("ss3", "residue_class", ["H", "E", "C"], splits)
+    data = {s: (embed(sp.seqs), sp.labels, sp.ids) for s, sp in splits.items()}
+    a, model, _ = train_head(task, "linear", data, TC, seed=0)
+    b, _, _ = train_head(task, "linear", data, TC, seed=7)
+    assert model is None and a["fit"] == "lbfgs" and a["test"] == b["test"]
+    assert a["test"]["q3"] == probe.q3(embed)
+    assert a["head_params"] == 3 * data["train"][0][0].shape[1] + 3
+
+
 @pytest.mark.timeout(300)
 def test_mlp_learns_per_protein_class_and_linear_regression():
     task, data = synthetic("protein_class", seed=1)
@@ -65,7 +88,7 @@ def test_mlp_learns_per_protein_class_and_linear_regression():
     res, _, _ = train_head(task, "linear", data, TC, seed=0)
     assert res["test"]["spearman"] >= 0.9, res["history"]
     task, data = synthetic("multilabel", seed=4)
-    tc = TrainConfig(batch_size=2, learning_rate=2e-2, max_epochs=20, patience=20)
+    tc = HeadTrainConfig(batch_size=2, learning_rate=2e-2, max_epochs=20, patience=20)
     res, _, _ = train_head(task, "linear", data, tc, seed=0)
     assert res["test"]["micro_auprc"] >= 0.95 and res["test"]["fmax"] >= 0.9, res["history"]
 
@@ -73,7 +96,7 @@ def test_mlp_learns_per_protein_class_and_linear_regression():
 @pytest.mark.timeout(300)
 def test_training_is_deterministic_under_a_seed():
     task, data = synthetic("residue_class", seed=3)
-    tc = TrainConfig(batch_size=8, learning_rate=1e-3, max_epochs=2, patience=5)
+    tc = HeadTrainConfig(batch_size=8, learning_rate=1e-3, max_epochs=2, patience=5)
     a, model_a, _ = train_head(task, "mlp", data, tc, seed=5)
     b, model_b, _ = train_head(task, "mlp", data, tc, seed=5)
     c, _, _ = train_head(task, "mlp", data, tc, seed=6)

@@ -114,3 +114,30 @@ def test_jobs_finetune_then_generate(tmp_path):
     assert sum(s["accepted"] for s in summ) > 0  # the tuned decoder answers in the right format
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "summary.csv").read_text().startswith("temperature,")
+
+
+@pytest.mark.timeout(600)
+def test_job_writes_model_and_history_with_no_temporary_left(tmp_path):
+    """Two steps of the job: the tuned model loads, ``history.json`` (published through
+    ``ankh.storage.atomic_write``) holds every step's loss, and no temporary file is left."""
+    import ankh
+    from jobs import finetune_generator
+
+    _, fam = family(n=8)
+    (tmp_path / "fam.fasta").write_text("".join(f">h{i}\n{s}\n" for i, s in enumerate(fam)))
+    summary = finetune_generator.main(
+        [
+            "model=tiny",
+            f"data={tmp_path / 'fam.fasta'}",
+            f"output={tmp_path / 'ft'}",
+            "train.steps=2",
+            "train.batch_size=4",
+            "train.eval_fraction=0.25",
+        ]
+    )
+    hist = json.loads((tmp_path / "ft" / "history.json").read_text())
+    assert hist["train_loss"] == [hist["first_loss"], hist["last_loss"]]
+    assert hist["n_train"] == 6 and hist["n_eval"] == 2 and hist["steps"] == 2
+    assert [s for s, _ in hist["eval_mean_log_likelihood"]] == [0, 2]
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["history.json", "model"]
+    assert ankh.load(summary["model_dir"]).num_params() == ankh.load("tiny").num_params()
