@@ -22,12 +22,12 @@ import logging
 from collections import Counter
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ankh import infill, storage
+from ankh.generation_config import GenerationConfig
 from ankh.seeds import derive_seed
 from ankh_platform.core import progress
 
@@ -55,12 +55,19 @@ class GenerateJobConfig:
             raise ValueError(f"temperatures must be > 0, got {self.temperatures}")
         if self.n < 1 or self.max_parents < 1:
             raise ValueError("n and max_parents must be >= 1")
+        self.sampling()  # top_k / top_p / seed checked where every generation setting is
+
+    def sampling(self) -> GenerationConfig:
+        """The sampling settings of every ``Ankh.variants`` call (temperature and seed are set
+        per temperature and parent)."""
+        return GenerationConfig(do_sample=True, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 def read_sequences(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     """(id, sequence) from Parquet (columns id?, sequence) or FASTA[.gz]."""
     if path.endswith(".parquet"):
-        with fsspec.open(path, "rb") as fh:
+        fs, p = storage.filesystem(path)
+        with fs.open(p, "rb") as fh:
             tab = pq.read_table(fh)
         if "sequence" not in tab.column_names:
             raise ValueError(f"{path}: no 'sequence' column (has {tab.column_names})")
@@ -100,16 +107,15 @@ def generate_rows(model, parents: list[tuple[str, str]], cfg: GenerateJobConfig)
     parent_scores = dict(
         zip([p for p, _ in parents], _score(model, [s for _, s in parents], cfg.score_kind))
     )
+    sampling = cfg.sampling()
     for pi, (pid, parent) in enumerate(progress.track(parents, "generate", unit="parents")):
+        seed = derive_seed(cfg.seed, "parent", pi)
         for t in cfg.temperatures:
             res = model.variants(
                 parent,
-                mask_fraction=cfg.mask_fraction,
-                temperature=t,
+                cfg.mask_fraction,
                 n=cfg.n,
-                seed=derive_seed(cfg.seed, "parent", pi),
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
+                generation_config=sampling.replace(temperature=t, seed=seed),
             )
             stats[t]["generated"] += res.generated
             stats[t]["rejected"].update({k: v for k, v in res.rejected.items() if v})
@@ -191,9 +197,16 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
     if any(s["accepted"] for s in summary):
         ax[2].legend(fontsize=8)
     fig.tight_layout()
-    with fsspec.open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    storage.atomic_write(path, write)
 
 
 def write_outputs(
@@ -244,14 +257,14 @@ def write_outputs(
     table = table.replace_schema_metadata(
         {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
     )
-    with fsspec.open(paths["parquet"], "wb") as fh:
-        pq.write_table(table, fh)
-    with fsspec.open(paths["fasta"], "w") as fh:
-        for r in rows:
-            fh.write(
-                f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
-                f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n"
-            )
+    # Each file is published whole (``storage.atomic_write``): a reader never sees half a table.
+    storage.atomic_write(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
+    fasta = "".join(
+        f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
+        f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n"
+        for r in rows
+    )
+    _write_text(paths["fasta"], fasta)
     flat = [
         "temperature",
         "generated",
@@ -263,20 +276,15 @@ def write_outputs(
         "score_mean",
         "composition_drift_tv",
     ]
-    with fsspec.open(paths["csv"], "w") as fh:
-        fh.write(",".join(flat) + "\n")
-        for s in summary:
-            fh.write(
-                ",".join(
-                    f"{s[k]:.6g}"
-                    if isinstance(s[k], float)
-                    else ("" if s[k] is None else str(s[k]))
-                    for k in flat
-                )
-                + "\n"
-            )
-    with fsspec.open(paths["json"], "w") as fh:
-        json.dump({**provenance, "per_temperature": summary}, fh, indent=1)
+    csv = [",".join(flat)] + [
+        ",".join(
+            f"{s[k]:.6g}" if isinstance(s[k], float) else ("" if s[k] is None else str(s[k]))
+            for k in flat
+        )
+        for s in summary
+    ]
+    _write_text(paths["csv"], "".join(line + "\n" for line in csv))
+    _write_text(paths["json"], json.dumps({**provenance, "per_temperature": summary}, indent=1))
     plot(rows, summary, paths["png"])
     return paths
 
