@@ -89,6 +89,16 @@ def _row_keys(seed: int, rows: np.ndarray) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, jnp.uint32))
 
 
+def _variant_sampling(gc: GenerationConfig) -> GenerationConfig:
+    one_draw = (gc.num_beams, gc.num_return_sequences, gc.min_new_tokens) == (1, 1, 0)
+    if not (gc.do_sample and one_draw):
+        raise ValueError(
+            "variants samples one answer per masked input: it needs do_sample=True, "
+            f"num_beams=1, num_return_sequences=1 and min_new_tokens=0, got {gc}"
+        )
+    return gc
+
+
 class GenerationMixin:
     """Decoding methods shared by ``ankh.api.Ankh``."""
 
@@ -261,13 +271,7 @@ class GenerationMixin:
         (derived from ``seed``); one sampled answer per masked input, so ``do_sample`` must be
         on and ``num_beams``, ``num_return_sequences`` 1, ``min_new_tokens`` 0.
         """
-        gc = settings_from(generation_config, settings, VARIANTS_SAMPLING)
-        one_draw = (gc.num_beams, gc.num_return_sequences, gc.min_new_tokens) == (1, 1, 0)
-        if not (gc.do_sample and one_draw):
-            raise ValueError(
-                "variants samples one answer per masked input: it needs do_sample=True, "
-                f"num_beams=1, num_return_sequences=1 and min_new_tokens=0, got {gc}"
-            )
+        gc = _variant_sampling(settings_from(generation_config, settings, VARIANTS_SAMPLING))
         parent = self.tokenizer.normalize(parent) if isinstance(parent, str) else parent
         self._encode_inputs([parent])  # validates residues and length
         if not isinstance(n, int) or n < 1:

@@ -1,14 +1,16 @@
 """``GenerationConfig``: every setting of one ``generate`` call, validated in one place.
 
 Named as Hugging Face names the same object (``transformers.GenerationConfig``, the settings
-``generate`` reads), with HF's field names and defaults where HF has the field, because
-``Ankh.generate`` is HF ``generate`` in JAX: a user moving between the two recognises every name.
-(vLLM's ``SamplingParams`` is the same idea; "sampling" would misname greedy and beam search.)
+``generate`` reads), with HF's field names, because ``Ankh.generate`` is HF ``generate`` in JAX:
+a user moving between the two recognises every name. (vLLM's ``SamplingParams`` is the same
+idea; "sampling" would misname greedy and beam search.) Defaults are this API's, as before:
+64 new tokens, every filter off (``top_k`` 0 where HF's is 50).
 
-It is passed whole -- ``Ankh.generate(inputs, config)``, the ingress to the Serve deployment,
-the variant job to ``Ankh.variants`` -- instead of a dozen positional settings. Construction
-checks everything that does not depend on the model (so a bad request fails before it reaches
-one); ``check_for(model_config)`` adds the bounds that do (``max_new_tokens`` within the model's
+It is passed whole -- ``Ankh.generate(inputs, generation_config)`` (HF's parameter name;
+keywords override its fields, as in HF), the Serve ingress to its deployment, the variant job
+to ``Ankh.variants`` -- instead of a dozen positional settings. Construction checks everything
+that does not depend on the model (so a bad request fails before it reaches one);
+``check_for(model_config)`` adds the bounds that do (``max_new_tokens`` within the model's
 ``max_length``, ``num_beams`` within the vocabulary). Numpy only: light importers (the serve
 ingress) get it without JAX.
 """

@@ -209,6 +209,51 @@ def _write_text(path: str, text: str) -> None:
     storage.atomic_write(path, write)
 
 
+COLUMNS = (
+    "parent_id",
+    "temperature",
+    "variant_index",
+    "sequence",
+    "masked_input",
+    "identity",
+    "score",
+    "parent_score",
+)
+SUMMARY_CSV = (
+    "temperature",
+    "generated",
+    "accepted",
+    "rejected",
+    "unique_fraction",
+    "identity_mean",
+    "identity_std",
+    "score_mean",
+    "composition_drift_tv",
+)
+
+
+def _variants_table(rows: list[dict], provenance: dict[str, str | None]) -> pa.Table:
+    strings = ("parent_id", "sequence", "masked_input")
+    table = (
+        pa.table({c: [r[c] for r in rows] for c in COLUMNS})
+        if rows
+        else pa.table(
+            {c: pa.array([], pa.string() if c in strings else pa.float64()) for c in COLUMNS}
+        )
+    )
+    return table.replace_schema_metadata(
+        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
+    )
+
+
+def _summary_csv(summary: list[dict]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [",".join(SUMMARY_CSV)] + [",".join(cell(s[k]) for k in SUMMARY_CSV) for s in summary]
+    return "".join(line + "\n" for line in lines)
+
+
 def write_outputs(
     rows: list[dict],
     summary: list[dict],
@@ -216,48 +261,21 @@ def write_outputs(
     provenance: dict[str, str | None] | None = None,
 ) -> dict[str, str]:
     """Every output file; ``provenance`` (``model``, ``model_pinned``, ``model_revision``) goes
-    into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata."""
+    into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata. Each file is
+    published whole (``storage.atomic_write``): a reader never sees half of one."""
     provenance = provenance or {}
     out = output.rstrip("/")
     fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
-    paths = {
-        k: f"{out}/{v}"
-        for k, v in {
-            "parquet": "variants.parquet",
-            "fasta": "variants.fasta",
-            "csv": "summary.csv",
-            "json": "summary.json",
-            "png": "summary.png",
-        }.items()
+    names = {
+        "parquet": "variants.parquet",
+        "fasta": "variants.fasta",
+        "csv": "summary.csv",
+        "json": "summary.json",
+        "png": "summary.png",
     }
-    cols = [
-        "parent_id",
-        "temperature",
-        "variant_index",
-        "sequence",
-        "masked_input",
-        "identity",
-        "score",
-        "parent_score",
-    ]
-    table = (
-        pa.table({c: [r[c] for r in rows] for c in cols})
-        if rows
-        else pa.table(
-            {
-                c: pa.array(
-                    [],
-                    pa.string() if c in ("parent_id", "sequence", "masked_input") else pa.float64(),
-                )
-                for c in cols
-            }
-        )
-    )
-    table = table.replace_schema_metadata(
-        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
-    )
-    # Each file is published whole (``storage.atomic_write``): a reader never sees half a table.
+    paths = {k: f"{out}/{v}" for k, v in names.items()}
+    table = _variants_table(rows, provenance)
     storage.atomic_write(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
     fasta = "".join(
         f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
@@ -265,25 +283,7 @@ def write_outputs(
         for r in rows
     )
     _write_text(paths["fasta"], fasta)
-    flat = [
-        "temperature",
-        "generated",
-        "accepted",
-        "rejected",
-        "unique_fraction",
-        "identity_mean",
-        "identity_std",
-        "score_mean",
-        "composition_drift_tv",
-    ]
-    csv = [",".join(flat)] + [
-        ",".join(
-            f"{s[k]:.6g}" if isinstance(s[k], float) else ("" if s[k] is None else str(s[k]))
-            for k in flat
-        )
-        for s in summary
-    ]
-    _write_text(paths["csv"], "".join(line + "\n" for line in csv))
+    _write_text(paths["csv"], _summary_csv(summary))
     _write_text(paths["json"], json.dumps({**provenance, "per_temperature": summary}, indent=1))
     plot(rows, summary, paths["png"])
     return paths

@@ -23,7 +23,7 @@ def model():
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "MKV<extra_id_0>LLA", "GGSAAAKLMNPQ"]
 
 
-def test_defaults_are_hf_generate_defaults_and_frozen():
+def test_defaults_and_frozen():
     gc = GenerationConfig()
     assert ankh.GenerationConfig is GenerationConfig  # numpy only: no JAX import needed
     assert (gc.max_new_tokens, gc.do_sample, gc.num_beams, gc.num_return_sequences) == (
