@@ -47,6 +47,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ankh.config import PRESETS, AnkhConfig, get_preset
+from ankh.generation_config import GenerationConfig
 from ankh.tokenizer import AnkhTokenizer, TokenizerError
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "AnkhConfig",
     "AnkhModel",
     "AnkhTokenizer",
+    "GenerationConfig",
     "TokenizerError",
     "get_preset",
     "load",

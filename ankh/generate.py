@@ -8,8 +8,6 @@ from ``ankh.batching``.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -22,11 +20,13 @@ from flax import nnx
 from ankh import batching, infill
 from ankh.beam_search import beam_search
 from ankh.decoding import forced_scores, sample_loop
+from ankh.generation_config import GenerationConfig, settings_from
 from ankh.seeds import derive_seed
 from ankh.tokenizer import TokenizerError
 
-MAX_BEAMS = 64
-MAX_RETURN = 1024
+# Ankh.variants' sampling unless told otherwise: warmer than generate's default, which moves
+# variants away from the parent (docs/generation.md).
+VARIANTS_SAMPLING = GenerationConfig(do_sample=True, temperature=1.5)
 
 
 @dataclasses.dataclass
@@ -52,72 +52,6 @@ class Variants:
         return dataclasses.asdict(self)
 
 
-def check_generate_args(
-    cfg,
-    max_new_tokens,
-    do_sample,
-    temperature,
-    top_k,
-    top_p,
-    num_beams,
-    num_return_sequences,
-    repetition_penalty,
-    length_penalty,
-    min_new_tokens=0,
-) -> None:
-    """Clear errors for parameters HF would reject or silently misuse."""
-
-    def is_int(x):
-        return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-    if not is_int(max_new_tokens) or not 1 <= max_new_tokens <= cfg.max_length + 1:
-        raise ValueError(
-            f"max_new_tokens must be an integer in 1..{cfg.max_length + 1} "
-            f"(the model's max_length + </s>), got {max_new_tokens!r}"
-        )
-    if not is_int(min_new_tokens) or not 0 <= min_new_tokens <= max_new_tokens:
-        raise ValueError(
-            f"min_new_tokens must be an integer in 0..max_new_tokens "
-            f"({max_new_tokens}), got {min_new_tokens!r}"
-        )
-    if (
-        not isinstance(temperature, numbers.Real)
-        or math.isnan(temperature)
-        or temperature <= 0
-        or math.isinf(temperature)
-    ):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if not is_int(top_k) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {top_k!r}")
-    if not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(repetition_penalty, numbers.Real) or not 0 < repetition_penalty < math.inf:
-        raise ValueError(
-            f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}"
-        )
-    if not isinstance(length_penalty, numbers.Real) or not math.isfinite(length_penalty):
-        raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-    max_beams = min(MAX_BEAMS, cfg.vocab_size // 2)
-    if not is_int(num_beams) or not 1 <= num_beams <= max_beams:
-        raise ValueError(f"num_beams must be an integer in 1..{max_beams}, got {num_beams!r}")
-    if not is_int(num_return_sequences) or not 1 <= num_return_sequences <= MAX_RETURN:
-        raise ValueError(
-            f"num_return_sequences must be an integer in 1..{MAX_RETURN}, "
-            f"got {num_return_sequences!r}"
-        )
-    if num_beams > 1 and do_sample:
-        raise ValueError("beam sampling (do_sample=True with num_beams > 1) is not supported")
-    if num_beams > 1 and num_return_sequences > num_beams:
-        raise ValueError(
-            f"num_return_sequences ({num_return_sequences}) must be <= num_beams ({num_beams})"
-        )
-    if num_beams == 1 and not do_sample and num_return_sequences != 1:
-        raise ValueError(
-            "greedy decoding returns one sequence: use do_sample=True or num_beams > 1 "
-            "for num_return_sequences > 1"
-        )
-
-
 def _run_sample(graphdef, params, ids, mask, keys, gp, *, max_new, sample, num_return):
     model = nnx.merge(graphdef, params)
     return sample_loop(
@@ -137,22 +71,32 @@ def _run_forced(graphdef, params, ids, mask, forced, gp, *, sample):
     return forced_scores(nnx.merge(graphdef, params), ids, mask, forced, gp, sample=sample)
 
 
-def _warp_params(
-    temperature, top_k, top_p, repetition_penalty, min_new_tokens=0
-) -> dict[str, jax.Array]:
-    """Traced (not static) settings: changing them does not recompile."""
+def _warp_params(gc: GenerationConfig) -> dict[str, jax.Array]:
+    """The settings the compiled program reads as traced values: changing them does not
+    recompile (what changes shapes or the program -- lengths, beams, sampling or not, rows
+    per input -- is static in ``_generate_fn``'s key instead)."""
     return {
-        "temperature": jnp.float32(temperature),
-        "top_k": jnp.int32(top_k),
-        "top_p": jnp.float32(top_p),
-        "repetition_penalty": jnp.float32(repetition_penalty),
-        "min_new_tokens": jnp.int32(min_new_tokens),
+        "temperature": jnp.float32(gc.temperature),
+        "top_k": jnp.int32(gc.top_k),
+        "top_p": jnp.float32(gc.top_p),
+        "repetition_penalty": jnp.float32(gc.repetition_penalty),
+        "min_new_tokens": jnp.int32(gc.min_new_tokens),
     }
 
 
 def _row_keys(seed: int, rows: np.ndarray) -> jax.Array:
     base = jax.random.PRNGKey(seed)
     return jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(rows, jnp.uint32))
+
+
+def _variant_sampling(gc: GenerationConfig) -> GenerationConfig:
+    one_draw = (gc.num_beams, gc.num_return_sequences, gc.min_new_tokens) == (1, 1, 0)
+    if not (gc.do_sample and one_draw):
+        raise ValueError(
+            "variants samples one answer per masked input: it needs do_sample=True, "
+            f"num_beams=1, num_return_sequences=1 and min_new_tokens=0, got {gc}"
+        )
+    return gc
 
 
 class GenerationMixin:
@@ -186,43 +130,16 @@ class GenerationMixin:
             self._fns[key] = jax.jit(partial(fn, self.graphdef, **static))
         return self._fns[key]
 
-    def _decode_calls(
-        self,
-        inputs: Sequence[str] | str,
-        max_new_tokens: int,
-        do_sample: bool,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        num_beams: int,
-        num_return_sequences: int,
-        seed: int,
-        repetition_penalty: float,
-        length_penalty: float,
-        batch_size: int,
-        min_new_tokens: int,
-    ):
+    def _decode_calls(self, inputs: Sequence[str] | str, gc: GenerationConfig, batch_size: int):
         """Validate, then per batch: (input indices, rows, the jitted program, its arguments).
         One call of the program decodes the whole batch (the step loop runs inside it)."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-        check_generate_args(
-            self.config,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            num_beams,
-            num_return_sequences,
-            repetition_penalty,
-            length_penalty,
-            min_new_tokens,
-        )
+        gc.check_for(self.config)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         toks = self._encode_inputs(inputs, prefix=self.task_prefix("[S2S]"))
-        gp = _warp_params(temperature, top_k, top_p, repetition_penalty, min_new_tokens)
-        nr = num_return_sequences
+        gp = _warp_params(gc)
+        nr = gc.num_return_sequences
         ladder = batching.decode_ladder(self.config.max_length)
         for idx, length, rows in batching.sorted_batches(
             [len(t) for t in toks], batch_size, ladder
@@ -230,59 +147,38 @@ class GenerationMixin:
             ids, mask = batching.pad_rows(
                 [toks[k] for k in idx], rows, length, self.tokenizer.pad_id
             )
-            if num_beams > 1:
+            if gc.num_beams > 1:
                 fn = self._generate_fn(
                     "beam",
-                    max_new=max_new_tokens,
-                    num_beams=num_beams,
-                    length_penalty=float(length_penalty),
+                    max_new=gc.max_new_tokens,
+                    num_beams=gc.num_beams,
+                    length_penalty=float(gc.length_penalty),
                     num_return=nr,
                 )
                 yield idx, rows, fn, (self.params, ids, mask, gp)
             else:
                 gids = np.concatenate([idx, np.arange(len(idx), rows) + len(toks)])
-                keys = _row_keys(seed, (gids[:, None] * nr + np.arange(nr)[None]).reshape(-1))
+                keys = _row_keys(gc.seed, (gids[:, None] * nr + np.arange(nr)[None]).reshape(-1))
                 fn = self._generate_fn(
-                    "sample", max_new=max_new_tokens, sample=bool(do_sample), num_return=nr
+                    "sample", max_new=gc.max_new_tokens, sample=bool(gc.do_sample), num_return=nr
                 )
                 yield idx, rows, fn, (self.params, ids, mask, keys, gp)
 
     def generate_ids(
         self,
         inputs: Sequence[str] | str,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        num_beams: int = 1,
-        num_return_sequences: int = 1,
-        seed: int = 0,
-        repetition_penalty: float = 1.0,
-        length_penalty: float = 1.0,
+        generation_config: GenerationConfig | None = None,
+        *,
         batch_size: int = 32,
-        min_new_tokens: int = 0,
+        **settings: Any,
     ) -> list[list[np.ndarray]]:
         """Like ``generate`` but returns the raw ids after the start token, cut after ``</s>``."""
+        gc = settings_from(generation_config, settings, GenerationConfig())
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         out: list[list[np.ndarray]] = [[] for _ in inputs]
-        eos, nr = self.tokenizer.eos_id, num_return_sequences
+        eos, nr = self.tokenizer.eos_id, gc.num_return_sequences
         drop = np.array([self.tokenizer.pad_id, *self.tokenizer.task_ids.values()], np.int32)
-        for idx, rows, fn, args in self._decode_calls(
-            inputs,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            num_beams,
-            nr,
-            seed,
-            repetition_penalty,
-            length_penalty,
-            batch_size,
-            min_new_tokens,
-        ):
+        for idx, rows, fn, args in self._decode_calls(inputs, gc, batch_size):
             seqs = np.asarray(fn(*args)).reshape(rows, nr, -1)[:, :, 1:]
             for r, k in enumerate(idx):
                 for row in seqs[r]:
@@ -294,112 +190,72 @@ class GenerationMixin:
     def decoding_hlo(
         self,
         inputs: Sequence[str] | str,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        num_beams: int = 1,
-        num_return_sequences: int = 1,
+        generation_config: GenerationConfig | None = None,
+        *,
         batch_size: int = 32,
-        min_new_tokens: int = 0,
+        **settings: Any,
     ) -> str:
         """The optimised HLO text of the program ``generate_ids`` runs for the first batch of
         ``inputs`` (profiling: what one decode step executes, whether caches are copied)."""
-        _, _, fn, args = next(
-            self._decode_calls(
-                inputs,
-                max_new_tokens,
-                do_sample,
-                1.0,
-                0,
-                1.0,
-                num_beams,
-                num_return_sequences,
-                0,
-                1.0,
-                1.0,
-                batch_size,
-                min_new_tokens,
-            )
-        )
+        gc = settings_from(generation_config, settings, GenerationConfig())
+        _, _, fn, args = next(self._decode_calls(inputs, gc, batch_size))
         return fn.lower(*args).compile().as_text()
 
     def step_scores(
         self,
         inputs: Sequence[str],
         decoder_ids: np.ndarray,
-        do_sample: bool = True,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
+        generation_config: GenerationConfig | None = None,
+        **settings: Any,
     ) -> np.ndarray:
         """The warped next-token scores ``[n, s, vocab]`` that sampling draws from at each step
-        along given decoder ids ``[n, s + 1]`` (start token first) — HF's ``output_scores``."""
-        check_generate_args(
-            self.config, 1, do_sample, temperature, top_k, top_p, 1, 1, repetition_penalty, 1.0
-        )
+        along given decoder ids ``[n, s + 1]`` (start token first) — HF's ``output_scores``.
+        Reads the warping settings (``min_new_tokens`` included); ``do_sample`` defaults on."""
+        gc = settings_from(generation_config, settings, GenerationConfig(do_sample=True))
         toks = self._encode_inputs(list(inputs), prefix=self.task_prefix("[S2S]"))
         length = batching.padded_length(
             max(len(t) for t in toks), batching.decode_ladder(self.config.max_length)
         )
         ids, mask = batching.pad_rows(toks, len(toks), length, self.tokenizer.pad_id)
-        gp = _warp_params(temperature, top_k, top_p, repetition_penalty)
-        fn = self._generate_fn("forced", sample=bool(do_sample))
+        gp = _warp_params(gc)
+        fn = self._generate_fn("forced", sample=bool(gc.do_sample))
         return np.asarray(fn(self.params, ids, mask, np.asarray(decoder_ids, np.int32), gp))
 
     def generate(
         self,
         inputs: Sequence[str] | str,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        num_beams: int = 1,
-        num_return_sequences: int = 1,
-        seed: int = 0,
-        repetition_penalty: float = 1.0,
-        length_penalty: float = 1.0,
+        generation_config: GenerationConfig | None = None,
+        *,
         batch_size: int = 32,
-        min_new_tokens: int = 0,
+        **settings: Any,
     ) -> list[list[str]]:
         """Decode each input (sentinels allowed); per input, ``num_return_sequences`` strings.
 
+        The settings are ``ankh.GenerationConfig``'s, as in HF ``generate``: given whole
+        (``generation_config``), by keyword (``max_new_tokens=64``, ``do_sample=True``, ...), or
+        both (keywords override the config's fields). Greedy (default), sampling (``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``) or beam search
+        (``num_beams``, ``length_penalty``); ``min_new_tokens`` bars ``</s>`` before that many
+        tokens. Sampling is deterministic for a given ``seed`` and independent of batching
+        (``batch_size``: input rows per compiled call).
+
         Sentinels in the output are kept as ``<extra_id_N>``; pad, ``</s>`` and task tokens are
         dropped. A model with task prefixes (ankh3) reads ``[S2S]`` + input.
-        Greedy (default), sampling (``do_sample``, ``temperature``, ``top_k``, ``top_p``,
-        ``repetition_penalty``) or beam search (``num_beams``, ``length_penalty``), as HF
-        ``generate``; ``min_new_tokens`` bars ``</s>`` before that many tokens (HF's name).
-        Sampling is deterministic for a given ``seed`` and independent of batching.
         """
-        ids = self.generate_ids(
-            inputs,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            num_beams,
-            num_return_sequences,
-            seed,
-            repetition_penalty,
-            length_penalty,
-            batch_size,
-            min_new_tokens,
-        )
+        ids = self.generate_ids(inputs, generation_config, batch_size=batch_size, **settings)
         return [[self.tokenizer.decode(r) for r in rows] for rows in ids]
 
     def variants(
         self,
         parent: str,
         mask_fraction: float = 0.4,
-        temperature: float = 1.5,
+        *,
         n: int = 10,
-        seed: int = 0,
         spans: Sequence[Sequence[int]] | None = None,
-        top_k: int = 0,
-        top_p: float = 1.0,
         same_length: bool = True,
         max_rounds: int = 3,
+        generation_config: GenerationConfig | None = None,
+        **settings: Any,
     ) -> Variants:
         """``n`` full variants of ``parent`` by sentinel infilling with temperature sampling.
 
@@ -408,7 +264,14 @@ class GenerationMixin:
         ``(start, end)``) every variant infills the same spans. Malformed answers are rejected
         and counted in ``.rejected`` by reason (``infill.REJECT_REASONS``); up to ``max_rounds``
         rounds are run to reach ``n`` accepted variants.
+
+        Sampling settings as for ``generate`` (``temperature``, ``top_k``, ``top_p``,
+        ``repetition_penalty``, ``seed``; default ``VARIANTS_SAMPLING``: temperature 1.5), whole
+        or by keyword. Each round sets its own ``max_new_tokens`` (room for every span) and seed
+        (derived from ``seed``); one sampled answer per masked input, so ``do_sample`` must be
+        on and ``num_beams``, ``num_return_sequences`` 1, ``min_new_tokens`` 0.
         """
+        gc = _variant_sampling(settings_from(generation_config, settings, VARIANTS_SAMPLING))
         parent = self.tokenizer.normalize(parent) if isinstance(parent, str) else parent
         self._encode_inputs([parent])  # validates residues and length
         if not isinstance(n, int) or n < 1:
@@ -423,7 +286,7 @@ class GenerationMixin:
             masks = [
                 fixed
                 or infill.random_spans(
-                    len(parent), mask_fraction, np.random.default_rng([seed, rnd, j]), max_spans
+                    len(parent), mask_fraction, np.random.default_rng([gc.seed, rnd, j]), max_spans
                 )
                 for j in range(need)
             ]
@@ -433,12 +296,10 @@ class GenerationMixin:
             budget = 2 * masked + 2 if same_length else 3 * masked + 8
             outs = self.generate_ids(
                 texts,
-                max_new_tokens=min(budget, self.config.max_length + 1),
-                do_sample=True,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                seed=derive_seed(seed, "variants-round", rnd),
+                gc.replace(
+                    max_new_tokens=min(budget, self.config.max_length + 1),
+                    seed=derive_seed(gc.seed, "variants-round", rnd),
+                ),
             )
             for m, text, (ids,) in zip(masks, texts, outs):
                 result.generated += 1

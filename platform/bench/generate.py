@@ -30,14 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import tempfile
 import time
-from collections import Counter
 from typing import Any
 
 import numpy as np
+
+from ankh_platform.bench.decode_profile import floor_seconds, step_profile
 
 # d512 x 8: the shape the issue's CPU comparisons use (ankh-base's proportions, d_ff = 4 d).
 SHAPES = {
@@ -51,10 +51,10 @@ SHAPES = {
         max_length=1024,
     )
 }
-_FREE_OPS = {"get-tuple-element", "bitcast", "constant", "tuple", "parameter"}  # no kernel
 
 
 def _strategy(name: str) -> dict[str, Any]:
+    """The settings a strategy name sets, as keywords of HF ``generate`` and ``GenerationConfig``."""
     if name == "greedy":
         return {"do_sample": False, "num_beams": 1}
     if name == "sample":
@@ -62,6 +62,13 @@ def _strategy(name: str) -> dict[str, Any]:
     if name.startswith("beam"):
         return {"do_sample": False, "num_beams": int(name[4:] or 4)}
     raise SystemExit(f"unknown strategy {name!r}: greedy, sample or beamN")
+
+
+def _settings(name: str, steps: int):
+    """Our side's ``GenerationConfig``: exactly ``steps`` new tokens per row, as HF is asked."""
+    from ankh.generation_config import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=steps, min_new_tokens=steps, **_strategy(name))
 
 
 def bench_config(name: str):
@@ -170,71 +177,13 @@ def _threads(spec: str) -> list[int]:
 
 
 # ---- profile ----------------------------------------------------------------------------------------
-def _computations(hlo: str) -> dict[str, list[str]]:
-    comps: dict[str, list[str]] = {}
-    cur = None
-    for line in hlo.splitlines():
-        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if m:
-            cur = comps.setdefault(m.group(1), [])
-        elif cur is not None:
-            cur.append(line)
-    return comps
-
-
-def _nbytes(shape: str) -> int:
-    m = re.match(r"([a-z]+)(\d*)\[([\d,]*)\]", shape)
-    if not m:
-        return 0
-    bits = int(m.group(2) or 8)
-    return int(np.prod([int(d) for d in m.group(3).split(",") if d] or [1])) * bits // 8
-
-
-def step_profile(hlo: str, cache_bytes: int) -> dict[str, Any]:
-    """What one decode step runs, from the optimised HLO of a whole ``generate`` call: the
-    while loop's body per iteration (kernels by kind, dots) and the copies it makes of buffers
-    at least half a self-attention cache layer (``cache_bytes``): transposes, copies, gathers."""
-    comps = _computations(hlo)
-    bodies = re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo)
-    if not bodies:
-        return {"loop_in_program": False}
-    body = max((comps.get(b, []) for b in bodies), key=len)
-    kinds: Counter = Counter()
-    big, big_bytes = 0, 0
-    for line in body:
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w-]+)\(", line)
-        if not m or m.group(3) in _FREE_OPS:
-            continue
-        kinds[m.group(3)] += 1
-        nb = _nbytes(m.group(2))
-        if nb * 2 >= cache_bytes and re.search(r"copy|transpose|gather", m.group(1)):
-            big, big_bytes = big + 1, big_bytes + nb
-    return {
-        "loop_in_program": True,
-        "while_loops_in_program": len(bodies),
-        "host_round_trips_per_batch": 1,
-        "kernels_per_step": sum(kinds.values()),
-        "dots_per_step": kinds["dot"],
-        "kernels_by_kind": dict(kinds.most_common()),
-        "cache_sized_copies_per_step": big,
-        "cache_copy_mb_per_step": round(big_bytes / 2**20, 1),
-    }
-
-
 def _profile(model, seqs, args, name: str) -> dict[str, Any]:
-    kw = _strategy(name)
-    cfg, rows = model.config, args.batch * kw["num_beams"]
+    gc = _settings(name, args.max_new_tokens)
+    cfg, rows = model.config, args.batch * gc.num_beams
     cache_bytes = (
         rows * cfg.num_heads * cfg.d_kv * (args.max_new_tokens + 1) * np.dtype(model.dtype).itemsize
     )
-    hlo = model.decoding_hlo(
-        seqs,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch,
-        min_new_tokens=args.max_new_tokens,
-        do_sample=kw["do_sample"],
-        num_beams=kw["num_beams"],
-    )
+    hlo = model.decoding_hlo(seqs, gc, batch_size=args.batch)
     return step_profile(hlo, cache_bytes)
 
 
@@ -243,7 +192,7 @@ def _step_split(model, hf, hf_in, seqs, args, greedy: dict[str, Any]) -> dict[st
     each further step. The 1-token call bounds the ratio whatever a step costs."""
     n = max(args.max_new_tokens - 1, 1)
     one, _ = _timed(
-        lambda: model.generate_ids(seqs, max_new_tokens=1, batch_size=args.batch, min_new_tokens=1),
+        lambda: model.generate_ids(seqs, _settings("greedy", 1), batch_size=args.batch),
         args.repeats,
     )
     out = {
@@ -263,34 +212,6 @@ def _step_split(model, hf, hf_in, seqs, args, greedy: dict[str, Any]) -> dict[st
 
 
 # ---- the float32 floor --------------------------------------------------------------------------------
-def floor_seconds(
-    cfg,
-    batch: int,
-    enc_len: int,
-    max_new: int,
-    num_beams: int,
-    peak: float,
-    bandwidth: float,
-    itemsize: int = 4,
-) -> float:
-    """The least time any implementation could decode in on this machine: the encoder and the
-    cross keys/values at the matmul ``peak`` (FLOP/s), then each step at the slower of its FLOPs
-    at the peak and its bytes (``ankh.flops.decode_step_bytes``) at the read ``bandwidth``
-    (bytes/s); no fixed cost. ``enc_len``: the unpadded longest input, as HF runs it."""
-    from ankh.flops import cross_kv_flops, decode_step_bytes, decode_step_flops, encoder_flops
-
-    rows = batch * num_beams
-    setup = (encoder_flops(cfg, batch, enc_len) + cross_kv_flops(cfg, batch, enc_len)) / peak
-    steps = sum(
-        max(
-            decode_step_flops(cfg, rows, enc_len, t) / peak,
-            decode_step_bytes(cfg, rows, batch, enc_len, t, itemsize) / bandwidth,
-        )
-        for t in range(1, max_new + 1)
-    )
-    return setup + steps
-
-
 def _ceilings(cfg, results: dict[str, Any], args, enc_len: int, seconds: float) -> dict[str, Any]:
     """Per mode: the floor, ours as a fraction of it and (with HF) the ratio at the floor."""
     import jax
@@ -318,13 +239,8 @@ def _ceilings(cfg, results: dict[str, Any], args, enc_len: int, seconds: float) 
 # ---- the run ----------------------------------------------------------------------------------------
 def _mode(model, hf, seqs, hf_in, args, name: str) -> dict[str, Any]:
     kw = _strategy(name)
-    n, steps = args.batch, args.max_new_tokens
-    ours_t, ours = _timed(
-        lambda: model.generate_ids(
-            seqs, max_new_tokens=steps, batch_size=n, min_new_tokens=steps, **kw
-        ),
-        args.repeats,
-    )
+    steps, gc = args.max_new_tokens, _settings(name, args.max_new_tokens)
+    ours_t, ours = _timed(lambda: model.generate_ids(seqs, gc, batch_size=args.batch), args.repeats)
     ours_rows = [r[0] for r in ours]
     res = {"tokens_ours": _count(ours_rows), **_speed(ours_t, steps, _count(ours_rows), "ours")}
     if hf is not None:

@@ -22,12 +22,12 @@ import logging
 from collections import Counter
 from typing import Any, Literal
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ankh import infill, storage
+from ankh.generation_config import GenerationConfig
 from ankh.seeds import derive_seed
 from ankh_platform.core import progress
 
@@ -55,12 +55,19 @@ class GenerateJobConfig:
             raise ValueError(f"temperatures must be > 0, got {self.temperatures}")
         if self.n < 1 or self.max_parents < 1:
             raise ValueError("n and max_parents must be >= 1")
+        self.sampling()  # top_k / top_p / seed checked where every generation setting is
+
+    def sampling(self) -> GenerationConfig:
+        """The sampling settings of every ``Ankh.variants`` call (temperature and seed are set
+        per temperature and parent)."""
+        return GenerationConfig(do_sample=True, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
 
 
 def read_sequences(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     """(id, sequence) from Parquet (columns id?, sequence) or FASTA[.gz]."""
     if path.endswith(".parquet"):
-        with fsspec.open(path, "rb") as fh:
+        fs, p = storage.filesystem(path)
+        with fs.open(p, "rb") as fh:
             tab = pq.read_table(fh)
         if "sequence" not in tab.column_names:
             raise ValueError(f"{path}: no 'sequence' column (has {tab.column_names})")
@@ -100,16 +107,15 @@ def generate_rows(model, parents: list[tuple[str, str]], cfg: GenerateJobConfig)
     parent_scores = dict(
         zip([p for p, _ in parents], _score(model, [s for _, s in parents], cfg.score_kind))
     )
+    sampling = cfg.sampling()
     for pi, (pid, parent) in enumerate(progress.track(parents, "generate", unit="parents")):
+        seed = derive_seed(cfg.seed, "parent", pi)
         for t in cfg.temperatures:
             res = model.variants(
                 parent,
-                mask_fraction=cfg.mask_fraction,
-                temperature=t,
+                cfg.mask_fraction,
                 n=cfg.n,
-                seed=derive_seed(cfg.seed, "parent", pi),
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
+                generation_config=sampling.replace(temperature=t, seed=seed),
             )
             stats[t]["generated"] += res.generated
             stats[t]["rejected"].update({k: v for k, v in res.rejected.items() if v})
@@ -191,9 +197,61 @@ def plot(rows: list[dict], summary: list[dict], path: str) -> None:
     if any(s["accepted"] for s in summary):
         ax[2].legend(fontsize=8)
     fig.tight_layout()
-    with fsspec.open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
+    storage.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def _write_text(path: str, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    storage.atomic_write(path, write)
+
+
+COLUMNS = (
+    "parent_id",
+    "temperature",
+    "variant_index",
+    "sequence",
+    "masked_input",
+    "identity",
+    "score",
+    "parent_score",
+)
+SUMMARY_CSV = (
+    "temperature",
+    "generated",
+    "accepted",
+    "rejected",
+    "unique_fraction",
+    "identity_mean",
+    "identity_std",
+    "score_mean",
+    "composition_drift_tv",
+)
+
+
+def _variants_table(rows: list[dict], provenance: dict[str, str | None]) -> pa.Table:
+    strings = ("parent_id", "sequence", "masked_input")
+    table = (
+        pa.table({c: [r[c] for r in rows] for c in COLUMNS})
+        if rows
+        else pa.table(
+            {c: pa.array([], pa.string() if c in strings else pa.float64()) for c in COLUMNS}
+        )
+    )
+    return table.replace_schema_metadata(
+        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
+    )
+
+
+def _summary_csv(summary: list[dict]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    lines = [",".join(SUMMARY_CSV)] + [",".join(cell(s[k]) for k in SUMMARY_CSV) for s in summary]
+    return "".join(line + "\n" for line in lines)
 
 
 def write_outputs(
@@ -203,80 +261,30 @@ def write_outputs(
     provenance: dict[str, str | None] | None = None,
 ) -> dict[str, str]:
     """Every output file; ``provenance`` (``model``, ``model_pinned``, ``model_revision``) goes
-    into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata."""
+    into ``summary.json`` and, as ``ankh.<key>``, the Parquet schema metadata. Each file is
+    published whole (``storage.atomic_write``): a reader never sees half of one."""
     provenance = provenance or {}
     out = output.rstrip("/")
     fs, root = storage.filesystem(out)
     fs.makedirs(root, exist_ok=True)
-    paths = {
-        k: f"{out}/{v}"
-        for k, v in {
-            "parquet": "variants.parquet",
-            "fasta": "variants.fasta",
-            "csv": "summary.csv",
-            "json": "summary.json",
-            "png": "summary.png",
-        }.items()
+    names = {
+        "parquet": "variants.parquet",
+        "fasta": "variants.fasta",
+        "csv": "summary.csv",
+        "json": "summary.json",
+        "png": "summary.png",
     }
-    cols = [
-        "parent_id",
-        "temperature",
-        "variant_index",
-        "sequence",
-        "masked_input",
-        "identity",
-        "score",
-        "parent_score",
-    ]
-    table = (
-        pa.table({c: [r[c] for r in rows] for c in cols})
-        if rows
-        else pa.table(
-            {
-                c: pa.array(
-                    [],
-                    pa.string() if c in ("parent_id", "sequence", "masked_input") else pa.float64(),
-                )
-                for c in cols
-            }
-        )
+    paths = {k: f"{out}/{v}" for k, v in names.items()}
+    table = _variants_table(rows, provenance)
+    storage.atomic_write(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
+    fasta = "".join(
+        f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
+        f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n"
+        for r in rows
     )
-    table = table.replace_schema_metadata(
-        {f"ankh.{k}".encode(): str(v).encode() for k, v in provenance.items() if v is not None}
-    )
-    with fsspec.open(paths["parquet"], "wb") as fh:
-        pq.write_table(table, fh)
-    with fsspec.open(paths["fasta"], "w") as fh:
-        for r in rows:
-            fh.write(
-                f">{r['parent_id']}|t={r['temperature']}|v={r['variant_index']} "
-                f"identity={r['identity']:.4f} score={r['score']:.4f}\n{r['sequence']}\n"
-            )
-    flat = [
-        "temperature",
-        "generated",
-        "accepted",
-        "rejected",
-        "unique_fraction",
-        "identity_mean",
-        "identity_std",
-        "score_mean",
-        "composition_drift_tv",
-    ]
-    with fsspec.open(paths["csv"], "w") as fh:
-        fh.write(",".join(flat) + "\n")
-        for s in summary:
-            fh.write(
-                ",".join(
-                    f"{s[k]:.6g}"
-                    if isinstance(s[k], float)
-                    else ("" if s[k] is None else str(s[k]))
-                    for k in flat
-                )
-                + "\n"
-            )
-    with fsspec.open(paths["json"], "w") as fh:
-        json.dump({**provenance, "per_temperature": summary}, fh, indent=1)
+    _write_text(paths["fasta"], fasta)
+    _write_text(paths["csv"], _summary_csv(summary))
+    _write_text(paths["json"], json.dumps({**provenance, "per_temperature": summary}, indent=1))
     plot(rows, summary, paths["png"])
     return paths
 

@@ -239,17 +239,19 @@ class Ingress:
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
         name, _ = await self.checked(req.model, req.sequences)
         gen = self.gen(name)
-        kw = check_generate(req, self.limits).model_dump(exclude={"sequences", "model"})
+        settings = check_generate(req, self.limits)
         self.m_sequences.inc(len(req.sequences), tags={"route": "/v1/generate"})
-        outs = await gen.generate.remote(self.normalise(name, req.sequences, sentinels=True), **kw)
+        seqs = self.normalise(name, req.sequences, sentinels=True)
+        outs = await gen.generate.remote(seqs, generation_config=settings)
         return {"model": name, "outputs": outs}
 
     async def variants(self, req: VariantsRequest) -> dict[str, Any]:
         name, max_len = await self.checked(req.model, [req.parent])
         gen = self.gen(name)
-        check_variants(req, self.limits, max_len)
-        kw = req.model_dump(exclude={"parent", "model"})
-        out = await gen.variants.remote(self.normalise(name, [req.parent])[0], **kw)
+        settings = check_variants(req, self.limits, max_len)
+        kw = req.model_dump(include={"n", "mask_fraction", "spans", "same_length"})
+        parent = self.normalise(name, [req.parent])[0]
+        out = await gen.variants.remote(parent, generation_config=settings, **kw)
         return {"model": name, **out}
 
     async def score(self, req: ScoreRequest) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 from ray import serve
 from ray.serve import metrics
 
+from ankh.generation_config import GenerationConfig
 from ankh_platform.serve.models import ModelSet
 
 log = logging.getLogger("ray.serve")
@@ -33,7 +34,7 @@ def load_generator(checkpoint: str, dtype: str, warmup: bool):
 
     model = ankh.load(checkpoint, dtype=dtype)
     if warmup:  # the most common compile
-        model.generate(["MKTAYIAK"], max_new_tokens=8)
+        model.generate(["MKTAYIAK"], GenerationConfig(max_new_tokens=8))
     return model
 
 
@@ -94,14 +95,18 @@ class Generator:
         self.m_latency.observe(time.perf_counter() - t0, tags={"op": op})
         return out
 
-    async def generate(self, sequences: list[str], **kwargs: Any) -> list[list[str]]:
-        """Same arguments and result as ``Ankh.generate`` (seeded sampling is reproducible)."""
-        out = await self._call("generate", list(sequences), **kwargs)
+    async def generate(
+        self, sequences: list[str], generation_config: GenerationConfig | None = None, **kwargs: Any
+    ) -> list[list[str]]:
+        """Same arguments and result as ``Ankh.generate``: the settings whole (the ingress
+        sends one ``GenerationConfig``) and/or by keyword; seeded sampling is reproducible."""
+        out = await self._call("generate", list(sequences), generation_config, **kwargs)
         _inc(self.m_tokens, sum(len(s) for rows in out for s in rows))
         return out
 
     async def variants(self, parent: str, **kwargs: Any) -> dict[str, Any]:
-        """``Ankh.variants(...).to_dict()``: accepted sequences, masked inputs, rejections."""
+        """``Ankh.variants(...).to_dict()``: accepted sequences, masked inputs, rejections
+        (sampling settings as ``generation_config=`` or by keyword, as ``Ankh.variants``)."""
         out = await self._call("variants", parent, **kwargs)
         _inc(self.m_tokens, sum(len(s) for s in out.sequences))
         return out.to_dict()

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh.generation_config import GenerationConfig
 from ankh.tokenizer import SENTINEL_RE
 
 # ---- deployment config (YAML / CLI overrides via configlib) ---------------------------------
@@ -336,8 +337,9 @@ def check_sequences(seqs: list[str], limits: RequestLimits, max_length: int) -> 
                 raise LimitError(f"sequence {i} has {n} residues > limits.max_length={max_length}")
 
 
-def check_generate(req: GenerateRequest, limits: RequestLimits) -> GenerateRequest:
-    """Limit checks; returns the request with ``max_new_tokens`` filled in."""
+def check_generate(req: GenerateRequest, limits: RequestLimits) -> GenerationConfig:
+    """Limit checks; returns the request's settings (``max_new_tokens`` filled in), validated by
+    ``GenerationConfig`` (its cross-field rules are a 422 naming the field)."""
     if req.max_new_tokens is None:
         req = req.model_copy(update={"max_new_tokens": min(64, limits.max_new_tokens)})
     if req.max_new_tokens > limits.max_new_tokens:
@@ -351,13 +353,19 @@ def check_generate(req: GenerateRequest, limits: RequestLimits) -> GenerateReque
         )
     if req.num_beams > limits.max_beams:
         raise LimitError(f"num_beams {req.num_beams} > limits.max_beams={limits.max_beams}")
-    return req
+    return GenerationConfig(**req.model_dump(exclude={"sequences", "model"}))
 
 
-def check_variants(req: VariantsRequest, limits: RequestLimits, max_length: int) -> None:
+def check_variants(
+    req: VariantsRequest, limits: RequestLimits, max_length: int
+) -> GenerationConfig:
+    """Limit checks; returns the request's sampling settings."""
     check_sequences([req.parent], limits, max_length)
     if req.n > limits.max_variants:
         raise LimitError(f"n {req.n} > limits.max_variants={limits.max_variants}")
+    return GenerationConfig(
+        do_sample=True, **req.model_dump(include={"temperature", "top_k", "top_p", "seed"})
+    )
 
 
 def check_score(req: ScoreRequest, limits: RequestLimits, max_length: int) -> None:

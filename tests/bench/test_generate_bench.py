@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ankh_platform.bench import generate
+from ankh_platform.bench import decode_profile, generate
 
 
 def test_generate_benchmark_reports_ratio_steps_and_profile(capsys):
@@ -68,10 +68,10 @@ def test_floor_is_setup_at_peak_plus_each_step_at_its_bound():
             )
             for t in range(1, 11)
         ]
-        assert generate.floor_seconds(cfg, 4, 50, 10, beams, peak, bw) == setup + sum(steps)
+        assert decode_profile.floor_seconds(cfg, 4, 50, 10, beams, peak, bw) == setup + sum(steps)
     # Few rows: every step is bound by its bytes; doubling the bandwidth halves the steps' part.
-    fast = generate.floor_seconds(cfg, 4, 50, 10, 1, peak, 2 * bw)
-    assert fast - setup == (generate.floor_seconds(cfg, 4, 50, 10, 1, peak, bw) - setup) / 2
+    fast = decode_profile.floor_seconds(cfg, 4, 50, 10, 1, peak, 2 * bw)
+    assert fast - setup == (decode_profile.floor_seconds(cfg, 4, 50, 10, 1, peak, bw) - setup) / 2
 
 
 def test_step_profile_counts_cache_copies():
@@ -88,8 +88,8 @@ ENTRY %main (x: f32[8,8,64,65]) -> f32[8,8,64,65] {
   %w = (s32[], f32[8,8,64,65]) while(%x), condition=%cond, body=%body
 }
 """
-    prof = generate.step_profile(hlo, cache_bytes=8 * 8 * 64 * 65 * 4)
+    prof = decode_profile.step_profile(hlo, cache_bytes=8 * 8 * 64 * 65 * 4)
     assert prof["kernels_per_step"] == 2 and prof["dots_per_step"] == 1
     assert prof["cache_sized_copies_per_step"] == 1
     assert prof["cache_copy_mb_per_step"] == round(8 * 8 * 64 * 65 * 4 / 2**20, 1)
-    assert generate.step_profile("ENTRY %m {\n}", 1) == {"loop_in_program": False}
+    assert decode_profile.step_profile("ENTRY %m {\n}", 1) == {"loop_in_program": False}

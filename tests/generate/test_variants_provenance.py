@@ -71,3 +71,17 @@ def test_local_model_records_reference_and_no_revision(tmp_path):
     assert summary["model"] == res["model"] == "tiny" and summary["model_revision"] is None
     meta = pq.read_schema(tmp_path / "variants.parquet").metadata
     assert meta[b"ankh.model"] == b"tiny" and b"ankh.model_revision" not in meta
+    # Every output published whole through ankh.storage: nothing else (no temporary) is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["variants.parquet", "variants.fasta", "summary.csv", "summary.json", "summary.png"]
+    )
+
+
+def test_job_sampling_settings_are_one_generation_config():
+    from ankh.generation_config import GenerationConfig
+    from ankh_platform.generate.variants import GenerateJobConfig
+
+    cfg = GenerateJobConfig(sequence="MKT", output="x", top_k=5, top_p=0.9, seed=4)
+    assert cfg.sampling() == GenerationConfig(do_sample=True, top_k=5, top_p=0.9, seed=4)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        GenerateJobConfig(sequence="MKT", output="x", top_p=1.5)
