@@ -25,6 +25,7 @@ Where a model comes from
   checkpoint    Orbax pretraining checkpoints: find, verify, read, save
   resolve       what a model reference names (preset, path, run dir, hub id), in one place
 Using a model
+  generation_config  every generation setting, validated in one place (GenerationConfig)
   kv_cache      the decoder's one-token step over a preallocated KV cache
   decoding      logits warping and the greedy / sampling loop
   beam_search   beam search as HF generate runs it

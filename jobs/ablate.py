@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 FLAGS = {
     "--output": _cli.output_flag("output", "the sweep dir is OUTPUT/NAME (default outputs/ablate)"),

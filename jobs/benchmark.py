@@ -7,8 +7,8 @@ Each subcommand lives in ``platform/bench/<what>.py`` (``ankh_platform.bench.<wh
 import importlib
 import sys
 
+from ankh_platform.core import cli as _cli
 from ankh_platform.core.config import ConfigError
-from jobs import _cli
 
 SUBCOMMANDS = {
     "embed": "encoder throughput vs HF PyTorch T5 on the same weights",

@@ -21,7 +21,7 @@ import tempfile
 
 import numpy as np
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Probe models on real labelled proteins: ``python -m jobs.evaluate --model MODEL --task ss3``.
 
 Embeds every task's sequences with each model (cached as Parquet per model), trains
-heads (linear probe, MLP, ConvBERT) on the train split with early stopping on validation, and
-reports test figures beside a one-hot baseline and a random-init model of the same shape.
+heads on the train split (the linear probe fit to convergence, as the in-training probe is; MLP
+and ConvBERT with early stopping on validation), and reports test figures beside a one-hot baseline and a random-init model of the same shape.
 
 Tasks: ss3, ss8, contacts, go (from ../shared/data), or a user file:
   --task my.csv                       (columns sequence + label; split column or hash split)
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 FLAGS = {
     "--model": _cli.model_flag(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 FLAGS = {
     "--input": _cli.flag(

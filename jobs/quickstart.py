@@ -7,7 +7,7 @@ python -m jobs.quickstart --model path/to/hf_or_run_dir --n 16
 import sys
 import time
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,8 +24,8 @@ import signal
 import sys
 import threading
 
+from ankh_platform.core import cli as _cli
 from ankh_platform.core.config import ConfigError
-from jobs import _cli
 
 # NAME in ``--model NAME=MODEL``: the served id's characters (ServeConfig checks the full rule).
 # A path or URL before its first "=" has a "/" and so stays one bare model reference.

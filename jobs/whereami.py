@@ -7,7 +7,7 @@ inside a Ray worker.
 import json
 import sys
 
-from jobs import _cli
+from ankh_platform.core import cli as _cli
 
 
 def main(argv: list[str] | None = None) -> None:

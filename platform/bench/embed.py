@@ -20,7 +20,7 @@ from flax import nnx
 import ankh
 from ankh.accelerator import dtype_name
 from ankh.flops import encoder_flops, measure_matmul_peak
-from jobs import _cli  # the --model / --output flags every job shares
+from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:

@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 from ankh_platform.core.samples import protein_shard
-from jobs import _cli  # the --model / --output flags every job shares
 
 log = logging.getLogger("bench_embed_job")
 

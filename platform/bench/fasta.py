@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ankh.resolve import resolve
-from jobs import _cli  # the --model / --output flags every job shares
+from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 
 log = logging.getLogger("bench_fasta")
 

@@ -32,8 +32,8 @@ import tempfile
 import time
 from typing import Any
 
+from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 from ankh_platform.core.config import ConfigError
-from jobs import _cli  # the --model / --output flags every job shares
 
 PROBES = ("ss3_q3", "ss8_q8")
 

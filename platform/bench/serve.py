@@ -24,8 +24,8 @@ from collections import Counter
 import numpy as np
 
 from ankh.batching import DEFAULT_BATCH_TOKENS
+from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 from ankh_platform.core.samples import protein_parquet
-from jobs import _cli  # the --model / --output flags every job shares
 
 
 def _proteins(n: int, max_len: int) -> list[str]:

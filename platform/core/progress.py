@@ -1,6 +1,6 @@
 """Progress of long jobs, the one helper: a tqdm bar on a terminal, a plain line every
 ``interval`` seconds when stderr is not a terminal (CI logs, ``| tee``), nothing under
-``--quiet`` (``jobs/_cli.py`` calls ``set_quiet``).
+``--quiet`` (``platform/core/cli.py`` calls ``set_quiet``).
 
 Progress goes to stderr: stdout carries each job's results (JSON, tables, the last-line path).
 ``console`` is the one way a job prints a short status line (pretraining's per-step line,

@@ -24,7 +24,8 @@ import gzip
 import io
 import re
 import zlib
-from typing import Iterable, Iterator, Literal
+from collections.abc import Iterable, Iterator
+from typing import Literal
 
 from ankh.storage import filesystem, open_sequential
 from ankh.tokenizer import AMINO_ACIDS
@@ -49,7 +50,8 @@ class FastaStats:
     bad: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
     # ... and dropped records by their one primary reason (the first problem ``check`` finds)
     dropped_by_reason: dict[str, int] = dataclasses.field(
-        default_factory=lambda: dict.fromkeys(CATEGORIES, 0))
+        default_factory=lambda: dict.fromkeys(CATEGORIES, 0)
+    )
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # a few per category
 
     def note(self, category: str, where: str) -> None:
@@ -121,8 +123,9 @@ def records(lines: Iterable[str]) -> Iterator[tuple[str | None, str]]:
         yield title, "".join(chunks)
 
 
-def check(title: str | None, seq: str, stats: FastaStats, policy: Policy,
-          where: str) -> tuple[str, str] | None:
+def check(
+    title: str | None, seq: str, stats: FastaStats, policy: Policy, where: str
+) -> tuple[str, str] | None:
     """``(id, sequence)`` to keep, or None to drop; counts every problem found."""
     seq = seq.upper()
     problems = []
@@ -161,16 +164,20 @@ def check(title: str | None, seq: str, stats: FastaStats, policy: Policy,
     return None
 
 
-def read_fasta(path: str, policy: Policy = "skip",
-               stats: FastaStats | None = None) -> Iterator[tuple[str, str]]:
+def read_fasta(
+    path: str, policy: Policy = "skip", stats: FastaStats | None = None
+) -> Iterator[tuple[str, str]]:
     """Yield ``(id, SEQUENCE)`` of the good (or cleaned) records of a FASTA[.gz] file."""
     if policy not in ("skip", "clean", "fail"):
         raise ValueError(f"policy must be skip, clean or fail, got {policy!r}")
     stats = stats if stats is not None else FastaStats()
     for title, seq in read_records(path):
         stats.records += 1
-        where = f"{path} record {stats.records}" if title is not None else \
-            f"{path}: sequence data before the first '>' header (record without a header)"
+        where = (
+            f"{path} record {stats.records}"
+            if title is not None
+            else f"{path}: sequence data before the first '>' header (record without a header)"
+        )
         out = check(title, seq, stats, policy, where)
         if out is not None:
             yield out
@@ -186,5 +193,7 @@ def read_records(path: str) -> Iterator[tuple[str | None, str]]:
                 n += 1
                 yield rec
         except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-            raise FastaError(f"{path}: truncated or corrupt gzip after {n} complete record(s) "
-                             f"({type(e).__name__}: {e}); re-download or re-compress the file") from None
+            raise FastaError(
+                f"{path}: truncated or corrupt gzip after {n} complete record(s) "
+                f"({type(e).__name__}: {e}); re-download or re-compress the file"
+            ) from None

@@ -25,7 +25,8 @@ import logging
 import math
 import queue
 import threading
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -59,8 +60,9 @@ class DataConfig:
     prefetch: int = 2  # batches prepared ahead on a background thread (0 = inline)
 
     def objective(self) -> ObjectiveConfig:
-        return ObjectiveConfig(self.mask_prob, self.max_residues, self.full_reconstruction,
-                               self.mean_span)
+        return ObjectiveConfig(
+            self.mask_prob, self.max_residues, self.full_reconstruction, self.mean_span
+        )
 
     def pack_spec(self) -> PackSpec:
         dec = self.dec_len
@@ -69,10 +71,13 @@ class DataConfig:
             # 1 - p + p/m (unmasked + a sentinel per run); 1-gram (m = 1): 2p
             p, m = self.mask_prob, self.mean_span
             ratio = 1.0 if self.full_reconstruction else p * (1 + 1 / m) / (1 - p + p / m)
-            dec = max(self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8))
+            dec = max(
+                self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8)
+            )
             dec = min(dec, self.enc_len) if self.full_reconstruction else dec
-        return PackSpec(rows=self.rows, enc_len=self.enc_len, dec_len=dec,
-                        max_segments=self.max_segments)
+        return PackSpec(
+            rows=self.rows, enc_len=self.enc_len, dec_len=dec, max_segments=self.max_segments
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +95,7 @@ class PipelineState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PipelineState":
+    def from_dict(cls, d: dict[str, Any]) -> PipelineState:
         return cls(**d)
 
 
@@ -109,7 +114,9 @@ def list_shards(paths: Iterable[str]) -> tuple[Any, list[ParquetShard]]:
         p = repo_path(p)  # a relative default (the bundled sample) works from any directory
         pfs, pp = filesystem(p)
         if fs is not None and type(pfs) is not type(fs):
-            raise ValueError("all data paths must be on the same filesystem (all local or all gs://)")
+            raise ValueError(
+                "all data paths must be on the same filesystem (all local or all gs://)"
+            )
         fs = pfs
         if any(c in pp for c in "*?["):
             found = pfs.glob(pp)
@@ -119,7 +126,11 @@ def list_shards(paths: Iterable[str]) -> tuple[Any, list[ParquetShard]]:
             found = [pp]
         else:
             raise FileNotFoundError(f"data path {p} does not exist")
-        files += [f for f in found if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))]
+        files += [
+            f
+            for f in found
+            if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
+        ]
     files = sorted(set(files))
     if not files:
         raise FileNotFoundError(f"no .parquet files under {list(paths)}")
@@ -135,7 +146,9 @@ def list_shards(paths: Iterable[str]) -> tuple[Any, list[ParquetShard]]:
     return fs, [ParquetShard(f, int(n), int(o)) for f, n, o in zip(files, counts, offsets)]
 
 
-def epoch_order(shards: list[ParquetShard], seed: int, epoch: int, shuffle: bool) -> list[ParquetShard]:
+def epoch_order(
+    shards: list[ParquetShard], seed: int, epoch: int, shuffle: bool
+) -> list[ParquetShard]:
     if not shuffle:
         return list(shards)
     perm = np.random.default_rng(derive_seed(seed, "file-order", epoch)).permutation(len(shards))
@@ -150,9 +163,14 @@ def rank_range(total: int, rank: int, world: int) -> tuple[int, int]:
 class BatchStream:
     """Iterator of ``(batch, state_after)`` for one worker; see the module docstring."""
 
-    def __init__(self, cfg: DataConfig, rank: int = 0, world: int = 1,
-                 state: PipelineState | dict | None = None,
-                 tokenizer: AnkhTokenizer | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DataConfig,
+        rank: int = 0,
+        world: int = 1,
+        state: PipelineState | dict | None = None,
+        tokenizer: AnkhTokenizer | None = None,
+    ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} not in [0, {world})")
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -168,18 +186,27 @@ class BatchStream:
             state = PipelineState.from_dict(state)
         state = state or PipelineState(rank=rank, world=world, fingerprint=self.fingerprint)
         if (state.rank, state.world) != (rank, world):
-            raise ValueError(f"state was saved by rank {state.rank}/{state.world}, not {rank}/{world}")
+            raise ValueError(
+                f"state was saved by rank {state.rank}/{state.world}, not {rank}/{world}"
+            )
         if state.fingerprint and state.fingerprint != self.fingerprint:
-            raise ValueError("saved pipeline state refers to other data files or settings; "
-                             "resume with the same paths, seed, window and batch shape")
+            raise ValueError(
+                "saved pipeline state refers to other data files or settings; "
+                "resume with the same paths, seed, window and batch shape"
+            )
         self._state = dataclasses.replace(state, fingerprint=self.fingerprint)
 
     def _fingerprint(self) -> str:
         c = self.cfg
-        key = {"files": [(s.path.rsplit("/", 1)[-1], s.rows) for s in self.shards], "seed": c.seed,
-               "window": c.window, "spec": dataclasses.asdict(self.spec), "obj": dataclasses.asdict(c.objective()),
-               "shuffle_files": c.shuffle_files,
-               "seeding": "ankh.seeds.derive_seed"}  # positions saved under other seeding differ
+        key = {
+            "files": [(s.path.rsplit("/", 1)[-1], s.rows) for s in self.shards],
+            "seed": c.seed,
+            "window": c.window,
+            "spec": dataclasses.asdict(self.spec),
+            "obj": dataclasses.asdict(c.objective()),
+            "shuffle_files": c.shuffle_files,
+            "seeding": "ankh.seeds.derive_seed",
+        }  # positions saved under other seeding differ
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     # ---- public API ------------------------------------------------------------------------
@@ -236,13 +263,23 @@ class BatchStream:
                 batches = self._pack_window(epoch, w, rows)
                 for b in range(b0, len(batches)):
                     # Position after this batch; the end of an epoch is the next one's start.
-                    nxt = ((epoch, w, b + 1) if b + 1 < len(batches) else
-                           (epoch + 1, 0, 0) if last else (epoch, w + 1, 0))
-                    yield batches[b], dataclasses.replace(st, epoch=nxt[0], window=nxt[1], batch=nxt[2])
+                    nxt = (
+                        (epoch, w, b + 1)
+                        if b + 1 < len(batches)
+                        else (epoch + 1, 0, 0)
+                        if last
+                        else (epoch, w + 1, 0)
+                    )
+                    yield (
+                        batches[b],
+                        dataclasses.replace(st, epoch=nxt[0], window=nxt[1], batch=nxt[2]),
+                    )
                 b0 = 0
             epoch, w0, b0 = epoch + 1, 0, 0
 
-    def _windows(self, epoch: int, first_window: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    def _windows(
+        self, epoch: int, first_window: int
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """``(window index, {"sequence", "example_id"})`` for this rank's range of ``epoch``."""
         order = epoch_order(self.shards, self.cfg.seed, epoch, self.cfg.shuffle_files)
         start, end = rank_range(self.total_rows, self.rank, self.world)
@@ -252,9 +289,18 @@ class BatchStream:
             yield w, {"sequence": seqs, "example_id": ids}
             w += 1
 
-    def _pack_window(self, epoch: int, w: int, rows: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        return make_batches(rows["sequence"], rows["example_id"], self.objective, self.spec,
-                            self.cfg.seed, epoch, self.tokenizer)
+    def _pack_window(
+        self, epoch: int, w: int, rows: dict[str, np.ndarray]
+    ) -> list[dict[str, np.ndarray]]:
+        return make_batches(
+            rows["sequence"],
+            rows["example_id"],
+            self.objective,
+            self.spec,
+            self.cfg.seed,
+            epoch,
+            self.tokenizer,
+        )
 
 
 def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]:
@@ -268,8 +314,9 @@ def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]
         yield (*prev, True)
 
 
-def _read_range(fs, order: list[ParquetShard], pos: int, end: int,
-                cfg: DataConfig) -> Iterator[tuple[list[str], np.ndarray]]:
+def _read_range(
+    fs, order: list[ParquetShard], pos: int, end: int, cfg: DataConfig
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """Windows of rows ``[pos, end)`` of the ordered files, read by Ray Data in order."""
     if pos >= end:
         return
@@ -281,35 +328,49 @@ def _read_range(fs, order: list[ParquetShard], pos: int, end: int,
     last = int(np.searchsorted(cum, end, side="left"))  # exclusive file index
     files = order[first:last]
     skip = pos - int(cum[first])
-    ds = ray.data.read_parquet([f.path for f in files],
-                               filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
-                               partitioning=None, file_extensions=None).select_columns(["sequence"])
+    ds = ray.data.read_parquet(
+        [f.path for f in files],
+        filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)),
+        partitioning=None,
+        file_extensions=None,
+    ).select_columns(["sequence"])
     ds.context.execution_options.preserve_order = True  # determinism: rows in file order
     # example_id of every row of these files, in stream order.
     ids = np.concatenate([np.arange(f.offset, f.offset + f.rows, dtype=np.int64) for f in files])
     need, cursor = end - pos, 0  # cursor: rows of `files` seen so far
     buf: list[str] = []
     buf_start = skip
-    for batch in ds.iter_batches(batch_size=cfg.read_batch_rows, batch_format="numpy", prefetch_batches=2):
+    for batch in ds.iter_batches(
+        batch_size=cfg.read_batch_rows, batch_format="numpy", prefetch_batches=2
+    ):
         seqs = batch["sequence"]
         lo, hi = max(skip - cursor, 0), min(len(seqs), skip + need - cursor)
         cursor += len(seqs)
         if hi > lo:
             buf.extend(seqs[lo:hi].tolist())
         while len(buf) >= cfg.window:
-            yield buf[:cfg.window], ids[buf_start:buf_start + cfg.window]
-            buf, buf_start = buf[cfg.window:], buf_start + cfg.window
+            yield buf[: cfg.window], ids[buf_start : buf_start + cfg.window]
+            buf, buf_start = buf[cfg.window :], buf_start + cfg.window
         if cursor >= skip + need:
             break
     if buf:
-        yield buf, ids[buf_start:buf_start + len(buf)]
+        yield buf, ids[buf_start : buf_start + len(buf)]
     if buf_start + len(buf) != skip + need:
-        raise RuntimeError(f"read {buf_start + len(buf) - skip} rows, expected {need}: "
-                           "files changed while reading?")
+        raise RuntimeError(
+            f"read {buf_start + len(buf) - skip} rows, expected {need}: "
+            "files changed while reading?"
+        )
 
 
-def make_batches(seqs: list[str], example_ids: np.ndarray, objective: Objective, spec: PackSpec,
-                 seed: int, epoch: int, tokenizer: AnkhTokenizer) -> list[dict[str, np.ndarray]]:
+def make_batches(
+    seqs: list[str],
+    example_ids: np.ndarray,
+    objective: Objective,
+    spec: PackSpec,
+    seed: int,
+    epoch: int,
+    tokenizer: AnkhTokenizer,
+) -> list[dict[str, np.ndarray]]:
     """Mask, pack and batch one window of examples (a pure function of its inputs)."""
     encs, tgts = [], []
     for s, ex in zip(seqs, example_ids):
@@ -318,14 +379,20 @@ def make_batches(seqs: list[str], example_ids: np.ndarray, objective: Objective,
         except ValueError as e:
             raise ValueError(f"example {int(ex)}: {e}") from None
         if len(residues) == 0:
-            raise ValueError(f"example {int(ex)}: empty sequence (prepare the data with jobs.prepare)")
+            raise ValueError(
+                f"example {int(ex)}: empty sequence (prepare the data with jobs.prepare)"
+            )
         e, t = objective(residues, seed, epoch, int(ex))
         encs.append(e)
         tgts.append(t)
     rows = pack_rows([len(e) for e in encs], [len(t) for t in tgts], spec)
     # Seeded local shuffle: rows of a window in a random (but reproducible) order.
     first = int(example_ids[0]) if len(example_ids) else 0  # names the window
-    perm = np.random.default_rng(derive_seed(seed, "window-rows", epoch, first)).permutation(len(rows))
+    perm = np.random.default_rng(derive_seed(seed, "window-rows", epoch, first)).permutation(
+        len(rows)
+    )
     rows = [rows[i] for i in perm]
-    return [build_batch(rows[i:i + spec.rows], encs, tgts, example_ids, spec)
-            for i in range(0, len(rows), spec.rows)]
+    return [
+        build_batch(rows[i : i + spec.rows], encs, tgts, example_ids, spec)
+        for i in range(0, len(rows), spec.rows)
+    ]

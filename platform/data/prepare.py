@@ -25,14 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ankh.storage import atomic_write, filesystem, join, remove_stale_temps
 from ankh_platform.core import progress
 from ankh_platform.data.fasta import FastaError, FastaStats, read_fasta
-from ankh.storage import atomic_write, filesystem, join, remove_stale_temps
 
 log = logging.getLogger(__name__)
-SCHEMA = pa.schema([("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()),
-                    ("idx", pa.int64())])
-HIST_EDGES = [0] + [2 ** k for k in range(3, 17)] + [2 ** 62]  # 0, 8, 16, ..., 65536, inf
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("sequence", pa.string()), ("length", pa.int32()), ("idx", pa.int64())]
+)
+HIST_EDGES = [0] + [2**k for k in range(3, 17)] + [2**62]  # 0, 8, 16, ..., 65536, inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PrepareConfig:
     input: str = ""  # FASTA or FASTA.gz, local path or gs://
     output: str = ""  # directory (local or gs://) for shards + manifest
     rows_per_shard: int = 100_000  # a shard closes at this many rows ...
-    bytes_per_shard: int = 128 * 2 ** 20  # ... or this many residues, whichever comes first
+    bytes_per_shard: int = 128 * 2**20  # ... or this many residues, whichever comes first
     policy: Literal["skip", "clean", "fail"] = "skip"  # for malformed records
     min_length: int = 1  # residues; shorter records are filtered (counted)
     max_length: int = 0  # residues; 0 = no limit
@@ -49,7 +50,9 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
         if self.rows_per_shard < 1 or self.bytes_per_shard < 1:
             raise ValueError("rows_per_shard and bytes_per_shard must be >= 1")
 
@@ -59,7 +62,7 @@ def split_of(ident: str, validation_fraction: float) -> str:
     if validation_fraction <= 0:
         return "train"
     h = int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "big")
-    return "validation" if h / 2 ** 64 < validation_fraction else "train"
+    return "validation" if h / 2**64 < validation_fraction else "train"
 
 
 class _SplitWriter:
@@ -93,13 +96,25 @@ class _SplitWriter:
         if self._complete(path, n):
             self.reused += 1  # finished by an earlier, interrupted run
         else:
-            table = pa.table({"id": self.ids, "sequence": self.seqs, "length": lengths,
-                              "idx": np.arange(self.rows, self.rows + n, dtype=np.int64)}, schema=SCHEMA)
-            atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=self.cfg.compression),
-                         fs=self.fs)
+            table = pa.table(
+                {
+                    "id": self.ids,
+                    "sequence": self.seqs,
+                    "length": lengths,
+                    "idx": np.arange(self.rows, self.rows + n, dtype=np.int64),
+                },
+                schema=SCHEMA,
+            )
+            atomic_write(
+                path,
+                lambda tmp: pq.write_table(table, tmp, compression=self.cfg.compression),
+                fs=self.fs,
+            )
             self.written += 1
         self.hist += np.histogram(lengths, bins=HIST_EDGES)[0]
-        self.shards.append({"path": path.rsplit("/", 1)[1], "rows": n, "residues": int(lengths.sum())})
+        self.shards.append(
+            {"path": path.rsplit("/", 1)[1], "rows": n, "residues": int(lengths.sum())}
+        )
         self.rows += n
         self.residues += int(lengths.sum())
         self.ids, self.seqs, self.nbytes = [], [], 0
@@ -111,24 +126,44 @@ class _SplitWriter:
             return pq.ParquetFile(f).metadata.num_rows == n
 
     def summary(self) -> dict[str, Any]:
-        return {"rows": self.rows, "residues": self.residues, "shards": self.shards,
-                "length_histogram": {"edges": HIST_EDGES[:-1] + ["inf"], "counts": self.hist.tolist()}}
+        return {
+            "rows": self.rows,
+            "residues": self.residues,
+            "shards": self.shards,
+            "length_histogram": {"edges": HIST_EDGES[:-1] + ["inf"], "counts": self.hist.tolist()},
+        }
 
 
 def _job_identity(fs, cfg: PrepareConfig) -> dict[str, Any]:
     src_fs, src = filesystem(cfg.input)
     info = src_fs.info(src)
-    keep = {k: cfg.__dict__[k] for k in ("rows_per_shard", "bytes_per_shard", "policy", "min_length",
-                                         "max_length", "validation_fraction")}
+    keep = {
+        k: cfg.__dict__[k]
+        for k in (
+            "rows_per_shard",
+            "bytes_per_shard",
+            "policy",
+            "min_length",
+            "max_length",
+            "validation_fraction",
+        )
+    }
     return {"input": cfg.input, "input_size": info.get("size"), **keep}
 
 
-def _split_records(cfg: PrepareConfig, fs, root: str, stats: FastaStats,
-                   writers: dict[str, _SplitWriter], filtered: dict[str, int]) -> None:
+def _split_records(
+    cfg: PrepareConfig,
+    fs,
+    root: str,
+    stats: FastaStats,
+    writers: dict[str, _SplitWriter],
+    filtered: dict[str, int],
+) -> None:
     """Every record read: written to its split, filtered (counted) or dropped (in ``stats``)."""
     try:
-        for rid, seq in progress.track(read_fasta(cfg.input, cfg.policy, stats), "prepare",
-                                       unit="records"):
+        for rid, seq in progress.track(
+            read_fasta(cfg.input, cfg.policy, stats), "prepare", unit="records"
+        ):
             if len(seq) < cfg.min_length:
                 filtered["too_short"] += 1
                 continue
@@ -144,10 +179,12 @@ def _split_records(cfg: PrepareConfig, fs, root: str, stats: FastaStats,
         # shards already closed stay published, but without manifest.json the output is not a
         # finished dataset. The accounting of what was read goes with the error.
         done = sum(w.rows for w in writers.values())
-        raise FastaError(f"{e}; stopped after {stats.records} record(s): {stats.kept} kept "
-                         f"({done} in finished shards), {stats.dropped} dropped "
-                         f"{stats.dropped_by_reason}, filtered {filtered}; no manifest.json "
-                         "written") from None
+        raise FastaError(
+            f"{e}; stopped after {stats.records} record(s): {stats.kept} kept "
+            f"({done} in finished shards), {stats.dropped} dropped "
+            f"{stats.dropped_by_reason}, filtered {filtered}; no manifest.json "
+            "written"
+        ) from None
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
@@ -161,8 +198,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     if fs.exists(job_path):
         old = json.loads(fs.cat_file(job_path))
         if old != ident:
-            raise ValueError(f"{cfg.output} holds shards of a different job ({old}); "
-                             f"use an empty output directory")
+            raise ValueError(
+                f"{cfg.output} holds shards of a different job ({old}); "
+                f"use an empty output directory"
+            )
     else:
         fs.pipe_file(job_path, json.dumps(ident, indent=1).encode())
     for name in ("train", "validation"):  # temporaries left by an interrupted run
@@ -175,16 +214,24 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     for w in writers.values():
         w.flush()
     manifest = {
-        "source": cfg.input, "format": "ankh-parquet-shards/1", "created_unix": int(time.time()),
+        "source": cfg.input,
+        "format": "ankh-parquet-shards/1",
+        "created_unix": int(time.time()),
         "config": dataclasses.asdict(cfg),
         # one outcome per record read: read == written + dropped_bad + filtered_* (kept ==
         # written + filtered_*); dropped_bad == sum(dropped_by_reason); bad_records counts
         # problems (a record with two problems counts in two categories)
-        "records": {"read": stats.records, "kept": stats.kept, "cleaned": stats.cleaned,
-                    "written": sum(w.rows for w in writers.values()),
-                    "dropped_bad": stats.dropped, **{f"filtered_{k}": v for k, v in filtered.items()}},
+        "records": {
+            "read": stats.records,
+            "kept": stats.kept,
+            "cleaned": stats.cleaned,
+            "written": sum(w.rows for w in writers.values()),
+            "dropped_bad": stats.dropped,
+            **{f"filtered_{k}": v for k, v in filtered.items()},
+        },
         "dropped_by_reason": stats.dropped_by_reason,
-        "bad_records": stats.bad, "bad_examples": stats.examples,
+        "bad_records": stats.bad,
+        "bad_examples": stats.examples,
         "splits": {name: w.summary() for name, w in sorted(writers.items())},
         "shards_written": sum(w.written for w in writers.values()),
         "shards_reused": sum(w.reused for w in writers.values()),

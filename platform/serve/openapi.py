@@ -2,7 +2,7 @@
 
 The pydantic request models say the types; the limits (``RequestLimits``), the alphabet
 (``ankh.tokenizer``), the served layers and the cross-field rules of ``Ankh.generate`` are
-checked by the ingress, the deployments and ``ankh.generate.check_generate_args`` (which keep
+checked by the ingress, the deployments and ``ankh.GenerationConfig`` (which keep
 their own messages and 413s). :func:`constrain` writes the same rules into the schema, so a
 schema-generated client validates up front: a schema-valid request is accepted and a
 schema-invalid one refused (``tests/serve/test_fuzz.py`` fuzzes both directions).
@@ -113,7 +113,7 @@ def _spans(prop: dict[str, Any]) -> None:
 
 
 def _generate_rules() -> list[dict[str, Any]]:
-    """``check_generate_args``' rules between fields that JSON Schema states in fixed clauses
+    """``GenerationConfig``' rules between fields that JSON Schema states in fixed clauses
     (absent = the default). The two that compare fields are descriptions (``GENERATE_NOTES``)."""
     return [
         {
@@ -131,7 +131,7 @@ def _generate_rules() -> list[dict[str, Any]]:
 
 # Rules that compare two fields, which JSON Schema cannot: a clause per value was valid JSON
 # Schema but one the standard tools cannot generate from (``schemathesis run``: "Schema Error"),
-# so they are stated here and enforced by ``check_generate_args`` (a 422 naming the field).
+# so they are stated here and enforced by ``GenerationConfig`` (a 422 naming the field).
 GENERATE_NOTES = {
     "min_new_tokens": "Without max_new_tokens: at most its default. "
     "Over max_new_tokens: a 422 naming min_new_tokens.",

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from ankh_platform.core import cli as _cli
 from ankh_platform.core import samples
 from ankh_platform.core.config import ConfigError
-from jobs import _cli
 
 REPO = samples.repo_root()
 # Each job and the flags README.md / docs/*.md document for it (its --help must keep them all).

@@ -130,6 +130,19 @@ def test_ankh_never_imports_ray_or_the_platform_nor_late_imports_itself():
     assert not bad, "\n".join(bad)
 
 
+
+def test_platform_never_imports_the_jobs():
+    """Layers point down: ``jobs`` -> ``ankh_platform`` -> ``ankh``; the shared CLI helper lives in
+    ``ankh_platform.core.cli`` so that benchmark parsers use it without importing ``jobs``."""
+    bad = [
+        f"{rel(modules()[m])}:{node.lineno} imports {name}"
+        for m in modules()
+        if m.startswith("ankh_platform")
+        for node, name, _ in imports(m)
+        if name.split(".")[0] == "jobs"
+    ]
+    assert not bad, "\n".join(bad)
+
 # ---- folders and sizes ----------------------------------------------------------------------
 
 

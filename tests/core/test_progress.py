@@ -78,7 +78,7 @@ def test_format_duration(seconds, text):
 
 
 def test_quiet_flag_of_a_job_reaches_the_helper():
-    from jobs import _cli
+    from ankh_platform.core import cli as _cli
 
     ap = _cli.parser("jobs.x", None)
     _cli.parse_args(ap, ["-q"])

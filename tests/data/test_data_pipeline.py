@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -28,7 +30,11 @@ def sample_dir():
 def sequences(sample_dir):
     """example_id -> sequence (ids are positions in the sorted file list)."""
     _, shards = list_shards([sample_dir])
-    return sum((pq.read_table(s.path, columns=["sequence"])["sequence"].to_pylist() for s in shards), [])
+    return functools.reduce(
+        operator.iadd,
+        (pq.read_table(s.path, columns=["sequence"])["sequence"].to_pylist() for s in shards),
+        [],
+    )
 
 
 def _run(cfg, rank, world, state=None):
@@ -75,7 +81,7 @@ def test_resume_mid_window_neither_repeats_nor_skips(two_workers):
     saved = run[k][1].to_dict()  # what a checkpoint stores (JSON-able)
     resumed = _run(cfg, 1, 2, PipelineState.from_dict(saved))
     assert len(resumed) == len(run) - k - 1
-    for (a, sa), (b, sb) in zip(run[k + 1:], resumed):
+    for (a, sa), (b, sb) in zip(run[k + 1 :], resumed):
         assert sa == sb
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])  # same seed -> same batches
@@ -95,14 +101,20 @@ def test_state_must_match_run(sample_dir):
 @pytest.mark.timeout(900)
 def test_gcs_prepare_and_stream_same_as_local(ray_local, gcs_bucket, two_workers, bundled_fasta):
     """FASTA on gs:// -> jobs.prepare -> shards on gs:// -> Ray Data batches == local batches."""
-    from ankh_platform.data.prepare import PrepareConfig, prepare
     from ankh.storage import filesystem
+    from ankh_platform.data.prepare import PrepareConfig, prepare
 
     fs, bucket = filesystem(gcs_bucket)
     fs.put(str(bundled_fasta), f"{bucket}/raw/uniprot_sample.fasta.gz")
     # Same settings as the bundled shards (see data/README.md).
-    m = prepare(PrepareConfig(input=f"{gcs_bucket}/raw/uniprot_sample.fasta.gz",
-                              output=f"{gcs_bucket}/shards", rows_per_shard=800, validation_fraction=0.03))
+    m = prepare(
+        PrepareConfig(
+            input=f"{gcs_bucket}/raw/uniprot_sample.fasta.gz",
+            output=f"{gcs_bucket}/shards",
+            rows_per_shard=800,
+            validation_fraction=0.03,
+        )
+    )
     assert m["splits"]["train"]["rows"] == 2899 and len(fs.ls(f"{bucket}/shards/train")) == 4
     cfg, runs = two_workers
     gcfg = dataclasses.replace(cfg, paths=(f"{gcs_bucket}/shards/train",))

@@ -18,8 +18,10 @@ GOOD = ["MKTAYIAKQRQISFVKSHFSRQ", "MSDNGPQNQRNAPRITFGGPSDSTG", "MVLSPADKTNVKAAWG
 
 def test_comment_after_record_keeps_the_record(tmp_path):
     # A ';' comment line after a record used to be glued onto its sequence -> invalid_chars.
-    text = (f"; file comment\n>a first\n{GOOD[0]}\n; comment after a record\n\n"
-            f">b\n{GOOD[1][:10]}\n;comment inside a record\n{GOOD[1][10:]}\n\n\n>c\n{GOOD[2]}\n")
+    text = (
+        f"; file comment\n>a first\n{GOOD[0]}\n; comment after a record\n\n"
+        f">b\n{GOOD[1][:10]}\n;comment inside a record\n{GOOD[1][10:]}\n\n\n>c\n{GOOD[2]}\n"
+    )
     path = tmp_path / "c.fasta"
     path.write_text(text)
     st = FastaStats()
@@ -46,8 +48,15 @@ def test_utf8_headers_are_byte_exact(tmp_path):
 
 def test_undecodable_header_byte_is_reported_never_replaced(tmp_path):
     path = tmp_path / "b.fasta"
-    path.write_bytes(b">ok\n" + GOOD[0].encode() + b"\n>bad\xff\xfeid\n" + GOOD[1].encode()
-                     + b"\n>bad\xfe\xffid\n" + GOOD[2].encode() + b"\n")
+    path.write_bytes(
+        b">ok\n"
+        + GOOD[0].encode()
+        + b"\n>bad\xff\xfeid\n"
+        + GOOD[1].encode()
+        + b"\n>bad\xfe\xffid\n"
+        + GOOD[2].encode()
+        + b"\n"
+    )
     st = FastaStats()
     kept = list(read_fasta(str(path), "skip", st))
     assert kept == [("ok", GOOD[0])]
@@ -72,7 +81,9 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
         f.write("".join(f">r{i}\n{GOOD[i % 3] * 40}\n" for i in range(400)))
     cut = tmp_path / "cut.fasta.gz"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    with pytest.raises(FastaError, match=r"cut.fasta.gz: truncated or corrupt gzip after \d+ complete"):
+    with pytest.raises(
+        FastaError, match=r"cut.fasta.gz: truncated or corrupt gzip after \d+ complete"
+    ):
         list(read_fasta(str(cut)))
     with pytest.raises(FastaError, match="truncated or corrupt gzip"):
         list(fasta_records(str(cut)))

@@ -26,7 +26,7 @@ WIDTH = 1024  # embed's max_length: the long records become ~110 windows each
 
 
 def _wrap(seq: str, width: int = 60, eol: str = "\n") -> str:
-    return "".join(seq[i: i + width] + eol for i in range(0, len(seq), width)) or eol
+    return "".join(seq[i : i + width] + eol for i in range(0, len(seq), width)) or eol
 
 
 def hostile(seqs: list[str]) -> tuple[bytes, list[dict]]:
@@ -37,19 +37,27 @@ def hostile(seqs: list[str]) -> tuple[bytes, list[dict]]:
     assert len(longs) >= 2 * LONG
     recs: list[tuple[bytes, tuple, tuple]] = [
         # sequence data before the first header: a record without a header
-        (b"; a file comment\n\n" + next(s)[:30].encode() + b"\n", ("drop", "no_header"),
-         ("invalid", "missing id")),
-        (f">sp|P0CRLF|X_HUMAN a description\r\n{_wrap(next(s), eol=chr(13) + chr(10))}".encode(),
-         ("kept", "P0CRLF"), ("row", "P0CRLF")),
+        (
+            b"; a file comment\n\n" + next(s)[:30].encode() + b"\n",
+            ("drop", "no_header"),
+            ("invalid", "missing id"),
+        ),
+        (
+            f">sp|P0CRLF|X_HUMAN a description\r\n{_wrap(next(s), eol=chr(13) + chr(10))}".encode(),
+            ("kept", "P0CRLF"),
+            ("row", "P0CRLF"),
+        ),
         (f">lower1\n{_wrap(next(s).lower())}".encode(), ("kept", "lower1"), ("row", "lower1")),
-        (">spaces1 x\n".encode() + " \t ".join(_wrap(next(s), 25).split("\n")).encode() + b"\n",
-         ("kept", "spaces1"), ("row", "spaces1")),
+        (
+            b">spaces1 x\n" + " \t ".join(_wrap(next(s), 25).split("\n")).encode() + b"\n",
+            ("kept", "spaces1"),
+            ("row", "spaces1"),
+        ),
     ]
     q = next(s)
     stop = next(s)
     recs += [
-        (f">digits1\n{q[:20]}12{q[20:]}\n".encode(), ("drop", "invalid_chars"),
-         ("invalid", "'1'")),
+        (f">digits1\n{q[:20]}12{q[20:]}\n".encode(), ("drop", "invalid_chars"), ("invalid", "'1'")),
         # embed strips one trailing '*' (strip_stop); prepare reports it
         (f">stop1\n{stop}*\n".encode(), ("drop", "stop_marks"), ("row", "stop1")),
     ]
@@ -61,20 +69,28 @@ def hostile(seqs: list[str]) -> tuple[bytes, list[dict]]:
         (b">\n", ("drop", "no_header"), ("invalid", "missing id")),  # no header, no residues
         (f">dup1 first\n{next(s)}\n".encode(), ("kept", "dup1"), ("row", "dup1")),
         (f">long1\n{_wrap(longs[:LONG])}".encode(), ("filter", "too_long"), ("row", "long1")),
-        (f">プロテイン_β-ünï desc\n{next(s)}\n".encode(),
-         ("kept", "プロテイン_β-ünï"),
-         ("row", "プロテイン_β-ünï")),
-        (b">bad\xff\xfeid\n" + next(s).encode() + b"\n", ("drop", "bad_header_encoding"),
-         ("row", "bad\\xff\\xfeid")),
+        (
+            f">プロテイン_β-ünï desc\n{next(s)}\n".encode(),
+            ("kept", "プロテイン_β-ünï"),
+            ("row", "プロテイン_β-ünï"),
+        ),
+        (
+            b">bad\xff\xfeid\n" + next(s).encode() + b"\n",
+            ("drop", "bad_header_encoding"),
+            ("row", "bad\\xff\\xfeid"),
+        ),
     ]
     q = next(s)
     recs += [
-        (f">comments1\n{q[:40]}\n; inside a record\n\n{q[40:]}\n".encode(), ("kept", "comments1"),
-         ("row", "comments1")),
+        (
+            f">comments1\n{q[:40]}\n; inside a record\n\n{q[40:]}\n".encode(),
+            ("kept", "comments1"),
+            ("row", "comments1"),
+        ),
         (b">short1\nMKV\n", ("filter", "too_short"), ("row", "short1")),
         (f">sl/ash|x\n{next(s)}\n".encode(), ("kept", "sl/ash|x"), ("row", "sl/ash|x")),
         (f">dup1 second\n{next(s)}\n".encode(), ("kept", "dup1"), ("invalid", "duplicate id")),
-        (f">long2\n{longs[LONG: 2 * LONG]}\n".encode(), ("filter", "too_long"), ("row", "long2")),
+        (f">long2\n{longs[LONG : 2 * LONG]}\n".encode(), ("filter", "too_long"), ("row", "long2")),
         (f">sp|P0LAST|Y_HUMAN\n{next(s)}".encode(), ("kept", "P0LAST"), ("row", "P0LAST")),
     ]
     data = b"".join(r[0] for r in recs)
@@ -97,14 +113,23 @@ def hostile_file(tmp_path_factory, real) -> tuple[Path, list[dict]]:
 
 def test_prepare_every_record_one_outcome(tmp_path, hostile_file):
     path, recs = hostile_file
-    m = prepare(PrepareConfig(input=str(path), output=str(tmp_path / "o"), min_length=MIN_LEN,
-                              max_length=MAX_LEN, rows_per_shard=5))
+    m = prepare(
+        PrepareConfig(
+            input=str(path),
+            output=str(tmp_path / "o"),
+            min_length=MIN_LEN,
+            max_length=MAX_LEN,
+            rows_per_shard=5,
+        )
+    )
     r = m["records"]
     want = Counter(x["prep"][0] for x in recs)
     assert r["read"] == len(recs)
     assert r["written"] == want["kept"] and r["dropped_bad"] == want["drop"]
-    assert r["read"] == r["written"] + r["dropped_bad"] + r["filtered_too_short"] \
-        + r["filtered_too_long"]
+    assert (
+        r["read"]
+        == r["written"] + r["dropped_bad"] + r["filtered_too_short"] + r["filtered_too_long"]
+    )
     assert r["kept"] == r["written"] + r["filtered_too_short"] + r["filtered_too_long"]
     reasons = Counter(x["prep"][1] for x in recs if x["prep"][0] == "drop")
     assert m["dropped_by_reason"] == {c: reasons[c] for c in CATEGORIES}
@@ -119,12 +144,15 @@ def test_prepare_every_record_one_outcome(tmp_path, hostile_file):
 
 
 def test_prepare_truncated_gzip_stops_without_a_manifest(tmp_path, hostile_file):
-    path, recs = hostile_file
+    path, _recs = hostile_file
     whole = path.read_bytes()
     cut = tmp_path / "cut.fasta.gz"
     cut.write_bytes(whole[: len(whole) * 3 // 4])
-    with pytest.raises(FastaError, match=r"truncated or corrupt gzip after (\d+) complete.*"
-                                         r"stopped after \1 record\(s\).*no manifest.json"):
+    with pytest.raises(
+        FastaError,
+        match=r"truncated or corrupt gzip after (\d+) complete.*"
+        r"stopped after \1 record\(s\).*no manifest.json",
+    ):
         prepare(PrepareConfig(input=str(cut), output=str(tmp_path / "o"), rows_per_shard=2))
     assert not (tmp_path / "o" / "manifest.json").exists()
     assert not list((tmp_path / "o").rglob("*.tmp-*"))  # closed shards whole, no partial file
@@ -132,9 +160,13 @@ def test_prepare_truncated_gzip_stops_without_a_manifest(tmp_path, hostile_file)
         inputs.count_rows(inputs.InputShard(str(cut), "cut", "fasta"))  # embed: at set-up
 
 
-@pytest.mark.parametrize("long_policy", [
-    "truncate",  # fast: the long records cost one model window each
-    pytest.param("window", marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
+@pytest.mark.parametrize(
+    "long_policy",
+    [
+        "truncate",  # fast: the long records cost one model window each
+        pytest.param("window", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ],
+)
 def test_embed_every_record_one_row_or_one_reason(tmp_path, hostile_file, long_policy):
     """read -> pack -> replica -> parts -> merge (the job's stages, in process) -> HDF5."""
     from ankh_platform.embed.hdf5 import dataset_name, export_hdf5
@@ -145,8 +177,9 @@ def test_embed_every_record_one_row_or_one_reason(tmp_path, hostile_file, long_p
     shard = inputs.discover(str(path))[0]
     n = inputs.count_rows(shard)
     assert n == len(recs)
-    spec = EmbedPackSpec(max_length=WIDTH, batch_tokens=2048, window_overlap=128,
-                         long_policy=long_policy)
+    spec = EmbedPackSpec(
+        max_length=WIDTH, batch_tokens=2048, window_overlap=128, long_policy=long_policy
+    )
     replica = EmbedReplica("tiny", spec, per_residue=False, layer=0, compute_dtype="float32")
     item = {"path": np.array([shard.path], object), "fmt": np.array(["fasta"], object)}
     for b in inputs.read_batches(item, chunk=7):  # small chunks: records split across groups
@@ -156,8 +189,9 @@ def test_embed_every_record_one_row_or_one_reason(tmp_path, hostile_file, long_p
     rows = [x["embed"][1] for x in recs if x["embed"][0] == "row"]
     bad = [x["embed"][1] for x in recs if x["embed"][0] == "invalid"]
     assert rep["sequences"] + len(rep["invalid"]) == n == len(rows) + len(bad)
-    assert sorted(r["row"] for r in rep["invalid"]) == \
-        [i for i, x in enumerate(recs) if x["embed"][0] == "invalid"]
+    assert sorted(r["row"] for r in rep["invalid"]) == [
+        i for i, x in enumerate(recs) if x["embed"][0] == "invalid"
+    ]
     for why, inv in zip(bad, sorted(rep["invalid"], key=lambda r: r["row"])):
         assert why in inv["reason"], (why, inv)
     table = pq.read_table(tmp_path / f"{shard.stem}.parquet")
@@ -175,4 +209,3 @@ def test_embed_every_record_one_row_or_one_reason(tmp_path, hostile_file, long_p
         got = {f[k].attrs["original_id"]: k for k in f}
     assert sorted(i.encode() for i in got) == sorted(i.encode() for i in rows)  # byte-exact ids
     assert all(got[i] == dataset_name(i) for i in got) and got["sl/ash|x"] == "sl_ash|x"
-
