@@ -130,7 +130,6 @@ def test_ankh_never_imports_ray_or_the_platform_nor_late_imports_itself():
     assert not bad, "\n".join(bad)
 
 
-
 def test_platform_never_imports_the_jobs():
     """Layers point down: ``jobs`` -> ``ankh_platform`` -> ``ankh``; the shared CLI helper lives in
     ``ankh_platform.core.cli`` so that benchmark parsers use it without importing ``jobs``."""
@@ -142,6 +141,7 @@ def test_platform_never_imports_the_jobs():
         if name.split(".")[0] == "jobs"
     ]
     assert not bad, "\n".join(bad)
+
 
 # ---- folders and sizes ----------------------------------------------------------------------
 
