@@ -204,6 +204,7 @@ def test_batching_is_a_leaf_and_light():
         "__future__",
         "bisect",
         "collections",
+        "collections.abc",
         "typing",
         "numpy",
     }
