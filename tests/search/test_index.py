@@ -161,3 +161,19 @@ def test_choose_params_small_and_large():
     assert small["nlist"] == 5 and small["pq_m"] == 8 and small["pq_bits"] == 4
     big = build.choose_params(60_000_000, 100_000, 768, IndexConfig())
     assert big["nlist"] == 2564 and big["pq_m"] == 96 and big["pq_bits"] == 8
+
+
+def test_index_on_gcs(emb, gcs_bucket):
+    """Embeddings read from and the index written to gs:// (the emulator), then opened there."""
+    from ankh import storage
+
+    fs = storage.gcs_filesystem()
+    bucket = gcs_bucket.removeprefix("gs://")
+    for f in (emb["root"] / "emb").iterdir():
+        fs.put_file(str(f), f"{bucket}/emb/{f.name}")
+    argv = ["-q", "--embeddings", f"{gcs_bucket}/emb", "--output", f"{gcs_bucket}/index"]
+    assert index_main(argv)["count"] == N_INDEX
+    assert index_main(argv)["added"] == 0  # the manifest on gs:// resumes too
+    ix = SearchIndex(f"{gcs_bucket}/index")
+    _, labels = ix.search(emb["q"], 10)
+    assert np.mean(labels[:, 0] == ix.exact(emb["q"], 1)[1][:, 0]) >= 0.95
