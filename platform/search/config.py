@@ -35,3 +35,17 @@ class SearchConfig:
     nprobe: int = 0  # 0 = the index's default
     transfer: str = ""  # comma list of metadata columns to transfer (e.g. go_mf,go_bp,go_cc)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call when embedding
+
+
+@dataclasses.dataclass(frozen=True)
+class GoTransferConfig:
+    """``jobs.evaluate --task go-transfer``: goPredSim on the shared uniprot_go splits."""
+
+    checkpoint: str = ""  # the model that embeds lookup set and queries
+    output: str = ""  # lookup embeddings, the index, hits, results.json / results.md
+    data: str = ""  # uniprot_go Parquet (file/dir/glob); "" = the shared data's uniprot_go/
+    lookup: int = 2000  # train-split proteins in the lookup set (labelled in some ontology)
+    queries: int = 300  # test-split proteins scored
+    max_length: int = 1000  # proteins longer than this are left out (CPU time)
+    k: int = 1  # neighbours transferring terms (goPredSim: the nearest labelled one)
+    ontologies: str = "go_mf,go_bp,go_cc"

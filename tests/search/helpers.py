@@ -47,3 +47,15 @@ def write_embeddings(model, proteins: pa.Table, out: Path, shards: int = 2, mode
     job.update(compute_dtype="auto", max_length=0, long_policy="window", window_overlap=128)
     (out / "_job.json").write_text(json.dumps({**job, "strip_stop": True}))
     return ids, x
+
+
+def build_index(root: Path, protein_parquet, n: int, max_len: int = 100):
+    """An index (``jobs.index``) of ``n`` real proteins embedded by the tiny model, with the
+    proteins table (``n + 8`` rows: the last 8 are not indexed)."""
+    import ankh
+    from jobs.index import main as index_main
+
+    prot = real_proteins(protein_parquet, n + 8, max_len=max_len)
+    write_embeddings(ankh.load("tiny"), prot.slice(0, n), root / "emb", shards=2)
+    index_main(["-q", "--embeddings", str(root / "emb"), "--output", str(root / "index")])
+    return root / "index", prot

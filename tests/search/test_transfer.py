@@ -49,3 +49,21 @@ def test_transfer_keeps_the_best_neighbour_score_per_term():
     }  # t1 holds no cc term: t2 is the nearest labelled
     with pytest.raises(ValueError, match="go_bp"):
         transfer(hits, ["go_bp"])
+
+
+def test_go_transfer_evaluation_end_to_end(tmp_path, protein_parquet):
+    """``jobs.evaluate --task go-transfer`` on train/test rows of the real uniprot_go data."""
+    import json
+
+    from jobs.evaluate import main
+
+    out = tmp_path / "gt"
+    args = ["-q", "--task", "go-transfer", "--model", "tiny", "--output", str(out)]
+    report = main([*args, f"data={protein_parquet}", "lookup=60", "queries=8", "max_length=200"])
+    assert report["lookup"] == 60 and report["queries"] == 8
+    for onto in ("go_mf", "go_bp", "go_cc"):
+        r = report["results"][onto]
+        assert 0.0 <= r["goPredSim_fmax"] <= 1.0 and 0.0 <= r["naive_fmax"] <= 1.0
+        assert 0 < r["queries_benchmarked"] <= 8
+    assert json.loads((out / "results.json").read_text())["results"] == report["results"]
+    assert "| go_mf |" in (out / "results.md").read_text()

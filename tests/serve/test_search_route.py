@@ -10,27 +10,16 @@ import pytest
 
 from ankh_platform.serve.schema import ServeConfig
 from ankh_platform.serve.search import check_indexes
-from jobs.index import main as index_main
-from tests.search.helpers import real_proteins, write_embeddings
+from tests.search.helpers import build_index
 from tests.serve.helpers import SMALL, http, merge, serving
 
 pytestmark = pytest.mark.timeout(900)
 N = 80
 
 
-def build_index(root, protein_parquet, max_len: int = 100):
-    """An index of ``N`` real proteins embedded by the tiny model (+ the proteins table)."""
-    import ankh
-
-    prot = real_proteins(protein_parquet, N + 8, max_len=max_len)
-    write_embeddings(ankh.load("tiny"), prot.slice(0, N), root / "emb", shards=2)
-    index_main(["-q", "--embeddings", str(root / "emb"), "--output", str(root / "index")])
-    return root / "index", prot
-
-
 @pytest.fixture(scope="module")
 def served(ray_local, tmp_path_factory, protein_parquet):
-    index, prot = build_index(tmp_path_factory.mktemp("idx"), protein_parquet)
+    index, prot = build_index(tmp_path_factory.mktemp("idx"), protein_parquet, N)
     cfg = merge(SMALL, {"checkpoint": "tiny", "indexes": {"uniprot": str(index)}})
     cfg["search"] = {"num_cpus": 0.25}
     with serving(cfg) as url:
