@@ -5,6 +5,10 @@ heads on the train split (the linear probe fit to convergence, as the in-trainin
 and ConvBERT with early stopping on validation), and reports test figures beside a one-hot baseline and a random-init model of the same shape.
 
 Tasks: ss3, ss8, contacts, go (from ../shared/data), or a user file:
+  --task go-transfer                  (alone: GO terms transferred from the nearest train-split
+                                       protein in embedding space, goPredSim, CAFA Fmax per
+                                       ontology beside the naive baseline; docs/search.md;
+                                       settings lookup=2000 queries=300 k=1 max_length=1000)
   --task my.csv                       (columns sequence + label; split column or hash split)
   --task name=gb1,kind=protein_reg,label=score,train=a.csv,valid=b.csv,test=c.csv
   --task cb513.fasta                  (>id [split=test] / sequence line / per-residue label line)
@@ -45,6 +49,27 @@ FLAGS = {
 }
 
 
+GO_TRANSFER_FLAGS = {
+    "--model": _cli.model_flag("checkpoint", "the model that embeds lookup set and queries"),
+    "--task": _cli.flag(None, "go-transfer", choices=["go-transfer"]),
+    "--output": _cli.output_flag("output", "embeddings, index, hits, results.{json,md}"),
+}
+
+
+def _go_transfer(argv: list[str]) -> dict:
+    from ankh_platform.search.config import GoTransferConfig
+    from ankh_platform.search.go_eval import markdown, run
+
+    cfg = _cli.parse(GoTransferConfig, argv, __doc__, "jobs.evaluate", GO_TRANSFER_FLAGS)[0]
+    if not cfg.output:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, output="outputs/evaluate-go-transfer")
+    report = run(cfg)
+    print(markdown(report))
+    return report
+
+
 def parse(argv: list[str] | None = None):
     from ankh_platform.evaluate.heads import EvaluateJobConfig
 
@@ -52,6 +77,9 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "go-transfer" in args or "--task=go-transfer" in args:
+        return _go_transfer(args)
     from ankh_platform.evaluate.heads import run_evaluation
     from ankh_platform.evaluate.report import markdown, write_reports
 

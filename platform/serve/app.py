@@ -5,7 +5,7 @@
     serve build ankh_platform.serve.app:app -o cfg.yaml
 
 Routes (``platform/serve/http.py``): ``POST /v1/embed``, ``/v1/generate``, ``/v1/variants``,
-``/v1/score``, ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``; OpenAI-compatible
+``/v1/score``, ``/v1/search`` (``search.py``), ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``; OpenAI-compatible
 ``POST /v1/embeddings`` (``openai_api.py``); TEI-compatible ``POST /embed``, ``/embed_all``,
 ``/``, ``GET /info`` (``tei_api.py``).
 """
@@ -44,6 +44,8 @@ from ankh_platform.serve.schema import (
     effective_max_length,
     to_plain,
 )
+from ankh_platform.serve.search import SearchDeployment, SearchRequest, check_indexes
+from ankh_platform.serve.search import search as search_op
 
 log = logging.getLogger("ray.serve")
 
@@ -53,11 +55,16 @@ class Ingress:
     (the ``http.Service`` the routes of ``http.build_api`` call)."""
 
     def __init__(
-        self, embedder: DeploymentHandle, generator: DeploymentHandle | None, config: dict[str, Any]
+        self,
+        embedder: DeploymentHandle,
+        generator: DeploymentHandle | None,
+        config: dict[str, Any],
+        searcher: DeploymentHandle | None = None,
     ):
         self.cfg = from_dict(ServeConfig, config)
         self.limits = self.cfg.limits
-        self.embedder, self.generator = embedder, generator
+        self.embedder, self.generator, self.searcher = embedder, generator, searcher
+        self.index_facts = check_indexes(self.cfg) if searcher is not None else {}
         self.name = self.cfg.served_name()  # the default model
         self.catalog = self.cfg.catalog()  # {name: checkpoint}, the default first
         self.token = None
@@ -233,6 +240,7 @@ class Ingress:
             self.facts |= {
                 "letters": tok.residue_letters,
                 "sentinels": sum(t.startswith("<extra_id_") for t in tok.vocab),
+                "indexes": {n: f["dim"] for n, f in self.index_facts.items()},
             }
         return self.facts
 
@@ -263,10 +271,14 @@ class Ingress:
         out = await gen.score.remote(seqs, req.per_residue, wt, req.mutants)
         return {"model": name, **out}
 
+    async def search(self, req: SearchRequest) -> dict[str, Any]:
+        return await search_op(self, req)
+
     async def health(self) -> dict[str, Any]:
         checks = [self.embedder.health.remote()]
-        if self.generator is not None:
-            checks.append(self.generator.health.remote())
+        for extra in (self.generator, self.searcher):
+            if extra is not None:
+                checks.append(extra.health.remote())
         try:
             await asyncio.wait_for(asyncio.gather(*checks), timeout=5)
         except TimeoutError:
@@ -342,9 +354,15 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Applica
         generator = Generator.options(
             **deployment_options(cfg.generate, ra), logging_config=log_cfg
         ).bind(cfg.checkpoint, cfg.dtype, cfg.generate.warmup, **mux)
+    searcher = None
+    if cfg.indexes:  # refused here, before anything starts, if a model or layer is not served
+        check_indexes(cfg)
+        searcher = SearchDeployment.options(
+            **deployment_options(cfg.search, ra), logging_config=log_cfg
+        ).bind(dict(cfg.indexes))
     return IngressDeployment.options(
         **deployment_options(cfg.ingress, ra), logging_config=log_cfg
-    ).bind(embedder, generator, to_plain(cfg))
+    ).bind(embedder, generator, to_plain(cfg), searcher)
 
 
 # For `serve build ankh_platform.serve.app:app`: the checkpoint comes from $ANKH_CHECKPOINT

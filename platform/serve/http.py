@@ -41,6 +41,7 @@ from ankh_platform.serve.schema import (
     UnknownModelError,
     VariantsRequest,
 )
+from ankh_platform.serve.search import SearchRequest, SearchResponse
 
 log = logging.getLogger("ray.serve")  # Serve formats this logger (JSON, request ids)
 OPEN_PATHS = {"/healthz"}  # reachable without a token (load balancer probes)
@@ -49,6 +50,7 @@ ROUTES = {
     "/v1/generate",
     "/v1/variants",
     "/v1/score",
+    "/v1/search",
     "/healthz",
     "/v1/models",
     "/docs",
@@ -79,6 +81,7 @@ class Service(Protocol):
     async def generate(self, req: GenerateRequest) -> dict[str, Any]: ...
     async def variants(self, req: VariantsRequest) -> dict[str, Any]: ...
     async def score(self, req: ScoreRequest) -> dict[str, Any]: ...
+    async def search(self, req: SearchRequest) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
     async def models(self) -> dict[str, Any]: ...
     async def schema_facts(self) -> dict[str, Any]: ...
@@ -240,9 +243,12 @@ def build_api(svc: Service | None) -> FastAPI:
     def served_schema() -> dict[str, Any]:  # the running config's limits (openapi.constrain)
         if svc is None:
             return constrain(base(), RequestLimits())
-        return constrain(
+        schema = constrain(
             base(), svc.cfg.limits, getattr(svc, "facts", None), list(svc.cfg.catalog())
         )
+        if not svc.cfg.indexes:  # no index served: the schema does not offer the route
+            schema["paths"].pop("/v1/search", None)
+        return schema
 
     api.openapi = served_schema  # type: ignore[method-assign]
     return api
@@ -281,6 +287,12 @@ def _routes(api: FastAPI, svc: Service, run: Callable[..., Awaitable[Response]])
     async def score(req: ScoreRequest) -> Response:
         """Log-likelihood / pseudo-log-likelihood per sequence; mutation scores vs wild type."""
         return await run(lambda: svc.score(req))
+
+    @api.post("/v1/search", response_model=SearchResponse)
+    async def search(req: SearchRequest) -> Response:
+        """k nearest neighbours per query (sequences or vectors) in a served index
+        (404 unknown index, 413 k or queries over a limit, 422 wrong dimension)."""
+        return await run(lambda: svc.search(req))
 
     @api.get("/healthz")
     async def healthz() -> Response:

@@ -98,6 +98,18 @@ def _enum(values: list[Any]) -> Patch:
     return patch
 
 
+def _vectors(max_items: int, dims: set[int]) -> Patch:
+    """At most ``max_items`` query vectors, each of the served indexes' one dimension."""
+
+    def patch(prop: dict[str, Any]) -> None:
+        for alt in _branches(prop):
+            alt["maxItems"] = max_items
+            if len(dims) == 1:  # several indexes of different dimensions: a 422 names it
+                alt["items"]["minItems"] = alt["items"]["maxItems"] = next(iter(dims))
+
+    return patch
+
+
 def _null(prop: dict[str, Any]) -> None:
     """A field accepted for compatibility whose only supported value is null."""
     prop.pop("anyOf", None)
@@ -185,6 +197,11 @@ def constrain(
         "TEIEmbedRequest": {"inputs": unbounded, "prompt_name": _null},
         "TEIEmbedAllRequest": {"inputs": unbounded, "prompt_name": _null},
     }
+    props["SearchRequest"] = {"sequences": seqs, "k": _maximum(limits.max_k)}
+    dims = set((facts.get("indexes") or {}).values())
+    if facts.get("indexes"):
+        props["SearchRequest"]["index"] = _enum([*facts["indexes"], ""])  # "": the first
+    props["SearchRequest"]["vectors"] = _vectors(limits.max_sequences, dims)
     if "layers" in facts:
         props["EmbedRequest"]["layer"] = _enum(facts["layers"])
     if "d_model" in facts:
@@ -219,6 +236,8 @@ def _object_rules(
             _note(comps["GenerateRequest"]["properties"][field], text)
     if facts.get("per_residue") is False:
         comps["EmbedRequest"]["properties"]["pooling"]["enum"] = ["mean"]
+    if "SearchRequest" in comps:  # exactly one of sequences / vectors
+        comps["SearchRequest"]["oneOf"] = [{"required": ["sequences"]}, {"required": ["vectors"]}]
     if "ScoreRequest" in comps:
         present = {"not": {"type": "null"}}
         sc = comps["ScoreRequest"]

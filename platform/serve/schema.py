@@ -84,6 +84,7 @@ class RequestLimits:
     max_beams: int = 8
     max_score_residues: int = 4096  # per /v1/score request (one masked pass per residue)
     max_body_bytes: int = 2_000_000
+    max_k: int = 100  # neighbours per query of /v1/search
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,10 @@ class ServeConfig:
     generate: GenerateOptions = field(default_factory=GenerateOptions)
     limits: RequestLimits = field(default_factory=RequestLimits)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # Search indexes (jobs.index directories, local or gs://) served by /v1/search, {name: path};
+    # each is opened once per replica of the search deployment. The first is the default.
+    indexes: dict[str, str] = field(default_factory=dict)
+    search: DeploymentOptions = field(default_factory=DeploymentOptions)
 
     def __post_init__(self) -> None:
         default = self.served_name()

@@ -45,8 +45,12 @@ CLI_TIMEOUT = 600  # seconds: a hung server fails the test instead of stalling i
 
 
 @pytest.fixture(scope="module")
-def server(ray_local):
+def server(ray_local, tmp_path_factory, protein_parquet):
+    from tests.search.helpers import build_index
+
+    index, _ = build_index(tmp_path_factory.mktemp("index"), protein_parquet, 40)  # /v1/search
     cfg = merge(SMALL, {"checkpoint": "tiny", "limits": LIMITS, "embed": {"length_buckets": [64]}})
+    cfg |= {"indexes": {"uniprot": str(index)}, "search": {"num_cpus": 0.25}}
     with serving(cfg) as url:
         assert http("GET", f"{url}/healthz")[0] == 200
         yield url

@@ -1,0 +1,51 @@
+"""Settings of ``python -m jobs.index`` and ``python -m jobs.search``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from ankh.batching import DEFAULT_BATCH_TOKENS
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    embeddings: str = ""  # a jobs.embed output directory (local or gs://)
+    output: str = ""  # the index directory (local or gs://)
+    input: str = ""  # FASTA/Parquet to embed first (with checkpoint); into <output>/_embeddings
+    checkpoint: str = ""  # the model for ``input`` (ignored without it)
+    metadata: str = ""  # Parquet file/dir/glob with ``id`` + columns kept beside the vectors
+    columns: str = ""  # comma list of metadata columns ("" = every column but id/sequence)
+    metric: Literal["cosine", "ip"] = "cosine"  # cosine: vectors normalized, inner product
+    nlist: int = 0  # inverted lists of the coarse quantizer; 0 = ~4 sqrt(n), >= 39 points each
+    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = d/8 (a divisor of d)
+    pq_bits: int = 0  # bits per PQ code; 0 = 8, fewer when the training sample is small
+    train_size: int = 100_000  # vectors sampled (from every shard) to train the quantizers
+    nprobe: int = 0  # default lists visited per query; 0 = max(16, nlist/16), at most nlist
+    refine: int = 10  # candidates per wanted neighbour re-ranked with the full vectors
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    index: str = ""  # an index directory written by jobs.index
+    query: str = ""  # FASTA(.gz), or Parquet with id + sequence or id + embedding
+    output: str = ""  # directory: hits.parquet, hits.tsv, summary.json
+    k: int = 10  # neighbours per query
+    nprobe: int = 0  # 0 = the index's default
+    transfer: str = ""  # comma list of metadata columns to transfer (e.g. go_mf,go_bp,go_cc)
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call when embedding
+
+
+@dataclasses.dataclass(frozen=True)
+class GoTransferConfig:
+    """``jobs.evaluate --task go-transfer``: goPredSim on the shared uniprot_go splits."""
+
+    checkpoint: str = ""  # the model that embeds lookup set and queries
+    output: str = ""  # lookup embeddings, the index, hits, results.json / results.md
+    data: str = ""  # uniprot_go Parquet (file/dir/glob); "" = the shared data's uniprot_go/
+    lookup: int = 2000  # train-split proteins in the lookup set (labelled in some ontology)
+    queries: int = 300  # test-split proteins scored
+    max_length: int = 1000  # proteins longer than this are left out (CPU time)
+    k: int = 1  # neighbours transferring terms (goPredSim: the nearest labelled one)
+    ontologies: str = "go_mf,go_bp,go_cc"
