@@ -6,17 +6,23 @@ so a fresh adapter changes nothing) beside each targeted projection of every enc
 weights are ``nnx.LoRAParam`` variables, so an optimizer can train them alone. ``merge`` folds
 them into the projection weights and removes them. Names and layout follow PEFT
 (``peft_state`` / ``load_peft_state``): ``lora_A.weight [r, in]``, ``lora_B.weight [out, r]`` on
-the HF T5 module ``encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}``.
+the HF T5 module ``encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}``; ``save_peft_dir`` /
+``read_peft_dir`` write and read PEFT's adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``), and ``apply_peft`` merges such an adapter into an ``Ankh``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from ankh import storage
 
 TARGETS = ("q", "k", "v", "o")
 PEFT_PREFIX = "base_model.model.encoder.block"
@@ -110,3 +116,81 @@ def load_peft_state(encoder: nnx.Module, tensors: dict[str, np.ndarray], cfg: Lo
     extra = sorted(set(tensors) - used)
     if extra:
         raise ValueError(f"adapter tensors not matched by targets {cfg.targets}: {extra[:3]}")
+
+
+# PEFT settings this mapping does not reproduce: an adapter using one is refused, not misread.
+_UNSUPPORTED = {
+    "use_dora": False,
+    "use_rslora": False,
+    "bias": "none",
+    "fan_in_fan_out": False,
+    "rank_pattern": {},
+    "alpha_pattern": {},
+    "layers_to_transform": None,
+    "modules_to_save": None,
+}
+
+
+def peft_config(cfg: LoraConfig, base: str = "") -> dict[str, Any]:
+    return {
+        "peft_type": "LORA",
+        "base_model_name_or_path": base,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": list(cfg.targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "task_type": "FEATURE_EXTRACTION",
+    }
+
+
+def save_peft_dir(directory: str, encoder: nnx.Module, cfg: LoraConfig, base: str = "") -> None:
+    """PEFT's adapter directory: the adapters alone (``peft.PeftModel.from_pretrained`` reads it
+    onto ``transformers``' ``T5EncoderModel``)."""
+    from safetensors.numpy import save_file
+
+    tensors = peft_state(encoder)
+    storage.atomic_write(
+        f"{directory}/adapter_model.safetensors",
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+    )
+
+    def write_config(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(peft_config(cfg, base), fh, indent=2)
+
+    storage.atomic_write(f"{directory}/adapter_config.json", write_config)
+
+
+def read_peft_dir(directory: str) -> tuple[LoraConfig, dict[str, np.ndarray]]:
+    """A PEFT LoRA adapter directory -> (``LoraConfig``, tensors named as ``peft_state``)."""
+    from safetensors.numpy import load
+
+    with storage.open_file(f"{directory}/adapter_config.json", "r") as fh:
+        conf = json.load(fh)
+    if conf.get("peft_type") != "LORA":
+        raise ValueError(f"{directory}: peft_type {conf.get('peft_type')!r}, expected LORA")
+    for key, plain in _UNSUPPORTED.items():
+        if conf.get(key, plain) not in (plain, None, {}, False):
+            raise ValueError(f"{directory}: {key}={conf[key]!r} is not supported")
+    targets = conf["target_modules"]
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    cfg = LoraConfig(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]), targets=tuple(targets))
+    with storage.open_file(f"{directory}/adapter_model.safetensors", "rb") as fh:
+        raw = load(fh.read())
+    # PEFT names a wrapped model's tensors with or without the leading "base_model.model."
+    tensors = {
+        k if k.startswith("base_model.") else f"base_model.model.{k}": v for k, v in raw.items()
+    }
+    return cfg, tensors
+
+
+def apply_peft(model: Any, directory: str) -> Any:
+    """``model`` (an ``Ankh``) with the PEFT adapter in ``directory`` merged into its encoder."""
+    cfg, tensors = read_peft_dir(directory)
+    module = nnx.merge(model.graphdef, jax.tree.map(jnp.array, model.params))  # a copy
+    load_peft_state(module.encoder, tensors, cfg)
+    merge(module.encoder)
+    return type(model)(model.config, module, model.tokenizer)

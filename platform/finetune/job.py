@@ -156,7 +156,7 @@ def write_run(cfg, model, base, data, out: str, summary: dict) -> None:
     }
     _save_tensors(f"{out}/head.safetensors", _flat(nnx.state(model.head, nnx.Param)))
     if cfg.mode == "lora":
-        write_adapter(f"{out}/adapter", model.encoder, cfg.lora, cfg.model)
+        lora_lib.save_peft_dir(f"{out}/adapter", model.encoder, cfg.lora, cfg.model)
         lora_lib.merge(model.encoder)
     if cfg.mode in ("lora", "full"):
         flat = base.flat_params()
@@ -173,23 +173,3 @@ def write_run(cfg, model, base, data, out: str, summary: dict) -> None:
 def _dump(path: str, obj: Any) -> None:
     with open(path, "w") as fh:
         json.dump(obj, fh, indent=2, default=float)
-
-
-def write_adapter(directory: str, encoder: nnx.Module, lcfg: lora_lib.LoraConfig, ref: str) -> None:
-    """PEFT's adapter directory: ``adapter_config.json`` + ``adapter_model.safetensors``."""
-    conf = {
-        "peft_type": "LORA",
-        "base_model_name_or_path": ref,
-        "r": lcfg.rank,
-        "lora_alpha": lcfg.alpha,
-        "lora_dropout": 0.0,
-        "target_modules": list(lcfg.targets),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "task_type": "FEATURE_EXTRACTION",
-    }
-    _save_tensors(
-        f"{directory}/adapter_model.safetensors", lora_lib.peft_state(encoder), {"format": "pt"}
-    )
-    storage.atomic_write(f"{directory}/adapter_config.json", lambda tmp: _dump(tmp, conf))
