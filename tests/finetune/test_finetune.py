@@ -5,14 +5,19 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
 import ankh
 from ankh import lora
+from ankh_platform.evaluate.metrics import score
+from ankh_platform.evaluate.task_specs import load_task
+from ankh_platform.evaluate.tasks import TaskLimits
 from ankh_platform.finetune.config import FinetuneJobConfig
 from jobs import finetune as job
+from jobs import predict
 
 SMALL = [
     "limits.train=24",
@@ -32,10 +37,15 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in recs if "loss" in r}
 
 
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ss3")
+    return out, _run(out, "--task", "ss3", "steps=4", "eval_every=2")
+
+
 @pytest.mark.slow
-def test_lora_run_writes_adapter_and_merged_model(tmp_path):
-    out = tmp_path / "ss3"
-    s = _run(out, "--task", "ss3", "steps=4", "eval_every=2")
+def test_lora_run_writes_adapter_and_merged_model(lora_run):
+    out, s = lora_run
     assert s["mode"] == "lora" and s["task"] == "ss3" and 0.0 <= s["test"]["q3"] <= 1.0
     cfg = ankh.get_preset("tiny")
     lora_params = cfg.num_layers * 4 * 4 * (cfg.d_model + cfg.num_heads * cfg.d_kv)
@@ -81,6 +91,30 @@ def test_head_and_full_modes_on_go_mf(tmp_path):
     full = _run(tmp_path / "f", "--task", "go_mf", "mode=full", "steps=2")
     assert full["trainable_params"] == full["total_params"]
     assert (tmp_path / "f" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_predict_job_rows_rejections_and_resume(lora_run, tmp_path):
+    run, s = lora_run
+    task = load_task("ss3", TaskLimits(train=24, valid=8, test=8, max_length=120))
+    test = task.splits["test"]
+    fasta = tmp_path / "in.fasta"
+    bad = {"bad_letter": "MKT1AY", "empty": ""}
+    recs = [*zip(test.ids, test.seqs), *bad.items()]
+    fasta.write_text("".join(f">{i}\n{q}\n" for i, q in recs))
+    out = tmp_path / "pred"
+    summary = predict.main(["--run", str(run), "--input", str(fasta), "--output", str(out)])
+    rows = pq.read_table(out / "in.parquet").to_pylist()
+    assert [r["id"] for r in rows] == test.ids  # every good record one row, in input order
+    assert {r["id"] for r in summary["rejected"]} == set(bad)
+    assert all(len(r["prediction"]) == len(r["sequence"]) for r in rows)
+    probs = [np.asarray(r["probabilities"]) for r in rows]
+    assert score(task, probs, test.labels, [])["q3"] == pytest.approx(s["test"]["q3"], abs=1e-6)
+    (out / "in.parquet").touch()  # a rerun keeps what is there
+    before = (out / "in.parquet").stat().st_mtime_ns
+    again = predict.main(["--run", str(run), "--input", str(fasta), "--output", str(out)])
+    assert (out / "in.parquet").stat().st_mtime_ns == before
+    assert again["shards"]["in"]["rows"] == len(rows) and len(again["rejected"]) == 2
 
 
 def test_bad_settings_are_errors(tmp_path):
