@@ -42,6 +42,7 @@ Training
   flops         FLOP and byte counts, the measured matmul peak
 Downstream
   probes        heads on frozen embeddings: linear, MLP, ConvBERT, contacts
+  lora          LoRA adapters (flax nnx.LoRA) on the encoder's attention: attach, merge, PEFT names
 """
 
 from importlib import import_module

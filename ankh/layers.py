@@ -52,14 +52,22 @@ class Attention(nnx.Module):
         self.o = param(rngs, (h, d, e), f * (h * d) ** -0.5, ("heads", "kv", "embed"))
         self.dtype = dtype
 
-    def _proj(self, x: jax.Array, w: nnx.Param) -> jax.Array:
+    def _proj(self, x: jax.Array, w: nnx.Param, name: str = "") -> jax.Array:
         """x [b, l, e] -> [b, l, h, d] as one 2-D matmul (XLA:CPU runs 3-D einsums ~1.5x slower)."""
         e, h, d = w.shape
-        y = x.reshape(-1, e) @ w[...].astype(self.dtype).reshape(e, h * d)  # [b*l, h*d]
+        x2 = x.reshape(-1, e)
+        y = self._lora(name, x2, x2 @ w[...].astype(self.dtype).reshape(e, h * d))  # [b*l, h*d]
         return y.reshape(*x.shape[:-1], h, d)  # [b, l, h, d]
 
+    def _lora(self, name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+        """``y`` plus the LoRA adapter ``ankh.lora`` attached to projection ``name``, if any."""
+        adapter = getattr(self, f"lora_{name}", None) if name else None
+        if adapter is None:
+            return y
+        return y + (adapter(x) * self.lora_scale).astype(y.dtype)
+
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self._proj(x, self.k), self._proj(x, self.v)  # [b, k, h, d] each
+        return self._proj(x, self.k, "k"), self._proj(x, self.v, "v")  # [b, k, h, d] each
 
     def __call__(
         self,
@@ -71,12 +79,13 @@ class Attention(nnx.Module):
         """x [b, q, e]; ``bias`` a ``TokenBias`` (whole sequences; ``ankh.attention.prepare``) or
         a dense additive array [b|1, h|1, q, k] (decode steps); keys from kv_input or kv."""
         x = x.astype(self.dtype)
-        q = self._proj(x, self.q)  # [b, q, h, d]
+        q = self._proj(x, self.q, "q")  # [b, q, h, d]
         if kv is None:
             kv = self.project_kv(x if kv_input is None else kv_input.astype(self.dtype))
         ctx = attend(q, *kv, bias)  # [b, q, h, d]
         b, lq, h, d = ctx.shape
-        out = ctx.reshape(b * lq, h * d) @ self.o[...].astype(self.dtype).reshape(h * d, -1)
+        ctx2 = ctx.reshape(b * lq, h * d)
+        out = self._lora("o", ctx2, ctx2 @ self.o[...].astype(self.dtype).reshape(h * d, -1))
         return out.reshape(b, lq, -1)  # [b, q, e]
 
 

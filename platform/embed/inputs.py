@@ -116,7 +116,7 @@ def count_all(shards: list[InputShard], threads: int = 16) -> dict[str, int]:
         return dict(zip([s.stem for s in shards], ex.map(count_rows, shards)))
 
 
-def _input_chunks(path: str, fmt: str, chunk: int) -> Iterator[tuple[int, list, list]]:
+def input_chunks(path: str, fmt: str, chunk: int) -> Iterator[tuple[int, list, list]]:
     """``(first row, ids, sequences)`` of one input file in order (row = position in the file)."""
     if fmt == "parquet":
         fs, p = filesystem(path)
@@ -147,7 +147,7 @@ def read_batches(batch: dict, chunk: int = 4096) -> Iterator[dict]:
     for path, fmt, skip in zip(batch["path"], batch["fmt"], skips):
         path, ranges = str(path), json.loads(str(skip) or "[]")
         done = _in_ranges(ranges)
-        for first, ids, seqs in _input_chunks(path, str(fmt), chunk):
+        for first, ids, seqs in input_chunks(path, str(fmt), chunk):
             rows = np.arange(first, first + len(ids), dtype=np.int64)
             if ranges:
                 keep = [k for k, r in enumerate(rows.tolist()) if not done(r)]

@@ -74,8 +74,13 @@ class EvaluateJobConfig:
 
 # ---- loss and steps --------------------------------------------------------------------------------
 def loss_fn(kind: str, out: jax.Array, b: dict[str, jax.Array]) -> jax.Array:
+    """Mean loss of a batch; an optional ``b["class_w"]`` weighs each class (each term's
+    positives, multi-label) -- ``jobs.finetune``'s class weights."""
+    cw = b.get("class_w")
     if kind == "residue_class":  # out [B, L, C]
         w = (b["y"] >= 0).astype(jnp.float32)
+        if cw is not None:
+            w = w * cw[jnp.maximum(b["y"], 0)]
         ce = optax.softmax_cross_entropy_with_integer_labels(out, jnp.maximum(b["y"], 0))
         return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
     if kind == "contacts":  # out [B, L, L]; pairs with separation >= 6 only
@@ -87,10 +92,14 @@ def loss_fn(kind: str, out: jax.Array, b: dict[str, jax.Array]) -> jax.Array:
     w = b["row_w"]
     if kind == "protein_class":
         per = optax.softmax_cross_entropy_with_integer_labels(out, b["y"])
+        w = w if cw is None else w * cw[b["y"]]
     elif kind == "protein_reg":
         per = jnp.square(out[:, 0] - b["y"])
     else:  # multilabel
-        per = jnp.mean(optax.sigmoid_binary_cross_entropy(out, b["y"]), axis=-1)
+        bce = optax.sigmoid_binary_cross_entropy(out, b["y"])
+        if cw is not None:
+            bce = bce * jnp.where(b["y"] > 0, cw[None, :], 1.0)
+        per = jnp.mean(bce, axis=-1)
     return jnp.sum(per * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 

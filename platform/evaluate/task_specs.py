@@ -1,4 +1,4 @@
-"""What a ``--task`` spec names: a built-in task (``ss3 ss8 contacts go``, ``tasks``) or user
+"""What a ``--task`` spec names: a built-in task (``ss3 ss8 contacts go go_mf``, ``tasks``) or user
 files -- CSV/TSV/Parquet with a sequence and a label column, or FASTA with a per-residue label
 line -- split by their own column, by separate files, or by a fixed hash of the sequence.
 """
@@ -15,6 +15,7 @@ from ankh_platform.evaluate.tasks import (
     Split,
     TaskData,
     TaskLimits,
+    load_go_mf_task,
     load_go_task,
     load_pdb_task,
     stable_hash,
@@ -22,7 +23,7 @@ from ankh_platform.evaluate.tasks import (
 )
 
 # ---- user tasks ------------------------------------------------------------------------------------
-BUILTIN = ("ss3", "ss8", "contacts", "go")
+BUILTIN = ("ss3", "ss8", "contacts", "go", "go_mf")
 USER_KINDS = ("residue_class", "protein_class", "protein_reg")
 _SPEC_KEYS = {"name", "kind", "label", "sequence", "file", "train", "valid", "test"}
 
@@ -197,4 +198,6 @@ def load_task(
         return load_pdb_task(parsed["name"], limits)
     if parsed["name"] == "go" and len(parsed) == 1:
         return load_go_task(limits, go_top_n)
+    if parsed["name"] == "go_mf" and len(parsed) == 1:
+        return load_go_mf_task(limits, go_top_n)
     return load_user_task(parsed, limits, seed)

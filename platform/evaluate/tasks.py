@@ -268,3 +268,17 @@ def load_go_task(
             "split": "the dataset's fixed split column (hash of the accession)",
         },
     )
+
+
+def load_go_mf_task(
+    limits: TaskLimits = TaskLimits(), top_n: int = 20, root: Path | None = None
+) -> TaskData:
+    """``go`` restricted to molecular function: the ``top_n`` most frequent GO-MF terms."""
+    go = load_go_task(limits, top_n, root)
+    cols = [i for i, o in enumerate(go.info["ontology_of_term"]) if o == "mf"]
+    splits = {
+        s: Split(sp.ids, sp.seqs, [np.asarray(y)[cols] for y in sp.labels])
+        for s, sp in go.splits.items()
+    }
+    info = {**go.info, "ontology_of_term": ["mf"] * len(cols)}
+    return TaskData("go_mf", "multilabel", [go.classes[i] for i in cols], splits, info)

@@ -1,0 +1,104 @@
+"""Fine-tuning step benchmark: ``python -m jobs.benchmark finetune [--preset base] ...``.
+
+LoRA against full fine-tuning (and the frozen-encoder head, ``--modes``) on the same
+per-residue batch: real proteins cropped to ``--length`` residues, ``--rows`` per step, the
+``jobs.finetune`` network, optimizer and step (``ankh_platform.finetune``). Each mode runs in
+its own process, so its peak memory is its own (the device's ``peak_bytes_in_use`` on GPU/TPU,
+the process' peak RSS on CPU). Prints one JSON line: per mode the median step time, residues/s,
+trainable and total parameters and peak memory; then full/LoRA step-time and LoRA/full memory
+ratios. Random weights of the preset's shape: step time and memory do not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="jobs.benchmark finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--preset", default="base", help="model preset (default base)")
+    ap.add_argument("--modes", default="lora,full", help="comma list of head, lora, full")
+    ap.add_argument("--rows", type=int, default=8, help="sequences per step")
+    ap.add_argument("--length", type=int, default=256, help="residues per sequence (cropped)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the per-mode child process
+    return ap
+
+
+def one_mode(args: argparse.Namespace) -> dict:
+    """Build, warm up and time one mode in this process."""
+    from flax import nnx
+
+    import ankh
+    from ankh_platform.core.samples import real_sequences
+    from ankh_platform.evaluate.tasks import TaskData
+    from ankh_platform.finetune import loop
+    from ankh_platform.finetune.config import FinetuneJobConfig
+    from ankh_platform.finetune.model import build, count, make_batch, trainable
+
+    base = ankh.Ankh.random(ankh.get_preset(args.preset), dtype=args.dtype)
+    task = TaskData("bench", "residue_class", list("HEC"), {})
+    cfg = FinetuneJobConfig(mode=args.one, steps=args.steps + 2)
+    model = build(base, task, args.one, "linear", cfg.lora, 0)
+    wrt = trainable(args.one)
+    opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
+    seqs = [s[: args.length] for s in real_sequences(args.rows, min_len=args.length)]
+    toks = base.tokenize(seqs)
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 3, len(s)) for s in seqs]
+    b = make_batch(task, toks, labels, args.rows, base.num_prefix, (0.0, 1.0))
+    step = loop.step_fn(task.kind, wrt)
+    times = [loop.timed_step(step, model, opt, b)[1] for _ in range(args.steps + 2)][2:]
+    med = float(np.median(times))
+    return {
+        "mode": args.one,
+        "step_s": round(med, 4),
+        "residues_per_s": round(args.rows * args.length / med, 1),
+        "trainable_params": count(model, wrt),
+        "total_params": count(model),
+        **loop.peak_memory_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    if args.one:
+        out = one_mode(args)
+        print(json.dumps(out))
+        return out
+    t0 = time.perf_counter()
+    res: dict = {"preset": args.preset, "rows": args.rows, "length": args.length, "modes": {}}
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        argv_one = [*(argv or sys.argv[1:]), "--one", mode]
+        proc = subprocess.run(
+            [sys.executable, "-m", "ankh_platform.bench.finetune", *argv_one],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode:
+            raise RuntimeError(f"finetune bench, mode {mode}: {proc.stderr[-2000:]}")
+        res["modes"][mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    m = res["modes"]
+    if "lora" in m and "full" in m:
+        res["full_over_lora_step_time"] = round(m["full"]["step_s"] / m["lora"]["step_s"], 3)
+        mem = next(k for k in m["lora"] if k.startswith("peak_"))
+        res["lora_over_full_memory"] = round(m["lora"][mem] / m["full"][mem], 3)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

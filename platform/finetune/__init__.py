@@ -1,0 +1,1 @@
+"""Fine-tuning on labelled proteins (``jobs.finetune``) and prediction with the result."""

@@ -1,0 +1,175 @@
+"""``jobs.finetune``: load the task and the model's encoder, train (``loop``), write the run.
+
+A run directory holds ``run.json`` (what prediction needs: the model reference, mode, task
+kind and classes), ``head.safetensors``, in ``mode=lora`` ``adapter/`` (PEFT's
+``adapter_config.json`` + ``adapter_model.safetensors``: the adapters alone), in ``lora`` and
+``full`` ``model/`` (an HF directory with the adapters merged: ``ankh.load`` and ``transformers``
+read it), ``metrics.jsonl`` (a record per step and per validation pass), ``summary.json`` and
+``checkpoints/`` (Orbax; rerunning the same command resumes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from ankh import lora as lora_lib
+from ankh import storage
+from ankh_platform.core import progress
+from ankh_platform.core.config import to_dict
+from ankh_platform.finetune import loop
+from ankh_platform.finetune.config import FinetuneJobConfig
+from ankh_platform.finetune.model import build, class_weights, count, trainable
+
+log = logging.getLogger(__name__)
+
+
+def _flat(state: nnx.State) -> dict[str, np.ndarray]:
+    return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+
+
+def _save_tensors(path: str, tensors: dict[str, np.ndarray], meta: dict | None = None) -> None:
+    storage.atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _load_best(model: nnx.Module, wrt: Any, path: str) -> None:
+    state = nnx.state(model, wrt)
+    got = load_file(path)
+    for p, v in nnx.to_flat_state(state):
+        v[...] = got[".".join(map(str, p))]
+    nnx.update(model, state)
+
+
+def prepare(cfg: FinetuneJobConfig):
+    """The task, the loaded ``Ankh`` and the ``loop.Data`` of token ids."""
+    import ankh
+    from ankh_platform.evaluate.task_specs import load_task
+
+    task = load_task(cfg.task, cfg.limits, cfg.go_top_n, cfg.seed)
+    if not task.splits["train"].ids or not task.splits["valid"].ids:
+        raise ValueError(f"task {task.name}: the train and valid splits must not be empty")
+    base = ankh.load(cfg.model)
+    toks = {s: base.tokenize(sp.seqs) for s, sp in task.splits.items()}
+    y_stats = (0.0, 1.0)
+    if task.kind == "protein_reg":  # standardised targets (train statistics)
+        tr = np.asarray(task.splits["train"].labels, np.float64)
+        y_stats = (float(tr.mean()), float(tr.std() or 1.0))
+    cw = (
+        class_weights(task, task.splits["train"].labels)
+        if cfg.class_weights == "balanced"
+        else None
+    )
+    return task, base, loop.Data(task, toks, base.num_prefix, y_stats, cw)
+
+
+def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
+    out = cfg.output.rstrip("/")
+    if not storage.is_gcs(out):  # Orbax's and absl's INFO lines go to the file, not the console
+        from ankh_platform.core.runtime import log_to_file
+
+        log_to_file(f"{out}/logs/job.log")
+    task, base, data = prepare(cfg)
+    model = build(base, task, cfg.mode, cfg.head, cfg.lora, cfg.seed)
+    wrt = trainable(cfg.mode)
+    opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
+    ckpts = loop.Checkpoints(f"{out}/checkpoints")
+    meta = ckpts.restore(model, opt, wrt) or {
+        "step": 0,
+        "best": -math.inf,
+        "best_step": 0,
+        "bad": 0,
+    }
+    step_fn, times = loop.step_fn(task.kind, wrt), []
+    fs, _ = storage.filesystem(out)
+    fs.makedirs(out, exist_ok=True)
+    metrics = storage.open_file(f"{out}/metrics.jsonl", "a")
+    bar = progress.Progress("finetune", total=cfg.steps, unit="steps")
+    bar.update(meta["step"])
+    stopped = False
+    while meta["step"] < cfg.steps and not stopped:
+        b = loop.batch_at(data, meta["step"], cfg.batch_size, cfg.seed)
+        loss, secs = loop.timed_step(step_fn, model, opt, b)
+        meta["step"] += 1
+        times.append(secs)
+        metrics.write(json.dumps({"step": meta["step"], "loss": loss, "step_time_s": secs}) + "\n")
+        bar.update()
+        if meta["step"] % cfg.eval_every == 0 or meta["step"] == cfg.steps:
+            stopped = _validate(cfg, model, wrt, data, meta, out, metrics)
+            ckpts.save(meta["step"], model, opt, wrt, meta)
+    bar.close()
+    metrics.close()
+    ckpts.close()
+    _load_best(model, wrt, f"{out}/best.safetensors")
+    test = loop.evaluate(model, data, "test", cfg.batch_size)
+    summary = {
+        "task": task.name,
+        "kind": task.kind,
+        "mode": cfg.mode,
+        "model": cfg.model,
+        "steps": meta["step"],
+        "best_step": meta["best_step"],
+        "early_stopped": meta["step"] < cfg.steps,
+        f"valid_{test['main']}": meta["best"],
+        "test": test,
+        "trainable_params": count(model, wrt),
+        "total_params": count(model),
+        "step_time_s": float(np.median(times[1:] if len(times) > 1 else times)) if times else None,
+        "sizes": {s: len(sp.ids) for s, sp in task.splits.items()},
+        **loop.peak_memory_mb(),
+    }
+    write_run(cfg, model, base, data, out, summary)
+    return summary
+
+
+def _validate(cfg, model, wrt, data, meta, out, metrics) -> bool:
+    """One validation pass: keep the best trainable state; True when patience has run out."""
+    val = loop.evaluate(model, data, "valid", cfg.batch_size)
+    v = float(val[val["main"]])
+    metrics.write(json.dumps({"step": meta["step"], f"valid_{val['main']}": v}) + "\n")
+    metrics.flush()
+    log.info("step %d: valid %s %.4f", meta["step"], val["main"], v)
+    if v > meta["best"] or meta["best_step"] == 0:
+        meta.update(best=v, best_step=meta["step"], bad=0)
+        _save_tensors(f"{out}/best.safetensors", _flat(nnx.state(model, wrt)))
+        return False
+    meta["bad"] += 1
+    return bool(cfg.patience) and meta["bad"] >= cfg.patience
+
+
+def write_run(cfg, model, base, data, out: str, summary: dict) -> None:
+    """run.json, the head, the adapters (PEFT format) and the merged model directory."""
+    task = data.task
+    run_info = {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "head": cfg.head,
+        "lora": to_dict(cfg.lora),
+        "task": {"name": task.name, "kind": task.kind, "classes": task.classes},
+        "y_stats": list(data.y_stats),
+        "config": to_dict(cfg),
+    }
+    _save_tensors(f"{out}/head.safetensors", _flat(nnx.state(model.head, nnx.Param)))
+    if cfg.mode == "lora":
+        lora_lib.save_peft_dir(f"{out}/adapter", model.encoder, cfg.lora, cfg.model)
+        lora_lib.merge(model.encoder)
+    if cfg.mode in ("lora", "full"):
+        flat = base.flat_params()
+        for path, v in nnx.to_flat_state(nnx.state(model.encoder, nnx.Param)):
+            flat[("encoder", *path)] = np.asarray(v[...])
+        flat[("shared",)] = np.asarray(model.shared[...])
+        from ankh import convert
+
+        convert.write_hf_dir(f"{out}/model", flat, base.config, base.tokenizer.vocab)
+    for name, obj in (("run.json", run_info), ("summary.json", summary)):
+        storage.atomic_write(f"{out}/{name}", lambda tmp, o=obj: _dump(tmp, o))
+
+
+def _dump(path: str, obj: Any) -> None:
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, default=float)
