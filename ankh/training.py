@@ -343,8 +343,10 @@ class Trainer:
         rep = sharding.replicated(self.mesh)
         return {"params": self.param_shardings, "opt_state": opt_sh, "step": rep, "rng": rep}
 
-    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        """Jitted, donating the old state (its buffers are reused for the new one)."""
+    def step_fn(self, state: Any) -> Callable:
+        """The jitted step for states like ``state`` (arrays, or ``abstract_state()``'s
+        ShapeDtypeStructs: ahead-of-time compiles lower this same function), donating the old
+        state (its buffers are reused for the new one)."""
         if self._step is None:
             sh = self.state_shardings(jax.tree.map(lambda x: x.sharding, state["opt_state"]))
             self._step = jax.jit(
@@ -352,8 +354,11 @@ class Trainer:
                 donate_argnums=(0,),
                 out_shardings=(sh, sharding.replicated(self.mesh)),
             )
+        return self._step
+
+    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
         with jax.set_mesh(self.mesh):
-            return self._step(state, batch)
+            return self.step_fn(state)(state, batch)
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         with jax.set_mesh(self.mesh):
