@@ -22,6 +22,10 @@ INSTALL_HINT = (
 # What libtpu must be told about "this host" on a machine with no TPU (see the module docstring).
 COMPILE_ONLY_ENV = {
     "TPU_SKIP_MDS_QUERY": "1",  # no GCE metadata server to ask
+    # libtpu takes /tmp/libtpu_lockfile so that two processes never drive one TPU; with no TPU
+    # there is nothing to guard, and without this a second compiling process (or any JAX process
+    # that initialised libtpu) makes it fail with ABORTED.
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
     "TPU_ACCELERATOR_TYPE": "v4-8",  # any valid type: the compiled-for slice is the topology's
     "TPU_WORKER_HOSTNAMES": "localhost",
 }

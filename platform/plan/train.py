@@ -51,6 +51,8 @@ class Compiled:
 
 
 def memory_of(compiled: Any) -> dict[str, int]:
+    """XLA's per-chip buffer sizes; ``total`` is its peak of live buffers where it reports one
+    (buffers live at different times share memory), else the sum of the parts."""
     m = compiled.memory_analysis()
     out = {
         "arguments": int(m.argument_size_in_bytes),
@@ -59,9 +61,9 @@ def memory_of(compiled: Any) -> dict[str, int]:
         "temporaries": int(m.temp_size_in_bytes),
         "generated_code": int(m.generated_code_size_in_bytes),
     }
-    out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]) + out[
-        "generated_code"
-    ]
+    parts = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+    peak = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
+    out["total"] = max(peak, parts + out["generated_code"])
     return out
 
 
