@@ -41,7 +41,10 @@ class LibtpuMissing(RuntimeError):
 def libtpu_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("libtpu") is not None
+    try:
+        return importlib.util.find_spec("libtpu") is not None
+    except ValueError:  # sys.modules["libtpu"] is None: blocked on purpose
+        return False
 
 
 def no_tpu_here() -> bool:
