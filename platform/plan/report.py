@@ -71,16 +71,23 @@ def plan_slice(
         over = c.memory["total"] / spec.hbm_bytes
         problems.append(f"the step needs {over:.2f}x a chip's HBM at {c.rows_per_host} rows/host")
         if search:
-            best = train.largest_fitting_rows(
-                cfg, sl.generation, sl.topology, spec.hbm_bytes, c.mesh, c.hosts
-            )
-            row["largest_fitting_rows_per_host"] = {"without_remat": best, "with_remat": None}
+            row["largest_fitting_rows_per_host"] = found = batch_search(cfg, sl, spec, c)
             problems.append(
-                f"largest per-host batch that fits: {best} rows (data.rows={best})"
-                if best
-                else "no per-host batch fits: shard further (mesh.tensor) or a larger slice"
+                f"largest per-host batch that fits: {found['without_remat']} rows without "
+                f"rematerialisation, {found['with_remat']} with it (optim.remat=true)"
             )
     return row | {"ok": not problems, "problems": problems}
+
+
+def batch_search(cfg: PretrainConfig, sl: Slice, spec: Chip, c: train.Compiled) -> dict:
+    """{"without_remat": rows or None, "with_remat": rows or None}, each found by compiling."""
+    args = (sl.generation, sl.topology, spec.hbm_bytes, c.mesh, c.hosts)
+    return {
+        f"{'with' if remat else 'without'}_remat": train.largest_fitting_rows(
+            train.with_remat(cfg, remat), *args, known_unfit=remat == cfg.optim.remat
+        )
+        for remat in (False, True)
+    }
 
 
 def compile_file(

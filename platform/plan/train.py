@@ -119,6 +119,10 @@ def rows_step(mesh: dict[str, int], hosts: int) -> int:
     return split // math.gcd(split, hosts)
 
 
+def with_remat(cfg: PretrainConfig, remat: bool) -> PretrainConfig:
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, remat=remat))
+
+
 def largest_fitting_rows(
     cfg: PretrainConfig,
     generation: str,
@@ -126,22 +130,26 @@ def largest_fitting_rows(
     capacity: int,
     mesh: dict[str, int],
     hosts: int,
+    known_unfit: bool = True,
     max_compiles: int = 8,
 ) -> int | None:
-    """The largest per-host ``data.rows`` (a multiple of ``rows_step``, below ``cfg.data.rows``)
-    whose step fits ``capacity`` bytes per chip, by compiling: halve until one fits, then bisect.
-    None if even the smallest does not fit (or the compile budget runs out first)."""
+    """The largest per-host ``data.rows`` up to ``cfg.data.rows`` (a multiple of ``rows_step``)
+    whose step fits ``capacity`` bytes per chip, by compiling: ``cfg.data.rows`` itself unless
+    ``known_unfit``, then halving until one fits, then bisecting. None if even the smallest does
+    not fit (or the compile budget runs out first)."""
     unit = rows_step(mesh, hosts)
 
     def fits(n: int) -> bool:
+        log.info("trying %d rows per host (remat=%s)", n * unit, cfg.optim.remat)
         c = compile_step(with_rows(cfg, n * unit), generation, topology)
         return c.memory["total"] <= capacity
 
-    hi = max(cfg.data.rows // unit, 1)  # in units; known not to fit
+    hi = max(cfg.data.rows // unit, 1)  # in units
+    if not known_unfit and fits(hi):
+        return hi * unit
     lo, used = hi // 2, 0
     while lo >= 1 and used < max_compiles:
         used += 1
-        log.info("trying %d rows per host", lo * unit)
         if fits(lo):
             break
         hi, lo = lo, lo // 2

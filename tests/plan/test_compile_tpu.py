@@ -50,7 +50,7 @@ def test_tiny_compiles_for_a_v4_8_and_its_figures_match_the_formula(tmp_path, ca
     assert row["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
 
     cfg = PRESETS["tiny"]
-    params = nnx.state(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)
+    params = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))[1].to_pure_dict()
     n = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
     assert row["params"] == n
     mem = row["hbm_bytes_per_chip"]
