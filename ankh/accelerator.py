@@ -5,10 +5,19 @@ Every inference entry (``ankh.load``, ``Ankh.random``, Serve, the batch-embeddin
 benchmarks) asks ``compute_dtype`` for its dtype, so "auto" means the same thing everywhere:
 bfloat16 on GPU and TPU (their matmul units run it at full rate; parameters stay float32),
 float32 on CPU (where bfloat16 matmuls are emulated and slower).
+
+Also decided here, once per process at import: with ``libtpu`` installed (the ``tpu-compile``
+extra) on a machine with neither TPU chips nor an NVIDIA GPU, JAX would still load libtpu
+(hundreds of MB per process) and print its host-probing warnings in every JAX process;
+``skip_absent_tpu`` limits JAX to the CPU backend there unless ``JAX_PLATFORMS`` says otherwise.
+Compiling for a TPU slice does not need that backend (``jax.experimental.topologies`` loads
+libtpu by itself).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import jax
@@ -16,6 +25,29 @@ import jax.numpy as jnp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AUTO = "auto"
+
+
+def skip_absent_tpu() -> bool:
+    """Use only JAX's CPU backend where libtpu is installed but nothing it or CUDA could drive
+    is present and ``JAX_PLATFORMS`` is unset (see the module docstring); True if it did."""
+    if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+        return False
+    try:
+        if importlib.util.find_spec("libtpu") is None:
+            return False
+    except ValueError:  # sys.modules["libtpu"] is None: blocked on purpose
+        return False
+    from jax._src import hardware_utils
+
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0] or (
+        hardware_utils.has_visible_nvidia_gpu()
+    ):
+        return False
+    jax.config.update("jax_platforms", "cpu")
+    return True
+
+
+skip_absent_tpu()
 
 
 def backend() -> str:

@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ankh.attention import TokenBias, attend
@@ -121,22 +122,27 @@ def activation(name: str, x: jax.Array) -> jax.Array:
 def relative_position_bucket(
     rel: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
 ) -> jax.Array:
-    """HF/T5 bucketing of (key - query) offsets; same float32 op order as HF for parity."""
-    buckets = jnp.zeros_like(rel)
+    """HF/T5 bucketing of (key - query) offsets; same float32 op order as HF for parity. A
+    NumPy ``rel`` is bucketed in NumPy (static facts of a config, computed while tracing for any
+    mesh -- even a compile-only TPU slice's, whose devices cannot run an eager op)."""
+    xp = np if isinstance(rel, np.ndarray) else jnp
+    buckets = xp.zeros_like(rel)
     if bidirectional:
         num_buckets //= 2
         buckets = buckets + (rel > 0).astype(rel.dtype) * num_buckets
-        rel = jnp.abs(rel)
+        rel = xp.abs(rel)
     else:
-        rel = -jnp.minimum(rel, 0)
+        rel = -xp.minimum(rel, 0)
     max_exact = num_buckets // 2
     is_small = rel < max_exact
-    safe = jnp.maximum(rel, 1).astype(jnp.float32)  # log(0) is masked out by is_small anyway
+    safe = xp.maximum(rel, 1).astype(xp.float32)  # log(0) is masked out by is_small anyway
     large = max_exact + (
-        jnp.log(safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+        xp.log(safe / xp.float32(max_exact))
+        / xp.float32(math.log(max_distance / max_exact))
+        * xp.float32(num_buckets - max_exact)
     ).astype(rel.dtype)
-    large = jnp.minimum(large, num_buckets - 1)
-    return buckets + jnp.where(is_small, rel, large)
+    large = xp.minimum(large, num_buckets - 1)
+    return buckets + xp.where(is_small, rel, large)
 
 
 class RelativeBias(nnx.Module):
@@ -154,14 +160,13 @@ class RelativeBias(nnx.Module):
         """Offsets beyond +-reach get the bucket of +-reach: T5's buckets saturate at
         ``max_distance``, so a table over [-reach, reach] is exact for any length."""
         r = self.max_distance + 1
-        with jax.ensure_compile_time_eval():  # static facts of the config, not traced
-            far = relative_position_bucket(
-                jnp.array([-r, r, -64 * r, 64 * r]),
-                self.bidirectional,
-                self.weight.shape[0],
-                self.max_distance,
-            )
-            saturated = bool(far[0] == far[2]) and bool(far[1] == far[3])
+        far = relative_position_bucket(  # static facts of the config, in NumPy: not traced
+            np.array([-r, r, -64 * r, 64 * r], np.int32),
+            self.bidirectional,
+            self.weight.shape[0],
+            self.max_distance,
+        )
+        saturated = bool(far[0] == far[2]) and bool(far[1] == far[3])
         return r if saturated else 1 << 15  # an odd config (max_distance < exact range)
 
     def table(self) -> jax.Array:

@@ -54,9 +54,15 @@ class DecoderBlock(nnx.Module):
         return x + self.DenseReluDense(self.ffn_norm(x))  # [b, q, e]
 
 
+def block_call(block_type: type, remat: bool):
+    """How a stack calls its blocks: directly, or rematerialised (each block's activations are
+    recomputed in the backward pass instead of kept: less memory for a third more compute)."""
+    return nnx.remat(block_type.__call__) if remat else block_type.__call__
+
+
 class Encoder(nnx.Module):
-    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype):
-        self.config, self.dtype = cfg, dtype
+    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype, remat: bool = False):
+        self.config, self.dtype, self.remat = cfg, dtype, remat
         self.relative_attention_bias = RelativeBias(cfg, bidirectional=True, rngs=rngs)
         self.block = nnx.List([EncoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_layers)])
         self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
@@ -75,15 +81,16 @@ class Encoder(nnx.Module):
         )
         bias = prepare(spec, self.config.num_heads, self.config.d_kv, self.dtype)
         blocks = self.block if num_layers is None else list(self.block)[:num_layers]
+        call = block_call(EncoderBlock, self.remat)
         for blk in blocks:
-            x = blk(x, bias)  # [b, l, e]
+            x = call(blk, x, bias)  # [b, l, e]
         # The final norm belongs to the last layer's output only.
         return self.final_layer_norm(x) if num_layers is None else x
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype):
-        self.config, self.dtype = cfg, dtype
+    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype, remat: bool = False):
+        self.config, self.dtype, self.remat = cfg, dtype, remat
         self.relative_attention_bias = RelativeBias(cfg, bidirectional=False, rngs=rngs)
         self.block = nnx.List(
             [DecoderBlock(cfg, rngs, dtype) for _ in range(cfg.num_decoder_layers)]
@@ -113,22 +120,23 @@ class Decoder(nnx.Module):
             self.dtype,
         )
         cross_bias = prepare(TokenBias(segment_ids, enc_segment_ids), h, d, self.dtype)
+        call = block_call(DecoderBlock, self.remat)
         for blk in self.block:
-            y = blk(y, self_bias, enc, cross_bias)  # [b, q, e]
+            y = call(blk, y, self_bias, enc, cross_bias)  # [b, q, e]
         return self.final_layer_norm(y)
 
 
 class AnkhModel(nnx.Module):
     """T5ForConditionalGeneration as Ankh uses it (untied lm_head by default)."""
 
-    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, cfg: AnkhConfig, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
         self.config = cfg
         self.dtype = dtype
         self.shared = param(
             rngs, (cfg.vocab_size, cfg.d_model), cfg.initializer_factor, ("vocab", "embed")
         )
-        self.encoder = Encoder(cfg, rngs, dtype)
-        self.decoder = Decoder(cfg, rngs, dtype)
+        self.encoder = Encoder(cfg, rngs, dtype, remat)  # remat: training only (ankh.training)
+        self.decoder = Decoder(cfg, rngs, dtype, remat)
         # Untied head: N(0, 1/d_model) (T5X's fan-in init) keeps the initial logits O(1).
         self.lm_head = (
             None

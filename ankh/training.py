@@ -65,6 +65,9 @@ class OptimConfig:
     z_loss: float = 0.0  # coefficient of mean(logsumexp^2); 0 disables
     accum_steps: int = 1  # micro-batches per optimizer step
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Rematerialise every encoder/decoder block in the backward pass: activation memory of one
+    # block instead of all, for about a third more compute (a batch that does not fit may).
+    remat: bool = False
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
@@ -155,12 +158,14 @@ def with_frozen(
     )
 
 
-def build_model(cfg: AnkhConfig, seed: int = 0, compute_dtype: str = "float32") -> AnkhModel:
-    return AnkhModel(cfg, nnx.Rngs(seed), _DTYPES[compute_dtype])
+def build_model(
+    cfg: AnkhConfig, seed: int = 0, compute_dtype: str = "float32", remat: bool = False
+) -> AnkhModel:
+    return AnkhModel(cfg, nnx.Rngs(seed), _DTYPES[compute_dtype], remat)
 
 
-def graphdef_of(cfg: AnkhConfig, compute_dtype: str = "float32") -> Any:
-    return nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0, compute_dtype)))[0]
+def graphdef_of(cfg: AnkhConfig, compute_dtype: str = "float32", remat: bool = False) -> Any:
+    return nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0, compute_dtype, remat)))[0]
 
 
 def loss_sums(
@@ -275,7 +280,7 @@ class Trainer:
     residues: Any = RESIDUE_IDS  # eval_step's residue targets: the tokenizer's residue_table()
 
     def __post_init__(self) -> None:
-        self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype)
+        self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype, self.oc.remat)
         self.tx = with_frozen(make_optimizer(self.oc), self.freeze)
         abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.cfg, 0)))[1]
         self.param_shardings = sharding.param_shardings(abstract, self.mesh)
@@ -343,8 +348,10 @@ class Trainer:
         rep = sharding.replicated(self.mesh)
         return {"params": self.param_shardings, "opt_state": opt_sh, "step": rep, "rng": rep}
 
-    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
-        """Jitted, donating the old state (its buffers are reused for the new one)."""
+    def step_fn(self, state: Any) -> Callable:
+        """The jitted step for states like ``state`` (arrays, or ``abstract_state()``'s
+        ShapeDtypeStructs: ahead-of-time compiles lower this same function), donating the old
+        state (its buffers are reused for the new one)."""
         if self._step is None:
             sh = self.state_shardings(jax.tree.map(lambda x: x.sharding, state["opt_state"]))
             self._step = jax.jit(
@@ -352,8 +359,11 @@ class Trainer:
                 donate_argnums=(0,),
                 out_shardings=(sh, sharding.replicated(self.mesh)),
             )
+        return self._step
+
+    def step(self, state: dict, batch: dict) -> tuple[dict, dict]:
         with jax.set_mesh(self.mesh):
-            return self._step(state, batch)
+            return self.step_fn(state)(state, batch)
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         with jax.set_mesh(self.mesh):

@@ -15,7 +15,7 @@ from typing import Any
 from ankh import storage
 from ankh_platform.core import progress
 from ankh_platform.core.config import to_dict
-from ankh_platform.train.config import PretrainConfig, resolve_paths
+from ankh_platform.train.config import PretrainConfig, ScaleConfig, resolve_paths
 from ankh_platform.train.worker import Run, train_loop
 
 
@@ -40,6 +40,25 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
     }
 
 
+def scaling_config(s: ScaleConfig) -> Any:
+    """Ray Train's ``ScalingConfig`` for a run: on TPU one worker per host, Ray giving each the
+    chips of its host (``python -m jobs.check_cluster --compile`` checks it against the mesh)."""
+    from ray.train import ScalingConfig
+
+    if s.use_tpu:
+        return ScalingConfig(
+            use_tpu=True,
+            num_workers=s.num_workers,
+            topology=s.topology or None,
+            accelerator_type=s.accelerator_type,
+        )
+    return ScalingConfig(
+        num_workers=s.num_workers,
+        use_gpu=s.use_gpu,
+        resources_per_worker={"CPU": s.cpus_per_worker},
+    )
+
+
 def job_log_path(cfg: PretrainConfig) -> str:
     """``<run>/logs/job.log`` (driver + every Ray worker line); a local copy for a gs:// run."""
     fs, _ = storage.filesystem(cfg.output)
@@ -50,7 +69,7 @@ def job_log_path(cfg: PretrainConfig) -> str:
 
 def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     """Train (or resume) ``cfg.name`` under ``cfg.output``; returns the final metrics and paths."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.v2.jax import JaxTrainer
 
     from ankh_platform.core.runtime import init_ray, log_to_file, worker_output_to
@@ -61,20 +80,7 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
         f"run {cfg.name}: {cfg.steps} steps; framework logs: {log_path} (-v shows them)"
     )
     init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
-    s = cfg.scale
-    if s.use_tpu:
-        scaling = ScalingConfig(
-            use_tpu=True,
-            num_workers=s.num_workers,
-            topology=s.topology or None,
-            accelerator_type=s.accelerator_type,
-        )
-    else:
-        scaling = ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.use_gpu,
-            resources_per_worker={"CPU": s.cpus_per_worker},
-        )
+    scaling = scaling_config(cfg.scale)
     storage_path, storage_fs = storage.pyarrow_gcs(cfg.output)  # gs:// ok
     run_config = RunConfig(
         name=cfg.name,

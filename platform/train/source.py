@@ -49,7 +49,7 @@ class StreamSource:
     ):
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.tok = tokenizer
-        self.spec = data.pack_spec()
+        self.spec = host_spec(data, src)
         import ray.data
 
         # Per-window Ray Data progress bars would drown the training log.
@@ -102,13 +102,7 @@ class LocalSource:
         self.rows = data.rows
         self.tok = tokenizer or AnkhTokenizer()
         self.objective = Objective(data.objective(), self.tok)
-        oc = self.objective.cfg
-        self.spec = PackSpec(
-            rows=self.rows,
-            enc_len=oc.max_encoder_tokens(),
-            dec_len=oc.max_decoder_tokens(),
-            max_segments=1,
-        )
+        self.spec = host_spec(data, src)
         self.train = self._read(data.paths)
         self.position = 0  # global batches consumed
         self._perms: dict[int, np.ndarray] = {}
@@ -213,6 +207,21 @@ def eval_data(data: DataConfig, src: SourceConfig) -> DataConfig:
     ``source.eval_mask_prob`` when set (a fixed held-out objective across runs)."""
     p = src.eval_mask_prob
     return dataclasses.replace(data, mask_prob=p) if p > 0 else data
+
+
+def host_spec(data: DataConfig, src: SourceConfig) -> PackSpec:
+    """The shape of one host's batch: the stream's packed rows, or (local source) one sequence
+    per row of ``data.max_residues`` + 1 tokens, its targets as long as the objective makes
+    them."""
+    if src.kind == "stream":
+        return data.pack_spec()
+    oc = data.objective()
+    return PackSpec(
+        rows=data.rows,
+        enc_len=oc.max_encoder_tokens(),
+        dec_len=oc.max_decoder_tokens(),
+        max_segments=1,
+    )
 
 
 def make_source(

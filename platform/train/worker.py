@@ -10,7 +10,6 @@ available), the console, and at the end ``summary.json`` and ``curves.png``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -26,19 +25,12 @@ import numpy as np
 from ankh import sharding, storage
 from ankh.flops import measure_matmul_peak, train_step_flops
 from ankh.resolve import Resolved, resolve
-from ankh.training import Trainer
 from ankh_platform.core import progress
 from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.core.runtime import configure_logging
-from ankh_platform.train import preemption
+from ankh_platform.train import preemption, program
 from ankh_platform.train.checkpoints import CheckpointStore
-from ankh_platform.train.config import (
-    PretrainConfig,
-    ScaleConfig,
-    effective_optim,
-    eval_masking_note,
-    model_shape,
-)
+from ankh_platform.train.config import PretrainConfig, ScaleConfig, eval_masking_note
 from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.records import MetricsWriter, console_lines, write_curves, write_summary
 from ankh_platform.train.source import make_source
@@ -129,21 +121,17 @@ class Run:
         # the weights) of whatever ``model`` names. A resume re-reads config and tokenizer from
         # it but its weights from the run's own checkpoint (``_start_state``).
         self.origin: Resolved = resolve(self.cfg.model)
-        self.model_cfg = model_shape(self.cfg, self.origin.config)  # + model_overrides (presets)
-        self.cfg = cfg = dataclasses.replace(
-            self.cfg, optim=effective_optim(self.cfg, from_weights=self.origin.kind != "preset")
+        # The same builder the compile-only TPU plan uses (ankh_platform.plan.train). Residue
+        # targets as the run's tokenizer spells them (ankh3's ids differ from ankh's).
+        prog = program.build(
+            self.cfg,
+            self.origin.config,
+            from_weights=self.origin.kind != "preset",
+            tokenizer=self.origin.tokenizer,
         )
-        self.mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh))
-        # Residue targets as the run's tokenizer spells them (ankh3's ids differ from ankh's).
-        self.residues = self.origin.tokenizer.residue_table(self.model_cfg.vocab_size)
-        self.trainer = Trainer(
-            self.model_cfg,
-            cfg.optim,
-            self.mesh,
-            seed=cfg.seed,
-            freeze=cfg.train.freeze,
-            residues=self.residues,
-        )
+        self.cfg = cfg = prog.cfg
+        self.model_cfg, self.mesh, self.trainer = prog.model_cfg, prog.mesh, prog.trainer
+        self.residues = self.trainer.residues
         self.probe = RunProbe(
             cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary
         )

@@ -25,7 +25,7 @@ JOBS = {
         "budget.steps",
     ],
     "benchmark": ["embed", "data", "train", "generate", "serve", "embed-job"],
-    "check_cluster": ["--preset", "--json"],
+    "check_cluster": ["--preset", "--json", "--compile", "--no-search"],
     "convert": ["export", "import", "check"],
     "embed": [
         "--model",

@@ -1,0 +1,45 @@
+"""What a TPU generation's data sheet states, per chip: the figures every plan divides by.
+
+Source: the Cloud TPU system-architecture pages (docs.cloud.google.com/tpu/docs/v4 and the
+v5e/v6e pages). The interconnect figure is the data sheet's all-reduce bandwidth per pod divided
+by the pod's chips (v4: 1.1 PB/s over 4096 chips), the rate an all-reduce-style collective
+moves a chip's bytes at; a step's collectives rarely reach it, which is why step times built
+from these figures are estimates (``estimate.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+GIB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    generation: str
+    hbm_bytes: int  # HBM capacity per chip
+    hbm_bytes_per_s: float  # HBM bandwidth per chip
+    bf16_flops_per_s: float  # peak bf16 matmul rate per chip
+    ici_bytes_per_s: float  # all-reduce bandwidth per chip (pod figure / pod chips)
+    chips_per_host: int
+    source: str
+
+
+CHIPS = {
+    "v4": Chip(
+        "v4",
+        hbm_bytes=32 * GIB,
+        hbm_bytes_per_s=1200e9,
+        bf16_flops_per_s=275e12,
+        ici_bytes_per_s=1.1e15 / 4096,
+        chips_per_host=4,
+        source="docs.cloud.google.com/tpu/docs/v4 (275 TFLOP/s bf16, 32 GiB 1200 GB/s HBM2, "
+        "all-reduce 1.1 PB/s per 4096-chip pod)",
+    ),
+}
+
+
+def chip(generation: str) -> Chip:
+    if generation not in CHIPS:
+        raise ValueError(f"no data sheet figures for TPU {generation!r}; known: {', '.join(CHIPS)}")
+    return CHIPS[generation]

@@ -1,0 +1,117 @@
+"""One slice's plan as one JSON-able dict: the compiled step's memory, FLOPs and collectives,
+the estimate, Ray's reservation, and -- when it does not fit -- the largest batch that does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from ankh_platform.cluster_check import Slice, check_slice
+from ankh_platform.plan import train
+from ankh_platform.plan.chips import Chip, chip
+from ankh_platform.plan.estimate import step_estimate
+from ankh_platform.plan.libtpu import topology_devices
+from ankh_platform.plan.ray_side import scaling_agreement
+from ankh_platform.train.config import PretrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
+    """The compile's figures as the JSON line names them."""
+    collective_bytes = sum(v["bytes"] for v in c.collectives.values())
+    est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
+    capacity = spec.hbm_bytes
+    return {
+        "params": c.params,
+        "mesh": c.mesh,
+        "rows_per_host": c.rows_per_host,
+        "global_batch_rows": c.rows_per_host * c.hosts,
+        "enc_len": c.enc_len,
+        "dec_len": c.dec_len,
+        "hbm_bytes_per_chip": c.memory,
+        "hbm_capacity_bytes": capacity,
+        "fits": c.memory["total"] <= capacity,
+        "flops_per_step": c.flops_per_chip * c.chips,  # XLA's count, every op, all chips
+        "flops_per_step_formula": c.formula_flops_per_step,  # ankh.flops: matmuls only
+        "collectives": [{"kind": k, **v} for k, v in c.collectives.items()],
+        "tokens_per_step": c.tokens_per_step,
+        **est,
+        "compile_s": round(c.compile_s, 1),
+    }
+
+
+def plan_slice(
+    sl: Slice, cfg: PretrainConfig, path: str | Path, search: bool = True
+) -> dict[str, Any]:
+    """The plan of ``cfg`` on ``sl``: every field of the JSON line; ``ok`` false when the slice
+    arithmetic, the memory or Ray's reservation disagrees."""
+    spec = chip(sl.generation)
+    row: dict[str, Any] = {
+        "file": str(path),
+        "slice": sl.where,
+        "preset": sl.preset,
+        "topology": f"{sl.generation}:{sl.topology}",
+        "accelerator": sl.accelerator_type,
+        "chips": sl.chips,
+        "hosts": sl.hosts,
+    }
+    problems = check_slice(sl, cfg)
+    if problems:  # the mesh or batch cannot even be built for this slice
+        return row | {"ok": False, "problems": problems}
+    log.info("compiling %s's train step for %s:%s", sl.preset, sl.generation, sl.topology)
+    c = train.compile_step(cfg, sl.generation, sl.topology)
+    row |= compiled_fields(c, spec)
+    row["ray"] = scaling_agreement(cfg, sl, topology_devices(sl.generation, sl.topology))
+    problems += row["ray"]["problems"]
+    if not row["fits"]:
+        over = c.memory["total"] / spec.hbm_bytes
+        problems.append(f"the step needs {over:.2f}x a chip's HBM at {c.rows_per_host} rows/host")
+        if search:
+            row["largest_fitting_rows_per_host"] = found = batch_search(cfg, sl, spec, c)
+            problems.append(
+                f"largest per-host batch that fits: {found['without_remat']} rows without "
+                f"rematerialisation, {found['with_remat']} with it (optim.remat=true)"
+            )
+    return row | {"ok": not problems, "problems": problems}
+
+
+def batch_search(cfg: PretrainConfig, sl: Slice, spec: Chip, c: train.Compiled) -> dict:
+    """{"without_remat": rows or None, "with_remat": rows or None}, each found by compiling."""
+    args = (sl.generation, sl.topology, spec.hbm_bytes, c.mesh, c.hosts)
+    return {
+        f"{'with' if remat else 'without'}_remat": train.largest_fitting_rows(
+            train.with_remat(cfg, remat), *args, known_unfit=remat == cfg.optim.remat
+        )
+        for remat in (False, True)
+    }
+
+
+def compile_file(
+    path: str | Path, preset: str | None = None, search: bool = True
+) -> list[dict[str, Any]]:
+    """The plan of every TPU slice of a cluster file (its own preset, or ``preset``)."""
+    from ankh_platform.cluster_check import load_preset, load_slices
+
+    rows = []
+    for sl in load_slices(path):
+        name = preset or sl.preset
+        if not name:  # e.g. a Serve cluster: no pretraining runs there
+            rows.append(
+                {
+                    "file": str(path),
+                    "slice": sl.where,
+                    "topology": f"{sl.generation}:{sl.topology}",
+                    "compiled": False,
+                    "ok": True,
+                    "problems": [],
+                    "note": "the file names no pretraining preset: nothing to compile",
+                }
+            )
+            continue
+        cfg = load_preset(name, sl.overrides)
+        rows.append(plan_slice(dataclasses.replace(sl, preset=name), cfg, path, search))
+    return rows
