@@ -5,6 +5,7 @@ can checkpoint at the step it is at and stop (docs/pretraining.md, "Preemption")
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -34,15 +35,81 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 _PREVIOUS: list[Any] = []  # the handler ours replaced (kept in the process that set it)
+# The C-level SIGTERM action that ``signal.signal`` installed for ours (Python's trampoline),
+# as raw ``struct sigaction`` bytes: libraries that start after us (Ray's core worker installs
+# absl's failure-signal handler, XLA's preemption notifier, ...) replace it with ``sigaction``
+# directly, which ``signal.getsignal`` cannot see; ``ensure`` compares and puts it back.
+_ACTION: list[Any] = []
+
+
+def _libc() -> Any:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    return libc
+
+
+def _c_action() -> Any:
+    """The process's current SIGTERM ``struct sigaction`` (a buffer big enough for any libc's;
+    its first field is the handler pointer on Linux and macOS), or None where unavailable."""
+    try:
+        buf = ctypes.create_string_buffer(256)
+        if _libc().sigaction(signal.SIGTERM, None, buf) != 0:
+            return None
+        return buf
+    except (OSError, AttributeError):  # no libc sigaction (Windows)
+        return None
+
+
+def _handler_ptr(action: Any) -> bytes:
+    return action.raw[: ctypes.sizeof(ctypes.c_void_p)]
 
 
 def _install() -> None:
     _PREVIOUS.append(signal.signal(signal.SIGTERM, _on_sigterm))
+    _ACTION[:] = [_c_action()]
+
+
+def _reinstall() -> None:
+    """Ours again at the Python level (main thread only), e.g. after ``ray.init`` set its own."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _ACTION[:] = [_c_action()]
 
 
 def _restore() -> None:
+    _ACTION.clear()
     if _PREVIOUS:
         signal.signal(signal.SIGTERM, _PREVIOUS.pop())
+
+
+def ensure() -> None:
+    """Put our SIGTERM handler back if a library replaced it since ``sigterm_notice`` began
+    (cheap: one ``sigaction`` query; call after anything that may start a library, and each
+    step). Python level: ``ray.init`` sets a handler that exits the process; it is replaced
+    from the main thread (``_in_main_thread``). C level: absl's failure-signal handler (Ray's
+    core worker), which prints a stack trace and exits; restored with ``sigaction``, which
+    any thread may call. Ours does not chain to what it replaces: on SIGTERM the run's answer
+    is to save and stop, which is what every replaced handler was standing in the way of."""
+    if not _ACTION:
+        return  # not inside sigterm_notice (or no handler could be installed)
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        h = signal.getsignal(signal.SIGTERM)
+        log.warning(
+            "SIGTERM handler replaced by %s.%s (a library started after the run began, e.g. "
+            "ray.init): re-installing the checkpoint-on-SIGTERM handler",
+            getattr(h, "__module__", "?"),
+            getattr(h, "__qualname__", h),
+        )
+        _in_main_thread(_reinstall)
+        return
+    want, now = _ACTION[0], _c_action()
+    if want is None or now is None or _handler_ptr(now) == _handler_ptr(want):
+        return
+    log.warning(
+        "SIGTERM's native handler replaced (a library's own, e.g. absl's failure-signal "
+        "handler that Ray installs): re-installing the checkpoint-on-SIGTERM handler"
+    )
+    if _libc().sigaction(signal.SIGTERM, want, None) != 0:
+        log.error("could not re-install the SIGTERM handler: errno %d", ctypes.get_errno())
 
 
 def _in_main_thread(fn: Callable, *args: Any) -> Any:

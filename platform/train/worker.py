@@ -276,6 +276,7 @@ class Run:
 
     def _fit(self) -> dict[str, Any]:
         self._setup()
+        preemption.ensure()  # the source may have started Ray (in-process) and its handlers
         cfg = self.cfg  # with its effective optimizer settings
         state, step = self._start_state()
         self.eval_batches = self.source.eval_batches()
@@ -283,6 +284,7 @@ class Run:
         window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
         rec: dict[str, Any] = {}
         while step < cfg.steps:
+            preemption.ensure()  # a library started since may have taken SIGTERM over
             maybe_inject_fault(cfg, step, self.rank)
             t = time.perf_counter()
             local = self.source.next()
