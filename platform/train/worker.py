@@ -271,7 +271,7 @@ class Run:
         at the current step within ``checkpoint.preempt_timeout_s`` and stop -- under Ray Train
         by raising ``preemption.Preempted`` (``FailureConfig`` restarts the workers, which resume from
         that step), in-process by returning a summary with ``preempted: True``."""
-        with preemption.sigterm_notice():
+        with preemption.sigterm_notice(), preemption.watch_driver():
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
@@ -334,6 +334,7 @@ class Run:
         return summary
 
     def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
+        by_driver = preemption.from_driver()  # the job is being stopped: end, do not restart
         t0 = time.perf_counter()
         ok = self.store.save_now(
             step, state, self._meta(step, state), self.cfg.checkpoint.preempt_timeout_s
@@ -355,11 +356,12 @@ class Run:
             "run_dir": self.run_dir,
             "step": step,
             "preempted": True,
+            "notice": "driver" if by_driver else "sigterm",
             "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None,
         }
         if self.primary:
             write_summary(self.run_dir, summary)
-        if self.report is not None:  # Ray Train: a failed attempt, restarted per FailureConfig
+        if self.report is not None and not by_driver:  # Ray Train: restarted per FailureConfig
             raise preemption.Preempted(
                 f"SIGTERM at step {step}: checkpoint {'written' if ok else 'NOT written'} in "
                 f"{secs:.1f} s; the run resumes from the newest good checkpoint"

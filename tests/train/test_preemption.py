@@ -86,6 +86,17 @@ def test_sigterm_notice_sets_the_flag_and_restores_the_handler():
         assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> str:
+    """The uninterrupted run's final checkpoint (in-process, stream source): what a preempted and
+    resumed run must end with (a one-worker Ray Train run equals it bit for bit)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    proc = _pretrain(tmp, *STREAM, name="straight")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return str(tmp / "straight" / "checkpoints" / str(STEPS))
+
+
 def _wait_flag() -> bool:
     from ankh_platform.train import preemption
 
@@ -127,13 +138,9 @@ def test_handler_taken_over_by_a_library_is_put_back():
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_sigterm_with_the_stream_source_saves_and_resume_equals_straight_run(tmp_path):
+def test_sigterm_with_the_stream_source_saves_and_resume_equals_straight_run(tmp_path, straight):
     """The issue's command: ``--in-process`` with the default stream source (Ray starts inside
     the run), SIGTERM from outside after step 7 -- between the periodic saves at 5 and 10."""
-    straight = _pretrain(tmp_path, *STREAM, name="straight")
-    out, _ = straight.communicate(timeout=600)
-    assert straight.returncode == 0, out[-4000:]
-
     proc = _pretrain(tmp_path, *STREAM)
     run_dir = tmp_path / "pre"
     _wait_for_step(proc, run_dir / "metrics.jsonl", 7)
@@ -160,10 +167,7 @@ def test_sigterm_with_the_stream_source_saves_and_resume_equals_straight_run(tmp
     assert proc.returncode == 0, out[-4000:]
     assert [e["step"] for e in _events(run_dir) if e.get("event") == "resumed"] == [at]
     assert out.strip().splitlines()[-1] == f"{run_dir}/checkpoints/{STEPS}"
-    _assert_same_params(
-        str(run_dir / "checkpoints" / str(STEPS)),
-        str(tmp_path / "straight" / "checkpoints" / str(STEPS)),
-    )
+    _assert_same_params(str(run_dir / "checkpoints" / str(STEPS)), straight)
 
 
 @pytest.mark.slow
@@ -196,3 +200,70 @@ def test_sigterm_to_a_ray_train_worker_saves_and_run_recovers(tmp_path, ray_loca
     assert [e["step"] for e in _events(run_dir) if e.get("event") == "resumed"] == [at]
     assert summary["step"] == 10 and not summary.get("preempted")
     _assert_same_params(summary["checkpoint_dir"], reference["checkpoint_dir"], atol=2e-5)
+
+
+def _job(cluster, *args: str, timeout: float = 120) -> str:
+    """``ray job <args>`` against ``cluster`` (its token, its dashboard); returns the output."""
+    from tests.raycluster import RAY_BIN
+
+    out = subprocess.run(
+        [RAY_BIN, "job", args[0], f"--address={cluster.dashboard_url}", *args[1:]],
+        env=cluster.client_env(),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_ray_job_stop_saves_the_current_step_and_resubmit_resumes(tmp_path, straight):
+    """``ray job stop`` (SIGTERM to the driver of ``ray job submit``) after step 7: the driver
+    tells the workers, they save that step and the job ends (no Ray Train restart); the same
+    command submitted again resumes there and ends with the uninterrupted run's params."""
+    from tests.raycluster import LocalRayCluster
+
+    entry = [sys.executable, "-m", "jobs.pretrain", *pretrain_args(tmp_path, "pre", *STREAM)]
+    # The supervisor's SIGKILL comes RAY_JOB_STOP_WAIT_TIME_S after the SIGTERM (default 3 s).
+    env = json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "120"}})
+    run_dir = tmp_path / "pre"
+    with LocalRayCluster(num_cpus=2) as cluster:
+        cluster.start_head()
+        _job(
+            cluster,
+            "submit",
+            "--no-wait",
+            "--submission-id=pre1",
+            f"--runtime-env-json={env}",
+            f"--working-dir={REPO}",
+            "--",
+            *entry,
+        )
+        deadline = time.monotonic() + 600
+        while not (run_dir / "metrics.jsonl").exists() or not any(
+            json.loads(l).get("step", 0) >= 7
+            for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if l.strip()
+        ):
+            assert time.monotonic() < deadline, _job(cluster, "logs", "pre1")[-4000:]
+            time.sleep(0.2)
+        _job(cluster, "stop", "pre1", timeout=300)
+        logs = _job(cluster, "logs", "pre1")
+        assert "STOPPED" in _job(cluster, "status", "pre1")
+        stops = [e for e in _events(run_dir) if e.get("event") == "preempted"]
+        assert len(stops) == 1 and stops[0]["checkpoint_saved"] is True, (stops, logs[-4000:])
+        at = stops[0]["step"]
+        assert 7 <= at < STEPS
+        assert at == max(e["step"] for e in _events(run_dir) if "loss" in e)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["preempted"] is True and summary["notice"] == "driver"
+        assert ackpt.verify(str(run_dir / "checkpoints" / str(at))) is None
+
+        res = cluster.submit(REPO, entry, timeout=600)
+    assert res.succeeded, res.output[-4000:]
+    assert [e["step"] for e in _events(run_dir) if e.get("event") == "resumed"] == [at]
+    _assert_same_params(str(run_dir / "checkpoints" / str(STEPS)), straight)
