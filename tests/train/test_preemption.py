@@ -178,7 +178,14 @@ def test_sigterm_to_a_ray_train_worker_saves_and_run_recovers(tmp_path, ray_loca
     and the run ends with the params of an uninterrupted two-worker run."""
     from ankh_platform.train.job import run
 
-    steps = ("steps=10", "checkpoint.every=100", "scale.num_workers=2", "data.rows=2")
+    # Half a CPU each: the other one runs the Ray Data reads of both workers' streams.
+    steps = (
+        "steps=10",
+        "checkpoint.every=100",
+        "scale.num_workers=2",
+        "scale.cpus_per_worker=0.5",
+        "data.rows=2",
+    )
     reference = run(pretrain_config(tmp_path, "ref", *steps))
     summary = run(
         pretrain_config(
