@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "fasta": "a real FASTA through jobs.embed (command line, Ray start included) vs HF T5EncoderModel",
     "context": "how much of a residue its neighbours predict (count models): the local-context floor",
     "learn": "what pretraining reaches in a wall-clock budget: held-out loss vs unigram, probes vs baselines",
+    "preempt": "time from SIGTERM to a saved checkpoint (in-process run, stream source)",
     "device": "the accelerator suite (embed, train MFU, generate, embed-job) in <= 8 min",
 }
 

@@ -252,7 +252,12 @@ def watch_driver() -> Iterator[None]:
         return
     import ray
 
-    board = ray.get_actor(name, namespace=NOTICE_NAMESPACE)
+    try:
+        board = ray.get_actor(name, namespace=NOTICE_NAMESPACE)
+    except ValueError as e:  # gone already (the driver ended): SIGTERM to this worker still works
+        log.warning("driver's preemption board %s not found (%s); not watched", name, e)
+        yield
+        return
     stop = threading.Event()
 
     def check() -> bool:
