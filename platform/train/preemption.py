@@ -89,8 +89,12 @@ def _reinstall() -> None:
 
 def _restore() -> None:
     _ACTION.clear()
+    _LOST[0] = None
     if _PREVIOUS:
         signal.signal(signal.SIGTERM, _PREVIOUS.pop())
+
+
+_LOST: list[Any] = [None]  # a Python-level handler we could not replace (reported once)
 
 
 def ensure() -> None:
@@ -103,8 +107,8 @@ def ensure() -> None:
     is to save and stop, which is what every replaced handler was standing in the way of."""
     if not _ACTION:
         return  # not inside sigterm_notice (or no handler could be installed)
-    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
-        h = signal.getsignal(signal.SIGTERM)
+    h = signal.getsignal(signal.SIGTERM)
+    if h is not _on_sigterm and h is not _LOST[0]:
         log.warning(
             "SIGTERM handler replaced by %s.%s (a library started after the run began, e.g. "
             "ray.init): re-installing the checkpoint-on-SIGTERM handler",
@@ -114,6 +118,7 @@ def ensure() -> None:
         try:
             _in_main_thread(_reinstall)
         except Exception as e:  # a driver's helper thread: no actor to ask for the main thread
+            _LOST[0] = h  # said once, not at every check
             log.error("SIGTERM handler not re-installed (%s): a notice may end the run", e)
         return
     want, now = _ACTION[0], _c_action()
