@@ -12,6 +12,7 @@ stop the driver asked for ends the run (no Ray Train restart).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ _PREVIOUS: list[Any] = []  # the handler ours replaced (kept in the process that
 _ACTION: list[Any] = []
 
 
+@functools.cache
 def _libc() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
