@@ -137,6 +137,38 @@ def test_handler_taken_over_by_a_library_is_put_back():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_to_the_driver_reaches_a_worker_process(ray_local):
+    """``driver_notice`` (what ``job.run`` wraps ``trainer.fit()`` in): a real SIGTERM to the
+    driver process sets the named board, and a worker in another process sees a notice that
+    came from the driver (so the run ends instead of restarting)."""
+    import ray
+
+    from ankh_platform.train import preemption
+
+    class Worker:
+        """Stands in for a Ray Train worker: watches the driver's board in a process of its own."""
+
+        def flag_after_notice(self, board: str, timeout: float) -> tuple[bool, bool]:
+            from ankh_platform.train import preemption
+
+            os.environ[preemption.NOTICE_ENV] = board
+            with preemption.watch_driver():
+                deadline = time.monotonic() + timeout
+                while not preemption._SIGTERM.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return preemption._SIGTERM.is_set(), preemption._FROM_DRIVER.is_set()
+
+    worker = ray_local.remote(num_cpus=0)(Worker).remote()
+    with preemption.driver_notice("test-board"):
+        pending = worker.flag_after_notice.remote("test-board", 60)
+        time.sleep(2 * preemption.POLL_S)  # time for the worker to start watching
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert ray.get(pending, timeout=120) == (True, True)
+    assert signal.getsignal(signal.SIGTERM) is not preemption._on_sigterm  # restored after
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigterm_with_the_stream_source_saves_and_resume_equals_straight_run(tmp_path, straight):
     """The issue's command: ``--in-process`` with the default stream source (Ray starts inside
