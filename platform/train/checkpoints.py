@@ -124,8 +124,8 @@ class CheckpointStore:
         done.join(max(timeout_s - (time.perf_counter() - t0), 0.0))
         if done.is_alive() or step in self._pending or step in self.failed:
             log.error(
-                "checkpoint %s/%d not final after %.1f s (preempt_timeout_s): stopping without "
-                "it; a resume uses the previous good step",
+                "checkpoint %s/%d not final after %.1f s (it failed, or preempt_timeout_s ran "
+                "out): stopping without it; a resume uses the previous good step",
                 self.directory,
                 step,
                 time.perf_counter() - t0,
