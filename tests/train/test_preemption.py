@@ -203,7 +203,7 @@ def test_sigterm_with_the_stream_source_saves_and_resume_equals_straight_run(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # two two-worker Ray Train runs (one restarted): slow on 2 cores
 def test_sigterm_to_a_ray_train_worker_saves_and_run_recovers(tmp_path, ray_local):
     """Two Ray Train workers on the stream source; rank 1 gets SIGTERM at step 4 (no periodic
     save before 100): both stop at one step, save it, the worker group restarts (FailureConfig)
