@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "context": "how much of a residue its neighbours predict (count models): the local-context floor",
     "learn": "what pretraining reaches in a wall-clock budget: held-out loss vs unigram, probes vs baselines",
     "finetune": "LoRA vs full fine-tuning: step time, peak memory, trainable vs total parameters",
+    "preempt": "time from SIGTERM to a saved checkpoint (in-process run, stream source)",
     "device": "the accelerator suite (embed, train MFU, generate, embed-job) in <= 8 min",
 }
 

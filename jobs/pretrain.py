@@ -9,6 +9,10 @@ Continued pretraining / domain adaptation: ``--model`` an HF Ankh directory, one
 checkpoints, a ``gs://`` path or a hub id (``ElnaggarLab/ankh-base``) trains that network from its
 weights (its tokenizer, fresh optimizer, step 0; peak LR 1e-4 unless ``optim.peak_lr`` is set);
 ``train.freeze=[encoder]`` adapts only the decoder.
+Preemptible TPUs: SIGTERM (a preemption notice) to the run, any worker or the driver of
+``ray job submit`` (``ray job stop``; give it time with ``RAY_JOB_STOP_WAIT_TIME_S=30`` in the
+job's env) saves the step in progress and stops; the same command resumes
+(docs/pretraining.md, "Preemptible TPUs").
 The last line printed is the checkpoint directory (``ankh.load(that_dir)`` loads it).
 """
 

@@ -40,37 +40,77 @@ class CheckpointStore:
             cleanup_tmp_directories=True,
         )
         self.mgr = ocp.CheckpointManager(self.directory, options=opts, item_names=ackpt.ITEMS)
-        self._pending: list[int] = []
+        self._pending: list[int] = []  # saved by Orbax, no manifest yet
+        self.failed: set[int] = set()  # saves that did not complete (logged; never picked)
 
     # ---- saving ------------------------------------------------------------------------------
     def should_save(self, step: int, final: bool = False) -> bool:
         return step > 0 and (final or step % self.every == 0) and step not in self.mgr.all_steps()
 
     def save(self, step: int, state: dict, meta: dict) -> None:
-        """Start an async save of ``state`` ({params, opt_state, ...}) and the JSON ``meta``."""
+        """Start an async save of ``state`` ({params, opt_state, ...}) and the JSON ``meta``.
+        A save that fails (storage unreachable past the clients' retries) is logged and
+        dropped: training goes on and the next save tries again."""
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state["params"]),
             opt_state=ocp.args.StandardSave(state["opt_state"]),
             meta=ocp.args.JsonSave(meta),
         )
-        self.mgr.save(step, args=args)
+        try:
+            self.mgr.save(step, args=args)  # also raises an earlier async save's error
+        except Exception as e:  # tensorstore/gcsfs/orbax raise many types
+            self._failed(self._pending + [step], e)
+            return
         self._pending.append(step)
         self.poll()
 
     def poll(self) -> None:
-        """Write manifests of saves that have finished (cheap; call every step)."""
+        """Write manifests of saves that have finished (cheap; call every step). Only a save
+        Orbax finished without error gets one: a failed save's partial step is removed, and
+        in any case has no manifest, so a resume never picks it."""
         if not self._pending or self.mgr.is_saving_in_progress():
             return
+        try:
+            self.mgr.wait_until_finished()  # returns at once; raises the save's error if any
+        except Exception as e:
+            self._failed(self._pending, e)
+            return
         if jax.process_index() == 0:
-            for step in self._pending:
+            for step in list(self._pending):
                 d = f"{self.directory}/{step}"
-                fs, root = storage.filesystem(d)
-                if fs.exists(root):  # may already be garbage-collected (keep=K)
-                    ackpt.write_manifest(d)
+                try:
+                    fs, root = storage.filesystem(d)
+                    if fs.exists(root):  # may already be garbage-collected (keep=K)
+                        ackpt.write_manifest(d)
+                except Exception as e:  # storage away: the step stays unpicked; retried later
+                    log.warning("manifest of %s not written yet (%s); will retry", d, e)
+                    return
+                self._pending.remove(step)
         self._pending = []
 
+    def _failed(self, steps: list[int], error: Exception) -> None:
+        """A save that did not complete: log it, remove what it wrote (best effort; a resume
+        would move it aside anyway: no manifest) and forget it, so training goes on."""
+        log.error(
+            "checkpoint step(s) %s failed (%s: %s); training continues, the next save retries",
+            steps,
+            type(error).__name__,
+            str(error)[:300],
+        )
+        self.failed.update(steps)
+        if jax.process_index() == 0:
+            for step in steps:
+                with contextlib.suppress(Exception):
+                    fs, root = storage.filesystem(f"{self.directory}/{step}")
+                    if fs.exists(root) and not fs.exists(f"{root}/{ackpt.MANIFEST}"):
+                        fs.rm(root, recursive=True)
+        self._pending = [s for s in self._pending if s not in steps]
+        with contextlib.suppress(Exception):
+            self.mgr.reload()
+
     def wait(self) -> None:
-        self.mgr.wait_until_finished()
+        with contextlib.suppress(Exception):  # a failed save is handled (and logged) by poll
+            self.mgr.wait_until_finished()
         self.poll()
 
     def save_now(self, step: int, state: dict, meta: dict, timeout_s: float) -> bool:
@@ -79,19 +119,18 @@ class CheckpointStore:
         t0 = time.perf_counter()
         if step not in self.mgr.all_steps():
             self.save(step, state, meta)
-        done = threading.Thread(target=self.mgr.wait_until_finished, daemon=True)
+        done = threading.Thread(target=self.wait, daemon=True)
         done.start()
         done.join(max(timeout_s - (time.perf_counter() - t0), 0.0))
-        if done.is_alive():
+        if done.is_alive() or step in self._pending or step in self.failed:
             log.error(
-                "checkpoint %s/%d not final after %.1f s (preempt_timeout_s): stopping without "
-                "it; a resume uses the previous good step",
+                "checkpoint %s/%d not final after %.1f s (it failed, or preempt_timeout_s ran "
+                "out): stopping without it; a resume uses the previous good step",
                 self.directory,
                 step,
-                timeout_s,
+                time.perf_counter() - t0,
             )
             return False
-        self.poll()
         log.warning(
             "preemption checkpoint %s/%d written in %.2f s",
             self.directory,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 from ankh import storage
 from ankh_platform.core import progress
 from ankh_platform.core.config import to_dict
+from ankh_platform.train import preemption
 from ankh_platform.train.config import PretrainConfig, ScaleConfig, resolve_paths
 from ankh_platform.train.worker import Run, train_loop
 
@@ -82,18 +84,19 @@ def run(cfg: PretrainConfig, ray_address: str | None = None) -> dict[str, Any]:
     init_ray(ray_address, dashboard=True)  # loopback dashboard: metrics + Train's PG watchdog
     scaling = scaling_config(cfg.scale)
     storage_path, storage_fs = storage.pyarrow_gcs(cfg.output)  # gs:// ok
+    notice = f"{cfg.name}-{uuid.uuid4().hex[:12]}"  # the driver's SIGTERM -> every worker
     run_config = RunConfig(
         name=cfg.name,
         storage_path=storage_path,
         storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
-        worker_runtime_env={"env_vars": worker_env(cfg)},
+        worker_runtime_env={"env_vars": worker_env(cfg) | {preemption.NOTICE_ENV: notice}},
     )
     # Ray Train takes the worker's config as a dict (its dashboard shows it): the JSON form.
     trainer = JaxTrainer(
         train_loop, train_loop_config=to_dict(cfg), scaling_config=scaling, run_config=run_config
     )
-    with worker_output_to(log_path):
+    with worker_output_to(log_path), preemption.driver_notice(notice):
         result = trainer.fit()
     if result.error:
         raise RuntimeError(f"training run {cfg.name} failed: {result.error}") from result.error

@@ -259,11 +259,12 @@ class Run:
         at the current step within ``checkpoint.preempt_timeout_s`` and stop -- under Ray Train
         by raising ``preemption.Preempted`` (``FailureConfig`` restarts the workers, which resume from
         that step), in-process by returning a summary with ``preempted: True``."""
-        with preemption.sigterm_notice():
+        with preemption.sigterm_notice(), preemption.watch_driver():
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
         self._setup()
+        preemption.ensure()  # the source may have started Ray (in-process) and its handlers
         cfg = self.cfg  # with its effective optimizer settings
         state, step = self._start_state()
         self.eval_batches = self.source.eval_batches()
@@ -271,6 +272,7 @@ class Run:
         window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
         rec: dict[str, Any] = {}
         while step < cfg.steps:
+            preemption.ensure()  # a library started since may have taken SIGTERM over
             maybe_inject_fault(cfg, step, self.rank)
             t = time.perf_counter()
             local = self.source.next()
@@ -320,6 +322,7 @@ class Run:
         return summary
 
     def _stop_preempted(self, step: int, state: dict) -> dict[str, Any]:
+        by_driver = preemption.from_driver()  # the job is being stopped: end, do not restart
         t0 = time.perf_counter()
         ok = self.store.save_now(
             step, state, self._meta(step, state), self.cfg.checkpoint.preempt_timeout_s
@@ -341,11 +344,12 @@ class Run:
             "run_dir": self.run_dir,
             "step": step,
             "preempted": True,
+            "notice": "driver" if by_driver else "sigterm",
             "checkpoint_dir": f"{self.run_dir}/checkpoints/{step}" if ok else None,
         }
         if self.primary:
             write_summary(self.run_dir, summary)
-        if self.report is not None:  # Ray Train: a failed attempt, restarted per FailureConfig
+        if self.report is not None and not by_driver:  # Ray Train: restarted per FailureConfig
             raise preemption.Preempted(
                 f"SIGTERM at step {step}: checkpoint {'written' if ok else 'NOT written'} in "
                 f"{secs:.1f} s; the run resumes from the newest good checkpoint"
