@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from ankh_platform.bench.fasta import add_mix_flags, pick_proteins
+from ankh_platform.core import cli as _cli  # the --model flag every job shares
 
 log = logging.getLogger("bench_packed")
 
@@ -43,8 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument(
-        "--model", default="d512x8", help="a benchmark shape or preset (random weights)"
+    _cli.add(
+        ap,
+        "--model",
+        _cli.model_flag(
+            None, "or d512x8 (random weights; the default); a preset has random weights"
+        ),
+        default="d512x8",
     )
     add_mix_flags(ap)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (default 3)")
@@ -80,10 +86,12 @@ def run_variant(model, fn, calls) -> tuple[float, list]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import ankh
     from ankh.api import Ankh
+    from ankh.config import PRESETS
     from ankh.embedding import jit_encoder
     from ankh.flops import encoder_flops, measure_matmul_peak
-    from ankh_platform.bench.generate import bench_config
+    from ankh_platform.bench.generate import SHAPES, bench_config
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     proteins = pick_proteins(
         args.data, args.fasta, args.sequences, args.min_residues, args.max_residues
     )
-    model = Ankh.random(bench_config(args.model), seed=0)
+    named = args.model in SHAPES or args.model in PRESETS
+    model = Ankh.random(bench_config(args.model), seed=0) if named else ankh.load(args.model)
     lengths = np.array([len(s) for s in proteins.values()])
     out: dict = {
         "benchmark": "packed",
