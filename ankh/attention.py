@@ -11,8 +11,15 @@ the relative-position bias per clipped offset), never per pair; ``prepare`` then
   from the ``[h, 2R+1]`` per-offset table) and its own segment mask, so the live scores are one
   tile (a few MiB on CPU, cache-sized) and no ``[h, L, L]`` array exists. The tile body is
   rematerialised in the backward pass, so training memory is O(tile) too.
+- ``segments``: packed rows (``TokenBias.packed``: several sequences per row, each one
+  contiguous run of its segment id; the batch-embedding job's rows). Block-diagonal by
+  segment: each (row, query tile) loops (``lax.fori_loop``, online softmax) over only the key
+  tiles from the first to the last key of the segments its queries belong to, found from the
+  segment ids (``segment_spans``); key tiles of other proteins are never computed. Each
+  computed tile gets its own segment mask and relative bias, as on the blocked path.
+  Inference only (the loop's dynamic trip count has no reverse-mode derivative).
 - a fused kernel: ``jax.nn.dot_product_attention`` (cuDNN on GPU for bfloat16) with the bias
-  built once per stack in the compute dtype.
+  built once per stack in the compute dtype (packed rows included: masked there, not skipped).
 
 Packed rows never attend across segments (the mask is part of every tile). Every attention
 mask in ``ankh`` -- segments, causal, padding, a decode step's cache positions -- is built by
