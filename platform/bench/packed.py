@@ -13,7 +13,9 @@ The same real proteins (the length-mix flags of ``jobs.benchmark fasta``) are pa
 
 Rounds are interleaved (skip, mask, unpacked, skip, ...) so a shared machine's load falls on
 every variant alike; each variant's ``*_model_s`` is its fastest round, ``*_rounds_s`` all of
-them (their spread is the noise). Compilation is not timed. ``max_abs_diff``: the largest
+them (their spread is the noise). Compilation is not timed. ``*_score_elements``: attention
+scores each variant computes per head and layer (whole rows, or the visited tiles), the
+noise-free part of the comparison. ``max_abs_diff``: the largest
 difference of a pooled vector between variants.
 """
 
@@ -79,6 +81,28 @@ def batches(model, proteins: dict[str, str], overrides: dict) -> tuple[list, lis
     return calls, where, slots
 
 
+def score_tiles(calls: list, skip: bool, tile: int) -> int:
+    """Attention scores computed per head and layer: whole rows (``skip`` False: every query
+    against every key of its row) or, on the ``segments`` path, each query tile against the
+    key tiles from the first to the last key of its segments -- the work the timings compare,
+    without their noise."""
+    total = 0
+    for _ids, seg, _pos, _wt in calls:
+        b, n = seg.shape
+        if not skip:
+            total += b * n * n
+            continue
+        nt = -(-n // tile)
+        for row in seg:
+            row = np.pad(row, (0, nt * tile - n))
+            for i in range(nt):
+                segs = set(row[i * tile : (i + 1) * tile].tolist()) - {0}
+                keys = np.flatnonzero(np.isin(row, list(segs)))
+                if len(keys):
+                    total += tile * tile * (keys[-1] // tile - keys[0] // tile + 1)
+    return total
+
+
 def run_variant(model, fn, calls) -> tuple[float, list]:
     t0 = time.perf_counter()
     outs = [np.asarray(fn(model.params, *c)["pooled"]) for c in calls]
@@ -87,6 +111,7 @@ def run_variant(model, fn, calls) -> tuple[float, list]:
 
 def main(argv: list[str] | None = None) -> dict:
     import ankh
+    from ankh import attention
     from ankh.api import Ankh
     from ankh.config import PRESETS
     from ankh.embedding import jit_encoder
@@ -125,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
         plans[v] = (fn, calls, where)
         out[f"{v}_padding"] = 1 - (lengths.sum() + len(lengths)) / slots
         out[f"{v}_shapes"] = len({c[0].shape for c in calls})
+        out[f"{v}_score_elements"] = score_tiles(calls, skip, attention.SEGMENT_TILE)
     rounds = {v: [] for v in names}
     for r in range(args.rounds):
         for v in names:
