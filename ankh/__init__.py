@@ -15,7 +15,7 @@ Foundations
   batching      every padded [rows, length] shape: the length ladder, batch plans, pad_rows
   tokenizer     the character-level tokenizer with the official ids; the vocabulary facts
 The model
-  attention     how attention runs (dense, blocked, fused); the one mask builder and NEG_INF
+  attention     how attention runs (dense, blocked, segments, fused); the one mask builder and NEG_INF
   layers        T5 blocks named as HF names them: RMSNorm, Attention, GatedFFN, RelativeBias
   model         AnkhModel: the Encoder and Decoder stacks, encode, decode, logits
   embedding     encode_pool: ids in, pooled / per-residue embeddings out (every embed entry)

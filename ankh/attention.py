@@ -11,8 +11,15 @@ the relative-position bias per clipped offset), never per pair; ``prepare`` then
   from the ``[h, 2R+1]`` per-offset table) and its own segment mask, so the live scores are one
   tile (a few MiB on CPU, cache-sized) and no ``[h, L, L]`` array exists. The tile body is
   rematerialised in the backward pass, so training memory is O(tile) too.
+- ``segments``: packed rows (``TokenBias.packed``: several sequences per row, each one
+  contiguous run of its segment id; the batch-embedding job's rows). Block-diagonal by
+  segment: each (row, query tile) loops (``lax.fori_loop``, online softmax) over only the key
+  tiles from the first to the last key of the segments its queries belong to, found from the
+  segment ids (``segment_spans``); key tiles of other proteins are never computed. Each
+  computed tile gets its own segment mask and relative bias, as on the blocked path.
+  Inference only (the loop's dynamic trip count has no reverse-mode derivative).
 - a fused kernel: ``jax.nn.dot_product_attention`` (cuDNN on GPU for bfloat16) with the bias
-  built once per stack in the compute dtype.
+  built once per stack in the compute dtype (packed rows included: masked there, not skipped).
 
 Packed rows never attend across segments (the mask is part of every tile). Every attention
 mask in ``ankh`` -- segments, causal, padding, a decode step's cache positions -- is built by
@@ -43,6 +50,11 @@ TILE_BYTES_CPU = (
 )  # one tile's float32 scores on CPU: L3-sized (`jobs.benchmark embed --batch 1 --length 4000`)
 DENSE_MAX_BYTES = 1 << 30  # accelerators: whole scores up to this size, blocked beyond
 TILE_BYTES = 256 << 20  # accelerators: one query tile's scores
+# Packed rows (``TokenBias.packed``) of at least this many keys take the ``segments`` path
+# (block-diagonal by segment, key tiles outside a query tile's segments skipped); shorter
+# ones stay dense/blocked. SEGMENT_TILE: queries and keys per tile of that path.
+SEGMENTS_MIN_KEYS = 0
+SEGMENT_TILE = 128
 
 
 def additive_mask(
@@ -94,6 +106,9 @@ class TokenBias:
     table: jax.Array | None = None
     full: jax.Array | None = None
     causal: bool = dataclasses.field(default=False, metadata={"static": True})
+    # Packed rows (several sequences per row, each one contiguous run of its segment id): the
+    # ``segments`` path computes only the key tiles a query tile's segments span.
+    packed: bool = dataclasses.field(default=False, metadata={"static": True})
     impl: str = dataclasses.field(default="blocked", metadata={"static": True})
 
     @property
@@ -104,10 +119,11 @@ class TokenBias:
         """Additive mask [b, 1, t, k] of the queries ``q_seg [b, t]`` at indices ``q_idx [t]``."""
         return additive_mask(self.k_seg, q_seg, q_idx if self.causal else None)
 
-    def relative(self, q_pos: jax.Array) -> jax.Array:
-        """Relative-position bias [P, h, t, k] of the queries at positions ``q_pos [P, t]``."""
-        r = self.reach
-        off = jnp.clip(self.k_pos[:, None, :] - q_pos[:, :, None], -r, r) + r  # [P, t, k]
+    def relative(self, q_pos: jax.Array, k_pos: jax.Array | None = None) -> jax.Array:
+        """Relative-position bias [P, h, t, k] of the queries at positions ``q_pos [P, t]``
+        (against ``k_pos [P, k]``, default all keys)."""
+        r, k_pos = self.reach, self.k_pos if k_pos is None else k_pos
+        off = jnp.clip(k_pos[:, None, :] - q_pos[:, :, None], -r, r) + r  # [P, t, k]
         return jnp.take(self.table, off, axis=1).transpose(1, 0, 2, 3)  # [P, h, t, k]
 
     def tile(self, q_seg: jax.Array, q_pos: jax.Array | None, q_idx: jax.Array) -> jax.Array:
@@ -150,6 +166,8 @@ def prepare(spec: TokenBias, heads: int, head_dim: int, dtype: Any) -> TokenBias
     """What a stack hands its layers: the dense bias array, or ``spec`` set up for its path."""
     b, q = spec.q_seg.shape
     impl = attention_impl(b, heads, head_dim, q, spec.k_seg.shape[1], dtype)
+    if spec.packed and impl in ("dense", "blocked") and q >= SEGMENTS_MIN_KEYS:
+        impl = "segments"
     if impl == "dense":
         return spec.dense()
     return with_impl(spec, impl, dtype)
@@ -158,7 +176,7 @@ def prepare(spec: TokenBias, heads: int, head_dim: int, dtype: Any) -> TokenBias
 def with_impl(spec: TokenBias, impl: str, dtype: Any) -> TokenBias:
     """``spec`` to run as ``impl`` (``blocked``, or ``cudnn``/``xla`` through
     ``jax.nn.dot_product_attention`` with the bias built once here, in ``dtype``)."""
-    full = None if impl == "blocked" else spec.dense().astype(dtype)
+    full = None if impl in ("blocked", "segments") else spec.dense().astype(dtype)
     return dataclasses.replace(spec, impl=impl, full=full)
 
 
@@ -172,6 +190,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: TokenBias | jax.Array
         return dense_attention(q, k, v, bias)
     if bias.impl == "blocked":
         return blocked_attention(q, k, v, bias)
+    if bias.impl == "segments":
+        return segment_attention(q, k, v, bias)
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias.full, scale=1.0, implementation=bias.impl
     )
@@ -235,3 +255,81 @@ def blocked_attention(
     out = jax.lax.map(one, (qt, seg, pos, idx))  # [n, b, h, t, d]
     out = out.transpose(1, 0, 3, 2, 4).reshape(b, n * t, h, d)
     return out[:, :lq]
+
+
+# ---- packed rows: only the key tiles a query tile's segments span -----------------------------
+def segment_spans(seg: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(start, end) [b, l]``: the key range ``[start, end)`` of each token's segment, which
+    must be one contiguous run per row (packed rows are); padding (0) gets the empty ``(l, 0)``."""
+    b, n = seg.shape
+    idx = jnp.arange(n)[None, :]
+    change = seg[:, 1:] != seg[:, :-1]  # [b, l-1]: a run ends between j and j+1
+    edge = jnp.ones((b, 1), bool)
+    start = jax.lax.cummax(jnp.where(jnp.concatenate([edge, change], 1), idx, 0), axis=1)
+    end = jax.lax.cummin(
+        jnp.where(jnp.concatenate([change, edge], 1), idx + 1, n), axis=1, reverse=True
+    )
+    real = seg > 0
+    return jnp.where(real, start, n), jnp.where(real, end, 0)
+
+
+def segment_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, spec: TokenBias, tile: int | None = None
+) -> jax.Array:
+    """Self-attention of packed rows, block-diagonal by segment: for each (row, query tile),
+    a ``fori_loop`` over only the key tiles from the first to the last key its segments hold
+    (online softmax across them); the other key tiles are never computed. Each computed tile
+    gets its segment mask (``additive_mask``) and relative bias as the blocked path does.
+
+    Encoder-style only (not causal, queries are the keys) and inference only (the loop's
+    dynamic trip count has no reverse-mode derivative). Returns [b, q, h, d].
+    """
+    if spec.causal or spec.q_seg.shape != spec.k_seg.shape:
+        raise ValueError("segment_attention is for (non-causal) self-attention of packed rows")
+    b, n, h, d = q.shape
+    t = tile or SEGMENT_TILE
+    nt = -(-n // t)
+    pad = nt * t - n
+    seg = jnp.pad(spec.k_seg, ((0, 0), (0, pad)))  # [b, L]; padded tokens are padding
+    pos = spec.q_pos if spec.table is not None else jnp.zeros((1, n), jnp.int32)
+    pos = jnp.pad(jnp.broadcast_to(pos, (b, n)), ((0, 0), (0, pad)))  # [b, L]
+    start, end = segment_spans(seg)
+    first = jnp.min(start.reshape(b * nt, t), axis=1) // t  # [b*nt] first key tile
+    stop = -(-jnp.max(end.reshape(b * nt, t), axis=1) // t)  # one past the last (<= first: none)
+    rows = jnp.repeat(jnp.arange(b), nt)  # [b*nt]
+    qt = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, nt, t, h, d)
+    qt = qt.transpose(0, 1, 3, 2, 4).reshape(b * nt, h, t, d)
+    kt = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 3, 1)  # [b, h, d, L]
+    vt = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0))).transpose(0, 2, 1, 3)  # [b, h, L, d]
+
+    def tile_out(qi, q_seg, q_pos, r, lo, hi):
+        def step(j, carry):
+            m, s_, acc = carry
+            ks = jax.lax.dynamic_slice(kt, (r, 0, 0, j * t), (1, h, d, t))[0]  # [h, d, t]
+            vs = jax.lax.dynamic_slice(vt, (r, 0, j * t, 0), (1, h, t, d))[0]  # [h, t, d]
+            k_seg = jax.lax.dynamic_slice(seg, (r, j * t), (1, t))  # [1, t]
+            bias = additive_mask(k_seg, q_seg[None])[0]  # [1, t, t]
+            if spec.table is not None:
+                k_pos = jax.lax.dynamic_slice(pos, (r, j * t), (1, t))
+                bias = bias + spec.relative(q_pos[None], k_pos)[0]  # [h, t, t]
+            sc = (qi @ ks).astype(jnp.float32) + bias  # [h, t, t]
+            m_new = jnp.maximum(m, jnp.max(sc, axis=-1, keepdims=True))  # [h, t, 1]
+            w = jnp.exp(sc - m_new)
+            fix = jnp.exp(m - m_new)
+            s_ = s_ * fix + jnp.sum(w, axis=-1, keepdims=True)
+            acc = acc * fix + (w.astype(q.dtype) @ vs).astype(jnp.float32)
+            return m_new, s_, acc
+
+        init = (
+            jnp.full((h, t, 1), -jnp.inf, jnp.float32),
+            jnp.zeros((h, t, 1), jnp.float32),
+            jnp.zeros((h, t, d), jnp.float32),
+        )
+        _, s_, acc = jax.lax.fori_loop(lo, hi, step, init)
+        return (acc / jnp.where(s_ > 0, s_, 1.0)).astype(q.dtype)  # no key at all: 0
+
+    qseg = seg.reshape(b * nt, t)
+    qpos = pos.reshape(b * nt, t)
+    out = jax.lax.map(lambda x: tile_out(*x), (qt, qseg, qpos, rows, first, stop))
+    out = out.reshape(b, nt, h, t, d).transpose(0, 1, 3, 2, 4).reshape(b, nt * t, h, d)
+    return out[:, :n]

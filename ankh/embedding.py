@@ -39,6 +39,7 @@ def encode_pool(
     per_residue: bool = False,
     max_segments: int = 0,
     skip_first: int = 0,
+    skip_segments: bool = True,
 ) -> dict[str, jax.Array]:
     """Embeddings of a padded or packed batch ``ids [b, l]``.
 
@@ -49,9 +50,14 @@ def encode_pool(
     padding): ``pooled [b, max_segments, e]`` holds each segment's weighted sum (windows of a
     long sequence add up to its mean). ``hidden [b, l, e]`` (float32) too if ``per_residue``.
     ``skip_first`` (padded rows): leading tokens left out of the mean -- ankh3's task token.
+    Packed rows attend within each segment only, computing just the key tiles a query tile's
+    segments span (``skip_segments``; False masks the other segments instead, as padded
+    rows do: the same numbers, for comparing the two).
     """
     model = nnx.merge(graphdef, params)
-    hidden = model.encode(ids, segment_ids, positions, num_layers=num_layers).astype(jnp.float32)
+    packed = weights is not None and skip_segments
+    hidden = model.encode(ids, segment_ids, positions, num_layers=num_layers, packed=packed)
+    hidden = hidden.astype(jnp.float32)
     if weights is None:
         n = jnp.sum(segment_ids, axis=1, keepdims=True) - 1  # [b, 1] residues: </s> is the last
         pos = jnp.arange(ids.shape[1])[None, :]
@@ -73,6 +79,7 @@ def jit_encoder(
     num_layers: int | None = None,
     max_segments: int = 0,
     skip_first: int = 0,
+    skip_segments: bool = True,
 ):
     """``encode_pool`` jitted for one architecture; params are an argument, so every
     checkpoint of that architecture shares the compiled shapes."""
@@ -84,5 +91,6 @@ def jit_encoder(
             num_layers=num_layers,
             max_segments=max_segments,
             skip_first=skip_first,
+            skip_segments=skip_segments,
         )
     )

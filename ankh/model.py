@@ -73,11 +73,17 @@ class Encoder(nnx.Module):
         segment_ids: jax.Array,
         positions: jax.Array,
         num_layers: int | None = None,
+        packed: bool = False,
     ) -> jax.Array:
         # Per token; ``prepare`` builds the dense [b, h, l, l] bias only where that is the
         # faster path (short rows), once for all layers.
         spec = TokenBias(
-            segment_ids, segment_ids, positions, positions, self.relative_attention_bias.table()
+            segment_ids,
+            segment_ids,
+            positions,
+            positions,
+            self.relative_attention_bias.table(),
+            packed=packed,
         )
         bias = prepare(spec, self.config.num_heads, self.config.d_kv, self.dtype)
         blocks = self.block if num_layers is None else list(self.block)[:num_layers]
@@ -158,11 +164,16 @@ class AnkhModel(nnx.Module):
         segment_ids: jax.Array,
         positions: jax.Array | None = None,
         num_layers: int | None = None,
+        packed: bool = False,
     ) -> jax.Array:
-        """Encoder states [b, l, e]; ``num_layers`` stops early (states before the final norm)."""
+        """Encoder states [b, l, e]; ``num_layers`` stops early (states before the final norm).
+        ``packed``: several sequences per row, each one contiguous run of its segment id --
+        attention then computes only within each segment (``ankh.attention``'s ``segments``
+        path; inference only)."""
         if positions is None:
             positions = default_positions(segment_ids)[:1]
-        return self.encoder(self.embed_tokens(input_ids), segment_ids, positions, num_layers)
+        x = self.embed_tokens(input_ids)
+        return self.encoder(x, segment_ids, positions, num_layers, packed)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         if self.lm_head is None:  # tied: HF rescales by d_model**-0.5 before the shared matrix

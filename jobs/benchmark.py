@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "serve": "requests/s and latency under concurrent load vs offline throughput",
     "embed-job": "batch-embedding job tokens/s vs raw encoder, padding waste",
     "fasta": "a real FASTA through jobs.embed (command line, Ray start included) vs HF T5EncoderModel",
+    "packed": "packed rows' attention (within each protein vs masked vs one per row), model time",
     "context": "how much of a residue its neighbours predict (count models): the local-context floor",
     "learn": "what pretraining reaches in a wall-clock budget: held-out loss vs unigram, probes vs baselines",
     "finetune": "LoRA vs full fine-tuning: step time, peak memory, trainable vs total parameters",

@@ -13,7 +13,9 @@ What a user runs over a protein database, timed the way they would time it:
 HF runs in this process after its model is loaded; its imports and loading are *not* timed (in
 HF's favour). Same weights (``--model``; default the ``d512x8`` shape with random weights,
 written once as an HF directory that both sides load), same proteins: the first ``--sequences``
-of at most ``--max-residues`` residues of a real UniProt shard, in file order, written as FASTA.
+of at most ``--max-residues`` residues of a real UniProt shard, in file order, written as FASTA. The length mix is an option: ``--min-residues``/``--max-residues`` and
+``--data`` (another shard) or ``--fasta`` (your own file), e.g. the longer mix
+``--data .../uniprot_go/part-001.parquet --min-residues 120``.
 
 ``ratio_vs_best_hf`` = the faster HF time / our end-to-end time (goal >= 2); ``max_abs_diff``:
 the largest difference between our pooled vector and HF's b1 vector, over all proteins and
@@ -41,20 +43,58 @@ from ankh_platform.core import cli as _cli  # the --model / --output flags every
 log = logging.getLogger("bench_fasta")
 
 
-def real_fasta(path: str, data: str | None, n: int, max_residues: int) -> dict[str, str]:
-    """The first ``n`` proteins of at most ``max_residues`` residues (file order) as FASTA."""
-    from ankh_platform.core.samples import protein_shard
+def pick_proteins(
+    data: str | None, fasta: str | None, n: int, min_residues: int, max_residues: int
+) -> dict[str, str]:
+    """The first ``n`` proteins (file order) of ``min_residues..max_residues`` residues, from a
+    Parquet shard (``data``; default the shared ``uniprot_go`` part-000) or a FASTA file: the
+    length mix a run measures."""
+    if fasta:
+        from ankh_platform.data.fasta import read_records
 
-    src = Path(data) if data else protein_shard()
-    t = pq.read_table(src, columns=["id", "sequence"]).to_pydict()
-    picked = {i: s for i, s in zip(t["id"], t["sequence"]) if len(s) <= max_residues}
-    picked = dict(list(picked.items())[:n])
+        pairs = ((i, s) for i, s in read_records(fasta) if i)
+        src = fasta
+    else:
+        from ankh_platform.core.samples import protein_shard
+
+        src = Path(data) if data else protein_shard()
+        t = pq.read_table(src, columns=["id", "sequence"]).to_pydict()
+        pairs = zip(t["id"], t["sequence"])
+    picked: dict[str, str] = {}
+    for i, s in pairs:
+        if min_residues <= len(s) <= max_residues and i not in picked:
+            picked[i] = s
+            if len(picked) == n:
+                break
     if len(picked) < n:
-        log.warning("only %d proteins of <= %d residues in %s", len(picked), max_residues, src)
-    with open(path, "w") as fh:
-        for i, s in picked.items():
-            fh.write(f">{i}\n" + "\n".join(s[k : k + 60] for k in range(0, len(s), 60)) + "\n")
+        log.warning(
+            "only %d proteins of %d..%d residues in %s",
+            len(picked),
+            min_residues,
+            max_residues,
+            src,
+        )
+    if not picked:
+        raise SystemExit(f"no protein of {min_residues}..{max_residues} residues in {src}")
     return picked
+
+
+def write_fasta(path: str, proteins: dict[str, str]) -> None:
+    with open(path, "w") as fh:
+        for i, s in proteins.items():
+            fh.write(f">{i}\n" + "\n".join(s[k : k + 60] for k in range(0, len(s), 60)) + "\n")
+
+
+def add_mix_flags(ap: argparse.ArgumentParser) -> None:
+    """The length-mix flags (shared with ``jobs.benchmark packed``)."""
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument(
+        "--data", help="Parquet shard with id, sequence (default: shared uniprot_go part-000)"
+    )
+    src.add_argument("--fasta", help="a FASTA[.gz] file instead of a Parquet shard")
+    ap.add_argument("--sequences", type=int, default=600, help="proteins (default 600)")
+    ap.add_argument("--min-residues", type=int, default=1, help="shortest protein taken")
+    ap.add_argument("--max-residues", type=int, default=1000, help="longest protein taken")
 
 
 def model_dir(checkpoint: str, tmp: str) -> str:
@@ -160,11 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         default="d512x8",
     )
-    ap.add_argument(
-        "--data", help="Parquet with id, sequence (default: shared uniprot_go part-000)"
-    )
-    ap.add_argument("--sequences", type=int, default=600, help="proteins (default 600)")
-    ap.add_argument("--max-residues", type=int, default=1000, help="longest protein taken")
+    add_mix_flags(ap)
     ap.add_argument("--hf", default="b1,b8", help="HF modes: b1 (one at a time), b8 (batches of 8)")
     ap.add_argument("--torch-threads", type=int, default=0, help="0: torch's default (all cores)")
     ap.add_argument(
@@ -185,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--hf: b1 and/or b8, got {args.hf!r}")
     with tempfile.TemporaryDirectory() as tmp:
         fasta = f"{tmp}/proteins.fasta"
-        proteins = real_fasta(fasta, args.data, args.sequences, args.max_residues)
+        proteins = pick_proteins(
+            args.data, args.fasta, args.sequences, args.min_residues, args.max_residues
+        )
+        write_fasta(fasta, proteins)
         model = model_dir(args.model, tmp)
         lengths = np.array([len(s) for s in proteins.values()])
         out = {
@@ -194,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
             "sequences": len(proteins),
             "residues": int(lengths.sum()),
             "length_p50": int(np.median(lengths)),
+            "length_mean": float(lengths.mean()),
+            "length_min": int(lengths.min()),
             "length_max": int(lengths.max()),
             "cores": os.cpu_count(),
         }

@@ -35,15 +35,20 @@ def test_fasta_benchmark_runs_the_job_and_matches_hf(capsys, tmp_path):
     assert out["ceiling_ratio_vs_best_hf"] > out["ratio_vs_best_hf_model_only"] > 0
 
 
-def test_fasta_file_is_real_proteins_in_file_order(tmp_path):
+def test_length_mix_is_an_option_from_a_shard_or_a_fasta(tmp_path):
+    """``--min-residues``/``--max-residues`` pick real proteins in file order; a FASTA input
+    gives the same proteins back (what ``jobs.embed`` is then run on)."""
     from ankh_platform.data.fasta import read_fasta
 
-    picked = fasta.real_fasta(str(tmp_path / "x.fasta"), None, 5, 300)
-    back = list(read_fasta(str(tmp_path / "x.fasta")))
-    assert [(i, s) for i, s in back] == list(picked.items())
-    assert all(
-        len(s) <= 300 and set(s) <= set("ACDEFGHIKLMNPQRSTVWYXBZUO") for s in picked.values()
-    )
+    picked = fasta.pick_proteins(None, None, 5, 150, 300)
+    assert len(picked) == 5 and all(150 <= len(s) <= 300 for s in picked.values())
+    assert all(set(s) <= set("ACDEFGHIKLMNPQRSTVWYXBZUO") for s in picked.values())
+    path = str(tmp_path / "x.fasta")
+    fasta.write_fasta(path, picked)
+    assert list(read_fasta(path)) == list(picked.items())
+    assert fasta.pick_proteins(None, path, 3, 1, 1000) == dict(list(picked.items())[:3])
+    with pytest.raises(SystemExit, match="no protein of 2000..3000"):
+        fasta.pick_proteins(None, path, 3, 2000, 3000)
 
 
 def test_fasta_benchmark_refuses_unknown_hf_mode():
