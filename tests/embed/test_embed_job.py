@@ -300,6 +300,7 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
         driver.kill()
         driver.wait()
         log.close()
+    _wait_for_released_cpus(ray_local)
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     assert 0 < len(done) < 7, f"kill did not land mid-run: {sorted(done)}"
     assert not (out / "_summary.json").exists() and not h5.exists()
@@ -321,6 +322,15 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
     assert not (out / "_parts").exists()
     assert summary["hdf5_file"] == str(h5)  # built from all shards, the resumed ones included
     _check_hdf5(h5, [pq.read_table(p) for p in out.glob("*.parquet")])
+
+
+def _wait_for_released_cpus(ray, timeout: float = 300.0) -> None:
+    """Ray reaps a dead driver's tasks asynchronously: until their CPUs are back, one may still
+    write a part file after the resumed run has cleaned up (a killed job's late writer)."""
+    deadline = time.time() + timeout
+    total = ray.cluster_resources().get("CPU", 0)
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
