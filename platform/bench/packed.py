@@ -90,7 +90,7 @@ def score_tiles(calls: list, skip: bool, tile: int) -> int:
     for _ids, seg, _pos, _wt in calls:
         b, n = seg.shape
         if not skip:
-            total += b * n * n
+            total += int(b * n * n)
             continue
         nt = -(-n // tile)
         for row in seg:
@@ -99,8 +99,8 @@ def score_tiles(calls: list, skip: bool, tile: int) -> int:
                 segs = set(row[i * tile : (i + 1) * tile].tolist()) - {0}
                 keys = np.flatnonzero(np.isin(row, list(segs)))
                 if len(keys):
-                    total += tile * tile * (keys[-1] // tile - keys[0] // tile + 1)
-    return total
+                    total += tile * tile * int(keys[-1] // tile - keys[0] // tile + 1)
+    return int(total)
 
 
 def run_variant(model, fn, calls) -> tuple[float, list]:

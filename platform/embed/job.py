@@ -116,6 +116,8 @@ def run(cfg: EmbedJobConfig) -> dict:
     ofs, _ = filesystem(cfg.output)
     done = [s for s in shards if ofs.exists(filesystem(join(cfg.output, f"{s.stem}.parquet"))[1])]
     pending = [s for s in shards if s not in done]
+    for s in done:  # killed after a shard's merge, before its parts were removed
+        outputs.clear_parts(cfg.output, s.stem)
     counts = inputs.count_all(pending)
     # rows finished parts of a killed run hold: kept, only the rest is embedded again
     resumed = {s.stem: outputs.resume_rows(cfg.output, s, counts[s.stem]) for s in pending}

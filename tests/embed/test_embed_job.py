@@ -324,7 +324,7 @@ def test_job_killed_mid_run_resumes_without_gaps_or_recompute(tmp_path, protein_
     _check_hdf5(h5, [pq.read_table(p) for p in out.glob("*.parquet")])
 
 
-def _wait_for_released_cpus(ray, timeout: float = 300.0) -> None:
+def _wait_for_released_cpus(ray, timeout: float = 120.0) -> None:
     """Ray reaps a dead driver's tasks asynchronously: until their CPUs are back, one may still
     write a part file after the resumed run has cleaned up (a killed job's late writer)."""
     deadline = time.time() + timeout
