@@ -15,7 +15,8 @@ training included), ``memory`` (RSS growth when the index is opened, and its fil
 per million vectors), ``recall@k`` against exact search over the same normalized vectors
 (FAISS ``IndexFlatIP``, brute-force inner product; a result counts when its exact score ties
 or beats the exact k-th), ``latency_1`` (one query per call) and ``latency_64`` (64 per call):
-p50 / p99 ms per call and queries/s, index beside exact, for each ``--nprobe``.
+p50 / p99 ms per call and queries/s, index beside exact, for each ``--nprobe`` and ``--refine``
+(``max(k, 10) * refine`` PQ candidates re-ranked exactly).
 
 **GO transfer** (``--queries`` real queries against the real set as lookup, k=1): wall time
 of ours (model load; embedding; search) against ``mmseqs easy-search`` (default sensitivity,
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64, help="queries per batched call (64)")
     ap.add_argument("--nprobe", default="0", help="comma list of nprobe values (0: the default)")
+    ap.add_argument("--refine", default="0", help="comma list of refine values (0: the default)")
     ap.add_argument("--data", default="", help="uniprot_go Parquet (default: the shared data's)")
     ap.add_argument("--max-length", type=int, default=1000, help="longest protein used")
     ap.add_argument("--baselines", default="naive,composition,mmseqs", help="GO-transfer ones")
@@ -73,12 +75,33 @@ def emit(figure: str, **fields) -> dict:
     return line
 
 
-def rss_mb() -> float:
+def rss_mb(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def open_rss_mb(path: str) -> dict:
+    """RSS growth (and peak growth) of a fresh process opening the index at ``path``: what
+    one search replica holds, without this process' leftovers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys, faiss, numpy, pyarrow, pyarrow.parquet\n"
+        "from ankh_platform.bench.search import rss_mb\n"
+        "from ankh_platform.search.index import SearchIndex\n"
+        "a, pa_ = rss_mb(), rss_mb('VmHWM')\n"
+        "ix = SearchIndex(sys.argv[1])\n"
+        "print(json.dumps([rss_mb() - a, rss_mb('VmHWM') - pa_]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, check=True
+    )
+    rss, peak = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"rss": rss, "peak": peak}
 
 
 def dir_bytes(path: str) -> int:
@@ -164,9 +187,8 @@ def measure_set(name: str, emb: str, queries: np.ndarray, args, workdir: str, **
         added=summary["added"],
         params=summary["params"],
     )
-    before = rss_mb()
+    opened = open_rss_mb(out)
     ix = SearchIndex(out)
-    opened = rss_mb() - before
     per_m = 1e6 / n
     codes = ix.ivf.ntotal * (ix.ivf.code_size + 8)  # PQ code + label per vector
     emit(
@@ -174,7 +196,8 @@ def measure_set(name: str, emb: str, queries: np.ndarray, args, workdir: str, **
         set=name,
         n=n,
         dim=dim,
-        ram_mb_per_million=round(opened * per_m, 1),
+        ram_mb_per_million=round(opened["rss"] * per_m, 1),
+        peak_ram_mb_per_million=round(opened["peak"] * per_m, 1),
         ram_parts_mb_per_million={
             "pq_codes_and_labels": round(codes / 2**20 * per_m, 1),
             "rerank_vectors": round(ix.vectors.nbytes / 2**20 * per_m, 1),
@@ -190,11 +213,14 @@ def measure_set(name: str, emb: str, queries: np.ndarray, args, workdir: str, **
     one_exact = percentiles(timed_calls(exact, q, 1, args.latency_queries), 1)
     batch_calls = max(4, len(q) // args.batch)
     many_exact = percentiles(timed_calls(exact, q, args.batch, batch_calls), args.batch)
-    for nprobe in [int(v) for v in args.nprobe.split(",")]:
+    sweep = [(int(p), int(r)) for p in args.nprobe.split(",") for r in args.refine.split(",")]
+    for nprobe, refine in sweep:
         used = min(nprobe or ix.params["nprobe"], ix.params["nlist"])
-        approx = lambda x, p=used: ix.search(x, args.k, p)  # noqa: E731
+        ref = refine or ix.params["refine"]
+        approx = lambda x, p=used, r=ref: ix.search(x, args.k, p, r)  # noqa: E731
         scores, _ = approx(q)
         common = {"set": name, "n": n, "dim": dim, "nprobe": used, "nlist": ix.params["nlist"]}
+        common["refine"] = ref
         emit(
             f"recall@{args.k}",
             **common,
