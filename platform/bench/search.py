@@ -196,14 +196,14 @@ def measure_set(name: str, emb: str, queries: np.ndarray, args, workdir: str, **
         set=name,
         n=n,
         dim=dim,
-        ram_mb_per_million=round(opened["rss"] * per_m, 1),
-        peak_ram_mb_per_million=round(opened["peak"] * per_m, 1),
-        ram_parts_mb_per_million={
+        ram_mib_per_million=round(opened["rss"] * per_m, 1),
+        peak_ram_mib_per_million=round(opened["peak"] * per_m, 1),
+        ram_parts_mib_per_million={
             "pq_codes_and_labels": round(codes / 2**20 * per_m, 1),
             "rerank_vectors": round(ix.vectors.nbytes / 2**20 * per_m, 1),
             "ids_and_metadata": round(ix.table.nbytes / 2**20 * per_m, 1),
         },
-        disk_mb_per_million=round(dir_bytes(out) / 2**20 * per_m, 1),
+        disk_mib_per_million=round(dir_bytes(out) / 2**20 * per_m, 1),
     )
     flat = faiss.IndexFlatIP(dim)
     flat.add(ix.vectors)
