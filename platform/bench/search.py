@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from ankh.storage import join
+from ankh_platform.core import cli as _cli
 from ankh_platform.search import parts
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--model", default="tiny", help="the model embedding the real set (tiny)")
+    _cli.add(
+        ap, "--model", _cli.model_flag(None, "embeds the real set (default tiny)"), default="tiny"
+    )
     ap.add_argument("--real", type=int, default=20_000, help="real proteins embedded (20000)")
     ap.add_argument("--embeddings", default="", help="reuse this jobs.embed output as real set")
     ap.add_argument("--synthetic", type=int, default=1_000_000, help="synthetic vectors (0: none)")
