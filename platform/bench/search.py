@@ -199,6 +199,7 @@ def measure_set(name: str, emb: str, queries: np.ndarray, args, workdir: str, **
         set=name,
         n=n,
         dim=dim,
+        ram_mib=round(opened["rss"], 1),  # includes fixed costs: per million only at large n
         ram_mib_per_million=round(opened["rss"] * per_m, 1),
         peak_ram_mib_per_million=round(opened["peak"] * per_m, 1),
         ram_parts_mib_per_million={
