@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "learn": "what pretraining reaches in a wall-clock budget: held-out loss vs unigram, probes vs baselines",
     "finetune": "LoRA vs full fine-tuning: step time, peak memory, trainable vs total parameters",
     "preempt": "time from SIGTERM to a saved checkpoint (in-process run, stream source)",
+    "search": "index recall@10, latency and memory vs exact search; GO transfer vs MMseqs2",
     "device": "the accelerator suite (embed, train MFU, generate, embed-job) in <= 8 min",
 }
 

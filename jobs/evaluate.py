@@ -7,8 +7,9 @@ and ConvBERT with early stopping on validation), and reports test figures beside
 Tasks: ss3, ss8, contacts, go (from ../shared/data), or a user file:
   --task go-transfer                  (alone: GO terms transferred from the nearest train-split
                                        protein in embedding space, goPredSim, CAFA Fmax per
-                                       ontology beside the naive baseline; docs/search.md;
-                                       settings lookup=2000 queries=300 k=1 max_length=1000)
+                                       ontology beside baselines: --baseline
+                                       naive,composition,mmseqs; docs/search.md; settings
+                                       lookup=2000 queries=300 k=1 max_length=1000)
   --task my.csv                       (columns sequence + label; split column or hash split)
   --task name=gb1,kind=protein_reg,label=score,train=a.csv,valid=b.csv,test=c.csv
   --task cb513.fasta                  (>id [split=test] / sequence line / per-residue label line)
@@ -53,6 +54,10 @@ GO_TRANSFER_FLAGS = {
     "--model": _cli.model_flag("checkpoint", "the model that embeds lookup set and queries"),
     "--task": _cli.flag(None, "go-transfer", choices=["go-transfer"]),
     "--output": _cli.output_flag("output", "embeddings, index, hits, results.{json,md}"),
+    "--baseline": _cli.flag(
+        "baselines",
+        "comma list beside the model: naive, composition, mmseqs (default naive,composition)",
+    ),
 }
 
 

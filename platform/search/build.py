@@ -199,8 +199,10 @@ def run(cfg: IndexConfig) -> dict:
         mf.check_same_space(m["source"], source, embeddings)
         _check_params(cfg, m)
     meta = load_metadata(cfg)
+    t_train = time.perf_counter()
     if m is None:
         m = train(cfg, shards, rows, source, [] if meta is None else meta.column_names[1:])
+    t_train = time.perf_counter() - t_train
     _check_columns(m, meta)
     done = {p["source"]: p for p in m["parts"]}
     for s in shards:
@@ -227,6 +229,7 @@ def run(cfg: IndexConfig) -> dict:
         "params": m["index"],
         "metadata_columns": m["metadata_columns"],
         "build_s": round(build_s, 3),
+        "train_s": round(t_train, 3),  # sampling + quantizer training (0 when resumed)
         "vectors_per_s": round(added / build_s, 1) if build_s > 0 else 0.0,
         "exactly_once": check,
     }

@@ -49,3 +49,7 @@ class GoTransferConfig:
     max_length: int = 1000  # proteins longer than this are left out (CPU time)
     k: int = 1  # neighbours transferring terms (goPredSim: the nearest labelled one)
     ontologies: str = "go_mf,go_bp,go_cc"
+    # beside the model: naive (term frequency), composition (aa + dipeptide vectors through the
+    # same index), mmseqs (MMseqs2 easy-search best hit; needs mmseqs on PATH)
+    baselines: str = "naive,composition"
+    threads: int = 0  # mmseqs --threads (0 = its default: every core)

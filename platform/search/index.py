@@ -50,8 +50,12 @@ class SearchIndex:
         self.table = table.drop_columns(["vector"]) if table else None
         self.columns = list(m["metadata_columns"])
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The ``min(k, count)`` best targets per query, best first: exact scores and labels."""
+    def search(
+        self, queries: np.ndarray, k: int, nprobe: int = 0, refine: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``min(k, count)`` best targets per query, best first: exact scores and labels
+        (``nprobe`` lists visited, ``max(k, 10) * refine`` candidates re-ranked; 0 = the
+        index's defaults)."""
         q = np.asarray(queries, np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query vectors must be [n, {self.dim}], got {list(q.shape)}")
@@ -63,7 +67,8 @@ class SearchIndex:
             return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
         self.ivf.nprobe = min(nprobe or self.params["nprobe"], self.params["nlist"])
         # at least 10 x refine candidates: a k=1 search must not rest on one PQ-ranked shortlist
-        _, cand = self.ivf.search(q, min(self.count, max(k, 10) * self.params["refine"]))
+        shortlist = max(k, 10) * (refine or self.params["refine"])
+        _, cand = self.ivf.search(q, min(self.count, shortlist))
         exact = np.einsum("qcd,qd->qc", self.vectors[np.maximum(cand, 0)], q)
         exact[cand < 0] = -np.inf  # fewer candidates than asked (sparse lists)
         # best first; equal scores in label order, so results never depend on list order
