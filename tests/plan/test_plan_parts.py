@@ -174,3 +174,39 @@ def test_remat_recomputes_each_block_and_changes_no_gradient():
         grads[remat] = fn(params, batch)[0]
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads[False], grads[True])
     assert max(jax.tree.leaves(diff)) < 1e-5
+
+
+def test_inference_shapes_follow_the_serve_and_embed_configs():
+    """The shapes the inference plan compiles are the replicas' own (``ankh.batching`` over the
+    Serve config / the embed job's settings): the largest ones, from the configs' numbers."""
+    from ankh.batching import SERVE_MIN_LENGTH, BatchPlan, sequence_ladder
+    from ankh.config import PRESETS
+    from ankh_platform.embed.config import EmbedJobConfig
+    from ankh_platform.embed.job import pack_spec
+    from ankh_platform.plan import shapes
+    from ankh_platform.plan.inference import serve_config_of
+
+    assert shapes.largest([(32, 128), (8, 512), (3, 1025)]) == [(8, 512), (3, 1025)]
+    assert shapes.largest([(32, 128), (8, 512)]) == [(8, 512)]  # same tokens: the longer row
+
+    serve, src = serve_config_of(CLUSTER_DIR / "kuberay" / "rayservice.yaml")
+    assert src.endswith("rayservice.yaml") and serve.embed.batch_tokens == 16384
+    # a cluster file without a Serve app: the Serve config deployed onto it
+    assert serve_config_of(CLUSTER_DIR / "gcp-tpu-v4.yaml")[1].endswith("serve-cluster.yaml")
+
+    base = PRESETS["base"]
+    got = shapes.serve_embed_shapes(base, serve)
+    plan = BatchPlan(sequence_ladder(base.max_length, SERVE_MIN_LENGTH), 16384)
+    assert [(s.rows, s.length) for s in got] == [(8, 2048), (3, 4097)]  # 16384 and 12291 slots
+    assert all((s.rows, s.length) in plan.shapes() and s.per_residue for s in got)
+    assert got[0].compiled_shapes == 2 * len(plan.shapes())  # pooled and per-residue variants
+
+    (job,) = shapes.embed_job_shapes(base, EmbedJobConfig())
+    assert (job.rows, job.length) in pack_spec(EmbedJobConfig(), base).shapes()
+    assert (job.rows, job.length, job.max_segments) == (1, 4160, 64)  # 4097 tokens, 64-aligned
+
+    dec = shapes.decode_shape(base, serve)
+    lim = serve.limits
+    assert (dec.inputs, dec.returns, dec.max_len) == (32, lim.max_variants, lim.max_new_tokens + 1)
+    assert dec.enc_len == 1280  # 1024 residues + </s> on generation's 4-per-octave ladder
+    assert dec.rows == 32 * lim.max_variants
