@@ -190,16 +190,20 @@ def serve_config_of(path: Any) -> tuple[Any, str]:
 
 
 def served_model(serve: Any, fallback: str) -> tuple[AnkhConfig, str]:
-    """The network the Serve config's default checkpoint holds, where it can be read here
-    (a preset name, a local directory); else the preset ``fallback`` (``--serve-model``)."""
+    """The network the Serve config's default checkpoint holds where it can be read without
+    the network (a preset name, a local directory); else the preset ``fallback``
+    (``--serve-model``). A remote checkpoint (gs://, a hub id) is never opened: a plan must not
+    wait on a bucket or credentials it may not have (resolving a gs:// path here waits for
+    minutes on the metadata server and retries)."""
+    from pathlib import Path
+
     from ankh.config import PRESETS
     from ankh.resolve import resolve
 
-    try:
-        return resolve(serve.checkpoint).config, serve.checkpoint
-    except (FileNotFoundError, OSError, ValueError) as e:
-        log.info("%s not readable here (%s): planning for %s", serve.checkpoint, e, fallback)
-        return PRESETS[fallback], f"{fallback} (--serve-model; {serve.checkpoint} not read here)"
+    ckpt = str(serve.checkpoint)
+    if ckpt in PRESETS or ("://" not in ckpt and Path(ckpt).exists()):
+        return resolve(ckpt).config, ckpt
+    return PRESETS[fallback], f"{fallback} (--serve-model; {ckpt} not read)"
 
 
 _PLANS: dict[str, dict] = {}

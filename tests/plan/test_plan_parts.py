@@ -4,6 +4,7 @@ compile-only environment, and --compile's one-line answer where libtpu is absent
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +185,7 @@ def test_inference_shapes_follow_the_serve_and_embed_configs():
     from ankh_platform.embed.config import EmbedJobConfig
     from ankh_platform.embed.job import pack_spec
     from ankh_platform.plan import shapes
-    from ankh_platform.plan.inference import serve_config_of
+    from ankh_platform.plan.inference import serve_config_of, served_model
 
     assert shapes.largest([(32, 128), (8, 512), (3, 1025)]) == [(8, 512), (3, 1025)]
     assert shapes.largest([(32, 128), (8, 512)]) == [(8, 512)]  # same tokens: the longer row
@@ -210,3 +211,10 @@ def test_inference_shapes_follow_the_serve_and_embed_configs():
     assert (dec.inputs, dec.returns, dec.max_len) == (32, lim.max_variants, lim.max_new_tokens + 1)
     assert dec.enc_len == 1280  # 1024 residues + </s> on generation's 4-per-octave ladder
     assert dec.rows == 32 * lim.max_variants
+
+    # a gs:// checkpoint is planned as --serve-model's preset, never opened (no network)
+    cfg, source = served_model(serve, "large")
+    assert cfg == PRESETS["large"] and "--serve-model" in source and "gs://" in source
+    assert (
+        served_model(dataclasses.replace(serve, checkpoint="tiny"), "large")[0] == PRESETS["tiny"]
+    )
