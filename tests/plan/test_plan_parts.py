@@ -5,6 +5,7 @@ compile-only environment, and --compile's one-line answer where libtpu is absent
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,40 @@ def test_inference_shapes_follow_the_serve_and_embed_configs():
     assert (
         served_model(dataclasses.replace(serve, checkpoint="tiny"), "large")[0] == PRESETS["tiny"]
     )
+
+
+def test_plan_table_cells_and_rendering(tmp_path):
+    """The plan table's cells (settings per model x slice, all valid slices) and its markdown:
+    a compiled cell's figures, and a cell not compiled in time named with its command."""
+    from ankh_platform.cluster_check import Slice, check_slice
+    from ankh_platform.plan import table
+
+    assert table.cell_config("base", "v4-32") == (
+        "base",
+        ("scale.topology=2x2x4", "scale.num_workers=4"),
+    )
+    preset, over = table.cell_config("ankh3-xl", "v4-128")
+    assert preset == "large" and over[0] == "model=ankh3-xl"
+    cfg = load_preset(preset, over)
+    assert cfg.model == "ankh3-xl" and check_slice(Slice("t", "v4", "4x4x4", 16, 4), cfg) == []
+
+    done = {
+        "model": "base",
+        "slice_name": "v4-8",
+        "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+        "rows_per_host": 32,
+        "global_batch_rows": 32,
+        "fits": False,
+        "hbm_bytes_per_chip": {"total": 40 << 30},
+        "est_step_s": 1.5,
+        "est_tokens_per_day": 3e9,
+    }
+    out = tmp_path / "plan.jsonl"
+    out.write_text(json.dumps(done) + "\n")
+    rows = table.run_cells(("base",), ("v4-8", "v4-32"), out, 1, compile_missing=False)
+    assert rows[0] == done and rows[1]["missing"]
+    md = table.markdown(rows).splitlines()
+    assert md[2] == "| base | v4-8 | 32 (32) | 1x4x1 | **no** | 40.0 | 1.50 | 3.0 B |"
+    assert "python -m jobs.check_cluster --plan-cell base v4-32" in md[3]
+    timed = {"model": "large", "slice_name": "v4-8", "timed_out": True, "timeout_s": 60}
+    assert "not compiled in 60 s" in table.markdown([timed])
