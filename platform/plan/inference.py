@@ -36,7 +36,7 @@ from ankh.model import AnkhModel
 from ankh_platform.plan import shapes as shp
 from ankh_platform.plan.chips import chip
 from ankh_platform.plan.libtpu import topology_devices
-from ankh_platform.plan.train import flops_of, memory_of
+from ankh_platform.plan.train import compile_or_oom, flops_of, memory_of
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,14 @@ def _abstract_model(model: AnkhConfig, dtype: str) -> tuple[Any, Any]:
     return graphdef, f32
 
 
-def _report(compiled: Any, t0: float, capacity: int, shape: dict) -> dict:
-    mem = memory_of(compiled)
+def _report(lowered: Any, t0: float, capacity: int, shape: dict) -> dict:
+    compiled, oom = compile_or_oom(lowered)
+    mem = oom or memory_of(compiled)
     return {
         "shape": shape,
         "hbm_bytes_per_chip": mem,
-        "fits": mem["total"] <= capacity,
-        "flops": flops_of(compiled),
+        "fits": oom is None and mem["total"] <= capacity,
+        "flops": None if oom else flops_of(compiled),
         "compile_s": round(time.perf_counter() - t0, 1),
     }
 
@@ -89,8 +90,7 @@ def compile_encoder(
     else:  # Serve: padded rows, ids and mask
         fn = jit_encoder(graphdef, s.per_residue, None, skip_first=prefix)
         args = _on(device, (params, ids, ids))
-    compiled = fn.lower(*args).compile()
-    return _report(compiled, t0, capacity, dataclasses.asdict(s) | {"tokens": s.tokens})
+    return _report(fn.lower(*args), t0, capacity, dataclasses.asdict(s) | {"tokens": s.tokens})
 
 
 def compile_decode_step(
@@ -113,8 +113,7 @@ def compile_decode_step(
     t = jax.ShapeDtypeStruct((), jnp.int32)
     t0 = time.perf_counter()
     lowered = jax.jit(step, donate_argnums=3).lower(*_on(device, (params, tokens, t, cache)))
-    compiled = lowered.compile()
-    return _report(compiled, t0, capacity, dataclasses.asdict(s) | {"rows": s.rows})
+    return _report(lowered, t0, capacity, dataclasses.asdict(s) | {"rows": s.rows})
 
 
 def worst(reports: list[dict]) -> dict:

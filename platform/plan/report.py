@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
     """The compile's figures as the JSON line names them."""
     collective_bytes = sum(v["bytes"] for v in c.collectives.values())
-    est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
+    if c.flops_per_chip is None:  # not compiled: out of HBM, nothing to estimate from
+        est = {"estimate": True, "est_step_s": None, "est_tokens_per_day": None}
+    else:
+        est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
     capacity = spec.hbm_bytes
     return {
         "params": c.params,
@@ -34,8 +37,9 @@ def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
         "dec_len": c.dec_len,
         "hbm_bytes_per_chip": c.memory,
         "hbm_capacity_bytes": capacity,
-        "fits": c.memory["total"] <= capacity,
-        "flops_per_step": c.flops_per_chip * c.chips,  # XLA's count, every op, all chips
+        "fits": "compiler_error" not in c.memory and c.memory["total"] <= capacity,
+        # XLA's count, every op, all chips (None: the compiler refused the program)
+        "flops_per_step": None if c.flops_per_chip is None else c.flops_per_chip * c.chips,
         "flops_per_step_formula": c.formula_flops_per_step,  # ankh.flops: matmuls only
         "collectives": [{"kind": k, **v} for k, v in c.collectives.items()],
         "tokens_per_step": c.tokens_per_step,

@@ -117,6 +117,11 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
+def _hbm(mem: dict) -> str:
+    """GiB per chip; ">= N" where the compiler refused the program and named only its need."""
+    return (">= " if "compiler_error" in mem else "") + _gib(mem["total"])
+
+
 def markdown(rows: list[dict]) -> str:
     """The table as docs/cluster.md shows it."""
     head = (
@@ -138,7 +143,11 @@ def markdown(rows: list[dict]) -> str:
         mesh = "x".join(str(v) for v in r["mesh"].values())
         out.append(
             f"| {m} | {s} | {r['rows_per_host']} ({r['global_batch_rows']}) | {mesh} "
-            f"| {'yes' if r['fits'] else '**no**'} | {_gib(r['hbm_bytes_per_chip']['total'])} "
-            f"| {r['est_step_s']:.2f} | {r['est_tokens_per_day'] / 1e9:.1f} B |"
+            f"| {'yes' if r['fits'] else '**no**'} | {_hbm(r['hbm_bytes_per_chip'])} "
+            + (
+                f"| {r['est_step_s']:.2f} | {r['est_tokens_per_day'] / 1e9:.1f} B |"
+                if r.get("est_step_s")
+                else "| - | - |"
+            )
         )
     return "\n".join(out)

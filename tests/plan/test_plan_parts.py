@@ -256,3 +256,35 @@ def test_plan_table_cells_and_rendering(tmp_path):
     assert "python -m jobs.check_cluster --plan-cell base v4-32" in md[3]
     timed = {"model": "large", "slice_name": "v4-8", "timed_out": True, "timeout_s": 60}
     assert "not compiled in 60 s" in table.markdown([timed])
+
+
+def test_a_program_the_tpu_compiler_refuses_is_reported_as_not_fitting():
+    """libtpu refuses to compile a program over its chip's HBM (RESOURCE_EXHAUSTED, as it did
+    for ``base``'s decode step at serve-cluster.yaml's limits): the plan reports the need."""
+    from ankh_platform.plan.table import markdown
+    from ankh_platform.plan.train import compile_or_oom
+
+    msg = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (42.68G) exceeds available HBM (30.75G)."
+    )
+
+    class Refused:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError(msg)
+
+    compiled, mem = compile_or_oom(Refused())
+    assert compiled is None and mem["total"] == int(42.68 * (1 << 30))
+    assert (
+        mem["compiler_usable_hbm"] == int(30.75 * (1 << 30)) and "42.68G" in mem["compiler_error"]
+    )
+    row = {"model": "base", "slice_name": "v4-8", "mesh": {"data": 1, "fsdp": 4, "tensor": 1}}
+    row |= {"rows_per_host": 32, "global_batch_rows": 32, "fits": False, "hbm_bytes_per_chip": mem}
+    assert markdown([row]).splitlines()[2].endswith("| **no** | >= 42.7 | - | - |")
+
+    class Broken:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        compile_or_oom(Broken())
