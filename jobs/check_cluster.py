@@ -158,7 +158,9 @@ def plan_table(args) -> int:
         print(json.dumps(table.plan_cell(*args.plan_cell)), flush=True)
         return 0
     models, slices = tuple(args.models.split(",")), tuple(args.slices.split(","))
-    rows = table.run_cells(models, slices, Path(args.plan_out), args.cell_timeout, args.jobs)
+    rows = table.run_cells(
+        models, slices, Path(args.plan_out), args.cell_timeout, args.jobs, not args.table_only
+    )
     for r in rows:
         print(json.dumps(r))
     print(table.markdown(rows))

@@ -30,7 +30,7 @@ from flax import nnx
 
 from ankh.accelerator import compute_dtype
 from ankh.config import AnkhConfig
-from ankh.embedding import jit_encoder
+from ankh.embedding import encode_pool
 from ankh.kv_cache import decode_step, init_cache
 from ankh.model import AnkhModel
 from ankh_platform.plan import shapes as shp
@@ -83,13 +83,17 @@ def compile_encoder(
     prefix = int(model.task_prefixes)
     ids = jax.ShapeDtypeStruct((s.rows, s.length), jnp.int32)
     t0 = time.perf_counter()
+    # ``jit_encoder``'s function and static arguments, jitted keeping the parameters it does
+    # not read (the decoder's) as arguments: a replica holds every parameter on its chip.
+    kw = {"per_residue": s.per_residue, "num_layers": None, "skip_segments": True}
     if s.max_segments:  # the batch job's packed rows: ids, segments, positions, weights
-        fn = jit_encoder(graphdef, s.per_residue, None, s.max_segments)
+        kw |= {"max_segments": s.max_segments, "skip_first": 0}
         w = jax.ShapeDtypeStruct((s.rows, s.length), jnp.float32)
         args = _on(device, (params, ids, ids, ids, w))
     else:  # Serve: padded rows, ids and mask
-        fn = jit_encoder(graphdef, s.per_residue, None, skip_first=prefix)
+        kw |= {"max_segments": 0, "skip_first": prefix}
         args = _on(device, (params, ids, ids))
+    fn = jax.jit(functools.partial(encode_pool, graphdef, **kw), keep_unused=True)
     return _report(fn.lower(*args), t0, capacity, dataclasses.asdict(s) | {"tokens": s.tokens})
 
 
@@ -112,7 +116,9 @@ def compile_decode_step(
     tokens = jax.ShapeDtypeStruct((s.rows,), jnp.int32)
     t = jax.ShapeDtypeStruct((), jnp.int32)
     t0 = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=3).lower(*_on(device, (params, tokens, t, cache)))
+    lowered = jax.jit(step, donate_argnums=3, keep_unused=True).lower(
+        *_on(device, (params, tokens, t, cache))
+    )
     return _report(lowered, t0, capacity, dataclasses.asdict(s) | {"rows": s.rows})
 
 
