@@ -12,7 +12,10 @@ No weights are materialised and nothing executes.
 - ``hlo.py``: the collectives of a compiled program, parsed from its HLO text;
 - ``estimate.py``: step time and tokens/s from FLOPs and collective bytes (an estimate);
 - ``train.py``: the pretraining step as the job builds it, compiled for a slice; the batch search;
-- ``ray_side.py``: the Ray Train ``ScalingConfig`` a cluster file leads to vs the compiled mesh.
+- ``ray_side.py``: the Ray Train ``ScalingConfig`` a cluster file leads to vs the compiled mesh;
+- ``shapes.py`` / ``inference.py``: the shapes Serve, the batch-embedding job and generation run
+  (the project's batching policy) and those programs compiled for one chip of a TPU host;
+- ``table.py``: the model x v4 slice plan table, one compile per cell in its own process.
 
 ``python -m jobs.check_cluster --compile`` runs it (docs/cluster.md).
 """

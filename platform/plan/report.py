@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
     """The compile's figures as the JSON line names them."""
     collective_bytes = sum(v["bytes"] for v in c.collectives.values())
-    est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
+    if c.flops_per_chip is None:  # not compiled: out of HBM, nothing to estimate from
+        est = {"estimate": True, "est_step_s": None, "est_tokens_per_day": None}
+    else:
+        est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
     capacity = spec.hbm_bytes
     return {
         "params": c.params,
@@ -34,8 +37,9 @@ def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
         "dec_len": c.dec_len,
         "hbm_bytes_per_chip": c.memory,
         "hbm_capacity_bytes": capacity,
-        "fits": c.memory["total"] <= capacity,
-        "flops_per_step": c.flops_per_chip * c.chips,  # XLA's count, every op, all chips
+        "fits": "compiler_error" not in c.memory and c.memory["total"] <= capacity,
+        # XLA's count, every op, all chips (None: the compiler refused the program)
+        "flops_per_step": None if c.flops_per_chip is None else c.flops_per_chip * c.chips,
         "flops_per_step_formula": c.formula_flops_per_step,  # ankh.flops: matmuls only
         "collectives": [{"kind": k, **v} for k, v in c.collectives.items()],
         "tokens_per_step": c.tokens_per_step,
@@ -91,27 +95,66 @@ def batch_search(cfg: PretrainConfig, sl: Slice, spec: Chip, c: train.Compiled) 
 
 
 def compile_file(
-    path: str | Path, preset: str | None = None, search: bool = True
+    path: str | Path,
+    preset: str | None = None,
+    search: bool = True,
+    inference: tuple[str, ...] | None = None,
+    serve_model: str = "base",
 ) -> list[dict[str, Any]]:
-    """The plan of every TPU slice of a cluster file (its own preset, or ``preset``)."""
+    """The plan of every TPU slice of a cluster file (its own preset, or ``preset``); with
+    ``inference`` (TPU generations, the slice's own first), what Serve and the batch-embedding
+    job run on one host of each."""
     from ankh_platform.cluster_check import load_preset, load_slices
 
     rows = []
     for sl in load_slices(path):
         name = preset or sl.preset
+        cfg = None
         if not name:  # e.g. a Serve cluster: no pretraining runs there
-            rows.append(
-                {
-                    "file": str(path),
-                    "slice": sl.where,
-                    "topology": f"{sl.generation}:{sl.topology}",
-                    "compiled": False,
-                    "ok": True,
-                    "problems": [],
-                    "note": "the file names no pretraining preset: nothing to compile",
-                }
-            )
-            continue
-        cfg = load_preset(name, sl.overrides)
-        rows.append(plan_slice(dataclasses.replace(sl, preset=name), cfg, path, search))
+            row = {
+                "file": str(path),
+                "slice": sl.where,
+                "topology": f"{sl.generation}:{sl.topology}",
+                "compiled": False,
+                "ok": True,
+                "problems": [],
+                "note": "the file names no pretraining preset: no train step to compile",
+            }
+        else:
+            cfg = load_preset(name, sl.overrides)
+            row = plan_slice(dataclasses.replace(sl, preset=name), cfg, path, search)
+        if inference is not None:
+            row = row | inference_fields(path, sl.generation, cfg, inference, serve_model, row)
+        rows.append(row)
     return rows
+
+
+def inference_fields(
+    path: str | Path,
+    generation: str,
+    cfg: PretrainConfig | None,
+    generations: tuple[str, ...],
+    serve_model: str,
+    row: dict[str, Any],
+) -> dict[str, Any]:
+    """``inference``: the Serve and batch-embedding programs on one host of the slice's
+    generation (must fit: else ``ok`` is false) and of each of ``generations`` (reported)."""
+    from ankh.resolve import resolve
+    from ankh_platform.embed.config import EmbedJobConfig
+    from ankh_platform.plan import inference as inf
+    from ankh_platform.train.config import model_shape
+
+    serve, serve_from = inf.serve_config_of(path)
+    if cfg is not None:  # the network this file trains is the one it serves
+        model, model_from = model_shape(cfg, resolve(cfg.model).config), f"preset {cfg.model}"
+    else:
+        model, model_from = inf.served_model(serve, serve_model)
+    gens = (generation, *(g for g in generations if g != generation))
+    out = inf.plan(model, model_from, gens, serve, EmbedJobConfig())
+    out |= {"serve_config": serve_from, "embed_config": "EmbedJobConfig defaults (jobs.embed)"}
+    own = out["hosts"][0]
+    if own.get("fits"):
+        return {"inference": out}
+    bad = [k for k, p in own.get("programs", {}).items() if not p["fits"]]
+    why = f"inference on one {own['topology']} chip does not fit: {bad or own.get('error')}"
+    return {"inference": out, "ok": False, "problems": [*row["problems"], why]}

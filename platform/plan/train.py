@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -39,7 +40,7 @@ class Compiled:
     enc_len: int
     dec_len: int
     memory: dict[str, int]  # arguments / outputs / aliased / temporaries / generated_code / total
-    flops_per_chip: float
+    flops_per_chip: float | None  # None: the compiler refused the program (out of HBM)
     formula_flops_per_step: float
     collectives: dict[str, dict[str, int]]
     compile_s: float
@@ -67,6 +68,29 @@ def memory_of(compiled: Any) -> dict[str, int]:
     return out
 
 
+_SIZE = re.compile(r"\(([\d.]+)([KMGT]?)\)")
+_UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def compile_or_oom(lowered: Any) -> tuple[Any, dict[str, Any] | None]:
+    """``(compiled, None)``, or ``(None, memory)`` where the TPU compiler refuses a program that
+    does not fit its chip (``RESOURCE_EXHAUSTED: ... HLO temporaries (42.68G) exceeds available
+    HBM (30.75G)``): ``memory`` then holds what it reported -- the need as ``total`` (at least
+    that much), the compiler's usable HBM and its message."""
+    try:
+        return lowered.compile(), None
+    except jax.errors.JaxRuntimeError as e:
+        msg = str(e).strip().splitlines()[0]
+        if "RESOURCE_EXHAUSTED" not in msg:
+            raise
+        sizes = [int(float(n) * _UNIT[u]) for n, u in _SIZE.findall(msg)]
+        need = sizes[0] if sizes else 0
+        memory = {"temporaries": need, "total": need, "compiler_error": msg}
+        if len(sizes) > 1:
+            memory["compiler_usable_hbm"] = sizes[1]
+        return None, memory
+
+
 def flops_of(compiled: Any) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -89,7 +113,7 @@ def compile_step(cfg: PretrainConfig, generation: str, topology: str) -> Compile
     with jax.set_mesh(prog.mesh):
         state = prog.trainer.abstract_state()
         batch = program.abstract_batch(prog.cfg, hosts, prog.mesh)
-        compiled = prog.trainer.step_fn(state).lower(state, batch).compile()
+        compiled, oom = compile_or_oom(prog.trainer.step_fn(state).lower(state, batch))
     secs = time.perf_counter() - t0
     rows, enc_len = batch["input_ids"].shape
     dec_len = batch["labels"].shape[1]
@@ -101,10 +125,10 @@ def compile_step(cfg: PretrainConfig, generation: str, topology: str) -> Compile
         rows_per_host=rows // hosts,
         enc_len=enc_len,
         dec_len=dec_len,
-        memory=memory_of(compiled),
-        flops_per_chip=flops_of(compiled),
+        memory=oom or memory_of(compiled),
+        flops_per_chip=None if oom else flops_of(compiled),
         formula_flops_per_step=train_step_flops(prog.model_cfg, rows, enc_len, dec_len),
-        collectives=hlo.collectives(compiled.as_text()),
+        collectives={} if oom else hlo.collectives(compiled.as_text()),
         compile_s=secs,
     )
 
@@ -142,7 +166,7 @@ def largest_fitting_rows(
     def fits(n: int) -> bool:
         log.info("trying %d rows per host (remat=%s)", n * unit, cfg.optim.remat)
         c = compile_step(with_rows(cfg, n * unit), generation, topology)
-        return c.memory["total"] <= capacity
+        return "compiler_error" not in c.memory and c.memory["total"] <= capacity
 
     hi = max(cfg.data.rows // unit, 1)  # in units
     if not known_unfit and fits(hi):

@@ -1,5 +1,6 @@
 """Slow: the real pretraining step of ``tiny`` compiled for a TPU v4-8 slice (v4:2x2x1: one
-host, 4 chips) through ``python -m jobs.check_cluster --compile``, without a TPU. Needs libtpu
+host, 4 chips) through ``python -m jobs.check_cluster --compile``, without a TPU, and the
+Serve / batch-embedding / decode programs for one chip of that host. Needs libtpu
 (the tpu-compile extra, which CI installs)."""
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def test_tiny_compiles_for_a_v4_8_and_its_figures_match_the_formula(tmp_path, ca
     (tmp_path / "pretrain-tiny-tpu.yaml").write_text(PRESET)
     cluster = tmp_path / "tiny-v4-8.yaml"
     cluster.write_text(CLUSTER.format(preset=tmp_path / "pretrain-tiny-tpu.yaml"))
-    assert main(["--compile", str(cluster)]) == 0
+    # the inference programs on one v4 host only (each generation is 4 more compiles)
+    assert main(["--compile", str(cluster), "--inference-generations", "v4"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     row = json.loads(line)
     assert row["ok"] and row["fits"] and row["problems"] == []
@@ -69,3 +71,13 @@ def test_tiny_compiles_for_a_v4_8_and_its_figures_match_the_formula(tmp_path, ca
     assert "all-reduce" in kinds  # the gradients summed over the data axis
     assert row["estimate"] is True and row["est_step_s"] > 0
     assert row["ray"]["ok"] and row["ray"]["resources_per_worker"]["TPU"] == 4
+
+    # Serve's and the batch job's programs on one chip of a v4 host, at their configs' shapes
+    (host,) = row["inference"]["hosts"]
+    assert host["topology"] == "v4:2x2x1" and host["fits"] and row["inference"]["params"] == n
+    progs = host["programs"]
+    assert set(progs) == {"serve_embed", "embed_job", "decode_step"}
+    for p in progs.values():  # every program holds the float32 params on its one chip
+        assert 4 * n <= p["hbm_bytes_per_chip"]["arguments"] <= p["hbm_bytes_per_chip"]["total"]
+    assert progs["serve_embed"]["shape"]["tokens"] <= 16384  # serve-cluster.yaml's batch_tokens
+    assert progs["embed_job"]["shape"]["max_segments"] == 64

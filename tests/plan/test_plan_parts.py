@@ -4,6 +4,8 @@ compile-only environment, and --compile's one-line answer where libtpu is absent
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +176,115 @@ def test_remat_recomputes_each_block_and_changes_no_gradient():
         grads[remat] = fn(params, batch)[0]
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads[False], grads[True])
     assert max(jax.tree.leaves(diff)) < 1e-5
+
+
+def test_inference_shapes_follow_the_serve_and_embed_configs():
+    """The shapes the inference plan compiles are the replicas' own (``ankh.batching`` over the
+    Serve config / the embed job's settings): the largest ones, from the configs' numbers."""
+    from ankh.batching import SERVE_MIN_LENGTH, BatchPlan, sequence_ladder
+    from ankh.config import PRESETS
+    from ankh_platform.embed.config import EmbedJobConfig
+    from ankh_platform.embed.job import pack_spec
+    from ankh_platform.plan import shapes
+    from ankh_platform.plan.inference import serve_config_of, served_model
+
+    assert shapes.largest([(32, 128), (8, 512), (3, 1025)]) == [(8, 512), (3, 1025)]
+    assert shapes.largest([(32, 128), (8, 512)]) == [(8, 512)]  # same tokens: the longer row
+
+    serve, src = serve_config_of(CLUSTER_DIR / "kuberay" / "rayservice.yaml")
+    assert src.endswith("rayservice.yaml") and serve.embed.batch_tokens == 16384
+    # a cluster file without a Serve app: the Serve config deployed onto it
+    assert serve_config_of(CLUSTER_DIR / "gcp-tpu-v4.yaml")[1].endswith("serve-cluster.yaml")
+
+    base = PRESETS["base"]
+    got = shapes.serve_embed_shapes(base, serve)
+    plan = BatchPlan(sequence_ladder(base.max_length, SERVE_MIN_LENGTH), 16384)
+    assert [(s.rows, s.length) for s in got] == [(8, 2048), (3, 4097)]  # 16384 and 12291 slots
+    assert all((s.rows, s.length) in plan.shapes() and s.per_residue for s in got)
+    assert got[0].compiled_shapes == 2 * len(plan.shapes())  # pooled and per-residue variants
+
+    (job,) = shapes.embed_job_shapes(base, EmbedJobConfig())
+    assert (job.rows, job.length) in pack_spec(EmbedJobConfig(), base).shapes()
+    assert (job.rows, job.length, job.max_segments) == (1, 4160, 64)  # 4097 tokens, 64-aligned
+
+    dec = shapes.decode_shape(base, serve)
+    lim = serve.limits
+    assert (dec.inputs, dec.returns, dec.max_len) == (32, lim.max_variants, lim.max_new_tokens + 1)
+    assert dec.enc_len == 1280  # 1024 residues + </s> on generation's 4-per-octave ladder
+    assert dec.rows == 32 * lim.max_variants
+
+    # a gs:// checkpoint is planned as --serve-model's preset, never opened (no network)
+    cfg, source = served_model(serve, "large")
+    assert cfg == PRESETS["large"] and "--serve-model" in source and "gs://" in source
+    assert (
+        served_model(dataclasses.replace(serve, checkpoint="tiny"), "large")[0] == PRESETS["tiny"]
+    )
+
+
+def test_plan_table_cells_and_rendering(tmp_path):
+    """The plan table's cells (settings per model x slice, all valid slices) and its markdown:
+    a compiled cell's figures, and a cell not compiled in time named with its command."""
+    from ankh_platform.cluster_check import Slice, check_slice
+    from ankh_platform.plan import table
+
+    assert table.cell_config("base", "v4-32") == (
+        "base",
+        ("scale.topology=2x2x4", "scale.num_workers=4"),
+    )
+    preset, over = table.cell_config("ankh3-xl", "v4-128")
+    assert preset == "large" and over[0] == "model=ankh3-xl"
+    cfg = load_preset(preset, over)
+    assert cfg.model == "ankh3-xl" and check_slice(Slice("t", "v4", "4x4x4", 16, 4), cfg) == []
+
+    done = {
+        "model": "base",
+        "slice_name": "v4-8",
+        "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
+        "rows_per_host": 32,
+        "global_batch_rows": 32,
+        "fits": False,
+        "hbm_bytes_per_chip": {"total": 40 << 30},
+        "est_step_s": 1.5,
+        "est_tokens_per_day": 3e9,
+    }
+    out = tmp_path / "plan.jsonl"
+    out.write_text(json.dumps(done) + "\n")
+    rows = table.run_cells(("base",), ("v4-8", "v4-32"), out, 1, compile_missing=False)
+    assert rows[0] == done and rows[1]["missing"]
+    md = table.markdown(rows).splitlines()
+    assert md[2] == "| base | v4-8 | 32 (32) | 1x4x1 | **no** | 40.0 | 1.50 | 3.0 B |"
+    assert "python -m jobs.check_cluster --plan-cell base v4-32" in md[3]
+    timed = {"model": "large", "slice_name": "v4-8", "timed_out": True, "timeout_s": 60}
+    assert "not compiled in 60 s" in table.markdown([timed])
+
+
+def test_a_program_the_tpu_compiler_refuses_is_reported_as_not_fitting():
+    """libtpu refuses to compile a program over its chip's HBM (RESOURCE_EXHAUSTED, as it did
+    for ``base``'s decode step at serve-cluster.yaml's limits): the plan reports the need."""
+    from ankh_platform.plan.table import markdown
+    from ankh_platform.plan.train import compile_or_oom
+
+    msg = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (42.68G) exceeds available HBM (30.75G)."
+    )
+
+    class Refused:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError(msg)
+
+    compiled, mem = compile_or_oom(Refused())
+    assert compiled is None and mem["total"] == int(42.68 * (1 << 30))
+    assert (
+        mem["compiler_usable_hbm"] == int(30.75 * (1 << 30)) and "42.68G" in mem["compiler_error"]
+    )
+    row = {"model": "base", "slice_name": "v4-8", "mesh": {"data": 1, "fsdp": 4, "tensor": 1}}
+    row |= {"rows_per_host": 32, "global_batch_rows": 32, "fits": False, "hbm_bytes_per_chip": mem}
+    assert markdown([row]).splitlines()[2].endswith("| **no** | >= 42.7 | - | - |")
+
+    class Broken:
+        def compile(self):
+            raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        compile_or_oom(Broken())
