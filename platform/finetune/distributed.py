@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,7 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from ankh import sharding, storage
-from ankh_platform.core.config import from_dict, to_dict
+from ankh_platform.core.config import to_dict
 from ankh_platform.finetune.config import FinetuneJobConfig
 
 log = logging.getLogger(__name__)
@@ -78,20 +79,20 @@ def local_copy(model: nnx.Module) -> nnx.Module:
     return nnx.merge(graph, jax.tree.map(lambda x: np.asarray(x), state))
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker entry point (``config``: ``to_dict`` of the driver's config)."""
+def join(cfg: FinetuneJobConfig) -> None:
+    """In a Ray Train worker: start this process's JAX distributed runtime (pretraining's)."""
     from ankh_platform.core.runtime import configure_logging
-    from ankh_platform.finetune.job import train
     from ankh_platform.train.worker import _join_jax
 
-    cfg = from_dict(FinetuneJobConfig, config)
     configure_logging()
     _join_jax(cfg.scale)
-    train(cfg)
 
 
-def run_ray(cfg: FinetuneJobConfig, ray_address: str | None = None) -> dict[str, Any]:
-    """Fine-tune on ``cfg.scale.num_workers`` Ray Train workers; returns ``summary.json``."""
+def run_ray(
+    cfg: FinetuneJobConfig, train_loop: Callable[[dict], None], ray_address: str | None = None
+) -> dict[str, Any]:
+    """Fine-tune on ``cfg.scale.num_workers`` Ray Train workers, each running ``train_loop``
+    (``job.train_loop``: ``join``, then the loop); returns ``summary.json``."""
     from ray.train import FailureConfig, RunConfig
     from ray.train.v2.jax import JaxTrainer
 

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 from ankh import lora as lora_lib
 from ankh import storage
 from ankh_platform.core import progress
-from ankh_platform.core.config import to_dict
+from ankh_platform.core.config import from_dict, to_dict
 from ankh_platform.finetune import distributed, loop
 from ankh_platform.finetune.config import FinetuneJobConfig
 from ankh_platform.finetune.model import build, class_weights, count, trainable
@@ -80,10 +80,17 @@ def run(cfg: FinetuneJobConfig, ray_address: str | None = None) -> dict[str, Any
 
         log_to_file(f"{out}/logs/job.log")
     if distributed.wanted(cfg):
-        return distributed.run_ray(cfg, ray_address)
+        return distributed.run_ray(cfg, train_loop, ray_address)
     if cfg.compile_cache:  # Ray Train workers get it from worker_env
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compile_cache))
     return train(cfg)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point (``config``: ``to_dict`` of the driver's config)."""
+    cfg = from_dict(FinetuneJobConfig, config)
+    distributed.join(cfg)
+    train(cfg)
 
 
 PANELS = [("loss", "training loss", "loss")]  # + the validation metric's panel
