@@ -76,7 +76,8 @@ def shard(batch: dict[str, np.ndarray], m: Mesh) -> dict[str, jax.Array]:
 def local_copy(model: nnx.Module) -> nnx.Module:
     """``model`` with process-local arrays (the replicated values): scored here alone."""
     graph, state = nnx.split(model)
-    return nnx.merge(graph, jax.tree.map(lambda x: np.asarray(x), state))
+    here = jax.local_devices()[0]
+    return nnx.merge(graph, jax.tree.map(lambda x: jax.device_put(np.asarray(x), here), state))
 
 
 def join(cfg: FinetuneJobConfig) -> None:
