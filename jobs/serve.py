@@ -14,6 +14,12 @@ serve on request (``"model": NAME``; ``models.NAME=``)::
     python -m jobs.serve --model /runs/base --model ft=/runs/base-ft --model v2=gs://b/runs/v2
 
 ``--checkpoint MODEL`` is the old spelling of a bare ``--model MODEL``.
+
+Fine-tuned runs (``jobs.finetune`` output directories) are served by ``POST /v1/predict``:
+``--task NAME=RUN`` is repeatable (``tasks.NAME=``); a request names its task (``"task": NAME``,
+default the first), several tasks per replica like models (``max_tasks_per_replica``)::
+
+    python -m jobs.serve --model tiny --task ss3=runs/ss3 --task go=runs/go_mf
 """
 
 from __future__ import annotations
@@ -49,6 +55,17 @@ def models(items: list[str]) -> dict:
     return out | ({"models": named} if named else {})
 
 
+def tasks(items: list[str]) -> dict[str, str]:
+    """``--task`` values (``NAME=RUN``) -> ``{NAME: RUN}``."""
+    out = {}
+    for item in items:
+        name, sep, run = item.partition("=")
+        if not (sep and _NAME.fullmatch(name.strip()) and run.strip()):
+            raise ConfigError(f"{item!r}: expected NAME=RUN (a jobs.finetune output directory)")
+        out[name.strip()] = run.strip()
+    return out
+
+
 FLAGS = {
     "--model": _cli.model_flag(
         ("checkpoint", "models"),
@@ -58,6 +75,14 @@ FLAGS = {
         metavar="[NAME=]MODEL",
         value=models,
         aliases=("--checkpoint",),
+    ),
+    "--task": _cli.flag(
+        "tasks",
+        "repeatable: NAME=RUN serves a jobs.finetune run on POST /v1/predict, "
+        'picked per request with "task": NAME (default: the first)',
+        action="append",
+        metavar="NAME=RUN",
+        value=tasks,
     ),
     "--host": _cli.flag("host", "bind address (default 127.0.0.1)"),
     "--port": _cli.flag("port", "HTTP port (default 8000)", type=int),
@@ -86,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 "app": cfg.app_name,
                 "model": cfg.served_name(),
                 "models": list(cfg.catalog()),
+                "tasks": list(cfg.tasks),
                 "docs": f"{url}/docs",
                 "health": f"{url}/healthz",
             }

@@ -7,6 +7,7 @@ from typing import Literal
 
 from ankh.lora import LoraConfig
 from ankh_platform.evaluate.tasks import TaskLimits
+from ankh_platform.train.config import ScaleConfig
 
 MODES = ("head", "lora", "full")
 
@@ -35,6 +36,12 @@ class FinetuneJobConfig:
     go_top_n: int = 20
     seed: int = 0
     limits: TaskLimits = TaskLimits()
+    # Ray Train data parallel (platform/finetune/distributed.py): num_workers > 1 (or GPU/TPU
+    # workers) splits each global batch of batch_size rows over the workers; 1 CPU worker runs
+    # in this process, without Ray.
+    scale: ScaleConfig = ScaleConfig()
+    max_failures: int = 0  # Ray Train restarts of the workers (they resume from a checkpoint)
+    compile_cache: str = ""  # persistent XLA compilation cache directory ("" = none)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -43,5 +50,10 @@ class FinetuneJobConfig:
             raise ValueError("steps, batch_size and eval_every must be >= 1")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
+        if self.batch_size % self.scale.num_workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be divisible by scale.num_workers "
+                f"{self.scale.num_workers} (the global batch is split by rows)"
+            )
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be none or balanced, got {self.class_weights!r}")

@@ -4,8 +4,9 @@ A run directory holds ``run.json`` (what prediction needs: the model reference, 
 kind and classes), ``head.safetensors``, in ``mode=lora`` ``adapter/`` (PEFT's
 ``adapter_config.json`` + ``adapter_model.safetensors``: the adapters alone), in ``lora`` and
 ``full`` ``model/`` (an HF directory with the adapters merged: ``ankh.load`` and ``transformers``
-read it), ``metrics.jsonl`` (a record per step and per validation pass), ``summary.json`` and
-``checkpoints/`` (Orbax; rerunning the same command resumes).
+read it), ``metrics.jsonl`` (a record per step and per validation pass; ``tensorboard/`` the
+same as TensorBoard events), ``curves.png``, ``summary.json`` and ``checkpoints/`` (Orbax;
+rerunning the same command resumes). ``scale.num_workers`` > 1: Ray Train (``distributed``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
@@ -22,10 +25,11 @@ from safetensors.numpy import load_file, save_file
 from ankh import lora as lora_lib
 from ankh import storage
 from ankh_platform.core import progress
-from ankh_platform.core.config import to_dict
-from ankh_platform.finetune import loop
+from ankh_platform.core.config import from_dict, to_dict
+from ankh_platform.finetune import distributed, loop
 from ankh_platform.finetune.config import FinetuneJobConfig
 from ankh_platform.finetune.model import build, class_weights, count, trainable
+from ankh_platform.train.records import MetricsWriter, write_curves
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +72,41 @@ def prepare(cfg: FinetuneJobConfig):
     return task, base, loop.Data(task, toks, base.num_prefix, y_stats, cw)
 
 
-def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
+def run(cfg: FinetuneJobConfig, ray_address: str | None = None) -> dict[str, Any]:
+    """Fine-tune (or resume): on Ray Train workers when ``distributed.wanted``, else here."""
     out = cfg.output.rstrip("/")
     if not storage.is_gcs(out):  # Orbax's and absl's INFO lines go to the file, not the console
         from ankh_platform.core.runtime import log_to_file
 
         log_to_file(f"{out}/logs/job.log")
+    if distributed.wanted(cfg):
+        return distributed.run_ray(cfg, train_loop, ray_address)
+    if cfg.compile_cache:  # Ray Train workers get it from worker_env
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cfg.compile_cache))
+    return train(cfg)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point (``config``: ``to_dict`` of the driver's config)."""
+    cfg = from_dict(FinetuneJobConfig, config)
+    distributed.join(cfg)
+    train(cfg)
+
+
+PANELS = [("loss", "training loss", "loss")]  # + the validation metric's panel
+
+
+def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
+    """The loop, in any number of JAX processes (``distributed``); process 0 writes the run
+    and returns its summary (the others: {})."""
+    out = cfg.output.rstrip("/")
+    primary = jax.process_index() == 0
     task, base, data = prepare(cfg)
     model = build(base, task, cfg.mode, cfg.head, cfg.lora, cfg.seed)
     wrt = trainable(cfg.mode)
+    mesh = distributed.mesh()
+    if mesh is not None:
+        distributed.replicate(model, mesh)
     opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
     ckpts = loop.Checkpoints(f"{out}/checkpoints")
     meta = ckpts.restore(model, opt, wrt) or {
@@ -86,25 +116,28 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
         "bad": 0,
     }
     step_fn, times = loop.step_fn(task.kind, wrt), []
-    fs, _ = storage.filesystem(out)
-    fs.makedirs(out, exist_ok=True)
-    metrics = storage.open_file(f"{out}/metrics.jsonl", "a")
+    writer = MetricsWriter(out, primary)  # metrics.jsonl + TensorBoard (tensorboard/)
     bar = progress.Progress("finetune", total=cfg.steps, unit="steps")
+    bar.enabled = bar.enabled and primary  # one bar: process 0's
     bar.update(meta["step"])
     stopped = False
     while meta["step"] < cfg.steps and not stopped:
         b = loop.batch_at(data, meta["step"], cfg.batch_size, cfg.seed)
-        loss, secs = loop.timed_step(step_fn, model, opt, b)
+        loss, secs = loop.timed_step(
+            step_fn, model, opt, b if mesh is None else distributed.shard(b, mesh)
+        )
         meta["step"] += 1
         times.append(secs)
-        metrics.write(json.dumps({"step": meta["step"], "loss": loss, "step_time_s": secs}) + "\n")
+        writer.write({"step": meta["step"], "loss": loss, "step_time_s": secs})
         bar.update()
         if meta["step"] % cfg.eval_every == 0 or meta["step"] == cfg.steps:
-            stopped = _validate(cfg, model, wrt, data, meta, out, metrics)
+            stopped = _validate(cfg, model, wrt, data, meta, out, writer, mesh)
             ckpts.save(meta["step"], model, opt, wrt, meta)
     bar.close()
-    metrics.close()
     ckpts.close()
+    if not primary:
+        return {}
+    model = distributed.local_copy(model) if mesh is not None else model
     _load_best(model, wrt, f"{out}/best.safetensors")
     test = loop.evaluate(model, data, "test", cfg.batch_size)
     summary = {
@@ -121,22 +154,28 @@ def run(cfg: FinetuneJobConfig) -> dict[str, Any]:
         "total_params": count(model),
         "step_time_s": float(np.median(times[1:] if len(times) > 1 else times)) if times else None,
         "sizes": {s: len(sp.ids) for s, sp in task.splits.items()},
+        "workers": jax.process_count(),
         **loop.peak_memory_mb(),
     }
+    main = f"valid_{test['main']}"
+    panels = [*PANELS, (main, f"validation {test['main']}", test["main"])]
+    summary["curves"] = write_curves(out, f"{task.name} ({cfg.mode})", panels)
     write_run(cfg, model, base, data, out, summary)
     return summary
 
 
-def _validate(cfg, model, wrt, data, meta, out, metrics) -> bool:
-    """One validation pass: keep the best trainable state; True when patience has run out."""
-    val = loop.evaluate(model, data, "valid", cfg.batch_size)
+def _validate(cfg, model, wrt, data, meta, out, writer, mesh) -> bool:
+    """One validation pass: keep the best trainable state; True when patience has run out.
+    Every process scores its local copy: the same figures, the same decision everywhere."""
+    scored = distributed.local_copy(model) if mesh is not None else model
+    val = loop.evaluate(scored, data, "valid", cfg.batch_size)
     v = float(val[val["main"]])
-    metrics.write(json.dumps({"step": meta["step"], f"valid_{val['main']}": v}) + "\n")
-    metrics.flush()
+    writer.write({"step": meta["step"], f"valid_{val['main']}": v})
     log.info("step %d: valid %s %.4f", meta["step"], val["main"], v)
     if v > meta["best"] or meta["best_step"] == 0:
         meta.update(best=v, best_step=meta["step"], bad=0)
-        _save_tensors(f"{out}/best.safetensors", _flat(nnx.state(model, wrt)))
+        if jax.process_index() == 0:
+            _save_tensors(f"{out}/best.safetensors", _flat(nnx.state(scored, wrt)))
         return False
     meta["bad"] += 1
     return bool(cfg.patience) and meta["bad"] >= cfg.patience

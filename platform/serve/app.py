@@ -5,7 +5,7 @@
     serve build ankh_platform.serve.app:app -o cfg.yaml
 
 Routes (``platform/serve/http.py``): ``POST /v1/embed``, ``/v1/generate``, ``/v1/variants``,
-``/v1/score``, ``/v1/search`` (``search.py``), ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``; OpenAI-compatible
+``/v1/score``, ``/v1/search`` (``search.py``), ``/v1/predict`` (``predict.py``), ``GET /healthz``, ``/v1/models``, ``/docs``, ``/openapi.json``; OpenAI-compatible
 ``POST /v1/embeddings`` (``openai_api.py``); TEI-compatible ``POST /embed``, ``/embed_all``,
 ``/``, ``GET /info`` (``tei_api.py``).
 """
@@ -30,6 +30,10 @@ from ankh_platform.serve.embed import EmbedDeployment
 from ankh_platform.serve.formats import LENGTHS_HEADER, NPY, b64_array, npy_body
 from ankh_platform.serve.generate import Generator
 from ankh_platform.serve.http import HTTPError, build_api
+from ankh_platform.serve.predict import PredictRequest, check_tasks
+from ankh_platform.serve.predict import deployment as predict_deployment
+from ankh_platform.serve.predict import predict as predict_op
+from ankh_platform.serve.predict import task_info as predict_task_info
 from ankh_platform.serve.schema import (
     EmbedRequest,
     GenerateRequest,
@@ -60,11 +64,15 @@ class Ingress:
         generator: DeploymentHandle | None,
         config: dict[str, Any],
         searcher: DeploymentHandle | None = None,
+        predictor: DeploymentHandle | None = None,
     ):
         self.cfg = from_dict(ServeConfig, config)
         self.limits = self.cfg.limits
         self.embedder, self.generator, self.searcher = embedder, generator, searcher
+        self.predictor = predictor
         self.index_facts = check_indexes(self.cfg) if searcher is not None else {}
+        self.task_facts = check_tasks(self.cfg) if predictor is not None else {}
+        self._task_info: dict[str, dict[str, Any]] = {}  # per task: max length, tokenizer
         self.name = self.cfg.served_name()  # the default model
         self.catalog = self.cfg.catalog()  # {name: checkpoint}, the default first
         self.token = None
@@ -146,11 +154,14 @@ class Ingress:
         check_sequences(seqs, self.limits, max_len)
         return name, max_len
 
-    def normalise(self, name: str, seqs: list[str], sentinels: bool = False) -> list[str]:
-        """Upper case, no whitespace, every letter in the alphabet (else 422 naming it)."""
+    def normalise(
+        self, name: str, seqs: list[str], sentinels: bool = False, tok: Any = None
+    ) -> list[str]:
+        """Upper case, no whitespace, every letter in the alphabet (else 422 naming it);
+        ``tok``: another tokenizer than model ``name``'s (a served task's)."""
         from ankh.tokenizer import TokenizerError
 
-        tok, out = self._tok[name], []
+        tok, out = tok or self._tok[name], []
         for i, s in enumerate(seqs):
             norm = tok.normalize(s)
             if not norm:
@@ -241,7 +252,12 @@ class Ingress:
                 "letters": tok.residue_letters,
                 "sentinels": sum(t.startswith("<extra_id_") for t in tok.vocab),
                 "indexes": {n: f["dim"] for n, f in self.index_facts.items()},
+                "tasks": list(self.task_facts),
             }
+            if self.task_facts:  # the first task's served maximum (others: a 413 names theirs)
+                first = next(iter(self.task_facts))
+                info = await predict_task_info(self, self.predictor, first)
+                self.facts["predict_max_length"] = info["max_residues"]
         return self.facts
 
     async def generate(self, req: GenerateRequest) -> dict[str, Any]:
@@ -274,9 +290,12 @@ class Ingress:
     async def search(self, req: SearchRequest) -> dict[str, Any]:
         return await search_op(self, req)
 
+    async def predict(self, req: PredictRequest) -> dict[str, Any]:
+        return await predict_op(self, req)
+
     async def health(self) -> dict[str, Any]:
         checks = [self.embedder.health.remote()]
-        for extra in (self.generator, self.searcher):
+        for extra in (self.generator, self.searcher, self.predictor):
             if extra is not None:
                 checks.append(extra.health.remote())
         try:
@@ -313,6 +332,7 @@ class Ingress:
             "object": "list",
             "data": data,
             "max_models_per_replica": self.cfg.max_models_per_replica,
+            "tasks": [{"id": n, **f} for n, f in self.task_facts.items()],  # /v1/predict
         }
 
 
@@ -360,9 +380,14 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Applica
         searcher = SearchDeployment.options(
             **deployment_options(cfg.search, ra), logging_config=log_cfg
         ).bind(dict(cfg.indexes))
+    predictor = None
+    if cfg.tasks:  # refused here, before anything starts, if a run is unreadable
+        predictor = predict_deployment(
+            cfg, deployment_options(cfg.predict, ra) | {"logging_config": log_cfg}
+        )
     return IngressDeployment.options(
         **deployment_options(cfg.ingress, ra), logging_config=log_cfg
-    ).bind(embedder, generator, to_plain(cfg), searcher)
+    ).bind(embedder, generator, to_plain(cfg), searcher, predictor)
 
 
 # For `serve build ankh_platform.serve.app:app`: the checkpoint comes from $ANKH_CHECKPOINT

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ankh_platform.serve import openai_api, tei_api
 from ankh_platform.serve.formats import NPY
 from ankh_platform.serve.openapi import constrain
+from ankh_platform.serve.predict import PredictRequest, PredictResponse
 from ankh_platform.serve.schema import (
     EmbedRequest,
     EmbedResponse,
@@ -51,6 +52,7 @@ ROUTES = {
     "/v1/variants",
     "/v1/score",
     "/v1/search",
+    "/v1/predict",
     "/healthz",
     "/v1/models",
     "/docs",
@@ -82,6 +84,7 @@ class Service(Protocol):
     async def variants(self, req: VariantsRequest) -> dict[str, Any]: ...
     async def score(self, req: ScoreRequest) -> dict[str, Any]: ...
     async def search(self, req: SearchRequest) -> dict[str, Any]: ...
+    async def predict(self, req: PredictRequest) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
     async def models(self) -> dict[str, Any]: ...
     async def schema_facts(self) -> dict[str, Any]: ...
@@ -248,6 +251,8 @@ def build_api(svc: Service | None) -> FastAPI:
         )
         if not svc.cfg.indexes:  # no index served: the schema does not offer the route
             schema["paths"].pop("/v1/search", None)
+        if not svc.cfg.tasks:  # no fine-tuned run served: nor this one
+            schema["paths"].pop("/v1/predict", None)
         return schema
 
     api.openapi = served_schema  # type: ignore[method-assign]
@@ -293,6 +298,12 @@ def _routes(api: FastAPI, svc: Service, run: Callable[..., Awaitable[Response]])
         """k nearest neighbours per query (sequences or vectors) in a served index
         (404 unknown index, 413 k or queries over a limit, 422 wrong dimension)."""
         return await run(lambda: svc.search(req))
+
+    @api.post("/v1/predict", response_model=PredictResponse)
+    async def predict(req: PredictRequest) -> Response:
+        """A fine-tuned run's predictions (``jobs.finetune``; the records ``jobs.predict``
+        writes), one per sequence (404 unknown task, 413 over a limit, 422 a bad sequence)."""
+        return await run(lambda: svc.predict(req))
 
     @api.get("/healthz")
     async def healthz() -> Response:

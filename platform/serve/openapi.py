@@ -198,6 +198,12 @@ def constrain(
         "TEIEmbedAllRequest": {"inputs": unbounded, "prompt_name": _null},
     }
     props["SearchRequest"] = {"sequences": seqs, "k": _maximum(limits.max_k)}
+    pn = min(facts.get("predict_max_length", n), limits.max_length)
+    props["PredictRequest"] = {
+        "sequences": _strings(residue_pattern(letters, pn), limits.max_sequences)
+    }
+    if facts.get("tasks"):
+        props["PredictRequest"]["task"] = _enum([*facts["tasks"], ""])  # "": the first
     dims = set((facts.get("indexes") or {}).values())
     if facts.get("indexes"):
         props["SearchRequest"]["index"] = _enum([*facts["indexes"], ""])  # "": the first

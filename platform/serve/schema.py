@@ -69,6 +69,14 @@ class GenerateOptions(DeploymentOptions):
 
 
 @dataclass(frozen=True)
+class PredictOptions(DeploymentOptions):  # /v1/predict's deployment (serve/predict.py)
+    batch_size: int = 8  # rows per forward pass (the run's padded batches, like jobs.predict)
+    max_batch_size: int = 64  # sequences gathered by @serve.batch per step
+    batch_wait_timeout_s: float = 0.005
+    warmup: bool = True  # compile every length rung up to the served maximum at task load
+
+
+@dataclass(frozen=True)
 class IngressOptions(DeploymentOptions):
     num_cpus: float = 0.0
     max_ongoing_requests: int = 256
@@ -118,23 +126,28 @@ class ServeConfig:
     # each is opened once per replica of the search deployment. The first is the default.
     indexes: dict[str, str] = field(default_factory=dict)
     search: DeploymentOptions = field(default_factory=DeploymentOptions)
+    # /v1/predict's {name: jobs.finetune run}, held per replica like models (default: the first)
+    tasks: dict[str, str] = field(default_factory=dict)
+    max_tasks_per_replica: int = 2
+    predict: PredictOptions = field(default_factory=PredictOptions)
 
     def __post_init__(self) -> None:
         default = self.served_name()
-        for name, ckpt in self.models.items():
-            if not _MODEL_NAME.fullmatch(str(name)):
-                raise ValueError(f"models: name {name!r} must match {_MODEL_NAME.pattern}")
-            if name == default:
-                raise ValueError(
-                    f"models: {name!r} is already the default model's name "
-                    "(set model_name or rename it)"
-                )
-            if not isinstance(ckpt, str) or not ckpt:
-                raise ValueError(f"models.{name}: expected a checkpoint path, got {ckpt!r}")
-        if self.max_models_per_replica < 1:
-            raise ValueError(
-                f"max_models_per_replica must be >= 1, got {self.max_models_per_replica}"
-            )
+        for what, items in (("models", self.models), ("tasks", self.tasks)):
+            noun = "a checkpoint path" if what == "models" else "a jobs.finetune run"
+            for name, ref in items.items():
+                if not _MODEL_NAME.fullmatch(str(name)):
+                    raise ValueError(f"{what}: name {name!r} must match {_MODEL_NAME.pattern}")
+                if what == "models" and name == default:
+                    raise ValueError(
+                        f"models: {name!r} is already the default model's name "
+                        "(set model_name or rename it)"
+                    )
+                if not isinstance(ref, str) or not ref:
+                    raise ValueError(f"{what}.{name}: expected {noun}, got {ref!r}")
+        for limit in ("max_models_per_replica", "max_tasks_per_replica"):
+            if getattr(self, limit) < 1:
+                raise ValueError(f"{limit} must be >= 1, got {getattr(self, limit)}")
 
     def served_name(self) -> str:
         return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]

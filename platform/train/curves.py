@@ -105,6 +105,32 @@ def plot(records: list[dict[str, Any]], path: str, title: str = "") -> str:
         plt.close(fig)
 
 
+def plot_panels(
+    records: list[dict[str, Any]], path: str, panels: list[tuple[str, str, str]], title: str = ""
+) -> str:
+    """Another run's curves (``jobs.finetune``): one panel per ``(metric, title, y label)``
+    against the step; panels without records are left out. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [p for p in panels if _series(records, p[0])[0]] or panels[:1]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5 * len(drawn), 4), squeeze=False)
+    for ax, (metric, panel, ylabel) in zip(axes[0], drawn):
+        steps, values = _series(records, metric)
+        ax.plot(steps, values, "o-" if len(steps) < 30 else "-")
+        ax.set(title=panel, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        return storage.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         "python -m ankh_platform.train.curves",

@@ -18,7 +18,7 @@ from typing import Any
 from ankh import storage
 from ankh_platform.core import progress
 from ankh_platform.train.config import PROBE_METRICS
-from ankh_platform.train.curves import plot, read_metrics
+from ankh_platform.train.curves import plot, plot_panels, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,17 @@ def write_summary(run_dir: str, summary: dict[str, Any]) -> str:
     return storage.atomic_write(f"{run_dir}/summary.json", write)
 
 
-def write_curves(run_dir: str, title: str) -> str | None:
-    """``<run_dir>/curves.png`` from the run's metrics file; a plotting failure only warns."""
+def write_curves(
+    run_dir: str, title: str, panels: list[tuple[str, str, str]] | None = None
+) -> str | None:
+    """``<run_dir>/curves.png`` from the run's metrics file (``panels``: another run's metrics,
+    ``curves.plot_panels``); a plotting failure only warns."""
     path = f"{run_dir}/curves.png"
     try:
-        return plot(read_metrics(run_dir), path, title=title)
+        records = read_metrics(run_dir)
+        if panels:
+            return plot_panels(records, path, panels, title=title)
+        return plot(records, path, title=title)
     except Exception as e:
         log.warning("could not write %s: %s", path, e)
         return None

@@ -45,12 +45,26 @@ CLI_TIMEOUT = 600  # seconds: a hung server fails the test instead of stalling i
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, tmp_path_factory, protein_parquet):
+def tuned_run(tmp_path_factory) -> str:
+    """A fine-tuned run for /v1/predict: one step of an SS3 head on the tiny model."""
+    from jobs import finetune
+
+    out = str(tmp_path_factory.mktemp("ss3"))
+    small = ["limits.train=8", "limits.valid=4", "limits.test=4", "limits.max_length=60"]
+    finetune.main(
+        ["--model", "tiny", "--task", "ss3", "--output", out, "mode=head", "steps=1"] + small
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tuned_run, ray_local, tmp_path_factory, protein_parquet):
     from tests.search.helpers import build_index
 
     index, _ = build_index(tmp_path_factory.mktemp("index"), protein_parquet, 40)  # /v1/search
     cfg = merge(SMALL, {"checkpoint": "tiny", "limits": LIMITS, "embed": {"length_buckets": [64]}})
     cfg |= {"indexes": {"uniprot": str(index)}, "search": {"num_cpus": 0.25}}
+    cfg |= {"tasks": {"ss3": tuned_run}, "predict": {"num_cpus": 0.25}}  # /v1/predict
     with serving(cfg) as url:
         assert http("GET", f"{url}/healthz")[0] == 200
         yield url

@@ -1,0 +1,53 @@
+"""``jobs.finetune`` data parallel on Ray Train: 2 real worker processes (JAX distributed over
+gloo on CPU) take the steps one process takes -- the global batch split by rows -- within float
+reduction order (docs/finetuning.md#ray-train)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from jobs import finetune as job
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # busy shared cores: minutes
+ARGS = [
+    "--model",
+    "tiny",
+    "--task",
+    "ss3",
+    "limits.train=16",
+    "limits.valid=4",
+    "limits.test=4",
+    "limits.max_length=100",
+    "batch_size=4",
+    "steps=3",
+    "eval_every=3",
+    "patience=0",
+    "class_weights=balanced",  # a replicated (not row-split) input too
+]
+TOL = 1e-5  # float32 sums in another order (the gradient all-reduce over 2 processes)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_workers_take_the_steps_one_takes(tmp_path, ray_local):
+    one = job.main([*ARGS, "--output", str(tmp_path / "one")])
+    two = job.main([*ARGS, "--output", str(tmp_path / "two"), "scale.num_workers=2"])
+    assert one["workers"] == 1 and two["workers"] == 2
+    losses = [[r["loss"] for r in _records(tmp_path / d) if "loss" in r] for d in ("one", "two")]
+    assert len(losses[0]) == len(losses[1]) == 3
+    np.testing.assert_allclose(losses[1], losses[0], atol=TOL)
+    assert two["test"]["q3"] == pytest.approx(one["test"]["q3"], abs=1e-3)
+    a = load_file(str(tmp_path / "one" / "head.safetensors"))
+    b = load_file(str(tmp_path / "two" / "head.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=TOL)
+    # The records and pictures of a run (written by process 0 alone).
+    for d in ("one", "two"):
+        assert (tmp_path / d / "curves.png").stat().st_size > 0
+        assert list((tmp_path / d / "tensorboard").glob("events.out.tfevents.*"))
+    assert sum("valid_q3" in r for r in _records(tmp_path / "two")) == 1
