@@ -292,7 +292,7 @@ def test_ray_job_stop_saves_the_current_step_and_resubmit_resumes(tmp_path, stra
             time.sleep(0.2)
         _job(cluster, "stop", "pre1", timeout=300)
         logs = _job(cluster, "logs", "pre1")
-        assert "STOPPED" in _job(cluster, "status", "pre1")
+        assert "stopped" in _job(cluster, "status", "pre1").lower()
         stops = [e for e in _events(run_dir) if e.get("event") == "preempted"]
         assert len(stops) == 1 and stops[0]["checkpoint_saved"] is True, (stops, logs[-4000:])
         at = stops[0]["step"]
