@@ -261,13 +261,16 @@ class LocalRayCluster:
         if not self.dashboard:  # straight from the GCS: [{"state": "ALIVE" | "DEAD", ...}]
             from ray._private.services import _get_gcs_client_options
             from ray._private.state import GlobalState
+            from ray.exceptions import RaySystemError
 
             state = GlobalState()
-            state._initialize_global_state(_get_gcs_client_options(self.gcs_address))
             try:
+                state._initialize_global_state(_get_gcs_client_options(self.gcs_address))
                 return [
                     {"state": "ALIVE" if n["Alive"] else "DEAD", **n} for n in state.node_table()
                 ]
+            except RaySystemError as e:  # the GCS is not up (yet)
+                raise RuntimeError(str(e)) from e
             finally:
                 state.disconnect()
         status, body = self.api_get("/api/v0/nodes?detail=1")
