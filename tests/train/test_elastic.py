@@ -109,10 +109,18 @@ def test_elastic_run_shrinks_to_one_worker_and_grows_back(tmp_path, monkeypatch)
         "RAY_health_check_period_ms": "1000",
         "RAY_health_check_timeout_ms": "3000",
         "RAY_health_check_failure_threshold": "5",
+        # The driver's loopback switch (below) must not reach the raylets: it forbids joining.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
     }
     for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a loopback-only test cluster
+    # The driver joins on loopback: without this Ray rewrites 127.0.0.1 to the machine's IP
+    # (tests/raycluster.py's module doc), where the cluster does not listen.
+    from ray._private import ray_constants
+
+    monkeypatch.setenv(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
     run_dir = tmp_path / "elastic"
     cfg = pretrain_config(tmp_path, "elastic", *ELASTIC)
     with LocalRayCluster(num_cpus=1, token_auth=False, dashboard=False, extra_env=fast) as c:
