@@ -161,6 +161,8 @@ class Run:
     def _start_state(self) -> tuple[dict, int]:
         restored = self.store.restore(self.trainer.abstract_state())
         if restored is None:
+            if self.primary:  # a restart with no good checkpoint: earlier attempts' steps go
+                self.writer.discard_after(0)
             flat = self.origin.load_params()  # None for a preset: initialised from the seed
             if flat is not None:
                 log.info(

@@ -84,7 +84,16 @@ class _Host:
     def _act(self) -> None:
         try:
             ran = lambda: _steps_ran(self.run_dir)  # noqa: E731
-            self._until(lambda: any(s >= 3 and w == 2 for s, w in ran()), "step 3 on 2", 500)
+            # Once a checkpoint is final (its manifest written) after a step on two workers.
+            saved = lambda: [  # noqa: E731
+                int(p.parent.name)
+                for p in (self.run_dir / "checkpoints").glob("*/ankh_manifest.json")
+            ]
+            self._until(
+                lambda: any(w == 2 for _, w in ran()) and any(s >= 2 for s in saved()),
+                "a final checkpoint on two workers",
+                500,
+            )
             _kill_for_good(self.cluster, self.sid)
             self.log.append(("killed", max(s for s, _ in ran())))
             self._until(lambda: any(w == 1 for _, w in ran()), "a step on one worker", 400)
