@@ -22,7 +22,7 @@ import pytest
 
 from tests.train.helpers import pretrain_config
 
-STEPS = 14
+STEPS = 40  # the one-worker phase must outlast a host's return on a loaded machine
 ELASTIC = (
     f"steps={STEPS}",
     "source.kind=local",
@@ -58,6 +58,11 @@ def _kill_for_good(cluster, sid: int) -> None:
         for p in cluster._procs:
             p.poll()
         time.sleep(0.2)
+    # Forget its `ray start` (the cluster's start-up checks would take its exit as a failed
+    # start); its session stays listed, so `stop` still sweeps it.
+    i = [p.pid for p in cluster._procs].index(sid)
+    cluster._procs.pop(i)
+    cluster._logs.pop(i)
 
 
 def _steps_ran(run_dir: Path) -> list[tuple[int, int]]:
