@@ -207,9 +207,9 @@ class LocalRayCluster:
         self, resources: Mapping[str, float], num_cpus: int = 1, timeout: float = 300
     ) -> None:
         """Start one more raylet (``ray start --address``) that joins this head."""
-        n = len(self._procs)
+        n = len(self._procs)  # nodes up now (a test may have forgotten one it killed)
         make = lambda: ([f"--address={LOOPBACK_ALIAS}:{self.gcs_port}"], self.node_env())  # noqa: E731
-        self._start(f"node{n}", make, resources, num_cpus, n + 1, timeout)
+        self._start(f"node{len(self.sids)}", make, resources, num_cpus, n + 1, timeout)
 
     def _start(
         self,

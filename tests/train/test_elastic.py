@@ -22,7 +22,7 @@ import pytest
 
 from tests.train.helpers import pretrain_config
 
-STEPS = 40  # the one-worker phase must outlast a host's return on a loaded machine
+STEPS = 60  # the one-worker phase must outlast a host's return on a loaded machine
 ELASTIC = (
     f"steps={STEPS}",
     "source.kind=local",
