@@ -8,8 +8,12 @@ one JAX process per TPU host). They agree when:
 - the slice is internally consistent: chips = product of the topology = hosts x chips/host
   (TPU v4: 4 chips per host VM, each chip one JAX device, 2 TensorCores per chip),
 - the preset runs on TPU with the same topology and accelerator generation,
-- ``scale.num_workers`` == hosts, the mesh resolves to exactly ``chips`` devices, and the global
-  batch (``data.rows`` per host x hosts) splits evenly over ``data x fsdp``.
+- a TPU slice is all or nothing: ``scale.num_workers`` (both ends of an elastic range
+  ``min,max``) counts whole slices of ``hosts`` workers, and the file provisions max/hosts slices
+  (``maxReplicas``/``replicas`` of a KubeRay group, ``max_workers`` of a launcher node type);
+- for every slice count of the range, the mesh resolves to exactly ``slices x chips`` devices,
+  and a micro-batch (``data.rows`` per host x hosts at work; an elastic run short of hosts
+  accumulates more of them, ``train/lanes.py``) splits evenly over ``data x fsdp``.
 
 Which preset a cluster file runs: a RayJob's entrypoint (``--config NAME`` plus ``k=v``
 overrides); otherwise the ``ankh.dev/pretrain-preset`` annotation (KubeRay) or
@@ -57,6 +61,7 @@ class Slice:
     chips_per_host: int
     preset: str | None = None
     overrides: tuple[str, ...] = ()
+    max_slices: int = 1  # slices of this shape the file can provision at once
 
     @property
     def chips(self) -> int:
@@ -98,7 +103,13 @@ def _launcher_slices(doc: dict, where: str) -> Iterator[Slice]:
         if per_host is None:
             raise ClusterFileError(f"{where}:{name}: unsupported TPU generation {gen!r}")
         yield Slice(
-            f"{where}:{name}", gen, topology, topology_chips(topology) // per_host, per_host, preset
+            f"{where}:{name}",
+            gen,
+            topology,
+            topology_chips(topology) // per_host,
+            per_host,
+            preset,
+            max_slices=max(int(node.get("max_workers", 1)), 1),
         )
 
 
@@ -158,6 +169,7 @@ def _kuberay_slices(doc: dict, where: str) -> Iterator[Slice]:
             int(tpus.pop()),
             preset,
             over,
+            max(int(group.get("maxReplicas", 1)), int(group.get("replicas", 1)), 1),
         )
 
 
@@ -210,24 +222,43 @@ def check_slice(sl: Slice, cfg: Any) -> list[str]:
         problems.append(f"preset topology {s.topology} != slice topology {sl.topology}")
     if s.accelerator_type and s.accelerator_type.lower() != f"tpu-{sl.generation}":
         problems.append(f"preset accelerator {s.accelerator_type} != TPU-{sl.generation.upper()}")
-    if s.num_workers != sl.hosts:
-        problems.append(
-            f"scale.num_workers={s.num_workers} but the slice has {sl.hosts} hosts "
-            "(one Ray Train worker = one JAX process per host)"
-        )
-    sizes = dataclasses.asdict(cfg.mesh)
-    try:
-        mesh = mesh_shape(sizes, num_devices=sl.chips)
-    except ValueError as e:
-        problems.append(f"mesh {sizes} does not fit {sl.chips} chips: {e}")
+    problems += _worker_range_problems(sl, s)
+    if problems:
         return problems
-    batch = cfg.data.rows * s.num_workers
-    if batch % (mesh["data"] * mesh["fsdp"]):
-        problems.append(
-            f"global batch {batch} rows ({cfg.data.rows}/host) is not divisible by "
-            f"data x fsdp = {mesh['data'] * mesh['fsdp']}"
-        )
+    lo, hi = s.worker_range
+    sizes = dataclasses.asdict(cfg.mesh)
+    for slices in range(max(lo // sl.hosts, 1), hi // sl.hosts + 1):
+        try:
+            mesh = mesh_shape(sizes, num_devices=sl.chips * slices)
+        except ValueError as e:
+            problems.append(f"mesh {sizes} does not fit {sl.chips * slices} chips: {e}")
+            continue
+        batch = cfg.data.rows * sl.hosts * slices  # one micro-batch: every host's rows
+        if batch % (mesh["data"] * mesh["fsdp"]):
+            problems.append(
+                f"global batch {batch} rows ({cfg.data.rows}/host) is not divisible by "
+                f"data x fsdp = {mesh['data'] * mesh['fsdp']}"
+            )
     return problems
+
+
+def _worker_range_problems(sl: Slice, s: Any) -> list[str]:
+    """A TPU slice is all or nothing: the worker range counts whole slices, and the file must
+    provision as many slices as the range's max needs."""
+    lo, hi = s.worker_range
+    spelled = f"scale.num_workers={hi}" if lo == hi else f"scale.num_workers={lo},{hi}"
+    if lo % sl.hosts or hi % sl.hosts:
+        return [
+            f"{spelled} but the slice has {sl.hosts} hosts: a TPU slice is all or nothing, so "
+            f"the worker count (both ends of a range) must be a multiple of {sl.hosts} "
+            "(one Ray Train worker = one JAX process per host)"
+        ]
+    if hi // sl.hosts > sl.max_slices:
+        return [
+            f"{spelled} needs {hi // sl.hosts} slices of {sl.hosts} hosts but the file "
+            f"provisions at most {sl.max_slices}"
+        ]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +285,8 @@ def check_file(
         problems = check_slice(sl, cfg)
         mesh = None
         if cfg is not None and not problems:
-            mesh = mesh_shape(dataclasses.asdict(cfg.mesh), num_devices=sl.chips)
+            slices = cfg.scale.num_workers // sl.hosts  # the range's max
+            mesh = mesh_shape(dataclasses.asdict(cfg.mesh), num_devices=sl.chips * slices)
         reports.append(Report(dataclasses.replace(sl, preset=name), mesh, problems))
     return reports
 

@@ -80,6 +80,8 @@ class LocalRayCluster:
     resources: Mapping[str, float] = field(default_factory=dict)
     token_auth: bool = True
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # False: no dashboard (lighter on a loaded machine; no `ray job`, nodes read from the GCS).
+    dashboard: bool = True
     root: Path = field(init=False)
     token: str = field(init=False)
     gcs_port: int = field(init=False, default=0)
@@ -192,7 +194,7 @@ class LocalRayCluster:
             return [
                 "--head",
                 f"--port={self.gcs_port}",
-                "--include-dashboard=true",
+                f"--include-dashboard={str(self.dashboard).lower()}",
                 f"--dashboard-host={LOOPBACK}",
                 f"--dashboard-port={self.dashboard_port}",
                 f"--ray-client-server-port={client_port}",
@@ -205,9 +207,9 @@ class LocalRayCluster:
         self, resources: Mapping[str, float], num_cpus: int = 1, timeout: float = 300
     ) -> None:
         """Start one more raylet (``ray start --address``) that joins this head."""
-        n = len(self._procs)
+        n = len(self._procs)  # nodes up now (a test may have forgotten one it killed)
         make = lambda: ([f"--address={LOOPBACK_ALIAS}:{self.gcs_port}"], self.node_env())  # noqa: E731
-        self._start(f"node{n}", make, resources, num_cpus, n + 1, timeout)
+        self._start(f"node{len(self.sids)}", make, resources, num_cpus, n + 1, timeout)
 
     def _start(
         self,
@@ -251,7 +253,26 @@ class LocalRayCluster:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
 
+    @property
+    def gcs_address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
     def nodes(self) -> list[dict]:
+        if not self.dashboard:  # straight from the GCS: [{"state": "ALIVE" | "DEAD", ...}]
+            from ray._private.services import _get_gcs_client_options
+            from ray._private.state import GlobalState
+            from ray.exceptions import RaySystemError
+
+            state = GlobalState()
+            try:
+                state._initialize_global_state(_get_gcs_client_options(self.gcs_address))
+                return [
+                    {"state": "ALIVE" if n["Alive"] else "DEAD", **n} for n in state.node_table()
+                ]
+            except RaySystemError as e:  # the GCS is not up (yet)
+                raise RuntimeError(str(e)) from e
+            finally:
+                state.disconnect()
         status, body = self.api_get("/api/v0/nodes?detail=1")
         if status != 200:
             raise RuntimeError(f"/api/v0/nodes -> {status}: {body[:200]}")

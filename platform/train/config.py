@@ -30,13 +30,63 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScaleConfig:
-    num_workers: int = 1  # Ray Train workers = JAX processes (TPU: one per host)
+    # Ray Train workers = JAX processes (TPU: one per host). A range ``min,max`` (or [min, max])
+    # makes the run elastic: it starts, and after losing hosts restarts, with as many workers as
+    # the cluster has (>= min) and grows back to max as hosts return. Read back as an int: the
+    # max, with the min in ``min_workers``.
+    num_workers: int | str | tuple[int, ...] = 1
+    min_workers: int = 0  # 0 = num_workers (a fixed worker count)
+    # Elastic runs: how often a healthy group checks for returned hosts to grow onto (Ray
+    # Train's elastic_resize_monitor_interval_s); growing restarts from the newest checkpoint.
+    resize_interval_s: float = 60.0
+    # Extra Ray resources per worker (e.g. {host_slot: 1}: a custom resource that each host
+    # offers once, so Ray places at most one worker per host -- what a TPU host does by itself).
+    resources: dict = dataclasses.field(default_factory=dict)
     cpus_per_worker: float = 1.0
     devices_per_worker: int = 1  # CPU only: simulated JAX devices per process
     use_tpu: bool = False
     use_gpu: bool = False
     topology: str = ""  # TPU, e.g. "2x2x2" for a v4-16
     accelerator_type: str = "TPU-V4"
+
+    def __post_init__(self) -> None:
+        lo, hi = _worker_range(self.num_workers, self.min_workers)
+        object.__setattr__(self, "num_workers", hi)  # frozen: normalised once, here
+        object.__setattr__(self, "min_workers", 0 if lo == hi else lo)  # 0 = fixed, as given
+        if self.resize_interval_s < 0:
+            raise ConfigError(f"scale.resize_interval_s={self.resize_interval_s}: must be >= 0")
+
+    @property
+    def elastic(self) -> bool:
+        return 0 < self.min_workers < self.num_workers
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        return self.min_workers or self.num_workers, self.num_workers
+
+
+def _worker_range(value: Any, min_workers: int) -> tuple[int, int]:
+    """``(min, max)`` from ``scale.num_workers`` (``2``, ``"1,2"``, ``[1, 2]``) and
+    ``scale.min_workers`` (0 = the max); a clear error for anything else."""
+    where = f"scale.num_workers={value!r}"
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if not all(p.isdigit() for p in parts):
+            raise ConfigError(f"{where}: expected N or MIN,MAX (e.g. 2 or 1,2)")
+        value = tuple(int(p) for p in parts)
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            value = value[0]
+        elif len(value) == 2:
+            if min_workers and min_workers != value[0]:
+                raise ConfigError(f"{where} and scale.min_workers={min_workers} disagree")
+            min_workers, value = value
+        else:
+            raise ConfigError(f"{where}: expected N or MIN,MAX")
+    lo = min_workers or value
+    if not 1 <= lo <= value:
+        raise ConfigError(f"{where}: need 1 <= min ({lo}) <= max ({value})")
+    return int(lo), int(value)
 
 
 @dataclasses.dataclass(frozen=True)

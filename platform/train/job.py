@@ -43,21 +43,29 @@ def worker_env(cfg: PretrainConfig) -> dict[str, str]:
 
 
 def scaling_config(s: ScaleConfig) -> Any:
-    """Ray Train's ``ScalingConfig`` for a run: on TPU one worker per host, Ray giving each the
-    chips of its host (``python -m jobs.check_cluster --compile`` checks it against the mesh)."""
-    from ray.train import ScalingConfig
+    """Ray Train's (V2) ``ScalingConfig`` for a run: on TPU one worker per host, Ray giving each
+    the chips of its host (``python -m jobs.check_cluster --compile`` checks it against the
+    mesh). A worker range makes it elastic: ``num_workers=(min, max)``, Ray Train starting (and
+    restarting after a lost host) with the workers the cluster can place, >= min, and checking
+    every ``resize_interval_s`` whether returned hosts let it grow (a restart from the newest
+    checkpoint). TPU: Ray counts whole slices (``topology``) in an elastic range."""
+    from ray.train.v2.api.config import ScalingConfig
 
+    workers = s.worker_range if s.elastic else s.num_workers
+    resize = {"elastic_resize_monitor_interval_s": s.resize_interval_s}
     if s.use_tpu:
         return ScalingConfig(
             use_tpu=True,
-            num_workers=s.num_workers,
+            num_workers=workers,
             topology=s.topology or None,
             accelerator_type=s.accelerator_type,
+            **resize,
         )
     return ScalingConfig(
-        num_workers=s.num_workers,
+        num_workers=workers,
         use_gpu=s.use_gpu,
-        resources_per_worker={"CPU": s.cpus_per_worker},
+        resources_per_worker={"CPU": s.cpus_per_worker} | dict(s.resources),
+        **resize,
     )
 
 

@@ -34,12 +34,18 @@ def build(
     from_weights: bool = False,
     tokenizer: Any = None,
     devices: Sequence[Any] | None = None,
+    accum_factor: int = 1,
 ) -> Program:
     """The run's program over ``devices`` (default: every device of this JAX runtime; the plan
     passes a TPU slice's compile-only devices). ``origin_config``: what ``cfg.model`` resolved
-    to (default: the preset); ``tokenizer``: the run's, for the held-out residue targets."""
+    to (default: the preset); ``tokenizer``: the run's, for the held-out residue targets. ``accum_factor``: data lanes per
+    worker of an elastic run short of workers (``train.lanes``): that many times
+    ``optim.accum_steps`` micro-batches per step."""
     model_cfg = model_shape(cfg, origin_config)  # + model_overrides (presets)
     cfg = dataclasses.replace(cfg, optim=effective_optim(cfg, from_weights=from_weights))
+    if accum_factor > 1:
+        accum = cfg.optim.accum_steps * accum_factor
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, accum_steps=accum))
     mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), devices)
     extra = {} if tokenizer is None else {"residues": tokenizer.residue_table(model_cfg.vocab_size)}
     trainer = Trainer(model_cfg, cfg.optim, mesh, seed=cfg.seed, freeze=cfg.train.freeze, **extra)

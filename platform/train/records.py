@@ -96,6 +96,26 @@ class MetricsWriter:
                     self.tb.add_scalar(k, v, record["step"])
             self.tb.flush()
 
+    def discard_after(self, step: int) -> int:
+        """Drop the training records past ``step`` (work lost with the workers that did it:
+        a resume from ``step`` trains those steps again), so every step is logged once;
+        events stay. Returns how many were dropped."""
+        if not self.enabled:
+            return 0
+        fs, root = storage.filesystem(self.path)
+        if not fs.exists(root):
+            return 0
+        lines = fs.cat(root).decode().splitlines(keepends=True)
+        keep = [
+            l
+            for l in lines
+            if not l.strip() or "event" in (r := json.loads(l)) or r.get("step", 0) <= step
+        ]
+        if len(keep) < len(lines):
+            storage.atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(keep)))
+            self.lines = keep
+        return len(lines) - len(keep)
+
 
 def write_summary(run_dir: str, summary: dict[str, Any]) -> str:
     """Publish ``<run_dir>/summary.json`` whole (the old one stays if this write fails)."""

@@ -31,9 +31,9 @@ from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption, program
 from ankh_platform.train.checkpoints import CheckpointStore
 from ankh_platform.train.config import PretrainConfig, ScaleConfig, eval_masking_note
+from ankh_platform.train.lanes import LaneSource, accum_factor, merge_states
 from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.records import MetricsWriter, console_lines, write_curves, write_summary
-from ankh_platform.train.source import make_source
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
     os.kill(os.getpid(), getattr(signal, cfg.fault.signal))
 
 
-def gather_json(obj: Any, size: int = 4096) -> list[Any]:
+def gather_json(obj: Any, size: int = 65536) -> list[Any]:
     """Every process's small JSON-able ``obj``, in process order (e.g. data positions)."""
     if jax.process_count() == 1:
         return [obj]
@@ -121,6 +121,10 @@ class Run:
         # the weights) of whatever ``model`` names. A resume re-reads config and tokenizer from
         # it but its weights from the run's own checkpoint (``_start_state``).
         self.origin: Resolved = resolve(self.cfg.model)
+        # Data lanes (train/lanes.py): the run's global batch is data.rows x scale.num_workers
+        # rows whatever the worker count; fewer workers accumulate more micro-batches.
+        lanes = self.cfg.scale.num_workers
+        self.accum = accum_factor(jax.process_count(), lanes)
         # The same builder the compile-only TPU plan uses (ankh_platform.plan.train). Residue
         # targets as the run's tokenizer spells them (ankh3's ids differ from ankh's).
         prog = program.build(
@@ -128,6 +132,7 @@ class Run:
             self.origin.config,
             from_weights=self.origin.kind != "preset",
             tokenizer=self.origin.tokenizer,
+            accum_factor=self.accum,
         )
         self.cfg = cfg = prog.cfg
         self.model_cfg, self.mesh, self.trainer = prog.model_cfg, prog.mesh, prog.trainer
@@ -135,8 +140,13 @@ class Run:
         self.probe = RunProbe(
             cfg.eval, self.model_cfg, self.origin.tokenizer, cfg.seed, self.primary
         )
-        self.source = make_source(
-            cfg.data, cfg.source, jax.process_index(), jax.process_count(), self.origin.tokenizer
+        self.source = LaneSource(
+            cfg.data,
+            cfg.source,
+            jax.process_index(),
+            jax.process_count(),
+            lanes,
+            self.origin.tokenizer,
         )
         if (note := eval_masking_note(cfg.data, cfg.source)) and self.primary:
             log.warning("%s", note)
@@ -145,14 +155,14 @@ class Run:
             f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save
         )
         spec = self.source.spec
-        self.flops = train_step_flops(
-            self.model_cfg, spec.rows * self.world, spec.enc_len, spec.dec_len
-        )
+        self.flops = train_step_flops(self.model_cfg, spec.rows * lanes, spec.enc_len, spec.dec_len)
         self.peak = measure_matmul_peak(cfg.optim.compute_dtype, seconds=0.5)
 
     def _start_state(self) -> tuple[dict, int]:
         restored = self.store.restore(self.trainer.abstract_state())
         if restored is None:
+            if self.primary:  # a restart with no good checkpoint: earlier attempts' steps go
+                self.writer.discard_after(0)
             flat = self.origin.load_params()  # None for a preset: initialised from the seed
             if flat is not None:
                 log.info(
@@ -164,16 +174,26 @@ class Run:
                 )
             return self.trainer.init_state(flat), 0
         state, meta = restored
-        self.source.restore(meta["data"][jax.process_index()])
-        self.writer.write({"event": "resumed", "step": meta["step"], "data": meta["data"]})
-        log.info("resumed %s at step %d", self.run_dir, meta["step"])
+        self.source.restore(meta["data"])
+        dropped = self.writer.discard_after(int(meta["step"])) if self.primary else 0
+        self.writer.write(
+            {
+                "event": "resumed",
+                "step": meta["step"],
+                "workers": self.world,
+                "accum_factor": self.accum,
+                "discarded_records": dropped,
+                "data": meta["data"],
+            }
+        )
+        log.info("resumed %s at step %d with %d worker(s)", self.run_dir, meta["step"], self.world)
         return state, int(meta["step"])
 
     def _meta(self, step: int, state: dict) -> dict:
         return {
             "step": step,
             "rng": np.asarray(jax.device_get(state["rng"])).tolist(),
-            "data": gather_json(self.source.state()),
+            "data": merge_states(gather_json(self.source.state())),  # one per lane
             "model": self.model_cfg.to_hf_dict(),
             "source": self.source_record(),
             "config": to_dict(self.cfg),
@@ -232,6 +252,7 @@ class Run:
             "flops_per_s": self.flops * steps / dt,
             "mfu": self.flops * steps / dt / (self.peak * jax.process_count()),
             "data_wait_frac": window["wait"] / dt,
+            "workers": self.world,
         }
         log.info(
             "step %d loss %.4f acc %.3f lr %.2e gnorm %.3f tok/s %.0f mfu %.3f",

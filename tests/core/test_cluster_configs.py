@@ -12,6 +12,8 @@ import yaml
 from ankh_platform.cluster_check import (
     ClusterFileError,
     check_file,
+    check_slice,
+    load_preset,
     load_slices,
     shipped_cluster_files,
     topology_chips,
@@ -266,3 +268,25 @@ def test_check_cluster_cli_exit_status(tmp_path, capsys):
     )
     assert main([str(bad), "--json"]) == 1
     assert '"ok": false' in capsys.readouterr().out
+
+
+def test_an_elastic_worker_range_counts_whole_slices(tmp_path):
+    """A TPU slice is all or nothing: on 4-host slices (2x2x4) an elastic range must be
+    multiples of 4, and the file must provision the max's slices (KubeRay maxReplicas)."""
+    src = CLUSTER / "kuberay" / "raycluster-tpu-v4.yaml"
+    (one,) = check_file(src, "base")  # 4 hosts, 1 slice: the shipped fixed run fits
+    assert one.ok, one.problems
+
+    def check(workers: str, max_replicas: int = 2) -> list[str]:
+        f = _rewrite(
+            src,
+            tmp_path / f"{workers.replace(',', '-')}-{max_replicas}.yaml",
+            ("maxReplicas: 1", f"maxReplicas: {max_replicas}"),
+        )
+        (sl,) = load_slices(f)
+        return check_slice(sl, load_preset("base", (f"scale.num_workers={workers}",)))
+
+    assert check("4,8") == []  # one or two whole slices
+    assert any("all or nothing" in p and "multiple of 4" in p for p in check("2,8"))
+    assert any("all or nothing" in p for p in check("4,6"))
+    assert any("needs 2 slices" in p and "at most 1" in p for p in check("4,8", max_replicas=1))

@@ -80,3 +80,44 @@ def test_an_empty_mapping_override_clears_a_presets_model_overrides(repo_root):
     assert cleared.model_overrides == {} and cleared.data == shaped.data  # nothing else dropped
     # A cleared nested group is its defaults again (a dataclass group never loses fields).
     assert load_config(PretrainConfig, preset, ["data={}"]).data == PretrainConfig().data
+
+
+@pytest.mark.parametrize(
+    "overrides, want",
+    [
+        ([], (1, 1)),
+        (["scale.num_workers=4"], (4, 4)),
+        (["scale.num_workers=1,2"], (1, 2)),
+        (["scale.num_workers=[2, 4]"], (2, 4)),
+        (["scale.num_workers=4", "scale.min_workers=2"], (2, 4)),
+    ],
+)
+def test_a_worker_range_is_min_max_and_survives_the_trip_to_the_workers(overrides, want):
+    cfg = load_config(PretrainConfig, None, overrides)
+    assert cfg.scale.worker_range == want and cfg.scale.num_workers == want[1]
+    assert cfg.scale.elastic == (want[0] < want[1])
+    assert from_dict(PretrainConfig, to_dict(cfg)).scale == cfg.scale  # what a worker rebuilds
+
+
+@pytest.mark.parametrize(
+    "bad", ["scale.num_workers=2,1", "scale.num_workers=a", "scale.num_workers=0"]
+)
+def test_a_bad_worker_range_is_a_clear_error(bad):
+    with pytest.raises(ConfigError, match=r"scale\.num_workers"):
+        load_config(PretrainConfig, None, [bad])
+
+
+def test_a_worker_range_makes_ray_trains_scaling_elastic():
+    from ankh_platform.train.job import scaling_config
+
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        ["scale.num_workers=1,2", "scale.resize_interval_s=5", "scale.resources={host: 1}"],
+    )
+    sc = scaling_config(cfg.scale)
+    assert sc.elasticity_enabled and (sc.min_workers, sc.max_workers) == (1, 2)
+    assert sc.elastic_resize_monitor_interval_s == 5
+    assert sc.resources_per_worker == {"CPU": 1.0, "host": 1}
+    fixed = scaling_config(load_config(PretrainConfig, None, ["scale.num_workers=2"]).scale)
+    assert not fixed.elasticity_enabled and fixed.num_workers == 2
