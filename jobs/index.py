@@ -29,6 +29,12 @@ FLAGS = {
     ),
     "--columns": _cli.flag("columns", "comma list of metadata columns (default: all but sequence)"),
     "--metric": _cli.flag("metric", "cosine (default) or ip (inner product)"),
+    "--target-recall": _cli.flag(
+        "target_recall",
+        "recall@10 vs exact search that the index's default nprobe/refine must reach, measured "
+        "after the build on sampled vectors (default 0.95; 0 = keep nprobe/refine as set)",
+        type=float,
+    ),
 }
 
 

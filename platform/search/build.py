@@ -31,11 +31,14 @@ def choose_params(n: int, n_train: int, dim: int, cfg: IndexConfig) -> dict:
     """IVF-PQ parameters for ``n`` vectors (explicit settings win)."""
     # ~4 sqrt(n) lists, each trained on >= 39 sample points (faiss' own minimum per centroid)
     nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n_train // 39))
-    m = cfg.pq_m or max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
+    # 4 dimensions per 8-bit code: at 8 dims the codes could not order the neighbours of
+    # d64 vectors well enough for the exact re-rank to recover them (docs/search.md)
+    m = cfg.pq_m or max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"pq_m={m} must divide the dimension {dim}")
     # 8-bit codes need ~39 x 256 training points; a small sample gets fewer bits per code
     bits = cfg.pq_bits or int(min(8, max(4, math.floor(math.log2(max(2, n_train / 39))))))
+    # a starting point only: calibrate() replaces both after the build
     nprobe = cfg.nprobe or min(nlist, max(16, nlist // 16))
     return {
         "kind": "IVF-PQ + exact re-rank",
@@ -43,7 +46,7 @@ def choose_params(n: int, n_train: int, dim: int, cfg: IndexConfig) -> dict:
         "pq_m": m,
         "pq_bits": bits,
         "nprobe": nprobe,
-        "refine": cfg.refine,
+        "refine": cfg.refine or 10,
         "train_size": n_train,
         "faiss": _faiss().__version__,
     }
@@ -219,6 +222,8 @@ def run(cfg: IndexConfig) -> dict:
             bar.update(n)
     build_s = time.perf_counter() - t0
     check = verify(cfg.output)
+    if added or "calibration" not in m["index"]:
+        _calibrate(cfg, m)
     summary = {
         "index": cfg.output,
         "embeddings": embeddings,
@@ -235,6 +240,24 @@ def run(cfg: IndexConfig) -> dict:
     }
     parts.write_bytes(join(cfg.output, "_summary.json"), _json(summary))
     return summary
+
+
+def _calibrate(cfg: IndexConfig, m: dict) -> None:
+    """Measure recall@10 on a sample and store the cheapest defaults reaching the target."""
+    from ankh_platform.search.calibrate import calibrate
+    from ankh_platform.search.index import SearchIndex
+
+    if not cfg.target_recall:
+        return
+    cal = calibrate(
+        SearchIndex(cfg.output),
+        cfg.target_recall,
+        seed=cfg.seed,
+        nprobe=cfg.nprobe,
+        refine=cfg.refine,
+    )
+    m["index"].update(nprobe=cal["nprobe"], refine=cal["refine"], calibration=cal)
+    mf.write(cfg.output, m)
 
 
 def _check_columns(m: dict, meta) -> None:

@@ -18,11 +18,14 @@ class IndexConfig:
     columns: str = ""  # comma list of metadata columns ("" = every column but id/sequence)
     metric: Literal["cosine", "ip"] = "cosine"  # cosine: vectors normalized, inner product
     nlist: int = 0  # inverted lists of the coarse quantizer; 0 = ~4 sqrt(n), >= 39 points each
-    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = d/8 (a divisor of d)
+    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = d/4 (a divisor of d)
     pq_bits: int = 0  # bits per PQ code; 0 = 8, fewer when the training sample is small
     train_size: int = 100_000  # vectors sampled (from every shard) to train the quantizers
-    nprobe: int = 0  # default lists visited per query; 0 = max(16, nlist/16), at most nlist
-    refine: int = 10  # candidates per wanted neighbour re-ranked with the full vectors
+    # The index's search defaults: 0 = the cheapest measured to reach ``target_recall`` after
+    # the build (platform/search/calibrate.py); a set value is kept (its recall still measured).
+    nprobe: int = 0  # lists visited per query
+    refine: int = 0  # x max(k, 10) candidates re-ranked with the full vectors
+    target_recall: float = 0.95  # recall@10 against exact search the defaults must reach
     seed: int = 0
 
 

@@ -158,9 +158,9 @@ def test_choose_params_small_and_large():
     from ankh_platform.search.config import IndexConfig
 
     small = build.choose_params(200, 200, 64, IndexConfig())
-    assert small["nlist"] == 5 and small["pq_m"] == 8 and small["pq_bits"] == 4
+    assert small["nlist"] == 5 and small["pq_m"] == 16 and small["pq_bits"] == 4
     big = build.choose_params(60_000_000, 100_000, 768, IndexConfig())
-    assert big["nlist"] == 2564 and big["pq_m"] == 96 and big["pq_bits"] == 8
+    assert big["nlist"] == 2564 and big["pq_m"] == 192 and big["pq_bits"] == 8
 
 
 def test_index_on_gcs(emb, gcs_bucket):
@@ -177,3 +177,24 @@ def test_index_on_gcs(emb, gcs_bucket):
     ix = SearchIndex(f"{gcs_bucket}/index")
     _, labels = ix.search(emb["q"], 10)
     assert np.mean(labels[:, 0] == ix.exact(emb["q"], 1)[1][:, 0]) >= 0.95
+
+
+def test_defaults_are_calibrated_to_the_target_recall(emb, index):
+    """The build stores the cheapest nprobe/refine whose measured recall@10 reaches 0.95, and
+    searching with those defaults gives that recall on the queries the calibration sampled."""
+    from ankh_platform.search.calibrate import K, exact_neighbours
+
+    path, _ = index
+    ix = SearchIndex(str(path))
+    cal = ix.params["calibration"]
+    assert cal["target"] == 0.95 and cal["recall_at_10"] >= 0.95
+    assert (ix.params["nprobe"], ix.params["refine"]) == (cal["nprobe"], cal["refine"])
+    # the ladder stopped at the first setting reaching the target: every earlier one missed it
+    assert all(t["recall_at_10"] < 0.95 for t in cal["tried"][:-1])
+    # the chunked exact scan equals one brute-force product, chunk boundaries included
+    q = ix.vectors[:7]
+    np.testing.assert_array_equal(exact_neighbours(ix, q, K, chunk=13), ix.exact(q, K)[1])
+    # on new queries too the defaults find (nearly) all of the exact top 10
+    _, found = ix.search(emb["q"], K)
+    _, truth = ix.exact(emb["q"], K)
+    assert np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]) >= 0.9
