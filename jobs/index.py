@@ -29,6 +29,11 @@ FLAGS = {
     ),
     "--columns": _cli.flag("columns", "comma list of metadata columns (default: all but sequence)"),
     "--metric": _cli.flag("metric", "cosine (default) or ip (inner product)"),
+    "--workers": _cli.flag(
+        "workers",
+        "parts encoded at once as Ray tasks; 0 = serial; default -1: Ray only on a cluster",
+        type=int,
+    ),
 }
 
 

@@ -24,6 +24,9 @@ class IndexConfig:
     nprobe: int = 0  # default lists visited per query; 0 = max(16, nlist/16), at most nlist
     refine: int = 10  # candidates per wanted neighbour re-ranked with the full vectors
     seed: int = 0
+    # parts encoded at once as Ray tasks; 0 = serial in this process; -1 = Ray (one task per
+    # cluster CPU) where a cluster is addressed (RAY_ADDRESS) or Ray runs already, else serial
+    workers: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,7 @@ class SearchConfig:
     nprobe: int = 0  # 0 = the index's default
     transfer: str = ""  # comma list of metadata columns to transfer (e.g. go_mf,go_bp,go_cc)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call when embedding
+    shards: int = 0  # > 0: the index opened as this many Ray actors (groups of parts), fanned out
 
 
 @dataclasses.dataclass(frozen=True)
