@@ -249,3 +249,15 @@ def test_sharded_search_equals_unsharded(emb, index, ray_local, tmp_path):
     assert pq.read_table(tmp_path / "one" / "hits.parquet").equals(
         pq.read_table(tmp_path / "two" / "hits.parquet")
     )
+
+
+def test_serve_search_deployment_sharded(emb, index, ray_local):
+    """The /v1/search deployment's body with search_shards=2 answers as with one index."""
+    from ankh_platform.serve.search import SearchDeployment
+
+    body = SearchDeployment.func_or_class
+    one, two = body({"u": str(index[0])}), body({"u": str(index[0])}, shards=2)
+    try:
+        assert two.search("u", emb["q"][:8], 5, None) == one.search("u", emb["q"][:8], 5, None)
+    finally:
+        two.indexes["u"].close()
