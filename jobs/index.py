@@ -35,6 +35,11 @@ FLAGS = {
         "after the build on sampled vectors (default 0.95; 0 = keep nprobe/refine as set)",
         type=float,
     ),
+    "--workers": _cli.flag(
+        "workers",
+        "parts encoded at once as Ray tasks; 0 = serial; default -1: Ray only on a cluster",
+        type=int,
+    ),
 }
 
 

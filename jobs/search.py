@@ -28,6 +28,9 @@ FLAGS = {
     "--nprobe": _cli.flag(
         "nprobe", "inverted lists visited per query (default: the index's)", type=int
     ),
+    "--shards": _cli.flag(
+        "shards", "open the index as N Ray actors (an index over one node's memory)", type=int
+    ),
     "--transfer": _cli.flag(
         "transfer", "comma list of metadata columns to transfer, e.g. go_mf,go_bp,go_cc"
     ),

@@ -2,7 +2,8 @@
 
 One pass samples vectors from every shard and trains the quantizers once (``trained.faiss``);
 then each embedding shard becomes one part (its vectors encoded, its ids, metadata and full
-vectors beside them), published whole, and the manifest is rewritten after every part. A
+vectors beside them), published whole -- serially, or as parallel Ray tasks (``workers``,
+``parallel.py``) -- and the manifest is rewritten after every part, in label order. A
 killed build resumes at the first part the manifest lacks; a later run over a directory with
 new shards (or another embedding directory of the same model) adds only those. Every id is
 checked to be new to the index before its part is written, and the finished index is checked
@@ -11,6 +12,7 @@ to hold every id of every part exactly once (``verify``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,10 +20,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from ankh import storage
 from ankh.storage import join
 from ankh_platform.core.progress import Progress
 from ankh_platform.search import manifest as mf
-from ankh_platform.search import parts
+from ankh_platform.search import parallel, parts
 from ankh_platform.search.config import IndexConfig
 
 log = logging.getLogger(__name__)
@@ -123,53 +126,41 @@ def load_metadata(cfg: IndexConfig) -> pa.Table | None:
     return table.select(["id", *cols])
 
 
-def _join(ids: list[str], meta: pa.Table | None, pos: dict, columns: list[str]) -> dict:
-    if meta is None or not columns:
-        return {}
-    take = pa.array([pos.get(i) for i in ids], pa.int64())  # null: an id without metadata
-    return {c: meta[c].take(take) for c in columns}
+def plan_parts(shards: list[str], m: dict, seen: dict, pos: dict | None) -> list[dict]:
+    """Each pending shard's part: name and labels (in shard order, after the index's
+    ``count``), and the rows of ``--metadata`` its ids take. Every id is checked first -- new to
+    the index, once across the shards -- so a repeated id stops the build before anything is
+    written, naming the id and both shards."""
+    plan, first = [], m["count"]
+    for shard in shards:
+        ids = parts.read_table(shard, ["id"])["id"].to_pylist()
+        for i in ids:
+            if i in seen:
+                raise ValueError(
+                    f"id {i!r} of {shard} is already in the index (from {seen[i]}): every id "
+                    "must be in the index once; remove the duplicate from one embedding shard"
+                )
+            seen[i] = shard
+        job = {"name": parts.part_name(shard), "source": shard, "rows": len(ids)}
+        job["first_label"] = first
+        # -1: an id without metadata (null columns)
+        if pos is not None:
+            job["meta_take"] = np.array([pos.get(i, -1) for i in ids], np.int64)
+        plan.append(job)
+        first += len(ids)
+    return plan
 
 
-def _add_part(cfg, m: dict, shard: str, seen: dict, meta, pos: dict) -> int:
-    """Encode one embedding shard as a part; returns its rows. Ids already in the index (or
-    twice in the shard) are refused, naming where each one already is."""
-    faiss = _faiss()
-    table = parts.read_table(shard)
-    ids = table["id"].to_pylist()
-    name = parts.part_name(shard)
-    for i in ids:
-        if i in seen:
-            raise ValueError(
-                f"id {i!r} of {shard} is already in the index (from {seen[i]}): every id must "
-                "be in the index once; remove the duplicate from one embedding shard"
-            )
-        seen[i] = shard
-    x = parts.normalize(parts.vectors(table), m["source"]["metric"])
-    if x.shape[1] != m["source"]["dim"]:
-        raise ValueError(f"{shard}: vectors of dimension {x.shape[1]}, index {m['source']['dim']}")
-    first = m["count"]
-    index = faiss.deserialize_index(np.frombuffer(_trained(cfg.output), np.uint8))
-    index.add_with_ids(x, np.arange(first, first + len(x), dtype=np.int64))
-    cols = {"id": pa.array(ids, pa.string()), "length": table["length"]}
-    cols.update(_join(ids, meta, pos, m["metadata_columns"]))
-    cols["vector"] = parts.vector_array(x)
-    faiss_path, table_path = parts.part_paths(cfg.output, name)
-    parts.write_table(table_path, pa.table(cols))
-    parts.write_bytes(faiss_path, faiss.serialize_index(index).tobytes())
-    entry = {"name": name, "source": shard, "rows": len(ids), "first_label": first}
-    m["parts"].append(entry)
-    m["count"] = first + len(ids)
-    mf.write(cfg.output, m)  # the commit: a part the manifest lacks is redone on a re-run
-    return len(ids)
+def _meta_rows(meta: pa.Table | None, columns: list[str]):
+    """``job -> its metadata rows`` (or None): taken when the job is submitted."""
 
+    def rows(job: dict) -> pa.Table | None:
+        if meta is None or not columns:
+            return None
+        take = job["meta_take"]
+        return meta.select(columns).take(pa.array(take, pa.int64(), mask=take < 0))
 
-_TRAINED_CACHE: dict[str, bytes] = {}
-
-
-def _trained(index: str) -> bytes:
-    if index not in _TRAINED_CACHE:
-        _TRAINED_CACHE[index] = parts.read_bytes(join(index, parts.TRAINED))
-    return _TRAINED_CACHE[index]
+    return rows
 
 
 def _embed_first(cfg: IndexConfig) -> str:
@@ -212,14 +203,10 @@ def run(cfg: IndexConfig) -> dict:
         if s in done and done[s]["rows"] != rows[s]:
             raise ValueError(f"{s} has {rows[s]} rows, {done[s]['rows']} when it was indexed")
     pending = [s for s in shards if s not in done]
-    seen = _indexed_ids(cfg.output, m)
-    pos = {} if meta is None else {v: i for i, v in enumerate(meta["id"].to_pylist())}
-    added = 0
-    with Progress("index", total=sum(rows[s] for s in pending), unit="vectors") as bar:
-        for s in pending:
-            n = _add_part(cfg, m, s, seen, meta, pos)
-            added += n
-            bar.update(n)
+    pos = None if meta is None else {v: i for i, v in enumerate(meta["id"].to_pylist())}
+    plan = plan_parts(pending, m, _indexed_ids(cfg.output, m), pos)
+    workers = parallel.worker_count(cfg.workers, len(plan))
+    added = _encode_and_commit(cfg, m, plan, _meta_rows(meta, m["metadata_columns"]), workers)
     build_s = time.perf_counter() - t0
     check = verify(cfg.output)
     if added or "calibration" not in m["index"]:
@@ -230,6 +217,7 @@ def run(cfg: IndexConfig) -> dict:
         "count": m["count"],
         "added": added,
         "parts": {"total": len(m["parts"]), "added": len(pending), "skipped_done": len(done)},
+        "workers": workers,  # Ray tasks at once; 0 = serial in this process
         "source": m["source"],
         "params": m["index"],
         "metadata_columns": m["metadata_columns"],
@@ -258,6 +246,29 @@ def _calibrate(cfg: IndexConfig, m: dict) -> None:
     )
     m["index"].update(nprobe=cal["nprobe"], refine=cal["refine"], calibration=cal)
     mf.write(cfg.output, m)
+
+
+def _encode_and_commit(cfg: IndexConfig, m: dict, plan: list[dict], meta, workers: int) -> int:
+    """Encode the planned parts (``parallel.encode``) and commit each, in label order, by
+    rewriting the manifest: a part the manifest lacks is redone on a re-run."""
+    trained = parts.read_bytes(join(cfg.output, parts.TRAINED))
+    storage.remove_stale_temps(join(cfg.output, "parts"))  # unfinished writes of a killed run
+    added = 0
+    with (
+        Progress("index", total=sum(p["rows"] for p in plan), unit="vectors") as bar,
+        contextlib.closing(
+            parallel.encode(cfg.output, trained, m["source"], plan, meta, workers)
+        ) as finished,
+    ):
+        for entry in finished:
+            if entry["first_label"] != m["count"]:  # parallel.encode yields in label order
+                raise RuntimeError(f"part {entry} does not follow label {m['count']}")
+            m["parts"].append(entry)
+            m["count"] += entry["rows"]
+            mf.write(cfg.output, m)  # the commit
+            added += entry["rows"]
+            bar.update(entry["rows"])
+    return added
 
 
 def _check_columns(m: dict, meta) -> None:

@@ -27,6 +27,9 @@ class IndexConfig:
     refine: int = 0  # x max(k, 10) candidates re-ranked with the full vectors
     target_recall: float = 0.95  # recall@10 against exact search the defaults must reach
     seed: int = 0
+    # parts encoded at once as Ray tasks; 0 = serial in this process; -1 = Ray (one task per
+    # cluster CPU) where a cluster is addressed (RAY_ADDRESS) or Ray runs already, else serial
+    workers: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,7 @@ class SearchConfig:
     nprobe: int = 0  # 0 = the index's default
     transfer: str = ""  # comma list of metadata columns to transfer (e.g. go_mf,go_bp,go_cc)
     batch_tokens: int = DEFAULT_BATCH_TOKENS  # token slots per model call when embedding
+    shards: int = 0  # > 0: the index opened as this many Ray actors (groups of parts), fanned out
 
 
 @dataclasses.dataclass(frozen=True)

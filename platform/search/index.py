@@ -22,26 +22,35 @@ log = logging.getLogger(__name__)
 
 
 class SearchIndex:
-    """``SearchIndex(path).search(vectors, k)`` -> ``(scores [q, k], labels [q, k])``."""
+    """``SearchIndex(path).search(vectors, k)`` -> ``(scores [q, k], labels [q, k])``.
 
-    def __init__(self, path: str):
+    ``part_range=(lo, hi)`` opens only parts ``lo..hi-1`` (in label order): one shard of a
+    ``ShardedIndex``, holding labels ``first .. first + count - 1``."""
+
+    def __init__(self, path: str, part_range: tuple[int, int] | None = None):
         import faiss
 
         self.path = path
         self.manifest = m = mf.require(path)
         self.source, self.params = m["source"], m["index"]
-        self.dim, self.metric, self.count = self.source["dim"], self.source["metric"], m["count"]
+        self.dim, self.metric = self.source["dim"], self.source["metric"]
+        ordered = sorted(m["parts"], key=lambda p: p["first_label"])
+        held = ordered[slice(*part_range)] if part_range else ordered
+        if part_range and not held:
+            raise ValueError(f"{path}: parts {part_range} of {len(ordered)}: none to open")
+        self.first = held[0]["first_label"] if held else 0
+        self.count = sum(p["rows"] for p in held) if part_range else m["count"]
         trained = parts.read_bytes(join(path, parts.TRAINED))
         self.ivf = faiss.deserialize_index(np.frombuffer(trained, np.uint8))
         tables = []
-        for p in sorted(m["parts"], key=lambda p: p["first_label"]):
+        for p in held:
             fpath, tpath = parts.part_paths(path, p["name"])
             part = faiss.deserialize_index(np.frombuffer(parts.read_bytes(fpath), np.uint8))
             self.ivf.merge_from(part, 0)  # labels are global already
             tables.append(parts.read_table(tpath))
         if self.ivf.ntotal != self.count:
             raise RuntimeError(
-                f"{path}: parts hold {self.ivf.ntotal} vectors, manifest {m['count']}"
+                f"{path}: parts hold {self.ivf.ntotal} vectors, manifest {self.count}"
             )
         table = pa.concat_tables(tables) if tables else None
         self.vectors = (
@@ -50,37 +59,32 @@ class SearchIndex:
         self.table = table.drop_columns(["vector"]) if table else None
         self.columns = list(m["metadata_columns"])
 
+    def candidates(self, q: np.ndarray, shortlist: int, nprobe: int = 0):
+        """The ``min(shortlist, count)`` best by PQ score of normalized queries ``q``, from
+        ``nprobe`` lists: ``(pq_scores, labels, exact_scores)``, each ``[n, shortlist]``
+        (label ``-1``, scores ``-inf``: fewer candidates than asked, sparse lists)."""
+        self.ivf.nprobe = min(nprobe or self.params["nprobe"], self.params["nlist"])
+        pq, cand = self.ivf.search(q, min(self.count, shortlist))
+        exact = np.einsum("qcd,qd->qc", self.vectors[np.maximum(cand - self.first, 0)], q)
+        exact[cand < 0] = pq[cand < 0] = -np.inf
+        return pq, cand, exact
+
     def search(
         self, queries: np.ndarray, k: int, nprobe: int = 0, refine: int = 0
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``min(k, count)`` best targets per query, best first: exact scores and labels
         (``nprobe`` lists visited, ``max(k, 10) * refine`` candidates re-ranked; 0 = the
         index's defaults)."""
-        q = np.asarray(queries, np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"query vectors must be [n, {self.dim}], got {list(q.shape)}")
-        if not k >= 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = parts.normalize(q, self.metric)
-        k = min(k, self.count)
+        q, k, shortlist = prepare(self, queries, k, refine)
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), k), np.float32), np.zeros((len(q), k), np.int64)
-        self.ivf.nprobe = min(nprobe or self.params["nprobe"], self.params["nlist"])
-        # at least 10 x refine candidates: a k=1 search must not rest on one PQ-ranked shortlist
-        shortlist = max(k, 10) * (refine or self.params["refine"])
-        _, cand = self.ivf.search(q, min(self.count, shortlist))
-        exact = np.einsum("qcd,qd->qc", self.vectors[np.maximum(cand, 0)], q)
-        exact[cand < 0] = -np.inf  # fewer candidates than asked (sparse lists)
-        # best first; equal scores in label order, so results never depend on list order
-        order = np.lexsort((cand, -exact), axis=1)[:, :k]
-        labels = np.take_along_axis(cand, order, 1)
-        scores = np.take_along_axis(exact, order, 1).astype(np.float32)
-        return scores, labels
+        _, cand, exact = self.candidates(q, shortlist, nprobe)
+        return top_k(cand, exact, k)
 
     def rows(self, labels: np.ndarray) -> pa.Table:
         """id, length and the metadata columns of ``labels`` (``-1``: null row)."""
-        take = pa.array(labels.reshape(-1), pa.int64(), mask=labels.reshape(-1) < 0)
-        return self.table.take(take)
+        flat = labels.reshape(-1)
+        return self.table.take(pa.array(flat - self.first, pa.int64(), mask=flat < 0))
 
     def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force search over the same full vectors (what recall is measured against)."""
@@ -88,4 +92,25 @@ class SearchIndex:
         s = q @ self.vectors.T
         k = min(k, self.count)
         order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, order, 1), order.astype(np.int64)
+        return np.take_along_axis(s, order, 1), order.astype(np.int64) + self.first
+
+
+def top_k(cand: np.ndarray, exact: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best candidates by exact score, best first; equal scores in label order, so
+    results never depend on list (or shard) order."""
+    order = np.lexsort((cand, -exact), axis=1)[:, :k]
+    labels = np.take_along_axis(cand, order, 1)
+    return np.take_along_axis(exact, order, 1).astype(np.float32), labels
+
+
+def prepare(ix, queries: np.ndarray, k: int, refine: int = 0) -> tuple[np.ndarray, int, int]:
+    """Checked, normalized queries; ``min(k, count)``; the PQ shortlist length -- for a
+    ``SearchIndex`` or a ``ShardedIndex`` (``ix``: its dim, metric, count, params)."""
+    q = np.asarray(queries, np.float32)
+    if q.ndim != 2 or q.shape[1] != ix.dim:
+        raise ValueError(f"query vectors must be [n, {ix.dim}], got {list(q.shape)}")
+    if not k >= 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    # at least 10 x refine candidates: a k=1 search must not rest on one PQ-ranked shortlist
+    shortlist = max(k, 10) * (refine or ix.params["refine"])
+    return parts.normalize(q, ix.metric), min(k, ix.count), shortlist

@@ -164,6 +164,16 @@ def search_queries(
     return hits, [{"id": qids[i], "row": i, "reason": r} for i, r in sorted(invalid.items())]
 
 
+def open_index(path: str, shards: int = 0):
+    """``SearchIndex`` (``shards`` 0) or a ``ShardedIndex`` of ``shards`` Ray actors: the same
+    results (``sharded.py``), the vectors spread over the actors' processes (and nodes)."""
+    if shards:
+        from ankh_platform.search.sharded import ShardedIndex
+
+        return ShardedIndex(path, shards)
+    return SearchIndex(path)
+
+
 def run(cfg: SearchConfig) -> dict:
     """Search every query; write hits.parquet, hits.tsv (and transfer.parquet), summary.json."""
     for name in ("index", "query", "output"):
@@ -171,12 +181,20 @@ def run(cfg: SearchConfig) -> dict:
             raise ValueError(f"--{name} is required")
     if not 1 <= cfg.k <= MAX_K:
         raise ValueError(f"k must be in 1..{MAX_K}, got {cfg.k}")
+    if cfg.shards < 0:
+        raise ValueError(f"shards must be >= 0 (0 = one in-process index), got {cfg.shards}")
     t0 = time.perf_counter()
-    index = SearchIndex(cfg.index)
-    qids, seqs, vectors = read_queries(cfg.query)
-    t1 = time.perf_counter()
-    hits, invalid = search_queries(index, qids, seqs, vectors, cfg.k, cfg.nprobe, cfg.batch_tokens)
-    t2 = time.perf_counter()
+    index = open_index(cfg.index, cfg.shards)
+    try:
+        qids, seqs, vectors = read_queries(cfg.query)
+        t1 = time.perf_counter()
+        hits, invalid = search_queries(
+            index, qids, seqs, vectors, cfg.k, cfg.nprobe, cfg.batch_tokens
+        )
+        t2 = time.perf_counter()
+    finally:
+        if cfg.shards:
+            index.close()
     parts.write_table(join(cfg.output, "hits.parquet"), hits)
     write_tsv(join(cfg.output, "hits.tsv"), hits)
     summary = {
@@ -188,6 +206,7 @@ def run(cfg: SearchConfig) -> dict:
         "hits": hits.num_rows,
         "k": cfg.k,
         "model": index.source["model"],
+        "shards": cfg.shards,
         "open_s": round(t1 - t0, 3),
         "embed_and_search_s": round(t2 - t1, 3),
         "invalid": invalid,

@@ -379,7 +379,7 @@ def build_app(args: dict[str, Any] | ServeConfig | None = None) -> serve.Applica
         check_indexes(cfg)
         searcher = SearchDeployment.options(
             **deployment_options(cfg.search, ra), logging_config=log_cfg
-        ).bind(dict(cfg.indexes))
+        ).bind(dict(cfg.indexes), cfg.search_shards)
     predictor = None
     if cfg.tasks:  # refused here, before anything starts, if a run is unreadable
         predictor = predict_deployment(

@@ -126,6 +126,9 @@ class ServeConfig:
     # each is opened once per replica of the search deployment. The first is the default.
     indexes: dict[str, str] = field(default_factory=dict)
     search: DeploymentOptions = field(default_factory=DeploymentOptions)
+    # > 0: each search replica opens every index as this many Ray actors (groups of parts: an
+    # index over one replica's memory), fanned out per request; the same results (search.md)
+    search_shards: int = 0
     # /v1/predict's {name: jobs.finetune run}, held per replica like models (default: the first)
     tasks: dict[str, str] = field(default_factory=dict)
     max_tasks_per_replica: int = 2
@@ -148,6 +151,10 @@ class ServeConfig:
         for limit in ("max_models_per_replica", "max_tasks_per_replica"):
             if getattr(self, limit) < 1:
                 raise ValueError(f"{limit} must be >= 1, got {getattr(self, limit)}")
+        if self.search_shards < 0:
+            raise ValueError(
+                f"search_shards must be >= 0 (0: in the replica), got {self.search_shards}"
+            )
 
     def served_name(self) -> str:
         return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]

@@ -123,10 +123,11 @@ def check_search(req: SearchRequest, limits: RequestLimits, facts: dict[str, Any
 
 @serve.deployment(name="AnkhSearch")
 class SearchDeployment:
-    def __init__(self, indexes: dict[str, str]):
-        from ankh_platform.search.index import SearchIndex
+    def __init__(self, indexes: dict[str, str], shards: int = 0):
+        from ankh_platform.search.query import open_index
 
-        self.indexes = {name: SearchIndex(path) for name, path in indexes.items()}
+        # shards > 0: actors owned by this replica, ended with it
+        self.indexes = {name: open_index(path, shards) for name, path in indexes.items()}
 
     def search(self, name: str, vectors: np.ndarray, k: int, nprobe: int | None) -> list:
         ix = self.indexes[name]

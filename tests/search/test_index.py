@@ -198,3 +198,87 @@ def test_defaults_are_calibrated_to_the_target_recall(emb, index):
     _, found = ix.search(emb["q"], K)
     _, truth = ix.exact(emb["q"], K)
     assert np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)]) >= 0.9
+
+
+def _same_index(a_path, b_path):
+    """Same parts (names, labels, rows), same encoded bytes, same tables (ids, vectors, meta)."""
+    a, b = manifest.require(str(a_path)), manifest.require(str(b_path))
+    key = ("name", "source", "rows", "first_label")
+    assert [[p[k] for k in key] for p in a["parts"]] == [[p[k] for k in key] for p in b["parts"]]
+    assert a["count"] == b["count"] == N_INDEX
+    for p in a["parts"]:
+        for f in (f"{p['name']}.faiss", f"{p['name']}.parquet"):
+            fa, fb = a_path / "parts" / f, b_path / "parts" / f
+            if f.endswith(".faiss"):
+                assert fa.read_bytes() == fb.read_bytes()
+            else:
+                assert pq.read_table(fa).equals(pq.read_table(fb))
+
+
+def test_parallel_build_equals_serial(emb, index, ray_local, tmp_path):
+    """Parts encoded by Ray tasks (2 at once, finishing in any order) make the serial index."""
+    summary = _build(emb, tmp_path / "ix", "workers=2")
+    assert summary["workers"] == 2 and summary["exactly_once"]["distinct_ids"] == N_INDEX
+    assert index[1]["workers"] == 0  # the fixture's build: serial (no cluster addressed)
+    _same_index(tmp_path / "ix", index[0])
+
+
+def test_parallel_build_killed_resumes_exactly_once(emb, index, ray_local, tmp_path, monkeypatch):
+    """A parallel build stopped at its second commit (parts 2 and 3 written or in flight) and
+    re-run in parallel: every id once, the same index as the serial build."""
+    real_write = manifest.write
+
+    def stop_at_second_part(path, m):
+        if len(m["parts"]) == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(path, m)
+
+    monkeypatch.setattr(manifest, "write", stop_at_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        _build(emb, tmp_path / "ix", "workers=2")
+    monkeypatch.setattr(manifest, "write", real_write)
+    assert len(manifest.require(str(tmp_path / "ix"))["parts"]) == 1
+    summary = _build(emb, tmp_path / "ix", "workers=2")
+    assert summary["parts"] == {"total": 3, "added": 2, "skipped_done": 1}
+    assert summary["exactly_once"] == {"vectors": N_INDEX, "distinct_ids": N_INDEX, "parts": 3}
+    _same_index(tmp_path / "ix", index[0])
+
+
+def test_sharded_search_equals_unsharded(emb, index, ray_local, tmp_path):
+    """2 shard actors (parts {1, 2}, {3}: 66 + 67 and 67 rows): the same labels, scores and rows as one
+    in-process index, for k below, at and above the PQ shortlist; and through jobs.search."""
+    from ankh_platform.search.sharded import ShardedIndex, plan_shards
+
+    m = manifest.require(str(index[0]))
+    assert plan_shards(m, 2) == [(0, 2), (2, 3)] and plan_shards(m, 3) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(ValueError, match="shards=4, but the index has 3 parts"):
+        plan_shards(m, 4)
+    one = SearchIndex(str(index[0]))
+    with ShardedIndex(str(index[0]), 2) as many:
+        # refine=1: a short PQ shortlist, where re-ranking each shard's own shortlist (a
+        # superset) would differ from the one index for every query
+        for k, nprobe, refine in ((1, 0, 0), (10, 0, 0), (10, 1, 0), (10, 0, 1), (150, 0, 0)):
+            s1, l1 = one.search(emb["q"], k, nprobe, refine)
+            s2, l2 = many.search(emb["q"], k, nprobe, refine)
+            np.testing.assert_array_equal(l1, l2)
+            np.testing.assert_array_equal(s1, s2)
+        labels = np.array([[-1, 0, N_INDEX - 1], [70, -1, 5]])
+        assert many.rows(labels).equals(one.rows(labels))
+    argv = ["-q", "--index", str(index[0]), "--query", str(emb["root"] / "queries"), "--k", "5"]
+    search_main([*argv, "--output", str(tmp_path / "one")])
+    assert search_main([*argv, "--output", str(tmp_path / "two"), "--shards", "2"])["shards"] == 2
+    assert pq.read_table(tmp_path / "one" / "hits.parquet").equals(
+        pq.read_table(tmp_path / "two" / "hits.parquet")
+    )
+
+
+def test_serve_search_deployment_sharded(emb, index, ray_local):
+    """The /v1/search deployment's body with search_shards=2 answers as with one index."""
+    from ankh_platform.serve.search import SearchDeployment
+
+    body = SearchDeployment.func_or_class
+    one, two = body({"u": str(index[0])}), body({"u": str(index[0])}, shards=2)
+    try:
+        assert two.search("u", emb["q"][:8], 5, None) == one.search("u", emb["q"][:8], 5, None)
+    finally:
+        two.indexes["u"].close()
