@@ -21,7 +21,6 @@ class Chip:
     hbm_bytes_per_s: float  # HBM bandwidth per chip
     bf16_flops_per_s: float  # peak bf16 matmul rate per chip
     ici_bytes_per_s: float  # all-reduce bandwidth per chip (pod figure / pod chips)
-    chips_per_host: int
     source: str
 
 
@@ -32,11 +31,12 @@ CHIPS = {
         hbm_bytes_per_s=1200e9,
         bf16_flops_per_s=275e12,
         ici_bytes_per_s=1.1e15 / 4096,
-        chips_per_host=4,
         source="docs.cloud.google.com/tpu/docs/v4 (275 TFLOP/s bf16, 32 GiB 1200 GB/s HBM2, "
         "all-reduce 1.1 PB/s per 4096-chip pod)",
     ),
-    # v5e/v6e: only their single-host (serving) programs are compiled here; the data sheets say
+    # v5e/v6e: only their single-host (serving) programs are compiled here (one chip of the
+    # host libtpu names ``2x2``: inference.HOST_TOPOLOGY); chips per host of pretraining slices
+    # are cluster_check.CHIPS_PER_HOST (v4 only). The data sheets say
     # "GB" for HBM, read as 10^9 bytes (the smaller reading: a plan that fits it fits either).
     "v5e": Chip(
         "v5e",
@@ -44,7 +44,6 @@ CHIPS = {
         hbm_bytes_per_s=819e9,
         bf16_flops_per_s=197e12,
         ici_bytes_per_s=51.2e12 / 256,
-        chips_per_host=8,
         source="docs.cloud.google.com/tpu/docs/v5e (197 TFLOP/s bf16, 16 GB 819 GB/s HBM2, "
         "all-reduce 51.2 TB/s per 256-chip pod)",
     ),
@@ -54,7 +53,6 @@ CHIPS = {
         hbm_bytes_per_s=1638e9,
         bf16_flops_per_s=918e12,
         ici_bytes_per_s=102.4e12 / 256,
-        chips_per_host=8,
         source="docs.cloud.google.com/tpu/docs/v6e (918 TFLOP/s bf16, 32 GB 1638 GB/s HBM, "
         "all-reduce 102.4 TB/s per 256-chip pod)",
     ),
