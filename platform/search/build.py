@@ -34,9 +34,10 @@ def choose_params(n: int, n_train: int, dim: int, cfg: IndexConfig) -> dict:
     """IVF-PQ parameters for ``n`` vectors (explicit settings win)."""
     # ~4 sqrt(n) lists, each trained on >= 39 sample points (faiss' own minimum per centroid)
     nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n_train // 39))
-    # 4 dimensions per 8-bit code: at 8 dims the codes could not order the neighbours of
-    # d64 vectors well enough for the exact re-rank to recover them (docs/search.md)
-    m = cfg.pq_m or max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
+    # 2 dimensions per 8-bit code: with 4 or 8 the codes mis-ordered the candidates of
+    # near-isotropic vectors so much that no nprobe/refine reached recall@10 0.95
+    # (docs/benchmarks.md#search); the codes stay small beside the full vectors held anyway
+    m = cfg.pq_m or max(d for d in range(1, max(1, dim // 2) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"pq_m={m} must divide the dimension {dim}")
     # 8-bit codes need ~39 x 256 training points; a small sample gets fewer bits per code

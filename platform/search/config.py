@@ -18,7 +18,7 @@ class IndexConfig:
     columns: str = ""  # comma list of metadata columns ("" = every column but id/sequence)
     metric: Literal["cosine", "ip"] = "cosine"  # cosine: vectors normalized, inner product
     nlist: int = 0  # inverted lists of the coarse quantizer; 0 = ~4 sqrt(n), >= 39 points each
-    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = d/4 (a divisor of d)
+    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = d/2 (a divisor of d)
     pq_bits: int = 0  # bits per PQ code; 0 = 8, fewer when the training sample is small
     train_size: int = 100_000  # vectors sampled (from every shard) to train the quantizers
     # The index's search defaults: 0 = the cheapest measured to reach ``target_recall`` after

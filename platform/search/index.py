@@ -19,6 +19,7 @@ from ankh_platform.search import manifest as mf
 from ankh_platform.search import parts
 
 log = logging.getLogger(__name__)
+TIE_SLACK = 32  # extra PQ candidates fetched so ties at the shortlist's cut break by label
 
 
 class SearchIndex:
@@ -64,7 +65,13 @@ class SearchIndex:
         ``nprobe`` lists: ``(pq_scores, labels, exact_scores)``, each ``[n, shortlist]``
         (label ``-1``, scores ``-inf``: fewer candidates than asked, sparse lists)."""
         self.ivf.nprobe = min(nprobe or self.params["nprobe"], self.params["nlist"])
-        pq, cand = self.ivf.search(q, min(self.count, shortlist))
+        # FAISS keeps one of equal PQ scores at the cut by scan order (identical sequences have
+        # identical codes); fetch a few more and cut by (score, label) so the shortlist -- and
+        # a sharded search's merge of shortlists -- never depends on list or shard order
+        pq, cand = self.ivf.search(q, min(self.count, shortlist + TIE_SLACK))
+        pq[cand < 0] = -np.inf
+        keep = np.lexsort((cand, -pq), axis=1)[:, : min(self.count, shortlist)]
+        pq, cand = np.take_along_axis(pq, keep, 1), np.take_along_axis(cand, keep, 1)
         exact = np.einsum("qcd,qd->qc", self.vectors[np.maximum(cand - self.first, 0)], q)
         exact[cand < 0] = pq[cand < 0] = -np.inf
         return pq, cand, exact

@@ -158,9 +158,9 @@ def test_choose_params_small_and_large():
     from ankh_platform.search.config import IndexConfig
 
     small = build.choose_params(200, 200, 64, IndexConfig())
-    assert small["nlist"] == 5 and small["pq_m"] == 16 and small["pq_bits"] == 4
+    assert small["nlist"] == 5 and small["pq_m"] == 32 and small["pq_bits"] == 4
     big = build.choose_params(60_000_000, 100_000, 768, IndexConfig())
-    assert big["nlist"] == 2564 and big["pq_m"] == 192 and big["pq_bits"] == 8
+    assert big["nlist"] == 2564 and big["pq_m"] == 384 and big["pq_bits"] == 8
 
 
 def test_index_on_gcs(emb, gcs_bucket):
