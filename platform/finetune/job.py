@@ -108,6 +108,8 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
     if mesh is not None:
         distributed.replicate(model, mesh)
     opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
+    if mesh is not None:  # so the checkpoint restores into global arrays (resume)
+        distributed.replicate(opt, mesh)
     ckpts = loop.Checkpoints(f"{out}/checkpoints")
     meta = ckpts.restore(model, opt, wrt) or {
         "step": 0,
