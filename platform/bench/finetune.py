@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--length", type=int, default=256, help="residues per sequence (cropped)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    ap.add_argument("--remat", action="store_true", help="rematerialise the encoder's blocks")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # the per-mode child process
     return ap
 
@@ -50,7 +51,7 @@ def one_mode(args: argparse.Namespace) -> dict:
     base = ankh.Ankh.random(ankh.get_preset(args.preset), dtype=args.dtype)
     task = TaskData("bench", "residue_class", list("HEC"), {})
     cfg = FinetuneJobConfig(mode=args.one, steps=args.steps + 2)
-    model = build(base, task, args.one, "linear", cfg.lora, 0)
+    model = build(base, task, args.one, "linear", cfg.lora, 0, remat=args.remat)
     wrt = trainable(args.one)
     opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
     seqs = [s[: args.length] for s in real_sequences(args.rows, min_len=args.length)]
@@ -63,6 +64,7 @@ def one_mode(args: argparse.Namespace) -> dict:
     med = float(np.median(times))
     return {
         "mode": args.one,
+        "remat": args.remat,
         "step_s": round(med, 4),
         "residues_per_s": round(args.rows * args.length / med, 1),
         "trainable_params": count(model, wrt),

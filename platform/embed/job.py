@@ -75,21 +75,7 @@ _FINGERPRINT = (
 
 def _check_output(cfg: EmbedJobConfig) -> None:
     """Refuse to mix results of different settings in one output directory."""
-    want = {k: getattr(cfg, k) for k in _FINGERPRINT}
-    fs, p = filesystem(join(cfg.output, "_job.json"))
-    if fs.exists(p):
-        with fs.open(p) as fh:
-            have = json.load(fh)
-        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-        if diff:
-            raise ValueError(
-                f"{cfg.output} holds results of other settings {diff} "
-                "(old, new); use another output directory"
-            )
-    else:
-        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(p, "w") as fh:
-            json.dump(want, fh)
+    outputs.check_settings(cfg.output, {k: getattr(cfg, k) for k in _FINGERPRINT})
 
 
 def run(cfg: EmbedJobConfig) -> dict:

@@ -93,6 +93,25 @@ def write_parts(batch: dict, output: str) -> dict:
     return {k: np.asarray(v) for k, v in res.items()}
 
 
+def check_settings(output: str, want: dict) -> None:
+    """Refuse to mix results of different settings in one output directory: the first run
+    records ``want`` in ``<output>/_job.json``, a later one must match it."""
+    fs, p = filesystem(join(output, "_job.json"))
+    if fs.exists(p):
+        with fs.open(p) as fh:
+            have = json.load(fh)
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{output} holds results of other settings {diff} "
+                "(old, new); use another output directory"
+            )
+    else:
+        fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(p, "w") as fh:
+            json.dump(want, fh)
+
+
 # ---- merge ---------------------------------------------------------------------------------
 def clear_parts(output: str, stem: str | None = None) -> None:
     """Remove a shard's part files, or the empty ``_parts`` folder (stem None)."""
@@ -103,28 +122,48 @@ def clear_parts(output: str, stem: str | None = None) -> None:
         fs.rm(p, recursive=True)
 
 
-def _read_parts(output: str, stem: str, columns: list[str] | None = None) -> dict:
+def read_parts(output: str, stem: str, columns: list[str] | None = None) -> dict:
     """Every finished part of a shard (whatever run wrote it) as one column dict."""
     fs, pdir = filesystem(join(output, PARTS, stem))
     files = sorted(fs.glob(f"{pdir}/*.parquet")) if fs.exists(pdir) else []  # not .tmp- files
     tables = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns))
+            pf = pq.ParquetFile(fh)
+            # parts of whole records (the prediction job's) have no window columns
+            cols = [c for c in columns if c in pf.schema_arrow.names] if columns else None
+            tables.append(pf.read(columns=cols))
     return pa.concat_tables(tables).to_pydict() if tables else {}
 
 
-def _by_row(rows: dict) -> dict[int, dict]:
+def rows_by_input(rows: dict) -> dict[int, dict]:
     """Input row -> its id, error, window count and pieces ``{win_start: index}``; a piece
-    written twice (a retried task, or a batch redone after a kill) counts once."""
+    written twice (a retried task, or a batch redone after a kill) counts once. Parts without
+    window columns hold one piece per row (the prediction job's whole records)."""
     out: dict[int, dict] = {}
+    n = len(rows.get("row", []))
+    n_win, starts = rows.get("n_win", [1] * n), rows.get("win_start", [0] * n)
     for i, r in enumerate(rows.get("row", [])):
         e = out.setdefault(
-            r,
-            {"id": rows["id"][i], "error": rows["error"][i], "n_win": rows["n_win"][i], "win": {}},
+            r, {"id": rows["id"][i], "error": rows["error"][i], "n_win": n_win[i], "win": {}}
         )
-        e["win"].setdefault(rows["win_start"][i], i)
+        e["win"].setdefault(starts[i], i)
     return out
+
+
+def complete_rows(rows: dict, expected: int, stem: str) -> dict[int, dict]:
+    """``rows_by_input`` of a shard's parts, checked to cover input rows ``0..expected-1``
+    exactly once (each row all its pieces, or its error); else an error naming the gaps."""
+    by_row = rows_by_input(rows)
+    done = {r for r, e in by_row.items() if _complete(e)}
+    if done != set(range(expected)):
+        missing, extra = sorted(set(range(expected)) - done), sorted(done - set(range(expected)))
+        raise RuntimeError(
+            f"shard {stem}: parts do not cover input rows 0..{expected - 1} "
+            f"exactly once: {len(missing)} missing {missing[:5]}, "
+            f"{len(extra)} unexpected {extra[:5]}"
+        )
+    return by_row
 
 
 def _complete(e: dict) -> bool:
@@ -133,8 +172,8 @@ def _complete(e: dict) -> bool:
 
 def done_rows(output: str, stem: str) -> list[int]:
     """Input rows whose outcome (all windows, or the error) finished parts already hold."""
-    rows = _read_parts(output, stem, ["row", "id", "win_start", "n_win", "error"])
-    return sorted(r for r, e in _by_row(rows).items() if _complete(e))
+    rows = read_parts(output, stem, ["row", "id", "win_start", "n_win", "error"])
+    return sorted(r for r, e in rows_by_input(rows).items() if _complete(e))
 
 
 def resume_rows(output: str, shard: InputShard, rows: int) -> list[int]:
@@ -169,16 +208,8 @@ def merge_shard(
     """
     from ankh_platform.embed.pack import combine_windows
 
-    rows = _read_parts(output, stem)
-    by_row = _by_row(rows)
-    done = {r for r, e in by_row.items() if _complete(e)}
-    if done != set(range(expected)):
-        missing, extra = sorted(set(range(expected)) - done), sorted(done - set(range(expected)))
-        raise RuntimeError(
-            f"shard {stem}: parts do not cover input rows 0..{expected - 1} "
-            f"exactly once: {len(missing)} missing {missing[:5]}, "
-            f"{len(extra)} unexpected {extra[:5]}"
-        )
+    rows = read_parts(output, stem)
+    by_row = complete_rows(rows, expected, stem)
     per_res = "residues" in rows
     invalid, notes, keep, first = [], [], {}, {}
     for r in sorted(by_row):

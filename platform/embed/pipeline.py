@@ -19,7 +19,7 @@ from ankh_platform.embed.pack import EmbedPackSpec
 from ankh_platform.embed.replica import EmbedReplica, pack_udf
 
 
-def _runtime_env(niceness: int | None = None) -> dict | None:
+def runtime_env(niceness: int | None = None) -> dict | None:
     """The driver's storage endpoint settings follow the job into every worker it starts.
 
     ``niceness``: the model replicas' CPU priority. Ray starts every worker process at niceness
@@ -33,7 +33,7 @@ def _runtime_env(niceness: int | None = None) -> dict | None:
     return {"env_vars": env} if env else None
 
 
-def _read(pending: list[inputs.InputShard], group_rows: int, cpus: float, skip: dict):
+def read_stage(pending: list[inputs.InputShard], group_rows: int, cpus: float, skip: dict):
     """One streaming read task per input file (Parquet row batches or FASTA records), in order,
     so shards finish one after another rather than all at the end; ``skip``: stem -> row
     ranges finished parts of a killed run already hold."""
@@ -48,7 +48,7 @@ def _read(pending: list[inputs.InputShard], group_rows: int, cpus: float, skip: 
         fn_kwargs={"chunk": group_rows},
         batch_size=1,
         num_cpus=cpus,
-        runtime_env=_runtime_env(),
+        runtime_env=runtime_env(),
     )
 
 
@@ -65,14 +65,14 @@ def build_dataset(
 
     # Light tasks (fractional CPUs, so not fused into the replicas: packing never sits on the
     # accelerator's critical path; Ray's default worker priority, below the replicas').
-    ds = _read(pending, cfg.group_rows, 0.5, skip or {})
+    ds = read_stage(pending, cfg.group_rows, 0.5, skip or {})
     ds = ds.map_batches(
         pack_udf,
         fn_kwargs={"spec": spec, "vocab": vocab},
         batch_size=cfg.group_rows,
         batch_format="numpy",
         num_cpus=0.5,
-        runtime_env=_runtime_env(),
+        runtime_env=runtime_env(),
     )
     ds = ds.map_batches(
         EmbedReplica,
@@ -88,7 +88,7 @@ def build_dataset(
         compute=ray.data.ActorPoolStrategy(size=cfg.replicas),
         num_gpus=gpus,
         num_cpus=cfg.cpus_per_replica,
-        runtime_env=_runtime_env(cfg.replica_niceness),
+        runtime_env=runtime_env(cfg.replica_niceness),
     )
     return ds.map_batches(
         outputs.write_parts,
@@ -96,7 +96,7 @@ def build_dataset(
         batch_size=cfg.write_rows,
         batch_format="numpy",
         num_cpus=0.25,
-        runtime_env=_runtime_env(),
+        runtime_env=runtime_env(),
     )
 
 
@@ -113,7 +113,7 @@ def embed_pending(
     import ray
 
     merge = ray.remote(num_cpus=0, max_retries=2)(outputs.merge_shard).options(
-        runtime_env=_runtime_env()
+        runtime_env=runtime_env()
     )
     left = {s.stem: counts[s.stem] - len(resumed[s.stem]) for s in pending}
     merges = {

@@ -36,6 +36,13 @@ class FinetuneJobConfig:
     go_top_n: int = 20
     seed: int = 0
     limits: TaskLimits = TaskLimits()
+    # The encoder's compute dtype (parameters and optimizer state stay float32); auto:
+    # bfloat16 on GPU/TPU, float32 on CPU (``ankh.load``)
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # Recompute each encoder block's activations in the backward pass instead of keeping them
+    # (pretraining's ``optim.remat``, ``ankh.model.block_call``): longer sequences or bigger
+    # batches in the same memory, for about a third more compute per step
+    remat: bool = False
     # Ray Train data parallel (platform/finetune/distributed.py): num_workers > 1 (or GPU/TPU
     # workers) splits each global batch of batch_size rows over the workers; 1 CPU worker runs
     # in this process, without Ray.
@@ -54,6 +61,10 @@ class FinetuneJobConfig:
             raise ValueError(
                 f"batch_size {self.batch_size} must be divisible by scale.num_workers "
                 f"{self.scale.num_workers} (the global batch is split by rows)"
+            )
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(
+                f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}"
             )
         if self.class_weights not in ("none", "balanced"):
             raise ValueError(f"class_weights must be none or balanced, got {self.class_weights!r}")

@@ -45,15 +45,23 @@ def mesh() -> Mesh | None:
     return sharding.make_mesh({"data": -1}) if jax.process_count() > 1 else None
 
 
-def replicate(model: nnx.Module, m: Mesh) -> None:
-    """Every array of ``model`` as a global array replicated over ``m`` (all processes hold
-    the same values: the same seed built them)."""
-    state = nnx.state(model)
+def replicate(module: nnx.Module, m: Mesh) -> None:
+    """Every process-local array of ``module`` (the model, or the optimizer) as a global array
+    replicated over ``m`` (all processes hold the same values: the same seed built them);
+    arrays already global (the moments of replicated parameters) are kept.
+
+    The optimizer too: its step count is made on this process's device, which jit accepts
+    while uncommitted, but restored from a checkpoint it is committed there, and the step
+    would refuse to mix it with the global parameters (a resumed run on 2 workers)."""
+    state = nnx.state(module)
     rep = sharding.replicated(m)
-    placed = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x)), state
-    )
-    nnx.update(model, placed)
+
+    def place(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x
+        return jax.make_array_from_process_local_data(rep, np.asarray(x))
+
+    nnx.update(module, jax.tree.map(place, state))
 
 
 def shard(batch: dict[str, np.ndarray], m: Mesh) -> dict[str, jax.Array]:

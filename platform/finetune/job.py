@@ -58,7 +58,7 @@ def prepare(cfg: FinetuneJobConfig):
     task = load_task(cfg.task, cfg.limits, cfg.go_top_n, cfg.seed)
     if not task.splits["train"].ids or not task.splits["valid"].ids:
         raise ValueError(f"task {task.name}: the train and valid splits must not be empty")
-    base = ankh.load(cfg.model)
+    base = ankh.load(cfg.model, dtype=cfg.compute_dtype)
     toks = {s: base.tokenize(sp.seqs) for s, sp in task.splits.items()}
     y_stats = (0.0, 1.0)
     if task.kind == "protein_reg":  # standardised targets (train statistics)
@@ -102,12 +102,14 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
     out = cfg.output.rstrip("/")
     primary = jax.process_index() == 0
     task, base, data = prepare(cfg)
-    model = build(base, task, cfg.mode, cfg.head, cfg.lora, cfg.seed)
+    model = build(base, task, cfg.mode, cfg.head, cfg.lora, cfg.seed, cfg.remat)
     wrt = trainable(cfg.mode)
     mesh = distributed.mesh()
     if mesh is not None:
         distributed.replicate(model, mesh)
     opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
+    if mesh is not None:  # so the checkpoint restores into global arrays (resume)
+        distributed.replicate(opt, mesh)
     ckpts = loop.Checkpoints(f"{out}/checkpoints")
     meta = ckpts.restore(model, opt, wrt) or {
         "step": 0,

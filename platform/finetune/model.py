@@ -37,13 +37,23 @@ def n_outputs(task: TaskData) -> int:
     return 1 if task.kind == "protein_reg" else len(task.classes)
 
 
-def build(base: Any, task: TaskData, mode: str, head: str, lcfg: lora_lib.LoraConfig, seed: int):
-    """A ``Finetuner`` from a loaded ``Ankh`` (its decoder and lm_head are not kept)."""
+def build(
+    base: Any,
+    task: TaskData,
+    mode: str,
+    head: str,
+    lcfg: lora_lib.LoraConfig,
+    seed: int,
+    remat: bool = False,
+):
+    """A ``Finetuner`` from a loaded ``Ankh`` (its decoder and lm_head are not kept); ``remat``:
+    the encoder's blocks rematerialised in the backward pass, as in pretraining."""
     if task.kind == "contacts":
         raise ValueError("contacts is not a fine-tuning task (use jobs.evaluate)")
     full = nnx.merge(base.graphdef, base.params)
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     head_mod = make_head(head, base.config.d_model, n_outputs(task), task.per_protein, rngs)
+    full.encoder.remat = remat  # read by ankh.model.block_call when the step is traced
     model = Finetuner(full.shared, full.encoder, head_mod, base.dtype)
     if mode == "lora":
         lora_lib.attach(model.encoder, lcfg, rngs)

@@ -1,11 +1,8 @@
-"""Predictions of a fine-tuned run: ``Predictor`` (one process) and ``jobs.predict``.
+"""Predictions of a fine-tuned run: ``Predictor``, what ``jobs.predict``'s replicas
+(``finetune.predict_job``) and Serve's ``/v1/predict`` hold.
 
 ``Predictor(run_dir)`` rebuilds the run's network -- the merged ``model/`` (``lora``/``full``) or
 the base model (``head``), and ``head.safetensors`` -- and maps sequences to predictions.
-``predict_files`` reads FASTA / Parquet inputs with the batch-embedding job's reader
-(``embed.inputs``: shards, row order) and writes ``<output>/<shard>.parquet`` per input, whole or
-not at all; a rerun skips the shards already written (resume), and every input record is
-either a row there or an entry in ``_summary.json``'s ``rejected`` list (id, row, reason).
 """
 
 from __future__ import annotations
@@ -15,15 +12,11 @@ import logging
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from flax import nnx
 
 from ankh import storage
 from ankh.lora import LoraConfig
 from ankh.tokenizer import TokenizerError
-from ankh_platform.core import progress
-from ankh_platform.embed import inputs
 from ankh_platform.evaluate.tasks import TaskData
 from ankh_platform.finetune import loop
 from ankh_platform.finetune.model import build
@@ -78,57 +71,21 @@ class Predictor:
             label = [c for c, x in zip(classes, p) if x >= 0.5]
         return {"prediction": label, "probabilities": p.tolist()}
 
-
-def _predict_chunk(pred: Predictor, ids, seqs, first: int, rows: list, rejected: list) -> None:
-    good = []
-    for k, (i, s) in enumerate(zip(ids, seqs)):
-        try:
-            pred.base.tokenize([s if isinstance(s, str) else None])
-            good.append(k)
-        except TokenizerError as e:
-            rejected.append({"id": i, "row": first + k, "reason": str(e).split(": ", 1)[-1]})
-    outs = pred.predict([seqs[k] for k in good]) if good else []
-    for k, o in zip(good, outs):
-        rows.append({"id": ids[k], "row": first + k, "sequence": seqs[k], **pred.describe(o)})
-
-
-def predict_files(run_dir: str, spec: str, output: str, batch_size: int = 8) -> dict[str, Any]:
-    """Predict every record of the inputs ``spec``; returns (and writes) ``_summary.json``."""
-    shards = inputs.discover(spec)
-    out = output.rstrip("/")
-    fs, root = storage.filesystem(out)
-    fs.makedirs(root, exist_ok=True)
-    pred, summary = None, {"run": run_dir, "shards": {}, "rejected": []}
-    prev = f"{root}/_summary.json"
-    if fs.exists(prev):
-        with fs.open(prev, "r") as fh:
-            summary["rejected"] = json.load(fh).get("rejected", [])
-    bar = progress.Progress("predict", total=len(shards), unit="shards")
-    for shard in shards:
-        target = f"{root}/{shard.stem}.parquet"
-        if fs.exists(target):  # written whole by an earlier run: resume past it
-            with fs.open(target, "rb") as fh:
-                summary["shards"][shard.stem] = {"rows": pq.read_metadata(fh).num_rows}
-            bar.update()
-            continue
-        pred = pred or Predictor(run_dir, batch_size)
-        rows: list[dict] = []
-        rejected = [r for r in summary["rejected"] if r.get("shard") != shard.stem]
-        new: list[dict] = []
-        for first, ids, seqs in inputs.input_chunks(shard.path, shard.fmt, 1024):
-            _predict_chunk(pred, ids, seqs, first, rows, new)
-        summary["rejected"] = rejected + [{"shard": shard.stem, **r} for r in new]
-        table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
-        storage.atomic_write(target, lambda tmp, t=table: pq.write_table(t, tmp), fs)
-        summary["shards"][shard.stem] = {"rows": len(rows), "rejected": len(new)}
-        bar.update()
-    bar.close()
-    if pred is not None:
-        summary["task"] = pred.info["task"]
-    storage.atomic_write(prev, lambda tmp: _dump(tmp, summary), fs)
-    return summary
-
-
-def _dump(path: str, obj: Any) -> None:
-    with open(path, "w") as fh:
-        json.dump(obj, fh, indent=2)
+    def records(self, ids: list, seqs: list) -> tuple[list[dict | None], list[str]]:
+        """Per input record: its ``describe`` record, or None and the reason it was rejected
+        (no id, not a sequence, a letter the tokenizer refuses, empty, too long)."""
+        good, why = [], [""] * len(seqs)
+        for k, (i, s) in enumerate(zip(ids, seqs)):
+            if i is None or i == "":
+                why[k] = "missing id (record without a header or null id)"
+                continue
+            try:
+                self.base.tokenize([s])
+                good.append(k)
+            except TokenizerError as e:
+                # the batch-of-one position means nothing to the user
+                why[k] = str(e).replace("sequence 0: ", "").replace("sequence 0 ", "sequence ")
+        recs: list[dict | None] = [None] * len(seqs)
+        for k, o in zip(good, self.predict([seqs[k] for k in good]) if good else []):
+            recs[k] = self.describe(o)
+        return recs, why

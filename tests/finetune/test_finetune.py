@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,10 +13,13 @@ from safetensors.numpy import load_file
 
 import ankh
 from ankh import lora
+from ankh_platform.core.samples import real_sequences
+from ankh_platform.evaluate.heads import loss_fn
 from ankh_platform.evaluate.metrics import score
 from ankh_platform.evaluate.task_specs import load_task
-from ankh_platform.evaluate.tasks import TaskLimits
+from ankh_platform.evaluate.tasks import TaskData, TaskLimits
 from ankh_platform.finetune.config import FinetuneJobConfig
+from ankh_platform.finetune.model import build, make_batch, trainable
 from jobs import finetune as job
 from jobs import predict
 
@@ -117,8 +121,35 @@ def test_predict_job_rows_rejections_and_resume(lora_run, tmp_path):
     assert again["shards"]["in"]["rows"] == len(rows) and len(again["rejected"]) == 2
 
 
+def test_remat_takes_the_plain_step_with_recomputed_activations():
+    """``remat=true``: the traced step rematerialises the encoder's blocks (pretraining's
+    mechanism) and its loss and gradients are the plain step's."""
+    base = ankh.load("tiny", dtype="float32")
+    task = TaskData("t", "residue_class", list("HEC"), {})
+    seqs = [s[:40] for s in real_sequences(4, min_len=20)]
+    labels = [np.random.default_rng(i).integers(0, 3, len(s)) for i, s in enumerate(seqs)]
+    b = make_batch(task, base.tokenize(seqs), labels, 4, base.num_prefix, (0.0, 1.0))
+    wrt, got = trainable("lora"), {}
+    for remat in (False, True):
+        model = build(base, task, "lora", "linear", lora.LoraConfig(), 0, remat)
+        grad = nnx.value_and_grad(
+            lambda m: loss_fn(task.kind, m(b["ids"], b["mask"], b["res_mask"]), b),
+            argnums=nnx.DiffState(0, wrt),
+        )
+        graph, state = nnx.split(model)
+        traced = str(jax.make_jaxpr(lambda st, g=graph, f=grad: f(nnx.merge(g, st))[0])(state))
+        assert ("remat" in traced) == remat
+        loss, grads = grad(model)
+        got[remat] = (float(loss), jax.tree.leaves(grads))
+    assert got[True][0] == pytest.approx(got[False][0], abs=1e-6)
+    for x, y in zip(got[True][1], got[False][1], strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
 def test_bad_settings_are_errors(tmp_path):
     with pytest.raises(SystemExit):
         job.main(["--output", str(tmp_path), "mode=everything"])
     with pytest.raises(ValueError, match="patience"):
         FinetuneJobConfig(patience=-1)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        FinetuneJobConfig(compute_dtype="float16")

@@ -5,7 +5,9 @@ reduction order (docs/finetuning.md#ray-train)."""
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from safetensors.numpy import load_file
 
@@ -51,3 +53,39 @@ def test_two_workers_take_the_steps_one_takes(tmp_path, ray_local):
         assert (tmp_path / d / "curves.png").stat().st_size > 0
         assert list((tmp_path / d / "tensorboard").glob("events.out.tfevents.*"))
     assert sum("valid_q3" in r for r in _records(tmp_path / "two")) == 1
+
+
+def test_two_workers_resume_where_they_stopped(tmp_path, ray_local):
+    """Stopped after a saved step and resumed by the same command, 2 workers end where one
+    uninterrupted run ends: the same losses, validation record, head and test figures."""
+    args = [*ARGS, "steps=2", "eval_every=1"]  # a checkpoint (and a validation) every step
+    ref = job.main([*args, "--output", str(tmp_path / "ref")])  # one process, no stop
+    two = [*args, "--output", str(tmp_path / "two"), "scale.num_workers=2"]
+    first = job.main([*two, "steps=1"])  # stopped after step 1 (saved) ...
+    assert first["steps"] == 1 and first["workers"] == 2
+    done = job.main(two)  # ... and the same command, further, resumes from its checkpoint
+    assert done["steps"] == 2 and done["best_step"] == ref["best_step"]
+    got, want = _records(tmp_path / "two"), _records(tmp_path / "ref")
+    assert [r["step"] for r in got if "loss" in r] == [1, 2]  # step 1 not taken again
+    for key in ("loss", "valid_q3"):
+        np.testing.assert_allclose(
+            [r[key] for r in got if key in r], [r[key] for r in want if key in r], atol=TOL
+        )
+    assert done["test"]["q3"] == pytest.approx(ref["test"]["q3"], abs=TOL)
+    a = load_file(str(tmp_path / "ref" / "head.safetensors"))
+    b = load_file(str(tmp_path / "two" / "head.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=TOL)
+    # The final state (adapters, head, optimizer moments and count), not only the best head.
+    want, got = _final_state(tmp_path / "ref"), _final_state(tmp_path / "two")
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=TOL)
+
+
+def _final_state(out: Path, step: int = 2) -> dict:
+    """A run's Orbax checkpoint of ``step`` as host arrays (one process reads what 2 wrote)."""
+    with ocp.StandardCheckpointer() as c:
+        path = (out / "checkpoints" / str(step) / "state").absolute()
+        tree = c.metadata(path).item_metadata.tree
+        return c.restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree))
