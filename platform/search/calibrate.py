@@ -38,13 +38,14 @@ def exact_neighbours(index, q: np.ndarray, k: int, chunk: int = 262_144) -> np.n
     return best_l
 
 
-def _recall(found: np.ndarray, truth: np.ndarray, self_labels: np.ndarray) -> float:
+def _recall(found: np.ndarray, truth: np.ndarray, self_labels: np.ndarray) -> tuple[float, float]:
+    """Mean recall@10 over the sample and its standard error."""
     hits = []
     for f, t, own in zip(found, truth, self_labels, strict=True):
         want = [x for x in t if x != own][:K]
         got = {x for x in f if x != own}
         hits.append(len(got.intersection(want)) / max(1, len(want)))
-    return float(np.mean(hits))
+    return float(np.mean(hits)), float(np.std(hits) / np.sqrt(len(hits)))
 
 
 def _ladder(nlist: int, start: int) -> list[int]:
@@ -57,11 +58,11 @@ def _ladder(nlist: int, start: int) -> list[int]:
 
 
 def calibrate(
-    index, target: float, queries: int = 200, seed: int = 0, nprobe: int = 0, refine: int = 0
+    index, target: float, queries: int = 500, seed: int = 0, nprobe: int = 0, refine: int = 0
 ) -> dict:
     """The cheapest ``(nprobe, refine)`` whose recall@10 on ``queries`` sampled vectors
-    reaches ``target`` (or the best one found when none does), with what was measured. A
-    given ``nprobe`` / ``refine`` is kept as it is (its recall is still measured)."""
+    reaches ``target`` less two standard errors (or the best one found when none does), with
+    what was measured. A given ``nprobe`` / ``refine`` is kept (its recall still measured)."""
     n = index.count
     rng = np.random.default_rng(seed)
     own = np.sort(rng.choice(n, min(queries, n), replace=False))
@@ -72,11 +73,14 @@ def calibrate(
     for rf in [refine] if refine else REFINES:
         for npr in [min(nprobe, nlist)] if nprobe else _ladder(nlist, 8):
             _, found = index.search(q, K + 1, nprobe=npr, refine=rf)
-            r = _recall(found, truth, own)
+            r, se = _recall(found, truth, own)
             tried.append({"nprobe": npr, "refine": rf, "recall_at_10": round(r, 4)})
+            tried[-1]["stderr"] = round(se, 4)
             if best is None or r > best["recall_at_10"]:
                 best = tried[-1]
-            if r >= target:
+            # the lower bound: a sample's recall is itself an estimate (queries not in the
+            # index, as users send, came out ~0.01 below it in the benchmark)
+            if r - 2 * se >= target:
                 log.info("calibrated: nprobe %d, refine %d -> recall@10 %.3f", npr, rf, r)
                 return {**tried[-1], "target": target, "queries": len(own), "tried": tried}
     log.warning(

@@ -187,10 +187,10 @@ def test_defaults_are_calibrated_to_the_target_recall(emb, index):
     path, _ = index
     ix = SearchIndex(str(path))
     cal = ix.params["calibration"]
-    assert cal["target"] == 0.95 and cal["recall_at_10"] >= 0.95
+    assert cal["target"] == 0.95 and cal["recall_at_10"] - 2 * cal["stderr"] >= 0.95
     assert (ix.params["nprobe"], ix.params["refine"]) == (cal["nprobe"], cal["refine"])
     # the ladder stopped at the first setting reaching the target: every earlier one missed it
-    assert all(t["recall_at_10"] < 0.95 for t in cal["tried"][:-1])
+    assert all(t["recall_at_10"] - 2 * t["stderr"] < 0.95 for t in cal["tried"][:-1])
     # the chunked exact scan equals one brute-force product, chunk boundaries included
     q = ix.vectors[:7]
     np.testing.assert_array_equal(exact_neighbours(ix, q, K, chunk=13), ix.exact(q, K)[1])
