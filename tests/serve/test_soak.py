@@ -3,7 +3,7 @@ minutes, one Embedder replica killed midway. No 5xx but the intended 503 + Retry
 200 equal to the offline API, every invalid request a 4xx, replica memory flat (RSS within
 10 % between the first sample and the end); latency percentiles printed as one JSON line.
 
-    python -m pytest tests/serve/test_soak.py -q -s -m slow      # ANKH_SOAK_S=480 by default
+    python -m pytest tests/serve/test_soak.py -q -s -m slow      # ANKH_SOAK_S=360 by default
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from tests.serve.helpers import SMALL, http, merge, proteins, serving, wait_healthy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-SECONDS = float(os.environ.get("ANKH_SOAK_S", "480"))
+SECONDS = float(os.environ.get("ANKH_SOAK_S", "360"))
 CLIENTS = 4  # a 2-core machine: enough to keep both embed replicas and the generator busy
 INVALID = [
     {"sequences": []},
