@@ -23,9 +23,9 @@ from ankh_platform.search import manifest as mf
 from ankh_platform.search.index import SearchIndex, prepare, top_k
 
 log = logging.getLogger(__name__)
-# RSS of a process that opened an index, per byte it holds (docs/search.md, "Scale": the
-# measured 638 MiB per million vectors over 279 MiB held, rounded up): what a shard asks Ray for
-OPEN_OVERHEAD = 2.5
+# RSS of a process that opened an index, per byte it holds (docs/search.md, "Scale": ~1.5x
+# measured at 1M vectors, rounded up for faiss' list growth): what a shard asks Ray for
+OPEN_OVERHEAD = 2.0
 
 
 def plan_shards(manifest: dict, shards: int) -> list[tuple[int, int]]:
