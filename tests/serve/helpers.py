@@ -89,6 +89,14 @@ def http(
         return status, {k.lower(): v for k, v in headers.items()}, text
 
 
+def assert_refused(base: str, route: str, body: Any, status: int, words: str) -> None:
+    """A hostile request to ``route`` gets ``status`` with ``words`` in its body, and the app
+    stays healthy (nothing else is affected)."""
+    got, _, reply = http("POST", f"{base}{route}", body)
+    assert got == status and words in str(reply), reply
+    assert http("GET", f"{base}/healthz")[0] == 200
+
+
 @contextlib.contextmanager
 def serving(cfg: dict):
     """Serve ``build_app(cfg)`` on a free loopback port of the running Ray; yield the URL.
