@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ankh import storage
-from ankh.storage import filesystem, join
+from ankh.storage import join
 from ankh_platform.embed import hdf5 as embed_hdf5
 from ankh_platform.embed import inputs, outputs
 from ankh_platform.embed.config import EmbedJobConfig
@@ -98,15 +98,8 @@ def run(cfg: EmbedJobConfig) -> dict:
         raise ValueError(f"layer must be in 1..{mcfg.num_layers} (0 = final), got {cfg.layer}")
     spec = pack_spec(cfg, mcfg)
     _check_output(cfg)
-    storage.remove_stale_temps(cfg.output)  # unfinished merges of a killed run
-    ofs, _ = filesystem(cfg.output)
-    done = [s for s in shards if ofs.exists(filesystem(join(cfg.output, f"{s.stem}.parquet"))[1])]
-    pending = [s for s in shards if s not in done]
-    for s in done:  # killed after a shard's merge, before its parts were removed
-        outputs.clear_parts(cfg.output, s.stem)
-    counts = inputs.count_all(pending)
-    # rows finished parts of a killed run hold: kept, only the rest is embedded again
-    resumed = {s.stem: outputs.resume_rows(cfg.output, s, counts[s.stem]) for s in pending}
+    pending, counts, resumed = outputs.pending_shards(cfg.output, shards)
+    done = [s for s in shards if s not in pending]  # merged by an earlier run
     margs = {
         "dim": mcfg.d_model,
         "width": spec.max_length,

@@ -189,6 +189,25 @@ def resume_rows(output: str, shard: InputShard, rows: int) -> list[int]:
     return []
 
 
+def pending_shards(output: str, shards: list[InputShard]) -> tuple[list, dict, dict]:
+    """What a (re-)run over ``output`` still has to do: ``(pending shards, their row counts,
+    rows each already holds in parts)``. Shards merged by an earlier run are skipped (their
+    leftover parts removed: killed between merge and clean-up), unfinished writes dropped."""
+    from ankh import storage
+    from ankh_platform.embed import inputs
+
+    storage.remove_stale_temps(output)  # unfinished merges of a killed run
+    ofs, _ = filesystem(output)
+    done = [s for s in shards if ofs.exists(filesystem(join(output, f"{s.stem}.parquet"))[1])]
+    pending = [s for s in shards if s not in done]
+    for s in done:
+        clear_parts(output, s.stem)
+    counts = inputs.count_all(pending)
+    # rows finished parts of a killed run hold: kept, only the rest is done again
+    resumed = {s.stem: resume_rows(output, s, counts[s.stem]) for s in pending}
+    return pending, counts, resumed
+
+
 def merge_shard(
     output: str,
     stem: str,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from ankh import storage
-from ankh.storage import filesystem, join
+from ankh.storage import join
 from ankh_platform.core import progress
 from ankh_platform.embed import inputs, outputs
 from ankh_platform.finetune.predict_parts import PredictReplica, merge_shard, write_parts
@@ -81,14 +81,8 @@ def run(cfg: PredictJobConfig) -> dict:
     facts = _run_facts(cfg.run)  # an unreadable run fails here, before any work
     shards = inputs.discover(cfg.input, cfg.input_format)
     outputs.check_settings(cfg.output, facts)
-    storage.remove_stale_temps(cfg.output)  # unfinished writes of a killed run
-    ofs, _ = filesystem(cfg.output)
-    done = [s for s in shards if ofs.exists(filesystem(join(cfg.output, f"{s.stem}.parquet"))[1])]
-    pending = [s for s in shards if s not in done]
-    for s in done:  # killed after a shard's merge, before its parts were removed
-        outputs.clear_parts(cfg.output, s.stem)
-    counts = inputs.count_all(pending)
-    resumed = {s.stem: outputs.resume_rows(cfg.output, s, counts[s.stem]) for s in pending}
+    pending, counts, resumed = outputs.pending_shards(cfg.output, shards)
+    done = [s for s in shards if s not in pending]  # merged by an earlier run
     left = {s.stem: counts[s.stem] - len(resumed[s.stem]) for s in pending}
     bar = progress.Progress("predict", total=sum(left.values()), unit="rows")
     stats = {"rows_this_run": 0, "model_s": 0.0, "init_s": []}

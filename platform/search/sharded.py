@@ -23,8 +23,8 @@ from ankh_platform.search import manifest as mf
 from ankh_platform.search.index import SearchIndex, prepare, top_k
 
 log = logging.getLogger(__name__)
-# RSS of a process that opened an index, per byte it holds (docs/search.md, "Scale": ~1.5x
-# measured at 1M vectors, rounded up for faiss' list growth): what a shard asks Ray for
+# RSS of a process opening an index, per byte it holds (docs/search.md, "Scale": at 1M
+# vectors ~1.5x once open, ~1.8x at the peak while opening, rounded up): what a shard asks for
 OPEN_OVERHEAD = 2.0
 
 
