@@ -48,7 +48,7 @@ def _recall(found: np.ndarray, truth: np.ndarray, self_labels: np.ndarray) -> tu
     return float(np.mean(hits)), float(np.std(hits) / np.sqrt(len(hits)))
 
 
-def _ladder(nlist: int, start: int) -> list[int]:
+def _nprobe_steps(nlist: int, start: int) -> list[int]:
     """``start``, doubling, up to every list."""
     steps, p = [], max(1, min(start, nlist))
     while p < nlist:
@@ -71,7 +71,7 @@ def calibrate(
     nlist = index.params["nlist"]
     tried, best = [], None
     for rf in [refine] if refine else REFINES:
-        for npr in [min(nprobe, nlist)] if nprobe else _ladder(nlist, 8):
+        for npr in [min(nprobe, nlist)] if nprobe else _nprobe_steps(nlist, 8):
             _, found = index.search(q, K + 1, nprobe=npr, refine=rf)
             r, se = _recall(found, truth, own)
             tried.append({"nprobe": npr, "refine": rf, "recall_at_10": round(r, 4)})
