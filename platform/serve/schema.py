@@ -105,9 +105,8 @@ class AuthConfig:
 class ServeConfig:
     checkpoint: str = "tiny"  # default model: preset name, HF dir or our run dir; local or gs://
     model_name: str = ""  # id in /v1/models; "" = last path component of checkpoint
-    # More checkpoints served by the same replicas, {name: checkpoint}, chosen per request
-    # ("model" field / serve_multiplexed_model_id header); loaded on first use (Serve model
-    # multiplexing), at most max_models_per_replica of them per replica (LRU eviction).
+    # More checkpoints {name: checkpoint}, chosen per request ("model" / multiplexed model id
+    # header), loaded on first use (Serve multiplexing), max_models_per_replica each (LRU).
     models: dict[str, str] = field(default_factory=dict)
     max_models_per_replica: int = 2  # extra models resident per replica; the default is pinned
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # compute dtype; auto: bf16 on GPU/TPU
@@ -122,15 +121,11 @@ class ServeConfig:
     generate: GenerateOptions = field(default_factory=GenerateOptions)
     limits: RequestLimits = field(default_factory=RequestLimits)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    # Search indexes (jobs.index directories, local or gs://) served by /v1/search, {name: path};
-    # each is opened once per replica of the search deployment. The first is the default.
+    # /v1/search's {name: jobs.index dir, local or gs://}, opened per replica; the first: default
     indexes: dict[str, str] = field(default_factory=dict)
     search: DeploymentOptions = field(default_factory=DeploymentOptions)
-    # > 0: each search replica opens every index as this many Ray actors (groups of parts: an
-    # index over one replica's memory), fanned out per request; the same results (search.md)
-    search_shards: int = 0
-    # /v1/predict's {name: jobs.finetune run}, held per replica like models (default: the first)
-    tasks: dict[str, str] = field(default_factory=dict)
+    search_shards: int = 0  # > 0: each index as N Ray actors per search replica (search.md)
+    tasks: dict[str, str] = field(default_factory=dict)  # /v1/predict's {name: finetune run}
     max_tasks_per_replica: int = 2
     predict: PredictOptions = field(default_factory=PredictOptions)
 
@@ -152,9 +147,7 @@ class ServeConfig:
             if getattr(self, limit) < 1:
                 raise ValueError(f"{limit} must be >= 1, got {getattr(self, limit)}")
         if self.search_shards < 0:
-            raise ValueError(
-                f"search_shards must be >= 0 (0: in the replica), got {self.search_shards}"
-            )
+            raise ValueError(f"search_shards must be >= 0 (0: unsharded), got {self.search_shards}")
 
     def served_name(self) -> str:
         return self.model_name or self.checkpoint.rstrip("/").rsplit("/", 1)[-1]
