@@ -198,12 +198,12 @@ def run(cfg: IndexConfig) -> dict:
     if m is None:
         m = train(cfg, shards, rows, source, [] if meta is None else meta.column_names[1:])
     t_train = time.perf_counter() - t_train
-    _check_columns(m, meta)
     done = {p["source"]: p for p in m["parts"]}
     for s in shards:
         if s in done and done[s]["rows"] != rows[s]:
             raise ValueError(f"{s} has {rows[s]} rows, {done[s]['rows']} when it was indexed")
     pending = [s for s in shards if s not in done]
+    _check_columns(m, meta, pending)
     pos = None if meta is None else {v: i for i, v in enumerate(meta["id"].to_pylist())}
     plan = plan_parts(pending, m, _indexed_ids(cfg.output, m), pos)
     workers = parallel.worker_count(cfg.workers, len(plan))
@@ -272,7 +272,13 @@ def _encode_and_commit(cfg: IndexConfig, m: dict, plan: list[dict], meta, worker
     return added
 
 
-def _check_columns(m: dict, meta) -> None:
+def _check_columns(m: dict, meta, pending: list[str]) -> None:
+    """New parts carry the index's metadata columns, no more, no fewer."""
+    if meta is None and m["metadata_columns"] and pending:
+        raise ValueError(
+            f"this index keeps metadata columns {m['metadata_columns']}: give --metadata "
+            f"with them to index {len(pending)} new shard(s)"
+        )
     cols = [] if meta is None else meta.column_names[1:]
     if meta is not None and cols != m["metadata_columns"]:
         raise ValueError(

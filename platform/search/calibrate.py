@@ -5,8 +5,8 @@ spread, which no formula of ``n`` and ``d`` knows: on near-isotropic vectors the
 neighbours of a query fall into many lists, on clustered embeddings into a few. So after a
 build the index measures itself, as FAISS' own auto-tuning does: a sample of indexed vectors
 is searched exactly (brute force over the full vectors) and through the index at growing
-``nprobe``; the smallest setting whose recall@10 reaches the target becomes the default, and
-the measured recall is written to the manifest beside it.
+``nprobe``; the smallest setting whose recall@10, less two standard errors, reaches the target
+becomes the default, and the measured recall is written to the manifest beside it.
 
 Each sample vector is its own exact top-1; it is left out of both result lists, so the recall
 measured is that of its ten other neighbours (a query that is not in the index).
@@ -22,20 +22,6 @@ log = logging.getLogger(__name__)
 
 K = 10
 REFINES = (10, 30, 100)  # x max(k, 10) candidates re-ranked exactly
-
-
-def exact_neighbours(index, q: np.ndarray, k: int, chunk: int = 262_144) -> np.ndarray:
-    """Labels of the exact top ``k`` of each (normalized) query, scanning the full vectors in
-    chunks so the score matrix never holds more than ``len(q) x chunk`` floats."""
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_l = np.zeros((len(q), 0), np.int64)
-    for start in range(0, index.count, chunk):
-        s = q @ index.vectors[start : start + chunk].T
-        labels = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
-        s, labels = np.concatenate([best_s, s], 1), np.concatenate([best_l, labels], 1)
-        order = np.lexsort((labels, -s), axis=1)[:, :k]
-        best_s, best_l = np.take_along_axis(s, order, 1), np.take_along_axis(labels, order, 1)
-    return best_l
 
 
 def _recall(found: np.ndarray, truth: np.ndarray, self_labels: np.ndarray) -> tuple[float, float]:
@@ -66,8 +52,9 @@ def calibrate(
     n = index.count
     rng = np.random.default_rng(seed)
     own = np.sort(rng.choice(n, min(queries, n), replace=False))
-    q = np.ascontiguousarray(index.vectors[own])  # stored normalized already
-    truth = exact_neighbours(index, q, K + 1)
+    q = np.ascontiguousarray(index.vectors[own])
+    truth = index.exact(q, K + 1)[1]
+    own = own + index.first  # positions -> labels
     nlist = index.params["nlist"]
     tried, best = [], None
     for rf in [refine] if refine else REFINES:

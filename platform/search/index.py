@@ -100,13 +100,23 @@ class SearchIndex:
         flat = labels.reshape(-1)
         return self.table.take(pa.array(flat - self.first, pa.int64(), mask=flat < 0))
 
-    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force search over the same full vectors (what recall is measured against)."""
+    def exact(
+        self, queries: np.ndarray, k: int, chunk: int = 262_144
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force search over the same full vectors (what recall is measured against),
+        scanned in chunks so the score matrix never holds more than ``len(queries) x chunk``
+        floats; equal scores in label order."""
         q = parts.normalize(np.asarray(queries, np.float32), self.metric)
-        s = q @ self.vectors.T
         k = min(k, self.count)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(s, order, 1), order.astype(np.int64) + self.first
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_l = np.zeros((len(q), 0), np.int64)
+        for start in range(0, self.count, chunk):
+            s = q @ self.vectors[start : start + chunk].T
+            labels = np.arange(start, start + s.shape[1], dtype=np.int64) + self.first
+            labels = np.broadcast_to(labels, s.shape)
+            cand, scores = np.concatenate([best_l, labels], 1), np.concatenate([best_s, s], 1)
+            best_s, best_l = top_k(cand, scores, k)
+        return best_s, best_l
 
 
 def top_k(cand: np.ndarray, exact: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
