@@ -26,6 +26,22 @@ def param(
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+def drop_input(x: jax.Array, keys: jax.Array, proj: int, rate: float) -> jax.Array:
+    """LoRA dropout (``ankh.lora.dropout_keys``): inverted dropout at ``rate`` of an adapter's
+    input ``x`` ``[b * l, e]`` (rows flattened). Row r's mask at position p comes from
+    ``keys[r]`` (its layer's) folded with ``proj`` and p, so it does not depend on the batch's
+    other rows or its padded length."""
+    b, (n, e) = keys.shape[0], x.shape
+
+    def row(k: jax.Array) -> jax.Array:
+        k = jax.random.fold_in(jax.random.wrap_key_data(k), proj)
+        pos = jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(n // b))
+        return jax.vmap(lambda kp: jax.random.bernoulli(kp, 1.0 - rate, (e,)))(pos)
+
+    keep = jax.vmap(row)(keys).reshape(n, e)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 class RMSNorm(nnx.Module):
     """T5 layer norm: no mean subtraction, no bias; statistics in float32."""
 
@@ -65,6 +81,9 @@ class Attention(nnx.Module):
         adapter = getattr(self, f"lora_{name}", None) if name else None
         if adapter is None:
             return y
+        keys = getattr(self, "lora_keys", None)  # set in training steps only (ankh.lora)
+        if keys is not None and self.lora_dropout > 0:
+            x = drop_input(x, keys[...], "qkvo".index(name), self.lora_dropout)
         return y + (adapter(x) * self.lora_scale).astype(y.dtype)
 
     def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -9,10 +9,16 @@ them into the projection weights and removes them. Names and layout follow PEFT
 the HF T5 module ``encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}``; ``save_peft_dir`` /
 ``read_peft_dir`` write and read PEFT's adapter directory (``adapter_config.json`` +
 ``adapter_model.safetensors``), and ``apply_peft`` merges such an adapter into an ``Ankh``.
+
+LoRA dropout (``LoraConfig.dropout``, PEFT's ``lora_dropout``: ``B(A(dropout(x))) * scale``)
+acts only inside ``dropout_keys`` (``ankh.layers.drop_input`` drops), which a training step opens with its batch's ``row_seeds``.
+Each mask is a pure function of (seed, step, global row, layer, projection, position): a
+resumed run and any split of the batch over workers draw the masks one process draws.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from typing import Any
@@ -30,11 +36,13 @@ PEFT_PREFIX = "base_model.model.encoder.block"
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    """Defaults of Schmirler et al. 2024 for Ankh: rank 4, alpha 1, on q/k/v/o."""
+    """Defaults of Schmirler et al. 2024 for Ankh: rank 4, alpha 1, on q/k/v/o; ``dropout``:
+    the rate of PEFT's ``lora_dropout`` on the adapters' input, in training steps only."""
 
     rank: int = 4
     alpha: float = 1.0
     targets: tuple[str, ...] = TARGETS
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -42,6 +50,8 @@ class LoraConfig:
         bad = set(self.targets) - set(TARGETS)
         if bad or not self.targets:
             raise ValueError(f"lora.targets must be a non-empty subset of {TARGETS}, got {bad}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def scale(self) -> float:
@@ -64,6 +74,44 @@ def attach(encoder: nnx.Module, cfg: LoraConfig, rngs: nnx.Rngs) -> None:
             d_in, d_out = _dims(att, t)
             setattr(att, f"lora_{t}", nnx.LoRA(d_in, cfg.rank, d_out, rngs=rngs))
         att.lora_scale = cfg.scale
+        att.lora_dropout = cfg.dropout
+
+
+class DropoutKeys(nnx.Variable):
+    """One layer's per-row dropout keys (raw key data ``[b, 2]``); present only inside
+    ``dropout_keys``, so evaluation, export and checkpoints never see them."""
+
+
+def row_seeds(seed: int, step: int, rows: int) -> np.ndarray:
+    """What training batch ``step`` carries for LoRA dropout: ``[rows, 3]`` uint32 (seed, step,
+    global row). Split by rows with the batch, a worker holds its rows' seeds, hence the masks
+    one process would draw for them."""
+    out = np.empty((rows, 3), np.uint32)
+    out[:, 0], out[:, 1], out[:, 2] = seed % 2**32, step, np.arange(rows)
+    return out
+
+
+@contextlib.contextmanager
+def dropout_keys(encoder: nnx.Module, seeds: jax.Array | None):
+    """Within: the adapters of ``encoder`` drop their input at ``LoraConfig.dropout``, with
+    masks from ``seeds`` (``row_seeds``'s rows); a no-op without seeds or without dropout."""
+    atts = _attentions(encoder)
+    if seeds is None or not any(getattr(a, "lora_dropout", 0.0) > 0 for a in atts):
+        yield
+        return
+
+    def row_key(s: jax.Array) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(jax.random.key(s[0]), s[1]), s[2])
+
+    keys = jax.vmap(row_key)(jnp.asarray(seeds, jnp.uint32))  # [b]
+    for i, att in enumerate(atts):
+        layer = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+        att.lora_keys = DropoutKeys(jax.random.key_data(layer))
+    try:
+        yield
+    finally:
+        for att in atts:
+            del att.lora_keys
 
 
 def merge(encoder: nnx.Module) -> None:
@@ -137,7 +185,7 @@ def peft_config(cfg: LoraConfig, base: str = "") -> dict[str, Any]:
         "base_model_name_or_path": base,
         "r": cfg.rank,
         "lora_alpha": cfg.alpha,
-        "lora_dropout": 0.0,
+        "lora_dropout": cfg.dropout,
         "target_modules": list(cfg.targets),
         "bias": "none",
         "fan_in_fan_out": False,
@@ -177,7 +225,12 @@ def read_peft_dir(directory: str) -> tuple[LoraConfig, dict[str, np.ndarray]]:
             raise ValueError(f"{directory}: {key}={conf[key]!r} is not supported")
     targets = conf["target_modules"]
     targets = [targets] if isinstance(targets, str) else list(targets)
-    cfg = LoraConfig(rank=int(conf["r"]), alpha=float(conf["lora_alpha"]), targets=tuple(targets))
+    cfg = LoraConfig(
+        rank=int(conf["r"]),
+        alpha=float(conf["lora_alpha"]),
+        targets=tuple(targets),
+        dropout=float(conf.get("lora_dropout") or 0.0),
+    )
     with storage.open_file(f"{directory}/adapter_model.safetensors", "rb") as fh:
         raw = load(fh.read())
     # PEFT names a wrapped model's tensors with or without the leading "base_model.model."

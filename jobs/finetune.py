@@ -10,11 +10,12 @@ multi-label: the most frequent GO molecular-function terms of uniprot_go), or a 
 kinds: residue_class, protein_class, protein_reg (inferred when omitted).
 
 Settings (key=value): mode (lora), head (linear|mlp|convbert), lora.rank (4), lora.alpha (1),
-lora.targets ([q,k,v,o]), steps, batch_size, learning_rate (3e-4), eval_every, patience
-(validation passes without improvement before stopping), class_weights (none|balanced),
-limits.train / limits.valid / limits.test / limits.max_length, scale.num_workers (1: this
-process; more: Ray Train data parallel, each global batch of batch_size rows split over the
-workers; scale.use_gpu / scale.use_tpu as jobs.pretrain), max_failures.
+lora.targets ([q,k,v,o]), lora.dropout (0; PEFT's lora_dropout, in training steps only), steps,
+batch_size, learning_rate (3e-4), eval_every, patience (validation passes without improvement
+before stopping), class_weights (none|balanced), limits.train / limits.valid / limits.test /
+limits.max_length, scale.num_workers (1: this process; more: Ray Train data parallel, each
+global batch of batch_size rows split over the workers; scale.use_gpu / scale.use_tpu as
+jobs.pretrain), max_failures.
 
 Writes OUTPUT/summary.json (test metric, trainable and total parameters, step time, peak
 memory), metrics.jsonl, tensorboard/, curves.png, run.json, head.safetensors, adapter/ (LoRA, PEFT format), model/ (an HF

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ankh import storage
+from ankh.lora import row_seeds
 from ankh.training import OptimConfig, make_optimizer
 from ankh_platform.evaluate.heads import loss_fn
 from ankh_platform.evaluate.metrics import score
@@ -62,7 +63,7 @@ def step_fn(kind: str, wrt: Any):
     @nnx.jit
     def step(model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]) -> jax.Array:
         def lf(m):
-            return loss_fn(kind, m(b["ids"], b["mask"], b["res_mask"]), b)
+            return loss_fn(kind, m(b["ids"], b["mask"], b["res_mask"], b.get("drop_seeds")), b)
 
         loss, grads = nnx.value_and_grad(lf, argnums=nnx.DiffState(0, wrt))(model)
         opt.update(model, grads)
@@ -96,7 +97,8 @@ def evaluate(model: nnx.Module, data: Data, split: str, rows: int) -> dict[str, 
 
 
 def batch_at(data: Data, step: int, rows: int, seed: int) -> dict[str, np.ndarray]:
-    """Training batch ``step`` (0-based): a pure function of (seed, step)."""
+    """Training batch ``step`` (0-based): a pure function of (seed, step), LoRA dropout's
+    per-row seeds (``drop_seeds``) included."""
     n = len(data.toks["train"])
     per_epoch = max(1, -(-n // rows))
     epoch, k = divmod(step, per_epoch)
@@ -105,6 +107,7 @@ def batch_at(data: Data, step: int, rows: int, seed: int) -> dict[str, np.ndarra
     b = make_batch(
         data.task, [data.toks["train"][i] for i in idx], labels, rows, data.prefix, data.y_stats
     )
+    b["drop_seeds"] = row_seeds(seed, step, rows)
     if data.class_w is not None:
         b["class_w"] = data.class_w
     return b

@@ -25,12 +25,17 @@ class Finetuner(nnx.Module):
     def __init__(self, shared: nnx.Param, encoder: nnx.Module, head: nnx.Module, dtype: Any):
         self.shared, self.encoder, self.head, self.dtype = shared, encoder, head, dtype
 
-    def hidden(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    def hidden(self, ids: jax.Array, mask: jax.Array, drop: jax.Array | None = None) -> jax.Array:
+        """``drop``: a training batch's ``drop_seeds`` (LoRA dropout on); None: deterministic."""
         x = jnp.take(self.shared[...], ids, axis=0).astype(self.dtype)  # [b, l, e]
-        return self.encoder(x, mask, default_positions(mask)[:1]).astype(jnp.float32)
+        with lora_lib.dropout_keys(self.encoder, drop):
+            h = self.encoder(x, mask, default_positions(mask)[:1])
+        return h.astype(jnp.float32)
 
-    def __call__(self, ids: jax.Array, mask: jax.Array, res_mask: jax.Array) -> jax.Array:
-        return self.head(self.hidden(ids, mask), res_mask)
+    def __call__(
+        self, ids: jax.Array, mask: jax.Array, res_mask: jax.Array, drop: jax.Array | None = None
+    ) -> jax.Array:
+        return self.head(self.hidden(ids, mask, drop), res_mask)
 
 
 def n_outputs(task: TaskData) -> int:

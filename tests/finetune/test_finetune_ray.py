@@ -1,6 +1,6 @@
 """``jobs.finetune`` data parallel on Ray Train: 2 real worker processes (JAX distributed over
 gloo on CPU) take the steps one process takes -- the global batch split by rows -- within float
-reduction order (docs/finetuning.md#ray-train)."""
+reduction order (docs/finetuning.md#ray-train), LoRA dropout's masks included."""
 
 import json
 from pathlib import Path
@@ -28,6 +28,7 @@ ARGS = [
     "eval_every=3",
     "patience=0",
     "class_weights=balanced",  # a replicated (not row-split) input too
+    "lora.dropout=0.1",  # its masks follow the global row, not the worker holding it
 ]
 TOL = 1e-5  # float32 sums in another order (the gradient all-reduce over 2 processes)
 
