@@ -217,7 +217,13 @@ def write_run(cfg, model, base, data, out: str, summary: dict) -> None:
         lora_lib.save_peft_dir(f"{out}/adapter", model.encoder, cfg.lora, cfg.model)
         lora_lib.merge(model.encoder)
     if cfg.mode in ("lora", "full"):
-        flat = base.flat_params()
+        # Not base.flat_params(): ``model`` shares base's encoder and embedding variables,
+        # which a mesh made global arrays (``model`` here is the host copy of their values).
+        flat = {
+            p: np.asarray(v[...])
+            for p, v in nnx.to_flat_state(base.params)
+            if p[0] not in ("encoder", "shared")
+        }
         for path, v in nnx.to_flat_state(nnx.state(model.encoder, nnx.Param)):
             flat[("encoder", *path)] = np.asarray(v[...])
         flat[("shared",)] = np.asarray(model.shared[...])
