@@ -100,6 +100,17 @@ def param_shardings(state: nnx.State, mesh: Mesh) -> dict:
     ).to_pure_dict()
 
 
+def indivisible(state: nnx.State, mesh: Mesh) -> list[str]:
+    """The variables of ``state`` with a dim the rules shard on ``mesh`` but whose size the
+    mesh axes do not divide (``logical_to_spec`` replicates such a dim)."""
+    out = []
+    for path, v in nnx.to_flat_state(state):
+        axes = _axes_of(v)
+        if logical_to_spec(axes, None, mesh) != logical_to_spec(axes, v.shape, mesh):
+            out.append(f"{'.'.join(map(str, path))} {tuple(v.shape)} {axes}")
+    return out
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Shard the leading (batch) dim over ``data`` and ``fsdp``; the rest replicated."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + ("length",) * (ndim - 1), mesh=mesh))

@@ -15,7 +15,8 @@ batch_size, learning_rate (3e-4), eval_every, patience (validation passes withou
 before stopping), class_weights (none|balanced), limits.train / limits.valid / limits.test /
 limits.max_length, scale.num_workers (1: this process; more: Ray Train data parallel, each
 global batch of batch_size rows split over the workers; scale.use_gpu / scale.use_tpu as
-jobs.pretrain), max_failures.
+jobs.pretrain), mesh.fsdp / mesh.tensor (parameters, gradients and optimizer state sharded over
+the workers' devices, as jobs.pretrain), max_failures.
 
 Writes OUTPUT/summary.json (test metric, trainable and total parameters, step time, peak
 memory), metrics.jsonl, tensorboard/, curves.png, run.json, head.safetensors, adapter/ (LoRA, PEFT format), model/ (an HF

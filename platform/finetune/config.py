@@ -7,7 +7,7 @@ from typing import Literal
 
 from ankh.lora import LoraConfig
 from ankh_platform.evaluate.tasks import TaskLimits
-from ankh_platform.train.config import ScaleConfig
+from ankh_platform.train.config import MeshConfig, ScaleConfig
 
 MODES = ("head", "lora", "full")
 
@@ -47,6 +47,11 @@ class FinetuneJobConfig:
     # workers) splits each global batch of batch_size rows over the workers; 1 CPU worker runs
     # in this process, without Ray.
     scale: ScaleConfig = ScaleConfig()
+    # The device mesh over every worker's devices, as jobs.pretrain's (mesh.fsdp=4
+    # mesh.tensor=2; data = the devices left over): parameters, gradients and optimizer state
+    # sharded by ankh.sharding's rules, each batch split over data x fsdp. The default (all
+    # data) in one process trains on one device.
+    mesh: MeshConfig = MeshConfig()
     max_failures: int = 0  # Ray Train restarts of the workers (they resume from a checkpoint)
     compile_cache: str = ""  # persistent XLA compilation cache directory ("" = none)
 

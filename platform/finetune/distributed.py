@@ -1,20 +1,29 @@
-"""Data-parallel fine-tuning on Ray Train (``scale.num_workers`` > 1, or GPU/TPU workers).
+"""Fine-tuning over a device mesh, and on Ray Train (``scale.num_workers`` > 1, or GPU/TPU workers).
 
-The driver (``run_ray``) starts a ``ray.train.v2.jax.JaxTrainer`` as ``jobs.pretrain`` does
-(``train.job.scaling_config`` / ``worker_env``); every worker joins the JAX distributed runtime
-(``train.worker._join_jax``: on CPU over gloo, the coordinator address broadcast from rank 0)
-and runs ``job.train``, the same loop as one process. The global batch (``batch_size`` rows,
-a function of (seed, step) as in one process) is split by rows over the processes' devices
-(``ankh.sharding.global_batch``); the parameters and optimizer state are replicated, so the
-jitted step's loss is the global batch's mean and XLA all-reduces the gradients: 2 workers
-take the steps 1 worker takes, up to float reduction order. Every worker scores the
-validation split on its local copy of the (replicated) parameters, so all reach the same
-early-stopping decision with no further communication; process 0 writes the records, the
-best state, the test figures and the run directory. Checkpoints are Orbax's, written by all.
+The mesh (``cfg.mesh``, pretraining's ``MeshConfig``: ``data x fsdp x tensor``, data = the
+devices left over) spans every process's devices. Its parameters -- the encoder's, and the
+embedding -- are placed by ``ankh.sharding.param_shardings`` (the one rule table: ``embed`` over
+fsdp, ``mlp heads vocab`` over tensor; the LoRA adapters and the head carry no logical axes and
+are replicated); the optimizer moments follow their parameters (``zeros_like`` keeps a
+sharding), the jitted step keeps both where they are (``constrain``), and XLA places the
+gradients alike. Each step's global batch (``batch_size`` rows, a function of (seed, step);
+every process builds it whole) is split by rows over ``data`` and ``fsdp`` (``put``), so the
+loss is the global batch's mean and N devices take the steps one takes, up to float reduction
+order. The default mesh (all data) in one process is no mesh: one device, as before.
+
+With a mesh, every process takes part in each jitted call: validation and the test split are
+scored by all on the sharded model (each builds the same batches, the outputs are gathered to
+every host), so all reach the same early-stopping decision; ``best.safetensors`` and the run
+directory are gathered to the hosts (``host``) and written by process 0. Checkpoints are
+Orbax's, written by all, each process its shards; restoring into the placed state restores the
+shards. On Ray Train (``run_ray``: ``ray.train.v2.jax.JaxTrainer``, as ``jobs.pretrain``)
+every worker joins the JAX distributed runtime (``train.worker._join_jax``: on CPU over gloo)
+and runs ``job.train``, the same loop as one process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,11 +33,13 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from ankh import sharding, storage
 from ankh_platform.core.config import to_dict
 from ankh_platform.finetune.config import FinetuneJobConfig
+from ankh_platform.train.config import MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,52 +51,103 @@ def wanted(cfg: FinetuneJobConfig) -> bool:
     return s.num_workers > 1 or s.use_gpu or s.use_tpu
 
 
-def mesh() -> Mesh | None:
-    """A data-parallel mesh over every process's devices; None in a single process."""
-    return sharding.make_mesh({"data": -1}) if jax.process_count() > 1 else None
+def mesh(cfg: FinetuneJobConfig) -> Mesh | None:
+    """``cfg.mesh`` over every process's devices; None for the default mesh in one process."""
+    if jax.process_count() == 1 and cfg.mesh == MeshConfig():
+        return None
+    n, sizes = jax.device_count(), dataclasses.asdict(cfg.mesh)
+    try:
+        m = sharding.make_mesh(sizes)
+    except ValueError as e:
+        raise ValueError(
+            f"mesh.data={cfg.mesh.data} mesh.fsdp={cfg.mesh.fsdp} mesh.tensor={cfg.mesh.tensor} "
+            f"does not divide the {n} devices ({jax.process_count()} processes); -1 = the rest"
+        ) from e
+    rows = m.shape["data"] * m.shape["fsdp"]  # the batch is split over both
+    if cfg.batch_size % rows:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not divisible by mesh data x fsdp = {rows} "
+            f"(the rows of a batch are split over them)"
+        )
+    return m
 
 
-def replicate(module: nnx.Module, m: Mesh) -> None:
-    """Every process-local array of ``module`` (the model, or the optimizer) as a global array
-    replicated over ``m`` (all processes hold the same values: the same seed built them);
-    arrays already global (the moments of replicated parameters) are kept.
+def check(module: nnx.Module, m: Mesh) -> None:
+    """Refuse a mesh axis that would leave a parameter dim it shards whole: the rule table
+    replicates an indivisible dim, which here would quietly keep the memory a mesh was asked
+    to save."""
+    bad = sharding.indivisible(nnx.state(module, nnx.Param), m)
+    if bad:
+        sizes = {a: m.shape[a] for a in sharding.MESH_AXES}
+        rules = ", ".join(f"{k}->{v}" for k, v in sharding.RULES.items() if v and k != "batch")
+        raise ValueError(
+            f"mesh {sizes} does not divide the sharded dims of {len(bad)} parameters, e.g. "
+            f"{'; '.join(bad[:3])} (ankh.sharding.RULES: {rules}); pick fsdp / tensor sizes "
+            "that divide them"
+        )
 
-    The optimizer too: its step count is made on this process's device, which jit accepts
-    while uncommitted, but restored from a checkpoint it is committed there, and the step
-    would refuse to mix it with the global parameters (a resumed run on 2 workers)."""
+
+def place(module: nnx.Module, m: Mesh) -> None:
+    """Every array of ``module`` (the model, or its optimizer) as a global array on ``m``:
+    parameters by the rule table, the rest replicated; arrays already on ``m`` (the optimizer
+    moments of placed parameters) are kept. Each process supplies its devices' slices of the
+    values it holds whole (the same seed and weights built them in every process)."""
     state = nnx.state(module)
-    rep = sharding.replicated(m)
+    want = sharding.param_shardings(state, m)
 
-    def place(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    def one(x, sh):
+        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == m:
             return x
-        return jax.make_array_from_process_local_data(rep, np.asarray(x))
+        return put(x, sh)
 
-    nnx.update(module, jax.tree.map(place, state))
+    pure = jax.tree.map(one, nnx.to_pure_dict(state), want)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(module, state)
+
+
+def put(x: Any, sh: NamedSharding) -> jax.Array:
+    """A value every process holds whole -> the global array ``sh`` places."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+
+def shardings(module: nnx.Module) -> dict:
+    """Where ``module``'s arrays are now (a pure dict): the step keeps them there."""
+    return jax.tree.map(lambda x: x.sharding, nnx.to_pure_dict(nnx.state(module)))
+
+
+def constrain(module: nnx.Module, where: dict) -> None:
+    """Inside a jitted function: pin ``module``'s new arrays to ``where`` (their placement);
+    XLA would otherwise pick the updated parameters' and moments' shardings itself."""
+    state = nnx.state(module)
+    nnx.replace_by_pure_dict(
+        state, jax.lax.with_sharding_constraint(nnx.to_pure_dict(state), where)
+    )
+    nnx.update(module, state)
 
 
 def shard(batch: dict[str, np.ndarray], m: Mesh) -> dict[str, jax.Array]:
-    """The global batch (every process builds it whole) -> this process's rows -> global
-    arrays sharded by rows; ``class_w`` (per class, not per row) replicated."""
-    rank, world = jax.process_index(), jax.process_count()
-    rows = len(batch["ids"])
-    if rows % world:
-        raise ValueError(f"batch_size {rows} is not divisible by {world} workers")
-    per = rows // world
-    local = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items() if k != "class_w"}
-    out = sharding.global_batch(local, m)
-    if "class_w" in batch:
-        out["class_w"] = jax.make_array_from_process_local_data(
-            sharding.replicated(m), np.asarray(batch["class_w"])
-        )
-    return out
+    """The global batch (every process builds it whole) -> global arrays split by rows over
+    ``data`` and ``fsdp``; ``class_w`` (per class, not per row) replicated."""
+    return {
+        k: put(v, sharding.replicated(m) if k == "class_w" else sharding.batch_sharding(m, v.ndim))
+        for k, v in batch.items()
+    }
 
 
-def local_copy(model: nnx.Module) -> nnx.Module:
-    """``model`` with process-local arrays (the replicated values): scored here alone."""
+def to_host(x: Any) -> np.ndarray:
+    """A (global) array's whole value on this host, writable (``lora.merge`` assigns into
+    it); every process must call it."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.array(multihost_utils.process_allgather(x, tiled=True))
+    return np.array(x)
+
+
+def host(model: nnx.Module) -> nnx.Module:
+    """``model`` with host (numpy) arrays, gathered from the mesh (every process calls it):
+    what the run directory is written from (merging LoRA included) by process 0 alone."""
     graph, state = nnx.split(model)
-    here = jax.local_devices()[0]
-    return nnx.merge(graph, jax.tree.map(lambda x: jax.device_put(np.asarray(x), here), state))
+    return nnx.merge(graph, jax.tree.map(to_host, state))
 
 
 def join(cfg: FinetuneJobConfig) -> None:

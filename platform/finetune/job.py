@@ -6,7 +6,8 @@ kind and classes), ``head.safetensors``, in ``mode=lora`` ``adapter/`` (PEFT's
 ``full`` ``model/`` (an HF directory with the adapters merged: ``ankh.load`` and ``transformers``
 read it), ``metrics.jsonl`` (a record per step and per validation pass; ``tensorboard/`` the
 same as TensorBoard events), ``curves.png``, ``summary.json`` and ``checkpoints/`` (Orbax;
-rerunning the same command resumes). ``scale.num_workers`` > 1: Ray Train (``distributed``).
+rerunning the same command resumes). ``scale.num_workers`` > 1: Ray Train; ``mesh.*``: the
+parameters sharded over the devices (``distributed``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def _save_tensors(path: str, tensors: dict[str, np.ndarray], meta: dict | None =
 
 
 def _load_best(model: nnx.Module, wrt: Any, path: str) -> None:
+    """The best trainable state into ``model``, each array where the one it replaces was (on
+    a mesh: sharded; every process reads the file process 0 wrote)."""
     state = nnx.state(model, wrt)
     got = load_file(path)
     for p, v in nnx.to_flat_state(state):
-        v[...] = got[".".join(map(str, p))]
+        old, new = v[...], got[".".join(map(str, p))]
+        v[...] = distributed.put(new, old.sharding) if isinstance(old, jax.Array) else new
     nnx.update(model, state)
 
 
@@ -99,17 +103,28 @@ PANELS = [("loss", "training loss", "loss")]  # + the validation metric's panel
 def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
     """The loop, in any number of JAX processes (``distributed``); process 0 writes the run
     and returns its summary (the others: {})."""
-    out = cfg.output.rstrip("/")
-    primary = jax.process_index() == 0
     task, base, data = prepare(cfg)
     model = build(base, task, cfg.mode, cfg.head, cfg.lora, cfg.seed, cfg.remat)
     wrt = trainable(cfg.mode)
-    mesh = distributed.mesh()
-    if mesh is not None:
-        distributed.replicate(model, mesh)
+    mesh = distributed.mesh(cfg)
+    if mesh is None:
+        return _train(cfg, task, base, data, model, wrt, None)
+    distributed.check(model, mesh)
+    with jax.set_mesh(mesh):
+        return _train(cfg, task, base, data, model, wrt, mesh)
+
+
+def _train(cfg, task, base, data, model, wrt, mesh) -> dict[str, Any]:
+    """``train`` on ``mesh`` (None: this process's first device)."""
+    out = cfg.output.rstrip("/")
+    primary = jax.process_index() == 0
+    where = None
+    if mesh is not None:  # placed before the optimizer: its moments follow the parameters
+        distributed.place(model, mesh)
     opt = nnx.Optimizer(model, loop.optimizer(cfg), wrt=wrt)
-    if mesh is not None:  # so the checkpoint restores into global arrays (resume)
-        distributed.replicate(opt, mesh)
+    if mesh is not None:  # and so the checkpoint restores into the placed arrays (resume)
+        distributed.place(opt, mesh)
+        where = (distributed.shardings(model), distributed.shardings(opt))
     ckpts = loop.Checkpoints(f"{out}/checkpoints")
     meta = ckpts.restore(model, opt, wrt) or {
         "step": 0,
@@ -117,7 +132,7 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
         "best_step": 0,
         "bad": 0,
     }
-    step_fn, times = loop.step_fn(task.kind, wrt), []
+    step_fn, times = loop.step_fn(task.kind, wrt, where), []
     writer = MetricsWriter(out, primary)  # metrics.jsonl + TensorBoard (tensorboard/)
     bar = progress.Progress("finetune", total=cfg.steps, unit="steps")
     bar.enabled = bar.enabled and primary  # one bar: process 0's
@@ -137,11 +152,11 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
             ckpts.save(meta["step"], model, opt, wrt, meta)
     bar.close()
     ckpts.close()
+    _load_best(model, wrt, f"{out}/best.safetensors")
+    test = loop.evaluate(model, data, "test", cfg.batch_size, mesh)  # every process: a mesh's
+    model = distributed.host(model) if mesh is not None else model
     if not primary:
         return {}
-    model = distributed.local_copy(model) if mesh is not None else model
-    _load_best(model, wrt, f"{out}/best.safetensors")
-    test = loop.evaluate(model, data, "test", cfg.batch_size)
     summary = {
         "task": task.name,
         "kind": task.kind,
@@ -157,6 +172,7 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
         "step_time_s": float(np.median(times[1:] if len(times) > 1 else times)) if times else None,
         "sizes": {s: len(sp.ids) for s, sp in task.splits.items()},
         "workers": jax.process_count(),
+        "mesh": {a: int(n) for a, n in mesh.shape.items()} if mesh is not None else None,
         **loop.peak_memory_mb(),
     }
     main = f"valid_{test['main']}"
@@ -168,16 +184,17 @@ def train(cfg: FinetuneJobConfig) -> dict[str, Any]:
 
 def _validate(cfg, model, wrt, data, meta, out, writer, mesh) -> bool:
     """One validation pass: keep the best trainable state; True when patience has run out.
-    Every process scores its local copy: the same figures, the same decision everywhere."""
-    scored = distributed.local_copy(model) if mesh is not None else model
-    val = loop.evaluate(scored, data, "valid", cfg.batch_size)
+    On a mesh every process scores (the forward is one program over all devices) and gets the
+    same figures: the same decision everywhere."""
+    val = loop.evaluate(model, data, "valid", cfg.batch_size, mesh)
     v = float(val[val["main"]])
     writer.write({"step": meta["step"], f"valid_{val['main']}": v})
     log.info("step %d: valid %s %.4f", meta["step"], val["main"], v)
     if v > meta["best"] or meta["best_step"] == 0:
         meta.update(best=v, best_step=meta["step"], bad=0)
+        best = jax.tree.map(distributed.to_host, nnx.state(model, wrt))  # every process
         if jax.process_index() == 0:
-            _save_tensors(f"{out}/best.safetensors", _flat(nnx.state(scored, wrt)))
+            _save_tensors(f"{out}/best.safetensors", _flat(best))
         return False
     meta["bad"] += 1
     return bool(cfg.patience) and meta["bad"] >= cfg.patience
@@ -200,7 +217,13 @@ def write_run(cfg, model, base, data, out: str, summary: dict) -> None:
         lora_lib.save_peft_dir(f"{out}/adapter", model.encoder, cfg.lora, cfg.model)
         lora_lib.merge(model.encoder)
     if cfg.mode in ("lora", "full"):
-        flat = base.flat_params()
+        # Not base.flat_params(): ``model`` shares base's encoder and embedding variables,
+        # which a mesh made global arrays (``model`` here is the host copy of their values).
+        flat = {
+            p: np.asarray(v[...])
+            for p, v in nnx.to_flat_state(base.params)
+            if p[0] not in ("encoder", "shared")
+        }
         for path, v in nnx.to_flat_state(nnx.state(model.encoder, nnx.Param)):
             flat[("encoder", *path)] = np.asarray(v[...])
         flat[("shared",)] = np.asarray(model.shared[...])

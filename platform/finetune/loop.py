@@ -27,6 +27,7 @@ from ankh.training import OptimConfig, make_optimizer
 from ankh_platform.evaluate.heads import loss_fn
 from ankh_platform.evaluate.metrics import score
 from ankh_platform.evaluate.tasks import TaskData
+from ankh_platform.finetune import distributed
 from ankh_platform.finetune.config import FinetuneJobConfig
 from ankh_platform.finetune.model import make_batch, outputs
 
@@ -59,7 +60,9 @@ def optimizer(cfg: FinetuneJobConfig) -> optax.GradientTransformation:
     return make_optimizer(oc)
 
 
-def step_fn(kind: str, wrt: Any):
+def step_fn(kind: str, wrt: Any, where: tuple[dict, dict] | None = None):
+    """The jitted step; ``where``: the model's and optimizer's placement on a mesh, kept."""
+
     @nnx.jit
     def step(model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]) -> jax.Array:
         def lf(m):
@@ -67,6 +70,9 @@ def step_fn(kind: str, wrt: Any):
 
         loss, grads = nnx.value_and_grad(lf, argnums=nnx.DiffState(0, wrt))(model)
         opt.update(model, grads)
+        if where is not None:
+            distributed.constrain(model, where[0])
+            distributed.constrain(opt, where[1])
         return loss
 
     return step
@@ -77,22 +83,26 @@ def forward(model: nnx.Module, ids: jax.Array, mask: jax.Array, res_mask: jax.Ar
     return model(ids, mask, res_mask)
 
 
-def predict(model: nnx.Module, data: Data, toks: list[np.ndarray], rows: int) -> list[Any]:
-    """Per-example outputs (``model.outputs``), in ``toks`` order; similar lengths batched."""
+def predict(model: nnx.Module, data: Data, toks: list[np.ndarray], rows: int, mesh=None) -> list:
+    """Per-example outputs (``model.outputs``), in ``toks`` order; similar lengths batched.
+    With a ``mesh`` every process calls it (the batches split over the mesh, the outputs
+    gathered)."""
     order = np.argsort([len(t) for t in toks], kind="stable")
     out: list[Any] = [None] * len(toks)
     for s in range(0, len(order), rows):
         idx = order[s : s + rows]
         chunk = [toks[i] for i in idx]
         b = make_batch(data.task, chunk, None, rows, data.prefix, data.y_stats)
-        o = np.asarray(forward(model, b["ids"], b["mask"], b["res_mask"]))
+        if mesh is not None:
+            b = distributed.shard({k: b[k] for k in ("ids", "mask", "res_mask")}, mesh)
+        o = distributed.to_host(forward(model, b["ids"], b["mask"], b["res_mask"]))
         for i, p in zip(idx, outputs(data.task, o, chunk, data.prefix, data.y_stats)):
             out[i] = p
     return out
 
 
-def evaluate(model: nnx.Module, data: Data, split: str, rows: int) -> dict[str, Any]:
-    preds = predict(model, data, data.toks[split], rows)
+def evaluate(model: nnx.Module, data: Data, split: str, rows: int, mesh=None) -> dict[str, Any]:
+    preds = predict(model, data, data.toks[split], rows, mesh)
     return score(data.task, preds, data.task.splits[split].labels, [])
 
 
