@@ -1,6 +1,7 @@
 """``jobs.finetune`` data parallel on Ray Train: 2 real worker processes (JAX distributed over
 gloo on CPU) take the steps one process takes -- the global batch split by rows -- within float
-reduction order (docs/finetuning.md#ray-train), LoRA dropout's masks included."""
+reduction order (docs/finetuning.md#ray-train), LoRA dropout's masks included; with the
+parameters sharded across the two processes too, and through a stop and resume."""
 
 import json
 from pathlib import Path
@@ -56,12 +57,15 @@ def test_two_workers_take_the_steps_one_takes(tmp_path, ray_local):
     assert sum("valid_q3" in r for r in _records(tmp_path / "two")) == 1
 
 
-def test_two_workers_resume_where_they_stopped(tmp_path, ray_local):
-    """Stopped after a saved step and resumed by the same command, 2 workers end where one
-    uninterrupted run ends: the same losses, validation record, head and test figures."""
+def test_two_sharded_workers_resume_where_they_stopped(tmp_path, ray_local):
+    """Parameters, gradients and optimizer state sharded over a 2 x 2 mesh of the two workers'
+    devices (``mesh.fsdp=2`` over the processes, ``mesh.tensor=2`` within each), stopped after a saved
+    step and resumed by the same command: they end where one uninterrupted process ends -- the
+    same losses, validation record, head, test figures and final (gathered) state."""
     args = [*ARGS, "steps=2", "eval_every=1"]  # a checkpoint (and a validation) every step
     ref = job.main([*args, "--output", str(tmp_path / "ref")])  # one process, no stop
-    two = [*args, "--output", str(tmp_path / "two"), "scale.num_workers=2"]
+    two = [*args, "--output", str(tmp_path / "two"), "scale.num_workers=2", "mesh.fsdp=2"]
+    two += ["scale.devices_per_worker=2", "mesh.tensor=2"]  # a 2 x 2 mesh: tensor within a worker
     first = job.main([*two, "steps=1"])  # stopped after step 1 (saved) ...
     assert first["steps"] == 1 and first["workers"] == 2
     done = job.main(two)  # ... and the same command, further, resumes from its checkpoint
