@@ -88,7 +88,7 @@ def one_mode(args: argparse.Namespace) -> dict:
     residues = args.length - 1 - base.num_prefix  # + </s> (+ task token) = --length tokens
     seqs = [s[:residues] for s in real_sequences(args.rows, min_len=residues)]
     b = _batch(task, base, seqs)
-    program_mb = step_program_mb(task.kind, wrt, model, opt, b)
+    program = step_program(task.kind, wrt, model, opt, b)
     step = loop.step_fn(task.kind, wrt)
     times = [loop.timed_step(step, model, opt, b)[1] for _ in range(args.steps + 2)][2:]
     med = float(np.median(times))
@@ -100,7 +100,7 @@ def one_mode(args: argparse.Namespace) -> dict:
         "residues_per_s": round(args.rows * residues / med, 1),
         "trainable_params": count(model, wrt),
         "total_params": count(model),
-        "step_program_mb": program_mb,
+        **program,
         **loop.peak_memory_mb(),
     }
     if args.longest:
@@ -122,7 +122,8 @@ def longest(args, task, model, opt, wrt, base) -> dict[str, dict]:
     def need(tokens: int) -> float:
         if tokens not in seen:
             seqs = ["A" * (tokens - 1 - base.num_prefix)] * args.rows
-            seen[tokens] = step_program_mb(task.kind, wrt, model, opt, _batch(task, base, seqs))
+            b = _batch(task, base, seqs)
+            seen[tokens] = step_program(task.kind, wrt, model, opt, b)["step_program_mb"]
         return seen[tokens]
 
     out = {}
@@ -140,11 +141,13 @@ def longest(args, task, model, opt, wrt, base) -> dict[str, dict]:
     return out
 
 
-def step_program_mb(kind: str, wrt, model, opt, b: dict) -> float:
-    """What XLA's compiled step needs on any device: arguments (weights, optimizer state,
-    batch) + temporaries (activations, gradients) + outputs not written in place. The CPU's
-    process RSS also counts the runtime and the host copies; this figure is the training
-    state's alone, comparable between modes and with a device's peak."""
+def step_program(kind: str, wrt, model, opt, b: dict) -> dict[str, float]:
+    """XLA's compiled step: ``step_program_mb``, what it needs on any device -- arguments
+    (weights, optimizer state, batch) + temporaries (activations, gradients) + outputs not
+    written in place (the CPU's process RSS also counts the runtime and the host copies; this
+    is the training state's alone, comparable between modes and with a device's peak) -- and
+    ``step_gflop``, its floating-point work (XLA's cost analysis): what bounds the full/LoRA
+    speed ratio on a compute-bound device."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -164,14 +167,19 @@ def step_program_mb(kind: str, wrt, model, opt, b: dict) -> float:
         return loss, nnx.state((m, o))
 
     arrays = {k: jnp.asarray(v) for k, v in b.items()}
-    mem = jax.jit(pure, donate_argnums=0).lower(state, arrays).compile().memory_analysis()
+    compiled = jax.jit(pure, donate_argnums=0).lower(state, arrays).compile()
+    mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
     need = (
         mem.argument_size_in_bytes
         + mem.temp_size_in_bytes
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
     )
-    return round(need / 2**20, 1)
+    return {
+        "step_program_mb": round(need / 2**20, 1),
+        "step_gflop": round(float(cost.get("flops", 0.0)) / 1e9, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -201,6 +209,10 @@ def main(argv: list[str] | None = None) -> dict:
         res["lora_over_full_step_program"] = round(
             m["lora"]["step_program_mb"] / m["full"]["step_program_mb"], 3
         )
+        if m["lora"]["step_gflop"]:
+            res["full_over_lora_gflop"] = round(
+                m["full"]["step_gflop"] / m["lora"]["step_gflop"], 3
+            )
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(res))
     return res

@@ -21,6 +21,8 @@ def test_finetune_bench_reports_both_modes(capsys):
     assert lora["tokens_per_row"] == full["tokens_per_row"] == 32  # --length tokens, no padding
     # XLA's compiled step: LoRA keeps no weight gradients or moments, so it needs less
     assert 0 < lora["step_program_mb"] < full["step_program_mb"]
+    # ... and less work: no weight gradients, no update of the frozen weights
+    assert 0 < lora["step_gflop"] < full["step_gflop"] and res["full_over_lora_gflop"] > 1
     # the longest protein in 30 MiB: a fitting rung, LoRA at least as long as full
     fl, ll = full["longest"]["0.03"], lora["longest"]["0.03"]
     assert 0 < fl["residues"] <= ll["residues"] and not fl["capped"]
