@@ -8,6 +8,7 @@ succeeds.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import jax
@@ -56,11 +57,18 @@ def _meta(step: int, state: dict) -> dict:
     return {"step": step, "rng": rng, "data": [{"position": step}], "model": CFG.to_hf_dict()}
 
 
-def _train_through(store, steps: int = 20) -> None:
-    """What the loop does between steps while a save runs: poll (never block on it)."""
-    for _ in range(steps):
+def _train_through(store, steps: int = 20, limit_s: float = 300.0) -> None:
+    """What the loop does between steps while a save runs: poll (never block on it), for
+    ``steps`` steps and on until the save has ended. The next save must come after it: one
+    begun while it still runs would carry its error (Orbax raises it there), and on a busy
+    machine a save outlasts any fixed number of steps."""
+    end = time.monotonic() + limit_s
+    for i in itertools.count():
         store.poll()
+        if (i >= steps and not store.mgr.is_saving_in_progress()) or time.monotonic() > end:
+            break
         time.sleep(0.1)
+    store.poll()
 
 
 def _faulty_save(trainer, bucket: str, fault) -> tuple[str, dict, object]:
