@@ -88,8 +88,8 @@ def one_mode(args: argparse.Namespace) -> dict:
     residues = args.length - 1 - base.num_prefix  # + </s> (+ task token) = --length tokens
     seqs = [s[:residues] for s in real_sequences(args.rows, min_len=residues)]
     b = _batch(task, base, seqs)
-    program = step_program(task.kind, wrt, model, opt, b)
     step = loop.step_fn(task.kind, wrt)
+    program = step_program(step, model, opt, b)
     times = [loop.timed_step(step, model, opt, b)[1] for _ in range(args.steps + 2)][2:]
     med = float(np.median(times))
     out = {
@@ -104,11 +104,11 @@ def one_mode(args: argparse.Namespace) -> dict:
         **loop.peak_memory_mb(),
     }
     if args.longest:
-        out["longest"] = longest(args, task, model, opt, wrt, base)
+        out["longest"] = longest(args, task, step, model, opt, base)
     return out
 
 
-def longest(args, task, model, opt, wrt, base) -> dict[str, dict]:
+def longest(args, task, step, model, opt, base) -> dict[str, dict]:
     """Per budget (GiB): the longest protein (residues) whose step compiles into it, and the
     step's memory there. Bisection over the ladder's rungs (memory grows with the rung)."""
     from ankh.batching import rung
@@ -123,7 +123,7 @@ def longest(args, task, model, opt, wrt, base) -> dict[str, dict]:
         if tokens not in seen:
             seqs = ["A" * (tokens - 1 - base.num_prefix)] * args.rows
             b = _batch(task, base, seqs)
-            seen[tokens] = step_program(task.kind, wrt, model, opt, b)["step_program_mb"]
+            seen[tokens] = step_program(step, model, opt, b)["step_program_mb"]
         return seen[tokens]
 
     out = {}
@@ -141,33 +141,17 @@ def longest(args, task, model, opt, wrt, base) -> dict[str, dict]:
     return out
 
 
-def step_program(kind: str, wrt, model, opt, b: dict) -> dict[str, float]:
-    """XLA's compiled step: ``step_program_mb``, what it needs on any device -- arguments
+def step_program(step, model, opt, b: dict) -> dict[str, float]:
+    """XLA's compiled ``step`` (``loop.step_fn``'s, lowered for ``b``): ``step_program_mb``, what it needs on any device -- arguments
     (weights, optimizer state, batch) + temporaries (activations, gradients) + outputs not
     written in place (the CPU's process RSS also counts the runtime and the host copies; this
     is the training state's alone, comparable between modes and with a device's peak) -- and
     ``step_gflop``, its floating-point work (XLA's cost analysis): what bounds the full/LoRA
     speed ratio on a compute-bound device."""
-    import jax
     import jax.numpy as jnp
-    from flax import nnx
-
-    from ankh_platform.finetune import loop
-
-    gdef, state = nnx.split((model, opt))
-
-    def pure(state, b):
-        m, o = nnx.merge(gdef, state)
-        grad = nnx.value_and_grad(
-            lambda mm: loop.loss_fn(kind, mm(b["ids"], b["mask"], b["res_mask"]), b),
-            argnums=nnx.DiffState(0, wrt),
-        )
-        loss, grads = grad(m)
-        o.update(m, grads)
-        return loss, nnx.state((m, o))
 
     arrays = {k: jnp.asarray(v) for k, v in b.items()}
-    compiled = jax.jit(pure, donate_argnums=0).lower(state, arrays).compile()
+    compiled = step.lower(model, opt, arrays).compile()
     mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     need = (

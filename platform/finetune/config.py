@@ -49,8 +49,9 @@ class FinetuneJobConfig:
     scale: ScaleConfig = ScaleConfig()
     # The device mesh over every worker's devices, as jobs.pretrain's (mesh.fsdp=4
     # mesh.tensor=2; data = the devices left over): parameters, gradients and optimizer state
-    # sharded by ankh.sharding's rules, each batch split over data x fsdp. The default (all
-    # data) in one process trains on one device.
+    # sharded by ankh.sharding's rules, each batch split over data x fsdp (batch_size must
+    # divide by it: checked where the mesh is built, distributed.mesh). The default (all data)
+    # in one process trains on one device.
     mesh: MeshConfig = MeshConfig()
     max_failures: int = 0  # Ray Train restarts of the workers (they resume from a checkpoint)
     compile_cache: str = ""  # persistent XLA compilation cache directory ("" = none)
@@ -62,11 +63,6 @@ class FinetuneJobConfig:
             raise ValueError("steps, batch_size and eval_every must be >= 1")
         if self.patience < 0:
             raise ValueError(f"patience must be >= 0, got {self.patience}")
-        if self.batch_size % self.scale.num_workers:
-            raise ValueError(
-                f"batch_size {self.batch_size} must be divisible by scale.num_workers "
-                f"{self.scale.num_workers} (the global batch is split by rows)"
-            )
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(
                 f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}"

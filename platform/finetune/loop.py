@@ -61,9 +61,12 @@ def optimizer(cfg: FinetuneJobConfig) -> optax.GradientTransformation:
 
 
 def step_fn(kind: str, wrt: Any, where: tuple[dict, dict] | None = None):
-    """The jitted step; ``where``: the model's and optimizer's placement on a mesh, kept."""
+    """The jitted step; ``where``: the model's and optimizer's placement on a mesh, kept.
+    The model's and optimizer's arrays are donated, as in pretraining: full fine-tuning would
+    otherwise hold the weights and moments twice at the step's peak. Checkpoints wait for their
+    writes to end (``Checkpoints.save``) before the next step reuses the buffers."""
 
-    @nnx.jit
+    @nnx.jit(donate_argnums=(0, 1))
     def step(model: nnx.Module, opt: nnx.Optimizer, b: dict[str, jax.Array]) -> jax.Array:
         def lf(m):
             return loss_fn(kind, m(b["ids"], b["mask"], b["res_mask"], b.get("drop_seeds")), b)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from ankh import sharding
+from tests.devices import run_on_devices
 
 TESTS = Path(__file__).resolve().parents[2]  # repo root: the script imports tests.train.helpers
 
@@ -92,16 +89,7 @@ print("RESULT " + json.dumps(out))
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_fsdp_tensor_sharded_step_equals_unsharded_on_8_devices():
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(TESTS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=880,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+    out = run_on_devices(SCRIPT, 8, str(TESTS), timeout=880)
     specs = out["specs"]
     # Shardings are the rule table's: q/k/v [embed, heads, kv] -> (fsdp, tensor, None), etc.
     q = specs["encoder/block/0/SelfAttention/q"]

@@ -3,11 +3,6 @@ the same per-step losses, validation figures and exported weights as the default
 the parameters and optimizer moments really split, and a sharded run resumes exactly
 (docs/finetuning.md#ray-train)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -16,10 +11,10 @@ from jax.sharding import AbstractMesh
 
 import ankh
 from ankh import sharding
-from ankh_platform.core.samples import repo_root
 from ankh_platform.finetune import distributed
 from ankh_platform.finetune.config import FinetuneJobConfig
 from ankh_platform.train.config import MeshConfig
+from tests.devices import run_on_devices
 
 SLOW = [pytest.mark.slow, pytest.mark.timeout(1500)]  # the runs: ~2 min on the 2-core machine
 TOL = 1e-5  # float32 sums in another order (the sharded contractions and all-reduces)
@@ -85,19 +80,7 @@ print("RESULT " + json.dumps(res))
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("mesh")
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="4", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=repo_root(),
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return out, json.loads(line[len("RESULT ") :])
+    return out, run_on_devices(SCRIPT, 4, str(out), timeout=1200)
 
 
 def _weights(out, name: str, f: str) -> dict:
