@@ -198,23 +198,31 @@ def _microbatches(batch: dict, k: int) -> dict:
 
 
 def _grads(graphdef: Any, params: dict, batch: dict, oc: OptimConfig) -> tuple[dict, dict]:
-    """Gradient of the token-mean loss of the whole batch (accumulated over micro-batches)."""
+    """Gradient of the token-mean loss of the whole batch (accumulated over micro-batches).
+    The loss is divided by the token count before it is differentiated: dividing the gradients
+    afterwards lets XLA's TPU scheduler keep every block's recomputed activations at once, which
+    undoes ``remat`` (``jobs.check_cluster --compile``: the same HBM with and without it)."""
     n_tok = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
-    vg = jax.value_and_grad(lambda p, b: loss_sums(graphdef, p, b, oc.z_loss), has_aux=True)
+
+    def mean_loss(p: dict, b: dict) -> tuple[jax.Array, dict]:
+        total, sums = loss_sums(graphdef, p, b, oc.z_loss)
+        return total / n_tok, sums
+
+    vg = jax.value_and_grad(mean_loss, has_aux=True)
     if oc.accum_steps == 1:
         (_, sums), g = vg(params, batch)
-    else:
+        return g, sums
 
-        def body(carry, mb):
-            (_, s), g = vg(params, mb)
-            return jax.tree.map(jnp.add, carry, (g, s)), None
+    def body(carry, mb):
+        (_, s), g = vg(params, mb)
+        return jax.tree.map(jnp.add, carry, (g, s)), None
 
-        zeros = (
-            jax.tree.map(jnp.zeros_like, params),
-            {k: jnp.zeros((), jnp.float32) for k in ("ce", "z", "correct", "tokens")},
-        )
-        (g, sums), _ = jax.lax.scan(body, zeros, _microbatches(batch, oc.accum_steps))
-    return jax.tree.map(lambda x: x / n_tok, g), sums
+    zeros = (
+        jax.tree.map(jnp.zeros_like, params),
+        {k: jnp.zeros((), jnp.float32) for k in ("ce", "z", "correct", "tokens")},
+    )
+    (g, sums), _ = jax.lax.scan(body, zeros, _microbatches(batch, oc.accum_steps))
+    return g, sums
 
 
 def _metrics(sums: dict, oc: OptimConfig) -> dict:

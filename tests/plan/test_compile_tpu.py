@@ -81,3 +81,37 @@ def test_tiny_compiles_for_a_v4_8_and_its_figures_match_the_formula(tmp_path, ca
         assert 4 * n <= p["hbm_bytes_per_chip"]["arguments"] <= p["hbm_bytes_per_chip"]["total"]
     assert progs["serve_embed"]["shape"]["tokens"] <= 16384  # serve-cluster.yaml's batch_tokens
     assert progs["embed_job"]["shape"]["max_segments"] == 64
+
+
+def _step_temporaries(layers: int, remat: bool) -> int:
+    """XLA's per-chip temporaries of the shipped ``base`` preset's train step (its batch,
+    mesh, optimizer and dtype) cut to ``layers`` encoder layers and one decoder layer,
+    compiled for a v4-8 by the plan's own ``compile_step``."""
+    from ankh_platform.cluster_check import load_preset
+    from ankh_platform.plan.train import compile_step
+
+    cfg = load_preset(
+        "base",
+        (
+            f"optim.remat={str(remat).lower()}",
+            f"model_overrides.num_layers={layers}",
+            "model_overrides.num_decoder_layers=1",
+            "scale.topology=2x2x1",
+            "scale.num_workers=1",
+        ),
+    )
+    return compile_step(cfg, "v4", "2x2x1").memory["temporaries"]
+
+
+def test_remat_keeps_one_block_of_activations_on_tpu():
+    """Per encoder layer, the step's temporaries grow by the block's activations without
+    remat and by far less with it -- on the TPU compiler, which is where remat matters (XLA's
+    CPU backend schedules the recomputation away). A regression this catches: dividing the
+    gradients by the token count after differentiating let the TPU scheduler keep every
+    block's recomputed activations, the same HBM with and without remat."""
+    per_layer = {
+        remat: (_step_temporaries(5, remat) - _step_temporaries(2, remat)) / 3
+        for remat in (False, True)
+    }
+    assert per_layer[False] > 0
+    assert per_layer[True] < 0.3 * per_layer[False], per_layer
