@@ -360,6 +360,16 @@ class LocalRayCluster:
                     p.poll()  # reap our direct children
                 time.sleep(0.2)
 
+    def kill_node(self, index: int) -> None:
+        """SIGKILL every process of node ``index`` (0 = head, in start order): a host lost with
+        no notice. The node is forgotten (``add_node`` then starts a new one beside the rest)."""
+        sid = self.sids[index]
+        proc = next(p for p in self._procs if p.pid == sid)
+        self._kill_sessions([sid], grace=0.0)
+        proc.wait(timeout=30)
+        i = self._procs.index(proc)
+        del self._procs[i], self._logs[i]
+
     def alive_pids(self) -> list[int]:
         """Live processes this cluster started (empty after ``stop``)."""
         return [m for sid in self.sids for m in session_members(sid)]

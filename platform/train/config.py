@@ -41,6 +41,7 @@ class ScaleConfig:
     resize_interval_s: float = 60.0
     # Extra Ray resources per worker (e.g. {host_slot: 1}: a custom resource that each host
     # offers once, so Ray places at most one worker per host -- what a TPU host does by itself).
+    # An elastic run grows back only onto hosts that offer every one of them.
     resources: dict = dataclasses.field(default_factory=dict)
     cpus_per_worker: float = 1.0
     devices_per_worker: int = 1  # CPU only: simulated JAX devices per process
@@ -101,12 +102,15 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FaultConfig:
-    """Fault injection for tests: ``signal`` to worker ``rank`` at ``kill_at_step``, once per run
-    (SIGKILL: a crash; SIGTERM: a preemption notice)."""
+    """Fault injection for tests (``train/faults.py``): ``signal`` to worker ``rank`` at
+    ``kill_at_step``, once per run (SIGKILL: a crash; SIGTERM: a preemption notice); at each
+    step of ``hold_steps`` the loop finishes its saves and waits while ``<run>/hold-<step>``
+    exists."""
 
     kill_at_step: int = -1
     rank: int = 0
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
+    hold_steps: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

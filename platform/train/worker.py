@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -31,6 +29,7 @@ from ankh_platform.core.runtime import configure_logging
 from ankh_platform.train import preemption, program
 from ankh_platform.train.checkpoints import CheckpointStore
 from ankh_platform.train.config import PretrainConfig, ScaleConfig, eval_masking_note
+from ankh_platform.train.faults import maybe_hold, maybe_inject_fault
 from ankh_platform.train.lanes import LaneSource, accum_factor, merge_states
 from ankh_platform.train.probe import RunProbe, residue_unigram
 from ankh_platform.train.records import MetricsWriter, console_lines, write_curves, write_summary
@@ -70,26 +69,6 @@ def _join_jax(scale: ScaleConfig) -> tuple[int, int]:
         addr, num_processes=world, process_id=rank, coordinator_bind_address=addr
     )
     return rank, world
-
-
-def maybe_inject_fault(cfg: PretrainConfig, step: int, rank: int) -> None:
-    """Signal this worker once per run when ``cfg.fault`` says so (tests of fault tolerance)."""
-    if step != cfg.fault.kill_at_step or rank != cfg.fault.rank:
-        return
-    marker = f"{cfg.run_dir()}/fault-injected-{step}"
-    fs, path = storage.filesystem(marker)
-    if fs.exists(path):
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.touch(path)
-    log.warning(
-        "fault injection: %s to worker rank %d (pid %d) at step %d",
-        cfg.fault.signal,
-        rank,
-        os.getpid(),
-        step,
-    )
-    os.kill(os.getpid(), getattr(signal, cfg.fault.signal))
 
 
 def gather_json(obj: Any, size: int = 65536) -> list[Any]:
@@ -294,6 +273,7 @@ class Run:
         rec: dict[str, Any] = {}
         while step < cfg.steps:
             preemption.ensure()  # a library started since may have taken SIGTERM over
+            maybe_hold(cfg, step, self.store.wait)
             maybe_inject_fault(cfg, step, self.rank)
             t = time.perf_counter()
             local = self.source.next()

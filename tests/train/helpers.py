@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ankh_platform.core import samples
 
 TRAIN = str(samples.bundled_train())
 VALID = str(samples.bundled_validation())
+# Data-parallel runs (Ray Train workers, any count) vs one process on the same global batches:
+# the same math, summed in another order.
+DP_ATOL = 2e-5
 
 
 def local_source(
@@ -60,3 +66,20 @@ def pretrain_config(tmp, name: str, *overrides: str):
     from ankh_platform.train.config import PretrainConfig
 
     return load_config(PretrainConfig, None, pretrain_args(tmp, name, *overrides))
+
+
+def run_events(run_dir) -> list[dict]:
+    """Every record of ``<run_dir>/metrics.jsonl``."""
+    return [json.loads(l) for l in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_params(a: str, b: str, atol: float = DP_ATOL) -> None:
+    """The checkpoints ``a`` and ``b`` hold the same parameters within ``atol``."""
+    import numpy as np
+
+    import ankh
+
+    pa, pb = ankh.load(a).flat_params(), ankh.load(b).flat_params()
+    assert pa.keys() == pb.keys()
+    worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
+    assert worst < atol, f"max |diff| {worst} between {a} and {b}"

@@ -15,25 +15,10 @@ import numpy as np
 import pytest
 
 import ankh
-from tests.train.helpers import local_source, pretrain_config
+from tests.train.helpers import assert_same_params, local_source, pretrain_config, run_events
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _params(path: str) -> dict:
-    return ankh.load(path).flat_params()
-
-
-def _assert_same_params(a: str, b: str, atol: float = 2e-5) -> None:
-    pa, pb = _params(a), _params(b)
-    assert pa.keys() == pb.keys()
-    worst = max(float(np.max(np.abs(pa[k] - pb[k]))) for k in pa)
-    assert worst < atol, f"max |diff| {worst} between {a} and {b}"
-
-
-def _events(run_dir: str) -> list[dict]:
-    return [json.loads(l) for l in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
 
 
 def _examples(run_dir: str) -> dict[int, list[int]]:
@@ -86,7 +71,7 @@ def test_two_workers_data_parallel_equal_one_process(tmp_path, reference, ray_lo
     )
     summary = run(cfg)
     assert summary["step"] == 4
-    _assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/4")
+    assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/4")
 
 
 @pytest.mark.timeout(900)
@@ -109,9 +94,9 @@ def test_killed_worker_recovers_exactly_once(tmp_path, reference, ray_local):
     summary = run(cfg)
     run_dir = summary["run_dir"]
     assert Path(run_dir, "fault-injected-7").exists()  # the worker really was killed
-    resumed = [e for e in _events(run_dir) if e.get("event") == "resumed"]
+    resumed = [e for e in run_events(run_dir) if e.get("event") == "resumed"]
     assert [e["step"] for e in resumed] in ([6], [3]), resumed
-    _assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/8")
+    assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/8")
     got, want = _examples(run_dir), _examples(reference["run_dir"])
     assert sorted(got) == list(range(8))
     for step in range(8):  # the same examples, step by step: none repeated, none skipped
@@ -134,10 +119,10 @@ def test_driver_restart_resumes_and_truncated_checkpoint_falls_back(tmp_path, ra
     first = run(pretrain_config(tmp_path, "resume", "steps=4", *args))
     assert first["step"] == 4
     second = run(pretrain_config(tmp_path, "resume", "steps=6", *args))
-    resumed = [e for e in _events(second["run_dir"]) if e.get("event") == "resumed"]
+    resumed = [e for e in run_events(second["run_dir"]) if e.get("event") == "resumed"]
     assert [e["step"] for e in resumed] == [4]
     straight = run_local_process(pretrain_config(tmp_path, "straight", "steps=6", *args))
-    _assert_same_params(second["checkpoint_dir"], straight["checkpoint_dir"])
+    assert_same_params(second["checkpoint_dir"], straight["checkpoint_dir"])
 
     # Truncate a file of the newest checkpoint (6): the next run names it and resumes from 4.
     step6 = Path(second["run_dir"], "checkpoints", "6")
@@ -146,10 +131,10 @@ def test_driver_restart_resumes_and_truncated_checkpoint_falls_back(tmp_path, ra
     )
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     third = run_local_process(pretrain_config(tmp_path, "resume", "steps=6", *args))
-    resumed = [e for e in _events(third["run_dir"]) if e.get("event") == "resumed"]
+    resumed = [e for e in run_events(third["run_dir"]) if e.get("event") == "resumed"]
     assert [e["step"] for e in resumed][-1] == 4
     assert [p.name.split("-")[0] for p in Path(third["run_dir"], "corrupt").iterdir()] == ["6"]
-    _assert_same_params(third["checkpoint_dir"], straight["checkpoint_dir"])
+    assert_same_params(third["checkpoint_dir"], straight["checkpoint_dir"])
 
 
 @pytest.mark.timeout(900)
