@@ -14,7 +14,6 @@ Vocabulary: our ids for pad, ``</s>`` (EOS), ``<unk>`` and the residues (0..27),
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import Any
 
@@ -22,8 +21,7 @@ import numpy as np
 
 from ankh.batching import pad_rows
 from ankh.tokenizer import NUM_BASE_IDS, AnkhTokenizer
-
-log = logging.getLogger(__name__)
+from ankh_platform.core import progress
 
 CLS_ID, MASK_ID = NUM_BASE_IDS, NUM_BASE_IDS + 1  # after our base ids
 VOCAB = NUM_BASE_IDS + 4  # 32: room as ESM's vocabulary has
@@ -146,7 +144,10 @@ def train_reference(
     while todo:
         if seen >= todo[0]:
             curve.append({"step": step, "residues": seen, "loss": heldout_loss(model, pairs, tok)})
-            log.info("reference step %d residues %d loss %.4f", step, seen, curve[-1]["loss"])
+            progress.console(
+                f"reference step {step} | residues {seen:,} | held-out masked loss "
+                f"{curve[-1]['loss']:.4f} | {time.perf_counter() - t0:.0f} s"
+            )
             while todo and seen >= todo[0]:
                 todo.pop(0)
             continue
