@@ -18,6 +18,20 @@ residues it hid::
     residues  A B C D E F G          input   A <x0> E F <x1> </s>
     masked      ^ ^ ^       ^        target  <x0> B C D <x1> G </s>
 
+With ``shared_mask`` every masked residue (or run) gets the same token, ``<extra_id_0>``,
+in the encoder input and in the target, instead of distinct sentinels counting down: the
+decoder then tells the masks apart by their order alone.
+
+``kind="mlm"`` is the encoder-only masked language model (BERT / ESM): the same crop and the
+same selected positions as 1-gram de-masking (the same random draws), but the encoder input
+keeps its length -- each selected residue becomes the mask token ``<extra_id_0>`` (with
+probability ``1 - mlm_random - mlm_keep``), a random residue (``mlm_random``) or stays
+(``mlm_keep``) -- and the target is aligned with it: the original residue at each selected
+position, pad everywhere else (pad targets carry no loss: ``ankh.packing.build_batch``)::
+
+    residues  A B C D E F G          input   A B <x0> D E F G </s>   (G kept: the 10 %)
+    selected     ^       ^           target  _ _ C    _ _ _ G _      (_ = pad)
+
 A run is ``(start, length)`` (``random_runs``, ``mask_runs``); ``ankh.infill``'s spans are
 ``(start, end)``, a different pair, hence the different word.
 
@@ -29,6 +43,7 @@ different crop and mask in the next epoch.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
@@ -41,8 +56,30 @@ class ObjectiveConfig:
     max_residues: int = 512  # longer sequences are randomly cropped (crop seeded per epoch)
     full_reconstruction: bool = False  # target = whole sequence instead of the masked residues
     mean_span: float = 1.0  # 1 = Ankh's 1-gram masking; > 1 = spans of this mean length (T5)
+    kind: Literal["ankh", "mlm"] = "ankh"  # encoder-decoder de-masking, or encoder-only MLM
+    shared_mask: bool = False  # ankh: one mask token (<extra_id_0>) instead of distinct sentinels
+    # mlm: of the selected residues, these fractions become a random residue / stay as they are
+    # (BERT's 80/10/10); 0 and 0: every selected residue is the mask token (held-out batches)
+    mlm_random: float = 0.1
+    mlm_keep: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.kind not in ("ankh", "mlm"):
+            raise ValueError(f"objective kind must be ankh or mlm, got {self.kind!r}")
+        if not (
+            self.mlm_random >= 0.0
+            and self.mlm_keep >= 0.0
+            and self.mlm_random + self.mlm_keep <= 1.0
+        ):
+            raise ValueError(
+                f"mlm_random={self.mlm_random}, mlm_keep={self.mlm_keep}: need both >= 0 and a "
+                "sum <= 1"
+            )
+        if self.kind == "mlm" and (self.full_reconstruction or self.mean_span != 1.0):
+            raise ValueError(
+                "the mlm objective masks single residues in place: full_reconstruction and "
+                "mean_span > 1 belong to the ankh objective"
+            )
         if not 0.0 < self.mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {self.mask_prob}")
         if self.mean_span < 1.0:
@@ -67,7 +104,7 @@ class ObjectiveConfig:
         return max(1, min(int(round(k / self.mean_span)), n - k + 1))
 
     def max_decoder_tokens(self) -> int:
-        if self.full_reconstruction:
+        if self.full_reconstruction or self.kind == "mlm":  # mlm: targets aligned with the input
             return self.max_residues + 1
         # k residues + one sentinel per run + </s> (both counts grow with the length)
         return self.num_masked(self.max_residues) + self.num_spans(self.max_residues) + 1
@@ -87,14 +124,20 @@ class Objective:
         self.cfg = cfg
         tok = tokenizer or AnkhTokenizer()
         self.eos_id = tok.eos_id
-        first = tok.sentinel_id(0)
+        self.pad_id = tok.pad_id
+        first = tok.sentinel_id(0)  # also the one mask token (shared_mask, mlm)
+        self.residue_ids = np.flatnonzero(tok.residue_table()).astype(np.int32)  # mlm's random
         # Sentinels must count down contiguously from <extra_id_0> (true of every Ankh vocab).
         n = 0
         while f"<extra_id_{n}>" in tok.vocab:
             if tok.vocab[f"<extra_id_{n}>"] != first - n:
                 raise ValueError(f"sentinel <extra_id_{n}> is not {first - n}: vocab not Ankh-like")
             n += 1
-        self.sentinels = first - np.arange(n, dtype=np.int32)  # [n_sentinels]
+        if cfg.shared_mask or cfg.kind == "mlm":  # one token for every mask: never runs out
+            n = cfg.max_residues
+            self.sentinels = np.full(n, first, np.int32)
+        else:
+            self.sentinels = first - np.arange(n, dtype=np.int32)  # [n_sentinels]
         self._sentinel_set = set(self.sentinels.tolist())
         need = cfg.num_spans(cfg.max_residues)
         if need > n:
@@ -118,6 +161,9 @@ class Objective:
         n = len(residues)
         if n == 0:
             raise ValueError("cannot mask an empty sequence")
+        if self.cfg.kind == "mlm":
+            pos = np.sort(rng.choice(n, size=self.cfg.num_masked(n), replace=False))
+            return self.mlm_at(residues, pos, rng.random(len(pos)), rng)
         if self.cfg.mean_span > 1.0:
             return self.mask_runs(
                 residues, random_runs(n, self.cfg.num_masked(n), self.cfg.num_spans(n), rng)
@@ -163,6 +209,33 @@ class Objective:
             tgt[2 * k] = self.eos_id
         return enc, tgt
 
+    def mlm_at(
+        self,
+        residues: np.ndarray,
+        pos: np.ndarray,
+        u: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """MLM pair (encoder ids [n+1], aligned target [n+1]) for the selected positions ``pos``.
+        ``u`` (uniform [len(pos)]) picks what each becomes: below ``1 - mlm_random - mlm_keep``
+        the mask token, then a random residue (drawn from ``rng``), else the residue itself;
+        None: all mask tokens (the held-out definition)."""
+        residues = np.asarray(residues, np.int32)
+        pos = np.asarray(pos, np.int64)
+        n = len(residues)
+        enc = np.append(residues, np.int32(self.eos_id))
+        tgt = np.full(n + 1, self.pad_id, np.int32)
+        tgt[pos] = residues[pos]
+        if u is None:
+            enc[pos] = self.sentinels[0]
+            return enc, tgt
+        cut_mask = 1.0 - self.cfg.mlm_random - self.cfg.mlm_keep
+        to_mask, to_rand = u < cut_mask, (u >= cut_mask) & (u < cut_mask + self.cfg.mlm_random)
+        enc[pos[to_mask]] = self.sentinels[0]
+        if to_rand.any():
+            enc[pos[to_rand]] = rng.choice(self.residue_ids, size=int(to_rand.sum()))
+        return enc, tgt
+
     def __call__(
         self, residues: np.ndarray, seed: int, epoch: int, example_id: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,23 +244,32 @@ class Objective:
         return self.apply(self.crop(np.asarray(residues, np.int32), rng), rng)
 
     def reconstruct(self, enc: np.ndarray, tgt: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`apply` (for tests/debugging): the residues that were masked in."""
+        """Inverse of :meth:`apply` (for tests/debugging): the residues that were masked in.
+        Masks are matched to the target's groups in order (distinct or shared sentinels)."""
         enc = np.asarray(enc)[:-1]  # drop </s>
         if self.cfg.full_reconstruction:
             return np.asarray(tgt)[:-1]
-        hidden: dict[int, list[int]] = {}  # sentinel -> the residues it stands for
+        if self.cfg.kind == "mlm":
+            tgt = np.asarray(tgt)[:-1]
+            return np.where(tgt != self.pad_id, tgt, enc).astype(np.int32)
+        groups: list[tuple[int, list[int]]] = []  # (sentinel, the residues it stands for)
         for t in np.asarray(tgt)[:-1].tolist():
             if t in self._sentinel_set:
-                hidden[t] = []
-                last = t
+                groups.append((t, []))
             else:
-                hidden[last].append(t)
-        out = []
+                groups[-1][1].append(t)
+        out, j = [], 0
         for t in enc.tolist():
-            out += hidden.pop(t) if t in self._sentinel_set else [t]
-        if hidden:
+            if t not in self._sentinel_set:
+                out.append(t)
+                continue
+            if j >= len(groups) or groups[j][0] != t:
+                raise ValueError(f"mask {t} at its place in the input has no matching target group")
+            out += groups[j][1]
+            j += 1
+        if j != len(groups):
             raise ValueError(
-                f"sentinels {sorted(hidden)} of the target are not in the encoder input"
+                f"sentinels {[g for g, _ in groups[j:]]} of the target are not in the encoder input"
             )
         return np.asarray(out, np.int32)
 

@@ -122,7 +122,9 @@ def build_batch(
             out["example_ids"][r, s] = example_ids[i]
             oe += ne
             od += nd
-    out["loss_mask"][:] = out["decoder_segment_ids"] > 0
+    # A pad target is no target: the mlm objective's aligned targets are pad where nothing was
+    # masked (the de-masking targets never hold pad).
+    out["loss_mask"][:] = (out["decoder_segment_ids"] > 0) & (out["labels"] != spec.pad_id)
     return out
 
 

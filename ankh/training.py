@@ -28,15 +28,9 @@ from ankh.config import AnkhConfig
 from ankh.model import AnkhModel
 from ankh.tokenizer import RESIDUE_IDS
 
-MODEL_KEYS = (
-    "input_ids",
-    "segment_ids",
-    "positions",
-    "decoder_input_ids",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "labels",
-    "loss_mask",
+MODEL_KEYS = tuple(  # the data contract's arrays, in this order
+    "input_ids segment_ids positions decoder_input_ids decoder_segment_ids decoder_positions "
+    "labels loss_mask".split()
 )
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -169,18 +163,23 @@ def graphdef_of(cfg: AnkhConfig, compute_dtype: str = "float32", remat: bool = F
 
 
 def loss_sums(
-    graphdef: Any, params: dict, batch: dict, z_loss: float = 0.0
+    graphdef: Any, params: dict, batch: dict, z_loss: float = 0.0, encoder_only: bool = False
 ) -> tuple[jax.Array, dict]:
-    """Summed (not averaged) CE [+ z-loss] over target tokens, and metric sums."""
+    """Summed (not averaged) CE [+ z-loss] over target tokens, and metric sums. ``encoder_only``
+    (the mlm objective): the LM head over the encoder, labels aligned with its input."""
     model = nnx.merge(graphdef, params)
-    logits = model(
-        batch["input_ids"],
-        batch["segment_ids"],
-        batch["decoder_input_ids"],
-        batch["decoder_segment_ids"],
-        batch["positions"],
-        batch["decoder_positions"],
-    )
+    if encoder_only:
+        enc = model.encode(batch["input_ids"], batch["segment_ids"], batch["positions"])
+        logits = model.logits(enc)  # [b, le, v]
+    else:
+        logits = model(
+            batch["input_ids"],
+            batch["segment_ids"],
+            batch["decoder_input_ids"],
+            batch["decoder_segment_ids"],
+            batch["positions"],
+            batch["decoder_positions"],
+        )
     logits = logits.astype(jnp.float32)  # [b, ld, v]
     mask = batch["loss_mask"].astype(jnp.float32)  # [b, ld]
     lse = jax.nn.logsumexp(logits, axis=-1)  # [b, ld]
@@ -197,15 +196,16 @@ def _microbatches(batch: dict, k: int) -> dict:
     return {n: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1) for n, x in batch.items()}
 
 
-def _grads(graphdef: Any, params: dict, batch: dict, oc: OptimConfig) -> tuple[dict, dict]:
-    """Gradient of the token-mean loss of the whole batch (accumulated over micro-batches).
-    The loss is divided by the token count before it is differentiated: dividing the gradients
-    afterwards lets XLA's TPU scheduler keep every block's recomputed activations at once, which
-    undoes ``remat`` (``jobs.check_cluster --compile``: the same HBM with and without it)."""
+def _grads(
+    graphdef: Any, params: dict, batch: dict, oc: OptimConfig, encoder_only: bool = False
+) -> tuple[dict, dict]:
+    """Gradient of the token-mean loss of the batch (summed over micro-batches). The loss is
+    divided before differentiating: dividing the gradients after let XLA's TPU scheduler keep
+    every block's recomputed activations at once (remat then saved no HBM)."""
     n_tok = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
 
     def mean_loss(p: dict, b: dict) -> tuple[jax.Array, dict]:
-        total, sums = loss_sums(graphdef, p, b, oc.z_loss)
+        total, sums = loss_sums(graphdef, p, b, oc.z_loss, encoder_only)
         return total / n_tok, sums
 
     vg = jax.value_and_grad(mean_loss, has_aux=True)
@@ -225,25 +225,25 @@ def _grads(graphdef: Any, params: dict, batch: dict, oc: OptimConfig) -> tuple[d
     return g, sums
 
 
-def _metrics(sums: dict, oc: OptimConfig) -> dict:
+def train_step(
+    graphdef: Any,
+    tx: optax.GradientTransformation,
+    oc: OptimConfig,
+    state: dict,
+    batch: dict,
+    encoder_only: bool = False,
+) -> tuple[dict, dict]:
+    """One optimizer step: state {params, opt_state, step, rng} -> (new state, metrics)."""
+    batch = {k: batch[k] for k in MODEL_KEYS}
+    grads, sums = _grads(graphdef, state["params"], batch, oc, encoder_only)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
     n = jnp.maximum(sums["tokens"], 1.0)
-    return {
+    metrics = {
         "loss": sums["ce"] / n,
         "z_loss": sums["z"] / n,
         "accuracy": sums["correct"] / n,
         "target_tokens": sums["tokens"],
-    }
-
-
-def train_step(
-    graphdef: Any, tx: optax.GradientTransformation, oc: OptimConfig, state: dict, batch: dict
-) -> tuple[dict, dict]:
-    """One optimizer step: state {params, opt_state, step, rng} -> (new state, metrics)."""
-    batch = {k: batch[k] for k in MODEL_KEYS}
-    grads, sums = _grads(graphdef, state["params"], batch, oc)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = _metrics(sums, oc) | {
         "grad_norm": optax.tree.norm(grads),
         "lr": lr_schedule(oc)(state["step"]),
     }
@@ -256,13 +256,14 @@ def train_step(
     return new, metrics
 
 
-def eval_step(graphdef: Any, params: dict, batch: dict, residues: Any = RESIDUE_IDS) -> dict:
+def eval_step(
+    graphdef: Any, params: dict, batch: dict, residues: Any = RESIDUE_IDS, encoder_only=False
+) -> dict:
     """Metric sums over a batch (add them up over batches, then divide by ``tokens``).
 
-    ``res_*`` restrict to targets that are residues: the masked amino acids alone, without the
-    sentinels and ``</s>`` that are predictable from position. ``residues`` is the run
-    tokenizer's ``residue_table()`` (bool ``[vocab]``: another vocabulary, e.g. an ankh3
-    tokenizer.json, puts its residues elsewhere) or, for the default Ankh ids, the id range.
+    ``res_*`` restrict to residue targets: the masked amino acids alone, without the sentinels
+    and ``</s>`` (predictable from position). ``residues``: the run tokenizer's
+    ``residue_table()`` (bool ``[vocab]``; ankh3 puts its residues elsewhere) or an id range.
     """
     lab = batch["labels"]
     if isinstance(residues, range):
@@ -271,8 +272,8 @@ def eval_step(graphdef: Any, params: dict, batch: dict, residues: Any = RESIDUE_
         is_res = jnp.asarray(residues, bool)[lab].astype(jnp.float32)
     both = {k: batch[k] for k in MODEL_KEYS}
     res = dict(both, loss_mask=both["loss_mask"] * is_res)
-    out = loss_sums(graphdef, params, both)[1]
-    out_res = loss_sums(graphdef, params, res)[1]
+    out = loss_sums(graphdef, params, both, encoder_only=encoder_only)[1]
+    out_res = loss_sums(graphdef, params, res, encoder_only=encoder_only)[1]
     return out | {"res_ce": out_res["ce"], "res_tokens": out_res["tokens"]}
 
 
@@ -286,6 +287,7 @@ class Trainer:
     seed: int = 0
     freeze: tuple[str, ...] = ()  # FREEZE_GROUPS names: zero updates, no optimizer state
     residues: Any = RESIDUE_IDS  # eval_step's residue targets: the tokenizer's residue_table()
+    encoder_only: bool = False  # the mlm objective: the loss is the LM head over the encoder
 
     def __post_init__(self) -> None:
         self.graphdef = graphdef_of(self.cfg, self.oc.compute_dtype, self.oc.remat)
@@ -299,7 +301,9 @@ class Trainer:
         # Optimizer-state shardings follow the params' (XLA propagates through tx.init).
         self._opt_init = jax.jit(self.tx.init)
         self._step: Callable | None = None
-        self._eval = jax.jit(lambda p, b: eval_step(self.graphdef, p, b, self.residues))
+        self._eval = jax.jit(
+            lambda p, b: eval_step(self.graphdef, p, b, self.residues, self.encoder_only)
+        )
 
     def _init_fn(self) -> dict:
         params = nnx.split(build_model(self.cfg, self.seed))[1].to_pure_dict()
@@ -348,7 +352,6 @@ class Trainer:
             st = jax.eval_shape(self._init)
             opt_sh = self._opt_init.lower(st["params"]).compile().output_shardings
             st["opt_state"] = jax.eval_shape(self.tx.init, st["params"])
-            st = {k: v for k, v in st.items()}
         sh = self.state_shardings(opt_sh)
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), st, sh)
 
@@ -363,7 +366,7 @@ class Trainer:
         if self._step is None:
             sh = self.state_shardings(jax.tree.map(lambda x: x.sharding, state["opt_state"]))
             self._step = jax.jit(
-                lambda s, b: train_step(self.graphdef, self.tx, self.oc, s, b),
+                lambda s, b: train_step(self.graphdef, self.tx, self.oc, s, b, self.encoder_only),
                 donate_argnums=(0,),
                 out_shardings=(sh, sharding.replicated(self.mesh)),
             )

@@ -20,6 +20,12 @@ each probe against its baselines (``*_vs_best_baseline``). This answers "what do
 budget reach" (issue 14) on whatever accelerator runs it; on CPU, ``--budget-s 3000`` is the
 ``learn-cpu`` recipe's own budget. The run directory (checkpoints, metrics, curves.png) stays under
 ``--output``.
+
+``--reference mlm`` (``learn_ref.py``) instead runs the config on the reference protocol of
+issue 29 beside transformers' ``EsmForMaskedLM`` (``reference_mlm.py``): the same shards, crops,
+masking rate and residues, both scored on one held-out definition; one JSON line with both
+curves (held-out masked loss vs residues seen) and a plot. ``--reference none``: our run alone,
+scored the same way (another arm beside an earlier reference line).
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
 
+from ankh_platform.bench import learn_ref
 from ankh_platform.core import cli as _cli  # the --model / --output flags every job shares
 from ankh_platform.core.config import ConfigError
 
@@ -132,6 +140,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{storage.join(out_dir, name)} already holds a run: a benchmark "
                 f"starts fresh; pass another --output or remove it"
             )
+    if args.reference:
+        return learn_ref.run(args, out_dir, sys.modules[__name__])
     start = time.perf_counter()
     step_s, calib_s = calibrate(cfg, args.calibrate_steps, out_dir)
     steps = plan_steps(args.budget_s, calib_s, args.calibrate_steps, step_s, args.eval_reserve)
@@ -179,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="fraction of the budget kept for evaluations and checkpoints",
     )
     _cli.add(ap, "--output", _cli.output_flag(None, "the runs (default: a temp dir)"))
+    learn_ref.add_flags(ap)
     ap.add_argument(
         "overrides",
         nargs="*",

@@ -25,18 +25,19 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ankh.objective import Objective, ObjectiveConfig
 from ankh.packing import PackSpec, build_batch, pack_rows
 from ankh.seeds import derive_seed
-from ankh.storage import filesystem
 from ankh.tokenizer import AnkhTokenizer
-from ankh_platform.core.samples import repo_path
+from ankh_platform.data.shards import ParquetShard, epoch_order, list_shards, rank_range
+
+__all__ = ["BatchStream", "DataConfig", "ParquetShard", "PipelineState", "list_shards"]
+__all__ += ["epoch_order", "make_batches", "rank_range"]  # shards' names, imported from here
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,28 @@ class DataConfig:
     max_residues: int = 512  # random crop length, reseeded every epoch
     full_reconstruction: bool = False
     mean_span: float = 1.0  # 1 = Ankh's 1-gram masking; > 1 = T5 span corruption (ObjectiveConfig)
+    # ankh: encoder-decoder de-masking (the paper); mlm: encoder-only masked LM (BERT/ESM-style
+    # 80/10/10 of the selected residues: mask token / random residue / kept)
+    objective: Literal["ankh", "mlm"] = "ankh"
+    shared_mask: bool = False  # ankh: one mask token for every masked residue, not sentinels
+    mlm_random: float = 0.1
+    mlm_keep: float = 0.1
     window: int = 4096  # examples packed and shuffled together
     shuffle_files: bool = True
     epochs: int = 0  # 0 = endless (epochs roll over)
     read_batch_rows: int = 1024  # rows per Ray Data batch
     prefetch: int = 2  # batches prepared ahead on a background thread (0 = inline)
 
-    def objective(self) -> ObjectiveConfig:
+    def objective_config(self) -> ObjectiveConfig:
         return ObjectiveConfig(
-            self.mask_prob, self.max_residues, self.full_reconstruction, self.mean_span
+            self.mask_prob,
+            self.max_residues,
+            self.full_reconstruction,
+            self.mean_span,
+            self.objective,
+            self.shared_mask,
+            self.mlm_random,
+            self.mlm_keep,
         )
 
     def pack_spec(self) -> PackSpec:
@@ -70,11 +84,13 @@ class DataConfig:
             # the decoder gets p (1 + 1/m) (masked + a sentinel per run), the encoder
             # 1 - p + p/m (unmasked + a sentinel per run); 1-gram (m = 1): 2p
             p, m = self.mask_prob, self.mean_span
-            ratio = 1.0 if self.full_reconstruction else p * (1 + 1 / m) / (1 - p + p / m)
+            whole = self.full_reconstruction or self.objective == "mlm"  # as long as the input
+            ratio = 1.0 if whole else p * (1 + 1 / m) / (1 - p + p / m)
             dec = max(
-                self.objective().max_decoder_tokens(), 8 * math.ceil((ratio * self.enc_len + 8) / 8)
+                self.objective_config().max_decoder_tokens(),
+                8 * math.ceil((ratio * self.enc_len + 8) / 8),
             )
-            dec = min(dec, self.enc_len) if self.full_reconstruction else dec
+            dec = min(dec, self.enc_len) if whole else dec
         return PackSpec(
             rows=self.rows, enc_len=self.enc_len, dec_len=dec, max_segments=self.max_segments
         )
@@ -99,67 +115,6 @@ class PipelineState:
         return cls(**d)
 
 
-@dataclasses.dataclass(frozen=True)
-class ParquetShard:
-    path: str  # as the filesystem names it
-    rows: int
-    offset: int  # first example_id of this file (sorted order)
-
-
-def list_shards(paths: Iterable[str]) -> tuple[Any, list[ParquetShard]]:
-    """Sorted Parquet files under ``paths`` with row counts (from the Parquet footers)."""
-    fs = None
-    files: list[str] = []
-    for p in paths:
-        p = repo_path(p)  # a relative default (the bundled sample) works from any directory
-        pfs, pp = filesystem(p)
-        if fs is not None and type(pfs) is not type(fs):
-            raise ValueError(
-                "all data paths must be on the same filesystem (all local or all gs://)"
-            )
-        fs = pfs
-        if any(c in pp for c in "*?["):
-            found = pfs.glob(pp)
-        elif pfs.isdir(pp):
-            found = pfs.find(pp)
-        elif pfs.exists(pp):
-            found = [pp]
-        else:
-            raise FileNotFoundError(f"data path {p} does not exist")
-        files += [
-            f
-            for f in found
-            if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", "."))
-        ]
-    files = sorted(set(files))
-    if not files:
-        raise FileNotFoundError(f"no .parquet files under {list(paths)}")
-    from concurrent.futures import ThreadPoolExecutor
-
-    def rows(f: str) -> int:
-        with fs.open(f, "rb") as fh:
-            return pq.ParquetFile(fh).metadata.num_rows
-
-    with ThreadPoolExecutor(8) as ex:
-        counts = list(ex.map(rows, files))
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
-    return fs, [ParquetShard(f, int(n), int(o)) for f, n, o in zip(files, counts, offsets)]
-
-
-def epoch_order(
-    shards: list[ParquetShard], seed: int, epoch: int, shuffle: bool
-) -> list[ParquetShard]:
-    if not shuffle:
-        return list(shards)
-    perm = np.random.default_rng(derive_seed(seed, "file-order", epoch)).permutation(len(shards))
-    return [shards[i] for i in perm]
-
-
-def rank_range(total: int, rank: int, world: int) -> tuple[int, int]:
-    """Contiguous, balanced slice ``[start, end)`` of an epoch's rows for ``rank``."""
-    return total * rank // world, total * (rank + 1) // world
-
-
 class BatchStream:
     """Iterator of ``(batch, state_after)`` for one worker; see the module docstring."""
 
@@ -175,7 +130,7 @@ class BatchStream:
             raise ValueError(f"rank {rank} not in [0, {world})")
         self.cfg, self.rank, self.world = cfg, rank, world
         self.tokenizer = tokenizer or AnkhTokenizer()
-        self.objective = Objective(cfg.objective(), self.tokenizer)
+        self.objective = Objective(cfg.objective_config(), self.tokenizer)
         self.spec = cfg.pack_spec()
         self.fs, self.shards = list_shards(cfg.paths)
         self.total_rows = sum(s.rows for s in self.shards)
@@ -203,7 +158,7 @@ class BatchStream:
             "seed": c.seed,
             "window": c.window,
             "spec": dataclasses.asdict(self.spec),
-            "obj": dataclasses.asdict(c.objective()),
+            "obj": _settings(c.objective_config()),
             "shuffle_files": c.shuffle_files,
             "seeding": "ankh.seeds.derive_seed",
         }  # positions saved under other seeding differ
@@ -301,6 +256,18 @@ class BatchStream:
             epoch,
             self.tokenizer,
         )
+
+
+def _settings(oc: ObjectiveConfig) -> dict[str, Any]:
+    """The objective's fields for the fingerprint, those at their defaults left out: a setting
+    added later leaves the positions saved before it valid."""
+    later = ("kind", "shared_mask", "mlm_random", "mlm_keep")
+    default = ObjectiveConfig()
+    return {
+        k: v
+        for k, v in dataclasses.asdict(oc).items()
+        if k not in later or v != getattr(default, k)
+    }
 
 
 def _lookahead(it: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any, bool]]:

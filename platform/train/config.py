@@ -266,6 +266,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.model_overrides:
             model_shape(self)  # a ConfigError now, not in a worker
+        try:
+            self.data.objective_config()  # e.g. mlm with span masking: refused here
+        except ValueError as e:
+            raise ConfigError(f"data: {e}") from None
         if self.source.kind != "local":
             return
         for name in STREAM_ONLY:

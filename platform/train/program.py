@@ -48,6 +48,8 @@ def build(
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, accum_steps=accum))
     mesh = sharding.make_mesh(dataclasses.asdict(cfg.mesh), devices)
     extra = {} if tokenizer is None else {"residues": tokenizer.residue_table(model_cfg.vocab_size)}
+    if cfg.data.objective == "mlm":  # the LM head over the encoder; the decoder is not run
+        extra["encoder_only"] = True
     trainer = Trainer(model_cfg, cfg.optim, mesh, seed=cfg.seed, freeze=cfg.train.freeze, **extra)
     return Program(cfg, model_cfg, mesh, trainer)
 

@@ -101,7 +101,7 @@ class LocalSource:
         self.data, self.src, self.rank, self.world = data, src, rank, world
         self.rows = data.rows
         self.tok = tokenizer or AnkhTokenizer()
-        self.objective = Objective(data.objective(), self.tok)
+        self.objective = Objective(data.objective_config(), self.tok)
         self.spec = host_spec(data, src)
         self.train = self._read(data.paths)
         self.position = 0  # global batches consumed
@@ -178,7 +178,7 @@ class LocalSource:
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
         ev = self._read(self.src.eval_paths)
-        objective = Objective(eval_data(self.data, self.src).objective(), self.tok)
+        objective = Objective(eval_data(self.data, self.src).objective_config(), self.tok)
         oc = objective.cfg
         spec = PackSpec(
             rows=self.rows,
@@ -206,7 +206,10 @@ def eval_data(data: DataConfig, src: SourceConfig) -> DataConfig:
     """The data settings the held-out batches are built with: the run's, masked at
     ``source.eval_mask_prob`` when set (a fixed held-out objective across runs)."""
     p = src.eval_mask_prob
-    return dataclasses.replace(data, mask_prob=p) if p > 0 else data
+    data = dataclasses.replace(data, mask_prob=p) if p > 0 else data
+    # mlm: every selected held-out residue is the mask token (no random or kept ones), so the
+    # loss is on residues the model cannot see, as in the de-masking objective
+    return dataclasses.replace(data, mlm_random=0.0, mlm_keep=0.0)
 
 
 def host_spec(data: DataConfig, src: SourceConfig) -> PackSpec:
@@ -215,7 +218,7 @@ def host_spec(data: DataConfig, src: SourceConfig) -> PackSpec:
     them."""
     if src.kind == "stream":
         return data.pack_spec()
-    oc = data.objective()
+    oc = data.objective_config()
     return PackSpec(
         rows=data.rows,
         enc_len=oc.max_encoder_tokens(),

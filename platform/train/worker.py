@@ -134,7 +134,9 @@ class Run:
             f"{self.run_dir}/checkpoints", ck.every, ck.keep, ck.async_save
         )
         spec = self.source.spec
-        self.flops = train_step_flops(self.model_cfg, spec.rows * lanes, spec.enc_len, spec.dec_len)
+        self.encoder_only = cfg.data.objective == "mlm"  # no decoder tokens: count none
+        dec_len = 0 if self.encoder_only else spec.dec_len
+        self.flops = train_step_flops(self.model_cfg, spec.rows * lanes, spec.enc_len, dec_len)
         self.peak = measure_matmul_peak(cfg.optim.compute_dtype, seconds=0.5)
 
     def _start_state(self) -> tuple[dict, int]:
@@ -231,6 +233,7 @@ class Run:
             "flops_per_s": self.flops * steps / dt,
             "mfu": self.flops * steps / dt / (self.peak * jax.process_count()),
             "data_wait_frac": window["wait"] / dt,
+            "residues": window["residues"],  # since the last record (all workers)
             "workers": self.world,
         }
         log.info(
@@ -243,7 +246,7 @@ class Run:
             rec["tokens_per_s"],
             rec["mfu"],
         )
-        window.update(t0=time.perf_counter(), step0=step, tokens=0, wait=0.0)
+        window.update(t0=time.perf_counter(), step0=step, tokens=0, residues=0, wait=0.0)
         return rec
 
     def _emit(self, rec: dict) -> None:
@@ -269,7 +272,7 @@ class Run:
         state, step = self._start_state()
         self.eval_batches = self.source.eval_batches()
         self._references(step)
-        window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "wait": 0.0}
+        window = {"t0": time.perf_counter(), "step0": step, "tokens": 0, "residues": 0, "wait": 0.0}
         rec: dict[str, Any] = {}
         while step < cfg.steps:
             preemption.ensure()  # a library started since may have taken SIGTERM over
@@ -279,13 +282,10 @@ class Run:
             local = self.source.next()
             batch = sharding.global_batch(local, self.mesh)
             window["wait"] += time.perf_counter() - t
-            window["tokens"] += (
-                int(
-                    local["segment_ids"].astype(bool).sum()
-                    + local["decoder_segment_ids"].astype(bool).sum()
-                )
-                * self.world
-            )
+            enc, dec = (local[k].astype(bool).sum() for k in ("segment_ids", "decoder_segment_ids"))
+            window["tokens"] += int(enc + (0 if self.encoder_only else dec)) * self.world
+            # residues seen: encoder tokens less one </s> per packed sequence (1-gram, mlm)
+            window["residues"] += int(enc - (local["example_ids"] >= 0).sum()) * self.world
             if cfg.log_example_ids:
                 self._log_examples(step, local)
             state, m = self.trainer.step(state, batch)

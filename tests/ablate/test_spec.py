@@ -258,3 +258,18 @@ def test_mask_cpu_study_plans_learn_cpu_trials_and_warns_about_unseen_sentinels(
         assert t.config.source.eval_mask_prob == 0.15 and t.config.data.paths == learn.data.paths
     warned = [r.getMessage() for r in caplog.records if "sentinel" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("trial g0-mask-prob-0")
+
+
+def test_objective_is_an_ablation_variable():
+    """Issue 29's arms as one group: the sentinel objective, one shared mask token, encoder-only
+    MLM -- the same network (the same parameter count) and budget; a combination the objective
+    refuses (mlm with span masking) is a ConfigError before anything trains."""
+    (group,) = validate(spec(config="objective-cpu"))
+    got = [(t.config.data.objective, t.config.data.shared_mask) for t in group]
+    assert got == [("ankh", False), ("ankh", True), ("mlm", False)]
+    assert len({t.params for t in group}) == 1 and len({t.config.steps for t in group}) == 1
+    assert all(t.config.source.eval_mask_prob == 0.15 for t in group)
+    one = "groups=[{name: o, variable: data.objective, values: [ankh, mlm]}]"
+    assert [t.config.data.objective for t in plan_group(spec(one), 0, {})] == ["ankh", "mlm"]
+    with pytest.raises(ConfigError, match="mlm"):
+        validate(spec(one, "base.data.mean_span=3.0"))

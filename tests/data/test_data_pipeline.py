@@ -54,7 +54,7 @@ def two_workers(ray_local, sample_dir):
 @pytest.mark.timeout(600)
 def test_every_example_once_per_epoch_with_its_residues(two_workers, sequences):
     cfg, runs = two_workers
-    obj = Objective(cfg.objective())
+    obj = Objective(cfg.objective_config())
     seen = []
     for run in runs:
         for b, _ in run:
