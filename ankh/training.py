@@ -28,9 +28,15 @@ from ankh.config import AnkhConfig
 from ankh.model import AnkhModel
 from ankh.tokenizer import RESIDUE_IDS
 
-MODEL_KEYS = tuple(  # the data contract's arrays, in this order
-    "input_ids segment_ids positions decoder_input_ids decoder_segment_ids decoder_positions "
-    "labels loss_mask".split()
+MODEL_KEYS = (
+    "input_ids",
+    "segment_ids",
+    "positions",
+    "decoder_input_ids",
+    "decoder_segment_ids",
+    "decoder_positions",
+    "labels",
+    "loss_mask",
 )
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -384,12 +390,6 @@ class Trainer:
 def _key(path: tuple) -> tuple:
     """A pytree key path as a flat-params key (``('encoder', 'block', 0, ...)``)."""
     return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
-
-
-def unigram_entropy(labels: Any, mask: Any) -> float:
-    """Cross-entropy (nats) of predicting targets by their own frequency: the no-context baseline."""
-    lab = np.asarray(labels)[np.asarray(mask) > 0]
-    return counts_entropy(np.bincount(lab.ravel()))
 
 
 def counts_entropy(counts: Any) -> float:
