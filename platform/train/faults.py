@@ -49,8 +49,10 @@ def maybe_hold(cfg: PretrainConfig, step: int, wait_for_saves) -> None:
     """At a step of ``cfg.fault.hold_steps``: finish the saves in flight (``wait_for_saves``: the
     step's checkpoint is then final), then wait while ``<run>/hold-<step>`` exists (or until a
     SIGTERM, which the loop then handles). Checked only at those steps: no storage call per
-    step otherwise. Every process decides alike (collectives), so all leave at the same poll:
-    one that went on alone would meet the others' next all-gather with its training step."""
+    step otherwise. Every process decides alike, so all leave at the same poll: one that went
+    on alone would meet the others' next all-gather with its training step. Both tests are
+    collectives (``preemption.requested`` is ``any_process`` of the local flag), and the second
+    runs only when the first, the same on every process, is true."""
     if step not in cfg.fault.hold_steps:
         return
     wait_for_saves()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,38 @@ class MetricsWriter:
             storage.atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(keep)))
             self.lines = keep
         return len(lines) - len(keep)
+
+
+def log_examples(run_dir: str, rank: int, step: int, ids: list[int]) -> None:
+    """Append what process ``rank`` trains on at ``step`` (0-based: the step about to run) to
+    ``<run>/examples/rank<rank>.jsonl`` (``log_example_ids``: exactly-once checks)."""
+    fs, root = storage.filesystem(f"{run_dir}/examples/rank{rank}.jsonl")
+    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(root, "a") as fh:
+        fh.write(json.dumps({"step": step, "ids": ids}) + "\n")
+
+
+def discard_examples_after(run_dir: str, step: int, rank: int, world: int) -> int:
+    """On a resume from ``step``: drop the example records of the steps from ``step`` on (work
+    lost with the workers that did it, about to be trained again), so every step is recorded
+    once. Each process cleans its own file; process 0 also those of ranks ``>= world``, written
+    by a larger group before it shrank (nobody writes them now). Returns the records dropped."""
+    fs, root = storage.filesystem(f"{run_dir}/examples")
+    if not fs.exists(root):
+        return 0
+    dropped = 0
+    for path in fs.ls(root, detail=False):
+        m = re.fullmatch(r"rank(\d+)\.jsonl", path.rsplit("/", 1)[-1])
+        if m is None or not (int(m[1]) == rank or (rank == 0 and int(m[1]) >= world)):
+            continue
+        lines = fs.cat(path).decode().splitlines(keepends=True)
+        keep = [l for l in lines if l.strip() and json.loads(l)["step"] < step]
+        if len(keep) < len(lines):
+            text = "".join(keep)
+            target = f"{run_dir}/examples/{path.rsplit('/', 1)[-1]}"
+            storage.atomic_write(target, lambda tmp, text=text: Path(tmp).write_text(text))
+            dropped += len(lines) - len(keep)
+    return dropped
 
 
 def write_summary(run_dir: str, summary: dict[str, Any]) -> str:

@@ -71,7 +71,10 @@ class StreamSource:
         self._open(state)
 
     def eval_batches(self) -> list[dict[str, np.ndarray]]:
-        """The first ``eval_batches`` batches of this rank's validation range (padded if short)."""
+        """The first ``eval_batches`` batches of this rank's validation range (padded if short);
+        none for 0 (as the local source), not the whole range."""
+        if self.src.eval_batches <= 0:
+            return []
         cfg = dataclasses.replace(
             eval_data(self.data, self.src), paths=self.src.eval_paths, epochs=1, prefetch=0
         )

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ankh import sharding, storage
+from ankh import sharding
 from ankh.flops import measure_matmul_peak, train_step_flops
 from ankh.resolve import Resolved, resolve
 from ankh_platform.core import progress
@@ -32,7 +32,14 @@ from ankh_platform.train.config import PretrainConfig, ScaleConfig, eval_masking
 from ankh_platform.train.faults import maybe_hold, maybe_inject_fault
 from ankh_platform.train.lanes import LaneSource, accum_factor, merge_states
 from ankh_platform.train.probe import RunProbe, residue_unigram
-from ankh_platform.train.records import MetricsWriter, console_lines, write_curves, write_summary
+from ankh_platform.train.records import (
+    MetricsWriter,
+    console_lines,
+    discard_examples_after,
+    log_examples,
+    write_curves,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +148,9 @@ class Run:
 
     def _start_state(self) -> tuple[dict, int]:
         restored = self.store.restore(self.trainer.abstract_state())
+        if self.cfg.log_example_ids:  # the steps to be trained again: recorded once, anew
+            step = int(restored[1]["step"]) if restored else 0
+            discard_examples_after(self.run_dir, step, jax.process_index(), jax.process_count())
         if restored is None:
             if self.primary:  # a restart with no good checkpoint: earlier attempts' steps go
                 self.writer.discard_after(0)
@@ -359,8 +369,4 @@ class Run:
 
     def _log_examples(self, step: int, local: dict) -> None:
         ids = local["example_ids"]
-        path = f"{self.run_dir}/examples/rank{jax.process_index()}.jsonl"
-        fs, root = storage.filesystem(path)
-        fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(root, "a") as fh:
-            fh.write(json.dumps({"step": step, "ids": ids[ids >= 0].tolist()}) + "\n")
+        log_examples(self.run_dir, jax.process_index(), step, ids[ids >= 0].tolist())

@@ -73,6 +73,20 @@ def run_events(run_dir) -> list[dict]:
     return [json.loads(l) for l in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
 
 
+def step_examples(run_dir) -> dict[int, list[int]]:
+    """step -> the example ids every rank trained on (``log_example_ids=true``'s
+    ``<run>/examples/rank*.jsonl``). A rank records each step once: a resume drops the records
+    of the steps it trains again, whatever the worker count before."""
+    out: dict[int, list[int]] = {}
+    for f in sorted(Path(run_dir, "examples").glob("rank*.jsonl")):
+        recs = [json.loads(line) for line in f.read_text().splitlines()]
+        steps = [r["step"] for r in recs]
+        assert len(steps) == len(set(steps)), f"{f.name} records a step twice: {steps}"
+        for r in recs:
+            out.setdefault(r["step"], []).extend(r["ids"])
+    return out
+
+
 def assert_same_params(a: str, b: str, atol: float = DP_ATOL) -> None:
     """The checkpoints ``a`` and ``b`` hold the same parameters within ``atol``."""
     import numpy as np

@@ -96,3 +96,14 @@ def test_every_example_once_per_epoch_across_a_change_of_worker_count():
     seen += [ids for _ in range(steps - steps // 2) for ids in _global(one).values()]
     flat = np.concatenate([s[:, 0] for s in seen])  # local source: one sequence per row
     assert len(flat) == len(set(flat.tolist())) == steps * LANES * 2
+
+
+@pytest.mark.parametrize("kind", ["local", "stream"])
+def test_no_held_out_batches_when_eval_batches_is_0(kind):
+    """``source.eval_batches=0``: no held-out evaluation, from either source (the stream read
+    its whole validation range instead)."""
+    cfg = DataConfig(paths=(TRAIN,), rows=2, max_residues=32, prefetch=0)
+    src = SourceConfig(kind=kind, eval_paths=(VALID,), eval_batches=0)
+    w = LaneSource(cfg, src, 0, 1, 2)
+    assert w.eval_batches() == []
+    w.close()

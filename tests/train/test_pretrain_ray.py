@@ -6,7 +6,6 @@ cache (``compile_cache``) makes the later ones cheaper.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -15,23 +14,16 @@ import numpy as np
 import pytest
 
 import ankh
-from tests.train.helpers import assert_same_params, local_source, pretrain_config, run_events
+from tests.train.helpers import (
+    assert_same_params,
+    local_source,
+    pretrain_config,
+    run_events,
+    step_examples,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _examples(run_dir: str) -> dict[int, list[int]]:
-    """step -> example ids consumed by all ranks (the last attempt of each step wins)."""
-    per: dict[tuple[int, str], list[int]] = {}
-    for f in sorted(Path(run_dir, "examples").glob("rank*.jsonl")):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            per[(rec["step"], f.name)] = rec["ids"]
-    out: dict[int, list[int]] = {}
-    for (step, _), ids in sorted(per.items()):
-        out.setdefault(step, []).extend(ids)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +89,7 @@ def test_killed_worker_recovers_exactly_once(tmp_path, reference, ray_local):
     resumed = [e for e in run_events(run_dir) if e.get("event") == "resumed"]
     assert [e["step"] for e in resumed] in ([6], [3]), resumed
     assert_same_params(summary["checkpoint_dir"], f"{reference['run_dir']}/checkpoints/8")
-    got, want = _examples(run_dir), _examples(reference["run_dir"])
+    got, want = step_examples(run_dir), step_examples(reference["run_dir"])
     assert sorted(got) == list(range(8))
     for step in range(8):  # the same examples, step by step: none repeated, none skipped
         assert sorted(got[step]) == sorted(want[step]), step

@@ -1,7 +1,8 @@
 """What a run publishes about itself (``ankh_platform.train.records``), local and on gs:// (the
 GCS emulator): ``summary.json`` and ``curves.png`` appear whole or not at all -- a write that
 fails part-way leaves the previous file and no temporary beside it -- and ``metrics.jsonl``
-keeps every record, across writers (a resumed run), where object stores cannot append."""
+keeps every record, across writers (a resumed run), where object stores cannot append; a
+resume drops the example records of the steps it trains again, of any former worker count."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import json
 import pytest
 
 from ankh import storage
-from ankh_platform.train.records import MetricsWriter, write_curves, write_summary
+from ankh_platform.train.records import (
+    MetricsWriter,
+    discard_examples_after,
+    log_examples,
+    write_curves,
+    write_summary,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -70,3 +77,25 @@ def test_curves_failure_only_warns_and_leaves_no_file(run_dir, caplog):
     assert write_curves(run_dir, "r") is None  # no metrics.jsonl yet: a warning, not an error
     assert "could not write" in caplog.text
     assert "curves.png" not in _files(run_dir)
+
+
+def test_a_resume_drops_the_example_records_it_trains_again(tmp_path):
+    """Two workers recorded steps 0-5, a third (before the group shrank to 2) steps 0-3; the
+    run resumes from step 4 with 2 workers: each drops its own records of steps 4 and 5, and
+    process 0 those of the rank no longer there; earlier steps stay."""
+    run = str(tmp_path / "run")
+    for rank, steps in ((0, 6), (1, 6), (2, 4)):
+        for step in range(steps):
+            log_examples(run, rank, step, [100 * rank + step])
+
+    def recorded(rank: int) -> list[int]:
+        lines = (tmp_path / "run" / "examples" / f"rank{rank}.jsonl").read_text().splitlines()
+        return [json.loads(line)["step"] for line in lines]
+
+    assert discard_examples_after(run, 4, rank=0, world=2) == 2  # rank 2's steps 0-3 predate 4
+    assert [recorded(r) for r in range(3)] == [[0, 1, 2, 3], list(range(6)), [0, 1, 2, 3]]
+    assert discard_examples_after(run, 4, rank=1, world=2) == 2
+    assert recorded(1) == [0, 1, 2, 3]
+    assert discard_examples_after(run, 2, rank=0, world=1) == 6  # ranks 1 and 2 are gone now
+    assert [recorded(r) for r in range(3)] == [[0, 1]] * 3
+    assert discard_examples_after(str(tmp_path / "fresh"), 0, rank=0, world=1) == 0
