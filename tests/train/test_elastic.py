@@ -3,19 +3,24 @@
 A real three-raylet Ray cluster on this machine (``tests/raycluster.py``): a head that runs the
 driver and Ray Train's controller, and two "hosts", each offering one ``host_slot`` (what a TPU
 host's chips are to Ray: one worker per host). ``python -m jobs.pretrain`` with
-``scale.num_workers=1,2`` trains 8 steps of global batches of 4 (2 data lanes of 2 rows):
+``scale.num_workers=1,2`` and the default source (the Ray Data stream, run by the workers on the
+same cluster) trains 8 steps of global batches of 4 rows (2 data lanes of 2 rows):
 
 1. 2 workers train steps 1-4 and hold at 4 (``fault.hold_steps``: checkpoint 4 final);
 2. one host is SIGKILLed (its raylet and workers: no notice), never to return: Ray Train
-   restarts the group with the 1 worker left, which resumes from step 4 with accum_factor 2;
+   restarts the group with the 1 worker left, which resumes from step 4 with accum_factor 2
+   (both lanes' streams restored from the checkpoint's positions);
 3. it trains steps 5-6 and holds at 6; a new host joins: Ray Train's resize monitor grows the
    group back to 2, which resume from step 6 and train to 8.
 
 The holds make the steps at which hosts go and come known, instead of racing a run that would
 otherwise end first; they say nothing about how long Ray takes (printed, never asserted).
-Every step is logged once with the worker count that trained it, the loss at every step equals
-the uninterrupted one-process run's (which ``test_pretrain_ray`` shows equals an uninterrupted
-2-worker run), and so do the final parameters within the data-parallel tolerance.
+The reference is the uninterrupted run on the same stream: one process with the same 2 lanes
+(``scale.num_workers=2``, accum_factor 2 throughout). Every step is logged once with the worker
+count that trained it; every step trains on the reference's examples (``log_example_ids``), none
+twice; the data positions the run resumed from are the reference's at those steps; the loss at
+every step equals the reference's, and so do the final parameters within the data-parallel
+tolerance.
 """
 
 from __future__ import annotations
@@ -27,22 +32,27 @@ from pathlib import Path
 
 import pytest
 
-from ankh.checkpoint import MANIFEST
+from ankh.checkpoint import MANIFEST, read_meta
 from tests.raycluster import LOOPBACK_ALIAS, LocalRayCluster
-from tests.train.helpers import assert_same_params, pretrain_args, run_events
+from tests.train.helpers import assert_same_params, pretrain_args, run_events, step_examples
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 HOST = {"host_slot": 1}
-RUN = (
-    "source.kind=local",
+RUN = (  # the default source: the Ray Data stream
     "steps=8",
     "data.rows=2",
+    # Windows of 16 examples (about 4 batches of a lane): the resumes land past the first
+    # window, so a restored stream skips rows already packed, not only batches of its window.
+    "data.window=16",
     "checkpoint.every=2",
     "checkpoint.keep=5",
     "checkpoint.async_save=false",
-    "source.eval_batches=1",
+    # No held-out batches: each would be one more Ray Data read per lane at every (re)start;
+    # the held-out set's independence of the worker count is test_lanes.py's.
+    "source.eval_batches=0",
     "eval.curves=false",
+    "log_example_ids=true",  # <run>/examples/rank<r>.jsonl: what each step trained on
 )
 # Ray Train knobs our config does not carry, read by the driver and passed on to its
 # controller: a worker group whose placement group cannot be placed (its host just died, the
@@ -116,8 +126,10 @@ def test_run_shrinks_on_a_lost_host_and_grows_back_when_one_returns(tmp_path):
     logs = [tmp_path / "driver.log", run_dir / "logs" / "job.log"]
     ckpt = lambda s: (run_dir / "checkpoints" / str(s) / MANIFEST).exists()  # noqa: E731
     t_start = time.monotonic()
+    # A host's CPU is its worker's; the workers' Ray Data reads run on the head's 2, one
+    # lane's beside the other's.
     with LocalRayCluster(
-        num_cpus=1, dashboard=False, token_auth=False, extra_env=CLUSTER_ENV
+        num_cpus=2, dashboard=False, token_auth=False, extra_env=CLUSTER_ENV
     ) as cluster:
         cluster.start_head()
         cluster.add_node(HOST)
@@ -131,8 +143,9 @@ def test_run_shrinks_on_a_lost_host_and_grows_back_when_one_returns(tmp_path):
             t0 = time.monotonic()
             first_s = t0 - t_start
             cluster.kill_node(2)  # a host gone for good, with no notice
-            # The uninterrupted reference, one process, while Ray notices the loss (idle CPUs).
-            ref_args = pretrain_args(tmp_path, "straight", *RUN, "data.rows=4")
+            # The uninterrupted reference, one process with the same 2 lanes (its own local
+            # Ray for the stream), while the cluster notices the loss (idle CPUs).
+            ref_args = pretrain_args(tmp_path, "straight", *RUN, "scale.num_workers=2")
             straight = _pretrain(["--in-process", *ref_args], tmp_path / "straight.log")
             _wait("a resume with 1 worker", lambda: _resumed(run_dir, 1, 4), driver, logs)
             shrink_s = time.monotonic() - t0
@@ -164,12 +177,26 @@ def test_run_shrinks_on_a_lost_host_and_grows_back_when_one_returns(tmp_path):
     steps = [e for e in events if "event" not in e]
     assert [e["step"] for e in steps] == list(range(1, 9)), steps  # every step once
     assert [e["workers"] for e in steps] == [2, 2, 2, 2, 1, 1, 2, 2], steps
-    resumed = [
-        (e["step"], e["workers"], e["accum_factor"]) for e in events if e.get("event") == "resumed"
-    ]
-    assert resumed == [(4, 1, 2), (6, 2, 1)], resumed
+    resumed = [e for e in events if e.get("event") == "resumed"]
+    got = [(e["step"], e["workers"], e["accum_factor"]) for e in resumed]
+    assert got == [(4, 1, 2), (6, 2, 1)], got
     ref = tmp_path / "straight"
+    for e in resumed:  # each lane's stream restarted where the uninterrupted run was then
+        assert e["data"] == read_meta(str(ref / "checkpoints" / str(e["step"])))["data"], e
+    _assert_same_examples(run_dir, ref)
     want = {e["step"]: e["loss"] for e in run_events(str(ref)) if "event" not in e}
     for e in steps:  # the loss curve goes on where it was, whatever the worker count
         assert abs(e["loss"] - want[e["step"]]) < 1e-4, (e["step"], e["loss"], want[e["step"]])
     assert_same_params(str(run_dir / "checkpoints" / "8"), str(ref / "checkpoints" / "8"))
+
+
+def _assert_same_examples(run_dir: Path, ref: Path) -> None:
+    """Across the resizes every step trained on the uninterrupted run's examples (as a set: a
+    step's rows are ordered by worker, then lane), and no example twice (8 steps of 4 packed
+    rows are well within the first epoch)."""
+    got, want = step_examples(run_dir), step_examples(ref)
+    assert sorted(got) == sorted(want) == list(range(8)), (sorted(got), sorted(want))
+    for step in range(8):
+        assert want[step] and sorted(got[step]) == sorted(want[step]), step
+    flat = [i for ids in got.values() for i in ids]
+    assert len(flat) == len(set(flat)), "an example trained twice"
