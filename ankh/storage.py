@@ -88,6 +88,25 @@ def open_file(path: str, mode: str = "rb", **kwargs: Any):
     return fs.open(p, mode, **kwargs)
 
 
+def append_text(path: str, text: str) -> None:
+    """Append ``text`` to the file at ``path`` (created if absent). Object stores cannot append
+    (gcsfs' mode "a" silently overwrites), so there the file is read and published whole again
+    (``atomic_write``): for small logs only."""
+    fs, p = filesystem(path)
+    fs.makedirs(fs._parent(p), exist_ok=True)
+    if is_local(fs):
+        with fs.open(p, "a") as fh:
+            fh.write(text)
+        return
+    whole = (fs.cat(p).decode() if fs.exists(p) else "") + text
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(whole)
+
+    atomic_write(p, write, fs=fs)
+
+
 # ---- the GCS emulator environment --------------------------------------------------------------
 def emulator_url() -> str | None:
     """``$STORAGE_EMULATOR_HOST`` as a URL with a scheme, or None (real GCS)."""

@@ -121,10 +121,8 @@ class MetricsWriter:
 def log_examples(run_dir: str, rank: int, step: int, ids: list[int]) -> None:
     """Append what process ``rank`` trains on at ``step`` (0-based: the step about to run) to
     ``<run>/examples/rank<rank>.jsonl`` (``log_example_ids``: exactly-once checks)."""
-    fs, root = storage.filesystem(f"{run_dir}/examples/rank{rank}.jsonl")
-    fs.makedirs(root.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(root, "a") as fh:
-        fh.write(json.dumps({"step": step, "ids": ids}) + "\n")
+    line = json.dumps({"step": step, "ids": ids}) + "\n"
+    storage.append_text(f"{run_dir}/examples/rank{rank}.jsonl", line)
 
 
 def discard_examples_after(run_dir: str, step: int, rank: int, world: int) -> int:

@@ -79,18 +79,21 @@ def test_curves_failure_only_warns_and_leaves_no_file(run_dir, caplog):
     assert "curves.png" not in _files(run_dir)
 
 
-def test_a_resume_drops_the_example_records_it_trains_again(tmp_path):
+def test_a_resume_drops_the_example_records_it_trains_again(run_dir, tmp_path):
     """Two workers recorded steps 0-5, a third (before the group shrank to 2) steps 0-3; the
     run resumes from step 4 with 2 workers: each drops its own records of steps 4 and 5, and
-    process 0 those of the rank no longer there; earlier steps stay."""
-    run = str(tmp_path / "run")
+    process 0 those of the rank no longer there; earlier steps stay. On gs:// too, where an
+    object cannot be appended to (gcsfs' mode "a" overwrote all but the last record)."""
+    run = run_dir
     for rank, steps in ((0, 6), (1, 6), (2, 4)):
         for step in range(steps):
             log_examples(run, rank, step, [100 * rank + step])
 
     def recorded(rank: int) -> list[int]:
-        lines = (tmp_path / "run" / "examples" / f"rank{rank}.jsonl").read_text().splitlines()
+        lines = _read(f"{run}/examples/rank{rank}.jsonl").decode().splitlines()
         return [json.loads(line)["step"] for line in lines]
+
+    assert [recorded(r) for r in range(3)] == [list(range(6)), list(range(6)), [0, 1, 2, 3]]
 
     assert discard_examples_after(run, 4, rank=0, world=2) == 2  # rank 2's steps 0-3 predate 4
     assert [recorded(r) for r in range(3)] == [[0, 1, 2, 3], list(range(6)), [0, 1, 2, 3]]
