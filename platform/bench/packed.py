@@ -9,7 +9,13 @@ The same real proteins (the length-mix flags of ``jobs.benchmark fasta``) are pa
   proteins span (the default);
 - ``mask``: the same rows; attention over the whole row, other proteins masked away (before);
 - ``unpacked``: one protein per row on the 1.5x/2x ladder (``max_segments=1
-  row_steps_per_octave=2``): attention never meets another protein, for more padding.
+  row_steps_per_octave=2``): attention never meets another protein, for more padding;
+- ``noattn`` (only when named in ``--variants``): the ``skip`` rows with attention's scores not
+  computed at all (each query's context is its own value vector). Not a model: its time is what
+  everything but attention costs -- projections, feed-forward, norms -- so ``useful FLOPs /
+  noattn_model_s`` bounds the fraction of peak any attention could reach on this machine
+  (``noattn_fraction_of_peak``, against all useful FLOPs; ``attention_share_of_time`` = 1 -
+  noattn / skip). Its vectors are not compared.
 
 Rounds are interleaved (skip, mask, unpacked, skip, ...) so a shared machine's load falls on
 every variant alike; each variant's ``*_model_s`` is its fastest round, ``*_rounds_s`` all of
@@ -22,6 +28,7 @@ difference of a pooled vector between variants.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import time
@@ -38,6 +45,22 @@ VARIANTS = {  # name: (pack overrides, skip_segments)
     "mask": ({}, False),
     "unpacked": ({"max_segments": 1, "steps_per_octave": 2}, False),
 }
+CEILING = {"noattn": ({}, True)}  # opt-in: not a model (see the module docstring)
+
+
+@contextlib.contextmanager
+def attention_removed(on: bool):
+    """While tracing ``noattn``'s program: the layers' attention returns the values unchanged
+    (``ankh.layers`` imports ``attend`` by name, so that name is the one swapped)."""
+    import ankh.layers
+
+    keep = ankh.layers.attend
+    if on:
+        ankh.layers.attend = lambda q, k, v, bias: v
+    try:
+        yield
+    finally:
+        ankh.layers.attend = keep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     add_mix_flags(ap)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (default 3)")
     ap.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}"
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma list of {', '.join([*VARIANTS, *CEILING])} (default: all but noattn)",
     )
     ap.add_argument("--peak-seconds", type=float, default=2.0, help="matmul-peak probe (0: skip)")
     return ap
@@ -121,10 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     names = [v for v in args.variants.split(",") if v]
-    if not names or any(v not in VARIANTS for v in names):
-        raise SystemExit(
-            f"--variants: a comma list of {', '.join(VARIANTS)}, got {args.variants!r}"
-        )
+    known = VARIANTS | CEILING
+    if not names or any(v not in known for v in names):
+        raise SystemExit(f"--variants: a comma list of {', '.join(known)}, got {args.variants!r}")
     proteins = pick_proteins(
         args.data, args.fasta, args.sequences, args.min_residues, args.max_residues
     )
@@ -141,16 +165,18 @@ def main(argv: list[str] | None = None) -> dict:
     }
     plans, pooled = {}, {}
     for v in names:
-        overrides, skip = VARIANTS[v]
+        overrides, skip = known[v]
         calls, where, slots = batches(model, proteins, overrides)
         segs = overrides.get("max_segments", 64)  # the job's pooling one-hot
         fn = jit_encoder(model.graphdef, max_segments=segs, skip_segments=skip)
-        for c in {c[0].shape: c for c in calls}.values():  # compile each shape, untimed
-            fn(model.params, *c)["pooled"].block_until_ready()
+        with attention_removed(v in CEILING):  # compile each shape, untimed
+            for c in {c[0].shape: c for c in calls}.values():
+                fn(model.params, *c)["pooled"].block_until_ready()
         plans[v] = (fn, calls, where)
         out[f"{v}_padding"] = 1 - (lengths.sum() + len(lengths)) / slots
         out[f"{v}_shapes"] = len({c[0].shape for c in calls})
-        out[f"{v}_score_elements"] = score_tiles(calls, skip, attention.SEGMENT_TILE)
+        scores = 0 if v in CEILING else score_tiles(calls, skip, attention.SEGMENT_TILE)
+        out[f"{v}_score_elements"] = scores
     rounds = {v: [] for v in names}
     for r in range(args.rounds):
         for v in names:
@@ -170,8 +196,12 @@ def main(argv: list[str] | None = None) -> dict:
             out[f"{v}_fraction_of_peak"] = useful / best / peak
     if peak:
         out["matmul_peak_gflops"] = peak / 1e9
-    first = pooled[names[0]]
-    out["max_abs_diff"] = max(float(np.abs(pooled[v] - first).max()) for v in names)
+    if "noattn" in names and "skip" in names:
+        out["attention_share_of_time"] = 1 - out["noattn_model_s"] / out["skip_model_s"]
+    models = [v for v in names if v not in CEILING]
+    if models:
+        first = pooled[models[0]]
+        out["max_abs_diff"] = max(float(np.abs(pooled[v] - first).max()) for v in models)
     out = {
         k: float(f"{v:.4g}") if isinstance(v, float) and k != "max_abs_diff" else v
         for k, v in out.items()
