@@ -15,12 +15,24 @@ from ankh_platform.plan.chips import Chip
 ASSUMED_MFU = 0.4
 
 
+def estimate_flops(xla_per_chip: float, formula_per_chip: float | None) -> tuple[float, str]:
+    """FLOPs per chip the estimate uses, and which count it is. XLA's cost analysis counts an op
+    inside a loop body once, and on larger meshes the partitioner turns sharded matmuls into
+    loops (windowed einsums, collective-permute rings): there XLA's count falls below the
+    model's own matmul FLOPs (``ankh.flops``), which every step does execute -- so the larger of
+    the two is used."""
+    if formula_per_chip is not None and formula_per_chip > xla_per_chip:
+        return formula_per_chip, "ankh.flops formula (XLA counts each loop body once: lower)"
+    return xla_per_chip, "XLA cost analysis"
+
+
 def step_estimate(
     chip: Chip,
     flops_per_chip: float,
     collective_bytes_per_chip: float,
     tokens_per_step: int,
     mfu: float = ASSUMED_MFU,
+    flops_source: str = "XLA cost analysis",
 ) -> dict:
     """The estimate and its assumptions, as the JSON line shows them."""
     if not 0 < mfu <= 1:
@@ -38,6 +50,7 @@ def step_estimate(
         "assumptions": {
             "bf16_peak_flops_per_chip": chip.bf16_flops_per_s,
             "mfu": mfu,
+            "flops": flops_source,
             "interconnect_bytes_per_s_per_chip": chip.ici_bytes_per_s,
             "overlap": "none (compute + collectives added)",
             "source": chip.source,

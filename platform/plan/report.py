@@ -12,7 +12,7 @@ from typing import Any
 from ankh_platform.cluster_check import Slice, check_slice
 from ankh_platform.plan import train
 from ankh_platform.plan.chips import Chip, chip
-from ankh_platform.plan.estimate import step_estimate
+from ankh_platform.plan.estimate import estimate_flops, step_estimate
 from ankh_platform.plan.libtpu import topology_devices
 from ankh_platform.plan.ray_side import scaling_agreement
 from ankh_platform.train.config import PretrainConfig
@@ -26,7 +26,9 @@ def compiled_fields(c: train.Compiled, spec: Chip) -> dict[str, Any]:
     if c.flops_per_chip is None:  # not compiled: out of HBM, nothing to estimate from
         est = {"estimate": True, "est_step_s": None, "est_tokens_per_day": None}
     else:
-        est = step_estimate(spec, c.flops_per_chip, collective_bytes, c.tokens_per_step)
+        formula = c.formula_flops_per_step
+        flops, source = estimate_flops(c.flops_per_chip, formula and formula / c.chips)
+        est = step_estimate(spec, flops, collective_bytes, c.tokens_per_step, flops_source=source)
     capacity = spec.hbm_bytes
     return {
         "params": c.params,

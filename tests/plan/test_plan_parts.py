@@ -16,7 +16,7 @@ import pytest
 from ankh_platform.cluster_check import CLUSTER_DIR, load_preset, load_slices
 from ankh_platform.plan import hlo, libtpu
 from ankh_platform.plan.chips import chip
-from ankh_platform.plan.estimate import step_estimate
+from ankh_platform.plan.estimate import estimate_flops, step_estimate
 from ankh_platform.plan.ray_side import agreement_problems
 
 HERE = Path(__file__).parent
@@ -75,6 +75,17 @@ def test_step_estimate_arithmetic():
         step_estimate(v4, 1.0, 0.0, 1, mfu=0.0)
     with pytest.raises(ValueError, match="no data sheet"):
         chip("v9")
+
+
+def test_estimate_never_uses_fewer_flops_than_the_model_does():
+    """XLA's count of a v4-32 base step (its sharded matmuls in loops, each counted once) came
+    out at 0.59x the model's matmul FLOPs; the estimate takes the larger count and names it."""
+    flops, source = estimate_flops(2.0e13, 3.4e13)
+    assert flops == 3.4e13 and source.startswith("ankh.flops")
+    assert estimate_flops(3.7e13, 3.4e13) == (3.7e13, "XLA cost analysis")  # remat: XLA's more
+    assert estimate_flops(3.7e13, None) == (3.7e13, "XLA cost analysis")
+    est = step_estimate(chip("v4"), 1.0, 0.0, 1, flops_source="x")
+    assert est["assumptions"]["flops"] == "x"
 
 
 def _ray_dict(preset: str, **scale) -> dict:
