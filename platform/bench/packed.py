@@ -15,7 +15,7 @@ The same real proteins (the length-mix flags of ``jobs.benchmark fasta``) are pa
   everything but attention costs -- projections, feed-forward, norms -- so ``useful FLOPs /
   noattn_model_s`` bounds the fraction of peak any attention could reach on this machine
   (``noattn_fraction_of_peak``, against all useful FLOPs; ``attention_share_of_time`` = 1 -
-  noattn / skip). Its vectors are not compared.
+  noattn / skip, beside ``attention_flop_share``). Its vectors are not compared.
 
 Rounds are interleaved (skip, mask, unpacked, skip, ...) so a shared machine's load falls on
 every variant alike; each variant's ``*_model_s`` is its fastest round, ``*_rounds_s`` all of
@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
             pooled[v] = np.stack([outs[c][row, s] for c, row, s in where])
             log.info("round %d %s: %.2fs", r + 1, v, secs)
     useful = float(sum(encoder_flops(model.config, 1, int(n) + 1) for n in lengths))
+    # the same without attention's length-squared terms (a length-1 encoder per token)
+    dense = float(encoder_flops(model.config, 1, 1) * (lengths.sum() + len(lengths)))
+    out["attention_flop_share"] = 1 - dense / useful
     peak = measure_matmul_peak("float32", seconds=args.peak_seconds) if args.peak_seconds else 0
     for v in names:
         best = min(rounds[v])

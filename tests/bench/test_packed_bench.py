@@ -24,6 +24,7 @@ def test_packed_benchmark_variants_agree(capsys):
     assert out["unpacked_padding"] > out["skip_padding"] == out["mask_padding"]
     assert out["noattn_score_elements"] == 0 < out["skip_score_elements"]
     assert "attention_share_of_time" in out and out["noattn_model_s"] > 0
+    assert 0 < out["attention_flop_share"] < 1
 
 
 def test_noattn_removes_attention_only_while_its_program_is_traced():
