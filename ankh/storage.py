@@ -88,6 +88,24 @@ def open_file(path: str, mode: str = "rb", **kwargs: Any):
     return fs.open(p, mode, **kwargs)
 
 
+def read_parquet(
+    path: str, columns: list[str] | None = None, fs: fsspec.AbstractFileSystem | None = None
+):
+    """One Parquet file, whole, as a ``pyarrow.Table`` (a local path or URL; with ``fs``,
+    ``path`` as that filesystem names it).
+
+    Read through ``ParquetFile``, not ``pq.read_table(file object)``: the latter's dataset
+    scanner leaves Arrow threads that can abort the interpreter at exit ("terminate called
+    without an active exception", a few runs in a hundred on a loaded machine after the work
+    is done; apache/arrow#34314, #50482)."""
+    import pyarrow.parquet as pq
+
+    if fs is None:
+        fs, path = filesystem(path)
+    with fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).read(columns=columns)
+
+
 def append_text(path: str, text: str) -> None:
     """Append ``text`` to the file at ``path`` (created if absent). Object stores cannot append
     (gcsfs' mode "a" silently overwrites), so there the file is read and published whole again

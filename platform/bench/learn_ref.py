@@ -67,16 +67,15 @@ class Protocol:
 
 def read_sequences(path: str, limit: int | None = None) -> list[str]:
     """Sequences of the Parquet files a data path names (``shared:`` allowed), in file order."""
-    import pyarrow.parquet as pq
 
+    from ankh.storage import read_parquet
     from ankh_platform.core.samples import bundled_train, shared_path
     from ankh_platform.data.shards import list_shards
 
     fs, shards = list_shards([shared_path(path, bundled_train())])
     out: list[str] = []
     for s in shards:
-        with fs.open(s.path, "rb") as fh:
-            out += pq.read_table(fh, columns=["sequence"]).column("sequence").to_pylist()
+        out += read_parquet(s.path, ["sequence"], fs).column("sequence").to_pylist()
         if limit is not None and len(out) >= limit:
             return out[:limit]
     return out

@@ -66,9 +66,7 @@ class GenerateJobConfig:
 def read_sequences(path: str, limit: int | None = None) -> list[tuple[str, str]]:
     """(id, sequence) from Parquet (columns id?, sequence) or FASTA[.gz]."""
     if path.endswith(".parquet"):
-        fs, p = storage.filesystem(path)
-        with fs.open(p, "rb") as fh:
-            tab = pq.read_table(fh)
+        tab = storage.read_parquet(path)
         if "sequence" not in tab.column_names:
             raise ValueError(f"{path}: no 'sequence' column (has {tab.column_names})")
         seqs = tab.column("sequence").to_pylist()[:limit]

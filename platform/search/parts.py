@@ -38,9 +38,7 @@ def shard_rows(path: str) -> int:
 
 
 def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, p = filesystem(path)
-    with fs.open(p, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+    return storage.read_parquet(path, columns)
 
 
 def vectors(table: pa.Table, column: str = "embedding") -> np.ndarray:

@@ -24,11 +24,11 @@ import logging
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ankh.objective import Objective
 from ankh.packing import PackSpec, build_batch, empty_batch
 from ankh.seeds import derive_seed
+from ankh.storage import read_parquet
 from ankh.tokenizer import AnkhTokenizer
 from ankh_platform.data.pipeline import BatchStream, DataConfig, list_shards
 from ankh_platform.train.config import SourceConfig
@@ -116,8 +116,7 @@ class LocalSource:
         fs, shards = list_shards(paths)
         seqs: list[str] = []
         for s in shards:
-            with fs.open(s.path, "rb") as fh:
-                seqs += pq.read_table(fh, columns=["sequence"]).column("sequence").to_pylist()
+            seqs += read_parquet(s.path, ["sequence"], fs).column("sequence").to_pylist()
         return [self.tok.encode(s, add_eos=False, allow_sentinels=False) for s in seqs]
 
     def _perm(self, epoch: int) -> np.ndarray:

@@ -155,6 +155,41 @@ def test_atomic_writes_and_storage_environment_live_in_ankh_storage():
     assert not bad, "\n".join(bad)
 
 
+def _reads_table_from_handle(node: ast.AST) -> ast.Call | None:
+    """``with <...>open(...) as fh: pq.read_table(fh)`` in ``node``: Arrow's dataset scanner
+    over a Python file object, which can abort the interpreter at exit
+    (``ankh.storage.read_parquet`` reads through ``ParquetFile`` instead)."""
+    handles = {
+        item.optional_vars.id
+        for w in ast.walk(node)
+        if isinstance(w, ast.With | ast.AsyncWith)
+        for item in w.items
+        if isinstance(item.context_expr, ast.Call)
+        and call_name(item.context_expr).rpartition(".")[2].startswith("open")
+        and isinstance(item.optional_vars, ast.Name)
+    }
+    for c in ast.walk(node):
+        if (
+            isinstance(c, ast.Call)
+            and call_name(c).endswith("read_table")
+            and c.args
+            and isinstance(c.args[0], ast.Name)
+            and c.args[0].id in handles
+        ):
+            return c
+    return None
+
+
+def test_parquet_reads_from_file_objects_go_through_ankh_storage():
+    assert _reads_table_from_handle(tree(owner(STORAGE))) is None
+    bad = [
+        f"{where(p, c)} reads a Parquet file object with {call_name(c)}"
+        for p in others(STORAGE)
+        if (c := _reads_table_from_handle(tree(p))) is not None
+    ]
+    assert not bad, "use ankh.storage.read_parquet:\n" + "\n".join(bad)
+
+
 TOKENIZER = "ankh/tokenizer.py"
 ALPHABET = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 
@@ -328,6 +363,7 @@ def test_batch_keys_live_in_ankh_training():
 
 HEURISTICS = [
     _pads_token_rows,
+    _reads_table_from_handle,
     _residue_range,
     _matmul_probe,
     _hand_mask,
@@ -342,6 +378,7 @@ def test_heuristics_see_the_restatements_they_look_for(check):
         _pads_token_rows: "def f(toks, rows, length, pad_id):\n"
         "    return np.full((rows, length), pad_id, np.int32)",
         _residue_range: "lo, hi = (3, 27)",
+        _reads_table_from_handle: "with fs.open(p, 'rb') as fh:\n    t = pq.read_table(fh)",
         _matmul_probe: "def peak(a):\n    return a @ a",
         _hand_mask: "bias = jnp.where(k_pos <= t, 0.0, -1e9)[:, None]",
         _segment_outer_compare: "ok = q_seg[:, :, None] == k_seg[:, None, :]",
@@ -351,7 +388,8 @@ def test_heuristics_see_the_restatements_they_look_for(check):
     # Near misses each heuristic must let pass: a fill value, a one-hot, a few keys.
     fine = (
         "x = np.full(4, -1); y = (3, 4); z = jnp.where(m, x, NEG_INF)\n"
-        "onehot = seg[:, :, None] == jnp.arange(3); k = ('input_ids', 'labels', 'loss_mask')"
+        "onehot = seg[:, :, None] == jnp.arange(3); k = ('input_ids', 'labels', 'loss_mask')\n"
+        "t = pq.read_table(path)\nwith fs.open(p, 'rb') as fh:\n    t = pq.ParquetFile(fh).read()"
     )
     assert any(check(node) for node in ast.walk(ast.parse(samples[check])))
     assert not any(check(node) for node in ast.walk(ast.parse(fine)))
