@@ -144,6 +144,8 @@ PARTS: dict[str, tuple[float, list[str], list[str]]] = {
             "{s}",
             "--calibrate-steps",
             "4",
+            "--max-steps",
+            "100",
             "source.kind=local",
             "data.max_residues=64",
             "eval.probe_train_chains=40",

@@ -1,7 +1,7 @@
 """``python -m jobs.benchmark learn``: what pretraining reaches in a wall-clock budget here.
 
     python -m jobs.benchmark learn [--config learn-cpu] [--budget-s 3000] [--calibrate-steps 20]
-        [--output DIR] [key.path=value ...]
+        [--max-steps N] [--output DIR] [key.path=value ...]
 
 A pretraining config (a shipped preset such as ``learn-cpu`` / ``learn-gpu`` or a YAML file, then
 ``key.path=value`` overrides, as ``jobs.pretrain`` reads them) is run in this process twice:
@@ -10,7 +10,8 @@ A pretraining config (a shipped preset such as ``learn-cpu`` / ``learn-gpu`` or 
    exactly this config on this device, compile excluded;
 2. the measured run, its ``steps`` set so that training fills what is left of ``--budget-s``
    after the calibration, the run's start-up (compile, data, checkpoints: as long as the
-   calibration's) and a reserve for the evaluations (``--eval-reserve``); warm-up is
+   calibration's) and a reserve for the evaluations (``--eval-reserve``), at most
+   ``--max-steps`` (a smoke run: its length then does not follow the machine's load); warm-up is
    capped at a tenth of the steps, and the run evaluates four times (held-out residue loss
    beside the unigram entropy, the probes and their one-hot / random-init baselines).
 
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     step_s, calib_s = calibrate(cfg, args.calibrate_steps, out_dir)
     steps = plan_steps(args.budget_s, calib_s, args.calibrate_steps, step_s, args.eval_reserve)
+    steps = min(steps, args.max_steps) if args.max_steps else steps
     summary = run_local_process(measured_config(cfg, steps, out_dir))
     dev = jax.devices()[0]
     return {
@@ -183,6 +185,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="steps run before the measured run; the second half is timed",
     )
     ap.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="cap on the measured run's steps (0: as many as the budget buys); a smoke run's "
+        "length then does not depend on how fast the machine is at the moment",
+    )
+    ap.add_argument(
         "--eval-reserve",
         type=float,
         default=0.15,
@@ -199,6 +208,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.budget_s <= 0 or args.calibrate_steps < 4 or not 0 <= args.eval_reserve < 1:
         ap.error("--budget-s must be > 0, --calibrate-steps >= 4, 0 <= --eval-reserve < 1")
+    if args.max_steps < 0:
+        ap.error("--max-steps must be >= 0 (0: no cap)")
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     out = run(args)

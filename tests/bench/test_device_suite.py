@@ -49,8 +49,9 @@ def test_whole_suite_at_tiny_shapes():
 
 @pytest.mark.slow
 def test_learn_part_is_opt_in_and_reports_where_the_run_ended():
-    head, part = _suite("--parts", "learn", "--budget-s", "90")
+    # --quick caps the run at 100 steps, so the budget is slack for a loaded machine, not a length
+    head, part = _suite("--parts", "learn", "--budget-s", "400")
     assert head["parts"] == ["learn"] and "learn" not in device.DEFAULT_PARTS
     assert "error" not in part, part
-    assert part["benchmark"] == "learn" and part["steps"] >= 1
+    assert part["benchmark"] == "learn" and 1 <= part["steps"] <= 100
     assert "below_unigram_nats" in part and "ss3_q3_vs_best_baseline" in part
