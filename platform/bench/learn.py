@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ap.error("--budget-s must be > 0, --calibrate-steps >= 4, 0 <= --eval-reserve < 1")
     if args.max_steps < 0:
         ap.error("--max-steps must be >= 0 (0: no cap)")
+    if args.max_steps and args.reference:
+        ap.error("--max-steps caps the budget run; with --reference, --residues sets the length")
     if args.output:
         os.makedirs(args.output, exist_ok=True)
     out = run(args)

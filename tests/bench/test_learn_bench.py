@@ -82,6 +82,15 @@ def test_bad_budget_is_refused():
         learn.main(["--budget-s", "0"])
 
 
+@pytest.mark.parametrize(
+    "argv", [["--max-steps", "-1"], ["--max-steps", "5", "--reference", "none"]]
+)
+def test_bad_max_steps_is_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        learn.main(argv)
+    assert "--max-steps" in capsys.readouterr().err
+
+
 def test_an_output_holding_the_run_is_refused(tmp_path):
     # Same name + output resumes a pretraining run: a benchmark must not silently do that.
     (tmp_path / "ankh-tiny").mkdir()
