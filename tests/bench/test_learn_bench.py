@@ -22,7 +22,7 @@ def test_measured_config_caps_warmup_and_evaluates_four_times():
     cfg = load_config(PretrainConfig, "learn-cpu", [], presets_dir=PRESETS_DIR)
     run = learn.measured_config(cfg, 800, "/tmp/x")
     assert run.steps == 800 and run.output == "/tmp/x"
-    assert run.optim.warmup_steps == 80 < cfg.optim.warmup_steps  # 500 in the preset
+    assert run.optim.warmup_steps == 80 < cfg.optim.warmup_steps  # 300 in the preset
     assert run.eval_every == run.checkpoint.every == 200 and run.log_every == 50
     assert run.model_overrides == cfg.model_overrides and run.data == cfg.data
     long = learn.measured_config(cfg, 100_000, "/tmp/x")
