@@ -102,8 +102,12 @@ def unigram(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
 
 def heldout_batches(pairs, data, tok: AnkhTokenizer) -> list[dict[str, np.ndarray]]:
     """The held-out set as batches of our objective ``data`` (a DataConfig): every selected
-    residue masked (no random or kept ones), one protein per row."""
-    oc = dataclasses.replace(data.objective_config(), mlm_random=0.0, mlm_keep=0.0)
+    residue masked (no random or kept ones), one protein per row. Rows fit the held-out crops,
+    not the arm's training crop (a shorter-crop arm is scored on the same proteins)."""
+    longest = max((len(r) for r, _ in pairs), default=1)
+    oc = dataclasses.replace(
+        data.objective_config(), max_residues=longest, mlm_random=0.0, mlm_keep=0.0
+    )
     obj = Objective(oc, tok)
     spec = PackSpec(EVAL_ROWS, oc.max_encoder_tokens(), oc.max_decoder_tokens(), 1, tok.pad_id)
     made = [obj.mlm_at(r, pos) if oc.kind == "mlm" else obj.mask_at(r, pos) for r, pos in pairs]

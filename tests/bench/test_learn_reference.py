@@ -33,6 +33,7 @@ def test_every_objective_scores_the_same_masked_residues(pairs):
         DataConfig(max_residues=64, objective="mlm"),
         DataConfig(max_residues=64),
         DataConfig(max_residues=64, shared_mask=True),
+        DataConfig(max_residues=30),  # an arm trained on shorter crops: the same held-out rows
     ):
         batches = learn_ref.heldout_batches(pairs, data, TOK)
         lab = np.concatenate([b["labels"][b["loss_mask"] > 0] for b in batches])
