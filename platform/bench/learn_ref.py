@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from ankh.packing import PackSpec, build_batch
 from ankh.tokenizer import AnkhTokenizer
 
 EVAL_ROWS = 32
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,16 @@ def heldout_batches(pairs, data, tok: AnkhTokenizer) -> list[dict[str, np.ndarra
     oc = dataclasses.replace(
         data.objective_config(), max_residues=longest, mlm_random=0.0, mlm_keep=0.0
     )
+    trained = data.objective_config()
+    need, have = oc.num_spans(longest), trained.num_spans(trained.max_residues)
+    if oc.kind == "ankh" and not oc.shared_mask and need > have:
+        log.warning(  # their embeddings are still the initialisation's: a meaningless loss
+            "held-out crops need sentinels up to <extra_id_%d>; training crops of %d residues "
+            "use only up to <extra_id_%d>",
+            need - 1,
+            trained.max_residues,
+            have - 1,
+        )
     obj = Objective(oc, tok)
     spec = PackSpec(EVAL_ROWS, oc.max_encoder_tokens(), oc.max_decoder_tokens(), 1, tok.pad_id)
     made = [obj.mlm_at(r, pos) if oc.kind == "mlm" else obj.mask_at(r, pos) for r, pos in pairs]

@@ -75,3 +75,13 @@ def test_reference_batches_mask_as_bert(pairs):
     frac_mask = (ids[sel] == reference_mlm.MASK_ID).mean()
     frac_kept = (ids[sel] == lab[sel]).mean()
     assert abs(frac_mask - 0.8) < 0.04 and abs(frac_kept - 0.1 - 0.1 / 25) < 0.03
+
+
+def test_shorter_training_crops_warn_of_untrained_sentinels(pairs, caplog):
+    with caplog.at_level("WARNING", logger=learn_ref.__name__):
+        learn_ref.heldout_batches(pairs, DataConfig(max_residues=64), TOK)
+        assert not caplog.records
+        learn_ref.heldout_batches(pairs, DataConfig(max_residues=30, shared_mask=True), TOK)
+        assert not caplog.records  # one mask token: nothing untrained
+        learn_ref.heldout_batches(pairs, DataConfig(max_residues=30), TOK)
+    assert "<extra_id_5>" in caplog.text  # 30 residues at 20 %: 6 sentinels
