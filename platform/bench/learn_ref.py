@@ -107,10 +107,8 @@ def heldout_batches(pairs, data, tok: AnkhTokenizer) -> list[dict[str, np.ndarra
     residue masked (no random or kept ones), one protein per row. Rows fit the held-out crops,
     not the arm's training crop (a shorter-crop arm is scored on the same proteins)."""
     longest = max((len(r) for r, _ in pairs), default=1)
-    oc = dataclasses.replace(
-        data.objective_config(), max_residues=longest, mlm_random=0.0, mlm_keep=0.0
-    )
     trained = data.objective_config()
+    oc = dataclasses.replace(trained, max_residues=longest, mlm_random=0.0, mlm_keep=0.0)
     need, have = oc.num_spans(longest), trained.num_spans(trained.max_residues)
     if oc.kind == "ankh" and not oc.shared_mask and need > have:
         log.warning(  # their embeddings are still the initialisation's: a meaningless loss
